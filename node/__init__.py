@@ -1,0 +1,1 @@
+"""shardnet.node: the IO shell."""

@@ -1,0 +1,1 @@
+"""shardnet.protocol: the sans-IO core."""

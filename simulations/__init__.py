@@ -1,0 +1,1 @@
+"""shardnet.simulations."""
