@@ -1,2 +1,177 @@
-def main() -> int:
-    return 0
+"""The ``shardnet`` command.
+
+Exit codes: 0 success; 1 failure (one clear line on stderr); 2 bad usage or
+bad input. A user never sees a traceback for bad input; ``SHARDNET_DEBUG=1``
+shows one for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from shardnet import protocol as p
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad usage or bad input: exit 2."""
+
+
+class Failure(Exception):
+    """The command could not do its job: exit 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _emit(args: argparse.Namespace, data: Any, human: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=1, sort_keys=True))
+    else:
+        print(human)
+
+
+# -- offline -------------------------------------------------------------------------
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from ._offline import split_file
+
+    res = split_file(args.input, args.threshold, args.shares, args.out_dir, kem=args.kem)
+    lines = [
+        f"keyset {res.keyset.id_hex}: {res.keyset.threshold}-of-{res.keyset.shares}, {res.keyset.kem}",
+        f"  keyset file  {res.keyset_file}",
+        *[f"  share file   {f}" for f in res.share_files],
+        f"Any {res.keyset.threshold} share files and the keyset file recover the key "
+        "(shardnet combine). Store each share file with a different custodian.",
+    ]
+    _emit(args, res.to_json(), "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    from ._offline import combine_files
+
+    res = combine_files(args.keyset, args.share, args.out, force=args.force)
+    for b in res.bad:
+        print(f"shardnet: warning: {b.source}: invalid share (index {b.index}), skipped", file=sys.stderr)
+    _emit(args, res.to_json(),
+          f"recovered {res.size}-byte key into {res.out} from {len(res.used)} shares: {', '.join(res.used)}")
+    return EXIT_OK
+
+
+def cmd_bench_sharing(args: argparse.Namespace) -> int:
+    from . import _bench
+
+    def progress(msg: str) -> None:
+        if sys.stderr.isatty():
+            print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+
+    result = _bench.run_sharing_bench(progress=progress)
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr)
+    if args.json:
+        from ._files import write_atomic
+
+        write_atomic(__import__("pathlib").Path(args.json), json.dumps(result, indent=1).encode(),
+                     0o644, overwrite=True)
+    print(_bench.format_report(result))
+    return EXIT_OK
+
+
+# -- parser --------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="shardnet", description="Peer-to-peer custodian network for master keys.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    sp = sub.add_parser("split", help="split a key file into share files (offline)")
+    sp.add_argument("--in", dest="input", required=True, metavar="KEYFILE", help="key file, or - for stdin")
+    sp.add_argument("--threshold", "-t", type=_positive, required=True, metavar="T")
+    sp.add_argument("--shares", "-n", type=_positive, required=True, metavar="N")
+    sp.add_argument("--out-dir", required=True, metavar="DIR")
+    sp.add_argument("--kem", choices=p.KEMS, default="x25519")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_split)
+
+    cp = sub.add_parser("combine", help="recover a key file from share files (offline)")
+    cp.add_argument("--keyset", required=True, metavar="FILE")
+    cp.add_argument("share", nargs="+", metavar="SHARE")
+    cp.add_argument("--out", required=True, metavar="KEYFILE")
+    cp.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    cp.add_argument("--json", action="store_true")
+    cp.set_defaults(func=cmd_combine)
+
+    bp = sub.add_parser("bench", help="benchmarks")
+    bsub = bp.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
+    bsub.required = True
+    bs = bsub.add_parser("sharing", help="split/combine against peer libraries")
+    bs.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bs.set_defaults(func=cmd_bench_sharing)
+
+    for extra in _EXTRA_COMMANDS:
+        extra(sub)
+    return parser
+
+
+# Node commands register themselves here (see node/_commands.py).
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def _classify(exc: BaseException) -> tuple[int, str]:
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, (p.MalformedEncoding, p.InvalidSignature, ValueError, FileExistsError)):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return EXIT_USAGE, f"{exc.filename}: no such file"
+    if isinstance(exc, PermissionError):
+        return EXIT_USAGE, f"{exc.filename}: permission denied"
+    if isinstance(exc, (p.ShardnetError, Failure, OSError)):
+        return EXIT_FAIL, str(exc)
+    return EXIT_FAIL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        from . import _commands  # noqa: F401  (registers the node commands)
+    except ImportError:
+        pass
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("shardnet: interrupted", file=sys.stderr)
+        return 130
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            return int(exc.code or 0)
+        if os.environ.get("SHARDNET_DEBUG"):
+            raise
+        code, msg = _classify(exc)
+        print(f"shardnet: error: {msg}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -78,7 +78,7 @@ class HpkePrivateKey:
 
     def open(self, ciphertext: bytes, info: bytes) -> bytes:
         try:
-            return _SUITES[self.kem].decrypt(ciphertext, self._key, info=info)  # type: ignore[arg-type]
+            return _SUITES[self.kem].decrypt(ciphertext, self._key, info=info)
         except Exception:
             raise DecryptionFailed("sealed share did not open with this custodian's key") from None
 

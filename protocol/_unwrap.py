@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from . import _group as g
 from . import _vss as vss
 from ._codec import decode_record, encode, want_bytes, want_int
-from ._errors import DecryptionFailed, InvalidPartial, InvalidPoint, MalformedEncoding, TooFewPartials
+from ._errors import (
+    DecryptionFailed,
+    InvalidPartial,
+    InvalidPoint,
+    MalformedEncoding,
+    TooFewPartials,
+)
 from ._keyset import Keyset, Share, open_with_unwrapped
 
 PARTIAL_TAG = "shardnet/partial"

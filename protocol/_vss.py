@@ -151,14 +151,14 @@ def lagrange_at_zero(indices: Sequence[int]) -> list[int]:
 def interpolate(shares: Mapping[int, int]) -> int:
     idx = list(shares)
     lam = lagrange_at_zero(idx)
-    return sum(l * shares[i] for l, i in zip(lam, idx, strict=True)) % g.L
+    return sum(lam_i * shares[i] for lam_i, i in zip(lam, idx, strict=True)) % g.L
 
 
 def interpolate_points(points: Mapping[int, bytes]) -> bytes:
     """Σ λ_i P_i: the constant term 'in the exponent'."""
     idx = list(points)
     lam = lagrange_at_zero(idx)
-    return g.point_sum([g.mult(l, points[i]) for l, i in zip(lam, idx, strict=True)])
+    return g.point_sum([g.mult(lam_i, points[i]) for lam_i, i in zip(lam, idx, strict=True)])
 
 
 # -- refresh: add a sharing of zero ------------------------------------------------
@@ -249,13 +249,13 @@ def reshare_share(
     dealers = _reshare_set(deals, len(old_commitments))
     lam = lagrange_at_zero(dealers)
     acc = 0
-    for l, i in zip(lam, dealers, strict=True):
+    for lam_i, i in zip(lam, dealers, strict=True):
         d = use[i]
         check_reshare_deal(d, old_commitments, new_t)
         if new_index not in d.subshares:
             raise MalformedEncoding(f"reshare deal from {i} has nothing for index {new_index}")
         verify_share(d.commitments, new_index, d.subshares[new_index], f"reshare dealer {i}")
-        acc = (acc + l * d.subshares[new_index]) % g.L
+        acc = (acc + lam_i * d.subshares[new_index]) % g.L
     return acc
 
 
@@ -268,7 +268,7 @@ def reshare_commitments(
     for i in dealers:
         check_reshare_deal(use[i], old_commitments, new_t)
     return tuple(
-        g.point_sum([g.mult(l, use[i].commitments[j]) for l, i in zip(lam, dealers, strict=True)])
+        g.point_sum([g.mult(lam_i, use[i].commitments[j]) for lam_i, i in zip(lam, dealers, strict=True)])
         for j in range(new_t)
     )
 

@@ -1,0 +1,91 @@
+"""Offline commands: ``shardnet split`` and ``shardnet combine`` (air-gapped use)."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from shardnet import protocol as p
+
+from ._files import read_input, write_atomic
+
+
+@dataclass
+class SplitResult:
+    keyset: p.Keyset
+    keyset_file: pathlib.Path
+    share_files: list[pathlib.Path]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "keyset": self.keyset.id_hex,
+            "threshold": self.keyset.threshold,
+            "shares": self.keyset.shares,
+            "kem": self.keyset.kem,
+            "public_key": self.keyset.public_key.hex(),
+            "keyset_file": str(self.keyset_file),
+            "share_files": [str(f) for f in self.share_files],
+        }
+
+
+def split_file(
+    in_path: str, threshold: int, shares: int, out_dir: str, *, kem: str = "x25519",
+) -> SplitResult:
+    """Split a key file into share files plus a keyset file in ``out_dir``.
+
+    The keyset record is signed with a throw-away owner key: offline, the
+    signature proves the file is intact and self-consistent, not who made it.
+    """
+    master = read_input(in_path, p.MAX_MASTER)
+    if not master:
+        raise ValueError(f"{in_path}: the key file is empty")
+    owner = Ed25519PrivateKey.generate()
+    keyset, share_list = p.split_key(master, threshold, shares, owner=owner, now=int(time.time()), kem=kem)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    width = len(str(shares))
+    names = [out / f"share-{s.index:0{width}d}-of-{shares}.txt" for s in share_list]
+    keyset_file = out / "keyset.txt"
+    clash = [str(f) for f in [keyset_file, *names] if f.exists()]
+    if clash:
+        raise FileExistsError(f"{clash[0]} already exists; choose an empty --out-dir")
+    write_atomic(keyset_file, p.keyset_to_text(keyset).encode(), 0o644)
+    for f, s in zip(names, share_list, strict=True):
+        write_atomic(f, p.share_to_text(s, threshold, shares).encode(), 0o600)
+    return SplitResult(keyset, keyset_file, names)
+
+
+@dataclass
+class CombineResult:
+    keyset: p.Keyset
+    out: pathlib.Path
+    size: int
+    used: list[str]
+    bad: list[p.InvalidShare]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "keyset": self.keyset.id_hex, "out": str(self.out), "bytes": self.size,
+            "used": self.used,
+            "invalid": [{"file": b.source, "index": b.index} for b in self.bad],
+        }
+
+
+def combine_files(keyset_path: str, share_paths: list[str], out_path: str, *, force: bool = False) -> CombineResult:
+    keyset = p.keyset_from_text(read_input(keyset_path, p._armor.MAX_FILE).decode("utf-8", "replace"))
+    shares = []
+    for path in share_paths:
+        try:
+            share, _, _ = p.share_from_text(read_input(path, 64 * 1024).decode("utf-8", "replace"))
+        except p.MalformedEncoding as exc:
+            raise p.MalformedEncoding(f"{path}: {exc}") from None
+        shares.append(share)
+    got = p.combine_key(keyset, shares, share_paths)
+    out = pathlib.Path(out_path)
+    write_atomic(out, got.master, 0o600, overwrite=force)
+    by_index = {s.index: path for s, path in zip(shares, share_paths, strict=True)}
+    return CombineResult(keyset, out, len(got.master), [by_index[i] for i in got.used], got.bad)
+

@@ -1,0 +1,169 @@
+"""The offline commands as a user runs them: `shardnet split` and `shardnet combine`."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import stat
+import subprocess
+import sys
+
+import pytest
+from shardnet.node.cli import main
+
+KEY = bytes(range(64))
+
+
+@pytest.fixture
+def split_dir(tmp_path: pathlib.Path) -> pathlib.Path:
+    (tmp_path / "key.bin").write_bytes(KEY)
+    out = tmp_path / "out"
+    assert main(["split", "--in", str(tmp_path / "key.bin"), "-t", "3", "-n", "5", "--out-dir", str(out)]) == 0
+    return out
+
+
+def run(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(list(args))
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def shares(d: pathlib.Path, *idx: int) -> list[str]:
+    return [str(d / f"share-{i}-of-5.txt") for i in idx]
+
+
+def test_split_writes_private_share_files(split_dir: pathlib.Path) -> None:
+    files = sorted(p.name for p in split_dir.iterdir())
+    assert files == ["keyset.txt"] + [f"share-{i}-of-5.txt" for i in range(1, 6)]
+    for i in range(1, 6):
+        assert stat.S_IMODE((split_dir / f"share-{i}-of-5.txt").stat().st_mode) == 0o600
+
+
+def test_combine_round_trip_and_mode(split_dir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = split_dir.parent / "back.bin"
+    code, stdout, _ = run("combine", "--keyset", str(split_dir / "keyset.txt"), *shares(split_dir, 5, 2, 4),
+                          "--out", str(out), "--json", capsys=capsys)
+    assert code == 0
+    assert out.read_bytes() == KEY
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert json.loads(stdout)["bytes"] == 64
+    code, _, err = run("combine", "--keyset", str(split_dir / "keyset.txt"), *shares(split_dir, 1, 2, 3),
+                       "--out", str(out), capsys=capsys)
+    assert code == 2 and "already exists" in err
+
+
+def corrupt(path: str) -> None:
+    """Change the share value and fix the checksum: a well-formed but wrong share."""
+    from shardnet.protocol import share_from_text, share_to_text
+
+    share, t, n = share_from_text(pathlib.Path(path).read_text())
+    import dataclasses
+
+    pathlib.Path(path).write_text(share_to_text(dataclasses.replace(share, value=share.value ^ 1), t, n))
+
+
+def test_bad_share_named_with_enough_good(split_dir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = shares(split_dir, 2)[0]
+    corrupt(bad)
+    out = split_dir.parent / "k.bin"
+    code, stdout, err = run("combine", "--keyset", str(split_dir / "keyset.txt"), *shares(split_dir, 1, 2, 3, 4),
+                            "--out", str(out), capsys=capsys)
+    assert code == 0 and out.read_bytes() == KEY
+    assert f"{bad}: invalid share (index 2), skipped" in err
+
+
+def test_too_few_good_shares_fails_with_one_line(split_dir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corrupt(shares(split_dir, 2)[0])
+    code, _, err = run("combine", "--keyset", str(split_dir / "keyset.txt"), *shares(split_dir, 1, 2, 3),
+                       "--out", str(split_dir.parent / "k.bin"), capsys=capsys)
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "2 of 3 required shares; invalid:" in err and "share-2-of-5.txt (index 2)" in err
+    assert not (split_dir.parent / "k.bin").exists()
+    code, _, err = run("combine", "--keyset", str(split_dir / "keyset.txt"), *shares(split_dir, 1, 3),
+                       "--out", str(split_dir.parent / "k.bin"), capsys=capsys)
+    assert code == 1 and "2 of 3 required shares" in err
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("duplicate", "supplied more than once"),
+        ("damaged", "checksum mismatch"),
+        ("mixed", "belongs to keyset"),
+        ("not-a-share", "not a shardnet share file"),
+        ("forged-keyset", "signature"),
+        ("missing", "no such file"),
+    ],
+)
+def test_bad_input_exits_2(
+    split_dir: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], case: str, expect: str
+) -> None:
+    keyset = str(split_dir / "keyset.txt")
+    files = shares(split_dir, 1, 2, 3)
+    if case == "duplicate":
+        files = shares(split_dir, 1, 1, 3)
+    elif case == "damaged":
+        p = pathlib.Path(files[0])
+        p.write_text(p.read_text().replace("Index: 1", "Index: 4"))
+    elif case == "mixed":
+        (tmp_path / "k2").write_bytes(b"other")
+        main(["split", "--in", str(tmp_path / "k2"), "-t", "3", "-n", "5", "--out-dir", str(tmp_path / "o2")])
+        capsys.readouterr()
+        files[2] = str(tmp_path / "o2" / "share-3-of-5.txt")
+    elif case == "not-a-share":
+        files[0] = keyset
+    elif case == "forged-keyset":
+        import dataclasses
+
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from shardnet.protocol import decode, encode, keyset_from_text, keyset_to_text
+
+        ks = keyset_from_text(pathlib.Path(keyset).read_text())
+        tag, version, body, signer, _ = decode(ks.signed)
+        forged = encode([tag, version, body, signer, Ed25519PrivateKey.generate().sign(b"x")])
+        pathlib.Path(keyset).write_text(keyset_to_text(dataclasses.replace(ks, signed=forged)))
+    elif case == "missing":
+        files[1] = str(tmp_path / "nope.txt")
+    code, _, err = run("combine", "--keyset", keyset, *files, "--out", str(tmp_path / "k.bin"), capsys=capsys)
+    assert code == 2, err
+    assert expect in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["split", "-t", "3"], "required"),
+        (["split", "--in", "x", "-t", "two", "-n", "3", "--out-dir", "d"], "whole number"),
+        (["split", "--in", "KEY", "-t", "4", "-n", "3", "--out-dir", "d"], "threshold"),
+        (["split", "--in", "KEY", "-t", "2", "-n", "1001", "--out-dir", "d"], "1000"),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_usage_errors(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], argv: list[str], expect: str) -> None:
+    (tmp_path / "key").write_bytes(b"k")
+    argv = [a.replace("KEY", str(tmp_path / "key")) for a in argv]
+    code, _, err = run(*argv, capsys=capsys)
+    assert code == 2 and expect in err and err.count("\n") == 1
+
+
+def test_real_process_round_trip(tmp_path: pathlib.Path) -> None:
+    """The installed console script, as a separate OS process, end to end."""
+    exe = pathlib.Path(sys.executable).with_name("shardnet")
+    (tmp_path / "k").write_bytes(KEY)
+    r = subprocess.run([exe, "split", "--in", "-", "-t", "2", "-n", "3", "--out-dir", str(tmp_path / "s"), "--json"],
+                       input=KEY, capture_output=True, check=False, timeout=60)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    r = subprocess.run([exe, "combine", "--keyset", info["keyset_file"], *info["share_files"][1:],
+                        "--out", str(tmp_path / "back")], capture_output=True, check=False, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "back").read_bytes() == KEY
+    r = subprocess.run([exe, "combine", "--keyset", info["keyset_file"], info["share_files"][0],
+                        "--out", str(tmp_path / "back2")], capture_output=True, check=False, timeout=60,
+                       env={**os.environ, "SHARDNET_DEBUG": ""})
+    assert r.returncode == 1
+    assert r.stderr.decode().strip() == "shardnet: error: 1 of 2 required shares"
