@@ -2,7 +2,6 @@
 
 import pytest
 from nacl import bindings as sodium
-
 from shardnet.protocol import InvalidPoint
 from shardnet.protocol import _group as g
 

@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from shardnet.protocol import (
     DecryptionFailed,
     HpkePrivateKey,
@@ -16,12 +15,13 @@ from shardnet.protocol import (
     ShardExpired,
     ShardMeta,
     WrongRecipient,
+    _codec,
+    _sign,
     open_shard,
     read_shard_meta,
     seal_shard,
     split_key,
 )
-from shardnet.protocol import _codec, _sign
 
 from .drbg import Drbg
 

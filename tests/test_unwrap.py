@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from shardnet.protocol import (
     InvalidPartial,
     MalformedEncoding,
