@@ -1,0 +1,973 @@
+"""The node's SQLite store (private): one file per node, through sqlite-utils.
+
+Durability and atomicity
+    The file is in WAL mode with ``synchronous=FULL``. WAL with NORMAL is safe
+    against an application crash but may lose the last commits on power loss
+    or an OS crash. A custodian signs a receipt ("I hold your shard") and the
+    node gossips audit checkpoints right after a commit, so a commit that
+    silently vanished would leave an owner counting a shard that is gone, and
+    a log that contradicts its own published checkpoint. Writes here are rare
+    (deliveries, votes), so one fsync per commit costs nothing that matters.
+
+    Every write runs in one ``BEGIN IMMEDIATE`` transaction: the write lock is
+    taken before anything is read, so two processes can never both read the
+    same audit head and append after it. A method that writes a business row
+    and an audit entry writes both in that one transaction; if anything fails,
+    neither is written. :meth:`Store.transaction` lets callers group several
+    calls the same way (nested calls become savepoints).
+
+Schema
+    ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``. The
+    version lives in ``PRAGMA user_version``; every migration runs in its own
+    transaction together with the version bump, so a failed migration leaves
+    the file at the previous version. Opening a file with a newer version than
+    this code knows is refused (an old binary must not write to a newer
+    schema). ``PRAGMA application_id`` marks the file as a shardnet store, so
+    pointing ``--home`` at some other SQLite file is refused too. Tables are
+    ``STRICT``, so a value of the wrong type cannot be stored.
+
+Time
+    Nothing here reads the clock: every write that stamps a row takes ``now``
+    (integer Unix seconds) from the caller, and uses it as the audit entry's
+    time too, so the row and its audit entry always agree.
+
+Threads
+    A Store wraps one sqlite3 connection, which is bound to the thread that
+    opened it. Use it from one thread (the trio thread, or a dedicated worker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, Literal, NotRequired, Self, TypeAlias, TypedDict, cast
+
+import sqlite_utils
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from shardnet.protocol._audit import (
+    AuditChainBroken,
+    AuditEntry,
+    decode_body,
+    encode_body,
+    make_entry,
+    verify_chain,
+)
+from shardnet.protocol._errors import MalformedEncoding
+
+# -- errors ---------------------------------------------------------------------
+
+
+class StoreError(Exception):
+    """Base class of the errors this module raises on purpose."""
+
+
+class SchemaVersionError(StoreError):
+    """The file is not a shardnet store, or was written by a newer shardnet."""
+
+
+class KeysetLookupError(StoreError, LookupError):
+    """A keyset id or prefix does not name exactly one keyset."""
+
+
+class KeysetNotFound(KeysetLookupError):
+    pass
+
+
+class AmbiguousKeysetPrefix(KeysetLookupError):
+    """``matches`` lists (some of) the keyset ids the prefix matches."""
+
+    def __init__(self, prefix: str, matches: list[str], total: int) -> None:
+        self.prefix = prefix
+        self.matches = matches
+        self.total = total
+        shown = ", ".join(matches)
+        more = f", … ({total} in all)" if total > len(matches) else ""
+        super().__init__(
+            f"keyset prefix {prefix!r} is ambiguous: it matches {shown}{more}; "
+            "give more characters"
+        )
+
+
+class ShardConflict(StoreError):
+    """A different shard is already held for this keyset, epoch and index."""
+
+
+class OutboxItemNotFound(StoreError, LookupError):
+    pass
+
+
+class InvalidOutboxTransition(StoreError):
+    """Only pending items can be attempted, delivered or refused."""
+
+
+# -- rows -------------------------------------------------------------------------
+
+KeysetRole = Literal["owner", "custodian"]
+OutboxState = Literal["pending", "delivered", "refused"]
+
+#: Allowed keyset statuses. Checked here rather than by a SQL CHECK so that a
+#: new status needs no table rebuild.
+KEYSET_STATUSES: Final = frozenset({"active", "revoked", "expired", "rotated", "destroyed"})
+#: Custodian descriptor fields kept in their own columns.
+CUSTODIAN_FIELDS: Final = ("name", "country", "city", "continent", "org")
+#: Errors and refusal reasons may come from peers: keep at most this many chars.
+MAX_ERROR_LEN: Final = 500
+
+APPLICATION_ID: Final = 0x73686E74  # "shnt"
+
+
+class CustodianRow(TypedDict):
+    peer_id: str
+    descriptor: bytes
+    name: str | None
+    country: str | None
+    city: str | None
+    continent: str | None
+    org: str | None
+    seq: int
+    updated_at: int
+
+
+class NewKeyset(TypedDict):
+    """A keyset to store; ``not_after`` defaults to None, ``status`` to active."""
+
+    keyset_id: str
+    record: bytes
+    owner: str
+    threshold: int
+    shares: int
+    epoch: int
+    created: int
+    role: KeysetRole
+    not_after: NotRequired[int | None]
+    status: NotRequired[str]
+
+
+class KeysetRow(TypedDict):
+    keyset_id: str
+    record: bytes
+    owner: str
+    threshold: int
+    shares: int
+    epoch: int
+    created: int
+    not_after: int | None
+    status: str
+    role: KeysetRole
+
+
+class HeldShardRow(TypedDict):
+    keyset_id: str
+    epoch: int
+    idx: int
+    sealed: bytes
+    meta: bytes
+    received_at: int
+
+
+class NewOutboxItem(TypedDict):
+    keyset_id: str
+    epoch: int
+    idx: int
+    custodian: str
+    envelope: bytes
+
+
+class OutboxRow(TypedDict):
+    keyset_id: str
+    epoch: int
+    idx: int
+    custodian: str
+    envelope: bytes
+    state: OutboxState
+    attempts: int
+    last_error: str | None
+    receipt: bytes | None
+    updated_at: int
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """What to log alongside a write; the store picks seq, prev and time."""
+
+    kind: str
+    body: Mapping[str, object]
+    key: Ed25519PrivateKey = field(repr=False)
+
+
+# -- schema ------------------------------------------------------------------------
+
+Migration: TypeAlias = str | Callable[[sqlite_utils.Database], None]
+
+_SCHEMA_1 = """
+CREATE TABLE custodians (
+    peer_id     TEXT PRIMARY KEY,
+    descriptor  BLOB NOT NULL,
+    name        TEXT,
+    country     TEXT,
+    city        TEXT,
+    continent   TEXT,
+    org         TEXT,
+    seq         INTEGER NOT NULL CHECK (seq >= 0),
+    updated_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE keysets (
+    keyset_id   TEXT PRIMARY KEY CHECK (length(keyset_id) > 0),
+    record      BLOB NOT NULL,
+    owner       TEXT NOT NULL,
+    threshold   INTEGER NOT NULL CHECK (threshold >= 1),
+    shares      INTEGER NOT NULL CHECK (shares >= threshold),
+    epoch       INTEGER NOT NULL CHECK (epoch >= 0),
+    created     INTEGER NOT NULL,
+    not_after   INTEGER,
+    status      TEXT NOT NULL DEFAULT 'active',
+    role        TEXT NOT NULL CHECK (role IN ('owner', 'custodian'))
+) STRICT;
+
+CREATE TABLE held_shards (
+    keyset_id   TEXT NOT NULL,
+    epoch       INTEGER NOT NULL CHECK (epoch >= 0),
+    idx         INTEGER NOT NULL CHECK (idx >= 1),
+    sealed      BLOB NOT NULL,
+    meta        BLOB NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (keyset_id, epoch, idx)
+) STRICT;
+
+CREATE TABLE outbox (
+    keyset_id   TEXT NOT NULL REFERENCES keysets (keyset_id),
+    epoch       INTEGER NOT NULL CHECK (epoch >= 0),
+    idx         INTEGER NOT NULL CHECK (idx >= 1),
+    custodian   TEXT NOT NULL,
+    envelope    BLOB NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'delivered', 'refused')),
+    attempts    INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    last_error  TEXT,
+    receipt     BLOB,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (keyset_id, epoch, idx, custodian),
+    CHECK ((state = 'delivered') = (receipt IS NOT NULL))
+) STRICT;
+
+CREATE INDEX outbox_by_state ON outbox (state, custodian);
+
+CREATE TABLE audit (
+    seq     INTEGER PRIMARY KEY CHECK (seq >= 1),
+    prev    BLOB NOT NULL,
+    time    INTEGER NOT NULL,
+    kind    TEXT NOT NULL,
+    body    BLOB NOT NULL,
+    signer  BLOB NOT NULL,
+    hash    BLOB NOT NULL,
+    sig     BLOB NOT NULL
+) STRICT;
+
+-- Guards against our own bugs, not against an attacker with the file: the
+-- hash chain and signatures are what detect tampering.
+CREATE TRIGGER audit_append_next BEFORE INSERT ON audit
+WHEN NEW.seq != (SELECT coalesce(max(seq), 0) + 1 FROM audit)
+BEGIN
+    SELECT RAISE(ABORT, 'audit log: entries must be appended in sequence');
+END;
+
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN
+    SELECT RAISE(ABORT, 'audit log is append-only');
+END;
+
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN
+    SELECT RAISE(ABORT, 'audit log is append-only');
+END;
+
+CREATE TABLE kv (
+    key     TEXT PRIMARY KEY,
+    value   BLOB NOT NULL
+) STRICT;
+"""
+
+#: ``MIGRATIONS[i]`` upgrades the schema from version ``i`` to ``i + 1``:
+#: a SQL script or a function of the database. Append only; never edit one
+#: that has shipped.
+MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1,)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+@contextlib.contextmanager
+def _immediate(db: sqlite_utils.Database) -> Iterator[None]:
+    """A ``BEGIN IMMEDIATE`` transaction, or a savepoint inside an open one."""
+    conn = db.conn
+    if conn.in_transaction:
+        name = f"shardnet_{secrets.token_hex(8)}"
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                conn.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        conn.execute(f"RELEASE SAVEPOINT {name}")
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _pragma_int(db: sqlite_utils.Database, name: str) -> int:
+    return int(db.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+def migrate(
+    db: sqlite_utils.Database, migrations: Sequence[Migration] = MIGRATIONS, *, where: str = ""
+) -> int:
+    """Bring ``db`` up to ``len(migrations)``; return the version it is now at.
+
+    Each step runs in its own transaction with its ``user_version`` bump, and
+    re-reads the version under the write lock, so concurrent openers are safe.
+    Raises SchemaVersionError for a newer or a foreign database.
+    """
+    known = len(migrations)
+    label = where or "database"
+    while True:
+        with _immediate(db):
+            version = _pragma_int(db, "user_version")
+            app_id = _pragma_int(db, "application_id")
+            if app_id not in (0, APPLICATION_ID) or (version > 0 and app_id != APPLICATION_ID):
+                raise SchemaVersionError(f"{label} is not a shardnet store")
+            if version > known:
+                raise SchemaVersionError(
+                    f"{label} has schema version {version}, but this shardnet only knows "
+                    f"versions up to {known}: it was written by a newer shardnet; upgrade"
+                )
+            if version == known:
+                return version
+            if version == 0:
+                tables = db.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+                ).fetchone()[0]
+                if tables:
+                    raise SchemaVersionError(
+                        f"{label} is not a shardnet store (it already holds other tables)"
+                    )
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            step = migrations[version]
+            if isinstance(step, str):
+                db.executescript(step)
+            else:
+                step(db)
+            db.execute(f"PRAGMA user_version = {version + 1}")
+
+
+# -- the store -----------------------------------------------------------------
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_LEN else text[: MAX_ERROR_LEN - 1] + "…"
+
+
+def _check_status(status: str) -> None:
+    if status not in KEYSET_STATUSES:
+        raise ValueError(
+            f"unknown keyset status {status!r}; expected one of {', '.join(sorted(KEYSET_STATUSES))}"
+        )
+
+
+def _check_slot(epoch: int, idx: int | None = None) -> None:
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, not {epoch}")
+    if idx is not None and idx < 1:
+        raise ValueError(f"share index must be >= 1, not {idx} (index 0 is the secret)")
+
+
+def _keyset_record(row: NewKeyset) -> dict[str, Any]:
+    status = row.get("status", "active")
+    _check_status(status)
+    if row["role"] not in ("owner", "custodian"):
+        raise ValueError(f"keyset role must be 'owner' or 'custodian', not {row['role']!r}")
+    if not 1 <= row["threshold"] <= row["shares"]:
+        raise ValueError(
+            f"keyset threshold {row['threshold']} must be between 1 and shares {row['shares']}"
+        )
+    _check_slot(row["epoch"])
+    return {
+        "keyset_id": row["keyset_id"],
+        "record": row["record"],
+        "owner": row["owner"],
+        "threshold": row["threshold"],
+        "shares": row["shares"],
+        "epoch": row["epoch"],
+        "created": row["created"],
+        "not_after": row.get("not_after"),
+        "status": status,
+        "role": row["role"],
+    }
+
+
+def _audit_from_row(row: tuple[Any, ...]) -> AuditEntry:
+    seq, prev, time, kind, body, signer, digest, sig = row
+    try:
+        decoded = decode_body(body)
+    except MalformedEncoding as exc:
+        raise AuditChainBroken(seq, f"stored body is unreadable ({exc}; entry was edited)") from None
+    return AuditEntry(seq, prev, time, kind, decoded, signer, digest, sig)
+
+
+_AUDIT_COLUMNS = "seq, prev, time, kind, body, signer, hash, sig"
+_OUTBOX_ORDER = "keyset_id, epoch, idx, custodian"
+
+
+class Store:
+    """The node's persistent state. Open with ``Store(path)``; close when done.
+
+    Raises StoreError if the file cannot be opened as a shardnet store, and
+    SchemaVersionError if it is foreign or newer than this code.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 10.0) -> None:
+        self.path = os.fspath(path)
+        self._closed = True
+        conn = sqlite3.connect(self.path, timeout=busy_timeout)
+        try:
+            # execute_plugins=False: no third-party sqlite-utils plugin gets to
+            # touch the connection that holds key shards.
+            self._db = sqlite_utils.Database(conn, execute_plugins=False)
+            self._configure()
+            migrate(self._db, where=self.path)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._closed = False
+
+    def _configure(self) -> None:
+        db = self._db
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"cannot put {self.path} in WAL mode (got {mode!r})")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA trusted_schema=OFF")
+        db.execute("PRAGMA secure_delete=ON")
+
+    def close(self) -> None:
+        """Close the file (idempotent). An open transaction is rolled back."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._db.conn.in_transaction:
+            self._db.conn.execute("ROLLBACK")
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return _pragma_int(self._db, "user_version")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes: all of them commit, or none do.
+
+        The outermost block is ``BEGIN IMMEDIATE``; nested blocks (including the
+        store's own methods) are savepoints. An exception rolls back its block.
+        """
+        with _immediate(self._db):
+            yield
+
+    # -- custodians ------------------------------------------------------------
+
+    def upsert_custodian(
+        self,
+        peer_id: str,
+        descriptor: bytes,
+        fields: Mapping[str, str | None],
+        seq: int,
+        *,
+        now: int,
+    ) -> bool:
+        """Store a custodian descriptor unless one with an equal or higher seq is held.
+
+        ``descriptor`` is the signed descriptor, verified by the caller;
+        ``fields`` holds any of CUSTODIAN_FIELDS, taken from it. Returns True if
+        the row was inserted or replaced, False if it was stale.
+        """
+        unknown = set(fields) - set(CUSTODIAN_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown custodian fields: {', '.join(sorted(unknown))}")
+        values = {name: fields.get(name) for name in CUSTODIAN_FIELDS}
+        with self.transaction():
+            cursor = self._db.execute(
+                """
+                INSERT INTO custodians
+                    (peer_id, descriptor, name, country, city, continent, org, seq, updated_at)
+                VALUES
+                    (:peer_id, :descriptor, :name, :country, :city, :continent, :org, :seq, :now)
+                ON CONFLICT (peer_id) DO UPDATE SET
+                    descriptor = excluded.descriptor, name = excluded.name,
+                    country = excluded.country, city = excluded.city,
+                    continent = excluded.continent, org = excluded.org,
+                    seq = excluded.seq, updated_at = excluded.updated_at
+                WHERE excluded.seq > custodians.seq
+                """,
+                {"peer_id": peer_id, "descriptor": descriptor, "seq": seq, "now": now, **values},
+            )
+            return cursor.rowcount == 1
+
+    def custodians(self) -> list[CustodianRow]:
+        return [
+            cast(CustodianRow, row)
+            for row in self._db.table("custodians").rows_where(order_by="peer_id")
+        ]
+
+    def custodian(self, peer_id: str) -> CustodianRow | None:
+        rows = list(self._db.table("custodians").rows_where("peer_id = ?", [peer_id]))
+        return cast(CustodianRow, rows[0]) if rows else None
+
+    # -- keysets ---------------------------------------------------------------
+
+    def put_keyset(
+        self, keyset: NewKeyset, *, now: int, audit: AuditEvent | None = None
+    ) -> bool:
+        """Insert a keyset, or update it to a newer epoch; return True if written.
+
+        On an epoch update the record, threshold, shares, epoch and not-after
+        change; status, role and created stay. An older or equal epoch is
+        ignored (False). A different owner for an existing id is a ValueError.
+        With ``audit``, an audit entry at time ``now`` is appended if written.
+        """
+        record = _keyset_record(keyset)
+        with self.transaction():
+            current = self.keyset(record["keyset_id"])
+            if current is not None:
+                if current["owner"] != record["owner"]:
+                    raise ValueError(
+                        f"keyset {record['keyset_id']} belongs to {current['owner']}, "
+                        f"not {record['owner']}"
+                    )
+                if record["epoch"] <= current["epoch"]:
+                    return False
+                self._db.table("keysets").update(
+                    record["keyset_id"],
+                    {k: record[k] for k in ("record", "threshold", "shares", "epoch",
+                                            "not_after")},
+                )
+            else:
+                self._db.table("keysets").insert(record)
+            if audit is not None:
+                self._append(audit.kind, audit.body, now, audit.key)
+            return True
+
+    def keyset(self, keyset_id: str) -> KeysetRow | None:
+        rows = list(self._db.table("keysets").rows_where("keyset_id = ?", [keyset_id]))
+        return cast(KeysetRow, rows[0]) if rows else None
+
+    def keysets(
+        self, *, role: KeysetRole | None = None, status: str | None = None
+    ) -> list[KeysetRow]:
+        clauses: list[str] = []
+        args: list[str] = []
+        if role is not None:
+            clauses.append("role = ?")
+            args.append(role)
+        if status is not None:
+            clauses.append("status = ?")
+            args.append(status)
+        rows = self._db.table("keysets").rows_where(
+            " AND ".join(clauses) or None, args, order_by="created, keyset_id"
+        )
+        return [cast(KeysetRow, row) for row in rows]
+
+    def find_keyset(self, prefix: str) -> KeysetRow:
+        """The one keyset whose id is ``prefix`` or starts with it.
+
+        An exact id always wins. Raises KeysetNotFound or AmbiguousKeysetPrefix
+        (both LookupError) with a message fit for the user, and ValueError for
+        an empty prefix.
+        """
+        if not prefix:
+            raise ValueError("keyset prefix must not be empty")
+        exact = self.keyset(prefix)
+        if exact is not None:
+            return exact
+        where = "substr(keyset_id, 1, length(:p)) = :p"
+        total = self._db.execute(
+            f"SELECT count(*) FROM keysets WHERE {where}", {"p": prefix}
+        ).fetchone()[0]
+        if total == 0:
+            raise KeysetNotFound(f"no keyset id starts with {prefix!r}")
+        rows = list(
+            self._db.table("keysets").rows_where(where, {"p": prefix}, order_by="keyset_id",
+                                                 limit=5)
+        )
+        if total > 1:
+            raise AmbiguousKeysetPrefix(prefix, [r["keyset_id"] for r in rows], total)
+        return cast(KeysetRow, rows[0])
+
+    def set_keyset_status(
+        self, keyset_id: str, status: str, *, now: int, audit: AuditEvent | None = None
+    ) -> AuditEntry | None:
+        """Change a keyset's status (one of KEYSET_STATUSES).
+
+        With ``audit``, an audit entry at time ``now`` is written in the same
+        transaction and returned. Raises KeysetNotFound for an unknown id.
+        """
+        _check_status(status)
+        with self.transaction():
+            cursor = self._db.execute(
+                "UPDATE keysets SET status = ? WHERE keyset_id = ?", [status, keyset_id]
+            )
+            if cursor.rowcount != 1:
+                raise KeysetNotFound(f"no keyset {keyset_id!r}")
+            if audit is None:
+                return None
+            return self._append(audit.kind, audit.body, now, audit.key)
+
+    # -- held shards (custodian side) -------------------------------------------
+
+    def put_held_shard(
+        self,
+        keyset_id: str,
+        epoch: int,
+        idx: int,
+        *,
+        sealed: bytes,
+        meta: bytes,
+        now: int,
+        audit: AuditEvent,
+        keyset: NewKeyset | None = None,
+    ) -> AuditEntry | None:
+        """Keep a delivered shard, with its audit entry, in one transaction.
+
+        ``now`` is stored as ``received_at`` and is the audit entry's time.
+        ``keyset``, if given, is stored too unless that keyset id is already
+        known. Redelivery of the identical shard is a no-op that returns None
+        (no second audit entry); a different shard for the same slot raises
+        ShardConflict. The caller has verified the shard before calling.
+        """
+        _check_slot(epoch, idx)
+        with self.transaction():
+            held = self.held_shard(keyset_id, epoch, idx)
+            if held is not None:
+                if held["sealed"] == sealed and held["meta"] == meta:
+                    return None
+                raise ShardConflict(
+                    f"a different shard is already held for keyset {keyset_id} "
+                    f"epoch {epoch} index {idx}"
+                )
+            if keyset is not None:
+                if keyset["keyset_id"] != keyset_id:
+                    raise ValueError("keyset row does not match the shard's keyset id")
+                record = _keyset_record(keyset)
+                if self.keyset(keyset_id) is None:
+                    self._db.table("keysets").insert(record)
+            self._db.table("held_shards").insert(
+                {
+                    "keyset_id": keyset_id,
+                    "epoch": epoch,
+                    "idx": idx,
+                    "sealed": sealed,
+                    "meta": meta,
+                    "received_at": now,
+                }
+            )
+            return self._append(audit.kind, audit.body, now, audit.key)
+
+    def held_shards(self, keyset_id: str | None = None) -> list[HeldShardRow]:
+        table = self._db.table("held_shards")
+        order = "keyset_id, epoch, idx"
+        if keyset_id is None:
+            rows = table.rows_where(order_by=order)
+        else:
+            rows = table.rows_where("keyset_id = ?", [keyset_id], order_by=order)
+        return [cast(HeldShardRow, row) for row in rows]
+
+    def held_shard(self, keyset_id: str, epoch: int, idx: int) -> HeldShardRow | None:
+        rows = list(
+            self._db.table("held_shards").rows_where(
+                "keyset_id = ? AND epoch = ? AND idx = ?", [keyset_id, epoch, idx]
+            )
+        )
+        return cast(HeldShardRow, rows[0]) if rows else None
+
+    # -- outbox (owner side) ------------------------------------------------------
+
+    def import_keyset(
+        self,
+        keyset: NewKeyset,
+        outbox: Iterable[NewOutboxItem],
+        audit: AuditEvent,
+        *,
+        now: int,
+    ) -> AuditEntry:
+        """Store a newly imported keyset, its pending deliveries and its audit
+        entry in ONE transaction; return the audit entry.
+
+        ``keyset`` must have role 'owner' and a new id; every outbox item must
+        belong to it (same id and epoch, 1 <= idx <= shares). Raises ValueError
+        otherwise, and nothing is written.
+        """
+        if keyset["role"] != "owner":
+            raise ValueError("an imported keyset must have role 'owner'")
+        with self.transaction():
+            if self.keyset(keyset["keyset_id"]) is not None:
+                raise ValueError(f"keyset {keyset['keyset_id']} already exists")
+            self._db.table("keysets").insert(_keyset_record(keyset))
+            for item in outbox:
+                if item["keyset_id"] != keyset["keyset_id"] or item["epoch"] != keyset["epoch"]:
+                    raise ValueError(
+                        f"outbox item for {item['keyset_id']} epoch {item['epoch']} does not "
+                        f"belong to keyset {keyset['keyset_id']} epoch {keyset['epoch']}"
+                    )
+                if not 1 <= item["idx"] <= keyset["shares"]:
+                    raise ValueError(
+                        f"outbox index {item['idx']} is outside 1..{keyset['shares']}"
+                    )
+                self._insert_outbox(item, now)
+            return self._append(audit.kind, audit.body, now, audit.key)
+
+    def enqueue(
+        self, items: Iterable[NewOutboxItem], *, now: int, audit: AuditEvent | None = None
+    ) -> AuditEntry | None:
+        """Queue deliveries for keysets already stored, all in one transaction.
+
+        Raises ValueError, writing nothing, for an unknown keyset or an item
+        that is already queued.
+        """
+        with self.transaction():
+            for item in items:
+                self._insert_outbox(item, now)
+            if audit is None:
+                return None
+            return self._append(audit.kind, audit.body, now, audit.key)
+
+    def _insert_outbox(self, item: NewOutboxItem, now: int) -> None:
+        try:
+            self._db.execute(
+                "INSERT INTO outbox (keyset_id, epoch, idx, custodian, envelope, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [item["keyset_id"], item["epoch"], item["idx"], item["custodian"],
+                 item["envelope"], now],
+            )
+        except sqlite3.IntegrityError as exc:
+            slot = f"{item['keyset_id']} epoch {item['epoch']} #{item['idx']} → {item['custodian']}"
+            if "FOREIGN KEY" in str(exc):
+                raise ValueError(f"outbox item {slot}: unknown keyset") from None
+            if "UNIQUE" in str(exc):
+                raise ValueError(f"outbox item {slot} is already queued") from None
+            raise ValueError(f"outbox item {slot} is invalid: {exc}") from None
+
+    def pending(self, custodian: str | None = None) -> list[OutboxRow]:
+        """Pending deliveries, least recently touched first."""
+        table = self._db.table("outbox")
+        order = f"updated_at, {_OUTBOX_ORDER}"
+        if custodian is None:
+            rows = table.rows_where("state = 'pending'", order_by=order)
+        else:
+            rows = table.rows_where(
+                "state = 'pending' AND custodian = ?", [custodian], order_by=order
+            )
+        return [cast(OutboxRow, row) for row in rows]
+
+    def outbox(self, keyset_id: str) -> list[OutboxRow]:
+        rows = self._db.table("outbox").rows_where(
+            "keyset_id = ?", [keyset_id], order_by=_OUTBOX_ORDER
+        )
+        return [cast(OutboxRow, row) for row in rows]
+
+    def _pending_item(self, keyset_id: str, epoch: int, idx: int, custodian: str,
+                      action: str) -> list[Any]:
+        key = [keyset_id, epoch, idx, custodian]
+        row = self._db.execute(
+            "SELECT state FROM outbox "
+            "WHERE keyset_id = ? AND epoch = ? AND idx = ? AND custodian = ?",
+            key,
+        ).fetchone()
+        slot = f"{keyset_id} epoch {epoch} #{idx} → {custodian}"
+        if row is None:
+            raise OutboxItemNotFound(f"no outbox item {slot}")
+        if row[0] != "pending":
+            raise InvalidOutboxTransition(f"outbox item {slot} is {row[0]}; cannot {action} it")
+        return key
+
+    def mark_delivered(
+        self,
+        keyset_id: str,
+        epoch: int,
+        idx: int,
+        custodian: str,
+        *,
+        receipt: bytes,
+        now: int,
+        audit: AuditEvent,
+    ) -> AuditEntry:
+        """pending → delivered, storing the custodian's (verified) receipt, with
+        its audit entry in the same transaction."""
+        with self.transaction():
+            key = self._pending_item(keyset_id, epoch, idx, custodian, "mark delivered")
+            self._db.execute(
+                "UPDATE outbox SET state = 'delivered', receipt = ?, last_error = NULL, "
+                "updated_at = ? WHERE keyset_id = ? AND epoch = ? AND idx = ? AND custodian = ?",
+                [receipt, now, *key],
+            )
+            return self._append(audit.kind, audit.body, now, audit.key)
+
+    def mark_refused(
+        self,
+        keyset_id: str,
+        epoch: int,
+        idx: int,
+        custodian: str,
+        *,
+        reason: str,
+        now: int,
+        audit: AuditEvent,
+    ) -> AuditEntry:
+        """pending → refused (final), keeping ``reason``, with its audit entry."""
+        with self.transaction():
+            key = self._pending_item(keyset_id, epoch, idx, custodian, "mark refused")
+            self._db.execute(
+                "UPDATE outbox SET state = 'refused', last_error = ?, updated_at = ? "
+                "WHERE keyset_id = ? AND epoch = ? AND idx = ? AND custodian = ?",
+                [_clip(reason), now, *key],
+            )
+            return self._append(audit.kind, audit.body, now, audit.key)
+
+    def record_attempt(
+        self, keyset_id: str, epoch: int, idx: int, custodian: str, *, error: str | None,
+        now: int,
+    ) -> int:
+        """Count one more delivery attempt of a pending item; return the count."""
+        with self.transaction():
+            key = self._pending_item(keyset_id, epoch, idx, custodian, "attempt")
+            self._db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ? "
+                "WHERE keyset_id = ? AND epoch = ? AND idx = ? AND custodian = ?",
+                [None if error is None else _clip(error), now, *key],
+            )
+            return int(self._db.execute(
+                "SELECT attempts FROM outbox "
+                "WHERE keyset_id = ? AND epoch = ? AND idx = ? AND custodian = ?",
+                key,
+            ).fetchone()[0])
+
+    # -- audit log ---------------------------------------------------------------
+
+    def append_audit(
+        self, kind: str, body: Mapping[str, object], time: int, key: Ed25519PrivateKey
+    ) -> AuditEntry:
+        """Sign and append the entry after the current head, in one transaction.
+
+        Fails closed: if the head entry's stored body is unreadable this raises
+        AuditChainBroken rather than chaining onto a damaged entry.
+        """
+        with self.transaction():
+            return self._append(kind, body, time, key)
+
+    def _append(
+        self, kind: str, body: Mapping[str, object], time: int, key: Ed25519PrivateKey
+    ) -> AuditEntry:
+        assert self._db.conn.in_transaction, "audit entries are appended inside a transaction"
+        entry = make_entry(self.audit_head(), time=time, kind=kind, body=body, key=key)
+        self._db.execute(
+            f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [entry.seq, entry.prev, entry.time, entry.kind, encode_body(entry.body),
+             entry.signer, entry.hash, entry.sig],
+        )
+        return entry
+
+    def audit_head(self) -> AuditEntry | None:
+        """The latest entry, or None for an empty log."""
+        row = self._db.execute(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else _audit_from_row(row)
+
+    def audit_entries(self, start: int = 1) -> Iterator[AuditEntry]:
+        """Entries with seq >= ``start`` in order, read lazily from one snapshot.
+
+        Raises AuditChainBroken for a row whose stored body cannot be decoded.
+        Finish (or close) the iterator before writing through this store.
+        """
+        cursor = self._db.execute(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE seq >= ? ORDER BY seq", [start]
+        )
+        try:
+            for row in cursor:
+                yield _audit_from_row(row)
+        finally:
+            with contextlib.suppress(sqlite3.ProgrammingError):  # store already closed
+                cursor.close()
+
+    def verify_audit(self, trusted_signers: AbstractSet[bytes] | None) -> int:
+        """Verify the whole log; return the number of entries.
+
+        Raises AuditChainBroken at the first bad entry. Truncation of the newest
+        entries is only visible against a checkpoint published elsewhere.
+        """
+        with contextlib.closing(self._entries_for_verify()) as entries:
+            return verify_chain(entries, trusted_signers=trusted_signers)
+
+    def _entries_for_verify(self) -> Generator[AuditEntry, None, None]:
+        # Like audit_entries(), but a row that is out of sequence is handed to
+        # verify_chain undecoded, so a gap before an unreadable row is reported
+        # at the gap (the first broken entry), not at the unreadable row.
+        cursor = self._db.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY seq")
+        try:
+            expected = 1
+            for row in cursor:
+                if row[0] != expected:
+                    yield AuditEntry(row[0], row[1], row[2], row[3], {}, row[5], row[6], row[7])
+                    return
+                yield _audit_from_row(row)
+                expected += 1
+        finally:
+            with contextlib.suppress(sqlite3.ProgrammingError):  # store already closed
+                cursor.close()
+
+    # -- small node state ----------------------------------------------------------
+
+    def get_kv(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM kv WHERE key = ?", [key]).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_kv(self, key: str, value: bytes) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO kv (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+
+    def delete_kv(self, key: str) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM kv WHERE key = ?", [key])
