@@ -230,7 +230,8 @@ def split_key(
     k_dem = _dem_key(keyset_id, genesis, s)
     r = g.random_scalar(rng)
     r_point = g.base_mult(r)
-    k_wrap = _wrap_key(keyset_id, genesis, g.mult(r, dealing.commitments[0]), r_point)
+    # r·S = (r·s)·G: the dealer knows s, so a base multiplication will do.
+    k_wrap = _wrap_key(keyset_id, genesis, g.base_mult(r * s), r_point)
     keyset = _signed(
         owner, keyset_id=keyset_id, epoch=0, threshold=threshold, shares=shares,
         commitments=dealing.commitments, secret_digest=secret_digest(keyset_id, s),
