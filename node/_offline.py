@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from shardnet import protocol as p
 
 from ._files import read_input, write_atomic

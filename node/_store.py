@@ -50,6 +50,7 @@ from typing import Any, Final, Literal, NotRequired, Self, TypeAlias, TypedDict,
 
 import sqlite_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from shardnet.protocol._audit import (
     AuditChainBroken,
     AuditEntry,

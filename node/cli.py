@@ -141,7 +141,10 @@ _EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 def _classify(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, UsageError):
         return EXIT_USAGE, str(exc)
-    if isinstance(exc, (p.MalformedEncoding, p.InvalidSignature, ValueError, FileExistsError)):
+    from ._home import HomeError
+
+    if isinstance(exc, (p.MalformedEncoding, p.InvalidSignature, ValueError, FileExistsError,
+                        HomeError, LookupError)):
         return EXIT_USAGE, str(exc)
     if isinstance(exc, FileNotFoundError):
         return EXIT_USAGE, f"{exc.filename}: no such file"
@@ -153,10 +156,8 @@ def _classify(exc: BaseException) -> tuple[int, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        from . import _commands  # noqa: F401  (registers the node commands)
-    except ImportError:
-        pass
+    from . import _commands  # noqa: F401  (registers the node commands)
+
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args))

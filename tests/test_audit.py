@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from shardnet.protocol._audit import (
     GENESIS_PREV,
     MAX_BODY_BYTES,

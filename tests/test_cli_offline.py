@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+
 from shardnet.node.cli import main
 
 KEY = bytes(range(64))
@@ -118,6 +119,7 @@ def test_bad_input_exits_2(
         import dataclasses
 
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         from shardnet.protocol import decode, encode, keyset_from_text, keyset_to_text
 
         ks = keyset_from_text(pathlib.Path(keyset).read_text())

@@ -2,6 +2,7 @@
 
 import pytest
 from nacl import bindings as sodium
+
 from shardnet.protocol import InvalidPoint
 from shardnet.protocol import _group as g
 

@@ -15,6 +15,7 @@ import sqlite_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from shardnet.node._store import (
     APPLICATION_ID,
     MIGRATIONS,

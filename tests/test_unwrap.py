@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from shardnet.protocol import (
     InvalidPartial,
     MalformedEncoding,

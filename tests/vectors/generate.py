@@ -12,6 +12,7 @@ import json
 import pathlib
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from shardnet.protocol import _group as g
 from shardnet.protocol import partial_decrypt, share_to_text, split_key
 

@@ -1,0 +1,101 @@
+"""Read-side queries behind `status`, `custodians`, `key list|show` and `audit verify`.
+
+Plain functions of a :class:`Store` (and, when the node runs, its live network
+facts), so the control socket and the offline fallback give the same answers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from shardnet import protocol as p
+from shardnet.protocol._audit import AuditChainBroken
+from shardnet.protocol._records import Descriptor
+
+from ._store import Store
+
+
+def custodians(store: Store, me: str) -> list[dict[str, Any]]:
+    out = []
+    for row in store.custodians():
+        d = Descriptor.from_bytes(row["descriptor"])
+        out.append({
+            "peer_id": d.peer_id, "name": d.name, "country": d.country, "city": d.city,
+            "continent": d.continent, "org": d.org, "addrs": list(d.addrs), "kems": sorted(d.hpke),
+            "version": d.version, "seq": d.seq, "updated_at": row["updated_at"], "self": d.peer_id == me,
+        })
+    return sorted(out, key=lambda c: (not c["self"], c["country"], c["name"]))
+
+
+def _names(store: Store) -> dict[str, dict[str, str]]:
+    return {r["peer_id"]: {"name": r["name"] or "", "country": r["country"] or ""} for r in store.custodians()}
+
+
+def keysets(store: Store) -> list[dict[str, Any]]:
+    out = []
+    for ks in store.keysets():
+        item: dict[str, Any] = {
+            "keyset": ks["keyset_id"], "role": ks["role"], "threshold": ks["threshold"],
+            "shares": ks["shares"], "epoch": ks["epoch"], "status": ks["status"], "created": ks["created"],
+            "not_after": ks["not_after"], "owner": ks["owner"],
+        }
+        if ks["role"] == "owner":
+            states = [r["state"] for r in store.outbox(ks["keyset_id"])]
+            item["deliveries"] = {s: states.count(s) for s in ("delivered", "pending", "refused")}
+        item["held"] = sorted(h["idx"] for h in store.held_shards(ks["keyset_id"]) if h["epoch"] == ks["epoch"])
+        out.append(item)
+    return sorted(out, key=lambda k: k["created"])
+
+
+def keyset_detail(store: Store, prefix: str) -> dict[str, Any]:
+    row = store.find_keyset(prefix)
+    ks = p.Keyset.from_bytes(row["record"])
+    names = _names(store)
+    detail: dict[str, Any] = {
+        "keyset": ks.id_hex, "role": row["role"], "status": row["status"], "owner": row["owner"],
+        "threshold": ks.threshold, "shares": ks.shares, "epoch": ks.epoch, "kem": ks.kem,
+        "created": ks.created, "not_after": ks.not_after, "public_key": ks.public_key.hex(),
+        "placement": ks.attrs.get("placement", ""), "redundancy": ks.attrs.get("redundancy", 1),
+    }
+    shards = []
+    if row["role"] == "owner":
+        for r in store.outbox(ks.id_hex):
+            n = names.get(r["custodian"], {})
+            shards.append({
+                "index": r["idx"], "epoch": r["epoch"], "custodian": r["custodian"],
+                "name": n.get("name", ""), "country": n.get("country", ""), "state": r["state"],
+                "attempts": r["attempts"], "last_error": r["last_error"], "updated_at": r["updated_at"],
+            })
+    else:
+        for i, hs in sorted(ks.attrs.get("holders", {}).items(), key=lambda kv: int(kv[0])):
+            for h in hs:
+                n = names.get(h, {})
+                shards.append({"index": int(i), "epoch": ks.epoch, "custodian": h, "name": n.get("name", ""),
+                               "country": n.get("country", ""), "state": "placed"})
+    detail["shards"] = sorted(shards, key=lambda s: (s["index"], s["custodian"]))
+    detail["held"] = sorted(h["idx"] for h in store.held_shards(ks.id_hex) if h["epoch"] == ks.epoch)
+    return detail
+
+
+def audit_verify(store: Store, me_public: bytes) -> dict[str, Any]:
+    """Verify the whole chain; raises AuditChainBroken at the first bad entry."""
+    n = store.verify_audit({me_public})
+    head = store.audit_head()
+    return {"entries": n, "head": head.hash.hex() if head else None, "ok": True}
+
+
+def status(store: Store, me: str, cfg: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
+    owned = store.keysets(role="owner")
+    pending = len(store.pending())
+    return {
+        "peer_id": me, "name": cfg["name"], "country": cfg["country"], "city": cfg.get("city", ""),
+        "org": cfg.get("org", ""), "running": live is not None,
+        "addrs": (live or {}).get("addrs", []), "peers": (live or {}).get("peers", []),
+        "uptime_s": round(time.time() - live["started"], 1) if live else None,
+        "custodians": len(store.custodians()), "shards_held": len(store.held_shards()),
+        "keysets_owned": len(owned), "deliveries_pending": pending,
+    }
+
+
+__all__ = ["AuditChainBroken", "audit_verify", "custodians", "keyset_detail", "keysets", "status"]

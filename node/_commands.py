@@ -1,0 +1,342 @@
+"""Node commands: init, run, status, custodians, key import|list|show, audit verify, demo.
+
+Read-only commands ask the running node over its control socket; when no node
+runs they read the node's database directly (SQLite WAL allows it), so
+`status`, `custodians`, `key list|show` and `audit verify` work on a stopped
+node too. `key import` needs the running node, which delivers the shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import logging
+import os
+import pathlib
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from shardnet import protocol as p
+
+from . import cli
+from ._home import Home, HomeError, init_home
+
+_DURATION = re.compile(r"^(\d+)([smhdwy])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    m = _DURATION.match(text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"expected a duration like 90d, 12h, 30m or 3600s, got {text!r}")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _home(args: argparse.Namespace) -> Home:
+    path = args.home or os.environ.get("SHARDNET_HOME")
+    if not path:
+        raise cli.UsageError("--home DIR is required (or set SHARDNET_HOME)")
+    return Home(pathlib.Path(path).absolute())
+
+
+def _ask(args: argparse.Namespace, cmd: str, cargs: dict[str, Any] | None = None,
+         offline: Callable[[Home], Any] | None = None, **kw: Any) -> Any:
+    from ._control import ControlFailed, NotRunning, call
+
+    home = _home(args)
+    home.config()  # a clear error for a directory that is not a home
+    try:
+        return call(home, cmd, cargs, **kw)
+    except NotRunning:
+        if offline is None:
+            raise
+        return offline(home)
+    except ControlFailed as exc:
+        if exc.exit_code == 2:
+            raise cli.UsageError(str(exc)) from None
+        raise cli.Failure(str(exc)) from None
+
+
+def _offline_store(fn: Callable[[Any, Home], Any]) -> Callable[[Home], Any]:
+    def run(home: Home) -> Any:
+        with home.open_store() as store:
+            return fn(store, home)
+    return run
+
+
+def _ts(t: int | None) -> str:
+    if t is None:
+        return "never"
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r).rstrip() for r in [header, *[[str(x) for x in r] for r in rows]])
+
+
+def _short(peer: str) -> str:
+    return peer[:8] + "…" + peer[-6:] if len(peer) > 16 else peer
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    home = init_home(_home(args).path, name=args.name, country=args.country, city=args.city or "",
+                     org=args.org or "", listen=args.listen or None)
+    info = {"home": str(home.path), "peer_id": home.peer_id(), "name": args.name,
+            "country": args.country.upper(), "listen": home.config()["listen"]}
+    cli._emit(args, info, f"initialised node {args.name} ({info['country']}) in {home.path}\n"
+              f"peer id {info['peer_id']}\nstart it with: shardnet run --home {home.path}")
+    return cli.EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    home = _home(args)
+    home.config()
+    handlers: list[logging.Handler] = [logging.FileHandler(home.log_file)]
+    if not args.quiet:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(level=logging.INFO, handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import _net
+    from ._runtime import ControlError, NodeRuntime
+
+    _net.route_libp2p_logging(logging.getLogger("shardnet.libp2p"), logging.WARNING)
+    try:
+        runtime = NodeRuntime(home, bootstrap=args.bootstrap or [])
+        trio.run(runtime.run)
+    except ControlError as exc:
+        raise cli.Failure(str(exc)) from None
+    return cli.EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import _api
+
+    def offline(home: Home) -> Any:
+        with home.open_store() as store:
+            return _api.status(store, home.peer_id(), home.config(), None)
+
+    st = _ask(args, "status", offline=offline)
+    lines = [
+        f"node      {st['name']} ({st['country']}{', ' + st['city'] if st['city'] else ''})"
+        f"{' · ' + st['org'] if st['org'] else ''}",
+        f"peer id   {st['peer_id']}",
+        f"state     {'running' if st['running'] else 'stopped'}"
+        + (f", up {st['uptime_s']} s" if st["running"] else ""),
+        *[f"address   {a}" for a in st["addrs"]],
+        f"peers     {len(st['peers'])} connected",
+        f"directory {st['custodians']} custodians known",
+        f"shards    {st['shards_held']} held; {st['keysets_owned']} keysets owned, "
+        f"{st['deliveries_pending']} deliveries pending",
+    ]
+    cli._emit(args, st, "\n".join(lines))
+    return cli.EXIT_OK
+
+
+def cmd_custodians(args: argparse.Namespace) -> int:
+    from . import _api
+
+    rows = _ask(args, "custodians", offline=_offline_store(lambda s, h: _api.custodians(s, h.peer_id())))
+    table = _table(
+        [[("* " if c["self"] else "  ") + c["name"], c["country"], c["city"], c["continent"], c["org"],
+          c["peer_id"]] for c in rows],
+        ["  NAME", "CC", "CITY", "CONT", "ORG", "PEER ID"],
+    )
+    cli._emit(args, rows, f"{table}\n{len(rows)} custodians (* = this node)")
+    return cli.EXIT_OK
+
+
+def cmd_key_list(args: argparse.Namespace) -> int:
+    from . import _api
+
+    if args.keyset:
+        return cmd_key_show(args)
+    rows = _ask(args, "key-list", offline=_offline_store(lambda s, h: _api.keysets(s)))
+    out = []
+    for k in rows:
+        d = k.get("deliveries")
+        deliv = f"{d['delivered']} delivered, {d['pending']} pending, {d['refused']} refused" if d else "-"
+        out.append([k["keyset"], k["role"], f"{k['threshold']}-of-{k['shares']}", k["epoch"], k["status"],
+                    ",".join(map(str, k["held"])) or "-", deliv])
+    cli._emit(args, rows, _table(out, ["KEYSET", "ROLE", "T-OF-N", "EPOCH", "STATUS", "HELD", "DELIVERIES"])
+              if rows else "no keysets")
+    return cli.EXIT_OK
+
+
+def cmd_key_show(args: argparse.Namespace) -> int:
+    from . import _api
+
+    if not args.keyset:
+        raise cli.UsageError("key show needs a KEYSET (id or unique prefix)")
+    d = _ask(args, "key-show", {"keyset": args.keyset},
+             offline=_offline_store(lambda s, h: _api.keyset_detail(s, args.keyset)))
+    cli._emit(args, d, _format_keyset(d))
+    return cli.EXIT_OK
+
+
+def _format_keyset(d: dict[str, Any]) -> str:
+    head = [
+        f"keyset    {d['keyset']} ({d['role']}, {d['status']})",
+        f"policy    {d['threshold']}-of-{d['shares']}, epoch {d['epoch']}, {d['kem']}, "
+        f"placement {d['placement'] or 'none'}, redundancy {d['redundancy']}",
+        f"created   {_ts(d['created'])}; expires {_ts(d['not_after'])}",
+        f"public    {d['public_key']}",
+        f"owner     {d['owner']}",
+    ]
+    rows = [[s["index"], s["name"], s["country"], s["custodian"], s["state"]
+             + (f" ({s['last_error']})" if s.get("last_error") and s["state"] != "delivered" else "")]
+            for s in d["shards"]]
+    return "\n".join(head) + "\n\n" + _table(rows, ["INDEX", "CUSTODIAN", "CC", "PEER ID", "STATE"])
+
+
+class _Bar:
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, ev: dict[str, Any]) -> None:
+        if ev.get("kind") == "placed":
+            if ev.get("note"):
+                print(f"shardnet: note: {ev['note']}", file=sys.stderr)
+            return
+        if ev.get("kind") != "progress" or not self.tty:
+            return
+        done, total = ev["done"], ev["total"]
+        width = 30
+        fill = int(width * done / total) if total else width
+        print(f"\rdelivering [{'#' * fill}{'.' * (width - fill)}] {done}/{total} receipts",
+              end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def cmd_key_import(args: argparse.Namespace) -> int:
+    from ._files import read_input
+
+    master = read_input(args.input, p.MAX_MASTER)
+    if not master:
+        raise cli.UsageError(f"{args.input}: the key file is empty")
+    bar = _Bar()
+    try:
+        d = _ask(args, "key-import", {
+            "key": base64.b64encode(master).decode(), "threshold": args.threshold, "shares": args.shares,
+            "placement": args.placement, "redundancy": args.redundancy, "expires": args.expires,
+            "kem": args.kem, "wait": args.wait,
+        }, on_event=bar)
+    finally:
+        bar.close()
+    states = [s["state"] for s in d["shards"]]
+    summary = (f"{states.count('delivered')} delivered, {states.count('pending')} pending, "
+               f"{states.count('refused')} refused")
+    text = _format_keyset(d) + f"\n\n{summary}"
+    if states.count("pending"):
+        text += "\npending shards stay in the outbox and are delivered when their custodians come back"
+    cli._emit(args, d, text)
+    return cli.EXIT_FAIL if states.count("refused") else cli.EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from . import _api
+    from ._api import AuditChainBroken
+
+    def offline(home: Home) -> Any:
+        with home.open_store() as store:
+            return _api.audit_verify(store, home.identity().public_key().public_bytes_raw())
+
+    try:
+        res = _ask(args, "audit-verify", offline=offline)
+    except AuditChainBroken as exc:
+        raise cli.Failure(str(exc)) from None
+    cli._emit(args, res, f"audit log OK: {res['entries']} entries, chain and signatures verified "
+              f"(head {res['head'][:16] if res['head'] else '-'})")
+    return cli.EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(args)
+
+
+# -- parser --------------------------------------------------------------------------
+
+
+def register(sub: Any) -> None:
+    def home_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--home", metavar="DIR", help="node home directory (or SHARDNET_HOME)")
+
+    sp = sub.add_parser("init", help="create a node home: identity, keys, config, database")
+    home_arg(sp)
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--country", required=True, metavar="CC", help="ISO 3166-1 alpha-2 code")
+    sp.add_argument("--city")
+    sp.add_argument("--org")
+    sp.add_argument("--listen", action="append", metavar="MULTIADDR",
+                    help="listen address (default /ip4/127.0.0.1/tcp/0); repeatable")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_init)
+
+    sp = sub.add_parser("run", help="run the node in the foreground (Ctrl-C stops it)")
+    home_arg(sp)
+    sp.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="peer to dial; repeatable")
+    sp.add_argument("--quiet", action="store_true", help="log only to DIR/node.log")
+    sp.set_defaults(func=cmd_run)
+
+    for name, fn, hlp in [("status", cmd_status, "this node: peer id, addresses, peers, shards"),
+                          ("custodians", cmd_custodians, "the custodian directory")]:
+        sp = sub.add_parser(name, help=hlp)
+        home_arg(sp)
+        sp.add_argument("--json", action="store_true")
+        sp.set_defaults(func=fn)
+
+    kp = sub.add_parser("key", help="import, list and show keysets")
+    ksub = kp.add_subparsers(dest="key_command", metavar="ACTION", parser_class=cli._Parser)
+    ksub.required = True
+    sp = ksub.add_parser("import", help="split a key and deliver its shards to custodians")
+    home_arg(sp)
+    sp.add_argument("--in", dest="input", required=True, metavar="FILE", help="key file, or - for stdin")
+    sp.add_argument("--threshold", "-t", type=cli._positive, required=True, metavar="T")
+    sp.add_argument("--shares", "-n", type=cli._positive, required=True, metavar="N")
+    sp.add_argument("--placement", metavar="EXPR",
+                    help="e.g. distinct:country,min-distinct:continent=3,exclude:country=US "
+                    "(default distinct:country when enough countries are known)")
+    sp.add_argument("--redundancy", type=cli._positive, default=1, metavar="R",
+                    help="custodians per shard index, never two in one country")
+    sp.add_argument("--expires", type=parse_duration, metavar="DURATION", help="e.g. 365d")
+    sp.add_argument("--kem", choices=p.KEMS, default="x25519")
+    sp.add_argument("--wait", type=float, default=30.0, metavar="S", help="seconds to wait for receipts")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_key_import)
+    for name, fn in [("list", cmd_key_list), ("show", cmd_key_show)]:
+        sp = ksub.add_parser(name, help=f"{name} keysets")
+        home_arg(sp)
+        sp.add_argument("keyset", nargs="?", metavar="KEYSET")
+        sp.add_argument("--json", action="store_true")
+        sp.set_defaults(func=fn)
+
+    ap = sub.add_parser("audit", help="the signed delivery log")
+    asub = ap.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=cli._Parser)
+    asub.required = True
+    sp = asub.add_parser("verify", help="check the hash chain and every signature")
+    home_arg(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_audit_verify)
+
+    sp = sub.add_parser("demo", help="run a local 5-custodian network on loopback and import a key")
+    sp.add_argument("--dir", metavar="DIR", help="where to put the node homes (default: a temp dir)")
+    sp.add_argument("--keep", action="store_true", help="keep the node homes afterwards")
+    sp.set_defaults(func=cmd_demo)
+
+
+cli._EXTRA_COMMANDS.append(register)
+__all__ = ["HomeError", "parse_duration", "register"]

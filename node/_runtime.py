@@ -1,0 +1,444 @@
+"""The running node: one trio nursery around the libp2p host, the services,
+the background loops and the control socket.
+
+Loops (all bounded, all in the node's nursery):
+
+* directory: publish our signed descriptor at start and every ``REPUBLISH`` s;
+  drain the directory topic; pull every peer's directory when we first see it
+  and every ``PULL_EVERY`` s from a few connected peers (anti-entropy, because
+  gossip is lossy); dial custodians we learn about.
+* outbox: deliver pending shards, with exponential back-off per custodian; a
+  custodian that is offline gets its shard when it comes back, also after we
+  restart (the outbox is in SQLite).
+* control: a Unix socket (mode 0600) in ``DIR/run`` that the CLI talks to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import socket as _socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from shardnet import protocol as p
+from shardnet.protocol._records import Descriptor, b58decode
+
+from . import _api, _net
+from ._files import write_atomic
+from ._home import Home
+from ._services import (
+    DELIVER_PROTOCOL,
+    DIRECTORY_PROTOCOL,
+    DIRECTORY_TOPIC,
+    MAX_DELIVER_FRAME,
+    MAX_DIRECTORY_REPLY,
+    VERSION,
+    Custodian,
+    Directory,
+    Owner,
+    Rejected,
+)
+
+log = logging.getLogger("shardnet.node")
+
+REPUBLISH = 10.0
+PULL_EVERY = 5.0
+CONNECT_TIMEOUT = 5.0
+REQUEST_TIMEOUT = 10.0
+MAX_PEERS = 32
+BACKOFF_MAX = 30.0
+MAX_CONTROL_REQUEST = 256 * 1024
+
+
+class ControlError(Exception):
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class NodeRuntime:
+    def __init__(self, home: Home, *, bootstrap: list[str] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.home = home
+        self.cfg = home.config()
+        self.key = home.identity()
+        self.seed = home.identity_seed()
+        self.hpke = home.hpke_keys()
+        self.clock = clock
+        self.bootstrap = list(bootstrap or [])
+        self.store = home.open_store()
+        self.peer_id = home.peer_id()
+        self.directory = Directory(self.store, self.peer_id)
+        self.custodian = Custodian(self.store, self.key, self.hpke)
+        self.owner = Owner(self.store, self.key, self.directory)
+        self.net: _net.NetHost | None = None
+        self.started = 0.0
+        self.outbox_wakeup = trio.Event()
+        self.progress = trio.Event()
+        self._backoff: dict[str, tuple[float, float]] = {}  # peer -> (next attempt, delay)
+        self._pulled: set[str] = set()
+        self._stop = trio.Event()
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listen = list(self.cfg.get("listen") or ["/ip4/127.0.0.1/tcp/0"])
+        self.home.run_dir.mkdir(mode=0o700, exist_ok=True)
+        control = self._bind_control()
+        try:
+            async with _net.running_node_host(self.seed, listen) as net:
+                self.net = net
+                self.started = time.time()
+                self._publish_self()
+                write_atomic(self.home.addrs_file, json.dumps(
+                    {"peer_id": self.peer_id, "addrs": net.listen_addrs, "pid": os.getpid()}).encode(),
+                    0o644, overwrite=True)
+                _net.serve_protocol(net.host, DELIVER_PROTOCOL, self._on_deliver,
+                                    max_len=MAX_DELIVER_FRAME, timeout=REQUEST_TIMEOUT,
+                                    max_concurrent_per_peer=8)
+                _net.serve_protocol(net.host, DIRECTORY_PROTOCOL, self._on_directory_pull,
+                                    max_len=1024, timeout=REQUEST_TIMEOUT, max_concurrent_per_peer=4)
+                assert net.pubsub is not None
+                net.pubsub.set_topic_validator(DIRECTORY_TOPIC, self._validate_descriptor, False)
+                sub = await net.pubsub.subscribe(DIRECTORY_TOPIC)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._drain_directory, sub)
+                    nursery.start_soon(self._publish_loop)
+                    nursery.start_soon(self._peers_loop)
+                    nursery.start_soon(self._outbox_loop)
+                    nursery.start_soon(self._serve_control, control, nursery)
+                    nursery.start_soon(self._signals)
+                    log.info("node %s (%s, %s) listening on %s", self.cfg["name"], self.cfg["country"],
+                             self.peer_id, ", ".join(net.listen_addrs))
+                    task_status.started()
+                    await self._stop.wait()
+                    nursery.cancel_scope.cancel()
+        finally:
+            control.socket.close()
+            for f in (self.home.control_socket, self.home.addrs_file):
+                try:
+                    f.unlink()
+                except FileNotFoundError:
+                    pass
+            self.store.close()
+            log.info("node stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+            async for signum in sigs:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                self.stop()
+                return
+
+    # -- directory ------------------------------------------------------------------
+
+    def _descriptor(self) -> Descriptor:
+        assert self.net is not None
+        return Descriptor.make(
+            self.key, addrs=self.net.listen_addrs, hpke={k: v.public_bytes() for k, v in self.hpke.items()},
+            name=self.cfg["name"], country=self.cfg["country"], city=self.cfg.get("city", ""),
+            org=self.cfg.get("org", ""), version=VERSION, seq=int(self.clock() * 1000),
+        )
+
+    def _publish_self(self) -> Descriptor:
+        d = self._descriptor()
+        self.directory.accept(d.signed, self.now())
+        return d
+
+    async def _publish_loop(self) -> None:
+        assert self.net is not None and self.net.pubsub is not None
+        while True:
+            d = self._publish_self()
+            try:
+                await self.net.pubsub.publish(DIRECTORY_TOPIC, d.signed)
+            except Exception as exc:  # gossip is best effort; anti-entropy covers it
+                log.debug("publish failed: %r", exc)
+            await trio.sleep(REPUBLISH)
+
+    def _validate_descriptor(self, forwarder: Any, msg: Any) -> bool:
+        try:
+            d = Descriptor.from_bytes(bytes(msg.data))
+            if b58decode(d.peer_id) != bytes(msg.from_id):
+                return False
+            return d.seq <= (self.clock() + 60) * 1000
+        except (p.ShardnetError, ValueError):
+            return False
+
+    async def _drain_directory(self, sub: Any) -> None:
+        while True:
+            msg = await sub.get()
+            self._accept_descriptor(bytes(msg.data))
+
+    def _accept_descriptor(self, data: bytes) -> None:
+        try:
+            d = self.directory.accept(data, self.now())
+        except (p.ShardnetError, ValueError) as exc:
+            log.info("descriptor refused: %s", exc)
+            return
+        if d is not None:
+            log.info("custodian %s (%s) %s", d.name, d.country, d.peer_id)
+            self.outbox_wakeup.set()
+
+    async def _on_directory_pull(self, remote: str, frame: bytes) -> bytes:
+        return self.directory.pull_reply()
+
+    async def _pull_from(self, peer: str) -> None:
+        assert self.net is not None
+        try:
+            reply = await _net.request(self.net.host, peer, DIRECTORY_PROTOCOL, b"pull",
+                                       max_reply=MAX_DIRECTORY_REPLY, timeout=REQUEST_TIMEOUT)
+            items = p.decode(reply, max_size=MAX_DIRECTORY_REPLY, max_items=8192)
+        except (_net.RequestError, p.ShardnetError) as exc:
+            log.debug("directory pull from %s failed: %s", peer, exc)
+            return
+        if isinstance(items, list):
+            for item in items:
+                if isinstance(item, bytes) and not self._known_same(item):
+                    self._accept_descriptor(item)
+
+    def _known_same(self, data: bytes) -> bool:
+        try:
+            return self.directory.is_stale(data)
+        except (p.ShardnetError, ValueError):
+            return True
+
+    def connected(self) -> list[str]:
+        assert self.net is not None
+        return sorted(str(pid) for pid in self.net.host.get_network().connections)
+
+    async def _dial(self, addr: str) -> str | None:
+        assert self.net is not None
+        try:
+            return await _net.connect(self.net.host, addr, CONNECT_TIMEOUT)
+        except (_net.ConnectError, ValueError) as exc:
+            log.debug("dial %s failed: %s", addr, exc)
+            return None
+
+    async def _dial_custodian(self, d: Descriptor) -> bool:
+        for addr in d.addrs:
+            if await self._dial(addr if "/p2p/" in addr else f"{addr}/p2p/{d.peer_id}"):
+                return True
+        return False
+
+    async def _peers_loop(self) -> None:
+        """Bootstrap, then keep connected to known custodians and pull their directories."""
+        for addr in self.bootstrap:
+            await self._dial(addr)
+        last_pull = 0.0
+        while True:
+            connected = set(self.connected())
+            async with trio.open_nursery() as n:
+                for peer in connected - self._pulled:
+                    self._pulled.add(peer)
+                    n.start_soon(self._pull_from, peer)
+                if time.monotonic() - last_pull > PULL_EVERY and connected:
+                    last_pull = time.monotonic()
+                    for peer in random.sample(sorted(connected), min(2, len(connected))):
+                        n.start_soon(self._pull_from, peer)
+                budget = MAX_PEERS - len(connected)
+                for d in self.directory.all():
+                    if budget <= 0:
+                        break
+                    if d.peer_id != self.peer_id and d.peer_id not in connected:
+                        budget -= 1
+                        n.start_soon(self._dial_custodian, d)
+            self._pulled &= set(self.connected())
+            await trio.sleep(0.5)
+
+    # -- delivery -------------------------------------------------------------------
+
+    async def _on_deliver(self, remote: str, frame: bytes) -> bytes:
+        try:
+            return self.custodian.handle_delivery(remote, frame, self.now())
+        except Rejected as exc:
+            log.info("delivery from %s rejected: %s", remote, exc)
+            raise _net.RequestRejected(str(exc)) from None
+
+    async def _outbox_loop(self) -> None:
+        limiter = trio.CapacityLimiter(16)
+        while True:
+            self.outbox_wakeup = trio.Event()
+            rows = self.store.pending()
+            now = time.monotonic()
+            by_peer: dict[str, list[Any]] = {}
+            for row in rows:
+                due, _ = self._backoff.get(row["custodian"], (0.0, 0.0))
+                if due <= now:
+                    by_peer.setdefault(row["custodian"], []).append(row)
+            if by_peer:
+                async with trio.open_nursery() as n:
+                    for peer, peer_rows in by_peer.items():
+                        n.start_soon(self._deliver_to, peer, peer_rows, limiter)
+            with trio.move_on_after(1.0 if rows else 30.0):
+                await self.outbox_wakeup.wait()
+
+    async def _deliver_to(self, peer: str, rows: list[Any], limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            ok = True
+            for row in rows:
+                ok = await self._deliver_one(row) and ok
+            if ok:
+                self._backoff.pop(peer, None)
+            else:
+                _, delay = self._backoff.get(peer, (0.0, 0.5))
+                delay = min(BACKOFF_MAX, delay * 2)
+                self._backoff[peer] = (time.monotonic() + delay, delay)
+            self.progress.set()
+            self.progress = trio.Event()
+
+    async def _deliver_one(self, row: Any) -> bool:
+        assert self.net is not None
+        peer = row["custodian"]
+        frame, cover = self.owner.delivery_frame(row, self.now())
+        try:
+            if peer == self.peer_id:
+                reply = self.custodian.handle_delivery(self.peer_id, frame, self.now())
+            else:
+                if peer not in self.connected():
+                    d = self.directory.get(peer)
+                    if d is None or not await self._dial_custodian(d):
+                        raise _net.StreamOpenError(peer, DELIVER_PROTOCOL, "custodian unreachable")
+                reply = await _net.request(self.net.host, peer, DELIVER_PROTOCOL, frame,
+                                           max_reply=4096, timeout=REQUEST_TIMEOUT)
+            r = self.owner.accept_receipt(row, cover, reply, self.now())
+            log.info("shard %s:%d -> %s: %s%s", row["keyset_id"][:12], row["idx"], peer, r.status,
+                     f" ({r.reason})" if r.reason else "")
+            return True
+        except (_net.RequestError, Rejected, p.ShardnetError) as exc:
+            self.store.record_attempt(row["keyset_id"], row["epoch"], row["idx"], peer,
+                                      error=str(exc)[:400], now=self.now())
+            log.info("delivery of %s:%d to %s failed: %s", row["keyset_id"][:12], row["idx"], peer, exc)
+            return False
+
+    # -- control socket -------------------------------------------------------------
+
+    def _bind_control(self) -> trio.SocketListener:
+        path = str(self.home.control_socket)
+        probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        else:
+            raise ControlError(f"a node is already running in {self.home.path}")
+        finally:
+            probe.close()
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket file is 0600 from the moment it exists
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        sock.listen(16)
+        return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+    async def _serve_control(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            stream = await listener.accept()
+            nursery.start_soon(self._control_conn, stream)
+
+    async def _control_conn(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            buf = b""
+            with trio.move_on_after(10):
+                while b"\n" not in buf and len(buf) < MAX_CONTROL_REQUEST:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+            try:
+                req = json.loads(buf.split(b"\n", 1)[0])
+                cmd, args = str(req["cmd"]), dict(req.get("args") or {})
+            except (ValueError, KeyError, TypeError):
+                await _send(stream, {"ok": False, "error": "malformed control request", "exit": 2})
+                return
+
+            async def emit(event: dict[str, Any]) -> None:
+                await _send(stream, {"event": event})
+
+            try:
+                result = await self.control(cmd, args, emit)
+                await _send(stream, {"ok": True, "result": result})
+            except ControlError as exc:
+                await _send(stream, {"ok": False, "error": str(exc), "exit": exc.exit_code})
+            except (ValueError, LookupError, p.MalformedEncoding) as exc:
+                await _send(stream, {"ok": False, "error": _msg(exc), "exit": 2})
+            except (p.ShardnetError, OSError) as exc:
+                await _send(stream, {"ok": False, "error": _msg(exc), "exit": 1})
+            except trio.BrokenResourceError:
+                return
+
+    def live(self) -> dict[str, Any]:
+        assert self.net is not None
+        return {"addrs": self.net.listen_addrs, "peers": self.connected(), "started": self.started}
+
+    async def control(self, cmd: str, args: dict[str, Any],
+                      emit: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
+        if cmd == "status":
+            return _api.status(self.store, self.peer_id, self.cfg, self.live())
+        if cmd == "custodians":
+            return _api.custodians(self.store, self.peer_id)
+        if cmd == "key-list":
+            return _api.keysets(self.store)
+        if cmd == "key-show":
+            return _api.keyset_detail(self.store, str(args["keyset"]))
+        if cmd == "audit-verify":
+            return _api.audit_verify(self.store, self.key.public_key().public_bytes_raw())
+        if cmd == "key-import":
+            return await self._import(args, emit)
+        if cmd == "stop":
+            self.stop()
+            return {"stopping": True}
+        raise ControlError(f"unknown control command {cmd!r}", 2)
+
+    async def _import(self, args: dict[str, Any], emit: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
+        import base64
+
+        master = base64.b64decode(args["key"])
+        res = self.owner.import_key(
+            master, int(args["threshold"]), int(args["shares"]), now=self.now(),
+            placement_expr=args.get("placement"), redundancy=int(args.get("redundancy") or 1),
+            expires=args.get("expires"), kem=str(args.get("kem") or "x25519"),
+        )
+        del master
+        ks = res.keyset
+        total = sum(len(h) for h in res.holders.values())
+        await emit({"kind": "placed", "keyset": ks.id_hex, "total": total,
+                    "holders": {str(k): v for k, v in res.holders.items()}, "note": res.note})
+        self.outbox_wakeup.set()
+        deadline = trio.current_time() + float(args.get("wait") or 30)
+        while True:
+            rows = self.store.outbox(ks.id_hex)
+            done = [r for r in rows if r["state"] != "pending"]
+            await emit({"kind": "progress", "done": len(done), "total": total})
+            if len(done) == total or trio.current_time() >= deadline:
+                break
+            with trio.move_on_at(deadline):
+                await self.progress.wait()
+        detail = _api.keyset_detail(self.store, ks.id_hex)
+        detail["note"] = res.note
+        return detail
+
+
+def _msg(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+async def _send(stream: trio.SocketStream, obj: dict[str, Any]) -> None:
+    await stream.send_all((json.dumps(obj) + "\n").encode())
