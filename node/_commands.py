@@ -87,6 +87,7 @@ def _short(peer: str) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    os.umask(0o077)  # the database and its WAL hold sealed shards and the audit log
     home = init_home(_home(args).path, name=args.name, country=args.country, city=args.city or "",
                      org=args.org or "", listen=args.listen or None)
     info = {"home": str(home.path), "peer_id": home.peer_id(), "name": args.name,
@@ -101,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     home = _home(args)
     home.config()
+    os.umask(0o077)
     handlers: list[logging.Handler] = [logging.FileHandler(home.log_file)]
     if not args.quiet:
         handlers.append(logging.StreamHandler(sys.stderr))
@@ -110,6 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ._runtime import ControlError, NodeRuntime
 
     _net.route_libp2p_logging(logging.getLogger("shardnet.libp2p"), logging.WARNING)
+    # A custodian that is down fails our dials; the node logs that once per
+    # attempt itself, so libp2p's per-address errors are noise.
+    logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
     try:
         runtime = NodeRuntime(home, bootstrap=args.bootstrap or [])
         trio.run(runtime.run)
@@ -338,5 +343,4 @@ def register(sub: Any) -> None:
     sp.set_defaults(func=cmd_demo)
 
 
-cli._EXTRA_COMMANDS.append(register)
 __all__ = ["HomeError", "parse_duration", "register"]

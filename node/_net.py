@@ -472,6 +472,16 @@ async def connect(host: IHost, multiaddr_str: str, timeout: float) -> str:  # no
         raise ValueError(f"not a multiaddr ending in /p2p/<peer_id>: {multiaddr_str!r}") from exc
     if info.peer_id == host.get_id():
         raise ValueError("refusing to dial ourselves")
+    if info.peer_id not in host.get_network().connections:
+        # We dial only addresses we chose (from a signed descriptor or the
+        # command line). py-libp2p would otherwise also dial every address it
+        # ever saw for the peer (stale ones first, after a restart on a new
+        # port), and refuse any dial for 60 s after one that failed (its
+        # negative peer cache); our callers pace their own retries.
+        host.get_peerstore().clear_addrs(info.peer_id)
+        swarm = host.get_network()
+        if isinstance(swarm, Swarm):
+            swarm.unblock_peer(info.peer_id)
     with trio.move_on_after(timeout) as scope:
         try:
             await host.connect(info)

@@ -82,8 +82,11 @@ class NodeRuntime:
         self.started = 0.0
         self.outbox_wakeup = trio.Event()
         self.progress = trio.Event()
-        self._backoff: dict[str, tuple[float, float]] = {}  # peer -> (next attempt, delay)
+        self._backoff: dict[str, tuple[float, float]] = {}  # peer -> (next delivery, delay)
+        self._dial_backoff: dict[str, tuple[float, float]] = {}  # peer -> (next dial, delay)
         self._pulled: set[str] = set()
+        self._known = {r["peer_id"] for r in self.store.custodians()}
+        self._addrs: dict[str, tuple[str, ...]] = {}
         self._stop = trio.Event()
 
     def now(self) -> int:
@@ -189,8 +192,15 @@ class NodeRuntime:
             log.info("descriptor refused: %s", exc)
             return
         if d is not None:
-            log.info("custodian %s (%s) %s", d.name, d.country, d.peer_id)
-            self.outbox_wakeup.set()
+            if d.peer_id not in self._known:
+                self._known.add(d.peer_id)
+                log.info("custodian %s (%s) %s", d.name, d.country, d.peer_id)
+            if self._addrs.get(d.peer_id) != d.addrs:
+                # New addresses (a restart): retry now rather than after back-off.
+                self._addrs[d.peer_id] = d.addrs
+                self._dial_backoff.pop(d.peer_id, None)
+                self._backoff.pop(d.peer_id, None)
+                self.outbox_wakeup.set()
 
     async def _on_directory_pull(self, remote: str, frame: bytes) -> bytes:
         return self.directory.pull_reply()
@@ -228,9 +238,16 @@ class NodeRuntime:
             return None
 
     async def _dial_custodian(self, d: Descriptor) -> bool:
+        """Dial a custodian at its descriptor's addresses, with per-peer back-off."""
+        due, delay = self._dial_backoff.get(d.peer_id, (0.0, 0.5))
+        if time.monotonic() < due:
+            return False
         for addr in d.addrs:
             if await self._dial(addr if "/p2p/" in addr else f"{addr}/p2p/{d.peer_id}"):
+                self._dial_backoff.pop(d.peer_id, None)
                 return True
+        delay = min(BACKOFF_MAX, delay * 2)
+        self._dial_backoff[d.peer_id] = (time.monotonic() + delay, delay)
         return False
 
     async def _peers_loop(self) -> None:

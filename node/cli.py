@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from shardnet import protocol as p
@@ -129,13 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bs.set_defaults(func=cmd_bench_sharing)
 
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
+    from ._commands import register
+
+    register(sub)
     return parser
-
-
-# Node commands register themselves here (see node/_commands.py).
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
 def _classify(exc: BaseException) -> tuple[int, str]:
@@ -156,8 +153,6 @@ def _classify(exc: BaseException) -> tuple[int, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import _commands  # noqa: F401  (registers the node commands)
-
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args))
@@ -175,4 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m shardnet.node.cli`: use the package's module, not a
+    # second copy named __main__.
+    from shardnet.node.cli import main as _main
+
+    sys.exit(_main())
