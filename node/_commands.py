@@ -268,7 +268,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
+    from shardnet.simulations._demo import run_demo
 
     return run_demo(args)
 

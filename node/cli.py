@@ -87,6 +87,19 @@ def cmd_bench_sharing(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_network(args: argparse.Namespace) -> int:
+    from shardnet.simulations._netbench import format_network_report, run_network_bench
+
+    result = run_network_bench(runs=args.runs, progress=lambda m: print(f"... {m}", file=sys.stderr))
+    if args.json:
+        from ._files import write_atomic
+
+        write_atomic(__import__("pathlib").Path(args.json), json.dumps(result, indent=1).encode(),
+                     0o644, overwrite=True)
+    print(format_network_report(result))
+    return EXIT_OK
+
+
 # -- parser --------------------------------------------------------------------------
 
 
@@ -128,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     bs = bsub.add_parser("sharing", help="split/combine against peer libraries")
     bs.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bs.set_defaults(func=cmd_bench_sharing)
+    bn = bsub.add_parser("network", help="import latency, RSS, directory convergence (10 processes)")
+    bn.add_argument("--runs", type=_positive, default=5, metavar="N")
+    bn.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bn.set_defaults(func=cmd_bench_network)
 
     from ._commands import register
 

@@ -76,6 +76,16 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
 
+    def add(self, spec: NodeSpec) -> LocalNode:
+        """Add (and initialise) one more node; start it with :meth:`start`."""
+        self.nodes[spec.name] = LocalNode(spec, Home(self.root / spec.name))
+        self.init_all()
+        return self.nodes[spec.name]
+
+    def remove(self, name: str) -> None:
+        self.stop(name)
+        del self.nodes[name]
+
     def init_all(self) -> None:
         for n in self.nodes.values():
             if not n.home.config_file.exists():
