@@ -11,6 +11,7 @@ from typing import Any
 
 from shardnet import protocol as p
 from shardnet.protocol._audit import AuditChainBroken
+from shardnet.protocol._quorum import ApprovalRule
 from shardnet.protocol._records import Descriptor
 
 from ._store import Store
@@ -57,7 +58,13 @@ def keyset_detail(store: Store, prefix: str) -> dict[str, Any]:
         "threshold": ks.threshold, "shares": ks.shares, "epoch": ks.epoch, "kem": ks.kem,
         "created": ks.created, "not_after": ks.not_after, "public_key": ks.public_key.hex(),
         "placement": ks.attrs.get("placement", ""), "redundancy": ks.attrs.get("redundancy", 1),
+        "policy_sha256": ks.policy_hash.hex(),
     }
+    try:
+        rule = ApprovalRule.of(ks)
+        detail["approvers"], detail["quorum"] = sorted(rule.approvers), rule.quorum
+    except p.RemoteProtocolError:
+        detail["approvers"], detail["quorum"] = [], 0
     shards = []
     if row["role"] == "owner":
         for r in store.outbox(ks.id_hex):

@@ -193,6 +193,8 @@ def _format_keyset(d: dict[str, Any]) -> str:
         f"keyset    {d['keyset']} ({d['role']}, {d['status']})",
         f"policy    {d['threshold']}-of-{d['shares']}, epoch {d['epoch']}, {d['kem']}, "
         f"placement {d['placement'] or 'none'}, redundancy {d['redundancy']}",
+        f"approval  quorum {d['quorum']} of {len(d['approvers'])} approvers; Cedar policy sha256 "
+        f"{d['policy_sha256'][:16]}…",
         f"created   {_ts(d['created'])}; expires {_ts(d['not_after'])}",
         f"public    {d['public_key']}",
         f"owner     {d['owner']}",
@@ -200,7 +202,11 @@ def _format_keyset(d: dict[str, Any]) -> str:
     rows = [[s["index"], s["name"], s["country"], s["custodian"], s["state"]
              + (f" ({s['last_error']})" if s.get("last_error") and s["state"] != "delivered" else "")]
             for s in d["shards"]]
-    return "\n".join(head) + "\n\n" + _table(rows, ["INDEX", "CUSTODIAN", "CC", "PEER ID", "STATE"])
+    text = "\n".join(head) + "\n\n" + _table(rows, ["INDEX", "CUSTODIAN", "CC", "PEER ID", "STATE"])
+    if d["status"] == "exposed":
+        text += ("\n\nthis keyset's shares were released in shares mode: treat the key as exposed and "
+                 "rotate it (shardnet key import of a new key)")
+    return text
 
 
 class _Bar:
@@ -231,9 +237,13 @@ def cmd_key_import(args: argparse.Namespace) -> int:
     master = read_input(args.input, p.MAX_MASTER)
     if not master:
         raise cli.UsageError(f"{args.input}: the key file is empty")
+    policy = None
+    if args.policy:
+        policy = read_input(args.policy, 64 * 1024).decode("utf-8", "replace")
     bar = _Bar()
     try:
         d = _ask(args, "key-import", {
+            "approvers": args.approvers, "quorum": args.quorum, "policy": policy,
             "key": base64.b64encode(master).decode(), "threshold": args.threshold, "shares": args.shares,
             "placement": args.placement, "redundancy": args.redundancy, "expires": args.expires,
             "kem": args.kem, "wait": args.wait,
@@ -248,6 +258,81 @@ def cmd_key_import(args: argparse.Namespace) -> int:
         text += "\npending shards stay in the outbox and are delivered when their custodians come back"
     cli._emit(args, d, text)
     return cli.EXIT_FAIL if states.count("refused") else cli.EXIT_OK
+
+
+def _peer_list(text: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected PEER,PEER,...")
+    return items
+
+
+def cmd_key_reconstruct(args: argparse.Namespace) -> int:
+    from ._files import write_atomic
+
+    out = pathlib.Path(args.out)
+    if out.exists() and not args.force:
+        raise cli.UsageError(f"{out} already exists (use --force to overwrite)")
+    if not out.parent.is_dir():
+        raise cli.UsageError(f"{out.parent}: no such directory")
+    tty = sys.stderr.isatty()
+
+    def progress(ev: dict[str, Any]) -> None:
+        if not tty:
+            return
+        if ev.get("kind") == "request":
+            print(f"request {ev['request']} published; waiting for approvals", file=sys.stderr)
+        elif ev.get("kind") == "votes":
+            print(f"\rapprovals {ev['approvals']}/{ev['quorum']}", end="", file=sys.stderr, flush=True)
+        elif ev.get("kind") == "releases":
+            print(f"\rreleases  {ev['have']}/{ev['need']}   ", end="", file=sys.stderr, flush=True)
+
+    try:
+        res = _ask(args, "key-reconstruct", {"keyset": args.keyset, "mode": args.mode, "reason": args.reason,
+                                             "timeout": args.timeout}, on_event=progress,
+                   timeout=args.timeout + 30)
+    finally:
+        if tty:
+            print(file=sys.stderr)
+    key = base64.b64decode(res.pop("key"))
+    write_atomic(out, key, 0o600, overwrite=args.force)
+    res["out"] = str(out)
+    for b in res["invalid"]:
+        print(f"shardnet: warning: custodian {b['name'] or b['custodian']} ({b['custodian']}) sent an invalid "
+              f"answer: {b['detail']}", file=sys.stderr)
+    tm = res["timings_ms"]
+    text = (f"reconstructed {res['bytes']}-byte key into {out} ({res['mode']} mode, indices "
+            f"{', '.join(map(str, res['used_indices']))}) in {tm['total']} ms: quorum {tm['quorum']} ms, "
+            f"releases {tm['release']} ms, verification {tm['verify']} ms")
+    if res["exposed"]:
+        text += ("\nthe custodians' shares were released to this node: the keyset is marked exposed; "
+                 "treat the key as exposed and rotate it")
+    cli._emit(args, res, text)
+    return cli.EXIT_OK
+
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    rows = _ask(args, "requests")
+    table = _table([[r["request"], r["keyset"][:12] + "…", _short(r["requester"]), r["mode"],
+                     f"{r['approvals']}/{r['quorum']}" + (f" ({r['denials']} deny)" if r["denials"] else ""),
+                     r["state"] if not r["outcome"] else r["outcome"],
+                     (r["my_vote"] or "-") if r["approver"] else "not approver", r["reason"][:40]]
+                    for r in rows],
+                   ["REQUEST", "KEYSET", "REQUESTER", "MODE", "APPROVALS", "STATE", "YOUR VOTE", "REASON"])
+    cli._emit(args, rows, table if rows else "no reconstruction requests")
+    return cli.EXIT_OK
+
+
+def cmd_vote(args: argparse.Namespace) -> int:
+    res = _ask(args, args.decision, {"request": args.request})
+    cli._emit(args, res, f"voted {res['decision']} on request {res['request']} (signed and published)")
+    return cli.EXIT_OK
+
+
+def cmd_threat(args: argparse.Namespace) -> int:
+    res = _ask(args, "threat-level", {"level": args.level})
+    cli._emit(args, res, f"threat level {res['threat_level']}")
+    return cli.EXIT_OK
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -319,15 +404,49 @@ def register(sub: Any) -> None:
                     help="custodians per shard index, never two in one country")
     sp.add_argument("--expires", type=parse_duration, metavar="DURATION", help="e.g. 365d")
     sp.add_argument("--kem", choices=p.KEMS, default="x25519")
+    sp.add_argument("--approvers", type=_peer_list, metavar="PEER,...",
+                    help="who approves reconstruction (peer ids or custodian names; default: the custodians)")
+    sp.add_argument("--quorum", type=cli._positive, metavar="K", help="approvals needed (default: t)")
+    sp.add_argument("--policy", metavar="FILE", help="Cedar policy for reconstruction (default: allow "
+                    "any request that reached quorum, unless the custodian's threat level is critical)")
     sp.add_argument("--wait", type=float, default=30.0, metavar="S", help="seconds to wait for receipts")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_key_import)
+    sp = ksub.add_parser("reconstruct", help="get a key back: request, quorum approvals, releases")
+    home_arg(sp)
+    sp.add_argument("keyset", metavar="KEYSET")
+    sp.add_argument("--out", required=True, metavar="FILE", help="where to write the key (mode 0600)")
+    sp.add_argument("--mode", choices=("unwrap", "shares"), default="unwrap",
+                    help="unwrap: custodians send partial decryptions, shares never leave them (default); "
+                    "shares: custodians send their shares (the keyset is then marked exposed)")
+    sp.add_argument("--reason", default="", metavar="TEXT")
+    sp.add_argument("--timeout", type=float, default=120.0, metavar="S")
+    sp.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_key_reconstruct)
     for name, fn in [("list", cmd_key_list), ("show", cmd_key_show)]:
         sp = ksub.add_parser(name, help=f"{name} keysets")
         home_arg(sp)
         sp.add_argument("keyset", nargs="?", metavar="KEYSET")
         sp.add_argument("--json", action="store_true")
         sp.set_defaults(func=fn)
+
+    sp = sub.add_parser("requests", help="reconstruction requests this node knows, with their votes")
+    home_arg(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_requests)
+    for name, hlp in [("approve", "approve a reconstruction request (signed vote)"),
+                      ("deny", "deny a reconstruction request (signed vote)")]:
+        sp = sub.add_parser(name, help=hlp)
+        home_arg(sp)
+        sp.add_argument("request", metavar="REQUEST_ID", help="request id or a unique prefix")
+        sp.add_argument("--json", action="store_true")
+        sp.set_defaults(func=cmd_vote, decision=name)
+    sp = sub.add_parser("threat", help="show or set this custodian's threat level (0 low .. 5 critical)")
+    home_arg(sp)
+    sp.add_argument("--level", type=int, choices=range(6), metavar="N")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_threat)
 
     ap = sub.add_parser("audit", help="the signed delivery log")
     asub = ap.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=cli._Parser)

@@ -29,21 +29,31 @@ import trio
 
 from shardnet import protocol as p
 from shardnet.protocol._records import Descriptor, b58decode
+from shardnet.protocol._requests import Request, Vote
 
 from . import _api, _net
 from ._files import write_atomic
 from ._home import Home
 from ._services import (
+    ASK_TAG,
     DELIVER_PROTOCOL,
     DIRECTORY_PROTOCOL,
     DIRECTORY_TOPIC,
+    MAX_ASK,
     MAX_DELIVER_FRAME,
     MAX_DIRECTORY_REPLY,
+    MAX_SYNC_REPLY,
+    RELEASE_PROTOCOL,
+    REQUEST_TOPIC,
+    SYNC_PROTOCOL,
     VERSION,
+    VOTE_TOPIC,
+    Approvals,
     Custodian,
     Directory,
     Owner,
     Rejected,
+    Releaser,
 )
 
 log = logging.getLogger("shardnet.node")
@@ -78,6 +88,10 @@ class NodeRuntime:
         self.directory = Directory(self.store, self.peer_id)
         self.custodian = Custodian(self.store, self.key, self.hpke)
         self.owner = Owner(self.store, self.key, self.directory)
+        self.approvals = Approvals(self.store, self.key)
+        self.releaser = Releaser(self.store, self.key, self.hpke, self.approvals, self.directory,
+                                 self.threat_level)
+        self.votes_changed = trio.Event()
         self.net: _net.NetHost | None = None
         self.started = 0.0
         self.outbox_wakeup = trio.Event()
@@ -111,11 +125,21 @@ class NodeRuntime:
                                     max_concurrent_per_peer=8)
                 _net.serve_protocol(net.host, DIRECTORY_PROTOCOL, self._on_directory_pull,
                                     max_len=1024, timeout=REQUEST_TIMEOUT, max_concurrent_per_peer=4)
+                _net.serve_protocol(net.host, RELEASE_PROTOCOL, self._on_release,
+                                    max_len=MAX_ASK, timeout=REQUEST_TIMEOUT, max_concurrent_per_peer=4)
+                _net.serve_protocol(net.host, SYNC_PROTOCOL, self._on_sync,
+                                    max_len=1024, timeout=REQUEST_TIMEOUT, max_concurrent_per_peer=4)
                 assert net.pubsub is not None
                 net.pubsub.set_topic_validator(DIRECTORY_TOPIC, self._validate_descriptor, False)
+                net.pubsub.set_topic_validator(REQUEST_TOPIC, self._validate_signed(Request), False)
+                net.pubsub.set_topic_validator(VOTE_TOPIC, self._validate_signed(Vote), False)
                 sub = await net.pubsub.subscribe(DIRECTORY_TOPIC)
+                req_sub = await net.pubsub.subscribe(REQUEST_TOPIC)
+                vote_sub = await net.pubsub.subscribe(VOTE_TOPIC)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._drain_directory, sub)
+                    nursery.start_soon(self._drain, req_sub, self._accept_request)
+                    nursery.start_soon(self._drain, vote_sub, self._accept_vote)
                     nursery.start_soon(self._publish_loop)
                     nursery.start_soon(self._peers_loop)
                     nursery.start_soon(self._outbox_loop)
@@ -261,10 +285,12 @@ class NodeRuntime:
                 for peer in connected - self._pulled:
                     self._pulled.add(peer)
                     n.start_soon(self._pull_from, peer)
+                    n.start_soon(self._sync_from, peer)
                 if time.monotonic() - last_pull > PULL_EVERY and connected:
                     last_pull = time.monotonic()
                     for peer in random.sample(sorted(connected), min(2, len(connected))):
                         n.start_soon(self._pull_from, peer)
+                        n.start_soon(self._sync_from, peer)
                 budget = MAX_PEERS - len(connected)
                 for d in self.directory.all():
                     if budget <= 0:
@@ -274,6 +300,97 @@ class NodeRuntime:
                         n.start_soon(self._dial_custodian, d)
             self._pulled &= set(self.connected())
             await trio.sleep(0.5)
+
+    # -- requests and votes ---------------------------------------------------------
+
+    def threat_level(self) -> int:
+        raw = self.store.get_kv("threat_level")
+        return int(raw) if raw else 0
+
+    def _validate_signed(self, cls: Any) -> Callable[[Any, Any], bool]:
+        def check(forwarder: Any, msg: Any) -> bool:
+            try:
+                rec = cls.from_bytes(bytes(msg.data))
+            except (p.ShardnetError, ValueError):
+                return False
+            who = rec.requester if isinstance(rec, Request) else rec.approver
+            return b58decode(who) == bytes(msg.from_id)
+        return check
+
+    async def _drain(self, sub: Any, accept: Callable[[bytes], None]) -> None:
+        while True:
+            msg = await sub.get()
+            accept(bytes(msg.data))
+
+    def _accept_request(self, data: bytes) -> None:
+        try:
+            req = self.approvals.accept_request(data, self.now())
+        except (p.ShardnetError, ValueError) as exc:
+            log.info("request refused: %s", exc)
+            return
+        if req is not None:
+            log.info("reconstruction request %s for keyset %s from %s (%s): %s", req.id,
+                     req.keyset_id.hex()[:12], req.requester, req.mode, req.reason)
+
+    def _accept_vote(self, data: bytes) -> None:
+        try:
+            vote = self.approvals.accept_vote(data, self.now())
+        except (p.ShardnetError, ValueError, LookupError) as exc:
+            log.info("vote refused: %s", exc)
+            return
+        if vote is not None:
+            log.info("vote %s on request %s from %s", vote.decision, vote.request_id, vote.approver)
+            self.wake_voters()
+
+    def wake_voters(self) -> None:
+        self.votes_changed.set()
+        self.votes_changed = trio.Event()
+
+    async def _publish(self, topic: str, data: bytes) -> None:
+        assert self.net is not None and self.net.pubsub is not None
+        try:
+            await self.net.pubsub.publish(topic, data)
+        except Exception as exc:  # best effort: the sync protocol carries it too
+            log.debug("publish on %s failed: %r", topic, exc)
+
+    async def _on_sync(self, remote: str, frame: bytes) -> bytes:
+        return self.approvals.sync_reply(self.now())
+
+    async def _sync_from(self, peer: str) -> None:
+        assert self.net is not None
+        try:
+            reply = await _net.request(self.net.host, peer, SYNC_PROTOCOL, b"sync",
+                                       max_reply=MAX_SYNC_REPLY, timeout=REQUEST_TIMEOUT)
+            items = p.decode(reply, max_size=MAX_SYNC_REPLY, max_items=8192)
+        except (_net.RequestError, p.ShardnetError) as exc:
+            log.debug("sync from %s failed: %s", peer, exc)
+            return
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes):
+                self._accept_request(item[0])
+                for v in item[1] if isinstance(item[1], list) else []:
+                    if isinstance(v, bytes):
+                        self._accept_vote(v)
+
+    async def _on_release(self, remote: str, frame: bytes) -> bytes:
+        try:
+            return self.releaser.handle(remote, frame, self.now())
+        except Rejected as exc:
+            log.info("release to %s refused: %s", remote, exc)
+            raise _net.RequestRejected(str(exc)) from None
+
+    async def ask_release(self, peer: str, request: Request, votes: list[bytes]) -> bytes:
+        """One release round trip to ``peer`` (or to ourselves, locally)."""
+        assert self.net is not None
+        frame = p.encode([ASK_TAG, 1, request.signed, votes])
+        if peer == self.peer_id:
+            return self.releaser.handle(self.peer_id, frame, self.now())
+        if peer not in self.connected():
+            d = self.directory.get(peer)
+            if d is None or not await self._dial_custodian(d):
+                raise _net.StreamOpenError(peer, RELEASE_PROTOCOL, "unreachable")
+        return await _net.request(self.net.host, peer, RELEASE_PROTOCOL, frame,
+                                  max_reply=64 * 1024, timeout=REQUEST_TIMEOUT)
 
     # -- delivery -------------------------------------------------------------------
 
@@ -419,6 +536,24 @@ class NodeRuntime:
             return _api.audit_verify(self.store, self.key.public_key().public_bytes_raw())
         if cmd == "key-import":
             return await self._import(args, emit)
+        if cmd == "requests":
+            return self.approvals.listing(self.now())
+        if cmd in ("approve", "deny"):
+            vote = self.approvals.cast(str(args["request"]), cmd, self.now())
+            self.wake_voters()
+            await self._publish(VOTE_TOPIC, vote.signed)
+            return {"request": vote.request_id, "decision": vote.decision, "approver": vote.approver}
+        if cmd == "key-reconstruct":
+            from ._reconstruct import reconstruct
+
+            return await reconstruct(self, args, emit)
+        if cmd == "threat-level":
+            if args.get("level") is not None:
+                level = int(args["level"])
+                if not 0 <= level <= 5:
+                    raise ValueError("threat level is 0 (low) to 5 (critical)")
+                self.store.put_kv("threat_level", str(level).encode())
+            return {"threat_level": self.threat_level()}
         if cmd == "stop":
             self.stop()
             return {"stopping": True}
@@ -432,6 +567,7 @@ class NodeRuntime:
             master, int(args["threshold"]), int(args["shares"]), now=self.now(),
             placement_expr=args.get("placement"), redundancy=int(args.get("redundancy") or 1),
             expires=args.get("expires"), kem=str(args.get("kem") or "x25519"),
+            approvers=args.get("approvers"), quorum=args.get("quorum"), policy_text=args.get("policy"),
         )
         del master
         ks = res.keyset

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shardnet import protocol as p
 from shardnet.protocol import _placement as placement
+from shardnet.protocol._policy import DEFAULT_POLICY, Policy, PolicyError
+from shardnet.protocol._quorum import ApprovalRule, ReleaseDenied, Tally, decide_release
 from shardnet.protocol._records import Delivery, Descriptor, Receipt, peer_id_of
+from shardnet.protocol._requests import Release, Request, Vote, partial_payload, share_payload
 
 from ._store import AuditEvent, NewOutboxItem, Store
 
@@ -214,7 +218,9 @@ class Owner:
     def import_key(
         self, master: bytes, threshold: int, shares: int, *, now: int, placement_expr: str | None = None,
         redundancy: int = 1, expires: int | None = None, kem: str = "x25519",
+        approvers: list[str] | None = None, quorum: int | None = None, policy_text: str | None = None,
     ) -> ImportResult:
+        policy = Policy(policy_text if policy_text is not None else DEFAULT_POLICY)
         if kem not in p.KEMS:
             raise ValueError(f"unknown kem {kem!r}; choose one of {', '.join(p.KEMS)}")
         p._vss.check_params(threshold, shares)
@@ -232,10 +238,23 @@ class Owner:
         holders = placement.solve(cands, shares, redundancy=redundancy, constraints=constraints,
                                   seed=int.from_bytes(os.urandom(4), "big"))
         not_after = now + expires if expires else None
-        attrs = {"placement": placement_expr, "redundancy": redundancy,
-                 "holders": {str(i): hs for i, hs in holders.items()}}
+        attrs: dict[str, Any] = {"placement": placement_expr, "redundancy": redundancy,
+                                 "holders": {str(i): hs for i, hs in holders.items()},
+                                 "policy": policy.text}
+        if approvers:
+            approver_ids = sorted({self._resolve(a) for a in approvers})
+            q = quorum if quorum is not None else min(threshold, len(approver_ids))
+            if not 1 <= q <= len(approver_ids):
+                raise ValueError(f"--quorum must be 1..{len(approver_ids)} for {len(approver_ids)} approvers")
+            attrs["approvers"], attrs["quorum"] = approver_ids, q
+        elif quorum is not None:
+            n_holders = len({h for hs in holders.values() for h in hs})
+            if not 1 <= quorum <= n_holders:
+                raise ValueError(f"--quorum must be 1..{n_holders} (the custodians approve by default)")
+            attrs["quorum"] = quorum
         keyset, share_list = p.split_key(master, threshold, shares, owner=self.key, now=now,
-                                         not_after=not_after, kem=kem, attrs=attrs)
+                                         not_after=not_after, kem=kem, policy_hash=policy.digest,
+                                         attrs=attrs)
         rows: list[NewOutboxItem] = []
         for share in share_list:
             for holder in holders[share.index]:
@@ -255,6 +274,22 @@ class Owner:
             now=now,
         )
         return ImportResult(keyset, holders, placement_expr, note)
+
+    def _resolve(self, who: str) -> str:
+        """A peer id, or the name of a custodian in the directory."""
+        who = who.strip()
+        if self.directory.get(who) is not None:
+            return who
+        named = [d.peer_id for d in self.directory.all() if d.name == who]
+        if len(named) == 1:
+            return named[0]
+        if named:
+            raise ValueError(f"approver name {who!r} is ambiguous; give the peer id")
+        try:
+            p._records.public_key_of(who)
+        except p.MalformedEncoding:
+            raise ValueError(f"approver {who!r} is neither a known custodian name nor a peer id") from None
+        return who
 
     def delivery_frame(self, row: Any, now: int) -> tuple[bytes, Delivery]:
         ks = self.store.keyset(row["keyset_id"])
@@ -282,3 +317,189 @@ class Owner:
             self.store.mark_delivered(*key, receipt=r.signed, now=now,
                                       audit=AuditEvent("receipt", body, self.key))
         return r
+
+
+# -- reconstruction: requests, votes, releases --------------------------------------
+
+REQUEST_TOPIC = "shardnet/request/1"
+VOTE_TOPIC = "shardnet/vote/1"
+RELEASE_PROTOCOL = "/shardnet/release/1"
+SYNC_PROTOCOL = "/shardnet/sync/1"
+ASK_TAG = "shardnet/release-ask"
+MAX_ASK = 64 * 1024
+MAX_SYNC_REPLY = 2 * 1024 * 1024
+
+
+class Approvals:
+    """Requests and votes this node has seen, and its own votes."""
+
+    def __init__(self, store: Store, key: Ed25519PrivateKey) -> None:
+        self.store = store
+        self.key = key
+        self.peer_id = peer_id_of(key.public_key().public_bytes_raw())
+
+    def keyset(self, keyset_id: bytes) -> p.Keyset | None:
+        row = self.store.keyset(keyset_id.hex())
+        return p.Keyset.from_bytes(row["record"]) if row else None
+
+    def accept_request(self, data: bytes, now: int) -> Request | None:
+        """Store a valid, unexpired request for a keyset we know; None if known or not ours."""
+        req = Request.from_bytes(data)
+        if now > req.not_after:
+            raise p.MalformedEncoding("request has expired")
+        if self.keyset(req.keyset_id) is None:
+            return None
+        if self.store.put_request(req.id, req.keyset_id.hex(), req.requester, req.signed,
+                                  created=req.created, not_after=req.not_after, now=now):
+            return req
+        return None
+
+    def request(self, request_id: str) -> Request:
+        row = self.store.find_request(request_id)
+        return Request.from_bytes(row["record"])
+
+    def tally(self, req: Request) -> Tally:
+        keyset = self.keyset(req.keyset_id)
+        if keyset is None:
+            raise LookupError(f"keyset {req.keyset_id.hex()} is not known to this node")
+        tally = Tally(req, ApprovalRule.of(keyset))
+        tally.add_all([Vote.from_bytes(v) for v in self.store.votes(req.id)], req.created)
+        return tally
+
+    def accept_vote(self, data: bytes, now: int) -> Vote | None:
+        """Store a vote that counts (signed, for a known request, from an approver)."""
+        vote = Vote.from_bytes(data)
+        row = self.store.request(vote.request_id)
+        if row is None:
+            return None
+        req = Request.from_bytes(row["record"])
+        self.tally(req).add(vote, now)  # raises VoteRejected
+        if self.store.put_vote(vote.request_id, vote.approver, vote.decision, vote.signed, now=now):
+            return vote
+        return None
+
+    def cast(self, request_id: str, decision: str, now: int) -> Vote:
+        req = self.request(request_id)
+        tally = self.tally(req)
+        if self.peer_id not in tally.rule.approvers:
+            raise ValueError("this node is not an approver of that keyset")
+        if now > req.not_after:
+            raise ValueError(f"request {req.id} has expired")
+        earlier = tally.votes.get(self.peer_id)
+        if earlier is not None:
+            raise ValueError(f"this node already voted {earlier.decision} on request {req.id}")
+        vote = Vote.make(self.key, req, decision, now)
+        tally.add(vote, now)
+        with self.store.transaction():
+            self.store.put_vote(req.id, self.peer_id, decision, vote.signed, now=now)
+            self.store.append_audit("vote", {"request": req.id, "keyset": req.keyset_id.hex(),
+                                             "requester": req.requester, "decision": decision}, now, self.key)
+        return vote
+
+    def listing(self, now: int) -> list[dict[str, Any]]:
+        out = []
+        for row in self.store.requests(active_at=now - 3600):
+            req = Request.from_bytes(row["record"])
+            try:
+                tally = self.tally(req)
+            except LookupError:
+                continue
+            mine = tally.votes.get(self.peer_id)
+            out.append({
+                "request": req.id, "keyset": req.keyset_id.hex(), "requester": req.requester,
+                "mode": req.mode, "reason": req.reason, "created": req.created, "not_after": req.not_after,
+                "approvals": tally.approvals, "denials": tally.denials, "quorum": tally.rule.quorum,
+                "state": tally.state(now).value, "approver": self.peer_id in tally.rule.approvers,
+                "my_vote": mine.decision if mine else None, "outcome": row["outcome"],
+            })
+        return out
+
+    def sync_reply(self, now: int) -> bytes:
+        items = [[bytes(r["record"]), self.store.votes(r["request_id"])]
+                 for r in self.store.requests(active_at=now)[-256:]]
+        return p.encode(items)
+
+
+class Releaser:
+    """A custodian's release service: decides on its own, then releases sealed to the requester."""
+
+    def __init__(self, store: Store, key: Ed25519PrivateKey, hpke: dict[str, p.HpkePrivateKey],
+                 approvals: Approvals, directory: Directory, threat_level: Callable[[], int]) -> None:
+        self.store = store
+        self.key = key
+        self.hpke = hpke
+        self.approvals = approvals
+        self.directory = directory
+        self.threat_level = threat_level
+        self.peer_id = peer_id_of(key.public_key().public_bytes_raw())
+        self._policies: dict[bytes, Policy] = {}
+        self._refusals: set[tuple[str, str]] = set()
+
+    def _policy(self, keyset: p.Keyset) -> Policy:
+        text = keyset.attrs.get("policy", DEFAULT_POLICY)
+        pol = self._policies.get(keyset.policy_hash)
+        if pol is None:
+            pol = Policy(str(text))
+            self._policies[keyset.policy_hash] = pol
+        return pol
+
+    def handle(self, remote: str, frame: bytes, now: int) -> bytes:
+        try:
+            req_b, votes_b = p._codec.decode_record(frame, ASK_TAG, 1, 2, max_size=MAX_ASK)
+            req = Request.from_bytes(p._codec.want_bytes(req_b, "request"))
+            votes = [Vote.from_bytes(p._codec.want_bytes(v, "vote")) for v in p._codec.want(votes_b, list, "votes")]
+        except p.ShardnetError as exc:
+            raise Rejected(f"malformed release request: {exc}") from None
+        if req.requester != remote:
+            raise Rejected("the request was not made by the peer asking")
+        row = self.store.keyset(req.keyset_id.hex())
+        if row is None:
+            raise Rejected("this custodian does not know that keyset")
+        keyset = p.Keyset.from_bytes(row["record"])
+        held = [h for h in self.store.held_shards(keyset.id_hex) if h["epoch"] == keyset.epoch]
+        if not held:
+            raise Rejected("this custodian holds no shard of that keyset")
+        try:
+            self.approvals.accept_request(req.signed, now)
+        except p.ShardnetError:
+            pass  # decide_release below gives the reason
+        requester = self.directory.get(req.requester)
+        try:
+            decision = decide_release(
+                keyset, req, votes + self._stored_votes(req), now=now, policy=self._policy(keyset),
+                requester_org=requester.org if requester else "",
+                requester_country=requester.country if requester else "", threat_level=self.threat_level(),
+                status=row["status"],
+            )
+        except (ReleaseDenied, PolicyError, p.RemoteProtocolError) as exc:
+            reason = getattr(exc, "reason", str(exc))
+            if (req.id, reason) not in self._refusals:
+                self._refusals.add((req.id, reason))
+                self.store.append_audit("release-refused", {"request": req.id, "keyset": keyset.id_hex,
+                                                            "requester": req.requester, "reason": reason},
+                                        now, self.key)
+            raise Rejected(reason) from None
+        out = []
+        for h in held:
+            meta, share = p.open_shard(h["sealed"], self.hpke[p.read_shard_meta(h["sealed"]).kem],
+                                       recipient=self.peer_id, now=now, commitments=keyset.commitments)
+            rel = Release.make(self.key, req, epoch=keyset.epoch, index=share.index,
+                               payload=self._payload(keyset, req, share))
+            with self.store.transaction():
+                self.store.append_audit("release", {
+                    "request": req.id, "keyset": keyset.id_hex, "index": share.index, "mode": req.mode,
+                    "requester": req.requester, "approvals": decision.approvals, "quorum": decision.quorum,
+                }, now, self.key)
+                if req.mode == "shares" and row["status"] == "active":
+                    self.store.set_keyset_status(keyset.id_hex, "exposed", now=now)
+            out.append(rel.signed)
+        return p.encode(out)
+
+    def _stored_votes(self, req: Request) -> list[Vote]:
+        return [Vote.from_bytes(v) for v in self.store.votes(req.id)]
+
+    def _payload(self, keyset: p.Keyset, req: Request, share: p.Share) -> bytes:
+        """What this custodian releases: a partial decryption with its proof, or its share."""
+        if req.mode == "unwrap":
+            return partial_payload(p.partial_decrypt(keyset, share, req.id.encode()))
+        return share_payload(share)

@@ -114,7 +114,9 @@ OutboxState = Literal["pending", "delivered", "refused"]
 
 #: Allowed keyset statuses. Checked here rather than by a SQL CHECK so that a
 #: new status needs no table rebuild.
-KEYSET_STATUSES: Final = frozenset({"active", "revoked", "expired", "rotated", "destroyed"})
+KEYSET_STATUSES: Final = frozenset(
+    {"active", "exposed", "revoked", "expired", "rotated", "destroyed"}
+)
 #: Custodian descriptor fields kept in their own columns.
 CUSTODIAN_FIELDS: Final = ("name", "country", "city", "continent", "org")
 #: Errors and refusal reasons may come from peers: keep at most this many chars.
@@ -298,7 +300,32 @@ CREATE TABLE kv (
 #: ``MIGRATIONS[i]`` upgrades the schema from version ``i`` to ``i + 1``:
 #: a SQL script or a function of the database. Append only; never edit one
 #: that has shipped.
-MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1,)
+# Reconstruction requests and approval votes (signed records, as received).
+_SCHEMA_2 = """
+CREATE TABLE requests (
+    request_id  TEXT PRIMARY KEY CHECK (length(request_id) = 32),
+    keyset_id   TEXT NOT NULL,
+    requester   TEXT NOT NULL,
+    record      BLOB NOT NULL,
+    created     INTEGER NOT NULL,
+    not_after   INTEGER NOT NULL,
+    outcome     TEXT,
+    received_at INTEGER NOT NULL
+) STRICT;
+
+CREATE INDEX requests_by_expiry ON requests (not_after);
+
+CREATE TABLE votes (
+    request_id  TEXT NOT NULL REFERENCES requests (request_id),
+    approver    TEXT NOT NULL,
+    decision    TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
+    record      BLOB NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (request_id, approver)
+) STRICT;
+"""
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -954,6 +981,55 @@ class Store:
         finally:
             with contextlib.suppress(sqlite3.ProgrammingError):  # store already closed
                 cursor.close()
+
+    # -- reconstruction requests and votes --------------------------------------------
+
+    def put_request(self, request_id: str, keyset_id: str, requester: str, record: bytes, *,
+                    created: int, not_after: int, now: int) -> bool:
+        """Store a verified request; False if we already had it."""
+        with self.transaction():
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO requests (request_id, keyset_id, requester, record, created, "
+                "not_after, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [request_id, keyset_id, requester, record, created, not_after, now],
+            )
+            return bool(cur.rowcount)
+
+    def request(self, request_id: str) -> dict[str, Any] | None:
+        rows = list(self._db.query("SELECT * FROM requests WHERE request_id = ?", [request_id]))
+        return rows[0] if rows else None
+
+    def find_request(self, prefix: str) -> dict[str, Any]:
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            raise KeysetNotFound(f"no request {prefix!r} (request ids are hex)")
+        rows = list(self._db.query("SELECT * FROM requests WHERE request_id LIKE ? LIMIT 3", [prefix + "%"]))
+        if not rows:
+            raise KeysetNotFound(f"no request {prefix!r} is known to this node")
+        if len(rows) > 1:
+            raise KeysetLookupError(f"request prefix {prefix!r} is ambiguous")
+        return rows[0]
+
+    def requests(self, *, active_at: int | None = None) -> list[dict[str, Any]]:
+        if active_at is None:
+            return list(self._db.query("SELECT * FROM requests ORDER BY created"))
+        return list(self._db.query("SELECT * FROM requests WHERE not_after >= ? ORDER BY created", [active_at]))
+
+    def set_request_outcome(self, request_id: str, outcome: str) -> None:
+        with self.transaction():
+            self._db.execute("UPDATE requests SET outcome = ? WHERE request_id = ?", [outcome, request_id])
+
+    def put_vote(self, request_id: str, approver: str, decision: str, record: bytes, *, now: int) -> bool:
+        """Store a verified vote; False if this approver's vote was already stored."""
+        with self.transaction():
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO votes (request_id, approver, decision, record, received_at) "
+                "VALUES (?, ?, ?, ?, ?)", [request_id, approver, decision, record, now],
+            )
+            return bool(cur.rowcount)
+
+    def votes(self, request_id: str) -> list[bytes]:
+        return [bytes(r["record"]) for r in
+                self._db.query("SELECT record FROM votes WHERE request_id = ? ORDER BY received_at", [request_id])]
 
     # -- small node state ----------------------------------------------------------
 

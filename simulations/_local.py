@@ -98,12 +98,13 @@ class LocalCluster:
     def bootstrap_for(self, name: str) -> list[str]:
         return [a for n in self.nodes.values() if n.running and n.spec.name != name for a in n.addrs[:1]][:2]
 
-    def start(self, name: str, *, wait: float = 30.0) -> LocalNode:
+    def start(self, name: str, *, wait: float = 30.0, command: list[str] | None = None) -> LocalNode:
+        """Start a node process (``command`` replaces ``python -m shardnet.node.cli``)."""
         n = self.nodes[name]
         if n.running:
             return n
         boot = self.bootstrap_for(name)
-        args = [*CLI, "run", "--home", str(n.home.path), "--quiet"]
+        args = [*(command or CLI), "run", "--home", str(n.home.path), "--quiet"]
         for b in boot:
             args += ["--bootstrap", b]
         n.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -1,0 +1,160 @@
+"""`key reconstruct` on the requester's node: request, wait for quorum, collect releases.
+
+Phases, timed separately for the report:
+
+1. **gossip**: sign the request (with a fresh ephemeral HPKE key), publish it,
+   and wait until this node has seen the quorum of signed approvals (gossip,
+   plus the sync pull for anything gossip lost);
+2. **release**: ask the holders, redundant replicas included, concurrently;
+   each custodian decides on its own and answers with a signed release sealed
+   to the ephemeral key, or refuses;
+3. **verify**: every release is checked on arrival (DLEQ proof or share
+   against the commitments); a bad one names its custodian, and the others
+   are asked until t valid answers are in or nobody is left.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import trio
+
+from shardnet import protocol as p
+from shardnet.protocol._quorum import State
+from shardnet.protocol._reconstruct import ReconstructionFailed, Session
+from shardnet.protocol._requests import Request
+
+from . import _net
+from ._services import REQUEST_TOPIC, Rejected
+
+if TYPE_CHECKING:
+    from ._runtime import NodeRuntime
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
+
+    row = node.store.find_keyset(str(args["keyset"]))
+    keyset = p.Keyset.from_bytes(row["record"])
+    mode = str(args.get("mode") or "unwrap")
+    timeout = float(args.get("timeout") or 60)
+    now = node.now()
+    ephemeral = p.HpkePrivateKey.generate("x25519", os.urandom)
+    request = Request.make(node.key, keyset_id=keyset.keyset_id, mode=mode, reason=str(args.get("reason") or ""),
+                           ephemeral=ephemeral.public_bytes(), nonce=os.urandom(16), created=now,
+                           not_after=now + max(1, int(timeout)))
+    node.approvals.accept_request(request.signed, now)
+    node.store.append_audit("request", {"request": request.id, "keyset": keyset.id_hex, "mode": mode,
+                                        "reason": request.reason}, now, node.key)
+    names = {d.peer_id: d.name for d in node.directory.all()}
+    session = Session(keyset, request, ephemeral, names)
+    t0 = time.perf_counter()
+    deadline = trio.current_time() + timeout
+    await node._publish(REQUEST_TOPIC, request.signed)
+    await emit({"kind": "request", "request": request.id, "keyset": keyset.id_hex, "mode": mode})
+
+    # 1. wait for the quorum (as far as this node can see it)
+    last_publish = trio.current_time()
+    tally = node.approvals.tally(request)
+    while True:
+        tally = node.approvals.tally(request)
+        state = tally.state(node.now())
+        await emit({"kind": "votes", "approvals": tally.approvals, "denials": tally.denials,
+                    "quorum": tally.rule.quorum})
+        if state is State.APPROVED:
+            break
+        if state is State.REJECTED:
+            _fail(node, request, f"request denied: {tally.denials} approvers voted deny, quorum "
+                  f"{tally.rule.quorum} is out of reach", [])
+        if trio.current_time() >= deadline:
+            _fail(node, request, f"no quorum within {timeout:.0f} s: {tally.approvals} of "
+                  f"{tally.rule.quorum} approvals", [])
+        with trio.move_on_at(min(deadline, trio.current_time() + 1.0)):
+            await node.votes_changed.wait()
+        if trio.current_time() - last_publish > 3:  # gossip is lossy: say it again
+            last_publish = trio.current_time()
+            await node._publish(REQUEST_TOPIC, request.signed)
+    t_quorum = time.perf_counter()
+
+    # 2 + 3. ask holders, verify every answer on arrival
+    votes = [v.signed for v in tally.votes.values()]
+    verify_s = 0.0
+    rounds = 0
+
+    async def ask(peer: str) -> None:
+        nonlocal verify_s
+        session.asked(peer)
+        try:
+            reply = await node.ask_release(peer, request, votes)
+            items = p.decode(reply, max_size=64 * 1024)
+        except _net.RemoteError as exc:
+            session.on_refused(peer, exc.reason)
+            return
+        except Rejected as exc:
+            session.on_refused(peer, str(exc))
+            return
+        except (_net.RequestError, p.ShardnetError) as exc:
+            session.on_unreachable(peer, str(exc))
+            return
+        t = time.perf_counter()
+        for item in items if isinstance(items, list) else []:
+            session.on_release(peer, item if isinstance(item, bytes) else b"")
+        verify_s += time.perf_counter() - t
+
+    while not session.complete() and trio.current_time() < deadline:
+        targets = session.targets(retry=rounds > 0)
+        rounds += 1
+        if not targets:
+            with trio.move_on_at(min(deadline, trio.current_time() + 1.0)):
+                await trio.sleep_forever()
+            continue
+        with trio.move_on_at(deadline):
+            async with trio.open_nursery() as nursery:
+                for peer in targets:
+                    nursery.start_soon(ask, peer)
+        await emit({"kind": "releases", "have": session.have(), "need": session.needed})
+    t_release = time.perf_counter()
+    bad = [{"custodian": peer, "name": names.get(peer, ""), "detail": detail} for peer, detail in session.bad]
+    for b in bad:
+        node.store.append_audit("cheater", {"request": request.id, "keyset": keyset.id_hex,
+                                            "custodian": b["custodian"], "detail": b["detail"][:400]},
+                                node.now(), node.key)
+    try:
+        master = session.result()
+    except ReconstructionFailed as exc:
+        _fail(node, request, str(exc), bad)
+    if mode == "shares" and row["status"] == "active":
+        node.store.set_keyset_status(keyset.id_hex, "exposed", now=node.now())
+    node.store.set_request_outcome(request.id, "reconstructed")
+    node.store.append_audit("reconstruct", {"request": request.id, "keyset": keyset.id_hex, "mode": mode,
+                                            "outcome": "ok", "bad": [b["custodian"] for b in bad]},
+                            node.now(), node.key)
+    used = sorted(session.partials)[: keyset.threshold] if mode == "unwrap" else sorted(session.shares)
+    result = {
+        "request": request.id, "keyset": keyset.id_hex, "mode": mode, "bytes": len(master),
+        "key": base64.b64encode(master).decode(), "used_indices": used, "invalid": bad,
+        "timings_ms": {
+            "quorum": round((t_quorum - t0) * 1000, 1),
+            "release": round((t_release - t_quorum - verify_s) * 1000, 1),
+            "verify": round(verify_s * 1000, 1),
+            "total": round((t_release - t0) * 1000, 1),
+        },
+        "exposed": mode == "shares",
+    }
+    del master
+    return result
+
+
+def _fail(node: NodeRuntime, request: Request, message: str, bad: list[dict[str, Any]]) -> NoReturn:
+    from ._runtime import ControlError
+
+    node.store.set_request_outcome(request.id, "failed")
+    node.store.append_audit("reconstruct", {"request": request.id, "keyset": request.keyset_id.hex(),
+                                            "mode": request.mode, "outcome": "failed", "reason": message[:400],
+                                            "bad": [b["custodian"] for b in bad]}, node.now(), node.key)
+    raise ControlError(message, 1)

@@ -1,0 +1,179 @@
+"""Approval quorum and the custodian's release decision (a state machine per request).
+
+States of a :class:`Tally` and the transitions between them::
+
+    PENDING --(approvals reach quorum)-----------------> APPROVED
+    PENDING --(denials leave too few possible approvals)-> REJECTED
+    PENDING / APPROVED --(now > request.not_after)-------> EXPIRED
+
+A vote that is not allowed raises :class:`VoteRejected` naming why: for
+another request or keyset, from someone who is not an approver, after the
+request expired, or contradicting that approver's earlier vote. The same vote
+delivered twice (gossip and pull) counts once.
+
+:func:`decide_release` is what every custodian runs on its own before it
+releases anything: the request is signed, fresh and for this keyset; the
+keyset is active; the approvals it can verify reach the quorum; and the
+keyset's Cedar policy allows it in this custodian's current threat level.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import RemoteProtocolError, ShardnetError
+from ._keyset import Keyset
+from ._requests import Request, Vote
+
+MAX_CLOCK_SKEW = 60
+
+
+class VoteRejected(RemoteProtocolError):
+    """A vote does not count; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"vote rejected: {reason}")
+
+
+class ReleaseDenied(ShardnetError):
+    """This custodian will not release for this request; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class State(enum.Enum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class ApprovalRule:
+    approvers: frozenset[str]
+    quorum: int
+
+    @classmethod
+    def of(cls, keyset: Keyset) -> ApprovalRule:
+        """The keyset's approvers and quorum: by default its custodians, quorum t."""
+        approvers = keyset.attrs.get("approvers")
+        if not approvers:
+            holders = keyset.attrs.get("holders", {})
+            approvers = sorted({h for hs in holders.values() for h in hs})
+        quorum = int(keyset.attrs.get("quorum") or keyset.threshold)
+        if not 1 <= quorum <= len(approvers):
+            raise RemoteProtocolError(f"keyset record: quorum {quorum} of {len(approvers)} approvers")
+        return cls(frozenset(str(a) for a in approvers), quorum)
+
+
+class Tally:
+    """The votes on one request, as far as this node has seen them."""
+
+    def __init__(self, request: Request, rule: ApprovalRule) -> None:
+        self.request = request
+        self.rule = rule
+        self.votes: dict[str, Vote] = {}
+
+    def add(self, vote: Vote, now: int) -> bool:
+        """Count a vote; False if it was already counted. Raises VoteRejected."""
+        if vote.request_id != self.request.id:
+            raise VoteRejected("it is for another request")
+        if vote.keyset_id != self.request.keyset_id:
+            raise VoteRejected("it is for another keyset")
+        if vote.approver not in self.rule.approvers:
+            raise VoteRejected(f"{vote.approver} is not an approver of this keyset")
+        if now > self.request.not_after:
+            raise VoteRejected("the request has expired")
+        earlier = self.votes.get(vote.approver)
+        if earlier is not None:
+            if earlier.decision != vote.decision:
+                raise VoteRejected(f"{vote.approver} already voted {earlier.decision}")
+            return False
+        self.votes[vote.approver] = vote
+        return True
+
+    def add_all(self, votes: Iterable[Vote], now: int) -> list[VoteRejected]:
+        rejected = []
+        for v in votes:
+            try:
+                self.add(v, now)
+            except VoteRejected as exc:
+                rejected.append(exc)
+        return rejected
+
+    @property
+    def approvals(self) -> int:
+        return sum(v.decision == "approve" for v in self.votes.values())
+
+    @property
+    def denials(self) -> int:
+        return sum(v.decision == "deny" for v in self.votes.values())
+
+    def state(self, now: int) -> State:
+        if now > self.request.not_after:
+            return State.EXPIRED
+        if self.approvals >= self.rule.quorum:
+            return State.APPROVED
+        if len(self.rule.approvers) - self.denials < self.rule.quorum:
+            return State.REJECTED
+        return State.PENDING
+
+
+@dataclass(frozen=True)
+class Decision:
+    approvals: int
+    quorum: int
+    policy_reasons: list[str]
+
+
+def check_request(keyset: Keyset, request: Request, now: int, *, status: str = "active") -> None:
+    if request.keyset_id != keyset.keyset_id:
+        raise ReleaseDenied("the request is for another keyset")
+    if now > request.not_after:
+        raise ReleaseDenied("the request has expired")
+    if request.created > now + MAX_CLOCK_SKEW:
+        raise ReleaseDenied("the request is dated in the future")
+    if keyset.not_after is not None and now > keyset.not_after:
+        raise ReleaseDenied("the keyset has expired")
+    if status not in ("active", "exposed"):
+        raise ReleaseDenied(f"the keyset is {status}")
+
+
+def decide_release(
+    keyset: Keyset, request: Request, votes: Sequence[Vote], *, now: int, policy: Any,
+    requester_org: str = "", requester_country: str = "", threat_level: int = 0,
+    status: str = "active",
+) -> Decision:
+    """Raise :class:`ReleaseDenied` unless this custodian may release for ``request``.
+
+    ``policy`` is a :class:`shardnet.protocol._policy.Policy` whose digest must
+    be the keyset's policy hash.
+    """
+    from ._policy import RequestContext
+
+    check_request(keyset, request, now, status=status)
+    if policy.digest != keyset.policy_hash:
+        raise ReleaseDenied("the policy text does not match the keyset's policy hash")
+    rule = ApprovalRule.of(keyset)
+    tally = Tally(request, rule)
+    tally.add_all(votes, now)
+    state = tally.state(now)
+    if state is State.REJECTED:
+        raise ReleaseDenied(f"denied by {tally.denials} approvers; quorum {rule.quorum} is out of reach")
+    if state is not State.APPROVED:
+        raise ReleaseDenied(f"no quorum: {tally.approvals} of {rule.quorum} approvals")
+    decision = policy.decide(RequestContext(
+        keyset_id=keyset.id_hex, requester=request.requester, requester_org=requester_org,
+        requester_country=requester_country or "ZZ", reason=request.reason, time=now,
+        approvals=tally.approvals, quorum=rule.quorum, threat_level=threat_level,
+    ))
+    if not decision.allowed:
+        why = "; ".join(decision.errors or decision.reasons) or "no permit matched"
+        raise ReleaseDenied(f"policy denies the request ({why})")
+    return Decision(tally.approvals, rule.quorum, list(decision.reasons))

@@ -1,0 +1,163 @@
+"""The requester's side of a reconstruction: a session that collects releases.
+
+The node asks holders (over the network, not here) and feeds every outcome in:
+:meth:`Session.on_release`, :meth:`Session.on_refused`,
+:meth:`Session.on_unreachable`. Every release is verified on arrival (its
+signature, that it answers this request for an index that custodian holds,
+and the DLEQ proof or the share against the commitments). A bad one names its
+custodian and is never used. :meth:`Session.targets` says whom to ask next,
+redundant replicas included; :meth:`Session.result` opens the key from t valid
+answers, and :meth:`Session.failure` says in one line what was missing.
+
+Holder states::
+
+    untried -> asked -> ok | refused | unreachable | invalid
+    refused | unreachable -> asked   (asked again later; invalid is final)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ._errors import InvalidPartial, InvalidShare, ShardnetError, TooFewShares
+from ._keyset import Keyset, Share, combine_key, verify_share
+from ._requests import Release, Request, share_from_payload
+from ._shard import HpkePrivateKey
+from ._unwrap import Partial, combine_partials, verify_partial
+
+
+class ReconstructionFailed(ShardnetError):
+    """Too few valid answers; the message says who was missing and why."""
+
+
+@dataclass
+class Holder:
+    peer: str
+    indices: list[int]
+    state: str = "untried"
+    detail: str = ""
+
+
+class Session:
+    def __init__(
+        self, keyset: Keyset, request: Request, ephemeral: HpkePrivateKey,
+        names: Mapping[str, str] | None = None,
+    ) -> None:
+        if request.keyset_id != keyset.keyset_id:
+            raise ValueError("request and keyset differ")
+        self.keyset = keyset
+        self.request = request
+        self.ephemeral = ephemeral
+        self.names = dict(names or {})
+        self.holders: dict[str, Holder] = {}
+        for i, peers in keyset.attrs.get("holders", {}).items():
+            for peer in peers:
+                self.holders.setdefault(peer, Holder(peer, [])).indices.append(int(i))
+        self.partials: dict[int, Partial] = {}
+        self.shares: dict[int, Share] = {}
+        self.bad: list[tuple[str, str]] = []
+
+    @property
+    def needed(self) -> int:
+        return self.keyset.threshold
+
+    def have(self) -> int:
+        return len(self.partials) if self.request.mode == "unwrap" else len(self.shares)
+
+    def complete(self) -> bool:
+        return self.have() >= self.needed
+
+    def _got(self) -> set[int]:
+        return set(self.partials) | set(self.shares)
+
+    def targets(self, *, retry: bool = False) -> list[str]:
+        """Holders worth asking now: they hold an index we still lack."""
+        if self.complete():
+            return []
+        missing = self._got()
+        ok_states = ("untried",) + (("refused", "unreachable") if retry else ())
+        return [h.peer for h in self.holders.values()
+                if h.state in ok_states and any(i not in missing for i in h.indices)]
+
+    def asked(self, peer: str) -> None:
+        self.holders[peer].state = "asked"
+
+    def name(self, peer: str) -> str:
+        return self.names.get(peer) or peer
+
+    def on_refused(self, peer: str, reason: str) -> None:
+        h = self.holders[peer]
+        h.state, h.detail = "refused", reason
+
+    def on_unreachable(self, peer: str, error: str) -> None:
+        h = self.holders[peer]
+        h.state, h.detail = "unreachable", error
+
+    def _invalid(self, peer: str, detail: str) -> None:
+        h = self.holders[peer]
+        h.state, h.detail = "invalid", detail
+        self.bad.append((peer, detail))
+
+    def on_release(self, peer: str, data: bytes) -> None:
+        """Verify one release from ``peer``; a bad one marks ``peer`` invalid."""
+        h = self.holders.get(peer)
+        if h is None:
+            raise ValueError(f"{peer} holds no shard of this keyset")
+        try:
+            rel = Release.from_bytes(data, custodian=peer)
+            if (rel.request_id, rel.keyset_id, rel.epoch, rel.mode) != (
+                self.request.id, self.keyset.keyset_id, self.keyset.epoch, self.request.mode
+            ):
+                raise InvalidShare(rel.index, self.name(peer), "answers another request, keyset or epoch")
+            if rel.index not in h.indices:
+                raise InvalidShare(rel.index, self.name(peer), "not an index this custodian holds")
+            payload = rel.open(self.ephemeral)
+            if rel.mode == "unwrap":
+                partial = Partial.from_bytes(payload)
+                if partial.index != rel.index:
+                    raise InvalidPartial(rel.index, self.name(peer), "index differs from the release")
+                verify_partial(self.keyset, partial, self.request.id.encode(), self.name(peer))
+                self.partials[rel.index] = partial
+            else:
+                share = share_from_payload(payload, self.keyset.keyset_id, self.keyset.epoch)
+                if share.index != rel.index:
+                    raise InvalidShare(rel.index, self.name(peer), "index differs from the release")
+                verify_share(self.keyset, share, self.name(peer))
+                self.shares[rel.index] = share
+        except ShardnetError as exc:
+            self._invalid(peer, str(exc))
+            return
+        if h.state != "invalid":
+            h.state = "ok"
+
+    def result(self) -> bytes:
+        if not self.complete():
+            raise ReconstructionFailed(self.failure())
+        if self.request.mode == "unwrap":
+            use = [self.partials[i] for i in sorted(self.partials)[: self.needed]]
+            master, bad = combine_partials(self.keyset, use, self.request.id.encode())
+            assert not bad  # each was verified on arrival
+            return master
+        try:
+            return combine_key(self.keyset, [self.shares[i] for i in sorted(self.shares)]).master
+        except TooFewShares as exc:  # pragma: no cover - every share was verified on arrival
+            raise ReconstructionFailed(str(exc)) from None
+
+    def failure(self) -> str:
+        """One line: how many valid answers of how many, and what happened to the rest."""
+        unit = "partial decryptions" if self.request.mode == "unwrap" else "shares"
+        details = []
+        unreachable = [self.name(h.peer) for h in self.holders.values() if h.state == "unreachable"]
+        if unreachable:
+            details.append(f"custodians {', '.join(unreachable)} unreachable")
+        for h in self.holders.values():
+            if h.state == "invalid":
+                details.append(f"{self.name(h.peer)} sent an invalid {'share' if unit == 'shares' else 'partial'}")
+            elif h.state == "refused":
+                details.append(f"{self.name(h.peer)} refused: {h.detail}")
+        silent = [self.name(h.peer) for h in self.holders.values() if h.state in ("untried", "asked")]
+        if silent:
+            details.append(f"no answer from {', '.join(silent)}")
+        head = f"{self.have()} of {self.needed} required {unit}"
+        return head + (": " + "; ".join(details) if details else "")

@@ -1,0 +1,179 @@
+"""Reconstruction requests, approval votes and releases (signed records).
+
+* :class:`Request` — signed by the requester: keyset, mode, reason, a fresh
+  ephemeral HPKE public key, a nonce, created and not-after. Its id is the
+  SHA-256 of the signed bytes (first 16 bytes, hex).
+* :class:`Vote` — signed by an approver: approve or deny one request id.
+* :class:`Release` — signed by a custodian: one share or one partial
+  decryption for one request, HPKE-sealed to the request's ephemeral key,
+  so only the requester can read it and a wrong one is evidence against
+  the custodian that signed it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from . import _group as g
+from ._codec import decode_record, encode, want, want_bytes, want_int
+from ._errors import InvalidSignature, MalformedEncoding
+from ._keyset import Share
+from ._records import peer_id_of
+from ._shard import HpkePrivateKey, hpke_seal
+from ._sign import open_signed, public_bytes, sign_body
+from ._unwrap import Partial
+
+REQUEST_TAG = "shardnet/request"
+VOTE_TAG = "shardnet/vote"
+RELEASE_TAG = "shardnet/release"
+RELEASE_INFO = b"shardnet/release/v1\x00"
+MODES = ("unwrap", "shares")
+DECISIONS = ("approve", "deny")
+MAX_REASON = 512
+MAX_REQUEST = 4096
+
+
+def _id(signed: bytes) -> str:
+    return hashlib.sha256(signed).digest()[:16].hex()
+
+
+@dataclass(frozen=True)
+class Request:
+    keyset_id: bytes
+    requester: str
+    mode: str
+    reason: str
+    ephemeral: bytes  # X25519 HPKE public key
+    nonce: bytes
+    created: int
+    not_after: int
+    signed: bytes = field(default=b"", repr=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        return _id(self.signed)
+
+    @classmethod
+    def make(cls, key: Ed25519PrivateKey, *, keyset_id: bytes, mode: str, reason: str, ephemeral: bytes,
+             nonce: bytes, created: int, not_after: int) -> Request:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose unwrap or shares")
+        if len(reason) > MAX_REASON:
+            raise ValueError(f"reason is longer than {MAX_REASON} characters")
+        if not_after <= created:
+            raise ValueError("a request must expire after it is created")
+        body = encode([REQUEST_TAG, 1, keyset_id, peer_id_of(public_bytes(key)), mode, reason, ephemeral,
+                       nonce, created, not_after])
+        return cls.from_bytes(sign_body(key, body))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Request:
+        f, signer, _ = open_signed(data, tag=REQUEST_TAG, version=1, fields=8, max_size=MAX_REQUEST)
+        requester = want(f[1], str, "requester")
+        if requester != peer_id_of(signer):
+            raise InvalidSignature("request is signed by another key than its requester's")
+        mode = want(f[2], str, "mode")
+        if mode not in MODES:
+            raise MalformedEncoding("request: unknown mode")
+        reason = want(f[3], str, "reason")
+        if len(reason) > MAX_REASON:
+            raise MalformedEncoding("request: reason too long")
+        created = want_int(f[6], "created", 0, 2**63)
+        return cls(want_bytes(f[0], "keyset id", 16), requester, mode, reason,
+                   want_bytes(f[4], "ephemeral key", 32), want_bytes(f[5], "nonce", 16), created,
+                   want_int(f[7], "not after", created + 1, 2**63), bytes(data))
+
+
+@dataclass(frozen=True)
+class Vote:
+    request_id: str
+    keyset_id: bytes
+    approver: str
+    decision: str
+    time: int
+    signed: bytes = field(default=b"", repr=False, compare=False)
+
+    @classmethod
+    def make(cls, key: Ed25519PrivateKey, request: Request, decision: str, time: int) -> Vote:
+        if decision not in DECISIONS:
+            raise ValueError("a vote is approve or deny")
+        body = encode([VOTE_TAG, 1, request.id, request.keyset_id, peer_id_of(public_bytes(key)),
+                       decision, time])
+        return cls.from_bytes(sign_body(key, body))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Vote:
+        f, signer, _ = open_signed(data, tag=VOTE_TAG, version=1, fields=5, max_size=1024)
+        approver = want(f[2], str, "approver")
+        if approver != peer_id_of(signer):
+            raise InvalidSignature("vote is signed by another key than its approver's")
+        decision = want(f[3], str, "decision")
+        if decision not in DECISIONS:
+            raise MalformedEncoding("vote: unknown decision")
+        rid = want(f[0], str, "request id")
+        if len(rid) != 32:
+            raise MalformedEncoding("vote: bad request id")
+        return cls(rid, want_bytes(f[1], "keyset id", 16), approver, decision,
+                   want_int(f[4], "time", 0, 2**63), bytes(data))
+
+
+@dataclass(frozen=True)
+class Release:
+    """One custodian's answer to one request, for one share index."""
+
+    request_id: str
+    keyset_id: bytes
+    epoch: int
+    index: int
+    mode: str
+    custodian: str
+    sealed: bytes
+    signed: bytes = field(default=b"", repr=False, compare=False)
+
+    def _info(self) -> bytes:
+        return (RELEASE_INFO + self.request_id.encode() + self.keyset_id + self.epoch.to_bytes(4, "big")
+                + self.index.to_bytes(2, "big") + self.mode.encode() + self.custodian.encode())
+
+    @classmethod
+    def make(cls, key: Ed25519PrivateKey, request: Request, *, epoch: int, index: int,
+             payload: bytes) -> Release:
+        me = peer_id_of(public_bytes(key))
+        draft = cls(request.id, request.keyset_id, epoch, index, request.mode, me, b"")
+        sealed = hpke_seal("x25519", request.ephemeral, payload, draft._info())
+        body = encode([RELEASE_TAG, 1, request.id, request.keyset_id, epoch, index, request.mode, me, sealed])
+        return cls.from_bytes(sign_body(key, body))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, custodian: str | None = None) -> Release:
+        f, signer, _ = open_signed(data, tag=RELEASE_TAG, version=1, fields=7, max_size=8192)
+        who = want(f[5], str, "custodian")
+        if who != peer_id_of(signer) or (custodian is not None and who != custodian):
+            raise InvalidSignature("release is not signed by the custodian that sent it")
+        mode = want(f[4], str, "mode")
+        if mode not in MODES:
+            raise MalformedEncoding("release: unknown mode")
+        return cls(want(f[0], str, "request id"), want_bytes(f[1], "keyset id", 16),
+                   want_int(f[2], "epoch", 0, 2**32), want_int(f[3], "index", 1, 1000), mode, who,
+                   want_bytes(f[6], "sealed release"), bytes(data))
+
+    def open(self, ephemeral: HpkePrivateKey) -> bytes:
+        return ephemeral.open(self.sealed, self._info())
+
+
+SHARE_PAYLOAD = "shardnet/released-share"
+
+
+def share_payload(share: Share) -> bytes:
+    return encode([SHARE_PAYLOAD, 1, share.index, g.scalar_bytes(share.value)])
+
+
+def share_from_payload(data: bytes, keyset_id: bytes, epoch: int) -> Share:
+    index, value = decode_record(data, SHARE_PAYLOAD, 1, 2, max_size=256)
+    return Share(keyset_id, epoch, want_int(index, "index", 1, 1000), g.scalar_from_bytes(value, "share"))
+
+
+def partial_payload(partial: Partial) -> bytes:
+    return partial.to_bytes()

@@ -1,0 +1,248 @@
+"""Reconstruction over the network with real node processes: quorum, policy,
+cheater identification, and custodians that refuse to release without quorum."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from shardnet import protocol as p
+from shardnet.node import _net
+from shardnet.node._services import ASK_TAG, RELEASE_PROTOCOL
+from shardnet.protocol._requests import Request, Vote
+from shardnet.simulations._local import CLI, FIVE_CONTINENTS, LocalCluster, run_cli
+
+pytestmark = pytest.mark.slow
+LIAR = [sys.executable, str(pathlib.Path(__file__).with_name("liar_node.py"))]
+KEY = os.urandom(48)
+DENY_POLICY = '''
+permit (principal, action == Action::"reconstruct", resource)
+when { context.approvals >= context.quorum };
+forbid (principal, action, resource) when { principal.country == "DE" };
+'''
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, pathlib.Path]]:
+    root = tmp_path_factory.mktemp("recon")
+    with LocalCluster(root, FIVE_CONTINENTS) as c:
+        c.init_all()
+        c.start_all()
+        c.wait_directory(timeout=30)
+        yield c, root
+
+
+def home(c: LocalCluster, name: str) -> str:
+    return str(c.nodes[name].home.path)
+
+
+def import_keyset(c: LocalCluster, root: pathlib.Path, *extra: str) -> str:
+    (root / "master.key").write_bytes(KEY)
+    r = run_cli("key", "import", "--home", home(c, "frankfurt"), "--in", str(root / "master.key"), "-t", "3",
+                "-n", "5", "--approvers", "frankfurt,tokyo,new-york", "--quorum", "2", "--json", *extra)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert [s["state"] for s in d["shards"]] == ["delivered"] * 5
+    return str(d["keyset"])
+
+
+@pytest.fixture(scope="module")
+def keyset(net: tuple[LocalCluster, pathlib.Path]) -> str:
+    return import_keyset(*net)
+
+
+def reconstruct(c: LocalCluster, root: pathlib.Path, keyset: str, *, mode: str = "unwrap",
+                approvers: tuple[str, ...] = ("tokyo", "frankfurt"), timeout: int = 30) -> tuple[int, dict, str, float]:
+    out = root / f"out-{time.monotonic_ns()}"
+    t0 = time.monotonic()
+    proc = subprocess.Popen([*CLI, "key", "reconstruct", "--home", home(c, "frankfurt"), keyset, "--out", str(out),
+                             "--mode", mode, "--reason", "test", "--timeout", str(timeout), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        rid = wait_request(c, approvers[0] if approvers else "tokyo", keyset, since=t0)
+        for a in approvers:
+            c.control(a, "approve", {"request": rid})
+        stdout, stderr = proc.communicate(timeout=timeout + 30)
+    finally:
+        proc.kill()
+    took = time.monotonic() - t0
+    res = json.loads(stdout) if stdout.strip() else {}
+    if proc.returncode == 0:
+        assert out.read_bytes() == KEY
+        assert oct(out.stat().st_mode & 0o777) == "0o600"
+    return proc.returncode, res, stderr, took
+
+
+def wait_request(c: LocalCluster, name: str, keyset: str, since: float, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    seen = {r["request"] for r in c.control(name, "requests") if r["outcome"]}
+    while time.monotonic() < deadline:
+        for r in c.control(name, "requests"):
+            if r["keyset"] == keyset and r["state"] == "pending" and r["request"] not in seen and r["my_vote"] is None:
+                return str(r["request"])
+        time.sleep(0.05)
+    raise AssertionError("the request never reached the approver")
+
+
+def releases(c: LocalCluster, name: str) -> list[dict]:
+    with c.nodes[name].home.open_store() as store:
+        return [e.body for e in store.audit_entries() if e.kind == "release"]
+
+
+@pytest.mark.parametrize("mode", ["unwrap", "shares"])
+def test_two_approvals_reconstruct_exact_bytes(net: tuple[LocalCluster, pathlib.Path], keyset: str, mode: str) -> None:
+    c, root = net
+    code, res, err, _ = reconstruct(c, root, keyset, mode=mode)
+    assert code == 0, err
+    assert res["mode"] == mode and res["bytes"] == len(KEY) and res["invalid"] == []
+    assert set(res["timings_ms"]) == {"quorum", "release", "verify", "total"}
+    entries = [e for n in c.nodes for e in releases(c, n) if e["request"] == res["request"]]
+    assert len(entries) >= 3 and {e["mode"] for e in entries} == {mode}
+
+
+def test_shares_mode_marks_the_keyset_exposed(net: tuple[LocalCluster, pathlib.Path]) -> None:
+    c, root = net
+    ks = import_keyset(c, root)
+    code, res, err, _ = reconstruct(c, root, ks, mode="shares")
+    assert code == 0, err and res["exposed"]
+    r = run_cli("key", "show", "--home", home(c, "frankfurt"), ks)
+    assert "(owner, exposed)" in r.stdout and "treat the key as exposed" in r.stdout
+
+
+def test_two_custodians_down_still_works_three_down_fails_clearly(
+    net: tuple[LocalCluster, pathlib.Path], keyset: str
+) -> None:
+    c, root = net
+    try:
+        c.stop("sydney")
+        c.stop("sao-paulo")
+        code, res, err, _ = reconstruct(c, root, keyset)
+        assert code == 0, err
+        c.stop("new-york")
+        code, res, err, took = reconstruct(c, root, keyset, timeout=8)
+        assert code == 1
+        assert took < 8 + 10
+        line = err.strip()
+        assert line.count("\n") == 0 and line.startswith("shardnet: error: 2 of 3 required partial decryptions: ")
+        assert "custodians" in line and "unreachable" in line
+        for name in ("new-york", "sao-paulo", "sydney"):
+            assert name in line
+    finally:
+        for name in ("sydney", "sao-paulo", "new-york"):
+            c.start(name)
+        c.wait_directory()
+
+
+@pytest.mark.parametrize("mode", ["unwrap", "shares"])
+def test_a_lying_custodian_is_named_and_the_key_still_comes_back(
+    net: tuple[LocalCluster, pathlib.Path], keyset: str, mode: str
+) -> None:
+    c, root = net
+    c.stop("sydney")
+    c.start("sydney", command=LIAR)
+    try:
+        code, res, err, _ = reconstruct(c, root, keyset, mode=mode)
+        assert code == 0, err
+        sydney = c.nodes["sydney"].peer_id
+        assert [b["custodian"] for b in res["invalid"]] == [sydney]
+        assert "custodian sydney" in err and "invalid" in err
+        with c.nodes["frankfurt"].home.open_store() as store:
+            named = [e.body for e in store.audit_entries() if e.kind == "cheater"]
+        assert named[-1]["custodian"] == sydney and named[-1]["request"] == res["request"]
+    finally:
+        c.stop("sydney")
+        c.start("sydney")
+        c.wait_directory()
+
+
+def test_no_quorum_times_out_and_nothing_is_released(net: tuple[LocalCluster, pathlib.Path], keyset: str) -> None:
+    c, root = net
+    before = {n: len(releases(c, n)) for n in c.nodes}
+    code, res, err, _ = reconstruct(c, root, keyset, approvers=("tokyo",), timeout=4)
+    assert code == 1 and "no quorum within 4 s: 1 of 2 approvals" in err
+    assert {n: len(releases(c, n)) for n in c.nodes} == before
+
+
+def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pathlib.Path]) -> None:
+    """A rogue requester asks every custodian directly, with each kind of bad evidence."""
+    c, root = net
+    ks_normal = import_keyset(c, root)
+    policy_file = root / "deny.cedar"
+    policy_file.write_text(DENY_POLICY)
+    ks_denied = import_keyset(c, root, "--policy", str(policy_file))
+    keys = {n: c.nodes[n].home.identity() for n in c.nodes}
+    rogue_seed = os.urandom(32)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    rogue = Ed25519PrivateKey.from_private_bytes(rogue_seed)
+    # The rogue is in Germany, so the deny policy applies to it.
+    from shardnet.protocol._records import Descriptor
+
+    now = int(time.time())
+
+    def request(ks: str, *, created: int = now, ttl: int = 300) -> Request:
+        return Request.make(rogue, keyset_id=bytes.fromhex(ks), mode="shares", reason="", ephemeral=os.urandom(32),
+                            nonce=os.urandom(16), created=created, not_after=created + ttl)
+
+    def votes(req: Request, *names: str) -> list[bytes]:
+        return [Vote.make(keys[n], req, "approve", now).signed for n in names]
+
+    r_ok = request(ks_normal)
+    other = request(ks_normal)
+    r_old = request(ks_normal, created=now - 1000, ttl=60)
+    r_denied = request(ks_denied)
+    cases = {
+        "no votes": (r_ok, []),
+        "one approval": (r_ok, votes(r_ok, "tokyo")),
+        "non-approvers": (r_ok, votes(r_ok, "tokyo", "sydney", "sao-paulo")),
+        "replayed votes": (r_ok, votes(other, "tokyo", "frankfurt")),
+        "expired request": (r_old, votes(r_old, "tokyo", "frankfurt")),
+        "denied by policy": (r_denied, votes(r_denied, "tokyo", "frankfurt")),
+    }
+    before = {n: len(releases(c, n)) for n in c.nodes}
+    descriptor = Descriptor.make(rogue, addrs=[], hpke={"x25519": os.urandom(32)}, name="rogue", country="DE",
+                                 city="", org="", version="t", seq=now * 1000)
+
+    async def main() -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        async with _net.running_node_host(rogue_seed, ["/ip4/127.0.0.1/tcp/0"], enable_pubsub=False) as h:
+            for node in c.nodes.values():
+                await _net.connect(h.host, node.addrs[0], 10)
+            for case, (req, vs) in cases.items():
+                out[case] = {}
+                for name, node in c.nodes.items():
+                    try:
+                        await _net.request(h.host, node.peer_id, RELEASE_PROTOCOL, p.encode([ASK_TAG, 1, req.signed, vs]),
+                                           max_reply=65536, timeout=10)
+                        out[case][name] = "RELEASED"
+                    except _net.RemoteError as exc:
+                        out[case][name] = exc.reason
+        return out
+
+    # Let every node know the rogue's country (as the directory would).
+    for name in c.nodes:
+        with c.nodes[name].home.open_store() as store:
+            store.upsert_custodian(descriptor.peer_id, descriptor.signed,
+                                   {"name": "rogue", "country": "DE", "city": "", "continent": "EU", "org": ""},
+                                   descriptor.seq, now=now)
+    answers = trio.run(main)
+    expect = {
+        "no votes": "no quorum: 0 of 2", "one approval": "no quorum: 1 of 2", "non-approvers": "no quorum: 1 of 2",
+        "replayed votes": "no quorum: 0 of 2", "expired request": "the request has expired",
+        "denied by policy": "policy denies",
+    }
+    for case, per_node in answers.items():
+        for name, answer in per_node.items():
+            assert expect[case] in answer, (case, name, answer)
+    assert {n: len(releases(c, n)) for n in c.nodes} == before
+    with c.nodes["tokyo"].home.open_store() as store:
+        refused = [e.body["reason"] for e in store.audit_entries() if e.kind == "release-refused"]
+    assert any("policy denies" in r for r in refused) and any("no quorum" in r for r in refused)
