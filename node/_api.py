@@ -14,7 +14,7 @@ from shardnet.protocol._audit import AuditChainBroken
 from shardnet.protocol._quorum import ApprovalRule
 from shardnet.protocol._records import Descriptor
 
-from ._store import Store
+from ._store import KeysetNotFound, Store
 
 
 def custodians(store: Store, me: str) -> list[dict[str, Any]]:
@@ -46,11 +46,30 @@ def keysets(store: Store) -> list[dict[str, Any]]:
             item["deliveries"] = {s: states.count(s) for s in ("delivered", "pending", "refused")}
         item["held"] = sorted(h["idx"] for h in store.held_shards(ks["keyset_id"]) if h["epoch"] == ks["epoch"])
         out.append(item)
+    for known in store.known_keysets():
+        rec = p.Keyset.from_bytes(known["record"])
+        out.append({
+            "keyset": rec.id_hex, "role": "approver", "threshold": rec.threshold, "shares": rec.shares,
+            "epoch": rec.epoch, "status": "active", "created": rec.created, "not_after": rec.not_after,
+            "owner": known["owner"], "held": [],
+        })
     return sorted(out, key=lambda k: k["created"])
 
 
+def _find(store: Store, prefix: str) -> dict[str, Any]:
+    """A keyset row by id or unique prefix, including keysets this node only approves."""
+    try:
+        return dict(store.find_keyset(prefix))
+    except KeysetNotFound:
+        known = [k for k in store.known_keysets() if k["keyset_id"].startswith(prefix.lower())]
+        if len(known) != 1:
+            raise
+        return {"keyset_id": known[0]["keyset_id"], "record": known[0]["record"], "role": "approver",
+                "status": "active", "owner": known[0]["owner"]}
+
+
 def keyset_detail(store: Store, prefix: str) -> dict[str, Any]:
-    row = store.find_keyset(prefix)
+    row = _find(store, prefix)
     ks = p.Keyset.from_bytes(row["record"])
     names = _names(store)
     detail: dict[str, Any] = {

@@ -39,6 +39,7 @@ from ._services import (
     DELIVER_PROTOCOL,
     DIRECTORY_PROTOCOL,
     DIRECTORY_TOPIC,
+    KEYSET_PROTOCOL,
     MAX_ASK,
     MAX_DELIVER_FRAME,
     MAX_DIRECTORY_REPLY,
@@ -127,6 +128,8 @@ class NodeRuntime:
                                     max_len=1024, timeout=REQUEST_TIMEOUT, max_concurrent_per_peer=4)
                 _net.serve_protocol(net.host, RELEASE_PROTOCOL, self._on_release,
                                     max_len=MAX_ASK, timeout=REQUEST_TIMEOUT, max_concurrent_per_peer=4)
+                _net.serve_protocol(net.host, KEYSET_PROTOCOL, self._on_keyset_notice,
+                                    max_len=256 * 1024, timeout=REQUEST_TIMEOUT, max_concurrent_per_peer=4)
                 _net.serve_protocol(net.host, SYNC_PROTOCOL, self._on_sync,
                                     max_len=1024, timeout=REQUEST_TIMEOUT, max_concurrent_per_peer=4)
                 assert net.pubsub is not None
@@ -372,6 +375,31 @@ class NodeRuntime:
                     if isinstance(v, bytes):
                         self._accept_vote(v)
 
+    async def _on_keyset_notice(self, remote: str, frame: bytes) -> bytes:
+        try:
+            return self.approvals.accept_keyset_notice(remote, frame, self.now())
+        except Rejected as exc:
+            raise _net.RequestRejected(str(exc)) from None
+
+    async def _notify(self, row: Any) -> None:
+        """Push a keyset record to an approver that holds no shard of it."""
+        assert self.net is not None
+        peer = row["peer"]
+        record = self.store.keyset(row["keyset_id"])
+        assert record is not None
+        try:
+            if peer not in self.connected():
+                d = self.directory.get(peer)
+                if d is None or not await self._dial_custodian(d):
+                    raise _net.StreamOpenError(peer, KEYSET_PROTOCOL, "unreachable")
+            await _net.request(self.net.host, peer, KEYSET_PROTOCOL, record["record"], max_reply=64,
+                               timeout=REQUEST_TIMEOUT)
+            self.store.mark_notice(row["keyset_id"], peer, "delivered", error=None, now=self.now())
+        except _net.RemoteError as exc:
+            self.store.mark_notice(row["keyset_id"], peer, "refused", error=exc.reason, now=self.now())
+        except _net.RequestError as exc:
+            self.store.mark_notice(row["keyset_id"], peer, "pending", error=str(exc), now=self.now())
+
     async def _on_release(self, remote: str, frame: bytes) -> bytes:
         try:
             return self.releaser.handle(remote, frame, self.now())
@@ -407,16 +435,21 @@ class NodeRuntime:
             self.outbox_wakeup = trio.Event()
             rows = self.store.pending()
             now = time.monotonic()
+            rows_or_notices = bool(rows) or bool(self.store.pending_notices())
             by_peer: dict[str, list[Any]] = {}
             for row in rows:
                 due, _ = self._backoff.get(row["custodian"], (0.0, 0.0))
                 if due <= now:
                     by_peer.setdefault(row["custodian"], []).append(row)
-            if by_peer:
+            notices = [r for r in self.store.pending_notices()
+                       if self._backoff.get(r["peer"], (0.0, 0.0))[0] <= now]
+            if by_peer or notices:
                 async with trio.open_nursery() as n:
                     for peer, peer_rows in by_peer.items():
                         n.start_soon(self._deliver_to, peer, peer_rows, limiter)
-            with trio.move_on_after(1.0 if rows else 30.0):
+                    for notice in notices:
+                        n.start_soon(self._notify, notice)
+            with trio.move_on_after(1.0 if rows_or_notices else 30.0):
                 await self.outbox_wakeup.wait()
 
     async def _deliver_to(self, peer: str, rows: list[Any], limiter: trio.CapacityLimiter) -> None:

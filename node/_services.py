@@ -266,12 +266,14 @@ class Owner:
                 rows.append({"keyset_id": keyset.id_hex, "epoch": keyset.epoch, "idx": share.index,
                              "custodian": holder, "envelope": sealed})
         del share_list
+        holder_ids = {h for hs in holders.values() for h in hs}
+        notices = [a for a in attrs.get("approvers", []) if a not in holder_ids and a != self.peer_id]
         self.store.import_keyset(
             _keyset_row(keyset, "owner"), rows,
             AuditEvent("import", {"keyset": keyset.id_hex, "threshold": threshold, "shares": shares,
                                   "kem": kem, "placement": placement_expr, "redundancy": redundancy,
                                   "holders": attrs["holders"]}, self.key),
-            now=now,
+            now=now, notices=notices,
         )
         return ImportResult(keyset, holders, placement_expr, note)
 
@@ -325,6 +327,7 @@ REQUEST_TOPIC = "shardnet/request/1"
 VOTE_TOPIC = "shardnet/vote/1"
 RELEASE_PROTOCOL = "/shardnet/release/1"
 SYNC_PROTOCOL = "/shardnet/sync/1"
+KEYSET_PROTOCOL = "/shardnet/keyset/1"
 ASK_TAG = "shardnet/release-ask"
 MAX_ASK = 64 * 1024
 MAX_SYNC_REPLY = 2 * 1024 * 1024
@@ -339,8 +342,34 @@ class Approvals:
         self.peer_id = peer_id_of(key.public_key().public_bytes_raw())
 
     def keyset(self, keyset_id: bytes) -> p.Keyset | None:
+        """The keyset record, whether this node owns it, holds a shard of it or only approves."""
         row = self.store.keyset(keyset_id.hex())
-        return p.Keyset.from_bytes(row["record"]) if row else None
+        if row:
+            return p.Keyset.from_bytes(row["record"])
+        known = self.store.known_keyset(keyset_id.hex())
+        return p.Keyset.from_bytes(known) if known else None
+
+    def accept_keyset_notice(self, remote: str, data: bytes, now: int) -> bytes:
+        """An owner tells an approver (that holds no shard) about a keyset it approves for."""
+        try:
+            keyset = p.Keyset.from_bytes(data)
+        except p.ShardnetError as exc:
+            raise Rejected(f"malformed keyset notice: {exc}") from None
+        if remote != peer_id_of(keyset.owner):
+            raise Rejected("a keyset notice must come from the keyset's owner")
+        try:
+            rule = ApprovalRule.of(keyset)
+        except p.ShardnetError as exc:
+            raise Rejected(str(exc)) from None
+        if self.peer_id not in rule.approvers:
+            raise Rejected("this node is not an approver of that keyset")
+        if self.store.keyset(keyset.id_hex) is None:
+            self.store.put_known_keyset(
+                keyset.id_hex, keyset.signed, peer_id_of(keyset.owner), now=now,
+                audit=AuditEvent("approver-of", {"keyset": keyset.id_hex, "owner": peer_id_of(keyset.owner),
+                                                 "quorum": rule.quorum}, self.key),
+            )
+        return b"ok"
 
     def accept_request(self, data: bytes, now: int) -> Request | None:
         """Store a valid, unexpired request for a keyset we know; None if known or not ours."""
@@ -468,10 +497,10 @@ class Releaser:
             decision = decide_release(
                 keyset, req, votes + self._stored_votes(req), now=now, policy=self._policy(keyset),
                 requester_org=requester.org if requester else "",
-                requester_country=requester.country if requester else "", threat_level=self.threat_level(),
+                requester_country=requester.country.upper() if requester else "", threat_level=self.threat_level(),
                 status=row["status"],
             )
-        except (ReleaseDenied, PolicyError, p.RemoteProtocolError) as exc:
+        except (ReleaseDenied, PolicyError, p.RemoteProtocolError, ValueError) as exc:
             reason = getattr(exc, "reason", str(exc))
             if (req.id, reason) not in self._refusals:
                 self._refusals.add((req.id, reason))

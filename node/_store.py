@@ -325,7 +325,28 @@ CREATE TABLE votes (
 ) STRICT;
 """
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2)
+# Approvers that hold no shard still need the keyset record (approvers, quorum,
+# policy): the owner pushes it to them, through a small outbox of its own.
+_SCHEMA_3 = """
+CREATE TABLE known_keysets (
+    keyset_id   TEXT PRIMARY KEY,
+    record      BLOB NOT NULL,
+    owner       TEXT NOT NULL,
+    received_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE notices (
+    keyset_id   TEXT NOT NULL REFERENCES keysets (keyset_id),
+    peer        TEXT NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'refused')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (keyset_id, peer)
+) STRICT;
+"""
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2, _SCHEMA_3)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -756,6 +777,7 @@ class Store:
         audit: AuditEvent,
         *,
         now: int,
+        notices: Iterable[str] = (),
     ) -> AuditEntry:
         """Store a newly imported keyset, its pending deliveries and its audit
         entry in ONE transaction; return the audit entry.
@@ -781,7 +803,45 @@ class Store:
                         f"outbox index {item['idx']} is outside 1..{keyset['shares']}"
                     )
                 self._insert_outbox(item, now)
+            for peer in notices:
+                self._db.execute(
+                    "INSERT INTO notices (keyset_id, peer, updated_at) VALUES (?, ?, ?)",
+                    [keyset["keyset_id"], peer, now],
+                )
             return self._append(audit.kind, audit.body, now, audit.key)
+
+    # -- keyset notices to approvers (owner side) and known keysets (approver side) ----
+
+    def pending_notices(self) -> list[dict[str, Any]]:
+        return list(self._db.query("SELECT * FROM notices WHERE state = 'pending' ORDER BY updated_at"))
+
+    def notices(self, keyset_id: str) -> list[dict[str, Any]]:
+        return list(self._db.query("SELECT * FROM notices WHERE keyset_id = ? ORDER BY peer", [keyset_id]))
+
+    def mark_notice(self, keyset_id: str, peer: str, state: str, *, error: str | None, now: int) -> None:
+        with self.transaction():
+            self._db.execute(
+                "UPDATE notices SET state = ?, last_error = ?, attempts = attempts + 1, updated_at = ? "
+                "WHERE keyset_id = ? AND peer = ?", [state, _clip(error) if error else None, now, keyset_id, peer],
+            )
+
+    def put_known_keyset(self, keyset_id: str, record: bytes, owner: str, *, now: int,
+                         audit: AuditEvent | None = None) -> bool:
+        with self.transaction():
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO known_keysets (keyset_id, record, owner, received_at) VALUES (?, ?, ?, ?)",
+                [keyset_id, record, owner, now],
+            )
+            if cur.rowcount and audit is not None:
+                self._append(audit.kind, audit.body, now, audit.key)
+            return bool(cur.rowcount)
+
+    def known_keyset(self, keyset_id: str) -> bytes | None:
+        row = self._db.execute("SELECT record FROM known_keysets WHERE keyset_id = ?", [keyset_id]).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def known_keysets(self) -> list[dict[str, Any]]:
+        return list(self._db.query("SELECT * FROM known_keysets ORDER BY received_at"))
 
     def enqueue(
         self, items: Iterable[NewOutboxItem], *, now: int, audit: AuditEvent | None = None

@@ -71,7 +71,8 @@ import cedarpy
 
 __all__ = [
     "DEFAULT_POLICY", "MAX_FIELD_CHARS", "MAX_IFS", "MAX_NESTING", "MAX_POLICY_BYTES",
-    "MAX_TOKENS", "POLICY_SCHEMA", "THREAT_CRITICAL", "THREAT_LEVELS", "Decision", "Policy", "PolicyError", "RequestContext",
+    "MAX_TOKENS", "POLICY_SCHEMA", "THREAT_CRITICAL", "THREAT_LEVELS",
+    "Decision", "Policy", "PolicyError", "RequestContext",
 ]
 
 MAX_POLICY_BYTES = 64 * 1024
@@ -391,7 +392,9 @@ def _too_complex(skeleton: str) -> str:
     Cedar's parser, validator and evaluator recurse: measured with cedarpy
     4.12.2 on a 512 KiB thread stack, about 39 nested brackets, 263 nested
     ``if``s or 8,000 chained ``+``/``.attr`` terms crash the process (SIGSEGV),
-    so the limits below keep a wide margin (a Linux main thread has 8 MiB).
+    so the limits keep a wide margin (tests run the deepest accepted rule on a
+    256 KiB stack; a Linux main thread has 8 MiB). Cedar's evaluator has its own
+    recursion guard, which surfaces as an evaluation error (and so a deny).
     """
     tokens = _TOKEN.findall(skeleton)
     if len(tokens) > MAX_TOKENS:

@@ -14,6 +14,7 @@ import os
 import pathlib
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,6 +57,7 @@ def run_network_bench(*, runs: int = 5, progress: Callable[[str], None] | None =
                 "min": round(min(samples) * 1000, 1), "max": round(max(samples) * 1000, 1),
                 "samples": [round(s * 1000, 1) for s in samples],
             }
+        out["reconstruct"] = _reconstruct_bench(c, key, runs, say)
         # The physical bound: one request/response round trip on loopback.
         t0 = time.perf_counter()
         for _ in range(20):
@@ -80,6 +82,50 @@ def run_network_bench(*, runs: int = 5, progress: Callable[[str], None] | None =
     return out
 
 
+def _reconstruct_bench(c: LocalCluster, key: str, runs: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """Request -> key, with three approvers (quorum 2) approving as soon as they see it."""
+    approvers = ["tokyo", "sydney", "nairobi"]
+    out: dict[str, Any] = {}
+    for t_, n in [(3, 5), (5, 10)]:
+        d = c.control("frankfurt", "key-import", {"key": key, "threshold": t_, "shares": n, "wait": 30,
+                                                   "approvers": approvers, "quorum": 2})
+        for mode in ("unwrap", "shares"):
+            rows = []
+            for i in range(runs):
+                say(f"reconstruct ({t_},{n}) {mode} run {i + 1}/{runs}")
+                result: dict[str, Any] = {}
+
+                def run(result: dict[str, Any] = result, mode: str = mode, keyset: str = d["keyset"]) -> None:
+                    t0 = time.perf_counter()
+                    result["res"] = c.control("frankfurt", "key-reconstruct",
+                                              {"keyset": keyset, "mode": mode, "timeout": 60})
+                    result["wall_ms"] = (time.perf_counter() - t0) * 1000
+
+                th = threading.Thread(target=run)
+                th.start()
+                voted: set[str] = set()
+                while th.is_alive() and len(voted) < 2:
+                    for a in approvers[:2]:
+                        if a in voted:
+                            continue
+                        pending = [r for r in c.control(a, "requests")
+                                   if r["keyset"] == d["keyset"] and r["state"] == "pending" and not r["my_vote"]]
+                        if pending:
+                            c.control(a, "approve", {"request": pending[-1]["request"]})
+                            voted.add(a)
+                    time.sleep(0.01)
+                th.join(90)
+                res = result["res"]
+                if base64.b64decode(res["key"]) != base64.b64decode(key):
+                    raise RuntimeError("reconstructed key differs from the imported one")
+                rows.append({**res["timings_ms"], "wall": round(result["wall_ms"], 1)})
+            out[f"{t_}_{n}_{mode}"] = {
+                k: round(statistics.median(r[k] for r in rows), 1)
+                for k in ("quorum", "release", "verify", "total", "wall")
+            }
+    return out
+
+
 def format_network_report(r: dict[str, Any]) -> str:
     lines = [
         f"10 node processes on loopback, {r['runs']} runs each (load {r['load_before'][0]:.2f} -> "
@@ -93,6 +139,10 @@ def format_network_report(r: dict[str, Any]) -> str:
     rss = r["rss_mib"]
     lines.append(f"  RSS per node                    median {statistics.median(rss.values()):.1f} MiB "
                  f"(min {min(rss.values()):.1f}, max {max(rss.values()):.1f})")
+    lines.append("  reconstruct (request -> key file), median ms; quorum = request gossip + approvals + vote gossip")
+    for k, v in r["reconstruct"].items():
+        lines.append(f"    {k:<16} total {v['total']:>7}  quorum {v['quorum']:>7}  releases {v['release']:>6}  "
+                     f"verify {v['verify']:>5}")
     for j in r["late_join"]:
         lines.append(f"  late node: process up {j['start_s']} s, then in every directory {j['in_every_directory_s']} s")
     return "\n".join(lines)

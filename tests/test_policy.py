@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import statistics
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
 
 from shardnet.protocol._policy import (
     DEFAULT_POLICY,
+    MAX_IFS,
+    MAX_NESTING,
     MAX_POLICY_BYTES,
+    MAX_TOKENS,
     THREAT_CRITICAL,
     THREAT_LEVELS,
     Decision,
@@ -200,6 +207,80 @@ def test_size_limit() -> None:
         Policy(rule + "// " + "é" * (MAX_POLICY_BYTES // 2))
     with pytest.raises(PolicyError, match="must be str"):
         Policy(rule.encode())  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- hostile texts
+
+def when(body: str) -> str:
+    return "permit (principal, action, resource) when { " + body + " };"
+
+
+def test_nesting_and_size_limits_are_checked_before_cedar_parses() -> None:
+    # The when-braces are one level, so MAX_NESTING - 1 parentheses fit.
+    d = MAX_NESTING - 1
+    deep = Policy(when("(" * d + "context.approvals >= context.quorum" + ")" * d))
+    assert deep.decide(BASE).allowed
+    with pytest.raises(PolicyError, match=f"nests brackets {MAX_NESTING + 1} deep"):
+        Policy(when("(" * (d + 1) + "true" + ")" * (d + 1)))
+    with pytest.raises(PolicyError, match="nests brackets"):
+        Policy(when("[" * MAX_NESTING + "1" + "]" * MAX_NESTING + ".isEmpty()"))
+    ifs = "if true then " * MAX_IFS + "true" + " else false" * MAX_IFS
+    assert Policy(when(ifs)).decide(BASE).allowed
+    with pytest.raises(PolicyError, match=f"{MAX_IFS + 1} if-expressions"):
+        Policy(when("if true then " + ifs + " else false"))
+    with pytest.raises(PolicyError, match=f"over the limit of {MAX_TOKENS} per rule"):
+        Policy(when("context.approvals" + " + 1" * MAX_TOKENS + " > 0"))
+    # brackets inside strings and comments are not code
+    assert Policy(when('context.reason != "((((((((((((((((((("') + "\n// [[[[[[[[[[[[[[[[[[[[\n")
+
+
+HOSTILE = [  # each under 64 KiB; each crashes the process if handed straight to Cedar
+    when("(" * 1000 + "true" + ")" * 1000),
+    when("[" * 1000 + "1" + "]" * 1000 + ".isEmpty()"),
+    when("{a:" * 1000 + "1" + "}" * 1000 + " == {}"),
+    when("if true then " * 2500 + "true" + " else true" * 2500),
+    when("+".join(["1"] * 30000) + " > 0"),
+    when("context" + ".a" * 30000 + " == 1"),
+]
+
+
+def test_hostile_policies_are_refused_without_crashing() -> None:
+    # In a child process on a 512 KiB thread stack: a guard that let one of these
+    # through would kill the child with SIGSEGV instead of raising PolicyError.
+    assert all(len(t.encode()) <= MAX_POLICY_BYTES for t in HOSTILE)
+    worst_ok = when("(" * (MAX_NESTING - 2) + "if true then " * MAX_IFS
+                    + "(context.approvals" + " + 1" * (MAX_TOKENS // 2 - 200) + " > 0)"
+                    + " else false" * MAX_IFS + ")" * (MAX_NESTING - 2))
+    script = textwrap.dedent("""
+        import json, sys, threading
+        from shardnet.protocol._policy import Policy, PolicyError, RequestContext
+        texts, worst_ok = json.loads(sys.stdin.read())
+        out = []
+        def run():
+            for t in texts:
+                try:
+                    Policy(t)
+                    out.append("accepted")
+                except PolicyError as e:
+                    out.append(str(e))
+            ctx = RequestContext("ab", "peer", "org", "DE", "r", 0, 1, 1, 0)
+            out.append(Policy(worst_ok).decide(ctx).allowed)
+        threading.stack_size(512 * 1024)
+        th = threading.Thread(target=run)
+        th.start()
+        th.join()
+        print(json.dumps(out))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], input=json.dumps([HOSTILE, worst_ok]),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    results = json.loads(proc.stdout)
+    assert len(results) == len(HOSTILE) + 1
+    for text, res in zip(HOSTILE, results, strict=False):
+        assert res != "accepted" and "limit" in res, (text[:60], res)
+    # the deepest accepted shape runs; Cedar's own recursion guard may turn it into
+    # an evaluation error, which is a deny, never a crash
+    assert results[-1] in (True, False)
 
 
 # ---------------------------------------------------------------- identity
