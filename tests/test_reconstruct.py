@@ -246,3 +246,30 @@ def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pa
     with c.nodes["tokyo"].home.open_store() as store:
         refused = [e.body["reason"] for e in store.audit_entries() if e.kind == "release-refused"]
     assert any("policy denies" in r for r in refused) and any("no quorum" in r for r in refused)
+
+
+def test_an_approver_that_holds_no_shard_can_approve(net: tuple[LocalCluster, pathlib.Path]) -> None:
+    from shardnet.simulations._local import NodeSpec
+
+    c, root = net
+    c.add(NodeSpec("nairobi", "KE", "Nairobi", "Rift Custody"))
+    try:
+        c.start("nairobi")
+        c.wait_directory(expect=6)
+        (root / "master.key").write_bytes(KEY)
+        r = run_cli("key", "import", "--home", home(c, "frankfurt"), "--in", str(root / "master.key"), "-t", "3",
+                    "-n", "5", "--placement", "distinct:country,exclude:country=KE", "--approvers",
+                    "nairobi,tokyo", "--quorum", "2", "--json")
+        assert r.returncode == 0, r.stderr
+        ks = json.loads(r.stdout)["keyset"]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            roles = {k["keyset"]: k["role"] for k in c.control("nairobi", "key-list")}
+            if roles.get(ks) == "approver":
+                break
+            time.sleep(0.1)
+        assert roles.get(ks) == "approver"
+        code, res, err, _ = reconstruct(c, root, ks, approvers=("nairobi", "tokyo"))
+        assert code == 0, err
+    finally:
+        c.remove("nairobi")
