@@ -191,11 +191,7 @@ class NodeRuntime:
     async def _publish_loop(self) -> None:
         assert self.net is not None and self.net.pubsub is not None
         while True:
-            d = self._publish_self()
-            try:
-                await self.net.pubsub.publish(DIRECTORY_TOPIC, d.signed)
-            except Exception as exc:  # gossip is best effort; anti-entropy covers it
-                log.debug("publish failed: %r", exc)
+            await self._publish(DIRECTORY_TOPIC, self._publish_self().signed)
             await trio.sleep(REPUBLISH)
 
     def _validate_descriptor(self, forwarder: Any, msg: Any) -> bool:
@@ -232,19 +228,22 @@ class NodeRuntime:
     async def _on_directory_pull(self, remote: str, frame: bytes) -> bytes:
         return self.directory.pull_reply()
 
-    async def _pull_from(self, peer: str) -> None:
+    async def _fetch(self, peer: str, protocol: str, max_reply: int) -> Any:
+        """One pull request (directory or sync); None if it failed (pulls are best effort)."""
         assert self.net is not None
         try:
-            reply = await _net.request(self.net.host, peer, DIRECTORY_PROTOCOL, b"pull",
-                                       max_reply=MAX_DIRECTORY_REPLY, timeout=REQUEST_TIMEOUT)
-            items = p.decode(reply, max_size=MAX_DIRECTORY_REPLY, max_items=8192)
+            reply = await _net.request(self.net.host, peer, protocol, b"pull", max_reply=max_reply,
+                                       timeout=REQUEST_TIMEOUT)
+            return p.decode(reply, max_size=max_reply, max_items=8192)
         except (_net.RequestError, p.ShardnetError) as exc:
-            log.debug("directory pull from %s failed: %s", peer, exc)
-            return
-        if isinstance(items, list):
-            for item in items:
-                if isinstance(item, bytes) and not self._known_same(item):
-                    self._accept_descriptor(item)
+            log.debug("%s pull from %s failed: %s", protocol, peer, exc)
+            return None
+
+    async def _pull_from(self, peer: str) -> None:
+        items = await self._fetch(peer, DIRECTORY_PROTOCOL, MAX_DIRECTORY_REPLY)
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, bytes) and not self._known_same(item):
+                self._accept_descriptor(item)
 
     def _known_same(self, data: bytes) -> bool:
         try:
@@ -276,6 +275,14 @@ class NodeRuntime:
         delay = min(BACKOFF_MAX, delay * 2)
         self._dial_backoff[d.peer_id] = (time.monotonic() + delay, delay)
         return False
+
+    async def _reach(self, peer: str, protocol: str) -> None:
+        """Make sure we have a connection to ``peer`` (dialing its descriptor's addresses)."""
+        if peer in self.connected():
+            return
+        d = self.directory.get(peer)
+        if d is None or not await self._dial_custodian(d):
+            raise _net.StreamOpenError(peer, protocol, "custodian unreachable")
 
     async def _peers_loop(self) -> None:
         """Bootstrap, then keep connected to known custodians and pull their directories."""
@@ -360,14 +367,7 @@ class NodeRuntime:
         return self.approvals.sync_reply(self.now())
 
     async def _sync_from(self, peer: str) -> None:
-        assert self.net is not None
-        try:
-            reply = await _net.request(self.net.host, peer, SYNC_PROTOCOL, b"sync",
-                                       max_reply=MAX_SYNC_REPLY, timeout=REQUEST_TIMEOUT)
-            items = p.decode(reply, max_size=MAX_SYNC_REPLY, max_items=8192)
-        except (_net.RequestError, p.ShardnetError) as exc:
-            log.debug("sync from %s failed: %s", peer, exc)
-            return
+        items = await self._fetch(peer, SYNC_PROTOCOL, MAX_SYNC_REPLY)
         for item in items if isinstance(items, list) else []:
             if isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes):
                 self._accept_request(item[0])
@@ -388,10 +388,7 @@ class NodeRuntime:
         record = self.store.keyset(row["keyset_id"])
         assert record is not None
         try:
-            if peer not in self.connected():
-                d = self.directory.get(peer)
-                if d is None or not await self._dial_custodian(d):
-                    raise _net.StreamOpenError(peer, KEYSET_PROTOCOL, "unreachable")
+            await self._reach(peer, KEYSET_PROTOCOL)
             await _net.request(self.net.host, peer, KEYSET_PROTOCOL, record["record"], max_reply=64,
                                timeout=REQUEST_TIMEOUT)
             self.store.mark_notice(row["keyset_id"], peer, "delivered", error=None, now=self.now())
@@ -413,10 +410,7 @@ class NodeRuntime:
         frame = p.encode([ASK_TAG, 1, request.signed, votes])
         if peer == self.peer_id:
             return self.releaser.handle(self.peer_id, frame, self.now())
-        if peer not in self.connected():
-            d = self.directory.get(peer)
-            if d is None or not await self._dial_custodian(d):
-                raise _net.StreamOpenError(peer, RELEASE_PROTOCOL, "unreachable")
+        await self._reach(peer, RELEASE_PROTOCOL)
         return await _net.request(self.net.host, peer, RELEASE_PROTOCOL, frame,
                                   max_reply=64 * 1024, timeout=REQUEST_TIMEOUT)
 
@@ -474,10 +468,7 @@ class NodeRuntime:
             if peer == self.peer_id:
                 reply = self.custodian.handle_delivery(self.peer_id, frame, self.now())
             else:
-                if peer not in self.connected():
-                    d = self.directory.get(peer)
-                    if d is None or not await self._dial_custodian(d):
-                        raise _net.StreamOpenError(peer, DELIVER_PROTOCOL, "custodian unreachable")
+                await self._reach(peer, DELIVER_PROTOCOL)
                 reply = await _net.request(self.net.host, peer, DELIVER_PROTOCOL, frame,
                                            max_reply=4096, timeout=REQUEST_TIMEOUT)
             r = self.owner.accept_receipt(row, cover, reply, self.now())
