@@ -102,7 +102,8 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
             session.on_unreachable(peer, str(exc))
             return
         t = time.perf_counter()
-        for item in items if isinstance(items, list) else []:
+        held = len(session.holders[peer].indices)
+        for item in (items if isinstance(items, list) else [b""])[:held]:
             session.on_release(peer, item if isinstance(item, bytes) else b"")
         verify_s += time.perf_counter() - t
 

@@ -204,9 +204,7 @@ class NodeRuntime:
             return False
 
     async def _drain_directory(self, sub: Any) -> None:
-        while True:
-            msg = await sub.get()
-            self._accept_descriptor(bytes(msg.data))
+        await self._drain(sub, self._accept_descriptor)
 
     def _accept_descriptor(self, data: bytes) -> None:
         try:
@@ -330,7 +328,10 @@ class NodeRuntime:
     async def _drain(self, sub: Any, accept: Callable[[bytes], None]) -> None:
         while True:
             msg = await sub.get()
-            accept(bytes(msg.data))
+            try:
+                accept(bytes(msg.data))
+            except Exception:  # one bad record from a peer must never stop the node
+                log.exception("dropping a gossip message that could not be processed")
 
     def _accept_request(self, data: bytes) -> None:
         try:
@@ -370,10 +371,13 @@ class NodeRuntime:
         items = await self._fetch(peer, SYNC_PROTOCOL, MAX_SYNC_REPLY)
         for item in items if isinstance(items, list) else []:
             if isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes):
-                self._accept_request(item[0])
-                for v in item[1] if isinstance(item[1], list) else []:
-                    if isinstance(v, bytes):
-                        self._accept_vote(v)
+                try:
+                    self._accept_request(item[0])
+                    for v in item[1] if isinstance(item[1], list) else []:
+                        if isinstance(v, bytes):
+                            self._accept_vote(v)
+                except Exception:  # as in _drain: a peer's bad record never stops the node
+                    log.exception("dropping a synced record that could not be processed")
 
     async def _on_keyset_notice(self, remote: str, frame: bytes) -> bytes:
         try:
@@ -541,6 +545,10 @@ class NodeRuntime:
                 await _send(stream, {"ok": False, "error": _msg(exc), "exit": 1})
             except trio.BrokenResourceError:
                 return
+            except Exception as exc:  # a bug: report it, keep the node up
+                log.exception("control command %s failed", cmd)
+                await _send(stream, {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}",
+                                     "exit": 1})
 
     def live(self) -> dict[str, Any]:
         assert self.net is not None

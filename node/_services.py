@@ -25,7 +25,7 @@ from shardnet.protocol._quorum import ApprovalRule, ReleaseDenied, Tally, decide
 from shardnet.protocol._records import Delivery, Descriptor, Receipt, peer_id_of
 from shardnet.protocol._requests import Release, Request, Vote, partial_payload, share_payload
 
-from ._store import AuditEvent, NewOutboxItem, Store
+from ._store import AuditEvent, NewOutboxItem, ShardConflict, Store
 
 DELIVER_PROTOCOL = "/shardnet/deliver/1"
 DIRECTORY_PROTOCOL = "/shardnet/directory/1"
@@ -40,6 +40,28 @@ VERSION = "0.1.0"
 
 class Rejected(Exception):
     """A peer's request is refused; the message goes back to it."""
+
+
+class AuditLimiter:
+    """At most ``per_hour`` audit entries about refusals per remote peer.
+
+    A refusal is worth logging, but any peer can provoke them; without a cap
+    it could grow the signed, fsync'd audit log without bound.
+    """
+
+    def __init__(self, per_hour: int = 30) -> None:
+        self.per_hour = per_hour
+        self._counts: dict[str, tuple[int, int]] = {}  # peer -> (hour, count)
+
+    def allow(self, peer: str, now: int) -> bool:
+        hour = now // 3600
+        h, n = self._counts.get(peer, (hour, 0))
+        if h != hour:
+            n = 0
+        if len(self._counts) > 10_000:
+            self._counts.clear()
+        self._counts[peer] = (hour, n + 1)
+        return n < self.per_hour
 
 
 # -- directory ----------------------------------------------------------------------
@@ -97,6 +119,7 @@ class Custodian:
         self.hpke = hpke
         self.peer_id = peer_id_of(key.public_key().public_bytes_raw())
         self._seen: OrderedDict[bytes, int] = OrderedDict()
+        self._limiter = AuditLimiter()
 
     def _replayed(self, cover: Delivery, now: int) -> bool:
         while self._seen and next(iter(self._seen.values())) < now - DELIVERY_WINDOW:
@@ -144,12 +167,13 @@ class Custodian:
 
         try:
             status = self._store_shard(cover, keyset_b, sealed, digest, now)
-        except (p.ShardnetError, ValueError) as exc:
+        except (p.ShardnetError, ValueError, ShardConflict) as exc:
             reason = str(exc)[:400]
-            self.store.append_audit(
-                "refuse", {"keyset": cover.keyset_id.hex(), "epoch": cover.epoch, "index": cover.index,
-                           "owner": peer_id_of(cover.owner), "reason": reason}, now, self.key,
-            )
+            if self._limiter.allow(remote, now):
+                self.store.append_audit(
+                    "refuse", {"keyset": cover.keyset_id.hex(), "epoch": cover.epoch, "index": cover.index,
+                               "owner": peer_id_of(cover.owner), "reason": reason}, now, self.key,
+                )
             return answer("refused", reason)
         return answer(status)
 
@@ -161,6 +185,9 @@ class Custodian:
             raise p.MalformedEncoding("keyset record and delivery cover disagree")
         if keyset.not_after is not None and now > keyset.not_after:
             raise p.ShardExpired(f"keyset {keyset.id_hex[:12]}… expired at {keyset.not_after}")
+        policy = Policy(str(keyset.attrs.get("policy", DEFAULT_POLICY)))
+        if policy.digest != keyset.policy_hash:
+            raise p.MalformedEncoding("the keyset's policy text does not match its policy hash")
         meta = p.read_shard_meta(sealed, owner=cover.owner)
         if meta.kem not in self.hpke:
             raise p.MalformedEncoding(f"this custodian has no {meta.kem} key")
@@ -170,8 +197,9 @@ class Custodian:
         )
         if (meta.keyset_id, meta.epoch, meta.index) != (cover.keyset_id, cover.epoch, cover.index):
             raise p.MalformedEncoding("shard metadata and delivery cover disagree")
-        if (meta.threshold, meta.shares) != (keyset.threshold, keyset.shares):
-            raise p.MalformedEncoding("shard metadata and keyset disagree on t or n")
+        if (meta.threshold, meta.shares, meta.policy_hash) != (keyset.threshold, keyset.shares,
+                                                                keyset.policy_hash):
+            raise p.MalformedEncoding("shard metadata and keyset disagree on t, n or the policy")
         del share  # verified; only the sealed form is ever stored
         held = self.store.held_shard(keyset.id_hex, meta.epoch, meta.index)
         if held is not None and held["sealed"] == sealed:
@@ -278,19 +306,15 @@ class Owner:
         return ImportResult(keyset, holders, placement_expr, note)
 
     def _resolve(self, who: str) -> str:
-        """A peer id, or the name of a custodian in the directory."""
+        """An approver's peer id. Names are self-declared in descriptors, so anyone could
+        claim one: approvers are always named by peer id (see `shardnet custodians`)."""
         who = who.strip()
-        if self.directory.get(who) is not None:
-            return who
-        named = [d.peer_id for d in self.directory.all() if d.name == who]
-        if len(named) == 1:
-            return named[0]
-        if named:
-            raise ValueError(f"approver name {who!r} is ambiguous; give the peer id")
         try:
             p._records.public_key_of(who)
         except p.MalformedEncoding:
-            raise ValueError(f"approver {who!r} is neither a known custodian name nor a peer id") from None
+            hint = [d.peer_id for d in self.directory.all() if d.name == who]
+            extra = f" (a custodian calling itself that has peer id {hint[0]})" if len(hint) == 1 else ""
+            raise ValueError(f"approver {who!r} is not a peer id; name approvers by peer id{extra}") from None
         return who
 
     def delivery_frame(self, row: Any, now: int) -> tuple[bytes, Delivery]:
@@ -363,6 +387,9 @@ class Approvals:
             raise Rejected(str(exc)) from None
         if self.peer_id not in rule.approvers:
             raise Rejected("this node is not an approver of that keyset")
+        known = self.store.known_keyset(keyset.id_hex)
+        if known is not None and known != keyset.signed:
+            raise Rejected("this node already holds another record for that keyset id")
         if self.store.keyset(keyset.id_hex) is None:
             self.store.put_known_keyset(
                 keyset.id_hex, keyset.signed, peer_id_of(keyset.owner), now=now,
@@ -376,6 +403,8 @@ class Approvals:
         req = Request.from_bytes(data)
         if now > req.not_after:
             raise p.MalformedEncoding("request has expired")
+        if req.created > now + MAX_CLOCK_SKEW:
+            raise p.MalformedEncoding("request is dated in the future")
         if self.keyset(req.keyset_id) is None:
             return None
         if self.store.put_request(req.id, req.keyset_id.hex(), req.requester, req.signed,
@@ -463,13 +492,18 @@ class Releaser:
         self.peer_id = peer_id_of(key.public_key().public_bytes_raw())
         self._policies: dict[bytes, Policy] = {}
         self._refusals: set[tuple[str, str]] = set()
+        self._limiter = AuditLimiter()
 
     def _policy(self, keyset: p.Keyset) -> Policy:
-        text = keyset.attrs.get("policy", DEFAULT_POLICY)
-        pol = self._policies.get(keyset.policy_hash)
+        """The keyset's parsed policy, cached by the digest of its text (not the claimed hash)."""
+        text = str(keyset.attrs.get("policy", DEFAULT_POLICY))
+        key = hashlib.sha256(text.encode()).digest()
+        pol = self._policies.get(key)
         if pol is None:
-            pol = Policy(str(text))
-            self._policies[keyset.policy_hash] = pol
+            if len(self._policies) > 1024:
+                self._policies.clear()
+            pol = Policy(text)
+            self._policies[key] = pol
         return pol
 
     def handle(self, remote: str, frame: bytes, now: int) -> bytes:
@@ -502,7 +536,9 @@ class Releaser:
             )
         except (ReleaseDenied, PolicyError, p.RemoteProtocolError, ValueError) as exc:
             reason = getattr(exc, "reason", str(exc))
-            if (req.id, reason) not in self._refusals:
+            if (req.id, reason) not in self._refusals and self._limiter.allow(remote, now):
+                if len(self._refusals) > 10_000:
+                    self._refusals.clear()
                 self._refusals.add((req.id, reason))
                 self.store.append_audit("release-refused", {"request": req.id, "keyset": keyset.id_hex,
                                                             "requester": req.requester, "reason": reason},

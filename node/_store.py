@@ -1072,7 +1072,8 @@ class Store:
     def requests(self, *, active_at: int | None = None) -> list[dict[str, Any]]:
         if active_at is None:
             return list(self._db.query("SELECT * FROM requests ORDER BY created"))
-        return list(self._db.query("SELECT * FROM requests WHERE not_after >= ? ORDER BY created", [active_at]))
+        return list(self._db.query(
+            "SELECT * FROM requests WHERE not_after >= ? ORDER BY received_at", [active_at]))
 
     def set_request_outcome(self, request_id: str, outcome: str) -> None:
         with self.transaction():

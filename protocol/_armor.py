@@ -111,7 +111,7 @@ def share_from_text(text: str) -> tuple[Share, int, int]:
     t = _int(values, "Threshold", 2, 1000)
     n = _int(values, "Shares", t, 1000)
     share = Share(
-        _hex(values, "Keyset", KEYSET_ID_LEN), _int(values, "Epoch", 0, 2**32),
+        _hex(values, "Keyset", KEYSET_ID_LEN), _int(values, "Epoch", 0, 2**32 - 1),
         _int(values, "Index", 1, n), g.scalar_from_bytes(_hex(values, "Value", 32), "Value"),
     )
     return share, t, n

@@ -45,6 +45,7 @@ from ._errors import (
     DuplicateShare,
     InvalidShare,
     InvalidShares,
+    InvalidSignature,
     MalformedEncoding,
     MixedShares,
     TooFewShares,
@@ -60,7 +61,47 @@ DEM_INFO = b"shardnet/dem/v1\x00"
 WRAP_INFO = b"shardnet/unwrap/v1\x00"
 DIGEST_TAG = b"shardnet/secret-digest/v1\x00"
 COMMIT_TAG = b"shardnet/commitments/v1\x00"
+KEYSET_ID_TAG = b"shardnet/keyset-id/v1\x00"
+MAX_EPOCH = 2**32 - 1
 MAX_RECORD = 256 * 1024
+
+
+def derive_keyset_id(owner: bytes, nonce: bytes) -> bytes:
+    """A keyset id is bound to its owner's key: nobody else can sign a record with it."""
+    return hashlib.sha256(KEYSET_ID_TAG + owner + nonce).digest()[:KEYSET_ID_LEN]
+
+
+def check_attrs(attrs: dict[str, Any], t: int, n: int) -> dict[str, Any]:
+    """Type-check the node-level attributes a keyset record carries (owner-signed, still untrusted)."""
+    from ._records import public_key_of
+
+    def peers(value: Any, what: str) -> list[str]:
+        if not isinstance(value, list) or len(value) > vss.MAX_SHARES:
+            raise MalformedEncoding(f"keyset attrs: {what} must be a list of peer ids")
+        for v in value:
+            try:
+                public_key_of(v)
+            except MalformedEncoding as exc:
+                raise MalformedEncoding(f"keyset attrs: {what}: {exc}") from None
+        return value
+
+    holders = attrs.get("holders", {})
+    if not isinstance(holders, dict):
+        raise MalformedEncoding("keyset attrs: holders must map indices to peer ids")
+    for i, hs in holders.items():
+        if not (isinstance(i, str) and i.isdigit() and 1 <= int(i) <= n):
+            raise MalformedEncoding(f"keyset attrs: holder index {str(i)[:10]!r} out of range")
+        peers(hs, "holders")
+    approvers = peers(attrs.get("approvers", []), "approvers")
+    quorum = attrs.get("quorum", t)
+    if not isinstance(quorum, int) or isinstance(quorum, bool) or not 1 <= quorum <= vss.MAX_SHARES:
+        raise MalformedEncoding("keyset attrs: quorum must be a positive integer")
+    if approvers and quorum > len(approvers):
+        raise MalformedEncoding("keyset attrs: quorum exceeds the number of approvers")
+    for key, typ in (("policy", str), ("placement", str), ("redundancy", int)):
+        if key in attrs and not isinstance(attrs[key], typ):
+            raise MalformedEncoding(f"keyset attrs: {key} has the wrong type")
+    return attrs
 
 
 def commitments_digest(commitments: Sequence[bytes]) -> bytes:
@@ -100,6 +141,7 @@ class Keyset:
     not_after: int | None
     policy_hash: bytes
     attrs: dict[str, Any]
+    id_nonce: bytes
     owner: bytes
     signed: bytes = field(repr=False, compare=False)
 
@@ -121,17 +163,20 @@ class Keyset:
             KEYSET_TAG, 1, self.keyset_id, self.epoch, self.threshold, self.shares,
             list(self.commitments), self.secret_digest, self.genesis, self.master_ct,
             self.unwrap_r, self.unwrap_ct, self.kem, self.created, self.not_after,
-            self.policy_hash, self.attrs,
+            self.policy_hash, self.attrs, self.id_nonce,
         ]
 
     @classmethod
     def from_bytes(cls, data: bytes, *, owner: bytes | None = None) -> Keyset:
         """Decode and verify a signed keyset record (optionally from a known owner)."""
         f, signer, _ = open_signed(
-            data, tag=KEYSET_TAG, version=1, fields=15, signer=owner, max_size=MAX_RECORD
+            data, tag=KEYSET_TAG, version=1, fields=16, signer=owner, max_size=MAX_RECORD
         )
         keyset_id = want_bytes(f[0], "keyset id", KEYSET_ID_LEN)
-        epoch = want_int(f[1], "epoch", 0, 2**32)
+        id_nonce = want_bytes(f[15], "keyset id nonce", KEYSET_ID_LEN)
+        if not hmac.compare_digest(keyset_id, derive_keyset_id(signer, id_nonce)):
+            raise InvalidSignature("keyset id is not bound to the key that signed the record")
+        epoch = want_int(f[1], "epoch", 0, MAX_EPOCH)
         t = want_int(f[2], "threshold", 2, vss.MAX_SHARES)
         n = want_int(f[3], "shares", t, vss.MAX_SHARES)
         commitments = vss.check_commitments(want(f[4], list, "commitments"))
@@ -143,7 +188,7 @@ class Keyset:
         not_after = f[12]
         if not_after is not None:
             want_int(not_after, "not after", 0, 2**63)
-        attrs = want(f[14], dict, "attrs")
+        attrs = check_attrs(want(f[14], dict, "attrs"), t, n)
         return cls(
             keyset_id=keyset_id, epoch=epoch, threshold=t, shares=n, commitments=commitments,
             secret_digest=want_bytes(f[5], "secret digest", 32),
@@ -152,7 +197,7 @@ class Keyset:
             unwrap_r=g.check_point(f[8], "unwrap R"),
             unwrap_ct=want_bytes(f[9], "unwrap ciphertext"),
             kem=kem, created=want_int(f[11], "created", 0, 2**63), not_after=not_after,
-            policy_hash=want_bytes(f[13], "policy hash", 32), attrs=attrs, owner=signer,
+            policy_hash=want_bytes(f[13], "policy hash", 32), attrs=attrs, id_nonce=id_nonce, owner=signer,
             signed=bytes(data),
         )
 
@@ -169,7 +214,7 @@ class Keyset:
             genesis=self.genesis, master_ct=self.master_ct, unwrap_r=self.unwrap_r,
             unwrap_ct=self.unwrap_ct, kem=self.kem, created=self.created,
             not_after=self.not_after, policy_hash=self.policy_hash,
-            attrs=self.attrs if attrs is None else attrs,
+            attrs=self.attrs if attrs is None else attrs, id_nonce=self.id_nonce,
         )
 
 
@@ -223,7 +268,8 @@ def split_key(
     if len(policy_hash) != 32:
         raise ValueError("policy hash must be 32 bytes")
     vss.check_params(threshold, shares)
-    keyset_id = rng(KEYSET_ID_LEN)
+    id_nonce = rng(KEYSET_ID_LEN)
+    keyset_id = derive_keyset_id(public_bytes(owner), id_nonce)
     dealing = vss.deal(threshold, shares, rng=rng)
     s = dealing.secret
     genesis = _header(keyset_id, threshold, shares, dealing.commitments, kem, now)
@@ -237,7 +283,7 @@ def split_key(
         commitments=dealing.commitments, secret_digest=secret_digest(keyset_id, s),
         genesis=genesis, master_ct=_seal(k_dem, master, genesis, rng), unwrap_r=r_point,
         unwrap_ct=_seal(k_wrap, k_dem, genesis, rng), kem=kem, created=now,
-        not_after=not_after, policy_hash=policy_hash, attrs=dict(attrs or {}),
+        not_after=not_after, policy_hash=policy_hash, attrs=dict(attrs or {}), id_nonce=id_nonce,
     )
     out = [Share(keyset_id, 0, i, v) for i, v in sorted(dealing.shares.items())]
     return keyset, out
@@ -284,21 +330,29 @@ def recover_secret(
 ) -> tuple[int, list[InvalidShare], list[int]]:
     """Interpolate ``s`` from all given shares; verify per share only if needed.
 
-    Fast path: interpolate every share given and compare the binding digest.
-    Any wrong share changes the result (every Lagrange coefficient is
-    non-zero), so a match proves all of them good. Otherwise each share is
-    checked against the commitments, the bad ones are named, and ``s`` is
-    recombined from the good ones if at least t remain.
+    Fast path: interpolate the first t shares and compare the binding digest;
+    a match proves those t good, and any further shares are batch-verified
+    against the commitments (and named if bad). Otherwise each share is
+    checked, the bad ones are named, and ``s`` is recombined from the good
+    ones if at least t remain.
     """
     values = check_shares(keyset, shares, sources)
     t = keyset.threshold
     if len(values) < t:
         raise TooFewShares(len(values), t)
-    s = vss.interpolate(values)
-    if hmac.compare_digest(secret_digest(keyset.keyset_id, s), keyset.secret_digest):
-        return s, [], sorted(values)
     names = {sh.index: (sources[k] if sources else None) for k, sh in enumerate(shares)}
     src_map = {i: n for i, n in names.items() if n is not None}
+    first = dict(list(values.items())[:t])
+    s = vss.interpolate(first)
+    if hmac.compare_digest(secret_digest(keyset.keyset_id, s), keyset.secret_digest):
+        # t shares are proven good; any others are checked on their own, so two
+        # colluding bad shares cannot cancel out and be reported as used.
+        extra = {i: v for i, v in values.items() if i not in first}
+        if not extra or vss.batch_check(keyset.commitments, extra):
+            return s, [], sorted(values)
+        bad = vss.find_bad_shares(keyset.commitments, extra, src_map)
+        bad_idx = {b.index for b in bad}
+        return s, bad, sorted(i for i in values if i not in bad_idx)
     bad = vss.find_bad_shares(keyset.commitments, values, src_map)
     bad_idx = {b.index for b in bad}
     good = {i: v for i, v in values.items() if i not in bad_idx}

@@ -90,6 +90,8 @@ class Tally:
             raise VoteRejected(f"{vote.approver} is not an approver of this keyset")
         if now > self.request.not_after:
             raise VoteRejected("the request has expired")
+        if not self.request.created - MAX_CLOCK_SKEW <= vote.time <= self.request.not_after:
+            raise VoteRejected("it is dated outside the request's lifetime")
         earlier = self.votes.get(vote.approver)
         if earlier is not None:
             if earlier.decision != vote.decision:

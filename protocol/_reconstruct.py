@@ -96,14 +96,17 @@ class Session:
 
     def _invalid(self, peer: str, detail: str) -> None:
         h = self.holders[peer]
+        if h.state != "invalid":  # one entry per custodian, however much it sent
+            self.bad.append((peer, detail))
         h.state, h.detail = "invalid", detail
-        self.bad.append((peer, detail))
 
     def on_release(self, peer: str, data: bytes) -> None:
         """Verify one release from ``peer``; a bad one marks ``peer`` invalid."""
         h = self.holders.get(peer)
         if h is None:
             raise ValueError(f"{peer} holds no shard of this keyset")
+        if h.state == "invalid":
+            return  # nothing more from a custodian that already lied
         try:
             rel = Release.from_bytes(data, custodian=peer)
             if (rel.request_id, rel.keyset_id, rel.epoch, rel.mode) != (

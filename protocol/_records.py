@@ -164,7 +164,7 @@ class Delivery:
     def from_bytes(cls, data: bytes, *, owner: bytes | None = None) -> Delivery:
         f, signer, _ = open_signed(data, tag=DELIVER_TAG, version=1, fields=7, signer=owner, max_size=1024)
         return cls(
-            want_bytes(f[0], "keyset id", 16), want_int(f[1], "epoch", 0, 2**32),
+            want_bytes(f[0], "keyset id", 16), want_int(f[1], "epoch", 0, 2**32 - 1),
             want_int(f[2], "index", 1, 1000), _text(f[3], "recipient", empty=False),
             want_bytes(f[4], "shard digest", 32), want_int(f[5], "sent at", 0, 2**63),
             want_bytes(f[6], "nonce", 16), signer, bytes(data),
@@ -212,7 +212,7 @@ class Receipt:
         if len(reason) > MAX_TEXT * 4:
             raise MalformedEncoding("receipt: reason too long")
         return cls(
-            want_bytes(f[0], "keyset id", 16), want_int(f[1], "epoch", 0, 2**32),
+            want_bytes(f[0], "keyset id", 16), want_int(f[1], "epoch", 0, 2**32 - 1),
             want_int(f[2], "index", 1, 1000), cust, want_bytes(f[4], "shard digest", 32),
             want_bytes(f[5], "delivery digest", 32), status, reason, want_int(f[8], "time", 0, 2**63),
             bytes(data),

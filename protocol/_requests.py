@@ -34,6 +34,7 @@ MODES = ("unwrap", "shares")
 DECISIONS = ("approve", "deny")
 MAX_REASON = 512
 MAX_REQUEST = 4096
+MAX_LIFETIME = 24 * 3600  # a request (and so every approval of it) is good for a day at most
 
 
 def _id(signed: bytes) -> str:
@@ -63,8 +64,8 @@ class Request:
             raise ValueError(f"unknown mode {mode!r}; choose unwrap or shares")
         if len(reason) > MAX_REASON:
             raise ValueError(f"reason is longer than {MAX_REASON} characters")
-        if not_after <= created:
-            raise ValueError("a request must expire after it is created")
+        if not created < not_after <= created + MAX_LIFETIME:
+            raise ValueError(f"a request must expire after it is created, within {MAX_LIFETIME} s")
         body = encode([REQUEST_TAG, 1, keyset_id, peer_id_of(public_bytes(key)), mode, reason, ephemeral,
                        nonce, created, not_after])
         return cls.from_bytes(sign_body(key, body))
@@ -84,7 +85,7 @@ class Request:
         created = want_int(f[6], "created", 0, 2**63)
         return cls(want_bytes(f[0], "keyset id", 16), requester, mode, reason,
                    want_bytes(f[4], "ephemeral key", 32), want_bytes(f[5], "nonce", 16), created,
-                   want_int(f[7], "not after", created + 1, 2**63), bytes(data))
+                   want_int(f[7], "not after", created + 1, created + MAX_LIFETIME), bytes(data))
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ class Release:
         if mode not in MODES:
             raise MalformedEncoding("release: unknown mode")
         return cls(want(f[0], str, "request id"), want_bytes(f[1], "keyset id", 16),
-                   want_int(f[2], "epoch", 0, 2**32), want_int(f[3], "index", 1, 1000), mode, who,
+                   want_int(f[2], "epoch", 0, 2**32 - 1), want_int(f[3], "index", 1, 1000), mode, who,
                    want_bytes(f[6], "sealed release"), bytes(data))
 
     def open(self, ephemeral: HpkePrivateKey) -> bytes:

@@ -141,7 +141,7 @@ class ShardMeta:
         if not 1 <= len(recipient) <= MAX_PEER_ID:
             raise MalformedEncoding("shard metadata: bad recipient")
         return cls(
-            keyset_id=want_bytes(f[0], "keyset id", 16), epoch=want_int(f[1], "epoch", 0, 2**32),
+            keyset_id=want_bytes(f[0], "keyset id", 16), epoch=want_int(f[1], "epoch", 0, 2**32 - 1),
             index=want_int(f[2], "index", 1, MAX_SHARES), shares=n, threshold=t,
             recipient=recipient, created=want_int(f[6], "created", 0, 2**63),
             not_after=not_after, policy_hash=want_bytes(f[8], "policy hash", 32),

@@ -134,7 +134,9 @@ def find_bad_shares(
 
 
 def lagrange_at_zero(indices: Sequence[int]) -> list[int]:
-    """λ_i with Σ λ_i f(i) = f(0), for distinct non-zero indices."""
+    """λ_i with Σ λ_i f(i) = f(0), for distinct indices in 1..MAX_SHARES."""
+    if len(set(indices)) != len(indices) or not all(0 < i <= MAX_SHARES for i in indices):
+        raise ValueError("interpolation needs distinct share indices in 1..1000")
     num = 1
     for x in indices:
         num = num * x % g.L

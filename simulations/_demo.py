@@ -66,7 +66,8 @@ def _demo(cluster: LocalCluster, root: pathlib.Path, t_start: float) -> int:
     _say(f"== importing a fresh 32-byte key on {owner.spec.name}: 3-of-5, distinct:country")
     cmd = ["key", "import", "--home", str(owner.home.path), "--in", str(key), "-t", "3", "-n", "5",
            "--placement", "distinct:country,min-distinct:continent=5",
-           "--approvers", "tokyo,new-york,sydney", "--quorum", "2"]
+           "--approvers", ",".join(cluster.nodes[n].peer_id for n in ("tokyo", "new-york", "sydney")),
+           "--quorum", "2"]
     _say("   $ shardnet " + shlex.join(cmd))
     t = time.monotonic()
     r = run_cli(*cmd)

@@ -88,7 +88,8 @@ def _reconstruct_bench(c: LocalCluster, key: str, runs: int, say: Callable[[str]
     out: dict[str, Any] = {}
     for t_, n in [(3, 5), (5, 10)]:
         d = c.control("frankfurt", "key-import", {"key": key, "threshold": t_, "shares": n, "wait": 30,
-                                                   "approvers": approvers, "quorum": 2})
+                                                   "approvers": [c.nodes[a].peer_id for a in approvers],
+                                                   "quorum": 2})
         for mode in ("unwrap", "shares"):
             rows = []
             for i in range(runs):

@@ -51,8 +51,12 @@ def test_bad_frames_are_rejected_and_node_stays_up(pair: LocalCluster) -> None:
     owner = Ed25519PrivateKey.from_private_bytes(owner_seed)
 
     # A valid delivery from an owner the node never heard of: it is verified on its own merits.
-    keyset, shares = p.split_key(b"k" * 32, 2, 2, owner=owner, now=int(time.time()))
-    meta = p.ShardMeta(keyset.keyset_id, 0, 1, 2, 2, desc.peer_id, int(time.time()), None, bytes(32),
+    from shardnet.protocol._policy import DEFAULT_POLICY, Policy
+
+    policy = Policy(DEFAULT_POLICY)
+    keyset, shares = p.split_key(b"k" * 32, 2, 2, owner=owner, now=int(time.time()), policy_hash=policy.digest,
+                                 attrs={"policy": policy.text})
+    meta = p.ShardMeta(keyset.keyset_id, 0, 1, 2, 2, desc.peer_id, int(time.time()), None, keyset.policy_hash,
                        keyset.commitments_digest, "x25519")
     sealed = p.seal_shard(meta, shares[0], desc.hpke["x25519"], owner=owner)
     cover = Delivery.make(owner, keyset_id=keyset.keyset_id, epoch=0, index=1, recipient=desc.peer_id,

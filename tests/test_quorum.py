@@ -199,3 +199,23 @@ def test_session_refuses_releases_for_other_requests_and_indices() -> None:
     s.on_release(PEER["c"], releases(keyset, shares, req)["d"])
     assert s.holders[PEER["c"]].state == "invalid"
     assert s.have() == 0
+
+
+def test_requests_live_a_day_at_most_and_votes_inside_their_lifetime() -> None:
+    keyset, _ = make_keyset(approvers=["a", "b", "c"], quorum=2)
+    with pytest.raises(ValueError, match="within 86400 s"):
+        make_request(keyset, ttl=86401)
+    req, _ = make_request(keyset)
+    tally = Tally(req, ApprovalRule.of(keyset))
+    late = Vote.make(KEYS["a"], req, "approve", NOW + 10_000)
+    with pytest.raises(VoteRejected, match="outside the request's lifetime"):
+        tally.add(late, NOW)
+
+
+def test_a_flood_from_one_liar_counts_once() -> None:
+    keyset, shares = make_keyset()
+    req, eph = make_request(keyset)
+    s = Session(keyset, req, eph)
+    for _ in range(50):
+        s.on_release(PEER["a"], b"junk")
+    assert len(s.bad) == 1 and s.holders[PEER["a"]].state == "invalid"

@@ -44,10 +44,14 @@ def home(c: LocalCluster, name: str) -> str:
     return str(c.nodes[name].home.path)
 
 
+def ids(c: LocalCluster, *names: str) -> str:
+    return ",".join(c.nodes[n].peer_id for n in names)
+
+
 def import_keyset(c: LocalCluster, root: pathlib.Path, *extra: str) -> str:
     (root / "master.key").write_bytes(KEY)
     r = run_cli("key", "import", "--home", home(c, "frankfurt"), "--in", str(root / "master.key"), "-t", "3",
-                "-n", "5", "--approvers", "frankfurt,tokyo,new-york", "--quorum", "2", "--json", *extra)
+                "-n", "5", "--approvers", ids(c, "frankfurt", "tokyo", "new-york"), "--quorum", "2", "--json", *extra)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert [s["state"] for s in d["shards"]] == ["delivered"] * 5
@@ -259,7 +263,7 @@ def test_an_approver_that_holds_no_shard_can_approve(net: tuple[LocalCluster, pa
         (root / "master.key").write_bytes(KEY)
         r = run_cli("key", "import", "--home", home(c, "frankfurt"), "--in", str(root / "master.key"), "-t", "3",
                     "-n", "5", "--placement", "distinct:country,exclude:country=KE", "--approvers",
-                    "nairobi,tokyo", "--quorum", "2", "--json")
+                    ids(c, "nairobi", "tokyo"), "--quorum", "2", "--json")
         assert r.returncode == 0, r.stderr
         ks = json.loads(r.stdout)["keyset"]
         deadline = time.monotonic() + 15

@@ -240,3 +240,47 @@ def test_sealed_master_is_bound_to_the_genesis_header() -> None:
     key = ks_mod._dem_key(keyset.keyset_id, keyset.genesis, s)
     with pytest.raises(DecryptionFailed):
         ks_mod._open(key, keyset.master_ct, other_header, "sealed master key")
+
+
+def test_keyset_id_is_bound_to_its_owner() -> None:
+    """Nobody but the owner can sign a record with a given keyset id (no id squatting)."""
+    keyset, _ = split()
+    mallory = Ed25519PrivateKey.from_private_bytes(b"m" * 32)
+    squat = dataclasses.replace(keyset, owner=b"", signed=b"")
+    from shardnet.protocol import _keyset as ks_mod
+    from shardnet.protocol import _sign
+
+    forged = _sign.sign_body(mallory, ks_mod.encode(squat._fields()))
+    with pytest.raises(InvalidSignature, match="not bound to the key"):
+        Keyset.from_bytes(forged)
+
+
+@pytest.mark.parametrize("attrs", [
+    {"quorum": [1]}, {"approvers": 5}, {"holders": {"1": "x"}}, {"holders": {"9": []}},
+    {"approvers": ["not-a-peer-id"]}, {"policy": 7},
+])
+def test_malformed_attrs_are_refused(attrs: dict) -> None:
+    keyset, _ = split_key(b"k", 2, 3, owner=OWNER, now=1, attrs=attrs)
+    with pytest.raises(MalformedEncoding, match="keyset attrs"):
+        Keyset.from_bytes(keyset.signed)
+
+
+def test_interpolation_refuses_duplicate_or_zero_indices() -> None:
+    with pytest.raises(ValueError, match="distinct share indices"):
+        vss.lagrange_at_zero([1, 1, 2])
+    with pytest.raises(ValueError, match="distinct share indices"):
+        vss.lagrange_at_zero([0, 1, 2])
+
+
+def test_colluding_bad_extra_shares_are_named_not_used() -> None:
+    """Two wrong shares whose errors cancel in the interpolation are still caught."""
+    keyset, shares = split(t=3, n=5)
+    idx = [1, 2, 3, 4, 5]
+    lam = vss.lagrange_at_zero(idx)
+    d4 = 12345
+    d5 = (-lam[3] * d4 * pow(lam[4], -1, g.L)) % g.L  # λ4·δ4 + λ5·δ5 = 0
+    bad4 = dataclasses.replace(shares[3], value=(shares[3].value + d4) % g.L)
+    bad5 = dataclasses.replace(shares[4], value=(shares[4].value + d5) % g.L)
+    got = combine_key(keyset, [*shares[:3], bad4, bad5])
+    assert got.master == b"k" * 32
+    assert sorted(b.index for b in got.bad) == [4, 5] and got.used == [1, 2, 3]
