@@ -340,15 +340,16 @@ def recover_secret(
     t = keyset.threshold
     if len(values) < t:
         raise TooFewShares(len(values), t)
-    names = {sh.index: (sources[k] if sources else None) for k, sh in enumerate(shares)}
-    src_map = {i: n for i, n in names.items() if n is not None}
-    first = dict(list(values.items())[:t])
+    first = values if len(values) == t else dict(list(values.items())[:t])
     s = vss.interpolate(first)
+    src_map = {sh.index: sources[k] for k, sh in enumerate(shares)} if sources else {}
     if hmac.compare_digest(secret_digest(keyset.keyset_id, s), keyset.secret_digest):
-        # t shares are proven good; any others are checked on their own, so two
+        if first is values:
+            return s, [], sorted(values)
+        # t shares are proven good; the others are checked on their own, so two
         # colluding bad shares cannot cancel out and be reported as used.
         extra = {i: v for i, v in values.items() if i not in first}
-        if not extra or vss.batch_check(keyset.commitments, extra):
+        if vss.batch_check(keyset.commitments, extra):
             return s, [], sorted(values)
         bad = vss.find_bad_shares(keyset.commitments, extra, src_map)
         bad_idx = {b.index for b in bad}
