@@ -299,30 +299,35 @@ class Recovered:
 
 
 def check_shares(keyset: Keyset, shares: Sequence[Share], sources: Sequence[str] | None = None) -> dict[int, int]:
-    """Refuse duplicates and shares of another keyset or epoch; map index -> value."""
+    """Refuse duplicates and shares of another keyset or epoch; map index -> value.
+
+    This runs on every combine, so the happy path builds nothing but the map;
+    messages are composed only when something is refused.
+    """
     if sources is not None and len(sources) != len(shares):
         raise ValueError("one source name per share")
-    seen: dict[int, list[str]] = {}
+    kid, epoch = keyset.keyset_id, keyset.epoch
     values: dict[int, int] = {}
     for k, sh in enumerate(shares):
-        src = sources[k] if sources else f"index {sh.index}"
-        if sh.keyset_id != keyset.keyset_id:
-            raise MixedShares(
-                f"{src} belongs to keyset {sh.keyset_id.hex()[:12]}…, not {keyset.id_hex[:12]}…"
-            )
-        if sh.epoch != keyset.epoch:
-            raise MixedShares(
-                f"{src} is from epoch {sh.epoch}, the keyset is at epoch {keyset.epoch}; "
-                "shares from different epochs never combine"
-            )
-        if not 1 <= sh.index <= vss.MAX_SHARES:
-            raise InvalidShare(sh.index, src, "index out of range")
-        seen.setdefault(sh.index, []).append(src)
+        if sh.keyset_id != kid or sh.epoch != epoch or not 1 <= sh.index <= vss.MAX_SHARES:
+            _refuse_share(keyset, sh, sources[k] if sources else f"index {sh.index}")
         values[sh.index] = sh.value
-    for i, srcs in seen.items():
-        if len(srcs) > 1:
-            raise DuplicateShare(i, srcs if sources else None)
+    if len(values) != len(shares):
+        dup = next(i for i in values if sum(sh.index == i for sh in shares) > 1)
+        where = [sources[k] for k, sh in enumerate(shares) if sh.index == dup] if sources else None
+        raise DuplicateShare(dup, where)
     return values
+
+
+def _refuse_share(keyset: Keyset, sh: Share, src: str) -> None:
+    if sh.keyset_id != keyset.keyset_id:
+        raise MixedShares(f"{src} belongs to keyset {sh.keyset_id.hex()[:12]}…, not {keyset.id_hex[:12]}…")
+    if sh.epoch != keyset.epoch:
+        raise MixedShares(
+            f"{src} is from epoch {sh.epoch}, the keyset is at epoch {keyset.epoch}; "
+            "shares from different epochs never combine"
+        )
+    raise InvalidShare(sh.index, src, "index out of range")
 
 
 def recover_secret(
