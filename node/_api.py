@@ -108,7 +108,10 @@ def audit_verify(store: Store, me_public: bytes) -> dict[str, Any]:
     """Verify the whole chain; raises AuditChainBroken at the first bad entry."""
     n = store.verify_audit({me_public})
     head = store.audit_head()
-    return {"entries": n, "head": head.hash.hex() if head else None, "ok": True}
+    kinds: dict[str, int] = {}
+    for entry in store.audit_entries():
+        kinds[entry.kind] = kinds.get(entry.kind, 0) + 1
+    return {"entries": n, "head": head.hash.hex() if head else None, "ok": True, "kinds": kinds}
 
 
 def status(store: Store, me: str, cfg: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:

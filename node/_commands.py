@@ -347,8 +347,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         res = _ask(args, "audit-verify", offline=offline)
     except AuditChainBroken as exc:
         raise cli.Failure(str(exc)) from None
-    cli._emit(args, res, f"audit log OK: {res['entries']} entries, chain and signatures verified "
-              f"(head {res['head'][:16] if res['head'] else '-'})")
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(res["kinds"].items()))
+    cli._emit(args, res, f"audit log OK: {res['entries']} entries ({kinds or 'none'}), chain and signatures "
+              f"verified (head {res['head'][:16] if res['head'] else '-'})")
     return cli.EXIT_OK
 
 

@@ -110,6 +110,11 @@ def test_two_approvals_reconstruct_exact_bytes(net: tuple[LocalCluster, pathlib.
     assert set(res["timings_ms"]) == {"quorum", "release", "verify", "total"}
     entries = [e for n in c.nodes for e in releases(c, n) if e["request"] == res["request"]]
     assert len(entries) >= 3 and {e["mode"] for e in entries} == {mode}
+    # Request, votes, releases and the outcome are in the signed logs, and audit verify shows them.
+    for name, kinds in (("frankfurt", {"request", "vote", "release", "reconstruct"}), ("tokyo", {"vote", "release"})):
+        r = run_cli("audit", "verify", "--home", home(c, name), "--json")
+        assert r.returncode == 0, r.stderr
+        assert kinds <= set(json.loads(r.stdout)["kinds"])
 
 
 def test_shares_mode_marks_the_keyset_exposed(net: tuple[LocalCluster, pathlib.Path]) -> None:
