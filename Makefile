@@ -10,9 +10,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: test demo lint typecheck pytest clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every transitive dependency too (pip freeze of a working venv).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,bench]'
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[test,bench]'
 	touch $(STAMP)
 
 lint: $(STAMP)
