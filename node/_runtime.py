@@ -240,14 +240,8 @@ class NodeRuntime:
     async def _pull_from(self, peer: str) -> None:
         items = await self._fetch(peer, DIRECTORY_PROTOCOL, MAX_DIRECTORY_REPLY)
         for item in items if isinstance(items, list) else []:
-            if isinstance(item, bytes) and not self._known_same(item):
+            if isinstance(item, bytes):
                 self._accept_descriptor(item)
-
-    def _known_same(self, data: bytes) -> bool:
-        try:
-            return self.directory.is_stale(data)
-        except (p.ShardnetError, ValueError):
-            return True
 
     def connected(self) -> list[str]:
         assert self.net is not None

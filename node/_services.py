@@ -68,11 +68,17 @@ class AuditLimiter:
 
 
 class Directory:
-    """Known custodians, from signed descriptors (gossip and anti-entropy pulls)."""
+    """Known custodians, from signed descriptors (gossip and anti-entropy pulls).
+
+    Descriptors are verified once, when they arrive; the parsed form is kept
+    per (peer, seq), so the loops that read the directory every half second do
+    not verify every signature again.
+    """
 
     def __init__(self, store: Store, me: str) -> None:
         self.store = store
         self.me = me
+        self._parsed: dict[str, Descriptor] = {}
 
     def accept(self, data: bytes, now: int) -> Descriptor | None:
         """Store a descriptor if valid and newer; None if we already had it (or newer)."""
@@ -81,21 +87,23 @@ class Directory:
             raise p.MalformedEncoding(f"descriptor of {d.peer_id} is dated in the future")
         fields = {"name": d.name, "country": d.country, "city": d.city, "continent": d.continent, "org": d.org}
         if self.store.upsert_custodian(d.peer_id, d.signed, fields, d.seq, now=now):
+            self._parsed[d.peer_id] = d
             return d
         return None
 
-    def is_stale(self, data: bytes) -> bool:
-        """True when we already hold this descriptor or a newer one (cheap pre-check)."""
-        d = Descriptor.from_bytes(data)
-        row = self.store.custodian(d.peer_id)
-        return row is not None and row["seq"] >= d.seq
+    def _parse(self, row: Any) -> Descriptor:
+        d = self._parsed.get(row["peer_id"])
+        if d is None or d.seq != row["seq"]:
+            d = Descriptor.from_bytes(row["descriptor"])
+            self._parsed[d.peer_id] = d
+        return d
 
     def get(self, peer_id: str) -> Descriptor | None:
         row = self.store.custodian(peer_id)
-        return Descriptor.from_bytes(row["descriptor"]) if row else None
+        return self._parse(row) if row else None
 
     def all(self) -> list[Descriptor]:
-        return [Descriptor.from_bytes(r["descriptor"]) for r in self.store.custodians()]
+        return [self._parse(r) for r in self.store.custodians()]
 
     def candidates(self, kem: str) -> list[placement.Candidate]:
         return [

@@ -48,7 +48,7 @@ def test_timing_rows_are_real_measurements(result: dict[str, Any]) -> None:
         assert {"impl", "t", "n", "split_us", "combine_us"} <= set(r)
         for op in ("split", "combine"):
             assert isinstance(r[f"{op}_us"], float) and r[f"{op}_us"] > 0, r
-            assert 1 <= r[f"{op}_samples"] <= 3
+            assert r[f"{op}_samples"] in (1, 2, 3)
     for t, n in SIZES:
         mine = rows[bench.SHARDNET, t, n]
         assert mine["combine_key_us"] > 0 and mine["batch_verify_us"] > 0
