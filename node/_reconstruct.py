@@ -60,7 +60,6 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
 
     # 1. wait for the quorum (as far as this node can see it)
     last_publish = trio.current_time()
-    tally = node.approvals.tally(request)
     while True:
         tally = node.approvals.tally(request)
         state = tally.state(node.now())

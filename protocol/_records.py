@@ -69,6 +69,14 @@ def public_key_of(peer_id: str) -> bytes:
     return raw[6:]
 
 
+def signed_by(value: Any, signer: bytes, record: str, role: str) -> str:
+    """The peer id a record speaks for (``role``) must be the one that signed it."""
+    who = want(value, str, role)
+    if who != peer_id_of(signer):
+        raise InvalidSignature(f"{record} is signed by another key than its {role}'s")
+    return str(who)
+
+
 def _text(value: Any, what: str, *, empty: bool = True) -> str:
     want(value, str, what)
     if len(value) > MAX_TEXT or (not empty and not value):
@@ -107,9 +115,7 @@ class Descriptor:
     @classmethod
     def from_bytes(cls, data: bytes) -> Descriptor:
         f, signer, _ = open_signed(data, tag=DESCRIPTOR_TAG, version=1, fields=10, max_size=MAX_DESCRIPTOR)
-        peer_id = _text(f[0], "peer id", empty=False)
-        if peer_id != peer_id_of(signer):
-            raise InvalidSignature("descriptor is signed by another key than its peer id's")
+        peer_id = signed_by(f[0], signer, "descriptor", "peer id")
         addrs = want(f[1], list, "addrs")
         if len(addrs) > MAX_ADDRS:
             raise MalformedEncoding("descriptor: too many addresses")
@@ -202,9 +208,7 @@ class Receipt:
     def from_bytes(cls, data: bytes, *, custodian: str | None = None) -> Receipt:
         signer = public_key_of(custodian) if custodian is not None else None
         f, who, _ = open_signed(data, tag=RECEIPT_TAG, version=1, fields=9, signer=signer, max_size=2048)
-        cust = _text(f[3], "custodian", empty=False)
-        if cust != peer_id_of(who):
-            raise InvalidSignature("receipt is signed by another key than its custodian's")
+        cust = signed_by(f[3], who, "receipt", "custodian")
         status = want(f[6], str, "status")
         if status not in RECEIPT_STATUSES:
             raise MalformedEncoding("receipt: unknown status")

@@ -21,7 +21,7 @@ from . import _group as g
 from ._codec import decode_record, encode, want, want_bytes, want_int
 from ._errors import InvalidSignature, MalformedEncoding
 from ._keyset import Share
-from ._records import peer_id_of
+from ._records import peer_id_of, signed_by
 from ._shard import HpkePrivateKey, hpke_seal
 from ._sign import open_signed, public_bytes, sign_body
 from ._unwrap import Partial
@@ -73,9 +73,7 @@ class Request:
     @classmethod
     def from_bytes(cls, data: bytes) -> Request:
         f, signer, _ = open_signed(data, tag=REQUEST_TAG, version=1, fields=8, max_size=MAX_REQUEST)
-        requester = want(f[1], str, "requester")
-        if requester != peer_id_of(signer):
-            raise InvalidSignature("request is signed by another key than its requester's")
+        requester = signed_by(f[1], signer, "request", "requester")
         mode = want(f[2], str, "mode")
         if mode not in MODES:
             raise MalformedEncoding("request: unknown mode")
@@ -108,9 +106,7 @@ class Vote:
     @classmethod
     def from_bytes(cls, data: bytes) -> Vote:
         f, signer, _ = open_signed(data, tag=VOTE_TAG, version=1, fields=5, max_size=1024)
-        approver = want(f[2], str, "approver")
-        if approver != peer_id_of(signer):
-            raise InvalidSignature("vote is signed by another key than its approver's")
+        approver = signed_by(f[2], signer, "vote", "approver")
         decision = want(f[3], str, "decision")
         if decision not in DECISIONS:
             raise MalformedEncoding("vote: unknown decision")
@@ -150,8 +146,8 @@ class Release:
     @classmethod
     def from_bytes(cls, data: bytes, *, custodian: str | None = None) -> Release:
         f, signer, _ = open_signed(data, tag=RELEASE_TAG, version=1, fields=7, max_size=8192)
-        who = want(f[5], str, "custodian")
-        if who != peer_id_of(signer) or (custodian is not None and who != custodian):
+        who = signed_by(f[5], signer, "release", "custodian")
+        if custodian is not None and who != custodian:
             raise InvalidSignature("release is not signed by the custodian that sent it")
         mode = want(f[4], str, "mode")
         if mode not in MODES:
