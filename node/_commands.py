@@ -314,7 +314,8 @@ def cmd_key_reconstruct(args: argparse.Namespace) -> int:
 def cmd_requests(args: argparse.Namespace) -> int:
     rows = _ask(args, "requests")
     table = _table([[r["request"], r["keyset"][:12] + "…", _short(r["requester"]), r["mode"],
-                     f"{r['approvals']}/{r['quorum']}" + (f" ({r['denials']} deny)" if r["denials"] else ""),
+                     f"{r['approvals']}/{r['quorum']}" + (f" ({r['denials']} deny)" if r["denials"] else "")
+                     + (f" ({len(r['void'])} void)" if r.get("void") else ""),
                      r["state"] if not r["outcome"] else r["outcome"],
                      (r["my_vote"] or "-") if r["approver"] else "not approver", r["reason"][:40]]
                     for r in rows],

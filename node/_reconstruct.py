@@ -63,16 +63,18 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
     while True:
         tally = node.approvals.tally(request)
         state = tally.state(node.now())
+        void = sorted(tally.equivocations)
         await emit({"kind": "votes", "approvals": tally.approvals, "denials": tally.denials,
-                    "quorum": tally.rule.quorum})
+                    "void": void, "quorum": tally.rule.quorum})
         if state is State.APPROVED:
             break
+        voided = f", {len(void)} void for contradictory votes ({', '.join(void)})" if void else ""
         if state is State.REJECTED:
-            _fail(node, request, f"request denied: {tally.denials} approvers voted deny, quorum "
+            _fail(node, request, f"request denied: {tally.denials} approvers voted deny{voided}, quorum "
                   f"{tally.rule.quorum} is out of reach", [])
         if trio.current_time() >= deadline:
             _fail(node, request, f"no quorum within {timeout:.0f} s: {tally.approvals} of "
-                  f"{tally.rule.quorum} approvals", [])
+                  f"{tally.rule.quorum} approvals{voided}", [])
         with trio.move_on_at(min(deadline, trio.current_time() + 1.0)):
             await node.votes_changed.wait()
         if trio.current_time() - last_publish > 3:  # gossip is lossy: say it again

@@ -28,6 +28,7 @@ from typing import Any
 import trio
 
 from shardnet import protocol as p
+from shardnet.protocol._quorum import Added
 from shardnet.protocol._records import Descriptor, b58decode
 from shardnet.protocol._requests import Request, Vote
 
@@ -343,9 +344,15 @@ class NodeRuntime:
         except (p.ShardnetError, ValueError, LookupError) as exc:
             log.info("vote refused: %s", exc)
             return
-        if vote is not None:
-            log.info("vote %s on request %s from %s", vote.decision, vote.request_id, vote.approver)
-            self.wake_voters()
+        if vote is None:
+            return
+        v, added = vote
+        if added is Added.EQUIVOCATION:
+            log.warning("approver %s signed contradicting votes on request %s: it is void there",
+                        v.approver, v.request_id)
+        else:
+            log.info("vote %s on request %s from %s", v.decision, v.request_id, v.approver)
+        self.wake_voters()
 
     def wake_voters(self) -> None:
         self.votes_changed.set()

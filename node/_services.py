@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from shardnet import protocol as p
 from shardnet.protocol import _placement as placement
 from shardnet.protocol._policy import DEFAULT_POLICY, Policy, PolicyError
-from shardnet.protocol._quorum import ApprovalRule, ReleaseDenied, Tally, decide_release
+from shardnet.protocol._quorum import (
+    Added,
+    ApprovalRule,
+    Equivocation,
+    ReleaseDenied,
+    Tally,
+    decide_release,
+)
 from shardnet.protocol._records import Delivery, Descriptor, Receipt, peer_id_of
 from shardnet.protocol._requests import Release, Request, Vote, partial_payload, share_payload
 
@@ -424,24 +431,57 @@ class Approvals:
         row = self.store.find_request(request_id)
         return Request.from_bytes(row["record"])
 
-    def tally(self, req: Request) -> Tally:
+    def stored_votes(self, req: Request) -> list[Vote]:
+        """Every signed vote on ``req`` this node keeps: the counted ones and both
+        halves of each recorded equivocation."""
+        votes = [Vote.from_bytes(v) for v in self.store.votes(req.id)]
+        for first, second in self.store.equivocations(req.id):
+            votes += [Vote.from_bytes(first), Vote.from_bytes(second)]
+        return votes
+
+    def tally(self, req: Request, evidence: Sequence[Vote] = ()) -> Tally:
+        """The tally of the stored votes and of ``evidence`` (votes a peer offered)."""
         keyset = self.keyset(req.keyset_id)
         if keyset is None:
             raise LookupError(f"keyset {req.keyset_id.hex()} is not known to this node")
         tally = Tally(req, ApprovalRule.of(keyset))
-        tally.add_all([Vote.from_bytes(v) for v in self.store.votes(req.id)], req.created)
+        tally.add_all(self.stored_votes(req) + list(evidence), req.created)
         return tally
 
-    def accept_vote(self, data: bytes, now: int) -> Vote | None:
-        """Store a vote that counts (signed, for a known request, from an approver)."""
+    def record_equivocations(self, tally: Tally, now: int) -> list[Equivocation]:
+        """Keep the evidence of every equivocation in ``tally`` not on record yet,
+        each with an audit entry that names the approver; return the new ones."""
+        new = []
+        for e in tally.equivocations.values():
+            body = {"request": e.request_id, "keyset": tally.request.keyset_id.hex(), "approver": e.approver,
+                    "decisions": [e.first.decision, e.second.decision],
+                    "votes_sha256": [hashlib.sha256(e.first.signed).hexdigest(),
+                                     hashlib.sha256(e.second.signed).hexdigest()]}
+            if self.store.put_equivocation(e.request_id, e.approver, e.first.signed, e.second.signed, now=now,
+                                           audit=AuditEvent("equivocation", body, self.key)):
+                new.append(e)
+        return new
+
+    def accept_vote(self, data: bytes, now: int) -> tuple[Vote, Added] | None:
+        """Take a signed vote on a known request from one of its approvers.
+
+        A first vote is stored (COUNTED). A vote that contradicts the approver's
+        earlier one voids the approver, and the pair is kept as evidence
+        (EQUIVOCATION). None for a vote that changes nothing here (a duplicate,
+        a void approver, an unknown request). Raises VoteRejected.
+        """
         vote = Vote.from_bytes(data)
         row = self.store.request(vote.request_id)
         if row is None:
             return None
         req = Request.from_bytes(row["record"])
-        self.tally(req).add(vote, now)  # raises VoteRejected
-        if self.store.put_vote(vote.request_id, vote.approver, vote.decision, vote.signed, now=now):
-            return vote
+        tally = self.tally(req)
+        added = tally.add(vote, now)  # raises VoteRejected
+        if added is Added.COUNTED:
+            if self.store.put_vote(vote.request_id, vote.approver, vote.decision, vote.signed, now=now):
+                return vote, added
+        elif added is Added.EQUIVOCATION and self.record_equivocations(tally, now):
+            return vote, added
         return None
 
     def cast(self, request_id: str, decision: str, now: int) -> Vote:
@@ -454,6 +494,8 @@ class Approvals:
         earlier = tally.votes.get(self.peer_id)
         if earlier is not None:
             raise ValueError(f"this node already voted {earlier.decision} on request {req.id}")
+        if self.peer_id in tally.equivocations:
+            raise ValueError(f"this node's key signed contradicting votes on request {req.id}; it is void there")
         vote = Vote.make(self.key, req, decision, now)
         tally.add(vote, now)
         with self.store.transaction():
@@ -476,12 +518,15 @@ class Approvals:
                 "mode": req.mode, "reason": req.reason, "created": req.created, "not_after": req.not_after,
                 "approvals": tally.approvals, "denials": tally.denials, "quorum": tally.rule.quorum,
                 "state": tally.state(now).value, "approver": self.peer_id in tally.rule.approvers,
+                "void": sorted(tally.equivocations),
                 "my_vote": mine.decision if mine else None, "outcome": row["outcome"],
             })
         return out
 
     def sync_reply(self, now: int) -> bytes:
-        items = [[bytes(r["record"]), self.store.votes(r["request_id"])]
+        # Both halves of an equivocation travel too, so every peer voids the approver.
+        items = [[bytes(r["record"]), self.store.votes(r["request_id"])
+                  + [v for pair in self.store.equivocations(r["request_id"]) for v in pair]]
                  for r in self.store.requests(active_at=now)[-256:]]
         return p.encode(items)
 
@@ -536,8 +581,13 @@ class Releaser:
             pass  # decide_release below gives the reason
         requester = self.directory.get(req.requester)
         try:
+            # Stored votes and the ask's evidence in one tally: an approver with two
+            # different votes is void, whichever came first and whoever brought them.
+            tally = self.approvals.tally(req, votes)
+            if tally.equivocations and self.store.request(req.id) is not None:
+                self.approvals.record_equivocations(tally, now)
             decision = decide_release(
-                keyset, req, votes + self._stored_votes(req), now=now, policy=self._policy(keyset),
+                keyset, tally, now=now, policy=self._policy(keyset),
                 requester_org=requester.org if requester else "",
                 requester_country=requester.country.upper() if requester else "", threat_level=self.threat_level(),
                 status=row["status"],
@@ -567,9 +617,6 @@ class Releaser:
                     self.store.set_keyset_status(keyset.id_hex, "exposed", now=now)
             out.append(rel.signed)
         return p.encode(out)
-
-    def _stored_votes(self, req: Request) -> list[Vote]:
-        return [Vote.from_bytes(v) for v in self.store.votes(req.id)]
 
     def _payload(self, keyset: p.Keyset, req: Request, share: p.Share) -> bytes:
         """What this custodian releases: a partial decryption with its proof, or its share."""

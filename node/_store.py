@@ -346,7 +346,20 @@ CREATE TABLE notices (
 ) STRICT;
 """
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2, _SCHEMA_3)
+# Two different signed votes of one approver on one request: the approver is void
+# for that request, and the pair is kept as signed evidence of its equivocation.
+_SCHEMA_4 = """
+CREATE TABLE equivocations (
+    request_id  TEXT NOT NULL REFERENCES requests (request_id),
+    approver    TEXT NOT NULL,
+    first       BLOB NOT NULL,
+    second      BLOB NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (request_id, approver)
+) STRICT;
+"""
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2, _SCHEMA_3, _SCHEMA_4)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -1091,6 +1104,28 @@ class Store:
     def votes(self, request_id: str) -> list[bytes]:
         return [bytes(r["record"]) for r in
                 self._db.query("SELECT record FROM votes WHERE request_id = ? ORDER BY received_at", [request_id])]
+
+    def put_equivocation(self, request_id: str, approver: str, first: bytes, second: bytes, *, now: int,
+                         audit: AuditEvent) -> bool:
+        """Keep two contradicting signed votes, with an audit entry naming the approver.
+
+        False (and no second audit entry) if this approver's equivocation on this
+        request is already on record. The caller has verified both votes.
+        """
+        with self.transaction():
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO equivocations (request_id, approver, first, second, received_at) "
+                "VALUES (?, ?, ?, ?, ?)", [request_id, approver, first, second, now],
+            )
+            if not cur.rowcount:
+                return False
+            self._append(audit.kind, audit.body, now, audit.key)
+            return True
+
+    def equivocations(self, request_id: str) -> list[tuple[bytes, bytes]]:
+        """The signed vote pairs that void approvers of this request."""
+        return [(bytes(r["first"]), bytes(r["second"])) for r in self._db.query(
+            "SELECT first, second FROM equivocations WHERE request_id = ? ORDER BY received_at", [request_id])]
 
     # -- small node state ----------------------------------------------------------
 

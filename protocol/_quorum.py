@@ -3,13 +3,27 @@
 States of a :class:`Tally` and the transitions between them::
 
     PENDING --(approvals reach quorum)-----------------> APPROVED
-    PENDING --(denials leave too few possible approvals)-> REJECTED
-    PENDING / APPROVED --(now > request.not_after)-------> EXPIRED
+    PENDING --(denials and voided approvers leave
+               too few possible approvals)-------------> REJECTED
+    APPROVED --(an approver equivocates, approvals
+                fall below quorum)---------------------> PENDING or REJECTED
+    any --(now > request.not_after)--------------------> EXPIRED
 
-A vote that is not allowed raises :class:`VoteRejected` naming why: for
+Per approver, the votes seen so far move it through::
+
+    (none) --vote--> COUNTED --same decision again--> COUNTED   (a duplicate)
+    COUNTED --the other decision--> VOIDED                      (equivocation)
+    VOIDED --any vote--> VOIDED
+
+Two different votes from one approver on one request void that approver: it
+counts neither as an approval nor as a denial, whatever order the votes came in
+and whichever path brought them (gossip, sync, a release ask's evidence). The
+tally keeps both signed votes in :attr:`Tally.equivocations` as evidence. The
+outcome is a function of the *set* of valid votes seen, never of their order.
+
+A vote that is not allowed at all raises :class:`VoteRejected` naming why: for
 another request or keyset, from someone who is not an approver, after the
-request expired, or contradicting that approver's earlier vote. The same vote
-delivered twice (gossip and pull) counts once.
+request expired, or dated outside the request's lifetime.
 
 :func:`decide_release` is what every custodian runs on its own before it
 releases anything: the request is signed, fresh and for this keyset; the
@@ -20,7 +34,7 @@ keyset's Cedar policy allows it in this custodian's current threat level.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,16 +86,36 @@ class ApprovalRule:
         return cls(frozenset(str(a) for a in approvers), quorum)
 
 
+class Added(enum.Enum):
+    """What :meth:`Tally.add` did with a vote."""
+
+    COUNTED = "counted"  # the approver's first vote
+    DUPLICATE = "duplicate"  # the same decision again: counts once
+    EQUIVOCATION = "equivocation"  # the other decision: the approver is now void
+    VOIDED = "voided"  # the approver was void already
+
+
+@dataclass(frozen=True)
+class Equivocation:
+    """Two signed votes of one approver on one request, with different decisions."""
+
+    approver: str
+    request_id: str
+    first: Vote
+    second: Vote
+
+
 class Tally:
     """The votes on one request, as far as this node has seen them."""
 
     def __init__(self, request: Request, rule: ApprovalRule) -> None:
         self.request = request
         self.rule = rule
-        self.votes: dict[str, Vote] = {}
+        self.votes: dict[str, Vote] = {}  # approver -> its one counted vote
+        self.equivocations: dict[str, Equivocation] = {}  # approver -> evidence; never counted
 
-    def add(self, vote: Vote, now: int) -> bool:
-        """Count a vote; False if it was already counted. Raises VoteRejected."""
+    def add(self, vote: Vote, now: int) -> Added:
+        """Take a vote into the tally. Raises VoteRejected for a vote that is not allowed."""
         if vote.request_id != self.request.id:
             raise VoteRejected("it is for another request")
         if vote.keyset_id != self.request.keyset_id:
@@ -92,15 +126,20 @@ class Tally:
             raise VoteRejected("the request has expired")
         if not self.request.created - MAX_CLOCK_SKEW <= vote.time <= self.request.not_after:
             raise VoteRejected("it is dated outside the request's lifetime")
+        if vote.approver in self.equivocations:
+            return Added.VOIDED
         earlier = self.votes.get(vote.approver)
-        if earlier is not None:
-            if earlier.decision != vote.decision:
-                raise VoteRejected(f"{vote.approver} already voted {earlier.decision}")
-            return False
-        self.votes[vote.approver] = vote
-        return True
+        if earlier is None:
+            self.votes[vote.approver] = vote
+            return Added.COUNTED
+        if earlier.decision == vote.decision:
+            return Added.DUPLICATE
+        del self.votes[vote.approver]
+        self.equivocations[vote.approver] = Equivocation(vote.approver, self.request.id, earlier, vote)
+        return Added.EQUIVOCATION
 
     def add_all(self, votes: Iterable[Vote], now: int) -> list[VoteRejected]:
+        """Add every vote; return the ones that were not allowed (they change nothing)."""
         rejected = []
         for v in votes:
             try:
@@ -108,6 +147,10 @@ class Tally:
             except VoteRejected as exc:
                 rejected.append(exc)
         return rejected
+
+    def voted(self, approver: str) -> bool:
+        """Whether this approver has cast a vote that the tally holds (counted or void)."""
+        return approver in self.votes or approver in self.equivocations
 
     @property
     def approvals(self) -> int:
@@ -122,7 +165,8 @@ class Tally:
             return State.EXPIRED
         if self.approvals >= self.rule.quorum:
             return State.APPROVED
-        if len(self.rule.approvers) - self.denials < self.rule.quorum:
+        possible = len(self.rule.approvers) - self.denials - len(self.equivocations)
+        if possible < self.rule.quorum:
             return State.REJECTED
         return State.PENDING
 
@@ -148,28 +192,33 @@ def check_request(keyset: Keyset, request: Request, now: int, *, status: str = "
 
 
 def decide_release(
-    keyset: Keyset, request: Request, votes: Sequence[Vote], *, now: int, policy: Any,
+    keyset: Keyset, tally: Tally, *, now: int, policy: Any,
     requester_org: str = "", requester_country: str = "", threat_level: int = 0,
     status: str = "active",
 ) -> Decision:
-    """Raise :class:`ReleaseDenied` unless this custodian may release for ``request``.
+    """Raise :class:`ReleaseDenied` unless this custodian may release for ``tally.request``.
 
-    ``policy`` is a :class:`shardnet.protocol._policy.Policy` whose digest must
-    be the keyset's policy hash.
+    ``tally`` holds every vote this custodian has seen on the request, stored
+    and offered as evidence alike, so an approver that voted both ways is void
+    whichever vote came first. ``policy`` is a
+    :class:`shardnet.protocol._policy.Policy` whose digest must be the keyset's
+    policy hash.
     """
     from ._policy import RequestContext
 
+    request = tally.request
     check_request(keyset, request, now, status=status)
     if policy.digest != keyset.policy_hash:
         raise ReleaseDenied("the policy text does not match the keyset's policy hash")
     rule = ApprovalRule.of(keyset)
-    tally = Tally(request, rule)
-    tally.add_all(votes, now)
+    if tally.rule != rule:
+        raise ValueError("the tally was made under another keyset's approval rule")
     state = tally.state(now)
+    void = f"; {len(tally.equivocations)} void for contradictory votes" if tally.equivocations else ""
     if state is State.REJECTED:
-        raise ReleaseDenied(f"denied by {tally.denials} approvers; quorum {rule.quorum} is out of reach")
+        raise ReleaseDenied(f"denied by {tally.denials} approvers{void}; quorum {rule.quorum} is out of reach")
     if state is not State.APPROVED:
-        raise ReleaseDenied(f"no quorum: {tally.approvals} of {rule.quorum} approvals")
+        raise ReleaseDenied(f"no quorum: {tally.approvals} of {rule.quorum} approvals{void}")
     decision = policy.decide(RequestContext(
         keyset_id=keyset.id_hex, requester=request.requester, requester_org=requester_org,
         requester_country=requester_country or "ZZ", reason=request.reason, time=now,

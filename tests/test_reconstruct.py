@@ -282,3 +282,62 @@ def test_an_approver_that_holds_no_shard_can_approve(net: tuple[LocalCluster, pa
         assert code == 0, err
     finally:
         c.remove("nairobi")
+
+
+def test_contradictory_votes_void_the_approver_on_every_custodian(
+    net: tuple[LocalCluster, pathlib.Path], keyset: str
+) -> None:
+    """The reported bypass, end to end. tokyo runs `shardnet deny` and the deny is
+    stored on every node; a rogue requester holding tokyo's key then asks every
+    custodian with evidence that puts an approve signed by tokyo first, together
+    with new-york's approve. No custodian releases, and each names tokyo."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    c, root = net
+    rogue_seed = os.urandom(32)
+    rogue = Ed25519PrivateKey.from_private_bytes(rogue_seed)
+    now = int(time.time())
+    req = Request.make(rogue, keyset_id=bytes.fromhex(keyset), mode="unwrap", reason="", ephemeral=os.urandom(32),
+                       nonce=os.urandom(16), created=now, not_after=now + 300)
+    tokyo_key, ny_key = c.nodes["tokyo"].home.identity(), c.nodes["new-york"].home.identity()
+    evidence = [Vote.make(tokyo_key, req, "approve", now).signed, Vote.make(ny_key, req, "approve", now).signed]
+    before = {n: len(releases(c, n)) for n in c.nodes}
+
+    async def ask_all(votes: list[bytes]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        async with _net.running_node_host(rogue_seed, ["/ip4/127.0.0.1/tcp/0"], enable_pubsub=False) as h:
+            for node in c.nodes.values():
+                await _net.connect(h.host, node.addrs[0], 10)
+            for name, node in c.nodes.items():
+                try:
+                    await _net.request(h.host, node.peer_id, RELEASE_PROTOCOL,
+                                       p.encode([ASK_TAG, 1, req.signed, votes]), max_reply=65536, timeout=10)
+                    out[name] = "RELEASED"
+                except _net.RemoteError as exc:
+                    out[name] = exc.reason
+        return out
+
+    # Every custodian learns the request (and refuses: no votes yet).
+    assert all("no quorum: 0 of 2" in a for a in trio.run(ask_all, []).values())
+    r = run_cli("deny", "--home", home(c, "tokyo"), req.id)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        stored = {}
+        for name, node in c.nodes.items():
+            with node.home.open_store() as store:
+                stored[name] = [Vote.from_bytes(v).decision for v in store.votes(req.id)]
+        if all(v == ["deny"] for v in stored.values()):
+            break
+        time.sleep(0.1)
+    assert all(v == ["deny"] for v in stored.values()), stored
+    answers = trio.run(ask_all, evidence)
+    for name, answer in answers.items():
+        assert "no quorum: 1 of 2 approvals; 1 void for contradictory votes" in answer, (name, answer)
+    assert {n: len(releases(c, n)) for n in c.nodes} == before
+    tokyo = c.nodes["tokyo"].peer_id
+    for name, node in c.nodes.items():
+        with node.home.open_store() as store:
+            named = [e.body for e in store.audit_entries() if e.kind == "equivocation"]
+            assert [e["approver"] for e in named if e["request"] == req.id] == [tokyo], name
+            assert len(store.equivocations(req.id)) == 1
