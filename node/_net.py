@@ -3,7 +3,7 @@
 Everything py-libp2p-specific lives here, so the node's services stay plain classes
 and the stream handlers stay thin adapters around them.
 
-Choices made here (see /work/shared/LIBP2P_NOTES.md for the measurements):
+Choices made here (see ../shared/LIBP2P_NOTES.md for the measurements):
 
 * Security is Noise only and the muxer is yamux only. The libp2p defaults also offer
   plaintext, secio and TLS; a plaintext dialer could claim any identity.
@@ -43,6 +43,7 @@ import enum
 import logging
 import math
 import socket
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -73,8 +74,17 @@ from libp2p.pubsub.score import ScoreParams
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
+
+from ._bounds import (
+    CLEANUP_TIMEOUT,
+    BoundedMuxerMultistream,
+    BoundedYamux,
+    PeerGuard,
+    close_connection,
+    retire,
+    unread,
+)
 
 __all__ = [
     "ConnectError",
@@ -112,8 +122,6 @@ FRAME_HEADER_LEN = 4
 MAX_FRAME_LEN = 0xFFFF_FFFF
 # Longest error reason we send or accept in an error reply, in bytes.
 MAX_REASON_LEN = 256
-# How long we spend on best-effort cleanup (error replies, close, reset, host close).
-CLEANUP_TIMEOUT = 2.0
 # Starting a host (listen, pubsub services) and shutting it down in order.
 START_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 5.0
@@ -290,7 +298,7 @@ def make_host(
     host = new_host(
         key_pair=key_pair,
         sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
-        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): BoundedYamux},
         listen_addrs=maddrs,
         connection_config=ConnectionConfig(max_connections_per_peer=1),
         enable_mDNS=False,
@@ -304,6 +312,11 @@ def make_host(
     if not isinstance(swarm, Swarm):
         raise TypeError(f"unexpected libp2p network type {type(swarm).__name__}")
     swarm.auto_connector = _NoAutoConnector(swarm)
+    # Caps on what one connection may make us buffer (see _bounds).
+    negotiate_timeout = swarm.upgrader.muxer_multistream.negotiate_timeout
+    swarm.upgrader.muxer_multistream = BoundedMuxerMultistream(
+        {TProtocol(YAMUX_PROTOCOL_ID): BoundedYamux}, negotiate_timeout
+    )
     return host, maddrs
 
 
@@ -551,19 +564,6 @@ async def read_frame(stream: INetStream, *, max_len: int, timeout: float) -> byt
 # --------------------------------------------------------------------------- client
 
 
-async def _dispose_stream(stream: INetStream, *, graceful: bool) -> None:
-    """Close (graceful) or reset a stream, shielded and bounded; never raises."""
-    with trio.move_on_after(CLEANUP_TIMEOUT) as scope:
-        scope.shield = True
-        try:
-            if graceful:
-                await stream.close()
-            else:
-                await stream.reset()
-        except Exception as exc:
-            logger.debug("error while disposing of a stream: %r", exc)
-
-
 def _decode_reply(peer_id: str, protocol: str, frame: bytes, max_reply: int) -> bytes:
     if not frame:
         raise RemoteProtocolError(peer_id, protocol, "empty reply frame")
@@ -606,7 +606,6 @@ async def request(
         raise ValueError(f"timeout must be positive, got {timeout}")
     frame_cap = max(max_reply, MAX_REASON_LEN) + 1
     stream: INetStream | None = None
-    graceful = False
     try:
         with trio.move_on_after(timeout):
             try:
@@ -622,12 +621,13 @@ async def request(
                 raise RemoteProtocolError(peer_id, protocol, f"bad reply: {exc}") from exc
             except StreamError as exc:
                 raise RemoteProtocolError(peer_id, protocol, f"stream failed: {exc!r}") from exc
-            graceful = True
             return _decode_reply(peer_id, protocol, frame, max_reply)
         raise RequestTimeout(peer_id, protocol, f"no reply within {timeout} s")
     finally:
         if stream is not None:
-            await _dispose_stream(stream, graceful=graceful)
+            # One request, one reply: nothing more is wanted from this stream, and
+            # anything a server sends after its reply must not pin our memory.
+            await retire(stream)
 
 
 # --------------------------------------------------------------------------- server
@@ -638,10 +638,19 @@ def _error_reply(status: ReplyStatus, reason: str) -> bytes:
 
 
 class _ProtocolServer:
-    """Stream handler for one protocol: one framed request, one framed reply."""
+    """Stream handler for one protocol: one framed request, one framed reply.
+
+    Every stream ends through :func:`retire`, so nothing a peer sent and we did
+    not read stays in memory. A request read in full and answered lingers for
+    the peer's FIN; every other stream (refused, too large, truncated, too
+    slow, or the peer over its limits) is reset at once. Violations of the
+    framing count against the peer in the host's :class:`PeerGuard`, which
+    closes the connection of a peer that keeps violating it.
+    """
 
     def __init__(
         self,
+        host: IHost,
         protocol: str,
         handler: Handler,
         *,
@@ -649,6 +658,8 @@ class _ProtocolServer:
         timeout: float,
         max_concurrent_per_peer: int,
     ) -> None:
+        self._host = host
+        self._guard = guard_of(host)
         self._protocol = protocol
         self._handler = handler
         self._max_len = max_len
@@ -659,24 +670,27 @@ class _ProtocolServer:
     async def handle_stream(self, stream: INetStream) -> None:
         # Anything escaping this function would take down the whole connection.
         try:
-            peer = stream.muxed_conn.peer_id.to_base58()
+            pid = stream.muxed_conn.peer_id
+            peer = pid.to_base58()
         except Exception:
             logger.exception("%s: stream without a peer id", self._protocol)
-            await _dispose_stream(stream, graceful=False)
+            await retire(stream)
             return
-        if self._active.get(peer, 0) >= self._max_per_peer:
-            logger.warning(
-                "%s: refusing a stream from %s: %d requests already in progress",
-                self._protocol,
-                peer,
-                self._max_per_peer,
-            )
+        if self._guard.banned(peer, trio.current_time()):
+            logger.info("%s: refusing a stream from %s: too many protocol violations", self._protocol, peer)
+            await retire(stream)
+            await close_connection(self._host, pid)
+            return
+        if self._active.get(peer, 0) >= self._max_per_peer or not self._guard.begin(peer):
+            logger.warning("%s: refusing a stream from %s: too many requests in progress", self._protocol, peer)
             await self._send_reply(stream, peer, _error_reply(ReplyStatus.BUSY, "busy"))
-            await _dispose_stream(stream, graceful=True)
+            await retire(stream)
+            await self._violation(pid, peer, "over its limit of requests in progress")
             return
         self._active[peer] = self._active.get(peer, 0) + 1
+        answered = False
         try:
-            await self._serve_one(stream, peer)
+            answered = await self._serve_one(stream, pid, peer)
         except Exception:
             logger.exception("%s: unexpected error serving %s", self._protocol, peer)
         finally:
@@ -685,31 +699,35 @@ class _ProtocolServer:
                 self._active[peer] = left
             else:
                 del self._active[peer]
-            await _dispose_stream(stream, graceful=True)
+            self._guard.end(peer)
+            if not await retire(stream, linger=answered):
+                await self._violation(pid, peer, "bytes after its request")
 
-    async def _serve_one(self, stream: INetStream, peer: str) -> None:
+    async def _violation(self, pid: ID, peer: str, what: str) -> None:
+        if self._guard.violation(peer, trio.current_time()):
+            logger.warning("%s: closing the connection of %s: it keeps violating the protocol (last: %s)",
+                           self._protocol, peer, what)
+            await close_connection(self._host, pid)
+
+    async def _serve_one(self, stream: INetStream, pid: ID, peer: str) -> bool:
+        """Read one request and answer it; True if the request was read in full."""
         try:
             frame = await read_frame(stream, max_len=self._max_len, timeout=self._timeout)
-        except FrameTooLarge as exc:
-            logger.warning("%s: oversized request from %s: %s", self._protocol, peer, exc)
-            await self._send_reply(stream, peer, _error_reply(ReplyStatus.TOO_LARGE, str(exc)))
-            return
-        except FrameTimeout as exc:
-            logger.warning("%s: request from %s timed out: %s", self._protocol, peer, exc)
-            await self._send_reply(stream, peer, _error_reply(ReplyStatus.TIMEOUT, str(exc)))
-            return
         except FrameError as exc:
-            logger.warning("%s: bad request frame from %s: %s", self._protocol, peer, exc)
-            await self._send_reply(stream, peer, _error_reply(ReplyStatus.BAD_FRAME, str(exc)))
-            return
-
+            status = {FrameTooLarge: ReplyStatus.TOO_LARGE, FrameTimeout: ReplyStatus.TIMEOUT}.get(
+                type(exc), ReplyStatus.BAD_FRAME)
+            logger.warning("%s: bad request from %s (%s): %s", self._protocol, peer, status.name, exc)
+            await self._send_reply(stream, peer, _error_reply(status, str(exc)))
+            await self._violation(pid, peer, str(exc))
+            return False
         reply: bytes | None = None
+        refused = False
         with trio.move_on_after(self._timeout):
             try:
                 reply = bytes([ReplyStatus.OK]) + await self._handler(peer, frame)
             except RequestRejected as exc:
                 logger.info("%s: rejected a request from %s: %s", self._protocol, peer, exc)
-                reply = _error_reply(ReplyStatus.REJECTED, str(exc))
+                reply, refused = _error_reply(ReplyStatus.REJECTED, str(exc)), True
             except Exception:
                 logger.exception("%s: handler failed on a request from %s", self._protocol, peer)
                 reply = _error_reply(ReplyStatus.INTERNAL, "internal error")
@@ -719,6 +737,10 @@ class _ProtocolServer:
             )
             reply = _error_reply(ReplyStatus.TIMEOUT, "handler timed out")
         await self._send_reply(stream, peer, reply)
+        if unread(stream):
+            await self._violation(pid, peer, "bytes after its request")
+            return False
+        return not refused  # a refused stream is reset at once, not lingered on
 
     async def _send_reply(self, stream: INetStream, peer: str, reply: bytes) -> None:
         with trio.move_on_after(self._timeout) as scope:
@@ -728,6 +750,17 @@ class _ProtocolServer:
                 logger.info("%s: cannot reply to %s: %r", self._protocol, peer, exc)
         if scope.cancelled_caught:
             logger.info("%s: reply to %s timed out", self._protocol, peer)
+
+
+_guards: weakref.WeakKeyDictionary[IHost, PeerGuard] = weakref.WeakKeyDictionary()
+
+
+def guard_of(host: IHost) -> PeerGuard:
+    """The per-peer bounds that every protocol served by ``host`` shares."""
+    guard = _guards.get(host)
+    if guard is None:
+        guard = _guards[host] = PeerGuard()
+    return guard
 
 
 def serve_protocol(
@@ -754,6 +787,7 @@ def serve_protocol(
     if max_concurrent_per_peer < 1:
         raise ValueError(f"max_concurrent_per_peer must be >= 1, got {max_concurrent_per_peer}")
     server = _ProtocolServer(
+        host,
         protocol,
         handler,
         max_len=max_len,
