@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import trio
 
 from shardnet import protocol as p
+from shardnet.protocol import wire
 from shardnet.protocol._quorum import State
 from shardnet.protocol._reconstruct import ReconstructionFailed, Session
 from shardnet.protocol._requests import Request
 
 from . import _net
-from ._services import REQUEST_TOPIC, Rejected
+from ._services import Rejected
 
 if TYPE_CHECKING:
     from ._runtime import NodeRuntime
@@ -55,7 +56,7 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
     session = Session(keyset, request, ephemeral, names)
     t0 = time.perf_counter()
     deadline = trio.current_time() + timeout
-    await node._publish(REQUEST_TOPIC, request.signed)
+    await node._publish(wire.REQUEST_TOPIC.name, request.signed)
     await emit({"kind": "request", "request": request.id, "keyset": keyset.id_hex, "mode": mode})
 
     # 1. wait for the quorum (as far as this node can see it)
@@ -79,7 +80,7 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
             await node.votes_changed.wait()
         if trio.current_time() - last_publish > 3:  # gossip is lossy: say it again
             last_publish = trio.current_time()
-            await node._publish(REQUEST_TOPIC, request.signed)
+            await node._publish(wire.REQUEST_TOPIC.name, request.signed)
     t_quorum = time.perf_counter()
 
     # 2 + 3. ask holders, verify every answer on arrival
@@ -92,7 +93,7 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
         session.asked(peer)
         try:
             reply = await node.ask_release(peer, request, votes)
-            items = p.decode(reply, max_size=64 * 1024)
+            items = p.decode(reply, max_size=wire.RELEASE.max_reply)
         except _net.RemoteError as exc:
             session.on_refused(peer, exc.reason)
             return

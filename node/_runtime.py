@@ -28,6 +28,7 @@ from typing import Any
 import trio
 
 from shardnet import protocol as p
+from shardnet.protocol import wire
 from shardnet.protocol._quorum import Added
 from shardnet.protocol._records import Descriptor, b58decode
 from shardnet.protocol._requests import Request, Vote
@@ -36,20 +37,7 @@ from . import _api, _net
 from ._files import write_atomic
 from ._home import Home
 from ._services import (
-    ASK_TAG,
-    DELIVER_PROTOCOL,
-    DIRECTORY_PROTOCOL,
-    DIRECTORY_TOPIC,
-    KEYSET_PROTOCOL,
-    MAX_ASK,
-    MAX_DELIVER_FRAME,
-    MAX_DIRECTORY_REPLY,
-    MAX_SYNC_REPLY,
-    RELEASE_PROTOCOL,
-    REQUEST_TOPIC,
-    SYNC_PROTOCOL,
     VERSION,
-    VOTE_TOPIC,
     Approvals,
     Custodian,
     Directory,
@@ -63,7 +51,6 @@ log = logging.getLogger("shardnet.node")
 REPUBLISH = 10.0
 PULL_EVERY = 5.0
 CONNECT_TIMEOUT = 5.0
-REQUEST_TIMEOUT = 10.0
 MAX_PEERS = 32
 BACKOFF_MAX = 30.0
 MAX_CONTROL_REQUEST = 256 * 1024
@@ -122,24 +109,20 @@ class NodeRuntime:
                 write_atomic(self.home.addrs_file, json.dumps(
                     {"peer_id": self.peer_id, "addrs": net.listen_addrs, "pid": os.getpid()}).encode(),
                     0o644, overwrite=True)
-                _net.serve_protocol(net.host, DELIVER_PROTOCOL, self._on_deliver,
-                                    max_len=MAX_DELIVER_FRAME, timeout=REQUEST_TIMEOUT,
-                                    max_concurrent_per_peer=8)
-                _net.serve_protocol(net.host, DIRECTORY_PROTOCOL, self._on_directory_pull,
-                                    max_len=1024, timeout=REQUEST_TIMEOUT, max_concurrent_per_peer=4)
-                _net.serve_protocol(net.host, RELEASE_PROTOCOL, self._on_release,
-                                    max_len=MAX_ASK, timeout=REQUEST_TIMEOUT, max_concurrent_per_peer=4)
-                _net.serve_protocol(net.host, KEYSET_PROTOCOL, self._on_keyset_notice,
-                                    max_len=256 * 1024, timeout=REQUEST_TIMEOUT, max_concurrent_per_peer=4)
-                _net.serve_protocol(net.host, SYNC_PROTOCOL, self._on_sync,
-                                    max_len=1024, timeout=REQUEST_TIMEOUT, max_concurrent_per_peer=4)
+                handlers = {wire.DELIVER: self._on_deliver, wire.DIRECTORY: self._on_directory_pull,
+                            wire.RELEASE: self._on_release, wire.KEYSET: self._on_keyset_notice,
+                            wire.SYNC: self._on_sync}
+                for proto, handler in handlers.items():
+                    _net.serve_protocol(net.host, proto.id, handler, max_len=proto.max_request,
+                                        timeout=wire.REQUEST_TIMEOUT,
+                                        max_concurrent_per_peer=proto.max_concurrent_per_peer)
                 assert net.pubsub is not None
-                net.pubsub.set_topic_validator(DIRECTORY_TOPIC, self._validate_descriptor, False)
-                net.pubsub.set_topic_validator(REQUEST_TOPIC, self._validate_signed(Request), False)
-                net.pubsub.set_topic_validator(VOTE_TOPIC, self._validate_signed(Vote), False)
-                sub = await net.pubsub.subscribe(DIRECTORY_TOPIC)
-                req_sub = await net.pubsub.subscribe(REQUEST_TOPIC)
-                vote_sub = await net.pubsub.subscribe(VOTE_TOPIC)
+                net.pubsub.set_topic_validator(wire.DIRECTORY_TOPIC.name, self._validate_descriptor, False)
+                net.pubsub.set_topic_validator(wire.REQUEST_TOPIC.name, self._validate_signed(Request), False)
+                net.pubsub.set_topic_validator(wire.VOTE_TOPIC.name, self._validate_signed(Vote), False)
+                sub = await net.pubsub.subscribe(wire.DIRECTORY_TOPIC.name)
+                req_sub = await net.pubsub.subscribe(wire.REQUEST_TOPIC.name)
+                vote_sub = await net.pubsub.subscribe(wire.VOTE_TOPIC.name)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._drain_directory, sub)
                     nursery.start_soon(self._drain, req_sub, self._accept_request)
@@ -192,7 +175,7 @@ class NodeRuntime:
     async def _publish_loop(self) -> None:
         assert self.net is not None and self.net.pubsub is not None
         while True:
-            await self._publish(DIRECTORY_TOPIC, self._publish_self().signed)
+            await self._publish(wire.DIRECTORY_TOPIC.name, self._publish_self().signed)
             await trio.sleep(REPUBLISH)
 
     def _validate_descriptor(self, forwarder: Any, msg: Any) -> bool:
@@ -200,7 +183,7 @@ class NodeRuntime:
             d = Descriptor.from_bytes(bytes(msg.data))
             if b58decode(d.peer_id) != bytes(msg.from_id):
                 return False
-            return d.seq <= (self.clock() + 60) * 1000
+            return d.seq <= (self.clock() + wire.MAX_CLOCK_SKEW) * 1000
         except (p.ShardnetError, ValueError):
             return False
 
@@ -231,15 +214,15 @@ class NodeRuntime:
         """One pull request (directory or sync); None if it failed (pulls are best effort)."""
         assert self.net is not None
         try:
-            reply = await _net.request(self.net.host, peer, protocol, b"pull", max_reply=max_reply,
-                                       timeout=REQUEST_TIMEOUT)
+            reply = await _net.request(self.net.host, peer, protocol, wire.PULL, max_reply=max_reply,
+                                       timeout=wire.REQUEST_TIMEOUT)
             return p.decode(reply, max_size=max_reply, max_items=8192)
         except (_net.RequestError, p.ShardnetError) as exc:
             log.debug("%s pull from %s failed: %s", protocol, peer, exc)
             return None
 
     async def _pull_from(self, peer: str) -> None:
-        items = await self._fetch(peer, DIRECTORY_PROTOCOL, MAX_DIRECTORY_REPLY)
+        items = await self._fetch(peer, wire.DIRECTORY.id, wire.DIRECTORY.max_reply)
         for item in items if isinstance(items, list) else []:
             if isinstance(item, bytes):
                 self._accept_descriptor(item)
@@ -369,7 +352,7 @@ class NodeRuntime:
         return self.approvals.sync_reply(self.now())
 
     async def _sync_from(self, peer: str) -> None:
-        items = await self._fetch(peer, SYNC_PROTOCOL, MAX_SYNC_REPLY)
+        items = await self._fetch(peer, wire.SYNC.id, wire.SYNC.max_reply)
         for item in items if isinstance(items, list) else []:
             if isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes):
                 try:
@@ -393,9 +376,9 @@ class NodeRuntime:
         record = self.store.keyset(row["keyset_id"])
         assert record is not None
         try:
-            await self._reach(peer, KEYSET_PROTOCOL)
-            await _net.request(self.net.host, peer, KEYSET_PROTOCOL, record["record"], max_reply=64,
-                               timeout=REQUEST_TIMEOUT)
+            await self._reach(peer, wire.KEYSET.id)
+            await _net.request(self.net.host, peer, wire.KEYSET.id, record["record"],
+                               max_reply=wire.KEYSET.max_reply, timeout=wire.REQUEST_TIMEOUT)
             self.store.mark_notice(row["keyset_id"], peer, "delivered", error=None, now=self.now())
         except _net.RemoteError as exc:
             self.store.mark_notice(row["keyset_id"], peer, "refused", error=exc.reason, now=self.now())
@@ -412,12 +395,12 @@ class NodeRuntime:
     async def ask_release(self, peer: str, request: Request, votes: list[bytes]) -> bytes:
         """One release round trip to ``peer`` (or to ourselves, locally)."""
         assert self.net is not None
-        frame = p.encode([ASK_TAG, 1, request.signed, votes])
+        frame = p.encode([wire.RELEASE_ASK_TAG, 1, request.signed, votes])
         if peer == self.peer_id:
             return self.releaser.handle(self.peer_id, frame, self.now())
-        await self._reach(peer, RELEASE_PROTOCOL)
-        return await _net.request(self.net.host, peer, RELEASE_PROTOCOL, frame,
-                                  max_reply=64 * 1024, timeout=REQUEST_TIMEOUT)
+        await self._reach(peer, wire.RELEASE.id)
+        return await _net.request(self.net.host, peer, wire.RELEASE.id, frame,
+                                  max_reply=wire.RELEASE.max_reply, timeout=wire.REQUEST_TIMEOUT)
 
     # -- delivery -------------------------------------------------------------------
 
@@ -473,9 +456,9 @@ class NodeRuntime:
             if peer == self.peer_id:
                 reply = self.custodian.handle_delivery(self.peer_id, frame, self.now())
             else:
-                await self._reach(peer, DELIVER_PROTOCOL)
-                reply = await _net.request(self.net.host, peer, DELIVER_PROTOCOL, frame,
-                                           max_reply=4096, timeout=REQUEST_TIMEOUT)
+                await self._reach(peer, wire.DELIVER.id)
+                reply = await _net.request(self.net.host, peer, wire.DELIVER.id, frame,
+                                           max_reply=wire.DELIVER.max_reply, timeout=wire.REQUEST_TIMEOUT)
             r = self.owner.accept_receipt(row, cover, reply, self.now())
             log.info("shard %s:%d -> %s: %s%s", row["keyset_id"][:12], row["idx"], peer, r.status,
                      f" ({r.reason})" if r.reason else "")
@@ -574,7 +557,7 @@ class NodeRuntime:
         if cmd in ("approve", "deny"):
             vote = self.approvals.cast(str(args["request"]), cmd, self.now())
             self.wake_voters()
-            await self._publish(VOTE_TOPIC, vote.signed)
+            await self._publish(wire.VOTE_TOPIC.name, vote.signed)
             return {"request": vote.request_id, "decision": vote.decision, "approver": vote.approver}
         if cmd == "key-reconstruct":
             from ._reconstruct import reconstruct

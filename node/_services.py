@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shardnet import protocol as p
 from shardnet.protocol import _placement as placement
+from shardnet.protocol import wire
 from shardnet.protocol._policy import DEFAULT_POLICY, Policy, PolicyError
 from shardnet.protocol._quorum import (
     Added,
@@ -34,14 +35,6 @@ from shardnet.protocol._requests import Release, Request, Vote, partial_payload,
 
 from ._store import AuditEvent, NewOutboxItem, ShardConflict, Store
 
-DELIVER_PROTOCOL = "/shardnet/deliver/1"
-DIRECTORY_PROTOCOL = "/shardnet/directory/1"
-DIRECTORY_TOPIC = "shardnet/directory/1"
-FRAME_TAG = "shardnet/deliver-frame"
-MAX_DELIVER_FRAME = 512 * 1024
-MAX_DIRECTORY_REPLY = 4 * 1024 * 1024
-DELIVERY_WINDOW = 300  # seconds a delivery cover stays fresh
-MAX_CLOCK_SKEW = 60
 VERSION = "0.1.0"
 
 
@@ -90,7 +83,7 @@ class Directory:
     def accept(self, data: bytes, now: int) -> Descriptor | None:
         """Store a descriptor if valid and newer; None if we already had it (or newer)."""
         d = Descriptor.from_bytes(data)
-        if d.seq > (now + MAX_CLOCK_SKEW) * 1000:
+        if d.seq > (now + wire.MAX_CLOCK_SKEW) * 1000:
             raise p.MalformedEncoding(f"descriptor of {d.peer_id} is dated in the future")
         fields = {"name": d.name, "country": d.country, "city": d.city, "continent": d.continent, "org": d.org}
         if self.store.upsert_custodian(d.peer_id, d.signed, fields, d.seq, now=now):
@@ -137,7 +130,7 @@ class Custodian:
         self._limiter = AuditLimiter()
 
     def _replayed(self, cover: Delivery, now: int) -> bool:
-        while self._seen and next(iter(self._seen.values())) < now - DELIVERY_WINDOW:
+        while self._seen and next(iter(self._seen.values())) < now - wire.DELIVERY_WINDOW:
             self._seen.popitem(last=False)
         digest = hashlib.sha256(cover.signed).digest()
         if digest in self._seen:
@@ -156,7 +149,7 @@ class Custodian:
         """
         try:
             cover_b, keyset_b, sealed = p._codec.decode_record(
-                frame, FRAME_TAG, 1, 3, max_size=MAX_DELIVER_FRAME
+                frame, wire.DELIVER_FRAME_TAG, 1, 3, max_size=wire.DELIVER.max_request
             )
             cover = Delivery.from_bytes(p._codec.want_bytes(cover_b, "cover"))
         except p.ShardnetError as exc:
@@ -165,7 +158,7 @@ class Custodian:
             raise Rejected("delivery cover is not signed by the sending peer")
         if cover.recipient != self.peer_id:
             raise Rejected(f"delivery is addressed to {cover.recipient}")
-        if not now - DELIVERY_WINDOW <= cover.sent_at <= now + MAX_CLOCK_SKEW:
+        if not now - wire.DELIVERY_WINDOW <= cover.sent_at <= now + wire.MAX_CLOCK_SKEW:
             raise Rejected("stale delivery (sent_at outside the freshness window)")
         if self._replayed(cover, now):
             raise Rejected("replayed delivery frame")
@@ -338,7 +331,7 @@ class Owner:
         cover = Delivery.make(self.key, keyset_id=bytes.fromhex(row["keyset_id"]), epoch=row["epoch"],
                               index=row["idx"], recipient=row["custodian"], sealed=row["envelope"],
                               sent_at=now, nonce=os.urandom(16))
-        return p.encode([FRAME_TAG, 1, cover.signed, ks["record"], row["envelope"]]), cover
+        return p.encode([wire.DELIVER_FRAME_TAG, 1, cover.signed, ks["record"], row["envelope"]]), cover
 
     def accept_receipt(self, row: Any, cover: Delivery, reply: bytes, now: int) -> Receipt:
         """Check a custodian's receipt against what we sent; record delivered or refused."""
@@ -362,14 +355,6 @@ class Owner:
 
 # -- reconstruction: requests, votes, releases --------------------------------------
 
-REQUEST_TOPIC = "shardnet/request/1"
-VOTE_TOPIC = "shardnet/vote/1"
-RELEASE_PROTOCOL = "/shardnet/release/1"
-SYNC_PROTOCOL = "/shardnet/sync/1"
-KEYSET_PROTOCOL = "/shardnet/keyset/1"
-ASK_TAG = "shardnet/release-ask"
-MAX_ASK = 64 * 1024
-MAX_SYNC_REPLY = 2 * 1024 * 1024
 
 
 class Approvals:
@@ -418,7 +403,7 @@ class Approvals:
         req = Request.from_bytes(data)
         if now > req.not_after:
             raise p.MalformedEncoding("request has expired")
-        if req.created > now + MAX_CLOCK_SKEW:
+        if req.created > now + wire.MAX_CLOCK_SKEW:
             raise p.MalformedEncoding("request is dated in the future")
         if self.keyset(req.keyset_id) is None:
             return None
@@ -561,7 +546,7 @@ class Releaser:
 
     def handle(self, remote: str, frame: bytes, now: int) -> bytes:
         try:
-            req_b, votes_b = p._codec.decode_record(frame, ASK_TAG, 1, 2, max_size=MAX_ASK)
+            req_b, votes_b = p._codec.decode_record(frame, wire.RELEASE_ASK_TAG, 1, 2, max_size=wire.RELEASE.max_request)
             req = Request.from_bytes(p._codec.want_bytes(req_b, "request"))
             votes = [Vote.from_bytes(p._codec.want_bytes(v, "vote")) for v in p._codec.want(votes_b, list, "votes")]
         except p.ShardnetError as exc:

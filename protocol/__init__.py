@@ -6,6 +6,7 @@ here does IO: time (``now``) and randomness (``rng``) are parameters. This
 module names the public surface; everything else is private.
 """
 
+from . import _wire as wire
 from ._armor import keyset_from_text, keyset_to_text, share_from_text, share_to_text
 from ._codec import decode, encode
 from ._errors import (
@@ -66,5 +67,5 @@ __all__ = [
     "partial_decrypt", "read_shard_meta", "recover_secret", "refresh_commitments",
     "refresh_deal", "refresh_share", "reshare_commitments", "reshare_deal", "reshare_share",
     "seal_shard", "share_from_text", "share_to_text", "sign_body", "split_key",
-    "verify_partial", "verify_share",
+    "verify_partial", "verify_share", "wire",
 ]

@@ -41,8 +41,7 @@ from typing import Any
 from ._errors import RemoteProtocolError, ShardnetError
 from ._keyset import Keyset
 from ._requests import Request, Vote
-
-MAX_CLOCK_SKEW = 60
+from ._wire import MAX_CLOCK_SKEW
 
 
 class VoteRejected(RemoteProtocolError):

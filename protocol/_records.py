@@ -19,13 +19,14 @@ from ._codec import encode, want, want_bytes, want_int
 from ._errors import InvalidSignature, MalformedEncoding
 from ._geo import continent_of
 from ._sign import open_signed, public_bytes, sign_body
+from ._wire import DIRECTORY_TOPIC
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 DESCRIPTOR_TAG = "shardnet/descriptor"
 DELIVER_TAG = "shardnet/deliver"
 RECEIPT_TAG = "shardnet/receipt"
 MAX_ADDRS = 16
-MAX_DESCRIPTOR = 8 * 1024
+MAX_DESCRIPTOR = DIRECTORY_TOPIC.max_message
 MAX_TEXT = 128
 
 

@@ -25,6 +25,7 @@ from ._records import peer_id_of, signed_by
 from ._shard import HpkePrivateKey, hpke_seal
 from ._sign import open_signed, public_bytes, sign_body
 from ._unwrap import Partial
+from ._wire import REQUEST_TOPIC, VOTE_TOPIC
 
 REQUEST_TAG = "shardnet/request"
 VOTE_TAG = "shardnet/vote"
@@ -33,7 +34,8 @@ RELEASE_INFO = b"shardnet/release/v1\x00"
 MODES = ("unwrap", "shares")
 DECISIONS = ("approve", "deny")
 MAX_REASON = 512
-MAX_REQUEST = 4096
+MAX_REQUEST = REQUEST_TOPIC.max_message
+MAX_VOTE = VOTE_TOPIC.max_message
 MAX_LIFETIME = 24 * 3600  # a request (and so every approval of it) is good for a day at most
 
 
@@ -105,7 +107,7 @@ class Vote:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Vote:
-        f, signer, _ = open_signed(data, tag=VOTE_TAG, version=1, fields=5, max_size=1024)
+        f, signer, _ = open_signed(data, tag=VOTE_TAG, version=1, fields=5, max_size=MAX_VOTE)
         approver = signed_by(f[2], signer, "vote", "approver")
         decision = want(f[3], str, "decision")
         if decision not in DECISIONS:

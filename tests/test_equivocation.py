@@ -22,8 +22,6 @@ from hypothesis import strategies as st
 
 from shardnet import protocol as p
 from shardnet.node._services import (
-    ASK_TAG,
-    FRAME_TAG,
     Approvals,
     Custodian,
     Directory,
@@ -31,6 +29,7 @@ from shardnet.node._services import (
     Releaser,
 )
 from shardnet.node._store import Store
+from shardnet.protocol import wire
 from shardnet.protocol._policy import DEFAULT_POLICY, Policy
 from shardnet.protocol._quorum import (
     Added,
@@ -223,12 +222,12 @@ class Node:
         cover = Delivery.make(KEYS["owner"], keyset_id=KEYSET.keyset_id, epoch=0, index=share.index, recipient=me,
                               sealed=sealed, sent_at=NOW, nonce=os.urandom(16))
         owner = peer_id_of(KEYS["owner"].public_key().public_bytes_raw())
-        reply = self.custodian.handle_delivery(owner, p.encode([FRAME_TAG, 1, cover.signed, KEYSET.signed, sealed]),
+        reply = self.custodian.handle_delivery(owner, p.encode([wire.DELIVER_FRAME_TAG, 1, cover.signed, KEYSET.signed, sealed]),
                                                NOW)
         assert Receipt.from_bytes(reply).status == "stored"
 
     def ask(self, evidence: Sequence[Vote]) -> bytes:
-        frame = p.encode([ASK_TAG, 1, REQUEST.signed, [v.signed for v in evidence]])
+        frame = p.encode([wire.RELEASE_ASK_TAG, 1, REQUEST.signed, [v.signed for v in evidence]])
         return self.releaser.handle(PEER["req"], frame, NOW + 2)
 
     def audit(self, kind: str) -> list[dict]:

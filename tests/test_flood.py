@@ -24,7 +24,7 @@ from libp2p.peer.id import ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from shardnet.node import _net
-from shardnet.node._services import DELIVER_PROTOCOL, DIRECTORY_PROTOCOL, RELEASE_PROTOCOL
+from shardnet.protocol import wire
 from shardnet.simulations._local import LocalCluster, NodeSpec
 
 pytestmark = pytest.mark.slow
@@ -67,10 +67,10 @@ def attack(i: int) -> tuple[str, bytes]:
     junk = os.urandom(BODY)
     kind = i % 3
     if kind == 0:  # above the directory's 1 KiB cap, then the body anyway
-        return DIRECTORY_PROTOCOL, BODY.to_bytes(4, "big") + junk
+        return wire.DIRECTORY.id, BODY.to_bytes(4, "big") + junk
     if kind == 1:  # a small delivery frame that is refused, then trailing bytes
-        return DELIVER_PROTOCOL, (100).to_bytes(4, "big") + junk[:100] + junk[100:]
-    return RELEASE_PROTOCOL, BODY.to_bytes(4, "big") + junk  # above the 64 KiB ask cap
+        return wire.DELIVER.id, (100).to_bytes(4, "big") + junk[:100] + junk[100:]
+    return wire.RELEASE.id, BODY.to_bytes(4, "big") + junk  # above the 64 KiB ask cap
 
 
 async def flood(c: LocalCluster, peers: int, stats: dict[str, int]) -> None:
@@ -114,7 +114,7 @@ async def flood(c: LocalCluster, peers: int, stats: dict[str, int]) -> None:
         async def honest() -> None:
             while not done.is_set():
                 try:
-                    reply = await _net.request(good.host, target.peer_id, DIRECTORY_PROTOCOL, b"pull",
+                    reply = await _net.request(good.host, target.peer_id, wire.DIRECTORY.id, b"pull",
                                                max_reply=1 << 20, timeout=10)
                     assert reply
                     stats["honest_ok"] += 1

@@ -15,7 +15,7 @@ from libp2p.peer.id import ID
 
 from shardnet import protocol as p
 from shardnet.node import _net
-from shardnet.node._services import DELIVER_PROTOCOL, DIRECTORY_TOPIC, FRAME_TAG
+from shardnet.protocol import wire
 from shardnet.protocol._records import Delivery, Descriptor
 from shardnet.simulations._local import LocalCluster, NodeSpec
 
@@ -33,7 +33,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 async def deliver_raw(host, peer: str, data: bytes, *, prefix: bytes | None = None, close_early: bool = False):
     """Open a deliver stream and send raw bytes; return the reply (status, body) or None."""
-    stream = await host.new_stream(ID.from_base58(peer), [TProtocol(DELIVER_PROTOCOL)])
+    stream = await host.new_stream(ID.from_base58(peer), [TProtocol(wire.DELIVER.id)])
     try:
         await stream.write((prefix if prefix is not None else len(data).to_bytes(4, "big")) + data)
         if close_early:
@@ -61,7 +61,7 @@ def test_bad_frames_are_rejected_and_node_stays_up(pair: LocalCluster) -> None:
     sealed = p.seal_shard(meta, shares[0], desc.hpke["x25519"], owner=owner)
     cover = Delivery.make(owner, keyset_id=keyset.keyset_id, epoch=0, index=1, recipient=desc.peer_id,
                           sealed=sealed, sent_at=int(time.time()), nonce=os.urandom(16))
-    good = p.encode([FRAME_TAG, 1, cover.signed, keyset.signed, sealed])
+    good = p.encode([wire.DELIVER_FRAME_TAG, 1, cover.signed, keyset.signed, sealed])
 
     async def main() -> dict[str, object]:
         out: dict[str, object] = {}
@@ -118,12 +118,12 @@ def test_forged_descriptors_are_not_accepted(pair: LocalCluster) -> None:
     async def main() -> None:
         async with _net.running_node_host(seed, ["/ip4/127.0.0.1/tcp/0"]) as net:
             assert net.pubsub is not None
-            await net.pubsub.subscribe(DIRECTORY_TOPIC)
+            await net.pubsub.subscribe(wire.DIRECTORY_TOPIC.name)
             for n in pair.nodes.values():
                 await _net.connect(net.host, n.addrs[0], 10)
             await trio.sleep(2.5)  # a heartbeat or two: join the mesh
             for data in (forged_identity, edited, honest.signed):
-                await net.pubsub.publish(DIRECTORY_TOPIC, data)
+                await net.pubsub.publish(wire.DIRECTORY_TOPIC.name, data)
                 await trio.sleep(0.2)
             await trio.sleep(2)
 

@@ -16,7 +16,7 @@ import trio
 
 from shardnet import protocol as p
 from shardnet.node import _net
-from shardnet.node._services import ASK_TAG, RELEASE_PROTOCOL
+from shardnet.protocol import wire
 from shardnet.protocol._requests import Request, Vote
 from shardnet.simulations._local import CLI, FIVE_CONTINENTS, LocalCluster, run_cli
 
@@ -229,7 +229,7 @@ def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pa
                 out[case] = {}
                 for name, node in c.nodes.items():
                     try:
-                        await _net.request(h.host, node.peer_id, RELEASE_PROTOCOL, p.encode([ASK_TAG, 1, req.signed, vs]),
+                        await _net.request(h.host, node.peer_id, wire.RELEASE.id, p.encode([wire.RELEASE_ASK_TAG, 1, req.signed, vs]),
                                            max_reply=65536, timeout=10)
                         out[case][name] = "RELEASED"
                     except _net.RemoteError as exc:
@@ -310,8 +310,8 @@ def test_contradictory_votes_void_the_approver_on_every_custodian(
                 await _net.connect(h.host, node.addrs[0], 10)
             for name, node in c.nodes.items():
                 try:
-                    await _net.request(h.host, node.peer_id, RELEASE_PROTOCOL,
-                                       p.encode([ASK_TAG, 1, req.signed, votes]), max_reply=65536, timeout=10)
+                    await _net.request(h.host, node.peer_id, wire.RELEASE.id,
+                                       p.encode([wire.RELEASE_ASK_TAG, 1, req.signed, votes]), max_reply=65536, timeout=10)
                     out[name] = "RELEASED"
                 except _net.RemoteError as exc:
                     out[name] = exc.reason

@@ -10,8 +10,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shardnet import protocol as p
-from shardnet.node._services import FRAME_TAG, Custodian, Rejected
+from shardnet.node._services import Custodian, Rejected
 from shardnet.node._store import Store
+from shardnet.protocol import wire
 from shardnet.protocol._records import Delivery, Receipt, peer_id_of
 
 NOW = int(time.time())
@@ -32,7 +33,7 @@ def frame(c: Custodian, owner: Ed25519PrivateKey, keyset: p.Keyset, share: p.Sha
     sealed = p.seal_shard(meta, share, c.hpke["x25519"].public_bytes(), owner=owner)
     cover = Delivery.make(owner, keyset_id=keyset.keyset_id, epoch=0, index=share.index, recipient=c.peer_id,
                           sealed=sealed, sent_at=NOW, nonce=os.urandom(16))
-    return p.encode([FRAME_TAG, 1, cover.signed, keyset.signed, sealed])
+    return p.encode([wire.DELIVER_FRAME_TAG, 1, cover.signed, keyset.signed, sealed])
 
 
 def deliver(c: Custodian, owner: Ed25519PrivateKey, keyset: p.Keyset, share: p.Share) -> Receipt:

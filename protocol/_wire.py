@@ -1,0 +1,72 @@
+"""Every protocol id, gossip topic, frame tag and size cap of the wire, in one place.
+
+Stream protocols carry one request and one reply per stream, each a
+length-prefixed frame (``node/_net.py``). A :class:`StreamProtocol` names the
+caps both sides enforce: the request frame the server reads at most, the reply
+the client accepts at most, and how many requests one peer may have in
+progress on it. Gossip topics carry signed records only; :class:`Topic` names
+the largest message a validator accepts.
+
+Time: every freshness, TTL and not-after check in the code uses
+:data:`MAX_CLOCK_SKEW` as the allowance for clocks that disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Seconds two honest nodes' clocks may disagree by. Every check of a record's
+#: time against "now" (freshness windows, not-after, "dated in the future")
+#: allows this much and no more.
+MAX_CLOCK_SKEW = 60
+
+#: Seconds a delivery cover stays fresh: a custodian refuses one sent earlier.
+DELIVERY_WINDOW = 300
+
+#: Seconds a stream request may take, from opening the stream to the last byte
+#: of the reply; servers give a handler as long.
+REQUEST_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class StreamProtocol:
+    id: str
+    max_request: int  # bytes of the request frame a server reads at most
+    max_reply: int  # bytes of the reply payload a client accepts at most
+    max_concurrent_per_peer: int  # requests from one peer in progress at once
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    max_message: int  # bytes of one gossip message a validator accepts at most
+
+
+#: Shard delivery; the reply is a signed receipt.
+DELIVER = StreamProtocol("/shardnet/deliver/1", 512 * 1024, 4096, 8)
+#: Anti-entropy pull of every descriptor the peer knows.
+DIRECTORY = StreamProtocol("/shardnet/directory/1", 1024, 4 * 1024 * 1024, 4)
+#: Release ask (a request and its approvals); the reply is a list of signed releases.
+RELEASE = StreamProtocol("/shardnet/release/1", 64 * 1024, 64 * 1024, 4)
+#: Anti-entropy pull of the live requests and their votes.
+SYNC = StreamProtocol("/shardnet/sync/1", 1024, 2 * 1024 * 1024, 4)
+#: An owner hands a keyset record to an approver that holds no shard.
+KEYSET = StreamProtocol("/shardnet/keyset/1", 256 * 1024, 64, 4)
+
+STREAM_PROTOCOLS = (DELIVER, DIRECTORY, RELEASE, SYNC, KEYSET)
+
+#: Signed custodian descriptors.
+DIRECTORY_TOPIC = Topic("shardnet/directory/1", 8 * 1024)
+#: Signed reconstruction requests.
+REQUEST_TOPIC = Topic("shardnet/request/1", 4096)
+#: Signed approval votes.
+VOTE_TOPIC = Topic("shardnet/vote/1", 1024)
+
+TOPICS = (DIRECTORY_TOPIC, REQUEST_TOPIC, VOTE_TOPIC)
+
+#: Frame tags: the first field of the msgpack array a stream request carries.
+DELIVER_FRAME_TAG = "shardnet/deliver-frame"
+RELEASE_ASK_TAG = "shardnet/release-ask"
+
+#: The body a pull request (directory, sync) carries.
+PULL = b"pull"
