@@ -10,9 +10,7 @@ import time
 from typing import Any
 
 from shardnet import protocol as p
-from shardnet.protocol._audit import AuditChainBroken
-from shardnet.protocol._quorum import ApprovalRule
-from shardnet.protocol._records import Descriptor
+from shardnet.protocol import ApprovalRule, AuditChainBroken, Descriptor
 
 from ._store import KeysetNotFound, Store
 

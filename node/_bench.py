@@ -16,7 +16,7 @@ Implementations:
   unwrap envelope, signed record); combine = :func:`recover_secret` (interpolate
   and compare the binding digest). Also timed: :func:`combine_key` (combine plus
   opening the sealed master key) and :func:`batch_verify_shares` of t shares.
-* ``shardnet-vss``: split = ``_vss.deal`` only (shares and commitments);
+* ``shardnet-vss``: split = ``hazmat.deal`` only (shares and commitments);
   combine = bare Lagrange interpolation (no integrity check).
 * peers, each imported lazily and skipped with a note when missing (the
   ``bench`` extra installs them): pycryptodome, pyshamir, sslib,
@@ -46,10 +46,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shardnet.protocol import _group as g
-from shardnet.protocol import _keyset as ks
-from shardnet.protocol import _vss as vss
-from shardnet.protocol._errors import ShardnetError
+from shardnet import protocol as p
+from shardnet.protocol import ShardnetError, hazmat
 
 SCHEMA = "shardnet-bench-sharing/1"
 SIZES: tuple[tuple[int, int], ...] = ((2, 3), (3, 5), (5, 10), (10, 20), (50, 100))
@@ -131,25 +129,25 @@ def _shardnet() -> Impl:
     now = int(time.time())
 
     def split(secret: bytes, t: int, n: int) -> Dealt:
-        keyset, shares = ks.split_key(secret, t, n, owner=owner, now=now)
+        keyset, shares = p.split_key(secret, t, n, owner=owner, now=now)
         return Dealt(keyset, shares, secret)
 
     def combine(d: Dealt, shares: list[Any]) -> object:
-        return ks.recover_secret(d.ctx, shares)
+        return p.recover_secret(d.ctx, shares)
 
     def combine_key(d: Dealt, shares: list[Any]) -> object:
-        return ks.combine_key(d.ctx, shares)
+        return p.combine_key(d.ctx, shares)
 
     def batch_verify(d: Dealt, shares: list[Any]) -> object:
-        ks.batch_verify_shares(d.ctx, shares)
+        p.batch_verify_shares(d.ctx, shares)
         return None
 
     def recover(d: Dealt, shares: list[Any]) -> tuple[bytes, list[int]]:
-        r = ks.combine_key(d.ctx, shares)
+        r = p.combine_key(d.ctx, shares)
         return r.master, sorted(b.index for b in r.bad)
 
-    def corrupt(s: ks.Share) -> ks.Share:
-        return dataclasses.replace(s, value=(s.value + 1) % g.L)
+    def corrupt(s: p.Share) -> p.Share:
+        return dataclasses.replace(s, value=(s.value + 1) % hazmat.GROUP_ORDER)
 
     return Impl(
         SHARDNET, "shardnet", KEY_BYTES, split, combine, recover, corrupt,
@@ -162,17 +160,17 @@ def _shardnet() -> Impl:
 
 def _vss_only() -> Impl:
     def split(secret: bytes, t: int, n: int) -> Dealt:
-        s = int.from_bytes(secret, "little") % g.L
-        d = vss.deal(t, n, secret=s)
-        return Dealt(d.commitments, sorted(d.shares.items()), g.scalar_bytes(s))
+        s = int.from_bytes(secret, "little") % hazmat.GROUP_ORDER
+        d = hazmat.deal(t, n, secret=s)
+        return Dealt(d.commitments, sorted(d.shares.items()), hazmat.scalar_bytes(s))
 
     def combine(d: Dealt, shares: list[Any]) -> object:
-        return g.scalar_bytes(vss.interpolate(dict(shares)))
+        return hazmat.scalar_bytes(hazmat.interpolate(dict(shares)))
 
     return Impl(
         VSS_ONLY, "vss", KEY_BYTES, split, combine, _plain(combine),
-        lambda s: (s[0], (s[1] + 1) % g.L),
-        note="split = _vss.deal only (shares + commitments); combine = bare Lagrange "
+        lambda s: (s[0], (s[1] + 1) % hazmat.GROUP_ORDER),
+        note="split = hazmat.deal only (shares + commitments); combine = bare Lagrange "
         "interpolation, no integrity check (duplicates collapse in a dict)",
         version=_version("shardnet"),
     )

@@ -22,8 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shardnet import protocol as p
-from shardnet.protocol._geo import continent_of
-from shardnet.protocol._records import peer_id_of
+from shardnet.protocol import continent_of, peer_id_of
 
 from ._files import write_atomic
 from ._store import Store

@@ -76,7 +76,7 @@ class CombineResult:
 
 
 def combine_files(keyset_path: str, share_paths: list[str], out_path: str, *, force: bool = False) -> CombineResult:
-    keyset = p.keyset_from_text(read_input(keyset_path, p._armor.MAX_FILE).decode("utf-8", "replace"))
+    keyset = p.keyset_from_text(read_input(keyset_path, p.MAX_ARMOR_FILE).decode("utf-8", "replace"))
     shares = []
     for path in share_paths:
         try:

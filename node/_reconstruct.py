@@ -24,10 +24,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import trio
 
 from shardnet import protocol as p
-from shardnet.protocol import wire
-from shardnet.protocol._quorum import State
-from shardnet.protocol._reconstruct import ReconstructionFailed, Session
-from shardnet.protocol._requests import Request
+from shardnet.protocol import ReconstructionFailed, Request, Session, wire
+from shardnet.protocol import TallyState as State
 
 from . import _net
 from ._services import Rejected

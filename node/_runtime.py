@@ -28,10 +28,7 @@ from typing import Any
 import trio
 
 from shardnet import protocol as p
-from shardnet.protocol import wire
-from shardnet.protocol._quorum import Added
-from shardnet.protocol._records import Descriptor, b58decode
-from shardnet.protocol._requests import Request, Vote
+from shardnet.protocol import Added, Descriptor, Request, Vote, b58decode, wire
 
 from . import _api, _net
 from ._files import write_atomic

@@ -19,19 +19,28 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shardnet import protocol as p
-from shardnet.protocol import _placement as placement
-from shardnet.protocol import wire
-from shardnet.protocol._policy import DEFAULT_POLICY, Policy, PolicyError
-from shardnet.protocol._quorum import (
+from shardnet.protocol import (
+    DEFAULT_POLICY,
     Added,
     ApprovalRule,
+    Delivery,
+    Descriptor,
     Equivocation,
+    Policy,
+    PolicyError,
+    Receipt,
+    Release,
     ReleaseDenied,
+    Request,
     Tally,
+    Vote,
     decide_release,
+    partial_payload,
+    peer_id_of,
+    placement,
+    share_payload,
+    wire,
 )
-from shardnet.protocol._records import Delivery, Descriptor, Receipt, peer_id_of
-from shardnet.protocol._requests import Release, Request, Vote, partial_payload, share_payload
 
 from ._store import AuditEvent, NewOutboxItem, ShardConflict, Store
 
@@ -148,10 +157,10 @@ class Custodian:
         get no signed answer at all.
         """
         try:
-            cover_b, keyset_b, sealed = p._codec.decode_record(
+            cover_b, keyset_b, sealed = p.decode_record(
                 frame, wire.DELIVER_FRAME_TAG, 1, 3, max_size=wire.DELIVER.max_request
             )
-            cover = Delivery.from_bytes(p._codec.want_bytes(cover_b, "cover"))
+            cover = Delivery.from_bytes(p.want_bytes(cover_b, "cover"))
         except p.ShardnetError as exc:
             raise Rejected(f"malformed delivery: {exc}") from None
         if remote != peer_id_of(cover.owner):
@@ -188,7 +197,7 @@ class Custodian:
     def _store_shard(self, cover: Delivery, keyset_b: Any, sealed: bytes, digest: bytes, now: int) -> str:
         if not hmac.compare_digest(digest, cover.shard_digest):
             raise p.MalformedEncoding("the shard does not match the delivery cover")
-        keyset = p.Keyset.from_bytes(p._codec.want_bytes(keyset_b, "keyset"), owner=cover.owner)
+        keyset = p.Keyset.from_bytes(p.want_bytes(keyset_b, "keyset"), owner=cover.owner)
         if (keyset.keyset_id, keyset.epoch) != (cover.keyset_id, cover.epoch):
             raise p.MalformedEncoding("keyset record and delivery cover disagree")
         if keyset.not_after is not None and now > keyset.not_after:
@@ -259,7 +268,7 @@ class Owner:
         policy = Policy(policy_text if policy_text is not None else DEFAULT_POLICY)
         if kem not in p.KEMS:
             raise ValueError(f"unknown kem {kem!r}; choose one of {', '.join(p.KEMS)}")
-        p._vss.check_params(threshold, shares)
+        p.check_params(threshold, shares)
         cands = self.directory.candidates(kem)
         note = ""
         if placement_expr is None:
@@ -318,7 +327,7 @@ class Owner:
         claim one: approvers are always named by peer id (see `shardnet custodians`)."""
         who = who.strip()
         try:
-            p._records.public_key_of(who)
+            p.public_key_of(who)
         except p.MalformedEncoding:
             hint = [d.peer_id for d in self.directory.all() if d.name == who]
             extra = f" (a custodian calling itself that has peer id {hint[0]})" if len(hint) == 1 else ""
@@ -546,9 +555,9 @@ class Releaser:
 
     def handle(self, remote: str, frame: bytes, now: int) -> bytes:
         try:
-            req_b, votes_b = p._codec.decode_record(frame, wire.RELEASE_ASK_TAG, 1, 2, max_size=wire.RELEASE.max_request)
-            req = Request.from_bytes(p._codec.want_bytes(req_b, "request"))
-            votes = [Vote.from_bytes(p._codec.want_bytes(v, "vote")) for v in p._codec.want(votes_b, list, "votes")]
+            req_b, votes_b = p.decode_record(frame, wire.RELEASE_ASK_TAG, 1, 2, max_size=wire.RELEASE.max_request)
+            req = Request.from_bytes(p.want_bytes(req_b, "request"))
+            votes = [Vote.from_bytes(p.want_bytes(v, "vote")) for v in p.want(votes_b, list, "votes")]
         except p.ShardnetError as exc:
             raise Rejected(f"malformed release request: {exc}") from None
         if req.requester != remote:

@@ -51,15 +51,15 @@ from typing import Any, Final, Literal, NotRequired, Self, TypeAlias, TypedDict,
 import sqlite_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shardnet.protocol._audit import (
+from shardnet.protocol import (
     AuditChainBroken,
     AuditEntry,
-    decode_body,
-    encode_body,
-    make_entry,
+    MalformedEncoding,
     verify_chain,
 )
-from shardnet.protocol._errors import MalformedEncoding
+from shardnet.protocol import decode_audit_body as decode_body
+from shardnet.protocol import encode_audit_body as encode_body
+from shardnet.protocol import make_audit_entry as make_entry
 
 # -- errors ---------------------------------------------------------------------
 

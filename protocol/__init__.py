@@ -6,9 +6,15 @@ here does IO: time (``now``) and randomness (``rng``) are parameters. This
 module names the public surface; everything else is private.
 """
 
+from . import _placement as placement
 from . import _wire as wire
+from ._armor import MAX_FILE as MAX_ARMOR_FILE
 from ._armor import keyset_from_text, keyset_to_text, share_from_text, share_to_text
-from ._codec import decode, encode
+from ._audit import AuditChainBroken, AuditEntry, verify_chain
+from ._audit import decode_body as decode_audit_body
+from ._audit import encode_body as encode_audit_body
+from ._audit import make_entry as make_audit_entry
+from ._codec import decode, decode_record, encode, want, want_bytes
 from ._errors import (
     DecryptionFailed,
     DuplicateShare,
@@ -26,6 +32,7 @@ from ._errors import (
     TooFewShares,
     WrongRecipient,
 )
+from ._geo import continent_of
 from ._keyset import (
     KEMS,
     MAX_MASTER,
@@ -39,6 +46,12 @@ from ._keyset import (
     split_key,
     verify_share,
 )
+from ._policy import DEFAULT_POLICY, Policy, PolicyError
+from ._quorum import Added, ApprovalRule, Equivocation, ReleaseDenied, Tally, decide_release
+from ._quorum import State as TallyState
+from ._reconstruct import ReconstructionFailed, Session
+from ._records import Delivery, Descriptor, Receipt, b58decode, peer_id_of, public_key_of
+from ._requests import Release, Request, Vote, partial_payload, share_payload
 from ._shard import HpkePrivateKey, ShardMeta, open_shard, read_shard_meta, seal_shard
 from ._sign import open_signed, sign_body
 from ._unwrap import Partial, combine_partials, partial_decrypt, verify_partial
@@ -46,6 +59,7 @@ from ._vss import (
     MAX_SHARES,
     RefreshDeal,
     ReshareDeal,
+    check_params,
     refresh_commitments,
     refresh_deal,
     refresh_share,
@@ -55,17 +69,20 @@ from ._vss import (
 )
 
 __all__ = [
-    "KEMS", "MAX_MASTER", "MAX_SHARES",
-    "DecryptionFailed", "DuplicateShare", "InvalidPartial", "InvalidPoint", "InvalidShare",
-    "InvalidShares", "InvalidSignature", "MalformedEncoding", "MixedShares",
-    "RemoteProtocolError", "ShardExpired", "ShardnetError", "TooFewPartials", "TooFewShares",
-    "WrongRecipient",
-    "HpkePrivateKey", "Keyset", "Partial", "Recovered", "RefreshDeal", "ReshareDeal", "Share",
-    "ShardMeta",
-    "batch_verify_shares", "combine_key", "combine_partials", "decode", "encode",
-    "keyset_from_text", "keyset_to_text", "open_shard", "open_signed", "open_with_unwrapped",
-    "partial_decrypt", "read_shard_meta", "recover_secret", "refresh_commitments",
+    "DEFAULT_POLICY", "KEMS", "MAX_ARMOR_FILE", "MAX_MASTER", "MAX_SHARES",
+    "AuditChainBroken", "DecryptionFailed", "DuplicateShare", "InvalidPartial", "InvalidPoint",
+    "InvalidShare", "InvalidShares", "InvalidSignature", "MalformedEncoding", "MixedShares",
+    "PolicyError", "ReconstructionFailed", "ReleaseDenied", "RemoteProtocolError", "ShardExpired",
+    "ShardnetError", "TooFewPartials", "TooFewShares", "WrongRecipient",
+    "Added", "ApprovalRule", "AuditEntry", "Delivery", "Descriptor", "Equivocation", "HpkePrivateKey",
+    "Keyset", "Partial", "Policy", "Receipt", "Recovered", "RefreshDeal", "Release", "Request",
+    "ReshareDeal", "Session", "Share", "ShardMeta", "Tally", "TallyState", "Vote",
+    "b58decode", "batch_verify_shares", "check_params", "combine_key", "combine_partials",
+    "continent_of", "decide_release", "decode", "decode_audit_body", "decode_record", "encode",
+    "encode_audit_body", "keyset_from_text", "keyset_to_text", "make_audit_entry", "open_shard",
+    "open_signed", "open_with_unwrapped", "partial_decrypt", "partial_payload", "peer_id_of",
+    "placement", "public_key_of", "read_shard_meta", "recover_secret", "refresh_commitments",
     "refresh_deal", "refresh_share", "reshare_commitments", "reshare_deal", "reshare_share",
-    "seal_shard", "share_from_text", "share_to_text", "sign_body", "split_key",
-    "verify_partial", "verify_share", "wire",
+    "seal_shard", "share_from_text", "share_payload", "share_to_text", "sign_body", "split_key",
+    "verify_chain", "verify_partial", "verify_share", "want", "want_bytes", "wire",
 ]

@@ -23,7 +23,7 @@ import tempfile
 import time
 from typing import Any
 
-from shardnet.protocol._records import Receipt
+from shardnet.protocol import Receipt
 
 from ._local import CLI, FIVE_CONTINENTS, LocalCluster, run_cli
 

@@ -1,0 +1,13 @@
+"""Primitives under the recipes, for benchmarks and tests only.
+
+Like pyca/cryptography's ``hazmat`` layer: these do no integrity checks. A
+bare :func:`interpolate` of the wrong or too few shares returns a wrong
+scalar without complaint; :func:`shardnet.protocol.recover_secret` is what
+application code calls instead.
+"""
+
+from ._group import L as GROUP_ORDER
+from ._group import scalar_bytes
+from ._vss import deal, interpolate
+
+__all__ = ["GROUP_ORDER", "deal", "interpolate", "scalar_bytes"]
