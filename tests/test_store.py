@@ -669,3 +669,19 @@ def test_close_is_idempotent(path: pathlib.Path) -> None:
     s = Store(path)
     s.close()
     s.close()
+
+
+def test_memory_store_is_current_private_and_gone_on_close() -> None:
+    a, b = Store(":memory:"), Store(":memory:")
+    try:
+        assert a.schema_version == SCHEMA_VERSION
+        a.put_kv("k", b"v")
+        assert a.get_kv("k") == b"v" and b.get_kv("k") is None  # each is its own database
+        key = Ed25519PrivateKey.generate()
+        a.append_audit("test", {"n": 1}, 1, key)
+        assert a.verify_audit({key.public_key().public_bytes_raw()}) == 1
+    finally:
+        a.close()
+        b.close()
+    with Store(":memory:") as c:
+        assert c.get_kv("k") is None
