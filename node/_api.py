@@ -6,7 +6,6 @@ facts), so the control socket and the offline fallback give the same answers.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from shardnet import protocol as p
@@ -119,7 +118,7 @@ def status(store: Store, me: str, cfg: dict[str, Any], live: dict[str, Any] | No
         "peer_id": me, "name": cfg["name"], "country": cfg["country"], "city": cfg.get("city", ""),
         "org": cfg.get("org", ""), "running": live is not None,
         "addrs": (live or {}).get("addrs", []), "peers": (live or {}).get("peers", []),
-        "uptime_s": round(time.time() - live["started"], 1) if live else None,
+        "uptime_s": round(live["uptime_s"], 1) if live else None,
         "custodians": len(store.custodians()), "shards_held": len(store.held_shards()),
         "keysets_owned": len(owned), "deliveries_pending": pending,
     }

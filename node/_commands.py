@@ -22,6 +22,7 @@ from typing import Any
 from shardnet import protocol as p
 
 from . import cli
+from ._clock import system_clock, system_rng
 from ._home import Home, HomeError, init_home
 
 _DURATION = re.compile(r"^(\d+)([smhdwy])$")
@@ -89,7 +90,7 @@ def _short(peer: str) -> str:
 def cmd_init(args: argparse.Namespace) -> int:
     os.umask(0o077)  # the database and its WAL hold sealed shards and the audit log
     home = init_home(_home(args).path, name=args.name, country=args.country, city=args.city or "",
-                     org=args.org or "", listen=args.listen or None)
+                     org=args.org or "", listen=args.listen or None, rng=system_rng)
     info = {"home": str(home.path), "peer_id": home.peer_id(), "name": args.name,
             "country": args.country.upper(), "listen": home.config()["listen"]}
     cli._emit(args, info, f"initialised node {args.name} ({info['country']}) in {home.path}\n"
@@ -116,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # attempt itself, so libp2p's per-address errors are noise.
     logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
     try:
-        runtime = NodeRuntime(home, bootstrap=args.bootstrap or [])
+        runtime = NodeRuntime(home, bootstrap=args.bootstrap or [], clock=system_clock, rng=system_rng)
         trio.run(runtime.run)
     except ControlError as exc:
         raise cli.Failure(str(exc)) from None

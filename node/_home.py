@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from shardnet import protocol as p
 from shardnet.protocol import continent_of, peer_id_of
 
+from ._clock import Rng
 from ._files import write_atomic
 from ._store import Store
 
@@ -109,7 +110,7 @@ class Home:
 
 def init_home(
     path: str | os.PathLike[str], *, name: str, country: str, city: str = "", org: str = "",
-    listen: list[str] | None = None,
+    listen: list[str] | None = None, rng: Rng,
 ) -> Home:
     """Create a new node home. Refuses a directory that already holds a node."""
     home = Home(pathlib.Path(path).absolute())
@@ -121,8 +122,8 @@ def init_home(
         raise HomeError(f"{home.path} already holds a shardnet node; refusing to overwrite it")
     home.path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(home.path, 0o700)
-    seed = os.urandom(32)
-    hpke = {kem: p.HpkePrivateKey.generate(kem, os.urandom).private_bytes() for kem in p.KEMS}
+    seed = rng(32)
+    hpke = {kem: p.HpkePrivateKey.generate(kem, rng).private_bytes() for kem in p.KEMS}
     write_atomic(home.path / "identity.key", seed, 0o600)
     write_atomic(home.path / "hpke.key", p.encode(hpke), 0o600)
     with Store(home.db_file):

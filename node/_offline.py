@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shardnet import protocol as p
 
+from ._clock import Rng
 from ._files import read_input, write_atomic
 
 
@@ -33,7 +33,7 @@ class SplitResult:
 
 
 def split_file(
-    in_path: str, threshold: int, shares: int, out_dir: str, *, kem: str = "x25519",
+    in_path: str, threshold: int, shares: int, out_dir: str, *, kem: str = "x25519", now: float, rng: Rng,
 ) -> SplitResult:
     """Split a key file into share files plus a keyset file in ``out_dir``.
 
@@ -43,8 +43,8 @@ def split_file(
     master = read_input(in_path, p.MAX_MASTER)
     if not master:
         raise ValueError(f"{in_path}: the key file is empty")
-    owner = Ed25519PrivateKey.generate()
-    keyset, share_list = p.split_key(master, threshold, shares, owner=owner, now=int(time.time()), kem=kem)
+    owner = Ed25519PrivateKey.from_private_bytes(rng(32))
+    keyset, share_list = p.split_key(master, threshold, shares, owner=owner, now=int(now), kem=kem, rng=rng)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     width = len(str(shares))

@@ -16,8 +16,6 @@ Phases, timed separately for the report:
 from __future__ import annotations
 
 import base64
-import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -43,16 +41,16 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
     mode = str(args.get("mode") or "unwrap")
     timeout = float(args.get("timeout") or 60)
     now = node.now()
-    ephemeral = p.HpkePrivateKey.generate("x25519", os.urandom)
+    ephemeral = p.HpkePrivateKey.generate("x25519", node.rng)
     request = Request.make(node.key, keyset_id=keyset.keyset_id, mode=mode, reason=str(args.get("reason") or ""),
-                           ephemeral=ephemeral.public_bytes(), nonce=os.urandom(16), created=now,
+                           ephemeral=ephemeral.public_bytes(), nonce=node.rng(16), created=now,
                            not_after=now + max(1, int(timeout)))
     node.approvals.accept_request(request.signed, now)
     node.store.append_audit("request", {"request": request.id, "keyset": keyset.id_hex, "mode": mode,
                                         "reason": request.reason}, now, node.key)
     names = {d.peer_id: d.name for d in node.directory.all()}
     session = Session(keyset, request, ephemeral, names)
-    t0 = time.perf_counter()
+    t0 = trio.current_time()
     deadline = trio.current_time() + timeout
     await node._publish(wire.REQUEST_TOPIC.name, request.signed)
     await emit({"kind": "request", "request": request.id, "keyset": keyset.id_hex, "mode": mode})
@@ -79,7 +77,7 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
         if trio.current_time() - last_publish > 3:  # gossip is lossy: say it again
             last_publish = trio.current_time()
             await node._publish(wire.REQUEST_TOPIC.name, request.signed)
-    t_quorum = time.perf_counter()
+    t_quorum = trio.current_time()
 
     # 2 + 3. ask holders, verify every answer on arrival
     votes = [v.signed for v in tally.votes.values()]
@@ -101,11 +99,11 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
         except (_net.RequestError, p.ShardnetError) as exc:
             session.on_unreachable(peer, str(exc))
             return
-        t = time.perf_counter()
+        t = trio.current_time()
         held = len(session.holders[peer].indices)
         for item in (items if isinstance(items, list) else [b""])[:held]:
             session.on_release(peer, item if isinstance(item, bytes) else b"")
-        verify_s += time.perf_counter() - t
+        verify_s += trio.current_time() - t
 
     while not session.complete() and trio.current_time() < deadline:
         targets = session.targets(retry=rounds > 0)
@@ -119,7 +117,7 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
                 for peer in targets:
                     nursery.start_soon(ask, peer)
         await emit({"kind": "releases", "have": session.have(), "need": session.needed})
-    t_release = time.perf_counter()
+    t_release = trio.current_time()
     bad = [{"custodian": peer, "name": names.get(peer, ""), "detail": detail} for peer, detail in session.bad]
     for b in bad:
         node.store.append_audit("cheater", {"request": request.id, "keyset": keyset.id_hex,

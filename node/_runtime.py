@@ -18,10 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import signal
 import socket as _socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +29,7 @@ from shardnet import protocol as p
 from shardnet.protocol import Added, Descriptor, Request, Vote, b58decode, wire
 
 from . import _api, _net
+from ._clock import Clock, Rng
 from ._files import write_atomic
 from ._home import Home
 from ._services import (
@@ -60,20 +59,20 @@ class ControlError(Exception):
 
 
 class NodeRuntime:
-    def __init__(self, home: Home, *, bootstrap: list[str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, home: Home, *, bootstrap: list[str] | None = None, clock: Clock, rng: Rng) -> None:
         self.home = home
         self.cfg = home.config()
         self.key = home.identity()
         self.seed = home.identity_seed()
         self.hpke = home.hpke_keys()
         self.clock = clock
+        self.rng = rng
         self.bootstrap = list(bootstrap or [])
         self.store = home.open_store()
         self.peer_id = home.peer_id()
         self.directory = Directory(self.store, self.peer_id)
         self.custodian = Custodian(self.store, self.key, self.hpke)
-        self.owner = Owner(self.store, self.key, self.directory)
+        self.owner = Owner(self.store, self.key, self.directory, rng)
         self.approvals = Approvals(self.store, self.key)
         self.releaser = Releaser(self.store, self.key, self.hpke, self.approvals, self.directory,
                                  self.threat_level)
@@ -92,6 +91,13 @@ class NodeRuntime:
     def now(self) -> int:
         return int(self.clock())
 
+    def _pick(self, items: list[str], k: int) -> list[str]:
+        """Up to k of ``items``, chosen with the node's RNG."""
+        pool, out = list(items), list[str]()
+        while pool and len(out) < k:
+            out.append(pool.pop(int.from_bytes(self.rng(4), "big") % len(pool)))
+        return out
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -101,7 +107,7 @@ class NodeRuntime:
         try:
             async with _net.running_node_host(self.seed, listen) as net:
                 self.net = net
-                self.started = time.time()
+                self.started = trio.current_time()
                 self._publish_self()
                 write_atomic(self.home.addrs_file, json.dumps(
                     {"peer_id": self.peer_id, "addrs": net.listen_addrs, "pid": os.getpid()}).encode(),
@@ -239,14 +245,14 @@ class NodeRuntime:
     async def _dial_custodian(self, d: Descriptor) -> bool:
         """Dial a custodian at its descriptor's addresses, with per-peer back-off."""
         due, delay = self._dial_backoff.get(d.peer_id, (0.0, 0.5))
-        if time.monotonic() < due:
+        if trio.current_time() < due:
             return False
         for addr in d.addrs:
             if await self._dial(addr if "/p2p/" in addr else f"{addr}/p2p/{d.peer_id}"):
                 self._dial_backoff.pop(d.peer_id, None)
                 return True
         delay = min(BACKOFF_MAX, delay * 2)
-        self._dial_backoff[d.peer_id] = (time.monotonic() + delay, delay)
+        self._dial_backoff[d.peer_id] = (trio.current_time() + delay, delay)
         return False
 
     async def _reach(self, peer: str, protocol: str) -> None:
@@ -269,9 +275,9 @@ class NodeRuntime:
                     self._pulled.add(peer)
                     n.start_soon(self._pull_from, peer)
                     n.start_soon(self._sync_from, peer)
-                if time.monotonic() - last_pull > PULL_EVERY and connected:
-                    last_pull = time.monotonic()
-                    for peer in random.sample(sorted(connected), min(2, len(connected))):
+                if trio.current_time() - last_pull > PULL_EVERY and connected:
+                    last_pull = trio.current_time()
+                    for peer in self._pick(sorted(connected), 2):
                         n.start_soon(self._pull_from, peer)
                         n.start_soon(self._sync_from, peer)
                 budget = MAX_PEERS - len(connected)
@@ -413,7 +419,7 @@ class NodeRuntime:
         while True:
             self.outbox_wakeup = trio.Event()
             rows = self.store.pending()
-            now = time.monotonic()
+            now = trio.current_time()
             rows_or_notices = bool(rows) or bool(self.store.pending_notices())
             by_peer: dict[str, list[Any]] = {}
             for row in rows:
@@ -441,7 +447,7 @@ class NodeRuntime:
             else:
                 _, delay = self._backoff.get(peer, (0.0, 0.5))
                 delay = min(BACKOFF_MAX, delay * 2)
-                self._backoff[peer] = (time.monotonic() + delay, delay)
+                self._backoff[peer] = (trio.current_time() + delay, delay)
             self.progress.set()
             self.progress = trio.Event()
 
@@ -533,7 +539,8 @@ class NodeRuntime:
 
     def live(self) -> dict[str, Any]:
         assert self.net is not None
-        return {"addrs": self.net.listen_addrs, "peers": self.connected(), "started": self.started}
+        return {"addrs": self.net.listen_addrs, "peers": self.connected(),
+                "uptime_s": trio.current_time() - self.started}
 
     async def control(self, cmd: str, args: dict[str, Any],
                       emit: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from shardnet.protocol import (
     wire,
 )
 
+from ._clock import Rng
 from ._store import AuditEvent, NewOutboxItem, ShardConflict, Store
 
 VERSION = "0.1.0"
@@ -254,10 +254,11 @@ class ImportResult:
 class Owner:
     """Deals keys, places and seals shards, and turns receipts into outbox state."""
 
-    def __init__(self, store: Store, key: Ed25519PrivateKey, directory: Directory) -> None:
+    def __init__(self, store: Store, key: Ed25519PrivateKey, directory: Directory, rng: Rng) -> None:
         self.store = store
         self.key = key
         self.directory = directory
+        self.rng = rng
         self.peer_id = peer_id_of(key.public_key().public_bytes_raw())
 
     def import_key(
@@ -281,7 +282,7 @@ class Owner:
                         "placed without distinct:country")
         constraints = placement.parse(placement_expr)
         holders = placement.solve(cands, shares, redundancy=redundancy, constraints=constraints,
-                                  seed=int.from_bytes(os.urandom(4), "big"))
+                                  seed=int.from_bytes(self.rng(4), "big"))
         not_after = now + expires if expires else None
         attrs: dict[str, Any] = {"placement": placement_expr, "redundancy": redundancy,
                                  "holders": {str(i): hs for i, hs in holders.items()},
@@ -339,7 +340,7 @@ class Owner:
         assert ks is not None
         cover = Delivery.make(self.key, keyset_id=bytes.fromhex(row["keyset_id"]), epoch=row["epoch"],
                               index=row["idx"], recipient=row["custodian"], sealed=row["envelope"],
-                              sent_at=now, nonce=os.urandom(16))
+                              sent_at=now, nonce=self.rng(16))
         return p.encode([wire.DELIVER_FRAME_TAG, 1, cover.signed, ks["record"], row["envelope"]]), cover
 
     def accept_receipt(self, row: Any, cover: Delivery, reply: bytes, now: int) -> Receipt:

@@ -39,8 +39,8 @@ Threads
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
-import secrets
 import sqlite3
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -363,12 +363,15 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2, _SCHEMA_3, _SC
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
+_savepoints = itertools.count(1)  # savepoint names: unique, and nothing secret about them
+
+
 @contextlib.contextmanager
 def _immediate(db: sqlite_utils.Database) -> Iterator[None]:
     """A ``BEGIN IMMEDIATE`` transaction, or a savepoint inside an open one."""
     conn = db.conn
     if conn.in_transaction:
-        name = f"shardnet_{secrets.token_hex(8)}"
+        name = f"shardnet_{next(_savepoints)}"
         conn.execute(f"SAVEPOINT {name}")
         try:
             yield

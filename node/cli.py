@@ -43,9 +43,11 @@ def _emit(args: argparse.Namespace, data: Any, human: str) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
+    from ._clock import system_clock, system_rng
     from ._offline import split_file
 
-    res = split_file(args.input, args.threshold, args.shares, args.out_dir, kem=args.kem)
+    res = split_file(args.input, args.threshold, args.shares, args.out_dir, kem=args.kem, now=system_clock(),
+                     rng=system_rng)
     lines = [
         f"keyset {res.keyset.id_hex}: {res.keyset.threshold}-of-{res.keyset.shares}, {res.keyset.kem}",
         f"  keyset file  {res.keyset_file}",
@@ -69,7 +71,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_sharing(args: argparse.Namespace) -> int:
-    from . import _bench
+    from shardnet.simulations import _sharing_bench as _bench
 
     def progress(msg: str) -> None:
         if sys.stderr.isatty():

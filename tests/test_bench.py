@@ -1,4 +1,4 @@
-"""Tests of ``shardnet bench sharing`` (shardnet.node._bench), on a small, quick run."""
+"""Tests of ``shardnet bench sharing`` (shardnet.simulations._sharing_bench), on a small, quick run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shardnet.node import _bench as bench
+from shardnet.simulations import _sharing_bench as bench
 
 SIZES = [(2, 3), (3, 5)]
 EXPECTED_ERRORS = {

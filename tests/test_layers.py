@@ -47,3 +47,85 @@ def test_the_check_sees_each_kind_of_private_use(tmp_path: pathlib.Path) -> None
                  "from shardnet.protocol import Keyset\np.Keyset\n")
     assert private_uses(f) == ["1: from shardnet.protocol._codec", "2: import _vss",
                                "3: import shardnet.protocol._group", "5: p._records"]
+
+
+# -- time and randomness come from the composition root ---------------------------------
+
+#: Calls that read the OS clock or random source. Only node/_clock.py may make them.
+FORBIDDEN_CALLS = {
+    ("time", "time"), ("time", "time_ns"), ("time", "monotonic"), ("time", "monotonic_ns"),
+    ("time", "perf_counter"), ("time", "perf_counter_ns"), ("datetime", "now"), ("datetime", "utcnow"),
+    ("datetime", "today"), ("os", "urandom"), ("os", "getrandom"), ("uuid", "uuid1"), ("uuid", "uuid4"),
+}
+FORBIDDEN_MODULES = {"random", "secrets"}
+
+
+def clock_and_rng_uses(path: pathlib.Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [f"{node.lineno}: import {a.name}" for a in node.names if a.name.split(".")[0] in FORBIDDEN_MODULES]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] in FORBIDDEN_MODULES:
+                found.append(f"{node.lineno}: from {node.module}")
+            found += [f"{node.lineno}: from {node.module} import {a.name}" for a in node.names
+                      if (node.module.split(".")[-1], a.name) in FORBIDDEN_CALLS]
+        elif isinstance(node, ast.Attribute):
+            base = node.value
+            name = base.attr if isinstance(base, ast.Attribute) else base.id if isinstance(base, ast.Name) else ""
+            if (name, node.attr) in FORBIDDEN_CALLS:
+                found.append(f"{node.lineno}: {name}.{node.attr}")
+    return found
+
+
+def test_node_reads_no_clock_and_no_randomness_outside_its_composition_root() -> None:
+    offenders = {}
+    for path in sorted((ROOT / "node").glob("*.py")):
+        if path.name == "_clock.py":
+            continue
+        if uses := clock_and_rng_uses(path):
+            offenders[path.name] = uses
+    assert offenders == {}
+
+
+def test_the_clock_check_sees_each_kind_of_use(tmp_path: pathlib.Path) -> None:
+    f = tmp_path / "x.py"
+    f.write_text("import time\nimport random\nfrom os import urandom\nimport datetime\n"
+                 "time.monotonic()\ndatetime.datetime.now()\nfrom secrets import token_hex\nimport trio\n"
+                 "trio.current_time()\ndatetime.datetime.fromtimestamp(0)\n")
+    assert sorted(clock_and_rng_uses(f)) == ["2: import random", "3: from os import urandom",
+                                             "5: time.monotonic", "6: datetime.now", "7: from secrets"]
+
+
+# -- node/ needs simulations/ only for the commands that run them -------------------------
+
+
+def module_level_imports(path: pathlib.Path) -> set[str]:
+    """Modules imported when the file is imported (not inside a function body)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+            elif isinstance(node, ast.ClassDef):
+                visit(node.body)  # class bodies run at import time; function bodies do not
+            elif isinstance(node, ast.If | ast.Try | ast.With):
+                for field in ("body", "orelse", "finalbody", "handlers"):
+                    for child in getattr(node, field, []):
+                        visit(child.body if isinstance(child, ast.ExceptHandler) else [child])
+
+    visit(tree.body)
+    return names
+
+
+def test_node_imports_simulations_only_lazily() -> None:
+    eager = {path.name: sorted(m for m in module_level_imports(path) if m.startswith("shardnet.simulations"))
+             for path in sorted((ROOT / "node").glob("*.py"))}
+    assert {k: v for k, v in eager.items() if v} == {}
+    lazy = "".join(p.read_text() for p in (ROOT / "node").glob("*.py"))
+    assert "shardnet.simulations" in lazy  # the demo and bench commands do import it, inside themselves
