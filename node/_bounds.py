@@ -55,8 +55,9 @@ logger = logging.getLogger("shardnet.node._net")
 MAX_UNREAD_PER_CONNECTION = 8 * 1024 * 1024
 #: Streams open on one connection, both directions.
 MAX_STREAMS_PER_CONNECTION = 64
-#: Requests from one peer in progress at once, across every protocol we serve.
-MAX_INBOUND_PER_PEER = 16
+#: Requests from one peer in progress at once, across every protocol we serve
+#: (above the sum of the protocols' own limits, so that alone never refuses).
+MAX_INBOUND_PER_PEER = 32
 #: How long a server waits, after its reply, for the peer to close its side.
 LINGER = 2.0
 #: A peer with this many protocol violations within the window loses its
@@ -82,24 +83,56 @@ class BoundedYamux(Yamux):
     """Yamux with caps on the bytes buffered and the streams open per connection.
 
     Every DATA frame body passes through ``_read_data_body`` before it is
-    buffered, so the check sits there: a frame that would take the connection
-    over :data:`MAX_UNREAD_PER_CONNECTION`, or one that arrives while more than
-    :data:`MAX_STREAMS_PER_CONNECTION` streams are open, closes the connection
-    before its body is read.
+    buffered, and every inbound stream through ``new_stream_send_channel``
+    (SYN frames with and without data alike) before anyone accepts it, so the
+    checks sit there: a frame that would take the connection over
+    :data:`MAX_UNREAD_PER_CONNECTION`, or a stream beyond
+    :data:`MAX_STREAMS_PER_CONNECTION`, closes the connection. Going over a cap
+    counts as a violation in the host's :class:`PeerGuard` too.
     """
+
+    guard: PeerGuard | None = None
+
+    def over_limit(self, what: str) -> ConnectionOverLimit:
+        logger.warning("closing the connection of %s: %s", self.peer_id, what)
+        if self.guard is not None:
+            self.guard.violation(str(self.peer_id), trio.current_time())
+        return ConnectionOverLimit(what)
 
     async def _read_data_body(self, length: int) -> bytes:
         unread = sum(len(b) for b in self.stream_buffers.values())
         if unread + length > MAX_UNREAD_PER_CONNECTION:
-            logger.warning("closing the connection of %s: %d bytes unread on it (cap %d)",
-                           self.peer_id, unread + length, MAX_UNREAD_PER_CONNECTION)
-            raise ConnectionOverLimit
+            raise self.over_limit(f"{unread + length} bytes unread on it (cap {MAX_UNREAD_PER_CONNECTION})")
         if len(self.streams) > MAX_STREAMS_PER_CONNECTION:
-            logger.warning("closing the connection of %s: %d streams open on it (cap %d)",
-                           self.peer_id, len(self.streams), MAX_STREAMS_PER_CONNECTION)
-            raise ConnectionOverLimit
+            raise self.over_limit(f"{len(self.streams)} streams open on it (cap {MAX_STREAMS_PER_CONNECTION})")
         data: bytes = await super()._read_data_body(length)
         return data
+
+    def bound(self, guard: PeerGuard | None) -> None:
+        """Take effect on a connection that py-libp2p built as a plain Yamux."""
+        self.guard = guard
+        self.new_stream_send_channel = _CappedChannel(self.new_stream_send_channel, self)  # type: ignore[assignment]
+
+
+class _CappedChannel:
+    """The channel yamux hands new inbound streams through, refusing one too many.
+
+    yamux creates an inbound stream for every SYN, data or not, and sends it
+    here for the swarm to accept: the one place every new stream passes.
+    """
+
+    def __init__(self, inner: Any, muxer: BoundedYamux) -> None:
+        self._inner = inner
+        self._muxer = muxer
+
+    async def send(self, value: Any) -> None:
+        if len(self._muxer.streams) > MAX_STREAMS_PER_CONNECTION:
+            raise self._muxer.over_limit(
+                f"{len(self._muxer.streams)} streams open on it (cap {MAX_STREAMS_PER_CONNECTION})")
+        await self._inner.send(value)
+
+    def __getattr__(self, name: str) -> Any:  # close(), clone(), statistics() ...
+        return getattr(self._inner, name)
 
 
 class BoundedMuxerMultistream(MuxerMultistream):
@@ -112,10 +145,16 @@ class BoundedMuxerMultistream(MuxerMultistream):
     adds behaviour only, no state, so giving it that class is safe.
     """
 
+    def __init__(self, *args: Any, guard: PeerGuard | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+
     async def new_conn(self, conn: Any, peer_id: ID) -> Any:
         muxed = await super().new_conn(conn, peer_id)
         if type(muxed) is Yamux:
             muxed.__class__ = BoundedYamux
+            assert isinstance(muxed, BoundedYamux)
+            muxed.bound(self.guard)
         return muxed
 
 
@@ -158,15 +197,19 @@ async def _drop(stream: INetStream) -> None:
             conn.stream_events.pop(sid, None)
 
 
-async def _await_eof(stream: INetStream) -> bool:
-    """True if the peer closed its side (and sent nothing more) within LINGER."""
+async def _await_eof(stream: INetStream) -> bool | None:
+    """Wait up to LINGER for the peer to close its side.
+
+    True: it closed (or reset) and sent nothing more. False: it sent more
+    bytes. None: it did neither in time.
+    """
     with trio.move_on_after(LINGER):
         try:
             extra = await stream.read(1)
         except StreamError:  # EOF or reset: either way the peer is done
             return True
         return not extra
-    return False
+    return None
 
 
 async def retire(stream: INetStream, *, linger: bool = False) -> bool:
@@ -183,9 +226,10 @@ async def retire(stream: INetStream, *, linger: bool = False) -> bool:
     await _bounded("closing a stream", stream.close)
     clean = True
     if linger:
-        if unread(stream) == 0 and await _await_eof(stream):
+        ended = await _await_eof(stream) if unread(stream) == 0 else False
+        if ended:
             return True
-        clean = unread(stream) == 0
+        clean = ended is None  # slow to close is no violation; more bytes are
     await _bounded("resetting a stream", stream.reset)
     await _drop(stream)
     return clean
@@ -234,11 +278,13 @@ class PeerGuard:
 
     def violation(self, peer: str, now: float) -> bool:
         """Count one violation; True if ``peer`` is now over the limit (and banned)."""
-        if len(self._violations) > _MAX_TRACKED_PEERS:
-            self._violations.clear()
+        # Bounded memory: forget the peers whose last violation is oldest.
+        seen = self._violations.pop(peer, None) or deque()
+        self._violations[peer] = seen  # now the most recent
+        while len(self._violations) > _MAX_TRACKED_PEERS:
+            del self._violations[next(iter(self._violations))]
         if len(self._banned) > _MAX_TRACKED_PEERS:
             self._banned = {p: t for p, t in self._banned.items() if t > now}
-        seen = self._violations.setdefault(peer, deque())
         seen.append(now)
         while seen and seen[0] <= now - self.window:
             seen.popleft()

@@ -315,7 +315,7 @@ def make_host(
     # Caps on what one connection may make us buffer (see _bounds).
     negotiate_timeout = swarm.upgrader.muxer_multistream.negotiate_timeout
     swarm.upgrader.muxer_multistream = BoundedMuxerMultistream(
-        {TProtocol(YAMUX_PROTOCOL_ID): BoundedYamux}, negotiate_timeout
+        {TProtocol(YAMUX_PROTOCOL_ID): BoundedYamux}, negotiate_timeout, guard=guard_of(host)
     )
     return host, maddrs
 
@@ -583,6 +583,19 @@ def _decode_reply(peer_id: str, protocol: str, frame: bytes, max_reply: int) -> 
     raise RemoteError(peer_id, protocol, status, body.decode("utf-8", errors="replace"))
 
 
+async def _early_reply(stream: INetStream, frame_cap: int) -> bytes | None:
+    """The reply frame a server sent before resetting the stream we were writing, if any."""
+    muxed = getattr(stream, "muxed_stream", None)  # the stream itself now refuses to read
+    if muxed is None:
+        return None
+    with trio.move_on_after(CLEANUP_TIMEOUT):
+        try:
+            return await _read_frame_untimed(muxed, frame_cap)
+        except Exception as exc:  # no whole reply arrived: the write error stands
+            logger.debug("no reply before the reset: %r", exc)
+    return None
+
+
 async def request(
     host: IHost,
     peer_id: str,
@@ -613,7 +626,16 @@ async def request(
             except Exception as exc:
                 raise StreamOpenError(peer_id, protocol, f"cannot open stream: {exc}") from exc
             try:
-                await write_frame(stream, payload)
+                try:
+                    await write_frame(stream, payload)
+                except StreamError:
+                    # A server that refuses before reading (BUSY, TOO_LARGE) answers and
+                    # resets while a large request is still being written: its answer
+                    # may be waiting in our buffer, and says more than "stream failed".
+                    early = await _early_reply(stream, frame_cap)
+                    if early is None:
+                        raise
+                    return _decode_reply(peer_id, protocol, early, max_reply)
                 frame = await _read_frame_untimed(stream, frame_cap)
             except FrameTooLarge as exc:
                 raise RemoteProtocolError(peer_id, protocol, str(exc)) from exc
@@ -683,9 +705,10 @@ class _ProtocolServer:
             return
         if self._active.get(peer, 0) >= self._max_per_peer or not self._guard.begin(peer):
             logger.warning("%s: refusing a stream from %s: too many requests in progress", self._protocol, peer)
+            # Not a violation: an honest peer's burst gets here too. Its stream is
+            # reset and dropped at once, so whatever it sends costs us nothing.
             await self._send_reply(stream, peer, _error_reply(ReplyStatus.BUSY, "busy"))
             await retire(stream)
-            await self._violation(pid, peer, "over its limit of requests in progress")
             return
         self._active[peer] = self._active.get(peer, 0) + 1
         answered = False

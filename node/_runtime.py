@@ -86,6 +86,7 @@ class NodeRuntime:
         self._pulled: set[str] = set()
         self._known = {r["peer_id"] for r in self.store.custodians()}
         self._addrs: dict[str, tuple[str, ...]] = {}
+        self._in_flight: dict[tuple[str, str], trio.CapacityLimiter] = {}  # (peer, protocol) -> slots
         self._stop = trio.Event()
 
     def now(self) -> int:
@@ -213,19 +214,32 @@ class NodeRuntime:
     async def _on_directory_pull(self, remote: str, frame: bytes) -> bytes:
         return self.directory.pull_reply()
 
-    async def _fetch(self, peer: str, protocol: str, max_reply: int) -> Any:
-        """One pull request (directory or sync); None if it failed (pulls are best effort)."""
+    async def _request(self, peer: str, proto: wire.StreamProtocol, payload: bytes) -> bytes:
+        """One request to ``peer``, with never more of them in flight than it serves at once."""
         assert self.net is not None
+        key = (peer, proto.id)
+        limiter = self._in_flight.get(key)
+        if limiter is None:
+            limiter = self._in_flight[key] = trio.CapacityLimiter(proto.max_concurrent_per_peer)
         try:
-            reply = await _net.request(self.net.host, peer, protocol, wire.PULL, max_reply=max_reply,
-                                       timeout=wire.REQUEST_TIMEOUT)
-            return p.decode(reply, max_size=max_reply, max_items=8192)
+            async with limiter:
+                return await _net.request(self.net.host, peer, proto.id, payload, max_reply=proto.max_reply,
+                                          timeout=wire.REQUEST_TIMEOUT)
+        finally:
+            if limiter.borrowed_tokens == 0 and limiter.statistics().tasks_waiting == 0:
+                self._in_flight.pop(key, None)
+
+    async def _fetch(self, peer: str, proto: wire.StreamProtocol) -> Any:
+        """One pull request (directory or sync); None if it failed (pulls are best effort)."""
+        try:
+            reply = await self._request(peer, proto, wire.PULL)
+            return p.decode(reply, max_size=proto.max_reply, max_items=8192)
         except (_net.RequestError, p.ShardnetError) as exc:
-            log.debug("%s pull from %s failed: %s", protocol, peer, exc)
+            log.debug("%s pull from %s failed: %s", proto.id, peer, exc)
             return None
 
     async def _pull_from(self, peer: str) -> None:
-        items = await self._fetch(peer, wire.DIRECTORY.id, wire.DIRECTORY.max_reply)
+        items = await self._fetch(peer, wire.DIRECTORY)
         for item in items if isinstance(items, list) else []:
             if isinstance(item, bytes):
                 self._accept_descriptor(item)
@@ -355,7 +369,7 @@ class NodeRuntime:
         return self.approvals.sync_reply(self.now())
 
     async def _sync_from(self, peer: str) -> None:
-        items = await self._fetch(peer, wire.SYNC.id, wire.SYNC.max_reply)
+        items = await self._fetch(peer, wire.SYNC)
         for item in items if isinstance(items, list) else []:
             if isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes):
                 try:
@@ -380,11 +394,12 @@ class NodeRuntime:
         assert record is not None
         try:
             await self._reach(peer, wire.KEYSET.id)
-            await _net.request(self.net.host, peer, wire.KEYSET.id, record["record"],
-                               max_reply=wire.KEYSET.max_reply, timeout=wire.REQUEST_TIMEOUT)
+            await self._request(peer, wire.KEYSET, record["record"])
             self.store.mark_notice(row["keyset_id"], peer, "delivered", error=None, now=self.now())
         except _net.RemoteError as exc:
-            self.store.mark_notice(row["keyset_id"], peer, "refused", error=exc.reason, now=self.now())
+            # Busy or slow is for later; anything else is the approver's answer.
+            state = "pending" if exc.status in (_net.ReplyStatus.BUSY, _net.ReplyStatus.TIMEOUT) else "refused"
+            self.store.mark_notice(row["keyset_id"], peer, state, error=exc.reason, now=self.now())
         except _net.RequestError as exc:
             self.store.mark_notice(row["keyset_id"], peer, "pending", error=str(exc), now=self.now())
 
@@ -402,8 +417,7 @@ class NodeRuntime:
         if peer == self.peer_id:
             return self.releaser.handle(self.peer_id, frame, self.now())
         await self._reach(peer, wire.RELEASE.id)
-        return await _net.request(self.net.host, peer, wire.RELEASE.id, frame,
-                                  max_reply=wire.RELEASE.max_reply, timeout=wire.REQUEST_TIMEOUT)
+        return await self._request(peer, wire.RELEASE, frame)
 
     # -- delivery -------------------------------------------------------------------
 
@@ -460,8 +474,7 @@ class NodeRuntime:
                 reply = self.custodian.handle_delivery(self.peer_id, frame, self.now())
             else:
                 await self._reach(peer, wire.DELIVER.id)
-                reply = await _net.request(self.net.host, peer, wire.DELIVER.id, frame,
-                                           max_reply=wire.DELIVER.max_reply, timeout=wire.REQUEST_TIMEOUT)
+                reply = await self._request(peer, wire.DELIVER, frame)
             r = self.owner.accept_receipt(row, cover, reply, self.now())
             log.info("shard %s:%d -> %s: %s%s", row["keyset_id"][:12], row["idx"], peer, r.status,
                      f" ({r.reason})" if r.reason else "")

@@ -514,15 +514,31 @@ class Approvals:
                 "approvals": tally.approvals, "denials": tally.denials, "quorum": tally.rule.quorum,
                 "state": tally.state(now).value, "approver": self.peer_id in tally.rule.approvers,
                 "void": sorted(tally.equivocations),
-                "my_vote": mine.decision if mine else None, "outcome": row["outcome"],
+                # "void": this node's own key signed both ways (a stolen or cloned key).
+                "my_vote": "void" if self.peer_id in tally.equivocations else mine.decision if mine else None,
+                "outcome": row["outcome"],
             })
         return out
 
-    def sync_reply(self, now: int) -> bytes:
-        # Both halves of an equivocation travel too, so every peer voids the approver.
-        items = [[bytes(r["record"]), self.store.votes(r["request_id"])
-                  + [v for pair in self.store.equivocations(r["request_id"]) for v in pair]]
-                 for r in self.store.requests(active_at=now)[-256:]]
+    def sync_reply(self, now: int, budget: int = wire.SYNC.max_reply - 1024) -> bytes:
+        """The live requests with their votes, newest first, within ``budget`` bytes.
+
+        Both halves of an equivocation travel, so every peer voids the approver;
+        the void approver's stored vote (one of the halves) is not sent twice.
+        A request that does not fit is left for the next pull, never cut.
+        """
+        items: list[list[Any]] = []
+        used = 16  # msgpack array headers
+        for r in reversed(self.store.requests(active_at=now)[-256:]):
+            pairs = self.store.equivocations(r["request_id"])
+            void = {Vote.from_bytes(first).approver for first, _ in pairs}
+            votes = [v for v in self.store.votes(r["request_id"]) if Vote.from_bytes(v).approver not in void]
+            votes += [v for pair in pairs for v in pair]
+            size = len(r["record"]) + sum(len(v) + 5 for v in votes) + 16
+            if used + size > budget:
+                break
+            used += size
+            items.append([bytes(r["record"]), votes])
         return p.encode(items)
 
 

@@ -206,12 +206,11 @@ async def test_too_many_streams_on_one_connection_close_it() -> None:
             opened = []
             with contextlib.suppress(Exception):  # opening fails once the connection is gone
                 for _ in range(_bounds.MAX_STREAMS_PER_CONNECTION + 10):
-                    s = await m.open_stream()  # raw muxer streams that never negotiate a protocol
-                    opened.append(s)
-                    await s.write(b"z")
+                    # A bare SYN: a raw muxer stream that sends no data and never negotiates.
+                    opened.append(await m.open_stream())
                     await trio.sleep(0.005)
-            assert len(opened) <= _bounds.MAX_STREAMS_PER_CONNECTION + 2
             assert await until(lambda: not connected(a, b))
+            assert b.peer_id in net.guard_of(a.host)._violations  # going over a cap counts
             await echo_works(c, a)
 
 
@@ -222,11 +221,13 @@ async def test_requests_in_progress_are_bounded_per_peer_across_protocols() -> N
         await release.wait()
         return b"done"
 
-    protocols = [f"/shardnet/test-block-{i}/1" for i in range(3)]
+    cap = _bounds.MAX_INBOUND_PER_PEER
+    protocols = [f"/shardnet/test-block-{i}/1" for i in range(4)]
     with trio.fail_after(DEADLINE):
         async with hosts(2) as (a, b):
-            for proto in protocols:
-                net.serve_protocol(a.host, proto, blocking, max_len=MAX_LEN, timeout=10.0, max_concurrent_per_peer=8)
+            for proto in protocols:  # room for cap + 8 in all, but the peer's limit is cap
+                net.serve_protocol(a.host, proto, blocking, max_len=MAX_LEN, timeout=10.0,
+                                   max_concurrent_per_peer=cap // 4 + 2)
             outcomes: list[str] = []
 
             async def call(proto: str) -> None:
@@ -237,10 +238,46 @@ async def test_requests_in_progress_are_bounded_per_peer_across_protocols() -> N
                     outcomes.append(exc.status.name)
 
             async with trio.open_nursery() as nursery:
-                for i in range(_bounds.MAX_INBOUND_PER_PEER + 4):  # 20: under 8 per protocol, over 16 in all
-                    nursery.start_soon(call, protocols[i % 3])
+                for i in range(cap + 4):  # under each protocol's limit, over the peer's
+                    nursery.start_soon(call, protocols[i % 4])
                 await until(lambda: len(outcomes) >= 4)
                 release.set()
-            assert outcomes.count("BUSY") == 4 and outcomes.count("done") == _bounds.MAX_INBOUND_PER_PEER
+            assert outcomes.count("BUSY") == 4 and outcomes.count("done") == cap
+            assert connected(a, b) and not net.guard_of(a.host)._violations  # a burst is no violation
             # The slots are given back.
             assert await net.request(b.host, a.peer_id, protocols[0], b"", max_reply=64, timeout=2.0) == b"done"
+
+
+async def test_one_byte_after_the_request_is_a_violation() -> None:
+    with trio.fail_after(DEADLINE):
+        async with hosts(2) as (a, b):
+            serve_echo(a)
+            stream = await raw_stream(b, a)
+            await stream.write((5).to_bytes(4, "big") + b"hello")
+            assert (await read_reply(stream))[0] is net.ReplyStatus.OK
+            await stream.write(b"!")  # while the server lingers for our FIN
+            assert await until(lambda: b.peer_id in net.guard_of(a.host)._violations)
+            await stream.reset()
+
+
+async def test_a_busy_reply_reaches_a_client_still_writing_a_large_request() -> None:
+    release = trio.Event()
+
+    async def blocking(peer: str, payload: bytes) -> bytes:
+        await release.wait()
+        return b"done"
+
+    with trio.fail_after(DEADLINE):
+        async with hosts(2) as (a, b):
+            net.serve_protocol(a.host, PROTO, blocking, max_len=1 << 20, timeout=10.0, max_concurrent_per_peer=1)
+            async def first() -> None:
+                await net.request(b.host, a.peer_id, PROTO, b"", max_reply=64, timeout=8.0)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(first)
+                await trio.sleep(0.3)
+                # 400 KB: more than the first receive window, so the server's reset lands mid-write.
+                with pytest.raises(net.RemoteError) as info:
+                    await net.request(b.host, a.peer_id, PROTO, b"x" * 400_000, max_reply=64, timeout=5.0)
+                assert info.value.status is net.ReplyStatus.BUSY
+                release.set()

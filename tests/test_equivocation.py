@@ -294,3 +294,25 @@ def test_gossip_in_either_order_then_sync_voids_the_approver_everywhere(nodes: l
     for n in nodes:
         with pytest.raises(Rejected, match="no quorum: 1 of 2"):
             n.ask([approve, POOL["new-york", "approve", 0]])
+
+
+def test_sync_reply_stays_within_its_budget_and_sends_each_vote_once(nodes: list[Node]) -> None:
+    a = nodes[0]
+    requests = []
+    for i in range(6):
+        r = Request.make(KEYS["req"], keyset_id=KEYSET.keyset_id, mode="unwrap", reason=f"drill {i}",
+                         ephemeral=EPHEMERAL.public_bytes(), nonce=bytes([i]) * 16, created=NOW + i,
+                         not_after=NOW + 600)
+        a.approvals.accept_request(r.signed, NOW + i)
+        for name in ("tokyo", "new-york"):
+            a.approvals.accept_vote(Vote.make(KEYS[name], r, "approve", NOW + i).signed, NOW + i)
+        requests.append(r)
+    a.approvals.accept_vote(Vote.make(KEYS["tokyo"], requests[-1], "deny", NOW).signed, NOW + 6)
+    full = p.decode(a.approvals.sync_reply(NOW + 6))
+    assert [rec for rec, _ in full] == [r.signed for r in reversed(requests)]  # newest first
+    newest_votes = [Vote.from_bytes(v) for v in full[0][1]]
+    assert sorted((v.approver, v.decision) for v in newest_votes) == sorted(
+        [(PEER["new-york"], "approve"), (PEER["tokyo"], "approve"), (PEER["tokyo"], "deny")])
+    one = len(p.encode([full[0]]))
+    small = p.decode(a.approvals.sync_reply(NOW + 6, budget=one + 64))
+    assert small == full[:1]  # what does not fit waits for the next pull, whole
