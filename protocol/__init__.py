@@ -7,6 +7,7 @@ module names the public surface; everything else is private.
 """
 
 from . import _placement as placement
+from . import _release_round as release_round
 from . import _wire as wire
 from ._armor import MAX_FILE as MAX_ARMOR_FILE
 from ._armor import keyset_from_text, keyset_to_text, share_from_text, share_to_text
@@ -51,6 +52,7 @@ from ._quorum import Added, ApprovalRule, Equivocation, ReleaseDenied, Tally, de
 from ._quorum import State as TallyState
 from ._reconstruct import ReconstructionFailed, Session
 from ._records import Delivery, Descriptor, Receipt, b58decode, peer_id_of, public_key_of
+from ._release_round import ReleaseRound
 from ._requests import Release, Request, Vote, partial_payload, share_payload
 from ._shard import HpkePrivateKey, ShardMeta, open_shard, read_shard_meta, seal_shard
 from ._sign import open_signed, sign_body
@@ -76,13 +78,13 @@ __all__ = [
     "ShardnetError", "TooFewPartials", "TooFewShares", "WrongRecipient",
     "Added", "ApprovalRule", "AuditEntry", "Delivery", "Descriptor", "Equivocation", "HpkePrivateKey",
     "Keyset", "Partial", "Policy", "Receipt", "Recovered", "RefreshDeal", "Release", "Request",
-    "ReshareDeal", "Session", "Share", "ShardMeta", "Tally", "TallyState", "Vote",
+    "ReleaseRound", "ReshareDeal", "Session", "Share", "ShardMeta", "Tally", "TallyState", "Vote",
     "b58decode", "batch_verify_shares", "check_params", "combine_key", "combine_partials",
     "continent_of", "decide_release", "decode", "decode_audit_body", "decode_record", "encode",
     "encode_audit_body", "keyset_from_text", "keyset_to_text", "make_audit_entry", "open_shard",
     "open_signed", "open_with_unwrapped", "partial_decrypt", "partial_payload", "peer_id_of",
     "placement", "public_key_of", "read_shard_meta", "recover_secret", "refresh_commitments",
-    "refresh_deal", "refresh_share", "reshare_commitments", "reshare_deal", "reshare_share",
+    "refresh_deal", "refresh_share", "release_round", "reshare_commitments", "reshare_deal", "reshare_share",
     "seal_shard", "share_from_text", "share_payload", "share_to_text", "sign_body", "split_key",
     "verify_chain", "verify_partial", "verify_share", "want", "want_bytes", "wire",
 ]

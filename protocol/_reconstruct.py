@@ -9,14 +9,19 @@ custodian and is never used. :meth:`Session.targets` says whom to ask next,
 redundant replicas included; :meth:`Session.result` opens the key from t valid
 answers, and :meth:`Session.failure` says in one line what was missing.
 
-Holder states::
+Holder states, and the only moves allowed between them (:data:`HOLDER_MOVES`)::
 
     untried -> asked -> ok | refused | unreachable | invalid
-    refused | unreachable -> asked   (asked again later; invalid is final)
+    refused | unreachable -> asked   (asked again later)
+    asked | ok -> invalid            (a bad release, even after a good one)
+    ok, invalid: final               (nothing more is taken from a liar)
+
+Any other move raises :class:`IllegalHolderMove`.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -31,12 +36,48 @@ class ReconstructionFailed(ShardnetError):
     """Too few valid answers; the message says who was missing and why."""
 
 
+class HolderState(enum.StrEnum):
+    UNTRIED = "untried"
+    ASKED = "asked"
+    OK = "ok"
+    REFUSED = "refused"
+    UNREACHABLE = "unreachable"
+    INVALID = "invalid"
+
+
+_H = HolderState
+#: state -> the states a holder may move to from it.
+HOLDER_MOVES: dict[HolderState, frozenset[HolderState]] = {
+    _H.UNTRIED: frozenset({_H.ASKED}),
+    _H.ASKED: frozenset({_H.OK, _H.REFUSED, _H.UNREACHABLE, _H.INVALID}),
+    _H.REFUSED: frozenset({_H.ASKED}),
+    _H.UNREACHABLE: frozenset({_H.ASKED}),
+    _H.OK: frozenset({_H.INVALID}),
+    _H.INVALID: frozenset(),
+}
+
+
+class IllegalHolderMove(ShardnetError):
+    """A holder was moved between states the round does not allow."""
+
+    def __init__(self, peer: str, old: HolderState, new: HolderState) -> None:
+        super().__init__(f"holder {peer}: {old} -> {new} is not allowed")
+        self.peer, self.old, self.new = peer, old, new
+
+
 @dataclass
 class Holder:
     peer: str
     indices: list[int]
-    state: str = "untried"
+    state: HolderState = HolderState.UNTRIED
     detail: str = ""
+
+    def move(self, new: HolderState, detail: str | None = None) -> None:
+        if new not in HOLDER_MOVES[self.state]:
+            raise IllegalHolderMove(self.peer, self.state, new)
+        self.state = new
+        if detail is not None:
+            self.detail = detail
 
 
 class Session:
@@ -76,36 +117,39 @@ class Session:
         if self.complete():
             return []
         missing = self._got()
-        ok_states = ("untried",) + (("refused", "unreachable") if retry else ())
+        ok_states = (_H.UNTRIED,) + ((_H.REFUSED, _H.UNREACHABLE) if retry else ())
         return [h.peer for h in self.holders.values()
                 if h.state in ok_states and any(i not in missing for i in h.indices)]
 
     def asked(self, peer: str) -> None:
-        self.holders[peer].state = "asked"
+        self.holders[peer].move(_H.ASKED)
 
     def name(self, peer: str) -> str:
         return self.names.get(peer) or peer
 
     def on_refused(self, peer: str, reason: str) -> None:
-        h = self.holders[peer]
-        h.state, h.detail = "refused", reason
+        self._answer(peer).move(_H.REFUSED, reason)
 
     def on_unreachable(self, peer: str, error: str) -> None:
-        h = self.holders[peer]
-        h.state, h.detail = "unreachable", error
+        self._answer(peer).move(_H.UNREACHABLE, error)
 
-    def _invalid(self, peer: str, detail: str) -> None:
-        h = self.holders[peer]
-        if h.state != "invalid":  # one entry per custodian, however much it sent
-            self.bad.append((peer, detail))
-        h.state, h.detail = "invalid", detail
-
-    def on_release(self, peer: str, data: bytes) -> None:
-        """Verify one release from ``peer``; a bad one marks ``peer`` invalid."""
+    def _answer(self, peer: str) -> Holder:
         h = self.holders.get(peer)
         if h is None:
             raise ValueError(f"{peer} holds no shard of this keyset")
-        if h.state == "invalid":
+        return h
+
+    def _invalid(self, peer: str, detail: str) -> None:
+        h = self.holders[peer]
+        if h.state is _H.INVALID:
+            return  # one entry per custodian, however much it sent
+        self.bad.append((peer, detail))
+        h.move(_H.INVALID, detail)
+
+    def on_release(self, peer: str, data: bytes) -> None:
+        """Verify one release from ``peer``; a bad one marks ``peer`` invalid."""
+        h = self._answer(peer)
+        if h.state is _H.INVALID:
             return  # nothing more from a custodian that already lied
         try:
             rel = Release.from_bytes(data, custodian=peer)
@@ -131,8 +175,8 @@ class Session:
         except ShardnetError as exc:
             self._invalid(peer, str(exc))
             return
-        if h.state != "invalid":
-            h.state = "ok"
+        if h.state is _H.ASKED:  # a holder with two indices answers twice; it is OK after the first
+            h.move(_H.OK)
 
     def result(self) -> bytes:
         if not self.complete():
@@ -151,15 +195,15 @@ class Session:
         """One line: how many valid answers of how many, and what happened to the rest."""
         unit = "partial decryptions" if self.request.mode == "unwrap" else "shares"
         details = []
-        unreachable = [self.name(h.peer) for h in self.holders.values() if h.state == "unreachable"]
+        unreachable = [self.name(h.peer) for h in self.holders.values() if h.state is _H.UNREACHABLE]
         if unreachable:
             details.append(f"custodians {', '.join(unreachable)} unreachable")
         for h in self.holders.values():
-            if h.state == "invalid":
+            if h.state is _H.INVALID:
                 details.append(f"{self.name(h.peer)} sent an invalid {'share' if unit == 'shares' else 'partial'}")
-            elif h.state == "refused":
+            elif h.state is _H.REFUSED:
                 details.append(f"{self.name(h.peer)} refused: {h.detail}")
-        silent = [self.name(h.peer) for h in self.holders.values() if h.state in ("untried", "asked")]
+        silent = [self.name(h.peer) for h in self.holders.values() if h.state in (_H.UNTRIED, _H.ASKED)]
         if silent:
             details.append(f"no answer from {', '.join(silent)}")
         head = f"{self.have()} of {self.needed} required {unit}"

@@ -170,6 +170,8 @@ def test_session_reconstructs_and_names_a_liar(mode: str) -> None:
     names = {PEER[n]: n for n in "abcde"}
     s = Session(keyset, req, eph, names)
     assert sorted(s.targets()) == sorted(PEER[n] for n in "abcde")
+    for peer in s.targets():
+        s.asked(peer)
     good = releases(keyset, shares, req)
     wrong = dataclasses.replace(shares[1], value=shares[1].value + 1)
     lie = releases(keyset, [wrong], req, names="b")["b"]
@@ -194,6 +196,8 @@ def test_session_refuses_releases_for_other_requests_and_indices() -> None:
     req, eph = make_request(keyset)
     other, _ = make_request(keyset)
     s = Session(keyset, req, eph)
+    for peer in s.targets():
+        s.asked(peer)
     s.on_release(PEER["a"], releases(keyset, shares, other)["a"])
     assert s.holders[PEER["a"]].state == "invalid"
     # b sends a valid partial for index 3, which it does not hold.
@@ -222,6 +226,7 @@ def test_a_flood_from_one_liar_counts_once() -> None:
     keyset, shares = make_keyset()
     req, eph = make_request(keyset)
     s = Session(keyset, req, eph)
+    s.asked(PEER["a"])
     for _ in range(50):
         s.on_release(PEER["a"], b"junk")
     assert len(s.bad) == 1 and s.holders[PEER["a"]].state == "invalid"

@@ -1,0 +1,218 @@
+"""The requester's release round (protocol/_release_round.py), driven without a network."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from shardnet import protocol as p
+from shardnet.protocol._reconstruct import HolderState, IllegalHolderMove
+from shardnet.protocol._release_round import (
+    RETRY,
+    Ask,
+    Failed,
+    Progress,
+    Publish,
+    Refused,
+    Released,
+    ReleaseRound,
+    RoundOver,
+    RoundState,
+    Start,
+    Succeeded,
+    Tick,
+    Unreachable,
+    VotesSeen,
+    WakeAt,
+)
+
+from .test_quorum import PEER, make_keyset, make_request, releases, tally_of, vote
+
+T0 = 1000.0  # the node's monotonic time base
+
+
+def setup(mode: str = "unwrap", timeout: float = 30.0):
+    keyset, shares = make_keyset(approvers=["a", "b", "c"], quorum=2)
+    req, eph = make_request(keyset, mode)
+    rnd = ReleaseRound(keyset, req, eph, deadline=T0 + timeout, timeout=timeout)
+    return keyset, shares, req, rnd
+
+
+def kinds(effects: list) -> list[str]:
+    return [type(e).__name__ for e in effects]
+
+
+def test_happy_path_publishes_waits_asks_and_opens_the_key() -> None:
+    keyset, shares, req, rnd = setup()
+    out = rnd.handle(Start(), T0)
+    assert kinds(out) == ["Publish", "WakeAt"] and out[0] == Publish(req.signed)
+    assert rnd.handle(Tick(), T0 + 1) == [WakeAt(T0 + 2)]  # nothing to say again yet
+    assert kinds(rnd.handle(Tick(), T0 + 3.5)) == ["Publish", "WakeAt"]  # gossip is lossy
+    out = rnd.handle(VotesSeen(tally_of(keyset, req, [vote("a", req)])), T0 + 4)
+    assert isinstance(out[0], Progress) and out[0].body["approvals"] == 1 and rnd.state is RoundState.WAITING
+    out = rnd.handle(VotesSeen(tally_of(keyset, req, [vote("a", req), vote("b", req)])), T0 + 5)
+    asks = [e for e in out if isinstance(e, Ask)]
+    assert rnd.state is RoundState.ASKING and sorted(a.peer for a in asks) == sorted(PEER[n] for n in "abcde")
+    assert all(len(a.votes) == 2 for a in asks)
+    good = releases(keyset, shares, req)
+    for n in "abcd":
+        out = rnd.handle(Released(PEER[n], (good[n],)), T0 + 6)
+    assert rnd.state is RoundState.ASKING  # t are in, but e's answer is still owed: it might be a liar
+    out = rnd.handle(Refused(PEER["e"], "busy"), T0 + 6)
+    done = [e for e in out if isinstance(e, Succeeded)]
+    assert rnd.state is RoundState.SUCCEEDED and done[0].master == b"the master key" and done[0].bad == ()
+    assert done[0].timings["quorum"] == 5000.0 and done[0].timings["total"] == 6000.0
+    with pytest.raises(RoundOver):
+        rnd.handle(Tick(), T0 + 7)
+
+
+def test_denials_fail_the_round_at_once() -> None:
+    keyset, _, req, rnd = setup()
+    rnd.handle(Start(), T0)
+    out = rnd.handle(VotesSeen(tally_of(keyset, req, [vote("a", req, "deny"), vote("b", req, "deny")])), T0 + 1)
+    assert rnd.state is RoundState.FAILED
+    assert isinstance(out[-1], Failed) and out[-1].message.startswith("request denied: 2 approvers voted deny")
+
+
+def test_an_equivocator_is_named_in_the_failure() -> None:
+    keyset, _, req, rnd = setup(timeout=5)
+    rnd.handle(Start(), T0)
+    rnd.handle(VotesSeen(tally_of(keyset, req, [vote("a", req), vote("a", req, "deny")])), T0 + 1)
+    out = rnd.handle(Tick(), T0 + 5)
+    assert isinstance(out[-1], Failed)
+    assert out[-1].message == f"no quorum within 5 s: 0 of 2 approvals, 1 void for contradictory votes ({PEER['a']})"
+
+
+def test_a_liar_is_named_never_used_and_the_others_carry_the_round() -> None:
+    keyset, shares, req, rnd = setup()
+    rnd.handle(Start(), T0)
+    rnd.handle(VotesSeen(tally_of(keyset, req, [vote("a", req), vote("b", req)])), T0 + 1)
+    wrong = dataclasses.replace(shares[0], value=shares[0].value + 1)
+    lie = releases(keyset, [wrong], req, names="a")["a"]
+    good = releases(keyset, shares, req)
+    rnd.handle(Released(PEER["a"], (lie,)), T0 + 2)
+    assert rnd.session.holders[PEER["a"]].state is HolderState.INVALID
+    with pytest.raises(IllegalHolderMove):  # invalid is final
+        rnd.session.holders[PEER["a"]].move(HolderState.OK)
+    for n in "bcde":
+        out = rnd.handle(Released(PEER[n], (good[n],)), T0 + 3)
+    done = out[-1]
+    assert isinstance(done, Succeeded) and [b[0] for b in done.bad] == [PEER["a"]] and 1 not in done.used_indices
+
+
+def test_refused_and_unreachable_are_asked_again_after_a_pause() -> None:
+    keyset, shares, req, rnd = setup()
+    rnd.handle(Start(), T0)
+    rnd.handle(VotesSeen(tally_of(keyset, req, [vote("a", req), vote("b", req)])), T0 + 1)
+    for n in "abc":
+        rnd.handle(Refused(PEER[n], "no quorum yet"), T0 + 2)
+    for n in "de":
+        out = rnd.handle(Unreachable(PEER[n], "connection refused"), T0 + 2)
+    assert not [e for e in out if isinstance(e, Ask)] and WakeAt(T0 + 2 + RETRY) in out
+    out = rnd.handle(Tick(), T0 + 2 + RETRY)
+    assert sorted(e.peer for e in out if isinstance(e, Ask)) == sorted(PEER[n] for n in "abcde")
+
+
+def test_the_deadline_fails_with_what_was_missing() -> None:
+    keyset, shares, req, rnd = setup(timeout=10)
+    rnd.handle(Start(), T0)
+    rnd.handle(VotesSeen(tally_of(keyset, req, [vote("a", req), vote("b", req)])), T0 + 1)
+    good = releases(keyset, shares, req)
+    rnd.handle(Released(PEER["a"], (good["a"],)), T0 + 2)
+    out = rnd.handle(Tick(), T0 + 10)
+    assert isinstance(out[-1], Failed) and out[-1].message.startswith("1 of 3 required partial decryptions")
+    assert "no answer from" in out[-1].message
+
+
+def test_answers_from_peers_not_asked_are_refused() -> None:
+    keyset, shares, req, rnd = setup()
+    rnd.handle(Start(), T0)
+    with pytest.raises(ValueError, match="was not asked"):
+        rnd.handle(Released(PEER["a"], (b"junk",)), T0 + 1)
+
+
+class RoundMachine(RuleBasedStateMachine):
+    """Random answers (good, lying, refused, unreachable) and ticks, in random orders."""
+
+    @initialize(mode=st.sampled_from(["unwrap", "shares"]))
+    def start(self, mode: str) -> None:
+        self.keyset, shares, self.req, self.rnd = setup(mode, timeout=20)
+        self.good = releases(self.keyset, shares, self.req)
+        wrong = [dataclasses.replace(s, value=s.value + 1) for s in shares]
+        self.lies = releases(self.keyset, wrong, self.req)
+        self.now = T0
+        self.effects = self.rnd.handle(Start(), self.now)
+        self.effects += self.rnd.handle(VotesSeen(tally_of(self.keyset, self.req, [vote("a", self.req),
+                                                                                     vote("b", self.req)])), self.now)
+        self.ever_invalid: set[str] = set()
+        self.finished = 0
+
+    def feed(self, event: object) -> None:
+        out = self.rnd.handle(event, self.now)  # type: ignore[arg-type]
+        self.finished += sum(isinstance(e, Succeeded | Failed) for e in out)
+        for e in out:
+            if isinstance(e, Succeeded):
+                assert e.master == b"the master key"
+                assert {b[0] for b in e.bad} <= self.ever_invalid  # only a holder that lied is named
+        self.effects += out
+
+    def live(self) -> bool:
+        return self.rnd.state is RoundState.ASKING
+
+    @precondition(lambda self: self.live() and self.rnd.in_flight)
+    @rule(data=st.data(), what=st.sampled_from(["good", "lie", "refused", "unreachable"]))
+    def answer(self, data: st.DataObject, what: str) -> None:
+        peer = data.draw(st.sampled_from(sorted(self.rnd.in_flight)))
+        name = next(n for n, pid in PEER.items() if pid == peer)
+        event = {"good": Released(peer, (self.good[name],)), "lie": Released(peer, (self.lies[name],)),
+                 "refused": Refused(peer, "not yet"), "unreachable": Unreachable(peer, "down")}[what]
+        if what == "lie":
+            self.ever_invalid.add(peer)
+        self.feed(event)
+
+    @precondition(lambda self: self.live())
+    @rule(dt=st.floats(0.1, 3.0))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        self.feed(Tick())
+
+    @precondition(lambda self: not self.live())
+    @rule()
+    def after_the_end(self) -> None:
+        with pytest.raises(RoundOver):
+            self.rnd.handle(Tick(), self.now)
+
+    @invariant()
+    def holders_follow_their_table(self) -> None:
+        if not hasattr(self, "rnd"):
+            return
+        for peer in self.ever_invalid:
+            assert self.rnd.session.holders[peer].state is HolderState.INVALID  # invalid stays invalid
+        for peer in self.rnd.in_flight:
+            assert self.rnd.session.holders[peer].state is HolderState.ASKED
+        assert self.finished <= 1
+        assert (self.finished == 1) == (self.rnd.state in (RoundState.SUCCEEDED, RoundState.FAILED))
+        assert len({b[0] for b in self.rnd.session.bad}) == len(self.rnd.session.bad)  # each liar once
+
+
+TestRoundMachine = RoundMachine.TestCase
+TestRoundMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+
+
+def test_public_surface_exports_the_machine() -> None:
+    assert p.ReleaseRound is ReleaseRound
+
+
+def test_t_answers_and_the_deadline_succeed_without_the_silent_rest() -> None:
+    keyset, shares, req, rnd = setup(timeout=10)
+    rnd.handle(Start(), T0)
+    rnd.handle(VotesSeen(tally_of(keyset, req, [vote("a", req), vote("b", req)])), T0 + 1)
+    good = releases(keyset, shares, req)
+    for n in "abc":
+        rnd.handle(Released(PEER[n], (good[n],)), T0 + 2)
+    out = rnd.handle(Tick(), T0 + 10)
+    assert isinstance(out[-1], Succeeded) and out[-1].master == b"the master key"
