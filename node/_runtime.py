@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from shardnet import protocol as p
-from shardnet.protocol import Added, Descriptor, Request, Vote, b58decode, wire
+from shardnet.protocol import Added, Descriptor, Request, Vote, b58decode, outbox, wire
 
 from . import _api, _net
 from ._clock import Clock, Rng
@@ -50,6 +50,10 @@ CONNECT_TIMEOUT = 5.0
 MAX_PEERS = 32
 BACKOFF_MAX = 30.0
 MAX_CONTROL_REQUEST = 256 * 1024
+
+
+def _slot_key(row: Any) -> tuple[str, int, int, str]:
+    return (row["keyset_id"], row["epoch"], row["idx"], row["custodian"])
 
 
 class ControlError(Exception):
@@ -81,7 +85,8 @@ class NodeRuntime:
         self.started = 0.0
         self.outbox_wakeup = trio.Event()
         self.progress = trio.Event()
-        self._backoff: dict[str, tuple[float, float]] = {}  # peer -> (next delivery, delay)
+        self._slots: dict[tuple[str, int, int, str], outbox.OutboxSlot] = {}  # pending deliveries
+        self._notice_backoff: dict[str, tuple[float, float]] = {}  # peer -> (next notice, delay)
         self._dial_backoff: dict[str, tuple[float, float]] = {}  # peer -> (next dial, delay)
         self._pulled: set[str] = set()
         self._known = {r["peer_id"] for r in self.store.custodians()}
@@ -208,7 +213,10 @@ class NodeRuntime:
                 # New addresses (a restart): retry now rather than after back-off.
                 self._addrs[d.peer_id] = d.addrs
                 self._dial_backoff.pop(d.peer_id, None)
-                self._backoff.pop(d.peer_id, None)
+                self._notice_backoff.pop(d.peer_id, None)
+                for key, slot in self._slots.items():
+                    if key[3] == d.peer_id and slot.state is outbox.OutboxState.PENDING:
+                        slot.handle(outbox.PeerBack(), trio.current_time())
                 self.outbox_wakeup.set()
 
     async def _on_directory_pull(self, remote: str, frame: bytes) -> bytes:
@@ -392,16 +400,23 @@ class NodeRuntime:
         peer = row["peer"]
         record = self.store.keyset(row["keyset_id"])
         assert record is not None
+        state, error = "delivered", None
         try:
             await self._reach(peer, wire.KEYSET.id)
             await self._request(peer, wire.KEYSET, record["record"])
-            self.store.mark_notice(row["keyset_id"], peer, "delivered", error=None, now=self.now())
         except _net.RemoteError as exc:
             # Busy or slow is for later; anything else is the approver's answer.
-            state = "pending" if exc.status in (_net.ReplyStatus.BUSY, _net.ReplyStatus.TIMEOUT) else "refused"
-            self.store.mark_notice(row["keyset_id"], peer, state, error=exc.reason, now=self.now())
+            busy = exc.status in (_net.ReplyStatus.BUSY, _net.ReplyStatus.TIMEOUT)
+            state, error = ("pending" if busy else "refused"), exc.reason
         except _net.RequestError as exc:
-            self.store.mark_notice(row["keyset_id"], peer, "pending", error=str(exc), now=self.now())
+            state, error = "pending", str(exc)
+        self.store.mark_notice(row["keyset_id"], peer, state, error=error, now=self.now())
+        if state == "pending":
+            _, delay = self._notice_backoff.get(peer, (0.0, 0.25))
+            delay = min(BACKOFF_MAX, delay * 2)
+            self._notice_backoff[peer] = (trio.current_time() + delay, delay)
+        else:
+            self._notice_backoff.pop(peer, None)
 
     async def _on_release(self, remote: str, frame: bytes) -> bytes:
         try:
@@ -429,61 +444,68 @@ class NodeRuntime:
             raise _net.RequestRejected(str(exc)) from None
 
     async def _outbox_loop(self) -> None:
+        """Drive one outbox slot machine per pending delivery (protocol/_outbox.py)."""
         limiter = trio.CapacityLimiter(16)
         while True:
             self.outbox_wakeup = trio.Event()
-            rows = self.store.pending()
             now = trio.current_time()
-            rows_or_notices = bool(rows) or bool(self.store.pending_notices())
+            rows = {_slot_key(r): r for r in self.store.pending()}
+            for key in set(self._slots) - set(rows):  # delivered, refused or gone meanwhile
+                del self._slots[key]
+            wake = now + 30.0
             by_peer: dict[str, list[Any]] = {}
-            for row in rows:
-                due, _ = self._backoff.get(row["custodian"], (0.0, 0.0))
-                if due <= now:
-                    by_peer.setdefault(row["custodian"], []).append(row)
+            for key, row in rows.items():
+                slot = self._slots.setdefault(key, outbox.OutboxSlot(now=now))
+                for effect in slot.handle(outbox.Tick(), now):
+                    if isinstance(effect, outbox.Send):
+                        by_peer.setdefault(row["custodian"], []).append(row)
+                    elif isinstance(effect, outbox.WakeAt):
+                        wake = min(wake, effect.time)
             notices = [r for r in self.store.pending_notices()
-                       if self._backoff.get(r["peer"], (0.0, 0.0))[0] <= now]
+                       if self._notice_backoff.get(r["peer"], (0.0, 0.0))[0] <= now]
+            if notices or self.store.pending_notices():
+                wake = min(wake, now + 1.0)
             if by_peer or notices:
                 async with trio.open_nursery() as n:
                     for peer, peer_rows in by_peer.items():
                         n.start_soon(self._deliver_to, peer, peer_rows, limiter)
                     for notice in notices:
                         n.start_soon(self._notify, notice)
-            with trio.move_on_after(1.0 if rows_or_notices else 30.0):
+                continue  # outcomes may have made other slots due
+            with trio.move_on_at(wake):
                 await self.outbox_wakeup.wait()
 
     async def _deliver_to(self, peer: str, rows: list[Any], limiter: trio.CapacityLimiter) -> None:
         async with limiter:
-            ok = True
             for row in rows:
-                ok = await self._deliver_one(row) and ok
-            if ok:
-                self._backoff.pop(peer, None)
-            else:
-                _, delay = self._backoff.get(peer, (0.0, 0.5))
-                delay = min(BACKOFF_MAX, delay * 2)
-                self._backoff[peer] = (trio.current_time() + delay, delay)
+                await self._deliver_one(row)
             self.progress.set()
             self.progress = trio.Event()
 
-    async def _deliver_one(self, row: Any) -> bool:
+    async def _deliver_one(self, row: Any) -> None:
+        """Send one slot's shard and feed the outcome to its machine."""
         assert self.net is not None
         peer = row["custodian"]
+        slot = self._slots[_slot_key(row)]
         frame, cover = self.owner.delivery_frame(row, self.now())
+        receipt = None
+        event: outbox.Event
         try:
             if peer == self.peer_id:
                 reply = self.custodian.handle_delivery(self.peer_id, frame, self.now())
             else:
                 await self._reach(peer, wire.DELIVER.id)
                 reply = await self._request(peer, wire.DELIVER, frame)
-            r = self.owner.accept_receipt(row, cover, reply, self.now())
-            log.info("shard %s:%d -> %s: %s%s", row["keyset_id"][:12], row["idx"], peer, r.status,
-                     f" ({r.reason})" if r.reason else "")
-            return True
+            receipt = self.owner.check_receipt(row, cover, reply)
+            event = outbox.Receipted(receipt.status, receipt.reason)
+            log.info("shard %s:%d -> %s: %s%s", row["keyset_id"][:12], row["idx"], peer, receipt.status,
+                     f" ({receipt.reason})" if receipt.reason else "")
         except (_net.RequestError, Rejected, p.ShardnetError) as exc:
-            self.store.record_attempt(row["keyset_id"], row["epoch"], row["idx"], peer,
-                                      error=str(exc)[:400], now=self.now())
+            event = outbox.SendFailed(str(exc))
             log.info("delivery of %s:%d to %s failed: %s", row["keyset_id"][:12], row["idx"], peer, exc)
-            return False
+        for effect in slot.handle(event, trio.current_time()):
+            if isinstance(effect, outbox.Record):
+                self.owner.record(row, effect, receipt, self.now())
 
     # -- control socket -------------------------------------------------------------
 

@@ -343,24 +343,31 @@ class Owner:
                               sent_at=now, nonce=self.rng(16))
         return p.encode([wire.DELIVER_FRAME_TAG, 1, cover.signed, ks["record"], row["envelope"]]), cover
 
-    def accept_receipt(self, row: Any, cover: Delivery, reply: bytes, now: int) -> Receipt:
-        """Check a custodian's receipt against what we sent; record delivered or refused."""
+    def check_receipt(self, row: Any, cover: Delivery, reply: bytes) -> Receipt:
+        """The custodian's receipt, checked against what we sent; raises if it does not answer it."""
         r = Receipt.from_bytes(reply, custodian=row["custodian"])
         expect = (cover.keyset_id, cover.epoch, cover.index, cover.shard_digest,
                   hashlib.sha256(cover.signed).digest())
         if (r.keyset_id, r.epoch, r.index, r.shard_digest, r.delivery_digest) != expect:
             raise p.MalformedEncoding("receipt does not answer the delivery we sent")
-        key = (row["keyset_id"], row["epoch"], row["idx"], row["custodian"])
-        body = {"keyset": row["keyset_id"], "epoch": row["epoch"], "index": row["idx"],
-                "custodian": row["custodian"], "status": r.status, "receipt_sha256":
-                hashlib.sha256(r.signed).hexdigest()}
-        if r.status == "refused":
-            body["reason"] = r.reason
-            self.store.mark_refused(*key, reason=r.reason, now=now, audit=AuditEvent("refused", body, self.key))
-        else:
-            self.store.mark_delivered(*key, receipt=r.signed, now=now,
-                                      audit=AuditEvent("receipt", body, self.key))
         return r
+
+    def record(self, row: Any, outcome: p.outbox.Record, receipt: Receipt | None, now: int) -> None:
+        """Carry out an outbox slot's Record effect: delivered, refused, or one more failed attempt."""
+        key = (row["keyset_id"], row["epoch"], row["idx"], row["custodian"])
+        if outcome.state is p.outbox.OutboxState.PENDING or receipt is None:
+            self.store.record_attempt(*key, error=outcome.detail[:400], now=now)
+            return
+        body = {"keyset": row["keyset_id"], "epoch": row["epoch"], "index": row["idx"],
+                "custodian": row["custodian"], "status": receipt.status, "receipt_sha256":
+                hashlib.sha256(receipt.signed).hexdigest()}
+        if outcome.state is p.outbox.OutboxState.REFUSED:
+            body["reason"] = receipt.reason
+            self.store.mark_refused(*key, reason=receipt.reason, now=now,
+                                    audit=AuditEvent("refused", body, self.key))
+        else:
+            self.store.mark_delivered(*key, receipt=receipt.signed, now=now,
+                                      audit=AuditEvent("receipt", body, self.key))
 
 
 # -- reconstruction: requests, votes, releases --------------------------------------
