@@ -21,7 +21,7 @@ from typing import Any
 
 from shardnet import protocol as p
 
-from . import cli
+from ._cli_base import EXIT_FAIL, EXIT_OK, Failure, Parser, UsageError, emit, positive
 from ._clock import system_clock, system_rng
 from ._home import Home, HomeError, init_home
 
@@ -39,7 +39,7 @@ def parse_duration(text: str) -> int:
 def _home(args: argparse.Namespace) -> Home:
     path = args.home or os.environ.get("SHARDNET_HOME")
     if not path:
-        raise cli.UsageError("--home DIR is required (or set SHARDNET_HOME)")
+        raise UsageError("--home DIR is required (or set SHARDNET_HOME)")
     return Home(pathlib.Path(path).absolute())
 
 
@@ -57,8 +57,8 @@ def _ask(args: argparse.Namespace, cmd: str, cargs: dict[str, Any] | None = None
         return offline(home)
     except ControlFailed as exc:
         if exc.exit_code == 2:
-            raise cli.UsageError(str(exc)) from None
-        raise cli.Failure(str(exc)) from None
+            raise UsageError(str(exc)) from None
+        raise Failure(str(exc)) from None
 
 
 def _offline_store(fn: Callable[[Any, Home], Any]) -> Callable[[Home], Any]:
@@ -93,9 +93,9 @@ def cmd_init(args: argparse.Namespace) -> int:
                      org=args.org or "", listen=args.listen or None, rng=system_rng)
     info = {"home": str(home.path), "peer_id": home.peer_id(), "name": args.name,
             "country": args.country.upper(), "listen": home.config()["listen"]}
-    cli._emit(args, info, f"initialised node {args.name} ({info['country']}) in {home.path}\n"
+    emit(args, info, f"initialised node {args.name} ({info['country']}) in {home.path}\n"
               f"peer id {info['peer_id']}\nstart it with: shardnet run --home {home.path}")
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -110,7 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from . import _net
-    from ._runtime import ControlError, NodeRuntime
+    from ._control_server import ControlError
+    from ._runtime import NodeRuntime
 
     _net.route_libp2p_logging(logging.getLogger("shardnet.libp2p"), logging.WARNING)
     # A custodian that is down fails our dials; the node logs that once per
@@ -120,8 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         runtime = NodeRuntime(home, bootstrap=args.bootstrap or [], clock=system_clock, rng=system_rng)
         trio.run(runtime.run)
     except ControlError as exc:
-        raise cli.Failure(str(exc)) from None
-    return cli.EXIT_OK
+        raise Failure(str(exc)) from None
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -144,8 +145,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"shards    {st['shards_held']} held; {st['keysets_owned']} keysets owned, "
         f"{st['deliveries_pending']} deliveries pending",
     ]
-    cli._emit(args, st, "\n".join(lines))
-    return cli.EXIT_OK
+    emit(args, st, "\n".join(lines))
+    return EXIT_OK
 
 
 def cmd_custodians(args: argparse.Namespace) -> int:
@@ -157,8 +158,8 @@ def cmd_custodians(args: argparse.Namespace) -> int:
           c["peer_id"]] for c in rows],
         ["  NAME", "CC", "CITY", "CONT", "ORG", "PEER ID"],
     )
-    cli._emit(args, rows, f"{table}\n{len(rows)} custodians (* = this node)")
-    return cli.EXIT_OK
+    emit(args, rows, f"{table}\n{len(rows)} custodians (* = this node)")
+    return EXIT_OK
 
 
 def cmd_key_list(args: argparse.Namespace) -> int:
@@ -173,20 +174,20 @@ def cmd_key_list(args: argparse.Namespace) -> int:
         deliv = f"{d['delivered']} delivered, {d['pending']} pending, {d['refused']} refused" if d else "-"
         out.append([k["keyset"], k["role"], f"{k['threshold']}-of-{k['shares']}", k["epoch"], k["status"],
                     ",".join(map(str, k["held"])) or "-", deliv])
-    cli._emit(args, rows, _table(out, ["KEYSET", "ROLE", "T-OF-N", "EPOCH", "STATUS", "HELD", "DELIVERIES"])
+    emit(args, rows, _table(out, ["KEYSET", "ROLE", "T-OF-N", "EPOCH", "STATUS", "HELD", "DELIVERIES"])
               if rows else "no keysets")
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 def cmd_key_show(args: argparse.Namespace) -> int:
     from . import _api
 
     if not args.keyset:
-        raise cli.UsageError("key show needs a KEYSET (id or unique prefix)")
+        raise UsageError("key show needs a KEYSET (id or unique prefix)")
     d = _ask(args, "key-show", {"keyset": args.keyset},
              offline=_offline_store(lambda s, h: _api.keyset_detail(s, args.keyset)))
-    cli._emit(args, d, _format_keyset(d))
-    return cli.EXIT_OK
+    emit(args, d, _format_keyset(d))
+    return EXIT_OK
 
 
 def _format_keyset(d: dict[str, Any]) -> str:
@@ -237,7 +238,7 @@ def cmd_key_import(args: argparse.Namespace) -> int:
 
     master = read_input(args.input, p.MAX_MASTER)
     if not master:
-        raise cli.UsageError(f"{args.input}: the key file is empty")
+        raise UsageError(f"{args.input}: the key file is empty")
     policy = None
     if args.policy:
         policy = read_input(args.policy, 64 * 1024).decode("utf-8", "replace")
@@ -257,8 +258,8 @@ def cmd_key_import(args: argparse.Namespace) -> int:
     text = _format_keyset(d) + f"\n\n{summary}"
     if states.count("pending"):
         text += "\npending shards stay in the outbox and are delivered when their custodians come back"
-    cli._emit(args, d, text)
-    return cli.EXIT_FAIL if states.count("refused") else cli.EXIT_OK
+    emit(args, d, text)
+    return EXIT_FAIL if states.count("refused") else EXIT_OK
 
 
 def _peer_list(text: str) -> list[str]:
@@ -273,9 +274,9 @@ def cmd_key_reconstruct(args: argparse.Namespace) -> int:
 
     out = pathlib.Path(args.out)
     if out.exists() and not args.force:
-        raise cli.UsageError(f"{out} already exists (use --force to overwrite)")
+        raise UsageError(f"{out} already exists (use --force to overwrite)")
     if not out.parent.is_dir():
-        raise cli.UsageError(f"{out.parent}: no such directory")
+        raise UsageError(f"{out.parent}: no such directory")
     tty = sys.stderr.isatty()
 
     def progress(ev: dict[str, Any]) -> None:
@@ -308,8 +309,8 @@ def cmd_key_reconstruct(args: argparse.Namespace) -> int:
     if res["exposed"]:
         text += ("\nthe custodians' shares were released to this node: the keyset is marked exposed; "
                  "treat the key as exposed and rotate it")
-    cli._emit(args, res, text)
-    return cli.EXIT_OK
+    emit(args, res, text)
+    return EXIT_OK
 
 
 def cmd_requests(args: argparse.Namespace) -> int:
@@ -321,20 +322,20 @@ def cmd_requests(args: argparse.Namespace) -> int:
                      (r["my_vote"] or "-") if r["approver"] else "not approver", r["reason"][:40]]
                     for r in rows],
                    ["REQUEST", "KEYSET", "REQUESTER", "MODE", "APPROVALS", "STATE", "YOUR VOTE", "REASON"])
-    cli._emit(args, rows, table if rows else "no reconstruction requests")
-    return cli.EXIT_OK
+    emit(args, rows, table if rows else "no reconstruction requests")
+    return EXIT_OK
 
 
 def cmd_vote(args: argparse.Namespace) -> int:
     res = _ask(args, args.decision, {"request": args.request})
-    cli._emit(args, res, f"voted {res['decision']} on request {res['request']} (signed and published)")
-    return cli.EXIT_OK
+    emit(args, res, f"voted {res['decision']} on request {res['request']} (signed and published)")
+    return EXIT_OK
 
 
 def cmd_threat(args: argparse.Namespace) -> int:
     res = _ask(args, "threat-level", {"level": args.level})
-    cli._emit(args, res, f"threat level {res['threat_level']}")
-    return cli.EXIT_OK
+    emit(args, res, f"threat level {res['threat_level']}")
+    return EXIT_OK
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -348,11 +349,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     try:
         res = _ask(args, "audit-verify", offline=offline)
     except AuditChainBroken as exc:
-        raise cli.Failure(str(exc)) from None
+        raise Failure(str(exc)) from None
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(res["kinds"].items()))
-    cli._emit(args, res, f"audit log OK: {res['entries']} entries ({kinds or 'none'}), chain and signatures "
+    emit(args, res, f"audit log OK: {res['entries']} entries ({kinds or 'none'}), chain and signatures "
               f"verified (head {res['head'][:16] if res['head'] else '-'})")
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -393,23 +394,23 @@ def register(sub: Any) -> None:
         sp.set_defaults(func=fn)
 
     kp = sub.add_parser("key", help="import, list and show keysets")
-    ksub = kp.add_subparsers(dest="key_command", metavar="ACTION", parser_class=cli._Parser)
+    ksub = kp.add_subparsers(dest="key_command", metavar="ACTION", parser_class=Parser)
     ksub.required = True
     sp = ksub.add_parser("import", help="split a key and deliver its shards to custodians")
     home_arg(sp)
     sp.add_argument("--in", dest="input", required=True, metavar="FILE", help="key file, or - for stdin")
-    sp.add_argument("--threshold", "-t", type=cli._positive, required=True, metavar="T")
-    sp.add_argument("--shares", "-n", type=cli._positive, required=True, metavar="N")
+    sp.add_argument("--threshold", "-t", type=positive, required=True, metavar="T")
+    sp.add_argument("--shares", "-n", type=positive, required=True, metavar="N")
     sp.add_argument("--placement", metavar="EXPR",
                     help="e.g. distinct:country,min-distinct:continent=3,exclude:country=US "
                     "(default distinct:country when enough countries are known)")
-    sp.add_argument("--redundancy", type=cli._positive, default=1, metavar="R",
+    sp.add_argument("--redundancy", type=positive, default=1, metavar="R",
                     help="custodians per shard index, never two in one country")
     sp.add_argument("--expires", type=parse_duration, metavar="DURATION", help="e.g. 365d")
     sp.add_argument("--kem", choices=p.KEMS, default="x25519")
     sp.add_argument("--approvers", type=_peer_list, metavar="PEER,...",
                     help="who approves reconstruction (peer ids or custodian names; default: the custodians)")
-    sp.add_argument("--quorum", type=cli._positive, metavar="K", help="approvals needed (default: t)")
+    sp.add_argument("--quorum", type=positive, metavar="K", help="approvals needed (default: t)")
     sp.add_argument("--policy", metavar="FILE", help="Cedar policy for reconstruction (default: allow "
                     "any request that reached quorum, unless the custodian's threat level is critical)")
     sp.add_argument("--wait", type=float, default=30.0, metavar="S", help="seconds to wait for receipts")
@@ -452,7 +453,7 @@ def register(sub: Any) -> None:
     sp.set_defaults(func=cmd_threat)
 
     ap = sub.add_parser("audit", help="the signed delivery log")
-    asub = ap.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=cli._Parser)
+    asub = ap.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=Parser)
     asub.required = True
     sp = asub.add_parser("verify", help="check the hash chain and every signature")
     home_arg(sp)

@@ -27,6 +27,7 @@ from shardnet.protocol import Request, wire
 from shardnet.protocol import release_round as rr
 
 from . import _net
+from ._control_server import ControlError
 from ._services import Rejected
 
 if TYPE_CHECKING:
@@ -152,6 +153,4 @@ def _finish(node: NodeRuntime, request: Request, outcome: str, bad: list[dict[st
 
 
 def _fail(message: str) -> NoReturn:
-    from ._runtime import ControlError
-
     raise ControlError(message, 1)

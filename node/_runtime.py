@@ -19,8 +19,7 @@ import json
 import logging
 import os
 import signal
-import socket as _socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -30,8 +29,10 @@ from shardnet.protocol import Added, Descriptor, Request, Vote, b58decode, outbo
 
 from . import _api, _net
 from ._clock import Clock, Rng
+from ._control_server import Command, Emit, bind_control, serve_control
 from ._files import write_atomic
 from ._home import Home
+from ._reconstruct import reconstruct
 from ._services import (
     VERSION,
     Approvals,
@@ -49,17 +50,10 @@ PULL_EVERY = 5.0
 CONNECT_TIMEOUT = 5.0
 MAX_PEERS = 32
 BACKOFF_MAX = 30.0
-MAX_CONTROL_REQUEST = 256 * 1024
 
 
 def _slot_key(row: Any) -> tuple[str, int, int, str]:
     return (row["keyset_id"], row["epoch"], row["idx"], row["custodian"])
-
-
-class ControlError(Exception):
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class NodeRuntime:
@@ -109,7 +103,7 @@ class NodeRuntime:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         listen = list(self.cfg.get("listen") or ["/ip4/127.0.0.1/tcp/0"])
         self.home.run_dir.mkdir(mode=0o700, exist_ok=True)
-        control = self._bind_control()
+        control = bind_control(self.home)
         try:
             async with _net.running_node_host(self.seed, listen) as net:
                 self.net = net
@@ -139,7 +133,7 @@ class NodeRuntime:
                     nursery.start_soon(self._publish_loop)
                     nursery.start_soon(self._peers_loop)
                     nursery.start_soon(self._outbox_loop)
-                    nursery.start_soon(self._serve_control, control, nursery)
+                    nursery.start_soon(serve_control, control, self.commands(), nursery)
                     nursery.start_soon(self._signals)
                     log.info("node %s (%s, %s) listening on %s", self.cfg["name"], self.cfg["country"],
                              self.peer_id, ", ".join(net.listen_addrs))
@@ -507,114 +501,56 @@ class NodeRuntime:
             if isinstance(effect, outbox.Record):
                 self.owner.record(row, effect, receipt, self.now())
 
-    # -- control socket -------------------------------------------------------------
-
-    def _bind_control(self) -> trio.SocketListener:
-        path = str(self.home.control_socket)
-        probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        else:
-            raise ControlError(f"a node is already running in {self.home.path}")
-        finally:
-            probe.close()
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        old = os.umask(0o177)  # the socket file is 0600 from the moment it exists
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old)
-        sock.listen(16)
-        return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-
-    async def _serve_control(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        while True:
-            stream = await listener.accept()
-            nursery.start_soon(self._control_conn, stream)
-
-    async def _control_conn(self, stream: trio.SocketStream) -> None:
-        async with stream:
-            buf = b""
-            with trio.move_on_after(10):
-                while b"\n" not in buf and len(buf) < MAX_CONTROL_REQUEST:
-                    chunk = await stream.receive_some(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-            try:
-                req = json.loads(buf.split(b"\n", 1)[0])
-                cmd, args = str(req["cmd"]), dict(req.get("args") or {})
-            except (ValueError, KeyError, TypeError):
-                await _send(stream, {"ok": False, "error": "malformed control request", "exit": 2})
-                return
-
-            async def emit(event: dict[str, Any]) -> None:
-                await _send(stream, {"event": event})
-
-            try:
-                result = await self.control(cmd, args, emit)
-                await _send(stream, {"ok": True, "result": result})
-            except ControlError as exc:
-                await _send(stream, {"ok": False, "error": str(exc), "exit": exc.exit_code})
-            except (ValueError, LookupError, p.MalformedEncoding) as exc:
-                await _send(stream, {"ok": False, "error": _msg(exc), "exit": 2})
-            except (p.ShardnetError, OSError) as exc:
-                await _send(stream, {"ok": False, "error": _msg(exc), "exit": 1})
-            except trio.BrokenResourceError:
-                return
-            except Exception as exc:  # a bug: report it, keep the node up
-                log.exception("control command %s failed", cmd)
-                await _send(stream, {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}",
-                                     "exit": 1})
+    # -- control commands -----------------------------------------------------------
 
     def live(self) -> dict[str, Any]:
         assert self.net is not None
         return {"addrs": self.net.listen_addrs, "peers": self.connected(),
                 "uptime_s": trio.current_time() - self.started}
 
-    async def control(self, cmd: str, args: dict[str, Any],
-                      emit: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
-        if cmd == "status":
-            return _api.status(self.store, self.peer_id, self.cfg, self.live())
-        if cmd == "custodians":
-            return _api.custodians(self.store, self.peer_id)
-        if cmd == "key-list":
-            return _api.keysets(self.store)
-        if cmd == "key-show":
-            return _api.keyset_detail(self.store, str(args["keyset"]))
-        if cmd == "audit-verify":
-            return _api.audit_verify(self.store, self.key.public_key().public_bytes_raw())
-        if cmd == "key-import":
-            return await self._import(args, emit)
-        if cmd == "requests":
-            return self.approvals.listing(self.now())
-        if cmd in ("approve", "deny"):
-            vote = self.approvals.cast(str(args["request"]), cmd, self.now())
+    def commands(self) -> dict[str, Command]:
+        """The control socket's command table."""
+        def reads(fn: Callable[[dict[str, Any]], Any]) -> Command:
+            async def command(args: dict[str, Any], emit: Emit) -> Any:
+                return fn(args)
+            return command
+
+        return {
+            "status": reads(lambda a: _api.status(self.store, self.peer_id, self.cfg, self.live())),
+            "custodians": reads(lambda a: _api.custodians(self.store, self.peer_id)),
+            "key-list": reads(lambda a: _api.keysets(self.store)),
+            "key-show": reads(lambda a: _api.keyset_detail(self.store, str(a["keyset"]))),
+            "audit-verify": reads(lambda a: _api.audit_verify(self.store, self.key.public_key().public_bytes_raw())),
+            "requests": reads(lambda a: self.approvals.listing(self.now())),
+            "threat-level": reads(self._threat_level),
+            "stop": reads(lambda a: self._stop_command()),
+            "key-import": self._import,
+            "approve": self._vote("approve"),
+            "deny": self._vote("deny"),
+            "key-reconstruct": lambda a, emit: reconstruct(self, a, emit),
+        }
+
+    def _vote(self, decision: str) -> Command:
+        async def command(args: dict[str, Any], emit: Emit) -> Any:
+            vote = self.approvals.cast(str(args["request"]), decision, self.now())
             self.wake_voters()
             await self._publish(wire.VOTE_TOPIC.name, vote.signed)
             return {"request": vote.request_id, "decision": vote.decision, "approver": vote.approver}
-        if cmd == "key-reconstruct":
-            from ._reconstruct import reconstruct
+        return command
 
-            return await reconstruct(self, args, emit)
-        if cmd == "threat-level":
-            if args.get("level") is not None:
-                level = int(args["level"])
-                if not 0 <= level <= 5:
-                    raise ValueError("threat level is 0 (low) to 5 (critical)")
-                self.store.put_kv("threat_level", str(level).encode())
-            return {"threat_level": self.threat_level()}
-        if cmd == "stop":
-            self.stop()
-            return {"stopping": True}
-        raise ControlError(f"unknown control command {cmd!r}", 2)
+    def _threat_level(self, args: dict[str, Any]) -> Any:
+        if args.get("level") is not None:
+            level = int(args["level"])
+            if not 0 <= level <= 5:
+                raise ValueError("threat level is 0 (low) to 5 (critical)")
+            self.store.put_kv("threat_level", str(level).encode())
+        return {"threat_level": self.threat_level()}
 
-    async def _import(self, args: dict[str, Any], emit: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
+    def _stop_command(self) -> Any:
+        self.stop()
+        return {"stopping": True}
+
+    async def _import(self, args: dict[str, Any], emit: Emit) -> Any:
         import base64
 
         master = base64.b64decode(args["key"])
@@ -643,10 +579,3 @@ class NodeRuntime:
         detail["note"] = res.note
         return detail
 
-
-def _msg(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
-async def _send(stream: trio.SocketStream, obj: dict[str, Any]) -> None:
-    await stream.send_all((json.dumps(obj) + "\n").encode())

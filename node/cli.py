@@ -12,32 +12,10 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
 
 from shardnet import protocol as p
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad usage or bad input: exit 2."""
-
-
-class Failure(Exception):
-    """The command could not do its job: exit 1."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-def _emit(args: argparse.Namespace, data: Any, human: str) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=1, sort_keys=True))
-    else:
-        print(human)
-
+from ._cli_base import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Failure, Parser, UsageError, emit, positive
 
 # -- offline -------------------------------------------------------------------------
 
@@ -55,7 +33,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         f"Any {res.keyset.threshold} share files and the keyset file recover the key "
         "(shardnet combine). Store each share file with a different custodian.",
     ]
-    _emit(args, res.to_json(), "\n".join(lines))
+    emit(args, res.to_json(), "\n".join(lines))
     return EXIT_OK
 
 
@@ -65,7 +43,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
     res = combine_files(args.keyset, args.share, args.out, force=args.force)
     for b in res.bad:
         print(f"shardnet: warning: {b.source}: invalid share (index {b.index}), skipped", file=sys.stderr)
-    _emit(args, res.to_json(),
+    emit(args, res.to_json(),
           f"recovered {res.size}-byte key into {res.out} from {len(res.used)} shares: {', '.join(res.used)}")
     return EXIT_OK
 
@@ -105,25 +83,15 @@ def cmd_bench_network(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="shardnet", description="Peer-to-peer custodian network for master keys.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser = Parser(prog="shardnet", description="Peer-to-peer custodian network for master keys.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     sp = sub.add_parser("split", help="split a key file into share files (offline)")
     sp.add_argument("--in", dest="input", required=True, metavar="KEYFILE", help="key file, or - for stdin")
-    sp.add_argument("--threshold", "-t", type=_positive, required=True, metavar="T")
-    sp.add_argument("--shares", "-n", type=_positive, required=True, metavar="N")
+    sp.add_argument("--threshold", "-t", type=positive, required=True, metavar="T")
+    sp.add_argument("--shares", "-n", type=positive, required=True, metavar="N")
     sp.add_argument("--out-dir", required=True, metavar="DIR")
     sp.add_argument("--kem", choices=p.KEMS, default="x25519")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
@@ -138,13 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=cmd_combine)
 
     bp = sub.add_parser("bench", help="benchmarks")
-    bsub = bp.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
+    bsub = bp.add_subparsers(dest="bench", metavar="BENCH", parser_class=Parser)
     bsub.required = True
     bs = bsub.add_parser("sharing", help="split/combine against peer libraries")
     bs.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bs.set_defaults(func=cmd_bench_sharing)
     bn = bsub.add_parser("network", help="import latency, RSS, directory convergence (10 processes)")
-    bn.add_argument("--runs", type=_positive, default=5, metavar="N")
+    bn.add_argument("--runs", type=positive, default=5, metavar="N")
     bn.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bn.set_defaults(func=cmd_bench_network)
 

@@ -129,3 +129,38 @@ def test_node_imports_simulations_only_lazily() -> None:
     assert {k: v for k, v in eager.items() if v} == {}
     lazy = "".join(p.read_text() for p in (ROOT / "node").glob("*.py"))
     assert "shardnet.simulations" in lazy  # the demo and bench commands do import it, inside themselves
+
+
+def node_import_graph() -> dict[str, set[str]]:
+    """Module-level imports between node/ modules (imports under TYPE_CHECKING excluded)."""
+    graph: dict[str, set[str]] = {}
+    for path in (ROOT / "node").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        deps: set[str] = set()
+        for stmt in tree.body:
+            if isinstance(stmt, ast.If) and "TYPE_CHECKING" in ast.unparse(stmt.test):
+                continue
+            if isinstance(stmt, ast.ImportFrom):
+                if stmt.level == 1:
+                    deps |= {stmt.module} if stmt.module else {a.name for a in stmt.names}
+                elif stmt.module and stmt.module.startswith("shardnet.node."):
+                    deps.add(stmt.module.removeprefix("shardnet.node."))
+        graph[path.stem] = deps & {p.stem for p in (ROOT / "node").glob("*.py")}
+    return graph
+
+
+def test_node_modules_import_each_other_without_cycles() -> None:
+    graph = node_import_graph()
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join([*path, module])}"
+        if module in done:
+            return
+        for dep in sorted(graph.get(module, ())):
+            visit(dep, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert "_reconstruct" in graph["_runtime"] and "_runtime" not in graph["_reconstruct"]

@@ -1,0 +1,122 @@
+"""The node side of the control socket: one JSON request per connection, a command table.
+
+The CLI (``_control.py``) sends ``{"cmd": ..., "args": {...}}`` as one line.
+The server looks the command up in the table it was given, and answers with
+zero or more ``{"event": ...}`` lines (progress) and one final
+``{"ok": true, "result": ...}`` or ``{"ok": false, "error": ..., "exit": N}``.
+
+Exit codes: 2 for bad usage or bad input (ValueError, LookupError, malformed
+data, an unknown command), 1 for a failure (ControlError, any other shardnet
+or OS error). A bug is reported as one line too, and the node stays up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket as _socket
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import trio
+
+from shardnet import protocol as p
+
+from ._home import Home
+
+log = logging.getLogger("shardnet.node")
+
+MAX_CONTROL_REQUEST = 256 * 1024
+REQUEST_READ_TIMEOUT = 10.0
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+#: ``await command(args, emit) -> result`` (anything JSON can carry).
+Command = Callable[[dict[str, Any], Emit], Awaitable[Any]]
+
+
+class ControlError(Exception):
+    """A command failed in a way the user should read; ``exit_code`` is the CLI's."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def bind_control(home: Home) -> trio.SocketListener:
+    """Listen on ``DIR/run/control.sock`` (mode 0600); refuse if a node already answers there."""
+    path = str(home.control_socket)
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    else:
+        raise ControlError(f"a node is already running in {home.path}")
+    finally:
+        probe.close()
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket file is 0600 from the moment it exists
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(16)
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+async def serve_control(listener: trio.SocketListener, commands: Mapping[str, Command],
+                        nursery: trio.Nursery) -> None:
+    while True:
+        stream = await listener.accept()
+        nursery.start_soon(_connection, stream, commands)
+
+
+async def _connection(stream: trio.SocketStream, commands: Mapping[str, Command]) -> None:
+    async with stream:
+        buf = b""
+        with trio.move_on_after(REQUEST_READ_TIMEOUT):
+            while b"\n" not in buf and len(buf) < MAX_CONTROL_REQUEST:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                buf += chunk
+        try:
+            req = json.loads(buf.split(b"\n", 1)[0])
+            cmd, args = str(req["cmd"]), dict(req.get("args") or {})
+        except (ValueError, KeyError, TypeError):
+            await _send(stream, {"ok": False, "error": "malformed control request", "exit": 2})
+            return
+
+        async def emit(event: dict[str, Any]) -> None:
+            await _send(stream, {"event": event})
+
+        command = commands.get(cmd)
+        try:
+            if command is None:
+                raise ControlError(f"unknown control command {cmd!r}", 2)
+            result = await command(args, emit)
+            await _send(stream, {"ok": True, "result": result})
+        except ControlError as exc:
+            await _send(stream, {"ok": False, "error": str(exc), "exit": exc.exit_code})
+        except (ValueError, LookupError, p.MalformedEncoding) as exc:
+            await _send(stream, {"ok": False, "error": _msg(exc), "exit": 2})
+        except (p.ShardnetError, OSError) as exc:
+            await _send(stream, {"ok": False, "error": _msg(exc), "exit": 1})
+        except trio.BrokenResourceError:
+            return
+        except Exception as exc:  # a bug: report it, keep the node up
+            log.exception("control command %s failed", cmd)
+            await _send(stream, {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}",
+                                 "exit": 1})
+
+
+def _msg(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+async def _send(stream: trio.SocketStream, obj: dict[str, Any]) -> None:
+    await stream.send_all((json.dumps(obj) + "\n").encode())
