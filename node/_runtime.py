@@ -32,6 +32,7 @@ from ._clock import Clock, Rng
 from ._control_server import Command, Emit, bind_control, serve_control
 from ._files import write_atomic
 from ._home import Home
+from ._keystore import Keystore
 from ._reconstruct import reconstruct
 from ._services import (
     VERSION,
@@ -57,22 +58,22 @@ def _slot_key(row: Any) -> tuple[str, int, int, str]:
 
 
 class NodeRuntime:
-    def __init__(self, home: Home, *, bootstrap: list[str] | None = None, clock: Clock, rng: Rng) -> None:
+    def __init__(self, home: Home, *, keystore: Keystore, bootstrap: list[str] | None = None, clock: Clock,
+                 rng: Rng) -> None:
         self.home = home
         self.cfg = home.config()
-        self.key = home.identity()
-        self.seed = home.identity_seed()
-        self.hpke = home.hpke_keys()
+        self.keystore = keystore
+        self.key = keystore.signer
         self.clock = clock
         self.rng = rng
         self.bootstrap = list(bootstrap or [])
         self.store = home.open_store()
         self.peer_id = home.peer_id()
         self.directory = Directory(self.store, self.peer_id)
-        self.custodian = Custodian(self.store, self.key, self.hpke)
+        self.custodian = Custodian(self.store, keystore)
         self.owner = Owner(self.store, self.key, self.directory, rng)
         self.approvals = Approvals(self.store, self.key)
-        self.releaser = Releaser(self.store, self.key, self.hpke, self.approvals, self.directory,
+        self.releaser = Releaser(self.store, keystore, self.approvals, self.directory,
                                  self.threat_level)
         self.votes_changed = trio.Event()
         self.net: _net.NetHost | None = None
@@ -105,7 +106,7 @@ class NodeRuntime:
         self.home.run_dir.mkdir(mode=0o700, exist_ok=True)
         control = bind_control(self.home)
         try:
-            async with _net.running_node_host(self.seed, listen) as net:
+            async with _net.running_node_host(self.keystore.transport_seed(), listen) as net:
                 self.net = net
                 self.started = trio.current_time()
                 self._publish_self()
@@ -165,7 +166,7 @@ class NodeRuntime:
     def _descriptor(self) -> Descriptor:
         assert self.net is not None
         return Descriptor.make(
-            self.key, addrs=self.net.listen_addrs, hpke={k: v.public_bytes() for k, v in self.hpke.items()},
+            self.key, addrs=self.net.listen_addrs, hpke=self.keystore.hpke_public(),
             name=self.cfg["name"], country=self.cfg["country"], city=self.cfg.get("city", ""),
             org=self.cfg.get("org", ""), version=VERSION, seq=int(self.clock() * 1000),
         )

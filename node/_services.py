@@ -15,8 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from shardnet import protocol as p
 from shardnet.protocol import (
     DEFAULT_POLICY,
@@ -42,6 +40,7 @@ from shardnet.protocol import (
 )
 
 from ._clock import Rng
+from ._keystore import Keystore
 from ._store import AuditEvent, NewOutboxItem, ShardConflict, Store
 
 VERSION = "0.1.0"
@@ -130,11 +129,12 @@ class Directory:
 class Custodian:
     """Receives shards: verifies everything, stores the sealed shard, signs a receipt."""
 
-    def __init__(self, store: Store, key: Ed25519PrivateKey, hpke: dict[str, p.HpkePrivateKey]) -> None:
+    def __init__(self, store: Store, keystore: Keystore) -> None:
         self.store = store
-        self.key = key
-        self.hpke = hpke
-        self.peer_id = peer_id_of(key.public_key().public_bytes_raw())
+        self.keystore = keystore
+        self.key = keystore.signer
+        self.hpke = keystore.openers()
+        self.peer_id = keystore.peer_id
         self._seen: OrderedDict[bytes, int] = OrderedDict()
         self._limiter = AuditLimiter()
 
@@ -219,14 +219,15 @@ class Custodian:
             raise p.MalformedEncoding("shard metadata and keyset disagree on t, n or the policy")
         del share  # verified; only the sealed form is ever stored
         held = self.store.held_shard(keyset.id_hex, meta.epoch, meta.index)
-        if held is not None and held["sealed"] == sealed:
+        if held is not None and self.keystore.open_at_rest(held["sealed"]) == sealed:
             return "already-held"
         body = {"keyset": keyset.id_hex, "epoch": meta.epoch, "index": meta.index,
                 "owner": peer_id_of(cover.owner), "shard_sha256": digest.hex()}
         with self.store.transaction():
             self.store.put_keyset(_keyset_row(keyset, "custodian"), now=now)
             self.store.put_held_shard(
-                keyset.id_hex, meta.epoch, meta.index, sealed=sealed, meta=meta.signed, now=now,
+                keyset.id_hex, meta.epoch, meta.index, sealed=self.keystore.seal_at_rest(sealed), meta=meta.signed,
+                now=now,
                 audit=AuditEvent("store", body, self.key),
             )
         return "stored"
@@ -254,7 +255,7 @@ class ImportResult:
 class Owner:
     """Deals keys, places and seals shards, and turns receipts into outbox state."""
 
-    def __init__(self, store: Store, key: Ed25519PrivateKey, directory: Directory, rng: Rng) -> None:
+    def __init__(self, store: Store, key: p.Signer, directory: Directory, rng: Rng) -> None:
         self.store = store
         self.key = key
         self.directory = directory
@@ -377,7 +378,7 @@ class Owner:
 class Approvals:
     """Requests and votes this node has seen, and its own votes."""
 
-    def __init__(self, store: Store, key: Ed25519PrivateKey) -> None:
+    def __init__(self, store: Store, key: p.Signer) -> None:
         self.store = store
         self.key = key
         self.peer_id = peer_id_of(key.public_key().public_bytes_raw())
@@ -552,15 +553,16 @@ class Approvals:
 class Releaser:
     """A custodian's release service: decides on its own, then releases sealed to the requester."""
 
-    def __init__(self, store: Store, key: Ed25519PrivateKey, hpke: dict[str, p.HpkePrivateKey],
-                 approvals: Approvals, directory: Directory, threat_level: Callable[[], int]) -> None:
+    def __init__(self, store: Store, keystore: Keystore, approvals: Approvals, directory: Directory,
+                 threat_level: Callable[[], int]) -> None:
         self.store = store
-        self.key = key
-        self.hpke = hpke
+        self.keystore = keystore
+        self.key = keystore.signer
+        self.hpke = keystore.openers()
         self.approvals = approvals
         self.directory = directory
         self.threat_level = threat_level
-        self.peer_id = peer_id_of(key.public_key().public_bytes_raw())
+        self.peer_id = keystore.peer_id
         self._policies: dict[bytes, Policy] = {}
         self._refusals: set[tuple[str, str]] = set()
         self._limiter = AuditLimiter()
@@ -622,7 +624,8 @@ class Releaser:
             raise Rejected(reason) from None
         out = []
         for h in held:
-            meta, share = p.open_shard(h["sealed"], self.hpke[p.read_shard_meta(h["sealed"]).kem],
+            sealed = self.keystore.open_at_rest(h["sealed"])
+            meta, share = p.open_shard(sealed, self.hpke[p.read_shard_meta(sealed).kem],
                                        recipient=self.peer_id, now=now, commitments=keyset.commitments)
             rel = Release.make(self.key, req, epoch=keyset.epoch, index=share.index,
                                payload=self._payload(keyset, req, share))

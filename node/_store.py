@@ -49,12 +49,12 @@ from types import TracebackType
 from typing import Any, Final, Literal, NotRequired, Self, TypeAlias, TypedDict, cast
 
 import sqlite_utils
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shardnet.protocol import (
     AuditChainBroken,
     AuditEntry,
     MalformedEncoding,
+    Signer,
     verify_chain,
 )
 from shardnet.protocol import decode_audit_body as decode_body
@@ -201,7 +201,7 @@ class AuditEvent:
 
     kind: str
     body: Mapping[str, object]
-    key: Ed25519PrivateKey = field(repr=False)
+    key: Signer = field(repr=False)
 
 
 # -- schema ------------------------------------------------------------------------
@@ -992,7 +992,7 @@ class Store:
     # -- audit log ---------------------------------------------------------------
 
     def append_audit(
-        self, kind: str, body: Mapping[str, object], time: int, key: Ed25519PrivateKey
+        self, kind: str, body: Mapping[str, object], time: int, key: Signer
     ) -> AuditEntry:
         """Sign and append the entry after the current head, in one transaction.
 
@@ -1003,7 +1003,7 @@ class Store:
             return self._append(kind, body, time, key)
 
     def _append(
-        self, kind: str, body: Mapping[str, object], time: int, key: Ed25519PrivateKey
+        self, kind: str, body: Mapping[str, object], time: int, key: Signer
     ) -> AuditEntry:
         assert self._db.conn.in_transaction, "audit entries are appended inside a transaction"
         entry = make_entry(self.audit_head(), time=time, kind=kind, body=body, key=key)

@@ -55,8 +55,8 @@ from ._reconstruct import ReconstructionFailed, Session
 from ._records import Delivery, Descriptor, Receipt, b58decode, peer_id_of, public_key_of
 from ._release_round import ReleaseRound
 from ._requests import Release, Request, Vote, partial_payload, share_payload
-from ._shard import HpkePrivateKey, ShardMeta, open_shard, read_shard_meta, seal_shard
-from ._sign import open_signed, sign_body
+from ._shard import HpkeOpener, HpkePrivateKey, ShardMeta, open_shard, read_shard_meta, seal_shard
+from ._sign import Signer, open_signed, sign_body
 from ._unwrap import Partial, combine_partials, partial_decrypt, verify_partial
 from ._vss import (
     MAX_SHARES,
@@ -77,9 +77,9 @@ __all__ = [
     "InvalidShare", "InvalidShares", "InvalidSignature", "MalformedEncoding", "MixedShares",
     "PolicyError", "ReconstructionFailed", "ReleaseDenied", "RemoteProtocolError", "ShardExpired",
     "ShardnetError", "TooFewPartials", "TooFewShares", "WrongRecipient",
-    "Added", "ApprovalRule", "AuditEntry", "Delivery", "Descriptor", "Equivocation", "HpkePrivateKey",
+    "Added", "ApprovalRule", "AuditEntry", "Delivery", "Descriptor", "Equivocation", "HpkeOpener", "HpkePrivateKey",
     "Keyset", "Partial", "Policy", "Receipt", "Recovered", "RefreshDeal", "Release", "Request",
-    "ReleaseRound", "ReshareDeal", "Session", "Share", "ShardMeta", "Tally", "TallyState", "Vote",
+    "ReleaseRound", "ReshareDeal", "Session", "Signer", "Share", "ShardMeta", "Tally", "TallyState", "Vote",
     "b58decode", "batch_verify_shares", "check_params", "combine_key", "combine_partials",
     "continent_of", "decide_release", "decode", "decode_audit_body", "decode_record", "encode",
     "encode_audit_body", "keyset_from_text", "keyset_to_text", "make_audit_entry", "open_shard",

@@ -31,11 +31,11 @@ from typing import Any
 import msgpack
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 
 from ._errors import MalformedEncoding, RemoteProtocolError
+from ._sign import Signer
 
 AUDIT_TAG = "shardnet/audit"
 AUDIT_VERSION = 1
@@ -212,7 +212,7 @@ def make_entry(
     time: int,
     kind: str,
     body: Mapping[str, object],
-    key: Ed25519PrivateKey,
+    key: Signer,
 ) -> AuditEntry:
     """Sign the entry that follows ``prev`` (or the first entry, if None).
 

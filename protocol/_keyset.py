@@ -33,7 +33,6 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -50,7 +49,7 @@ from ._errors import (
     MixedShares,
     TooFewShares,
 )
-from ._sign import open_signed, public_bytes, sign_body
+from ._sign import Signer, open_signed, public_bytes, sign_body
 
 KEYSET_TAG = "shardnet/keyset"
 HEADER_TAG = "shardnet/keyset-header"
@@ -203,7 +202,7 @@ class Keyset:
 
     def next_epoch(
         self, *, commitments: Sequence[bytes], threshold: int, shares: int,
-        signer: Ed25519PrivateKey, attrs: dict[str, Any] | None = None,
+        signer: Signer, attrs: dict[str, Any] | None = None,
     ) -> Keyset:
         """The signed record for the next epoch (after a refresh or reshare)."""
         if commitments[0] != self.public_key:
@@ -218,7 +217,7 @@ class Keyset:
         )
 
 
-def _signed(signer: Ed25519PrivateKey, **kw: Any) -> Keyset:
+def _signed(signer: Signer, **kw: Any) -> Keyset:
     """Sign a record we built ourselves (no need to re-validate our own points)."""
     unsigned = Keyset(**kw, owner=b"", signed=b"")
     signed = sign_body(signer, encode(unsigned._fields()))
@@ -256,7 +255,7 @@ def _open(key: bytes, sealed: bytes, aad: bytes, what: str) -> bytes:
 
 
 def split_key(
-    master: bytes, threshold: int, shares: int, *, owner: Ed25519PrivateKey, now: int,
+    master: bytes, threshold: int, shares: int, *, owner: Signer, now: int,
     not_after: int | None = None, kem: str = "x25519", policy_hash: bytes = bytes(32),
     attrs: dict[str, Any] | None = None, rng: g.Rng = os.urandom,
 ) -> tuple[Keyset, list[Share]]:

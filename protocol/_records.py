@@ -13,12 +13,10 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from ._codec import encode, want, want_bytes, want_int
 from ._errors import InvalidSignature, MalformedEncoding
 from ._geo import continent_of
-from ._sign import open_signed, public_bytes, sign_body
+from ._sign import Signer, open_signed, public_bytes, sign_body
 from ._wire import DIRECTORY_TOPIC
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -103,7 +101,7 @@ class Descriptor:
 
     @classmethod
     def make(
-        cls, key: Ed25519PrivateKey, *, addrs: list[str], hpke: dict[str, bytes], name: str,
+        cls, key: Signer, *, addrs: list[str], hpke: dict[str, bytes], name: str,
         country: str, city: str, org: str, version: str, seq: int,
     ) -> Descriptor:
         cc = country.upper()
@@ -161,7 +159,7 @@ class Delivery:
     signed: bytes = field(default=b"", repr=False, compare=False)
 
     @classmethod
-    def make(cls, key: Ed25519PrivateKey, *, keyset_id: bytes, epoch: int, index: int, recipient: str,
+    def make(cls, key: Signer, *, keyset_id: bytes, epoch: int, index: int, recipient: str,
              sealed: bytes, sent_at: int, nonce: bytes) -> Delivery:
         body = encode([DELIVER_TAG, 1, keyset_id, epoch, index, recipient,
                        hashlib.sha256(sealed).digest(), sent_at, nonce])
@@ -197,7 +195,7 @@ class Receipt:
     signed: bytes = field(default=b"", repr=False, compare=False)
 
     @classmethod
-    def make(cls, key: Ed25519PrivateKey, *, keyset_id: bytes, epoch: int, index: int,
+    def make(cls, key: Signer, *, keyset_id: bytes, epoch: int, index: int,
              shard_digest: bytes, delivery_digest: bytes, status: str, reason: str, time: int) -> Receipt:
         if status not in RECEIPT_STATUSES:
             raise ValueError(f"unknown receipt status {status!r}")

@@ -15,15 +15,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from . import _group as g
 from ._codec import decode_record, encode, want, want_bytes, want_int
 from ._errors import InvalidSignature, MalformedEncoding
 from ._keyset import Share
 from ._records import peer_id_of, signed_by
 from ._shard import HpkePrivateKey, hpke_seal
-from ._sign import open_signed, public_bytes, sign_body
+from ._sign import Signer, open_signed, public_bytes, sign_body
 from ._unwrap import Partial
 from ._wire import REQUEST_TOPIC, VOTE_TOPIC
 
@@ -60,7 +58,7 @@ class Request:
         return _id(self.signed)
 
     @classmethod
-    def make(cls, key: Ed25519PrivateKey, *, keyset_id: bytes, mode: str, reason: str, ephemeral: bytes,
+    def make(cls, key: Signer, *, keyset_id: bytes, mode: str, reason: str, ephemeral: bytes,
              nonce: bytes, created: int, not_after: int) -> Request:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose unwrap or shares")
@@ -98,7 +96,7 @@ class Vote:
     signed: bytes = field(default=b"", repr=False, compare=False)
 
     @classmethod
-    def make(cls, key: Ed25519PrivateKey, request: Request, decision: str, time: int) -> Vote:
+    def make(cls, key: Signer, request: Request, decision: str, time: int) -> Vote:
         if decision not in DECISIONS:
             raise ValueError("a vote is approve or deny")
         body = encode([VOTE_TAG, 1, request.id, request.keyset_id, peer_id_of(public_bytes(key)),
@@ -137,7 +135,7 @@ class Release:
                 + self.index.to_bytes(2, "big") + self.mode.encode() + self.custodian.encode())
 
     @classmethod
-    def make(cls, key: Ed25519PrivateKey, request: Request, *, epoch: int, index: int,
+    def make(cls, key: Signer, request: Request, *, epoch: int, index: int,
              payload: bytes) -> Release:
         me = peer_id_of(public_bytes(key))
         draft = cls(request.id, request.keyset_id, epoch, index, request.mode, me, b"")

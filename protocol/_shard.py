@@ -14,16 +14,16 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import _group as g
 from ._codec import decode_record, encode, want, want_bytes, want_int
 from ._errors import DecryptionFailed, InvalidShare, MalformedEncoding, ShardExpired, WrongRecipient
 from ._keyset import KEMS, Share, commitments_digest
-from ._sign import open_signed, sign_body
+from ._sign import Signer, open_signed, sign_body
 from ._vss import MAX_SHARES, verify_share
 
 META_TAG = "shardnet/shard-meta"
@@ -157,7 +157,7 @@ class ShardMeta:
 
 
 def seal_shard(
-    meta: ShardMeta, share: Share, recipient_public: bytes, *, owner: Ed25519PrivateKey
+    meta: ShardMeta, share: Share, recipient_public: bytes, *, owner: Signer
 ) -> bytes:
     """Sign ``meta`` and HPKE-seal ``share`` to the recipient under it."""
     if (share.keyset_id, share.epoch, share.index) != (meta.keyset_id, meta.epoch, meta.index):
@@ -174,8 +174,17 @@ def read_shard_meta(sealed: bytes, *, owner: bytes | None = None) -> ShardMeta:
     return ShardMeta.from_signed(want_bytes(signed_meta, "shard metadata"), owner=owner)
 
 
+class HpkeOpener(Protocol):
+    """What opens a sealed shard: an HPKE private key in memory (``HpkePrivateKey``
+    is one), or a keystore that does the key agreement where the key lives."""
+
+    kem: str
+
+    def open(self, ciphertext: bytes, info: bytes) -> bytes: ...
+
+
 def open_shard(
-    sealed: bytes, key: HpkePrivateKey, *, recipient: str, now: int, owner: bytes | None = None,
+    sealed: bytes, key: HpkeOpener, *, recipient: str, now: int, owner: bytes | None = None,
     commitments: Sequence[bytes] | None = None,
 ) -> tuple[ShardMeta, Share]:
     """Open a sealed shard addressed to ``recipient`` and check everything.

@@ -8,13 +8,10 @@ domain-separated per record kind (house style 7).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ._codec import MAX_RECORD, decode_record, encode, want_bytes
 from ._errors import InvalidSignature, MalformedEncoding
@@ -23,11 +20,20 @@ SIG_DOMAIN = b"shardnet/sig/v1\x00"
 SIGNED_TAG = "shardnet/signed"
 
 
-def public_bytes(key: Ed25519PrivateKey) -> bytes:
+class Signer(Protocol):
+    """What signs records: an Ed25519 key in memory (``Ed25519PrivateKey`` is one),
+    or a key that never leaves a keystore, such as a token's."""
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def public_key(self) -> Ed25519PublicKey: ...
+
+
+def public_bytes(key: Signer) -> bytes:
     return key.public_key().public_bytes_raw()
 
 
-def sign_body(key: Ed25519PrivateKey, body: bytes) -> bytes:
+def sign_body(key: Signer, body: bytes) -> bytes:
     sig = key.sign(SIG_DOMAIN + body)
     return encode([SIGNED_TAG, 1, body, public_bytes(key), sig])
 

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardnet import protocol as p
+from shardnet.node._keystore import FileKeystore
 from shardnet.node._services import (
     Approvals,
     Custodian,
@@ -209,12 +210,13 @@ class Node:
 
     def __init__(self, path: pathlib.Path, share: p.Share) -> None:
         self.store = Store(path)
-        self.key = Ed25519PrivateKey.generate()
         self.hpke = {"x25519": p.HpkePrivateKey.generate("x25519", os.urandom)}
-        self.custodian = Custodian(self.store, self.key, self.hpke)
+        keystore = FileKeystore(os.urandom(32), self.hpke)
+        self.key = keystore.signer
+        self.custodian = Custodian(self.store, keystore)
         self.approvals = Approvals(self.store, self.key)
-        self.releaser = Releaser(self.store, self.key, self.hpke, self.approvals,
-                                 Directory(self.store, self.custodian.peer_id), lambda: 0)
+        self.releaser = Releaser(self.store, keystore, self.approvals, Directory(self.store, keystore.peer_id),
+                                 lambda: 0)
         me = self.custodian.peer_id
         meta = p.ShardMeta(KEYSET.keyset_id, 0, share.index, KEYSET.shares, KEYSET.threshold, me, NOW, None,
                            KEYSET.policy_hash, KEYSET.commitments_digest, "x25519")

@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shardnet import protocol as p
+from shardnet.node._keystore import FileKeystore
 from shardnet.node._services import Custodian, Rejected
 from shardnet.node._store import Store
 from shardnet.protocol import wire
@@ -21,16 +22,15 @@ NOW = int(time.time())
 @pytest.fixture
 def custodian(tmp_path: pathlib.Path):
     store = Store(tmp_path / "node.db")
-    key = Ed25519PrivateKey.generate()
     hpke = {"x25519": p.HpkePrivateKey.generate("x25519", os.urandom)}
-    yield Custodian(store, key, hpke), store
+    yield Custodian(store, FileKeystore(os.urandom(32), hpke)), store
     store.close()
 
 
 def frame(c: Custodian, owner: Ed25519PrivateKey, keyset: p.Keyset, share: p.Share) -> bytes:
     meta = p.ShardMeta(keyset.keyset_id, 0, share.index, keyset.shares, keyset.threshold, c.peer_id, NOW, None,
                        keyset.policy_hash, keyset.commitments_digest, "x25519")
-    sealed = p.seal_shard(meta, share, c.hpke["x25519"].public_bytes(), owner=owner)
+    sealed = p.seal_shard(meta, share, c.keystore.hpke_public()["x25519"], owner=owner)
     cover = Delivery.make(owner, keyset_id=keyset.keyset_id, epoch=0, index=share.index, recipient=c.peer_id,
                           sealed=sealed, sent_at=NOW, nonce=os.urandom(16))
     return p.encode([wire.DELIVER_FRAME_TAG, 1, cover.signed, keyset.signed, sealed])
