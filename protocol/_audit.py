@@ -21,21 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import re
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PublicKey,
-)
-
-from ._errors import MalformedEncoding, RemoteProtocolError
-from ._sign import Signer
+from ._codec import decode, encode, strict
+from ._errors import InvalidSignature, MalformedEncoding, RemoteProtocolError
+from ._sign import Signer, sign_in_domain, verify_in_domain
 
 AUDIT_TAG = "shardnet/audit"
 AUDIT_VERSION = 1
@@ -48,8 +42,6 @@ MAX_BODY_BYTES = 64 * 1024  # the canonical encoding of one body
 MAX_BODY_DEPTH = 16  # nesting of maps and arrays inside a body
 MAX_KIND_LEN = 64
 _KIND_RE = re.compile(r"[a-z][a-z0-9_.-]*")
-_INT_MIN = -(1 << 63)
-_INT_MAX = (1 << 64) - 1  # msgpack's integer range
 _TIME_MAX = (1 << 63) - 1  # fits SQLite INTEGER
 
 
@@ -100,46 +92,6 @@ class AuditEntry:
 # -- canonical encoding -------------------------------------------------------
 
 
-def _canonical(value: object, depth: int) -> object:
-    """A canonical copy of ``value``; ValueError for anything not allowed."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        if not _INT_MIN <= value <= _INT_MAX:
-            raise ValueError(f"audit body integer {value} is outside msgpack's range")
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("audit body floats must be finite")
-        return float(value)
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if depth >= MAX_BODY_DEPTH:
-        raise ValueError(f"audit body is nested more than {MAX_BODY_DEPTH} levels deep")
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v, depth + 1) for v in value]
-    if isinstance(value, Mapping):
-        return _canonical_map(value, depth + 1)
-    raise ValueError(f"audit body cannot hold a {type(value).__name__}")
-
-
-def _canonical_map(value: Mapping[Any, object], depth: int) -> dict[str, Any]:
-    for key in value:
-        if not isinstance(key, str):
-            raise ValueError(f"audit body keys must be str, not {type(key).__name__}")
-    return {str.__str__(k): _canonical(value[k], depth) for k in sorted(value)}
-
-
-def _pack(value: object) -> bytes:
-    try:
-        packed: bytes = msgpack.packb(value, use_bin_type=True)
-    except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
-        raise ValueError(f"audit body cannot be encoded: {exc}") from None
-    return packed
-
-
 def canonical_body(body: Mapping[str, object]) -> dict[str, Any]:
     """The canonical form of ``body``: keys sorted at every level, arrays as lists.
 
@@ -148,11 +100,12 @@ def canonical_body(body: Mapping[str, object]) -> dict[str, Any]:
     """
     if not isinstance(body, Mapping):
         raise ValueError(f"audit body must be a map, not {type(body).__name__}")
-    return _canonical_map(body, 0)
+    canon: dict[str, Any] = strict(body, max_depth=MAX_BODY_DEPTH, what="audit body")
+    return canon
 
 
 def _encode_canonical(canon: dict[str, Any]) -> bytes:
-    data = _pack(canon)
+    data = encode(canon)
     if len(data) > MAX_BODY_BYTES:
         raise ValueError(
             f"audit body encodes to {len(data)} bytes, over the {MAX_BODY_BYTES}-byte cap"
@@ -179,27 +132,21 @@ def decode_body(data: bytes) -> dict[str, Any]:
             f"audit body is {len(data)} bytes, over the {MAX_BODY_BYTES}-byte cap"
         )
     try:
-        value = msgpack.unpackb(
-            data, raw=False, strict_map_key=True, use_list=True, max_ext_len=0
-        )
-    except Exception as exc:  # msgpack raises many unrelated types on garbage
-        raise MalformedEncoding(f"audit body is not msgpack: {type(exc).__name__}") from None
+        value = decode(data, max_size=MAX_BODY_BYTES, max_items=MAX_BODY_BYTES)
+    except MalformedEncoding as exc:
+        raise MalformedEncoding(f"audit body: {exc}") from None
     if not isinstance(value, dict):
         raise MalformedEncoding("audit body is not a map")
     try:
-        body = canonical_body(value)
-        again = _pack(body)
+        return canonical_body(value)  # only the value types an audit body may hold
     except ValueError as exc:
         raise MalformedEncoding(str(exc)) from None
-    if again != data:
-        raise MalformedEncoding("audit body is not in canonical form")
-    return body
 
 
 def _entry_digest(
     seq: int, prev: bytes, time: int, kind: str, body: Mapping[str, object], signer: bytes
 ) -> bytes:
-    canonical = _pack([AUDIT_TAG, AUDIT_VERSION, seq, prev, time, kind, body, signer])
+    canonical = encode([AUDIT_TAG, AUDIT_VERSION, seq, prev, time, kind, body, signer])
     return hashlib.sha256(canonical).digest()
 
 
@@ -236,7 +183,7 @@ def make_entry(
         seq, prev_hash = prev.seq + 1, prev.hash
     signer = key.public_key().public_bytes_raw()
     digest = _entry_digest(seq, prev_hash, time, kind, canon, signer)
-    sig = key.sign(SIG_DOMAIN + digest)
+    sig = sign_in_domain(key, SIG_DOMAIN, digest)
     return AuditEntry(seq, prev_hash, time, kind, canon, signer, digest, sig)
 
 
@@ -303,8 +250,8 @@ def verify_chain(
         if not hmac.compare_digest(digest, entry.hash):
             raise AuditChainBroken(seq, "hash mismatch (entry was edited)")
         try:
-            Ed25519PublicKey.from_public_bytes(entry.signer).verify(entry.sig, SIG_DOMAIN + digest)
-        except (_CryptoInvalidSignature, ValueError):
+            verify_in_domain(entry.signer, SIG_DOMAIN, digest, entry.sig)
+        except InvalidSignature:
             raise AuditChainBroken(seq, "bad signature (entry was edited or forged)") from None
         if trusted_signers is not None and entry.signer not in trusted_signers:
             raise AuditChainBroken(

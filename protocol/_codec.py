@@ -12,6 +12,8 @@ first, then every string, bytes, array and map length inside msgpack itself.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import msgpack
@@ -31,7 +33,53 @@ def _canonical(value: Any) -> Any:
 
 def encode(value: Any) -> bytes:
     """Canonical bytes of ``value`` (maps sorted by key, tuples as arrays)."""
-    return msgpack.packb(_canonical(value), use_bin_type=True)
+    try:
+        packed: bytes = msgpack.packb(_canonical(value), use_bin_type=True)
+    except (UnicodeEncodeError, OverflowError, TypeError) as exc:
+        raise ValueError(f"cannot be encoded: {exc}") from None
+    return packed
+
+
+_INT_MIN = -(1 << 63)
+_INT_MAX = (1 << 64) - 1  # msgpack's integer range
+
+
+def strict(value: object, *, max_depth: int, what: str = "value") -> Any:
+    """A canonical copy of ``value`` that holds only what the codec can write.
+
+    Allowed: None, bool, int (msgpack's range), finite float, str, bytes, and
+    lists and str-keyed maps of these, with at most ``max_depth`` levels of
+    arrays and maps inside the outermost one.
+    Maps come back with sorted keys, arrays as lists. ValueError otherwise.
+    """
+    return _strict(value, 0, max_depth, what)
+
+
+def _strict(value: object, depth: int, max_depth: int, what: str) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise ValueError(f"{what} integer {value} is outside msgpack's range")
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{what} floats must be finite")
+        return float(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if depth > max_depth:  # the outermost array or map is depth 0
+        raise ValueError(f"{what} is nested more than {max_depth} levels deep")
+    if isinstance(value, (list, tuple)):
+        return [_strict(v, depth + 1, max_depth, what) for v in value]
+    if isinstance(value, Mapping):
+        for key in value:
+            if not isinstance(key, str):
+                raise ValueError(f"{what} keys must be str, not {type(key).__name__}")
+        return {str.__str__(k): _strict(value[k], depth + 1, max_depth, what) for k in sorted(value)}
+    raise ValueError(f"{what} cannot hold a {type(value).__name__}")
 
 
 def decode(data: bytes, *, max_size: int = MAX_RECORD, max_items: int = 4096) -> Any:

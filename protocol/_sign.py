@@ -33,16 +33,26 @@ def public_bytes(key: Signer) -> bytes:
     return key.public_key().public_bytes_raw()
 
 
+def sign_in_domain(key: Signer, domain: bytes, message: bytes) -> bytes:
+    """Ed25519 over ``domain || message``: every signature names what it is for."""
+    return key.sign(domain + message)
+
+
+def verify_in_domain(signer: bytes, domain: bytes, message: bytes, sig: bytes) -> None:
+    """Raise InvalidSignature unless ``sig`` is ``signer``'s over ``domain || message``."""
+    try:
+        Ed25519PublicKey.from_public_bytes(signer).verify(sig, domain + message)
+    except (_CryptoInvalidSignature, ValueError):
+        raise InvalidSignature("signature does not verify") from None
+
+
 def sign_body(key: Signer, body: bytes) -> bytes:
-    sig = key.sign(SIG_DOMAIN + body)
+    sig = sign_in_domain(key, SIG_DOMAIN, body)
     return encode([SIGNED_TAG, 1, body, public_bytes(key), sig])
 
 
 def verify_sig(signer: bytes, body: bytes, sig: bytes) -> None:
-    try:
-        Ed25519PublicKey.from_public_bytes(signer).verify(sig, SIG_DOMAIN + body)
-    except (_CryptoInvalidSignature, ValueError):
-        raise InvalidSignature("signature does not verify") from None
+    verify_in_domain(signer, SIG_DOMAIN, body, sig)
 
 
 def open_signed(

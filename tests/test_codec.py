@@ -102,3 +102,15 @@ def test_text_parsers_only_raise_malformed(text: str) -> None:
             parse(text)
         except MalformedEncoding:
             pass
+
+
+def test_strict_copies_sort_check_types_and_bound_depth() -> None:
+    from shardnet.protocol._codec import strict
+
+    assert strict({"b": (1, 2.5), "a": {"y": b"x", "x": None}}, max_depth=2) == {
+        "a": {"x": None, "y": b"x"}, "b": [1, 2.5]}
+    assert strict([[[]]], max_depth=2) == [[[]]]
+    for bad, match in ((([[[[]]]]), "nested more than 2"), ({1: "x"}, "keys must be str"),
+                       (float("nan"), "finite"), (1 << 64, "msgpack's range"), ({"s": {1, 2}}, "cannot hold")):
+        with pytest.raises(ValueError, match=match):
+            strict(bad, max_depth=2)
