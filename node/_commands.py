@@ -112,6 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import _net
     from ._control_server import ControlError
     from ._keystore import FileKeystore
+    from ._libp2p_transport import running_libp2p_transport
     from ._runtime import NodeRuntime
 
     _net.route_libp2p_logging(logging.getLogger("shardnet.libp2p"), logging.WARNING)
@@ -119,8 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # attempt itself, so libp2p's per-address errors are noise.
     logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
     try:
-        runtime = NodeRuntime(home, keystore=FileKeystore.from_home(home), bootstrap=args.bootstrap or [],
-                              clock=system_clock, rng=system_rng)
+        runtime = NodeRuntime(home, keystore=FileKeystore.from_home(home), transport=running_libp2p_transport,
+                              bootstrap=args.bootstrap or [], clock=system_clock, rng=system_rng)
         trio.run(runtime.run)
     except ControlError as exc:
         raise Failure(str(exc)) from None

@@ -39,12 +39,11 @@ status is an error (see :class:`ReplyStatus`) and the body is a short UTF-8 reas
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import socket
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +83,17 @@ from ._bounds import (
     close_connection,
     retire,
     unread,
+)
+from ._transport import (
+    ConnectError,
+    Handler,
+    RemoteError,
+    RemoteProtocolError,
+    ReplyStatus,
+    RequestError,
+    RequestRejected,
+    RequestTimeout,
+    StreamOpenError,
 )
 
 __all__ = [
@@ -128,8 +138,6 @@ SHUTDOWN_TIMEOUT = 5.0
 
 GOSSIPSUB_PROTOCOLS = [PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID]
 
-Handler = Callable[[str, bytes], Awaitable[bytes]]
-"""``await handler(remote_peer_id, request_payload) -> reply_payload``."""
 
 
 # --------------------------------------------------------------------------- errors
@@ -154,60 +162,6 @@ class FrameTruncated(FrameError):
 
 class FrameTimeout(FrameError):
     """The whole frame did not arrive within the timeout."""
-
-
-class ReplyStatus(enum.IntEnum):
-    """First byte of every reply frame."""
-
-    OK = 0
-    TOO_LARGE = 1  # the request frame was above the server's cap
-    BAD_FRAME = 2  # the request frame was truncated
-    TIMEOUT = 3  # the request did not arrive in time, or the handler took too long
-    BUSY = 4  # too many concurrent requests from this peer
-    REJECTED = 5  # the handler refused the request (RequestRejected)
-    INTERNAL = 6  # the handler failed
-
-
-class RequestRejected(Exception):
-    """Raise from a :data:`Handler` to refuse a request; the message goes to the peer.
-
-    Keep the message short and free of secrets: it is sent in clear to the remote
-    (inside Noise), truncated to 256 bytes.
-    """
-
-
-class RequestError(Exception):
-    """A request to a peer failed. ``peer_id`` and ``protocol`` say to whom and what."""
-
-    def __init__(self, peer_id: str, protocol: str, message: str) -> None:
-        super().__init__(f"{protocol} request to {peer_id}: {message}")
-        self.peer_id = peer_id
-        self.protocol = protocol
-
-
-class StreamOpenError(RequestError):
-    """No stream could be opened (no connection, dial failed, protocol unsupported)."""
-
-
-class RequestTimeout(RequestError):
-    """The request did not complete within its timeout."""
-
-
-class RemoteError(RequestError):
-    """The peer answered with an error status."""
-
-    def __init__(self, peer_id: str, protocol: str, status: ReplyStatus, reason: str) -> None:
-        super().__init__(peer_id, protocol, f"remote error {status.name}: {reason}")
-        self.status = status
-        self.reason = reason
-
-
-class RemoteProtocolError(RequestError):
-    """The peer's reply was malformed: too large, truncated or an unknown status."""
-
-
-class ConnectError(Exception):
-    """Dialing a peer failed or timed out."""
 
 
 class ListenError(OSError):

@@ -26,7 +26,7 @@ from shardnet import protocol as p
 from shardnet.protocol import Request, wire
 from shardnet.protocol import release_round as rr
 
-from . import _net
+from . import _transport as tx
 from ._control_server import ControlError
 from ._services import Rejected
 
@@ -83,9 +83,9 @@ async def _drive(node: NodeRuntime, machine: rr.ReleaseRound, request: Request,
         try:
             reply = await node.ask_release(peer, request, list(votes))
             items = p.decode(reply, max_size=wire.RELEASE.max_reply)
-        except (_net.RemoteError, Rejected) as exc:
-            event = rr.Refused(peer, exc.reason if isinstance(exc, _net.RemoteError) else str(exc))
-        except (_net.RequestError, p.ShardnetError) as exc:
+        except (tx.RemoteError, Rejected) as exc:
+            event = rr.Refused(peer, exc.reason if isinstance(exc, tx.RemoteError) else str(exc))
+        except (tx.RequestError, p.ShardnetError) as exc:
             event = rr.Unreachable(peer, str(exc))
         else:
             listed = items if isinstance(items, list) else [b""]
@@ -109,7 +109,7 @@ async def _drive(node: NodeRuntime, machine: rr.ReleaseRound, request: Request,
                     verify_s += trio.current_time() - t
                 for effect in effects:
                     if isinstance(effect, rr.Publish):
-                        await node._publish(wire.REQUEST_TOPIC.name, effect.data)
+                        await node._publish(wire.REQUEST_TOPIC, effect.data)
                     elif isinstance(effect, rr.Ask):
                         nursery.start_soon(ask, effect.peer, effect.votes)
                     elif isinstance(effect, rr.Progress):

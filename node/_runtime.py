@@ -25,9 +25,10 @@ from typing import Any
 import trio
 
 from shardnet import protocol as p
-from shardnet.protocol import Added, Descriptor, Request, Vote, b58decode, outbox, wire
+from shardnet.protocol import Added, Descriptor, Request, Vote, outbox, wire
 
-from . import _api, _net
+from . import _api
+from . import _transport as tx
 from ._clock import Clock, Rng
 from ._control_server import Command, Emit, bind_control, serve_control
 from ._files import write_atomic
@@ -43,6 +44,7 @@ from ._services import (
     Rejected,
     Releaser,
 )
+from ._transport import Subscription, Transport, TransportFactory, Validator
 
 log = logging.getLogger("shardnet.node")
 
@@ -58,11 +60,12 @@ def _slot_key(row: Any) -> tuple[str, int, int, str]:
 
 
 class NodeRuntime:
-    def __init__(self, home: Home, *, keystore: Keystore, bootstrap: list[str] | None = None, clock: Clock,
-                 rng: Rng) -> None:
+    def __init__(self, home: Home, *, keystore: Keystore, transport: TransportFactory,
+                 bootstrap: list[str] | None = None, clock: Clock, rng: Rng) -> None:
         self.home = home
         self.cfg = home.config()
         self.keystore = keystore
+        self.transport = transport
         self.key = keystore.signer
         self.clock = clock
         self.rng = rng
@@ -76,7 +79,7 @@ class NodeRuntime:
         self.releaser = Releaser(self.store, keystore, self.approvals, self.directory,
                                  self.threat_level)
         self.votes_changed = trio.Event()
-        self.net: _net.NetHost | None = None
+        self.net: Transport | None = None
         self.started = 0.0
         self.outbox_wakeup = trio.Event()
         self.progress = trio.Event()
@@ -106,7 +109,7 @@ class NodeRuntime:
         self.home.run_dir.mkdir(mode=0o700, exist_ok=True)
         control = bind_control(self.home)
         try:
-            async with _net.running_node_host(self.keystore.transport_seed(), listen) as net:
+            async with self.transport(self.keystore.transport_seed(), listen) as net:
                 self.net = net
                 self.started = trio.current_time()
                 self._publish_self()
@@ -117,16 +120,10 @@ class NodeRuntime:
                             wire.RELEASE: self._on_release, wire.KEYSET: self._on_keyset_notice,
                             wire.SYNC: self._on_sync}
                 for proto, handler in handlers.items():
-                    _net.serve_protocol(net.host, proto.id, handler, max_len=proto.max_request,
-                                        timeout=wire.REQUEST_TIMEOUT,
-                                        max_concurrent_per_peer=proto.max_concurrent_per_peer)
-                assert net.pubsub is not None
-                net.pubsub.set_topic_validator(wire.DIRECTORY_TOPIC.name, self._validate_descriptor, False)
-                net.pubsub.set_topic_validator(wire.REQUEST_TOPIC.name, self._validate_signed(Request), False)
-                net.pubsub.set_topic_validator(wire.VOTE_TOPIC.name, self._validate_signed(Vote), False)
-                sub = await net.pubsub.subscribe(wire.DIRECTORY_TOPIC.name)
-                req_sub = await net.pubsub.subscribe(wire.REQUEST_TOPIC.name)
-                vote_sub = await net.pubsub.subscribe(wire.VOTE_TOPIC.name)
+                    net.serve(proto, handler, wire.REQUEST_TIMEOUT)
+                sub = await net.subscribe(wire.DIRECTORY_TOPIC, self._validate_descriptor)
+                req_sub = await net.subscribe(wire.REQUEST_TOPIC, self._validate_signed(Request))
+                vote_sub = await net.subscribe(wire.VOTE_TOPIC, self._validate_signed(Vote))
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._drain_directory, sub)
                     nursery.start_soon(self._drain, req_sub, self._accept_request)
@@ -177,15 +174,14 @@ class NodeRuntime:
         return d
 
     async def _publish_loop(self) -> None:
-        assert self.net is not None and self.net.pubsub is not None
         while True:
-            await self._publish(wire.DIRECTORY_TOPIC.name, self._publish_self().signed)
+            await self._publish(wire.DIRECTORY_TOPIC, self._publish_self().signed)
             await trio.sleep(REPUBLISH)
 
-    def _validate_descriptor(self, forwarder: Any, msg: Any) -> bool:
+    def _validate_descriptor(self, author: str, data: bytes) -> bool:
         try:
-            d = Descriptor.from_bytes(bytes(msg.data))
-            if b58decode(d.peer_id) != bytes(msg.from_id):
+            d = Descriptor.from_bytes(data)
+            if d.peer_id != author:
                 return False
             return d.seq <= (self.clock() + wire.MAX_CLOCK_SKEW) * 1000
         except (p.ShardnetError, ValueError):
@@ -226,8 +222,7 @@ class NodeRuntime:
             limiter = self._in_flight[key] = trio.CapacityLimiter(proto.max_concurrent_per_peer)
         try:
             async with limiter:
-                return await _net.request(self.net.host, peer, proto.id, payload, max_reply=proto.max_reply,
-                                          timeout=wire.REQUEST_TIMEOUT)
+                return await self.net.request(peer, proto, payload, wire.REQUEST_TIMEOUT)
         finally:
             if limiter.borrowed_tokens == 0 and limiter.statistics().tasks_waiting == 0:
                 self._in_flight.pop(key, None)
@@ -237,7 +232,7 @@ class NodeRuntime:
         try:
             reply = await self._request(peer, proto, wire.PULL)
             return p.decode(reply, max_size=proto.max_reply, max_items=8192)
-        except (_net.RequestError, p.ShardnetError) as exc:
+        except (tx.RequestError, p.ShardnetError) as exc:
             log.debug("%s pull from %s failed: %s", proto.id, peer, exc)
             return None
 
@@ -249,13 +244,13 @@ class NodeRuntime:
 
     def connected(self) -> list[str]:
         assert self.net is not None
-        return sorted(str(pid) for pid in self.net.host.get_network().connections)
+        return self.net.connected()
 
     async def _dial(self, addr: str) -> str | None:
         assert self.net is not None
         try:
-            return await _net.connect(self.net.host, addr, CONNECT_TIMEOUT)
-        except (_net.ConnectError, ValueError) as exc:
+            return await self.net.connect(addr, CONNECT_TIMEOUT)
+        except (tx.ConnectError, ValueError) as exc:
             log.debug("dial %s failed: %s", addr, exc)
             return None
 
@@ -278,7 +273,7 @@ class NodeRuntime:
             return
         d = self.directory.get(peer)
         if d is None or not await self._dial_custodian(d):
-            raise _net.StreamOpenError(peer, protocol, "custodian unreachable")
+            raise tx.StreamOpenError(peer, protocol, "custodian unreachable")
 
     async def _peers_loop(self) -> None:
         """Bootstrap, then keep connected to known custodians and pull their directories."""
@@ -313,21 +308,21 @@ class NodeRuntime:
         raw = self.store.get_kv("threat_level")
         return int(raw) if raw else 0
 
-    def _validate_signed(self, cls: Any) -> Callable[[Any, Any], bool]:
-        def check(forwarder: Any, msg: Any) -> bool:
+    def _validate_signed(self, cls: Any) -> Validator:
+        def check(author: str, data: bytes) -> bool:
             try:
-                rec = cls.from_bytes(bytes(msg.data))
+                rec = cls.from_bytes(data)
             except (p.ShardnetError, ValueError):
                 return False
             who = rec.requester if isinstance(rec, Request) else rec.approver
-            return b58decode(who) == bytes(msg.from_id)
+            return bool(who == author)
         return check
 
-    async def _drain(self, sub: Any, accept: Callable[[bytes], None]) -> None:
+    async def _drain(self, sub: Subscription, accept: Callable[[bytes], None]) -> None:
         while True:
-            msg = await sub.get()
+            data = await sub.get()
             try:
-                accept(bytes(msg.data))
+                accept(data)
             except Exception:  # one bad record from a peer must never stop the node
                 log.exception("dropping a gossip message that could not be processed")
 
@@ -361,10 +356,10 @@ class NodeRuntime:
         self.votes_changed.set()
         self.votes_changed = trio.Event()
 
-    async def _publish(self, topic: str, data: bytes) -> None:
-        assert self.net is not None and self.net.pubsub is not None
+    async def _publish(self, topic: wire.Topic, data: bytes) -> None:
+        assert self.net is not None
         try:
-            await self.net.pubsub.publish(topic, data)
+            await self.net.publish(topic, data)
         except Exception as exc:  # best effort: the sync protocol carries it too
             log.debug("publish on %s failed: %r", topic, exc)
 
@@ -387,7 +382,7 @@ class NodeRuntime:
         try:
             return self.approvals.accept_keyset_notice(remote, frame, self.now())
         except Rejected as exc:
-            raise _net.RequestRejected(str(exc)) from None
+            raise tx.RequestRejected(str(exc)) from None
 
     async def _notify(self, row: Any) -> None:
         """Push a keyset record to an approver that holds no shard of it."""
@@ -399,11 +394,11 @@ class NodeRuntime:
         try:
             await self._reach(peer, wire.KEYSET.id)
             await self._request(peer, wire.KEYSET, record["record"])
-        except _net.RemoteError as exc:
+        except tx.RemoteError as exc:
             # Busy or slow is for later; anything else is the approver's answer.
-            busy = exc.status in (_net.ReplyStatus.BUSY, _net.ReplyStatus.TIMEOUT)
+            busy = exc.status in (tx.ReplyStatus.BUSY, tx.ReplyStatus.TIMEOUT)
             state, error = ("pending" if busy else "refused"), exc.reason
-        except _net.RequestError as exc:
+        except tx.RequestError as exc:
             state, error = "pending", str(exc)
         self.store.mark_notice(row["keyset_id"], peer, state, error=error, now=self.now())
         if state == "pending":
@@ -418,7 +413,7 @@ class NodeRuntime:
             return self.releaser.handle(remote, frame, self.now())
         except Rejected as exc:
             log.info("release to %s refused: %s", remote, exc)
-            raise _net.RequestRejected(str(exc)) from None
+            raise tx.RequestRejected(str(exc)) from None
 
     async def ask_release(self, peer: str, request: Request, votes: list[bytes]) -> bytes:
         """One release round trip to ``peer`` (or to ourselves, locally)."""
@@ -436,7 +431,7 @@ class NodeRuntime:
             return self.custodian.handle_delivery(remote, frame, self.now())
         except Rejected as exc:
             log.info("delivery from %s rejected: %s", remote, exc)
-            raise _net.RequestRejected(str(exc)) from None
+            raise tx.RequestRejected(str(exc)) from None
 
     async def _outbox_loop(self) -> None:
         """Drive one outbox slot machine per pending delivery (protocol/_outbox.py)."""
@@ -495,7 +490,7 @@ class NodeRuntime:
             event = outbox.Receipted(receipt.status, receipt.reason)
             log.info("shard %s:%d -> %s: %s%s", row["keyset_id"][:12], row["idx"], peer, receipt.status,
                      f" ({receipt.reason})" if receipt.reason else "")
-        except (_net.RequestError, Rejected, p.ShardnetError) as exc:
+        except (tx.RequestError, Rejected, p.ShardnetError) as exc:
             event = outbox.SendFailed(str(exc))
             log.info("delivery of %s:%d to %s failed: %s", row["keyset_id"][:12], row["idx"], peer, exc)
         for effect in slot.handle(event, trio.current_time()):
@@ -535,7 +530,7 @@ class NodeRuntime:
         async def command(args: dict[str, Any], emit: Emit) -> Any:
             vote = self.approvals.cast(str(args["request"]), decision, self.now())
             self.wake_voters()
-            await self._publish(wire.VOTE_TOPIC.name, vote.signed)
+            await self._publish(wire.VOTE_TOPIC, vote.signed)
             return {"request": vote.request_id, "decision": vote.decision, "approver": vote.approver}
         return command
 

@@ -52,7 +52,7 @@ from ._policy import DEFAULT_POLICY, Policy, PolicyError
 from ._quorum import Added, ApprovalRule, Equivocation, ReleaseDenied, Tally, decide_release
 from ._quorum import State as TallyState
 from ._reconstruct import ReconstructionFailed, Session
-from ._records import Delivery, Descriptor, Receipt, b58decode, peer_id_of, public_key_of
+from ._records import Delivery, Descriptor, Receipt, b58decode, b58encode, peer_id_of, public_key_of
 from ._release_round import ReleaseRound
 from ._requests import Release, Request, Vote, partial_payload, share_payload
 from ._shard import HpkeOpener, HpkePrivateKey, ShardMeta, open_shard, read_shard_meta, seal_shard
@@ -80,7 +80,7 @@ __all__ = [
     "Added", "ApprovalRule", "AuditEntry", "Delivery", "Descriptor", "Equivocation", "HpkeOpener", "HpkePrivateKey",
     "Keyset", "Partial", "Policy", "Receipt", "Recovered", "RefreshDeal", "Release", "Request",
     "ReleaseRound", "ReshareDeal", "Session", "Signer", "Share", "ShardMeta", "Tally", "TallyState", "Vote",
-    "b58decode", "batch_verify_shares", "check_params", "combine_key", "combine_partials",
+    "b58decode", "b58encode", "batch_verify_shares", "check_params", "combine_key", "combine_partials",
     "continent_of", "decide_release", "decode", "decode_audit_body", "decode_record", "encode",
     "encode_audit_body", "keyset_from_text", "keyset_to_text", "make_audit_entry", "open_shard",
     "open_signed", "open_with_unwrapped", "outbox", "partial_decrypt", "partial_payload", "peer_id_of",

@@ -164,3 +164,20 @@ def test_node_modules_import_each_other_without_cycles() -> None:
     for module in sorted(graph):
         visit(module, [])
     assert "_reconstruct" in graph["_runtime"] and "_runtime" not in graph["_reconstruct"]
+
+
+LIBP2P_SIDE = {"_net", "_bounds", "_libp2p_transport"}
+
+
+def test_only_the_libp2p_transport_side_imports_libp2p() -> None:
+    """Services, loops and the runtime reach peers through the Transport interface."""
+    offenders = {}
+    graph = node_import_graph()
+    for path in sorted((ROOT / "node").glob("*.py")):
+        if path.stem in LIBP2P_SIDE:
+            continue
+        eager = {m for m in module_level_imports(path) if m.split(".")[0] == "libp2p"}
+        eager |= graph.get(path.stem, set()) & LIBP2P_SIDE
+        if eager:
+            offenders[path.name] = sorted(eager)
+    assert offenders == {}
