@@ -1,0 +1,261 @@
+"""An in-memory network for the node's Transport interface (a simulator, not a transport).
+
+Many real node runtimes in one ``trio.run`` reach each other through a
+:class:`MemoryNetwork` instead of sockets. It keeps the parts of the network a
+node can observe:
+
+* **latency**: ``latency(a, b)`` seconds each way, for connects (one round
+  trip), requests (there and back) and every gossip hop;
+* **loss and partitions**: ``lose(a, b)`` drops a gossip hop or fails a
+  request; :meth:`partition` cuts pairs apart until :meth:`heal`;
+* **the caps**: requests above the protocol's cap are refused TOO_LARGE, more
+  than its limit in progress from one peer get BUSY, replies above the reply
+  cap fail, as on libp2p;
+* **a gossip overlay of bounded degree**: each node forwards a message to at
+  most ``degree`` connected peers (GossipSub's D = 6 by default), chosen with
+  the network's seeded RNG, so propagation takes the hops it would take. Every
+  hop runs the receiving node's validator with the message's author, and a
+  node forwards a message once.
+
+Addresses are ``/memory/<peer id>``. Nothing here reads the wall clock: delays
+are ``trio.sleep``, which a ``trio.testing.MockClock`` turns into virtual time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from shardnet import protocol as p
+from shardnet.node import _transport as tx
+from shardnet.protocol import wire
+
+Pair = Callable[[str, str], float]
+MAX_SEEN = 100_000  # message ids a node remembers, for forwarding each message once
+
+
+def _peer_of_seed(seed: bytes) -> str:
+    return p.peer_id_of(Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw())
+
+
+@dataclass
+class _Topic:
+    validator: tx.Validator
+    inbox: trio.MemorySendChannel[bytes]
+    outbox: trio.MemoryReceiveChannel[bytes]
+
+
+@dataclass
+class _Node:
+    peer_id: str
+    connections: set[str] = field(default_factory=set)
+    handlers: dict[str, tuple[wire.StreamProtocol, tx.Handler, float]] = field(default_factory=dict)
+    in_progress: dict[tuple[str, str], int] = field(default_factory=dict)
+    topics: dict[str, _Topic] = field(default_factory=dict)
+    seen: dict[bytes, None] = field(default_factory=dict)
+    up: bool = True
+
+
+class _Subscription:
+    def __init__(self, topic: _Topic) -> None:
+        self._topic = topic
+
+    async def get(self) -> bytes:
+        return await self._topic.outbox.receive()
+
+
+class MemoryTransport:
+    """One node's view of the :class:`MemoryNetwork` (implements ``Transport``)."""
+
+    def __init__(self, network: MemoryNetwork, node: _Node) -> None:
+        self._net = network
+        self._node = node
+
+    @property
+    def peer_id(self) -> str:
+        return self._node.peer_id
+
+    @property
+    def listen_addrs(self) -> list[str]:
+        return [f"/memory/{self.peer_id}/p2p/{self.peer_id}"]
+
+    def connected(self) -> list[str]:
+        return sorted(self._node.connections)
+
+    async def connect(self, addr: str, timeout: float) -> str:  # noqa: ASYNC109
+        peer = addr.rsplit("/p2p/", 1)[-1]
+        if peer == self.peer_id:
+            raise ValueError("refusing to dial ourselves")
+        other = self._net.nodes.get(peer)
+        if other is None or not other.up or not addr.startswith("/memory/") or self._net.cut(self.peer_id, peer):
+            await trio.sleep(min(timeout, 2 * self._net.latency(self.peer_id, peer)))
+            raise tx.ConnectError(f"dial {addr} failed: no route")
+        rtt = self._net.latency(self.peer_id, peer) + self._net.latency(peer, self.peer_id)
+        if rtt > timeout:
+            await trio.sleep(timeout)
+            raise tx.ConnectError(f"dial {addr} timed out after {timeout} s")
+        await trio.sleep(rtt)
+        self._node.connections.add(peer)
+        other.connections.add(self.peer_id)
+        return peer
+
+    async def request(self, peer: str, protocol: wire.StreamProtocol, payload: bytes,
+                      timeout: float) -> bytes:  # noqa: ASYNC109
+        with trio.move_on_after(timeout):
+            return await self._request(peer, protocol, payload)
+        raise tx.RequestTimeout(peer, protocol.id, f"no reply within {timeout} s")
+
+    async def _request(self, peer: str, protocol: wire.StreamProtocol, payload: bytes) -> bytes:
+        other = self._net.nodes.get(peer)
+        if peer not in self._node.connections or other is None or not other.up:
+            raise tx.StreamOpenError(peer, protocol.id, "cannot open stream: not connected")
+        if self._net.cut(self.peer_id, peer) or self._net.lose(self.peer_id, peer):
+            await trio.sleep(wire.REQUEST_TIMEOUT)
+            raise tx.RemoteProtocolError(peer, protocol.id, "stream failed: lost")
+        await trio.sleep(self._net.latency(self.peer_id, peer))
+        status, body = await self._net.serve(other, self.peer_id, protocol, payload)
+        await trio.sleep(self._net.latency(peer, self.peer_id))
+        if status is not tx.ReplyStatus.OK:
+            raise tx.RemoteError(peer, protocol.id, status, body.decode("utf-8", "replace"))
+        if len(body) > protocol.max_reply:
+            raise tx.RemoteProtocolError(peer, protocol.id, f"reply of {len(body)} bytes exceeds {protocol.max_reply}")
+        return body
+
+    def serve(self, protocol: wire.StreamProtocol, handler: tx.Handler, timeout: float) -> None:
+        self._node.handlers[protocol.id] = (protocol, handler, timeout)
+
+    async def subscribe(self, topic: wire.Topic, validator: tx.Validator) -> tx.Subscription:
+        send, recv = trio.open_memory_channel[bytes](math.inf)
+        t = self._node.topics[topic.name] = _Topic(validator, send, recv)
+        return _Subscription(t)
+
+    async def publish(self, topic: wire.Topic, data: bytes) -> None:
+        self._net.gossip(self._node, self.peer_id, topic, data, author=self.peer_id)
+
+
+class MemoryNetwork:
+    """The nodes of one simulation, their links, and the gossip overlay."""
+
+    def __init__(self, *, latency: Pair | None = None, lose: Callable[[str, str], bool] | None = None,
+                 degree: int = 6, seed: int = 0) -> None:
+        self.nodes: dict[str, _Node] = {}
+        self.latency: Pair = latency or (lambda a, b: 0.0)
+        self.lose: Callable[[str, str], bool] = lose or (lambda a, b: False)
+        self.degree = degree
+        self.rng = random.Random(seed)
+        self._cuts: set[frozenset[str]] = set()
+        self._nursery: trio.Nursery | None = None
+        self.trace: list[tuple[float, str, str, str, int]] = []  # (time, node, kind, peer, length)
+
+    # -- faults ----------------------------------------------------------------------
+
+    def partition(self, side_a: set[str], side_b: set[str]) -> None:
+        self._cuts |= {frozenset((a, b)) for a in side_a for b in side_b}
+
+    def heal(self) -> None:
+        self._cuts.clear()
+
+    def cut(self, a: str, b: str) -> bool:
+        return frozenset((a, b)) in self._cuts
+
+    # -- running ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[MemoryNetwork]:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()
+                self._nursery = None
+
+    def factory(self) -> tx.TransportFactory:
+        """What a NodeRuntime takes as its ``transport``."""
+
+        @asynccontextmanager
+        async def transport(seed: bytes, listen: list[str]) -> AsyncIterator[tx.Transport]:
+            peer = _peer_of_seed(seed)
+            node = self.nodes.get(peer) or _Node(peer)
+            node.up, node.handlers, node.topics = True, {}, {}
+            self.nodes[peer] = node
+            try:
+                yield MemoryTransport(self, node)
+            finally:
+                node.up = False
+                for other in node.connections:
+                    self.nodes[other].connections.discard(peer)
+                node.connections.clear()
+
+        return transport
+
+    def _log(self, node: str, kind: str, peer: str, length: int) -> None:
+        self.trace.append((trio.current_time(), node, kind, peer, length))
+
+    async def serve(self, node: _Node, remote: str, protocol: wire.StreamProtocol,
+                    payload: bytes) -> tuple[tx.ReplyStatus, bytes]:
+        self._log(node.peer_id, "request", remote, len(payload))
+        entry = node.handlers.get(protocol.id)
+        if entry is None:
+            return tx.ReplyStatus.REJECTED, b"protocol not supported"
+        proto, handler, timeout = entry
+        if len(payload) > proto.max_request:
+            return tx.ReplyStatus.TOO_LARGE, f"frame of {len(payload)} bytes exceeds the cap".encode()
+        key = (remote, proto.id)
+        if node.in_progress.get(key, 0) >= proto.max_concurrent_per_peer:
+            return tx.ReplyStatus.BUSY, b"busy"
+        node.in_progress[key] = node.in_progress.get(key, 0) + 1
+        try:
+            with trio.move_on_after(timeout):
+                try:
+                    return tx.ReplyStatus.OK, await handler(remote, payload)
+                except tx.RequestRejected as exc:
+                    return tx.ReplyStatus.REJECTED, str(exc).encode()[:256]
+                except Exception:  # a handler bug: as on libp2p, the peer gets INTERNAL
+                    return tx.ReplyStatus.INTERNAL, b"internal error"
+            return tx.ReplyStatus.TIMEOUT, b"handler timed out"
+        finally:
+            node.in_progress[key] -= 1
+            if not node.in_progress[key]:
+                del node.in_progress[key]
+
+    # -- gossip ----------------------------------------------------------------------
+
+    def gossip(self, node: _Node, sender: str, topic: wire.Topic, data: bytes, *, author: str) -> None:
+        """``node`` got ``data`` from ``sender`` (itself, when it publishes): validate, deliver, forward."""
+        if not node.up or len(data) > topic.max_message:
+            return
+        mid = hashlib.sha256(topic.name.encode() + b"\x00" + data).digest()
+        if mid in node.seen:
+            return
+        node.seen[mid] = None
+        if len(node.seen) > MAX_SEEN:
+            del node.seen[next(iter(node.seen))]
+        sub = node.topics.get(topic.name)
+        if sub is None or not sub.validator(author, data):
+            return  # a node forwards only what its own validator accepts
+        self._log(node.peer_id, "gossip", sender, len(data))
+        sub.inbox.send_nowait(data)
+        mesh = sorted(node.connections - {sender})
+        self.rng.shuffle(mesh)
+        assert self._nursery is not None, "run the network: async with network.running()"
+        for peer in mesh[: self.degree]:
+            if self.cut(node.peer_id, peer) or self.lose(node.peer_id, peer):
+                continue
+            self._nursery.start_soon(self._hop, node.peer_id, peer, topic, data, author)
+
+    async def _hop(self, sender: str, peer: str, topic: wire.Topic, data: bytes, author: str) -> None:
+        await trio.sleep(self.latency(sender, peer))
+        target = self.nodes.get(peer)
+        if target is not None:
+            self.gossip(target, sender, topic, data, author=author)
+
+
+__all__ = ["MemoryNetwork", "MemoryTransport"]
