@@ -44,6 +44,7 @@ from ._services import (
     Rejected,
     Releaser,
 )
+from ._store import Store
 from ._transport import Subscription, Transport, TransportFactory, Validator
 
 log = logging.getLogger("shardnet.node")
@@ -61,7 +62,10 @@ def _slot_key(row: Any) -> tuple[str, int, int, str]:
 
 class NodeRuntime:
     def __init__(self, home: Home, *, keystore: Keystore, transport: TransportFactory,
-                 bootstrap: list[str] | None = None, clock: Clock, rng: Rng) -> None:
+                 bootstrap: list[str] | None = None, clock: Clock, rng: Rng, store: Store | None = None,
+                 operator_io: bool = True) -> None:
+        """``store``: the node's store (default: the home's database file). ``operator_io``:
+        the control socket, the run files and signal handling; the grid's nodes go without."""
         self.home = home
         self.cfg = home.config()
         self.keystore = keystore
@@ -70,7 +74,9 @@ class NodeRuntime:
         self.clock = clock
         self.rng = rng
         self.bootstrap = list(bootstrap or [])
-        self.store = home.open_store()
+        self.store = store if store is not None else home.open_store()
+        self.operator_io = operator_io
+        self.republish_every = REPUBLISH  # seconds between our descriptor's publications
         self.peer_id = home.peer_id()
         self.directory = Directory(self.store, self.peer_id)
         self.custodian = Custodian(self.store, keystore)
@@ -106,16 +112,19 @@ class NodeRuntime:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         listen = list(self.cfg.get("listen") or ["/ip4/127.0.0.1/tcp/0"])
-        self.home.run_dir.mkdir(mode=0o700, exist_ok=True)
-        control = bind_control(self.home)
+        control = None
+        if self.operator_io:
+            self.home.run_dir.mkdir(mode=0o700, exist_ok=True)
+            control = bind_control(self.home)
         try:
             async with self.transport(self.keystore.transport_seed(), listen) as net:
                 self.net = net
                 self.started = trio.current_time()
                 self._publish_self()
-                write_atomic(self.home.addrs_file, json.dumps(
-                    {"peer_id": self.peer_id, "addrs": net.listen_addrs, "pid": os.getpid()}).encode(),
-                    0o644, overwrite=True)
+                if self.operator_io:
+                    write_atomic(self.home.addrs_file, json.dumps(
+                        {"peer_id": self.peer_id, "addrs": net.listen_addrs, "pid": os.getpid()}).encode(),
+                        0o644, overwrite=True)
                 handlers = {wire.DELIVER: self._on_deliver, wire.DIRECTORY: self._on_directory_pull,
                             wire.RELEASE: self._on_release, wire.KEYSET: self._on_keyset_notice,
                             wire.SYNC: self._on_sync}
@@ -131,20 +140,22 @@ class NodeRuntime:
                     nursery.start_soon(self._publish_loop)
                     nursery.start_soon(self._peers_loop)
                     nursery.start_soon(self._outbox_loop)
-                    nursery.start_soon(serve_control, control, self.commands(), nursery)
-                    nursery.start_soon(self._signals)
+                    if control is not None:
+                        nursery.start_soon(serve_control, control, self.commands(), nursery)
+                        nursery.start_soon(self._signals)
                     log.info("node %s (%s, %s) listening on %s", self.cfg["name"], self.cfg["country"],
                              self.peer_id, ", ".join(net.listen_addrs))
                     task_status.started()
                     await self._stop.wait()
                     nursery.cancel_scope.cancel()
         finally:
-            control.socket.close()
-            for f in (self.home.control_socket, self.home.addrs_file):
-                try:
-                    f.unlink()
-                except FileNotFoundError:
-                    pass
+            if control is not None:
+                control.socket.close()
+                for f in (self.home.control_socket, self.home.addrs_file):
+                    try:
+                        f.unlink()
+                    except FileNotFoundError:
+                        pass
             self.store.close()
             log.info("node stopped")
 
@@ -176,7 +187,7 @@ class NodeRuntime:
     async def _publish_loop(self) -> None:
         while True:
             await self._publish(wire.DIRECTORY_TOPIC, self._publish_self().signed)
-            await trio.sleep(REPUBLISH)
+            await trio.sleep(self.republish_every)
 
     def _validate_descriptor(self, author: str, data: bytes) -> bool:
         try:

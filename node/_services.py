@@ -299,7 +299,7 @@ class Owner:
             if not 1 <= quorum <= n_holders:
                 raise ValueError(f"--quorum must be 1..{n_holders} (the custodians approve by default)")
             attrs["quorum"] = quorum
-        keyset, share_list = p.split_key(master, threshold, shares, owner=self.key, now=now,
+        keyset, share_list = p.split_key(master, threshold, shares, owner=self.key, now=now, rng=self.rng,
                                          not_after=not_after, kem=kem, policy_hash=policy.digest,
                                          attrs=attrs)
         rows: list[NewOutboxItem] = []

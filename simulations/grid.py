@@ -1,0 +1,168 @@
+"""The no-network grid: N real nodes in one ``trio.run``, over the memory transport.
+
+Every node is a real :class:`~shardnet.node._runtime.NodeRuntime`: real
+services, crypto, Cedar and SQLite (in memory). Only the network is the
+:class:`~shardnet.simulations._memory.MemoryNetwork`, with its latency
+function, loss and partitions. Run it under ``trio.testing.MockClock``
+(``autojump_threshold=0``) and no wall-clock time is waited for.
+
+Determinism: the same seed gives the same event trace, the sequence of
+(virtual time, node, event kind, peer, frame length) the network records.
+Everything a node draws comes from the grid's seeded RNG, and trio's own
+scheduler tie-breaks are seeded too (``trio._core._run._r``: trio keeps that
+``random.Random`` for exactly this, and Hypothesis seeds it the same way).
+The trace holds lengths, not bytes: HPKE's ephemeral keys come from the
+library. Within one process; across processes set ``PYTHONHASHSEED`` as well.
+
+Use::
+
+    grid = Grid(tmp_path, 20, latency=lambda a, b: 0.05, seed=1)
+    async with grid.running():
+        await grid.wait_directory()
+        keyset = await grid.import_key(0, b"master", 3, 5)
+        assert await grid.reconstruct(0, keyset) == b"master"
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import pathlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from trio._core import _run  # the scheduler's tie-break RNG (see the module docstring)
+
+from shardnet.node._home import Home, init_home
+from shardnet.node._keystore import FileKeystore
+from shardnet.node._runtime import NodeRuntime
+from shardnet.node._store import Store
+
+from ._memory import MemoryNetwork
+
+EPOCH = 1_800_000_000  # virtual wall-clock time at the start of every grid run
+COUNTRIES = ["CH", "JP", "BR", "AU", "DE", "US", "IN", "ZA", "CA", "NO", "SG", "KE", "MX", "FR", "KR",
+             "NZ", "AR", "EG", "SE", "ID"]
+
+
+class _Drbg:
+    """SHAKE-256(seed || counter): every byte a grid node draws, reproducibly."""
+
+    def __init__(self, seed: bytes) -> None:
+        self.seed, self.counter, self.buf = seed, 0, b""
+
+    def __call__(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self.buf += hashlib.shake_256(self.seed + self.counter.to_bytes(8, "big")).digest(64)
+            self.counter += 1
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
+class Grid:
+    def __init__(self, root: pathlib.Path, n: int, *, latency: Callable[[str, str], float] | None = None,
+                 seed: int = 0, degree: int = 6, republish: float | None = None) -> None:
+        if n < 1:
+            raise ValueError("a grid needs at least one node")
+        self.root = pathlib.Path(root)
+        self.seed = seed
+        self.rng = _Drbg(b"shardnet-grid" + seed.to_bytes(8, "big"))
+        self.network = MemoryNetwork(latency=latency, degree=degree, seed=seed)
+        self.republish = republish
+        self.homes: list[Home] = []
+        for i in range(n):
+            path = self.root / f"node-{i:04d}"
+            home = Home(path) if (path / "config.json").exists() else init_home(
+                path, name=f"node-{i:04d}", country=COUNTRIES[i % len(COUNTRIES)], rng=self.rng)
+            self.homes.append(home)
+        self.nodes: list[NodeRuntime] = []
+
+    @property
+    def trace(self) -> list[tuple[float, str, str, str, int]]:
+        return self.network.trace
+
+    def now(self) -> float:
+        return EPOCH + trio.current_time()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Grid]:
+        _run._r.seed(self.seed)  # scheduler tie-breaks (see the module docstring)
+        first = self.homes[0].peer_id()
+        boot = [f"/memory/{first}/p2p/{first}"]
+        self.nodes = [
+            NodeRuntime(h, keystore=FileKeystore.from_home(h), transport=self.network.factory(),
+                        bootstrap=boot if i else [], clock=self.now, rng=self.rng, store=Store(":memory:"),
+                        operator_io=False)
+            for i, h in enumerate(self.homes)
+        ]
+        if self.republish is not None:
+            for node in self.nodes:
+                node.republish_every = self.republish
+        async with self.network.running(), trio.open_nursery() as nursery:
+            for node in self.nodes:
+                await nursery.start(node.run)
+            try:
+                yield self
+            finally:
+                for node in self.nodes:
+                    node.stop()
+
+    # -- what scenarios do ---------------------------------------------------------
+
+    async def wait_directory(self, *, within: float = 600.0) -> float:
+        """Until every node knows every node; the virtual seconds it took."""
+        t0 = trio.current_time()
+        n = len(self.nodes)
+        await _until(lambda: all(len(node.store.custodians()) >= n for node in self.nodes), within)
+        return trio.current_time() - t0
+
+    async def import_key(self, owner: int, key: bytes, threshold: int, shares: int, **extra: Any) -> str:
+        res = await self.nodes[owner].commands()["key-import"](
+            {"key": base64.b64encode(key).decode(), "threshold": threshold, "shares": shares, **extra}, _quiet)
+        states = [s["state"] for s in res["shards"]]
+        if states != ["delivered"] * len(states):
+            raise AssertionError(f"import did not deliver every shard: {states}")
+        return str(res["keyset"])
+
+    async def reconstruct(self, requester: int, keyset: str, *, within: float = 120.0) -> bytes:
+        """Ask for the key from one node; every approver of the keyset approves."""
+        asker = self.nodes[requester]
+        result: dict[str, Any] = {}
+
+        async def ask() -> None:
+            result.update(await asker.commands()["key-reconstruct"](
+                {"keyset": keyset, "timeout": within, "reason": "grid"}, _quiet))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            voted: set[int] = set()
+            for _ in range(int(within * 10)):
+                if result:
+                    break
+                for i, node in enumerate(self.nodes):
+                    if i in voted:
+                        continue
+                    for row in node.approvals.listing(node.now()):
+                        if row["keyset"] == keyset and row["approver"] and row["my_vote"] is None:
+                            await node.commands()["approve"]({"request": row["request"]}, _quiet)
+                            voted.add(i)
+                await trio.sleep(0.1)
+        return base64.b64decode(result["key"])
+
+
+async def _quiet(event: dict[str, Any]) -> None:
+    return None
+
+
+async def _until(cond: Callable[[], bool], within: float) -> None:
+    for _ in range(int(within / 0.25)):
+        if cond():
+            return
+        await trio.sleep(0.25)
+    if not cond():
+        raise AssertionError(f"not within {within} virtual seconds")
+
+
+__all__ = ["EPOCH", "Grid"]
