@@ -80,22 +80,33 @@ class Directory:
 
     Descriptors are verified once, when they arrive; the parsed form is kept
     per (peer, seq), so the loops that read the directory every half second do
-    not verify every signature again.
+    not verify every signature again. The exact bytes of every descriptor held
+    are remembered too, so the same descriptor arriving again (every
+    anti-entropy pull returns the whole directory) costs a hash, not a
+    signature check: with N nodes that is N² checks per pull round saved.
     """
 
     def __init__(self, store: Store, me: str) -> None:
         self.store = store
         self.me = me
         self._parsed: dict[str, Descriptor] = {}
+        self._held: dict[bytes, str] = {}  # sha256 of a descriptor we hold -> its peer
 
     def accept(self, data: bytes, now: int) -> Descriptor | None:
         """Store a descriptor if valid and newer; None if we already had it (or newer)."""
+        digest = hashlib.sha256(data).digest()
+        if digest in self._held:
+            return None
         d = Descriptor.from_bytes(data)
         if d.seq > (now + wire.MAX_CLOCK_SKEW) * 1000:
             raise p.MalformedEncoding(f"descriptor of {d.peer_id} is dated in the future")
         fields = {"name": d.name, "country": d.country, "city": d.city, "continent": d.continent, "org": d.org}
         if self.store.upsert_custodian(d.peer_id, d.signed, fields, d.seq, now=now):
+            old = self._parsed.get(d.peer_id)
+            if old is not None:
+                self._held.pop(hashlib.sha256(old.signed).digest(), None)
             self._parsed[d.peer_id] = d
+            self._held[digest] = d.peer_id
             return d
         return None
 

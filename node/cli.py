@@ -80,6 +80,21 @@ def cmd_bench_network(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_grid(args: argparse.Namespace) -> int:
+    from shardnet.simulations._grid_bench import format_grid_report, run_grid_bench
+
+    result = run_grid_bench(nodes=args.nodes, imports=args.imports, reconstructions=args.reconstructions,
+                            republish=args.republish, seed=args.seed,
+                            progress=lambda m: print(f"... {m}", file=sys.stderr))
+    if args.json:
+        from ._files import write_atomic
+
+        write_atomic(__import__("pathlib").Path(args.json), json.dumps(result, indent=1).encode(),
+                     0o644, overwrite=True)
+    print(format_grid_report(result))
+    return EXIT_OK
+
+
 # -- parser --------------------------------------------------------------------------
 
 
@@ -115,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--runs", type=positive, default=5, metavar="N")
     bn.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bn.set_defaults(func=cmd_bench_network)
+    bg = bsub.add_parser("grid", help="many real nodes in one process, in virtual time")
+    bg.add_argument("--nodes", type=positive, default=100, metavar="N")
+    bg.add_argument("--imports", type=positive, default=20, metavar="K")
+    bg.add_argument("--reconstructions", type=positive, default=5, metavar="R")
+    bg.add_argument("--republish", type=float, default=60.0, metavar="S", help="descriptor republish interval")
+    bg.add_argument("--seed", type=int, default=1)
+    bg.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bg.set_defaults(func=cmd_bench_grid)
 
     from ._commands import register
 

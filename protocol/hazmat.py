@@ -8,6 +8,13 @@ application code calls instead.
 
 from ._group import L as GROUP_ORDER
 from ._group import scalar_bytes
+from ._sign import VERIFIED
 from ._vss import deal, interpolate
 
-__all__ = ["GROUP_ORDER", "deal", "interpolate", "scalar_bytes"]
+
+def verifications() -> int:
+    """Ed25519 signatures verified so far in this process (records and audit entries)."""
+    return VERIFIED[0]
+
+
+__all__ = ["GROUP_ORDER", "deal", "interpolate", "scalar_bytes", "verifications"]

@@ -9,8 +9,10 @@ function, loss and partitions. Run it under ``trio.testing.MockClock``
 Determinism: the same seed gives the same event trace, the sequence of
 (virtual time, node, event kind, peer, frame length) the network records.
 Everything a node draws comes from the grid's seeded RNG, and trio's own
-scheduler tie-breaks are seeded too (``trio._core._run._r``: trio keeps that
-``random.Random`` for exactly this, and Hypothesis seeds it the same way).
+scheduler tie-breaks are made deterministic and seeded, the way trio's
+Hypothesis plugin does it: tasks that become runnable together are sorted by
+creation and shuffled with ``trio._core._run._r`` seeded from the grid's seed.
+This switch is process-wide and stays on (it only costs a sort per batch).
 The trace holds lengths, not bytes: HPKE's ephemeral keys come from the
 library. Within one process; across processes set ``PYTHONHASHSEED`` as well.
 
@@ -88,7 +90,10 @@ class Grid:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Grid]:
-        _run._r.seed(self.seed)  # scheduler tie-breaks (see the module docstring)
+        # Scheduler tie-breaks (see the module docstring): tasks made runnable together
+        # run in creation order, shuffled by a seeded RNG, as under Hypothesis.
+        _run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
+        _run._r.seed(self.seed)
         first = self.homes[0].peer_id()
         boot = [f"/memory/{first}/p2p/{first}"]
         self.nodes = [
