@@ -98,20 +98,39 @@ async def _connection(stream: trio.SocketStream, commands: Mapping[str, Command]
         try:
             if command is None:
                 raise ControlError(f"unknown control command {cmd!r}", 2)
-            result = await command(args, emit)
-            await _send(stream, {"ok": True, "result": result})
-        except ControlError as exc:
-            await _send(stream, {"ok": False, "error": str(exc), "exit": exc.exit_code})
-        except (ValueError, LookupError, p.MalformedEncoding) as exc:
-            await _send(stream, {"ok": False, "error": _msg(exc), "exit": 2})
-        except (p.ShardnetError, OSError) as exc:
-            await _send(stream, {"ok": False, "error": _msg(exc), "exit": 1})
-        except trio.BrokenResourceError:
+            reply: dict[str, Any] = {"ok": True, "result": await command(args, emit)}
+        except Exception as exc:
+            failed = _error_reply(cmd, _single(exc))
+            if failed is None:
+                return  # the CLI went away (Ctrl-C): nobody to answer
+            reply = failed
+        try:
+            await _send(stream, reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
-        except Exception as exc:  # a bug: report it, keep the node up
-            log.exception("control command %s failed", cmd)
-            await _send(stream, {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}",
-                                 "exit": 1})
+
+
+def _single(exc: BaseException) -> BaseException:
+    """A command that ran tasks raises an exception group; one with a single leaf is that leaf."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _error_reply(cmd: str, exc: BaseException) -> dict[str, Any] | None:
+    """The one-line answer to a failed command; None if the client is gone."""
+    if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError) or (
+            isinstance(exc, BaseExceptionGroup)
+            and exc.subgroup((trio.BrokenResourceError, trio.ClosedResourceError)) is not None):
+        return None
+    if isinstance(exc, ControlError):
+        return {"ok": False, "error": str(exc), "exit": exc.exit_code}
+    if isinstance(exc, ValueError | LookupError | p.MalformedEncoding):
+        return {"ok": False, "error": _msg(exc), "exit": 2}
+    if isinstance(exc, p.ShardnetError | OSError):
+        return {"ok": False, "error": _msg(exc), "exit": 1}
+    log.error("control command %s failed", cmd, exc_info=exc)  # a bug: report it, keep the node up
+    return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}", "exit": 1}
 
 
 def _msg(exc: BaseException) -> str:

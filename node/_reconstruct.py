@@ -54,15 +54,24 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
     start = trio.current_time()
     machine = rr.ReleaseRound(keyset, request, ephemeral, deadline=start + timeout, timeout=timeout, names=names)
     await emit({"kind": "request", "request": request.id, "keyset": keyset.id_hex, "mode": mode})
-    end, verify_s = await _drive(node, machine, request, emit)
+    try:
+        end, verify_s = await _drive(node, machine, request, emit)
+    except BaseException:
+        # The CLI went away (Ctrl-C) or a bug: the request ends failed, on record.
+        _finish(node, request, "failed", [], reason="the round was interrupted")
+        raise
+    finished = trio.current_time()
     bad = [{"custodian": peer, "name": names.get(peer, ""), "detail": detail} for peer, detail in end.bad]
     if isinstance(end, rr.Failed):
         _finish(node, request, "failed", bad, reason=end.message)
         _fail(end.message)
     _finish(node, request, "reconstructed", bad, exposed=mode == "shares" and row["status"] == "active")
-    timings = dict(end.timings)
-    timings["release"] = round(timings["release"] - verify_s * 1000, 1)
-    timings["verify"] = round(verify_s * 1000, 1)
+    # total: until the last answer was verified and the key opened; release: the round
+    # trips to the holders, that is everything after the quorum but the verification.
+    total_ms = (finished - start) * 1000
+    timings = {"quorum": end.timings["quorum"], "verify": round(verify_s * 1000, 1),
+               "release": round(max(0.0, total_ms - end.timings["quorum"] - verify_s * 1000), 1),
+               "total": round(total_ms, 1)}
     return {
         "request": request.id, "keyset": keyset.id_hex, "mode": mode, "bytes": len(end.master),
         "key": base64.b64encode(end.master).decode(), "used_indices": list(end.used_indices), "invalid": bad,
@@ -92,43 +101,52 @@ async def _drive(node: NodeRuntime, machine: rr.ReleaseRound, request: Request,
             event = rr.Released(peer, tuple(i if isinstance(i, bytes) else b"" for i in listed))
         send.send_nowait(event)
 
-    async def watch_votes() -> None:
+    async def watch_votes(changed: trio.Event) -> None:
         while True:
-            changed = node.votes_changed
             await changed.wait()
+            changed = node.votes_changed
             send.send_nowait(_VOTES)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_votes)
-        pending: list[rr.Event] = [rr.Start(), rr.VotesSeen(node.approvals.tally(request))]
-        while end is None:
-            for event in pending:
-                t = trio.current_time()
-                effects = machine.handle(event, t)
-                if isinstance(event, rr.Released):
-                    verify_s += trio.current_time() - t
-                for effect in effects:
-                    if isinstance(effect, rr.Publish):
-                        await node._publish(wire.REQUEST_TOPIC, effect.data)
-                    elif isinstance(effect, rr.Ask):
-                        nursery.start_soon(ask, effect.peer, effect.votes)
-                    elif isinstance(effect, rr.Progress):
-                        await emit(effect.body)
-                    elif isinstance(effect, rr.WakeAt):
-                        wake = effect.time
-                    else:
-                        end = effect
+    try:
+        async with trio.open_nursery() as nursery:
+            # The event is taken before the first tally, so no vote falls in between.
+            nursery.start_soon(watch_votes, node.votes_changed)
+            pending: list[rr.Event] = [rr.Start(), rr.VotesSeen(node.approvals.tally(request))]
+            while end is None:
+                for event in pending:
+                    t = trio.current_time()
+                    effects = machine.handle(event, t)
+                    if isinstance(event, rr.Released):
+                        verify_s += trio.current_time() - t
+                    for effect in effects:
+                        if isinstance(effect, rr.Publish):
+                            await node._publish(wire.REQUEST_TOPIC, effect.data)
+                        elif isinstance(effect, rr.Ask):
+                            nursery.start_soon(ask, effect.peer, effect.votes)
+                        elif isinstance(effect, rr.Progress):
+                            await emit(effect.body)
+                        elif isinstance(effect, rr.WakeAt):
+                            wake = effect.time
+                        else:
+                            end = effect
+                    if end is not None:
+                        break
+                pending = []
                 if end is not None:
                     break
-            pending = []
-            if end is not None:
-                break
-            with trio.move_on_at(wake):
-                item = await inbox.receive()
-                pending.append(rr.VotesSeen(node.approvals.tally(request)) if item is _VOTES else item)
-            if not pending:
-                pending.append(rr.Tick())
-        nursery.cancel_scope.cancel()  # asks still in flight are not needed any more
+                with trio.move_on_at(wake):
+                    item = await inbox.receive()
+                    pending.append(rr.VotesSeen(node.approvals.tally(request)) if item is _VOTES else item)
+                if not pending:
+                    pending.append(rr.Tick())
+                    if machine.state is rr.RoundState.WAITING:  # a lost wake-up costs a second, no more
+                        pending.insert(0, rr.VotesSeen(node.approvals.tally(request)))
+            nursery.cancel_scope.cancel()  # asks still in flight are not needed any more
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:  # the nursery is ours; its one failure is the failure
+            raise group.exceptions[0] from None
+        raise
+    assert end is not None
     return end, verify_s
 
 

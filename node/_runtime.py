@@ -83,7 +83,7 @@ class NodeRuntime:
         self.owner = Owner(self.store, self.key, self.directory, rng)
         self.approvals = Approvals(self.store, self.key)
         self.releaser = Releaser(self.store, keystore, self.approvals, self.directory,
-                                 self.threat_level)
+                                 threat_level=self.threat_level, rng=rng)
         self.votes_changed = trio.Event()
         self.net: Transport | None = None
         self.started = 0.0
@@ -507,6 +507,10 @@ class NodeRuntime:
         for effect in slot.handle(event, trio.current_time()):
             if isinstance(effect, outbox.Record):
                 self.owner.record(row, effect, receipt, self.now())
+        if receipt is not None:  # the custodian answers: its other slots need not wait out a back-off
+            for key, other in self._slots.items():
+                if key[3] == peer and other is not slot and other.state is outbox.OutboxState.PENDING:
+                    other.handle(outbox.PeerBack(), trio.current_time())
 
     # -- control commands -----------------------------------------------------------
 

@@ -565,7 +565,8 @@ class Releaser:
     """A custodian's release service: decides on its own, then releases sealed to the requester."""
 
     def __init__(self, store: Store, keystore: Keystore, approvals: Approvals, directory: Directory,
-                 threat_level: Callable[[], int]) -> None:
+                 threat_level: Callable[[], int], rng: Rng) -> None:
+        self.rng = rng  # the DLEQ proof's nonce
         self.store = store
         self.keystore = keystore
         self.key = keystore.signer
@@ -653,5 +654,5 @@ class Releaser:
     def _payload(self, keyset: p.Keyset, req: Request, share: p.Share) -> bytes:
         """What this custodian releases: a partial decryption with its proof, or its share."""
         if req.mode == "unwrap":
-            return partial_payload(p.partial_decrypt(keyset, share, req.id.encode()))
+            return partial_payload(p.partial_decrypt(keyset, share, req.id.encode(), rng=self.rng))
         return share_payload(share)

@@ -80,6 +80,16 @@ def cmd_bench_network(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return v
+
+
 def cmd_bench_grid(args: argparse.Namespace) -> int:
     from shardnet.simulations._grid_bench import format_grid_report, run_grid_bench
 
@@ -134,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--nodes", type=positive, default=100, metavar="N")
     bg.add_argument("--imports", type=positive, default=20, metavar="K")
     bg.add_argument("--reconstructions", type=positive, default=5, metavar="R")
-    bg.add_argument("--republish", type=float, default=60.0, metavar="S", help="descriptor republish interval")
+    bg.add_argument("--republish", type=_seconds, default=60.0, metavar="S", help="descriptor republish interval")
     bg.add_argument("--seed", type=int, default=1)
     bg.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bg.set_defaults(func=cmd_bench_grid)

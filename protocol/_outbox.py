@@ -13,6 +13,7 @@ States, and the only moves allowed between them (:data:`OUTBOX_MOVES`)::
     SENT    --a verified receipt: refused-----------------> REFUSED   (final)
     SENT    --failed (unreachable, timeout, bad receipt)---> PENDING, due after a back-off
     PENDING --the custodian is back (new addresses)-------> PENDING, due now
+    SENT    --the custodian is back----------------------> SENT; if that send fails, due now
 
 The back-off starts at BACKOFF_MIN seconds and doubles up to BACKOFF_MAX. An
 event that fits none of these raises :class:`IllegalOutboxMove`; any event
@@ -116,6 +117,7 @@ class OutboxSlot:
         self.due = now
         self.delay = 0.0
         self.attempts = 0
+        self._back = False  # the custodian came back while a send was in flight
 
     def _move(self, new: OutboxState, event: object) -> None:
         if new not in OUTBOX_MOVES[self.state]:
@@ -137,7 +139,8 @@ class OutboxSlot:
             if self.state is _O.PENDING:
                 self.due, self.delay = now, 0.0
                 return [WakeAt(now)]
-            return []  # in flight already
+            self._back = True  # in flight, perhaps to its old address: if that fails, retry at once
+            return []
         if isinstance(event, Receipted):
             if self.state is not _O.SENT:
                 raise IllegalOutboxMove(self.state, event)
@@ -149,6 +152,9 @@ class OutboxSlot:
         if self.state is not _O.SENT:  # SendFailed
             raise IllegalOutboxMove(self.state, event)
         self._move(_O.PENDING, event)
-        self.delay = min(BACKOFF_MAX, max(BACKOFF_MIN, self.delay * 2))
-        self.due = now + self.delay
+        if self._back:
+            self._back, self.delay, self.due = False, 0.0, now
+        else:
+            self.delay = min(BACKOFF_MAX, max(BACKOFF_MIN, self.delay * 2))
+            self.due = now + self.delay
         return [Record(_O.PENDING, event.error), WakeAt(self.due)]

@@ -134,9 +134,12 @@ class Session:
         self._answer(peer).move(_H.UNREACHABLE, error)
 
     def _answer(self, peer: str) -> Holder:
+        """The holder an answer is from; it must have been asked (see :meth:`asked`)."""
         h = self.holders.get(peer)
         if h is None:
             raise ValueError(f"{peer} holds no shard of this keyset")
+        if h.state is _H.UNTRIED:
+            raise ValueError(f"an answer from {peer}, which was not asked")
         return h
 
     def _invalid(self, peer: str, detail: str) -> None:

@@ -57,9 +57,9 @@ def run_grid_bench(*, nodes: int = 100, imports: int = 20, reconstructions: int 
 
             async def do_reconstructions() -> None:
                 for i in range(reconstructions):
-                    owner = i % nodes
+                    owner = (i % len(keysets)) % nodes  # import j was made by node j % nodes
                     ks = keysets[i % len(keysets)]
-                    key = await grid.reconstruct(owner if imports else 0, ks)
+                    key = await grid.reconstruct(owner, ks, mode=("unwrap", "shares")[i % 2])
                     assert key == f"key {i % len(keysets)}".encode() * 2
 
             await phase("reconstructions", do_reconstructions())

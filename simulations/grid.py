@@ -12,7 +12,7 @@ Everything a node draws comes from the grid's seeded RNG, and trio's own
 scheduler tie-breaks are made deterministic and seeded, the way trio's
 Hypothesis plugin does it: tasks that become runnable together are sorted by
 creation and shuffled with ``trio._core._run._r`` seeded from the grid's seed.
-This switch is process-wide and stays on (it only costs a sort per batch).
+Both are put back when the grid stops.
 The trace holds lengths, not bytes: HPKE's ephemeral keys come from the
 library. Within one process; across processes set ``PYTHONHASHSEED`` as well.
 
@@ -68,6 +68,8 @@ class Grid:
                  seed: int = 0, degree: int = 6, republish: float | None = None) -> None:
         if n < 1:
             raise ValueError("a grid needs at least one node")
+        if republish is not None and not republish > 0:
+            raise ValueError("the descriptor republish interval must be positive")
         self.root = pathlib.Path(root)
         self.seed = seed
         self.rng = _Drbg(b"shardnet-grid" + seed.to_bytes(8, "big"))
@@ -91,9 +93,20 @@ class Grid:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Grid]:
         # Scheduler tie-breaks (see the module docstring): tasks made runnable together
-        # run in creation order, shuffled by a seeded RNG, as under Hypothesis.
+        # run in creation order, shuffled by a seeded RNG, as under Hypothesis. Both are
+        # trio internals (trio is pinned exactly), put back as they were when the grid stops.
+        saved = (_run._ALLOW_DETERMINISTIC_SCHEDULING, _run._r.getstate())
         _run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
         _run._r.seed(self.seed)
+        try:
+            async with self._nodes_running():
+                yield self
+        finally:
+            _run._ALLOW_DETERMINISTIC_SCHEDULING = saved[0]  # type: ignore[misc]
+            _run._r.setstate(saved[1])
+
+    @asynccontextmanager
+    async def _nodes_running(self) -> AsyncIterator[None]:
         first = self.homes[0].peer_id()
         boot = [f"/memory/{first}/p2p/{first}"]
         self.nodes = [
@@ -109,7 +122,7 @@ class Grid:
             for node in self.nodes:
                 await nursery.start(node.run)
             try:
-                yield self
+                yield None
             finally:
                 for node in self.nodes:
                     node.stop()
@@ -131,14 +144,15 @@ class Grid:
             raise AssertionError(f"import did not deliver every shard: {states}")
         return str(res["keyset"])
 
-    async def reconstruct(self, requester: int, keyset: str, *, within: float = 120.0) -> bytes:
+    async def reconstruct(self, requester: int, keyset: str, *, within: float = 120.0,
+                          mode: str = "unwrap") -> bytes:
         """Ask for the key from one node; every approver of the keyset approves."""
         asker = self.nodes[requester]
         result: dict[str, Any] = {}
 
         async def ask() -> None:
             result.update(await asker.commands()["key-reconstruct"](
-                {"keyset": keyset, "timeout": within, "reason": "grid"}, _quiet))
+                {"keyset": keyset, "timeout": within, "reason": "grid", "mode": mode}, _quiet))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ask)

@@ -216,7 +216,7 @@ class Node:
         self.custodian = Custodian(self.store, keystore)
         self.approvals = Approvals(self.store, self.key)
         self.releaser = Releaser(self.store, keystore, self.approvals, Directory(self.store, keystore.peer_id),
-                                 lambda: 0)
+                                 lambda: 0, rng=os.urandom)
         me = self.custodian.peer_id
         meta = p.ShardMeta(KEYSET.keyset_id, 0, share.index, KEYSET.shares, KEYSET.threshold, me, NOW, None,
                            KEYSET.policy_hash, KEYSET.commitments_digest, "x25519")

@@ -117,3 +117,14 @@ class SlotMachine(RuleBasedStateMachine):
 
 TestSlotMachine = SlotMachine.TestCase
 TestSlotMachine.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+def test_a_custodian_back_while_a_send_is_in_flight_is_retried_at_once() -> None:
+    s = OutboxSlot(now=0.0)
+    s.handle(Tick(), 0.0)
+    s.handle(SendFailed("down"), 0.0)
+    s.handle(Tick(), 10.0)
+    assert s.state is OutboxState.SENT
+    assert s.handle(PeerBack(), 10.1) == []  # in flight, perhaps to the old address
+    assert s.handle(SendFailed("old address"), 10.2) == [Record(OutboxState.PENDING, "old address"), WakeAt(10.2)]
+    assert s.handle(Tick(), 10.2) == [Send()]

@@ -230,3 +230,14 @@ def test_a_flood_from_one_liar_counts_once() -> None:
     for _ in range(50):
         s.on_release(PEER["a"], b"junk")
     assert len(s.bad) == 1 and s.holders[PEER["a"]].state == "invalid"
+
+
+def test_a_session_takes_answers_only_from_holders_it_asked() -> None:
+    keyset, shares = make_keyset()
+    req, eph = make_request(keyset)
+    s = Session(keyset, req, eph)
+    with pytest.raises(ValueError, match="was not asked"):
+        s.on_release(PEER["a"], releases(keyset, shares, req)["a"])
+    with pytest.raises(ValueError, match="was not asked"):
+        s.on_refused(PEER["b"], "no")
+    assert s.have() == 0
