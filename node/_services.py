@@ -549,10 +549,12 @@ class Approvals:
         items: list[list[Any]] = []
         used = 16  # msgpack array headers
         for r in reversed(self.store.requests(active_at=now)[-256:]):
+            votes = self.store.votes(r["request_id"])
             pairs = self.store.equivocations(r["request_id"])
-            void = {Vote.from_bytes(first).approver for first, _ in pairs}
-            votes = [v for v in self.store.votes(r["request_id"]) if Vote.from_bytes(v).approver not in void]
-            votes += [v for pair in pairs for v in pair]
+            if pairs:  # parsing verifies a signature: only where a vote may need leaving out
+                void = {Vote.from_bytes(first).approver for first, _ in pairs}
+                votes = [v for v in votes if Vote.from_bytes(v).approver not in void]
+                votes += [v for pair in pairs for v in pair]
             size = len(r["record"]) + sum(len(v) + 5 for v in votes) + 16
             if used + size > budget:
                 break

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from shardnet import protocol as p
 
@@ -58,24 +60,24 @@ def cmd_bench_sharing(args: argparse.Namespace) -> int:
     result = _bench.run_sharing_bench(progress=progress)
     if sys.stderr.isatty():
         print("\r\033[K", end="", file=sys.stderr)
-    if args.json:
-        from ._files import write_atomic
-
-        write_atomic(__import__("pathlib").Path(args.json), json.dumps(result, indent=1).encode(),
-                     0o644, overwrite=True)
+    _write_json(args.json, result)
     print(_bench.format_report(result))
     return EXIT_OK
+
+
+def _write_json(path: str | None, result: Any) -> None:
+    """A bench's ``--json FILE``: the results, written atomically."""
+    if path:
+        from ._files import write_atomic
+
+        write_atomic(pathlib.Path(path), json.dumps(result, indent=1).encode(), 0o644, overwrite=True)
 
 
 def cmd_bench_network(args: argparse.Namespace) -> int:
     from shardnet.simulations._netbench import format_network_report, run_network_bench
 
     result = run_network_bench(runs=args.runs, progress=lambda m: print(f"... {m}", file=sys.stderr))
-    if args.json:
-        from ._files import write_atomic
-
-        write_atomic(__import__("pathlib").Path(args.json), json.dumps(result, indent=1).encode(),
-                     0o644, overwrite=True)
+    _write_json(args.json, result)
     print(format_network_report(result))
     return EXIT_OK
 
@@ -96,11 +98,7 @@ def cmd_bench_grid(args: argparse.Namespace) -> int:
     result = run_grid_bench(nodes=args.nodes, imports=args.imports, reconstructions=args.reconstructions,
                             republish=args.republish, seed=args.seed,
                             progress=lambda m: print(f"... {m}", file=sys.stderr))
-    if args.json:
-        from ._files import write_atomic
-
-        write_atomic(__import__("pathlib").Path(args.json), json.dumps(result, indent=1).encode(),
-                     0o644, overwrite=True)
+    _write_json(args.json, result)
     print(format_grid_report(result))
     return EXIT_OK
 

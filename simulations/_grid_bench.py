@@ -10,6 +10,7 @@ a phase needs.
 
 from __future__ import annotations
 
+import pathlib
 import resource
 import tempfile
 import time
@@ -42,7 +43,7 @@ def run_grid_bench(*, nodes: int = 100, imports: int = 20, reconstructions: int 
         return result
 
     async def main(root: str) -> None:
-        grid = Grid(__import__("pathlib").Path(root), nodes, latency=lambda a, b: LATENCY, seed=seed,
+        grid = Grid(pathlib.Path(root), nodes, latency=lambda a, b: LATENCY, seed=seed,
                     republish=republish)
         say(f"{nodes} homes made")
         async with grid.running():

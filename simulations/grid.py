@@ -28,7 +28,6 @@ Use::
 from __future__ import annotations
 
 import base64
-import hashlib
 import pathlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -42,25 +41,12 @@ from shardnet.node._keystore import FileKeystore
 from shardnet.node._runtime import NodeRuntime
 from shardnet.node._store import Store
 
+from ._drbg import Drbg
 from ._memory import MemoryNetwork
 
 EPOCH = 1_800_000_000  # virtual wall-clock time at the start of every grid run
 COUNTRIES = ["CH", "JP", "BR", "AU", "DE", "US", "IN", "ZA", "CA", "NO", "SG", "KE", "MX", "FR", "KR",
              "NZ", "AR", "EG", "SE", "ID"]
-
-
-class _Drbg:
-    """SHAKE-256(seed || counter): every byte a grid node draws, reproducibly."""
-
-    def __init__(self, seed: bytes) -> None:
-        self.seed, self.counter, self.buf = seed, 0, b""
-
-    def __call__(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self.buf += hashlib.shake_256(self.seed + self.counter.to_bytes(8, "big")).digest(64)
-            self.counter += 1
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
 
 
 class Grid:
@@ -72,7 +58,7 @@ class Grid:
             raise ValueError("the descriptor republish interval must be positive")
         self.root = pathlib.Path(root)
         self.seed = seed
-        self.rng = _Drbg(b"shardnet-grid" + seed.to_bytes(8, "big"))
+        self.rng = Drbg(b"shardnet-grid" + seed.to_bytes(8, "big"))
         self.network = MemoryNetwork(latency=latency, degree=degree, seed=seed)
         self.republish = republish
         self.homes: list[Home] = []
