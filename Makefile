@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck pytest clean
+.PHONY: test demo lint typecheck pytest coverage clean
 
 # constraints.txt pins every transitive dependency too (pip freeze of a working venv).
 $(STAMP): pyproject.toml constraints.txt
@@ -38,3 +38,11 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build
+
+# Line coverage of protocol/ and node/, node processes included; see
+# [tool.coverage.run] in pyproject.toml.
+coverage: $(STAMP)
+	rm -rf build/coverage && mkdir -p build/coverage
+	$(BIN)/coverage run -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage report
