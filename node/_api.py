@@ -20,7 +20,7 @@ def custodians(store: Store, me: str) -> list[dict[str, Any]]:
         d = Descriptor.from_bytes(row["descriptor"])
         out.append({
             "peer_id": d.peer_id, "name": d.name, "country": d.country, "city": d.city,
-            "continent": d.continent, "org": d.org, "addrs": list(d.addrs), "kems": sorted(d.hpke),
+            "continent": d.continent, "org": d.org, "addrs": list(d.addrs), "kems": list(d.kems),
             "version": d.version, "seq": d.seq, "updated_at": row["updated_at"], "self": d.peer_id == me,
         })
     return sorted(out, key=lambda c: (not c["self"], c["country"], c["name"]))

@@ -120,7 +120,7 @@ async def _drive(node: NodeRuntime, machine: rr.ReleaseRound, request: Request,
                         verify_s += trio.current_time() - t
                     for effect in effects:
                         if isinstance(effect, rr.Publish):
-                            await node._publish(wire.REQUEST_TOPIC, effect.data)
+                            await node.links.publish(wire.REQUEST_TOPIC, effect.data)
                         elif isinstance(effect, rr.Ask):
                             nursery.start_soon(ask, effect.peer, effect.votes)
                         elif isinstance(effect, rr.Progress):

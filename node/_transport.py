@@ -18,11 +18,14 @@ status), and a handler refuses a request by raising :class:`RequestRejected`.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from shardnet.protocol import wire
+
+log = logging.getLogger("shardnet.node")
 
 Handler = Callable[[str, bytes], Awaitable[bytes]]
 """``await handler(remote_peer_id, request_payload) -> reply_payload``."""
@@ -126,3 +129,13 @@ class Transport(Protocol):
 TransportFactory = Callable[[bytes, list[str]], AbstractAsyncContextManager[Transport]]
 """``async with factory(identity_seed, listen_addrs) as transport``: what the
 composition root hands the runtime (libp2p for a real node, memory on the grid)."""
+
+
+async def drain(sub: Subscription, accept: Callable[[bytes], None]) -> None:
+    """Feed every message of a topic subscription to ``accept``, forever."""
+    while True:
+        data = await sub.get()
+        try:
+            accept(data)
+        except Exception:  # one bad record from a peer must never stop the node
+            log.exception("dropping a gossip message that could not be processed")

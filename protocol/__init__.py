@@ -6,6 +6,7 @@ here does IO: time (``now``) and randomness (``rng``) are parameters. This
 module names the public surface; everything else is private.
 """
 
+from . import _directory_pull as directory_pull
 from . import _outbox as outbox
 from . import _placement as placement
 from . import _release_round as release_round
@@ -83,7 +84,7 @@ __all__ = [
     "b58decode", "b58encode", "batch_verify_shares", "check_params", "combine_key", "combine_partials",
     "continent_of", "decide_release", "decode", "decode_audit_body", "decode_record", "encode",
     "encode_audit_body", "keyset_from_text", "keyset_to_text", "make_audit_entry", "open_shard",
-    "open_signed", "open_with_unwrapped", "outbox", "partial_decrypt", "partial_payload", "peer_id_of",
+    "directory_pull", "open_signed", "open_with_unwrapped", "outbox", "partial_decrypt", "partial_payload", "peer_id_of",
     "placement", "public_key_of", "read_shard_meta", "recover_secret", "refresh_commitments",
     "refresh_deal", "refresh_share", "release_round", "reshare_commitments", "reshare_deal", "reshare_share",
     "seal_shard", "share_from_text", "share_payload", "share_to_text", "sign_body", "split_key",

@@ -23,11 +23,16 @@ from ._errors import MalformedEncoding
 MAX_RECORD = 1 << 20  # default cap for one record: 1 MiB
 
 
+_NESTED = (dict, list, tuple)
+
+
 def _canonical(value: Any) -> Any:
+    # Leaves are returned as they are without a call each: long lists of scalars
+    # (pull summaries) are the common case on the hot path.
     if isinstance(value, dict):
-        return {k: _canonical(value[k]) for k in sorted(value)}
+        return {k: _canonical(v) if isinstance(v := value[k], _NESTED) else v for k in sorted(value)}
     if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
+        return [_canonical(v) if isinstance(v, _NESTED) else v for v in value]
     return value
 
 

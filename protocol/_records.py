@@ -9,14 +9,15 @@ it speaks for can be checked against each other without any network state.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._codec import encode, want, want_bytes, want_int
+from ._codec import decode_record, encode, want, want_bytes, want_int
 from ._errors import InvalidSignature, MalformedEncoding
 from ._geo import continent_of
-from ._sign import Signer, open_signed, public_bytes, sign_body
+from ._sign import SIGNED_TAG, Signer, open_signed, public_bytes, sign_body
 from ._wire import DIRECTORY_TOPIC
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -50,6 +51,7 @@ def b58decode(text: str) -> bytes:
     return b"\x00" * pad + body
 
 
+@functools.lru_cache(maxsize=1 << 14)  # a pure function, called for every record verified
 def peer_id_of(public_key: bytes) -> str:
     """The libp2p peer id (base58 identity multihash) of a raw Ed25519 public key."""
     if len(public_key) != 32:
@@ -89,7 +91,7 @@ class Descriptor:
 
     peer_id: str
     addrs: tuple[str, ...]
-    hpke: dict[str, bytes]  # kem name -> HPKE public key
+    kems: tuple[str, ...]  # the KEMs it has HPKE public keys for; the keys: :attr:`hpke`
     name: str
     country: str
     city: str
@@ -133,10 +135,19 @@ class Descriptor:
             raise MalformedEncoding("descriptor: continent does not match the country")
         return cls(
             peer_id=peer_id, addrs=tuple(_text(a, "addr", empty=False) for a in addrs),
-            hpke={str(k): bytes(v) for k, v in hpke.items()}, name=_text(f[3], "name", empty=False),
+            kems=tuple(sorted(str(k) for k in hpke)), name=_text(f[3], "name", empty=False),
             country=country, city=_text(f[5], "city"), continent=continent, org=_text(f[7], "org"),
             version=_text(f[8], "version"), seq=want_int(f[9], "seq", 0, 2**63), signed=bytes(data),
         )
+
+    @property
+    def hpke(self) -> dict[str, bytes]:
+        """KEM name -> HPKE public key, read again from the signed bytes (verified when
+        this object was made). Not kept: an ML-KEM-768 key is over a kilobyte, a node
+        keeps a descriptor of every custodian, and only a delivery needs the keys."""
+        body = decode_record(self.signed, SIGNED_TAG, 1, 3, max_size=MAX_DESCRIPTOR)[0]
+        fields = decode_record(body, DESCRIPTOR_TAG, 1, 10, max_size=MAX_DESCRIPTOR)
+        return {str(k): bytes(v) for k, v in fields[2].items()}
 
 
 @dataclass(frozen=True)

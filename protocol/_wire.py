@@ -44,8 +44,8 @@ class Topic:
 
 #: Shard delivery; the reply is a signed receipt.
 DELIVER = StreamProtocol("/shardnet/deliver/1", 512 * 1024, 4096, 8)
-#: Anti-entropy pull of every descriptor the peer knows.
-DIRECTORY = StreamProtocol("/shardnet/directory/1", 1024, 4 * 1024 * 1024, 4)
+#: Anti-entropy pull of the descriptors the puller lacks (``protocol/_directory_pull.py``).
+DIRECTORY = StreamProtocol("/shardnet/directory/1", 128 * 1024, 4 * 1024 * 1024, 4)
 #: Release ask (a request and its approvals); the reply is a list of signed releases.
 RELEASE = StreamProtocol("/shardnet/release/1", 64 * 1024, 64 * 1024, 4)
 #: Anti-entropy pull of the live requests and their votes.
@@ -67,6 +67,10 @@ TOPICS = (DIRECTORY_TOPIC, REQUEST_TOPIC, VOTE_TOPIC)
 #: Frame tags: the first field of the msgpack array a stream request carries.
 DELIVER_FRAME_TAG = "shardnet/deliver-frame"
 RELEASE_ASK_TAG = "shardnet/release-ask"
+DIRECTORY_PULL_TAG = "shardnet/directory-pull"
+
+#: Custodians a directory pull summarises, and descriptors its reply carries, at most.
+DIRECTORY_PULL_MAX = 4096
 
 #: The body a pull request (directory, sync) carries.
 PULL = b"pull"

@@ -98,12 +98,9 @@ class Grid:
         self.nodes = [
             NodeRuntime(h, keystore=FileKeystore.from_home(h), transport=self.network.factory(),
                         bootstrap=boot if i else [], clock=self.now, rng=self.rng, store=Store(":memory:"),
-                        operator_io=False)
+                        operator_io=False, republish_every=self.republish)
             for i, h in enumerate(self.homes)
         ]
-        if self.republish is not None:
-            for node in self.nodes:
-                node.republish_every = self.republish
         async with self.network.running(), trio.open_nursery() as nursery:
             for node in self.nodes:
                 await nursery.start(node.run)
@@ -119,7 +116,7 @@ class Grid:
         """Until every node knows every node; the virtual seconds it took."""
         t0 = trio.current_time()
         n = len(self.nodes)
-        await _until(lambda: all(len(node.store.custodians()) >= n for node in self.nodes), within)
+        await _until(lambda: all(len(node.directory) >= n for node in self.nodes), within)
         return trio.current_time() - t0
 
     async def import_key(self, owner: int, key: bytes, threshold: int, shares: int, **extra: Any) -> str:

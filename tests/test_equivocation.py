@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from shardnet import protocol as p
 from shardnet.node._keystore import FileKeystore
@@ -38,6 +39,7 @@ from shardnet.protocol._quorum import (
     ReleaseDenied,
     State,
     Tally,
+    VoteRejected,
     decide_release,
 )
 from shardnet.protocol._records import Delivery, Receipt, peer_id_of
@@ -200,6 +202,76 @@ def test_a_forged_contradiction_cannot_void_an_honest_approver() -> None:
     forged = p.encode([tag, ver, body, mallory.public_key().public_bytes_raw(), sig])
     with pytest.raises(p.InvalidSignature):
         Vote.from_bytes(forged)
+
+
+# Votes that must never count: from someone who is not an approver, and dated
+# after the request's lifetime. Adding one raises and changes nothing.
+NOT_ALLOWED = [Vote.make(KEYS["owner"], REQUEST, "approve", NOW),
+               Vote.make(KEYS["tokyo"], REQUEST, "approve", REQUEST.not_after + 1)]
+
+
+class TallyMachine(RuleBasedStateMachine):
+    """Random interleavings of allowed votes, refused votes and time passing: after
+    every step the tally agrees with the set-based model of the votes it took."""
+
+    @initialize()
+    def start(self) -> None:
+        self.tally = Tally(REQUEST, ApprovalRule.of(KEYSET))
+        self.seen: list[Vote] = []
+        self.now = NOW
+        self.void_ever: set[str] = set()
+
+    @rule(key=st.sampled_from(sorted(POOL)))
+    def vote(self, key: tuple[str, str, int]) -> None:
+        v = POOL[key]
+        before = model(self.seen)
+        if self.now > REQUEST.not_after:
+            with pytest.raises(VoteRejected):
+                self.tally.add(v, self.now)
+            return
+        added = self.tally.add(v, self.now)
+        earlier = {w.decision for w in self.seen if w.approver == v.approver}
+        self.seen.append(v)
+        expected = (Added.COUNTED if not earlier else Added.VOIDED if len(earlier) == 2 else
+                    Added.DUPLICATE if earlier == {v.decision} else Added.EQUIVOCATION)
+        assert added is expected
+        if added is Added.DUPLICATE or added is Added.VOIDED:
+            assert model(self.seen) == before  # nothing new was learnt
+
+    @rule(i=st.integers(0, len(NOT_ALLOWED) - 1))
+    def refused(self, i: int) -> None:
+        snapshot = (dict(self.tally.votes), dict(self.tally.equivocations))
+        with pytest.raises(VoteRejected):
+            self.tally.add(NOT_ALLOWED[i], self.now)
+        assert (self.tally.votes, self.tally.equivocations) == snapshot
+
+    @rule(dt=st.sampled_from([1, 60, 700]))
+    def time_passes(self, dt: int) -> None:
+        self.now += dt
+
+    @invariant()
+    def agrees_with_the_model(self) -> None:
+        if not hasattr(self, "tally"):
+            return
+        state, approvals, denials, void = model(self.seen)
+        if self.now > REQUEST.not_after:
+            state = State.EXPIRED
+        assert (self.tally.state(self.now), self.tally.approvals, self.tally.denials,
+                frozenset(self.tally.equivocations)) == (state, approvals, denials, void)
+        # A void approver stays void, and counts on neither side.
+        assert self.void_ever <= void
+        self.void_ever |= void
+        assert not void & set(self.tally.votes)
+        assert approvals + denials + len(void) <= len(APPROVERS)
+        # The same votes in another order give the same tally.
+        again = tally_of(list(reversed(self.seen))) if self.now <= REQUEST.not_after else None
+        if again is not None:
+            assert (again.approvals, again.denials, set(again.equivocations)) == (
+                approvals, denials, set(void))
+
+
+TestTallyMachine = TallyMachine.TestCase
+TestTallyMachine.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)
 
 
 # -- the node's services, on a real SQLite store: gossip, sync and evidence paths ---

@@ -223,8 +223,21 @@ def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pa
     async def main() -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {}
         async with _net.running_node_host(rogue_seed, ["/ip4/127.0.0.1/tcp/0"], enable_pubsub=False) as h:
+            # The rogue's own descriptor reaches every node as the directory would: a node
+            # pulls the directory of a peer that connects to it.
+            async def serve_directory(remote: str, frame: bytes) -> bytes:
+                return p.encode([descriptor.signed])
+
+            _net.serve_protocol(h.host, wire.DIRECTORY.id, serve_directory, max_len=wire.DIRECTORY.max_request,
+                                timeout=10, max_concurrent_per_peer=4)
             for node in c.nodes.values():
                 await _net.connect(h.host, node.addrs[0], 10)
+            with trio.fail_after(30):
+                for name in c.nodes:
+                    for _ in range(150):
+                        if any(d["peer_id"] == descriptor.peer_id for d in c.control(name, "custodians")):
+                            break
+                        await trio.sleep(0.2)
             for case, (req, vs) in cases.items():
                 out[case] = {}
                 for name, node in c.nodes.items():
@@ -236,12 +249,6 @@ def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pa
                         out[case][name] = exc.reason
         return out
 
-    # Let every node know the rogue's country (as the directory would).
-    for name in c.nodes:
-        with c.nodes[name].home.open_store() as store:
-            store.upsert_custodian(descriptor.peer_id, descriptor.signed,
-                                   {"name": "rogue", "country": "DE", "city": "", "continent": "EU", "org": ""},
-                                   descriptor.seq, now=now)
     answers = trio.run(main)
     expect = {
         "no votes": "no quorum: 0 of 2", "one approval": "no quorum: 1 of 2", "non-approvers": "no quorum: 1 of 2",

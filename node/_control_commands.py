@@ -1,0 +1,97 @@
+"""The running node's control commands: the table the control server looks up.
+
+Reads go to ``_api`` (the same shapes as the offline CLI); the commands that
+act (import, vote, threat level, stop) are here; ``key-reconstruct`` is its
+own module, ``_reconstruct``.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from shardnet.protocol import wire
+
+from . import _api
+from ._control_server import Command, Emit
+from ._reconstruct import reconstruct
+
+if TYPE_CHECKING:
+    from ._runtime import NodeRuntime
+
+
+def command_table(node: NodeRuntime) -> dict[str, Command]:
+    def reads(fn: Callable[[dict[str, Any]], Any]) -> Command:
+        async def command(args: dict[str, Any], emit: Emit) -> Any:
+            return fn(args)
+        return command
+
+    def stop(args: dict[str, Any]) -> Any:
+        node.stop()
+        return {"stopping": True}
+
+    own_key = node.key.public_key().public_bytes_raw()
+    return {
+        "status": reads(lambda a: _api.status(node.store, node.peer_id, node.cfg, node.live())),
+        "custodians": reads(lambda a: _api.custodians(node.store, node.peer_id)),
+        "key-list": reads(lambda a: _api.keysets(node.store)),
+        "key-show": reads(lambda a: _api.keyset_detail(node.store, str(a["keyset"]))),
+        "audit-verify": reads(lambda a: _api.audit_verify(node.store, own_key)),
+        "requests": reads(lambda a: node.approvals.listing(node.now())),
+        "threat-level": reads(lambda a: _threat_level(node, a)),
+        "stop": reads(stop),
+        "key-import": lambda a, emit: _import(node, a, emit),
+        "approve": _vote(node, "approve"),
+        "deny": _vote(node, "deny"),
+        "key-reconstruct": lambda a, emit: reconstruct(node, a, emit),
+    }
+
+
+def _vote(node: NodeRuntime, decision: str) -> Command:
+    async def command(args: dict[str, Any], emit: Emit) -> Any:
+        vote = node.approvals.cast(str(args["request"]), decision, node.now())
+        node.wake_voters()
+        await node.links.publish(wire.VOTE_TOPIC, vote.signed)
+        return {"request": vote.request_id, "decision": vote.decision, "approver": vote.approver}
+    return command
+
+
+def _threat_level(node: NodeRuntime, args: dict[str, Any]) -> Any:
+    if args.get("level") is not None:
+        level = int(args["level"])
+        if not 0 <= level <= 5:
+            raise ValueError("threat level is 0 (low) to 5 (critical)")
+        node.store.put_kv("threat_level", str(level).encode())
+    return {"threat_level": node.threat_level()}
+
+
+async def _import(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> Any:
+    master = base64.b64decode(args["key"])
+    res = node.owner.import_key(
+        master, int(args["threshold"]), int(args["shares"]), now=node.now(),
+        placement_expr=args.get("placement"), redundancy=int(args.get("redundancy") or 1),
+        expires=args.get("expires"), kem=str(args.get("kem") or "x25519"),
+        approvers=args.get("approvers"), quorum=args.get("quorum"), policy_text=args.get("policy"),
+    )
+    del master
+    ks = res.keyset
+    total = sum(len(h) for h in res.holders.values())
+    await emit({"kind": "placed", "keyset": ks.id_hex, "total": total,
+                "holders": {str(k): v for k, v in res.holders.items()}, "note": res.note})
+    outbox = node.outbox
+    outbox.wake()
+    deadline = trio.current_time() + float(args.get("wait") or 30)
+    while True:
+        rows = node.store.outbox(ks.id_hex)
+        done = [r for r in rows if r["state"] != "pending"]
+        await emit({"kind": "progress", "done": len(done), "total": total})
+        if len(done) == total or trio.current_time() >= deadline:
+            break
+        with trio.move_on_at(deadline):
+            await outbox.progress.wait()
+    detail = _api.keyset_detail(node.store, ks.id_hex)
+    detail["note"] = res.note
+    return detail

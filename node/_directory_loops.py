@@ -1,0 +1,170 @@
+"""The directory's background loops: who the custodians are and how to reach them.
+
+* publish our signed descriptor at start and every ``republish_every`` s. The
+  same signed bytes go out again unless our addresses changed or they are
+  ``RESIGN_EVERY`` s old: a peer that holds them already pays a hash for them,
+  not a signature check, so republishing costs the network O(N²) hashes per
+  round rather than O(N²) verifications;
+* drain the directory topic;
+* pull the directory (and the approvals, through ``on_new_peer``) of a peer
+  when we first connect to it, of at most ``NEW_PEER_PULLS`` new peers every
+  ``PULL_EVERY`` s, and every ``PULL_EVERY`` s of two connected peers chosen at
+  random (anti-entropy, because gossip is lossy). A node that joins a network
+  of N does not pull from each of the dozens of peers it connects to at once;
+  each pull carries a summary, so one in step costs O(N) integers, not N
+  descriptors;
+* dial custodians we learn about, up to ``MAX_PEERS`` connections.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from shardnet import protocol as p
+from shardnet.protocol import Descriptor, wire
+
+from ._clock import Clock, Rng
+from ._links import Links
+from ._services import Directory
+from ._transport import Subscription, drain
+
+log = logging.getLogger("shardnet.node")
+
+REPUBLISH = 10.0
+RESIGN_EVERY = 1800.0
+PULL_EVERY = 5.0
+NEW_PEER_PULLS = 4
+MAX_PEERS = 32
+
+
+def pick(rng: Rng, items: list[str], k: int) -> list[str]:
+    """Up to k of ``items``, chosen with ``rng``."""
+    pool, out = list(items), list[str]()
+    while pool and len(out) < k:
+        out.append(pool.pop(int.from_bytes(rng(4), "big") % len(pool)))
+    return out
+
+
+class DirectoryLoops:
+    def __init__(self, directory: Directory, links: Links, *, describe: Callable[[], Descriptor],
+                 clock: Clock, rng: Rng, bootstrap: list[str],
+                 on_readdressed: Callable[[str], None],
+                 on_new_peer: Callable[[str], Awaitable[None]]) -> None:
+        """``describe`` makes our descriptor; ``on_readdressed(peer)`` is told when a
+        custodian comes back at new addresses; ``on_new_peer(peer)`` is the other pulls
+        to make of a peer along with its directory."""
+        self.directory = directory
+        self.links = links
+        self.describe = describe
+        self.clock = clock
+        self.rng = rng
+        self.bootstrap = bootstrap
+        self.on_readdressed = on_readdressed
+        self.on_new_peer = on_new_peer
+        self.republish_every = REPUBLISH
+        self._known = set(directory.peer_ids())
+        self._addrs: dict[str, tuple[str, ...]] = {}
+        self._pulled: set[str] = set()
+        self._mine: Descriptor | None = None
+        self.has_peers = trio.Event()  # set at the first connection the peers loop sees
+
+    def publish_self(self) -> Descriptor:
+        """Our descriptor, signed anew when needed (see the module docstring)."""
+        d, now = self._mine, self.clock()
+        if (d is None or d.addrs != tuple(self.links.net.listen_addrs)
+                or now - d.seq / 1000 >= RESIGN_EVERY):
+            d = self._mine = self.describe()
+            self.directory.accept(d.signed, int(now))
+        return d
+
+    async def publish_loop(self) -> None:
+        """Gossip our descriptor once we have peers to gossip to, again when the mesh has
+        grown (``PULL_EVERY`` s later), then every ``republish_every`` s."""
+        with trio.move_on_after(self.republish_every):
+            await self.has_peers.wait()
+        await self.links.publish(wire.DIRECTORY_TOPIC, self.publish_self().signed)
+        await trio.sleep(min(PULL_EVERY, self.republish_every))
+        while True:
+            await self.links.publish(wire.DIRECTORY_TOPIC, self.publish_self().signed)
+            await trio.sleep(self.republish_every)
+
+    def validate(self, author: str, data: bytes) -> bool:
+        """The topic validator: a descriptor signed by the peer that sent it, not from the future."""
+        held = self.directory.held_from(data)
+        if held is not None:  # verified when it first came, and not from the future then
+            return held == author
+        try:
+            d = self.directory.parse(data)
+            if d.peer_id != author:
+                return False
+            return d.seq <= (self.clock() + wire.MAX_CLOCK_SKEW) * 1000
+        except (p.ShardnetError, ValueError):
+            return False
+
+    def accept(self, data: bytes) -> None:
+        try:
+            d = self.directory.accept(data, int(self.clock()))
+        except (p.ShardnetError, ValueError) as exc:
+            log.info("descriptor refused: %s", exc)
+            return
+        if d is None:
+            return
+        if d.peer_id not in self._known:
+            self._known.add(d.peer_id)
+            log.info("custodian %s (%s) %s", d.name, d.country, d.peer_id)
+        if self._addrs.get(d.peer_id) != d.addrs:
+            self._addrs[d.peer_id] = d.addrs
+            self.links.forget_backoff(d.peer_id)
+            self.on_readdressed(d.peer_id)
+
+    async def drain(self, sub: Subscription) -> None:
+        await drain(sub, self.accept)
+
+    async def pull_from(self, peer: str) -> None:
+        items = await self.links.pull(peer, wire.DIRECTORY, self.directory.summary())
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, bytes):
+                self.accept(item)
+
+    async def _pull_all(self, peer: str) -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(self.pull_from, peer)
+            n.start_soon(self.on_new_peer, peer)
+
+    async def peers_loop(self) -> None:
+        """Bootstrap, then keep connected to known custodians and pull from them."""
+        for addr in self.bootstrap:
+            await self.links.dial(addr)
+        last_pull, window, new_pulls = 0.0, -PULL_EVERY, 0
+        own = self.directory.me
+        while True:
+            connected = set(self.links.connected())
+            if connected:
+                self.has_peers.set()
+            now = trio.current_time()
+            if now - window >= PULL_EVERY:
+                window, new_pulls = now, 0
+            async with trio.open_nursery() as n:
+                for peer in sorted(connected - self._pulled):
+                    self._pulled.add(peer)
+                    if new_pulls < NEW_PEER_PULLS:
+                        new_pulls += 1
+                        n.start_soon(self._pull_all, peer)
+                if now - last_pull > PULL_EVERY and connected:
+                    last_pull = now
+                    for peer in pick(self.rng, sorted(connected), 2):
+                        n.start_soon(self._pull_all, peer)
+                budget = MAX_PEERS - len(connected)
+                if budget > 0:  # dial custodians chosen at random, so that no one is everyone's first
+                    unconnected = [peer for peer in self.directory.peer_ids()
+                                   if peer != own and peer not in connected]
+                    for peer in pick(self.rng, unconnected, budget):
+                        d = self.directory.get(peer)
+                        if d is not None:
+                            n.start_soon(self.links.dial_custodian, d)
+            self._pulled &= set(self.links.connected())
+            await trio.sleep(0.5)
+

@@ -1,0 +1,105 @@
+"""The node's links to other custodians, over any :class:`Transport`.
+
+Three things every conversation needs, in one place:
+
+* dialing a custodian at the addresses of its descriptor, with back-off per peer;
+* reaching a custodian before a request (dial it unless already connected);
+* never more requests in flight to one peer, on one protocol, than it serves
+  at once (``max_concurrent_per_peer``), so that our own load is never
+  answered BUSY by an honest peer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from shardnet import protocol as p
+from shardnet.protocol import Descriptor, wire
+
+from . import _transport as tx
+from ._services import Directory
+from ._transport import Transport
+
+log = logging.getLogger("shardnet.node")
+
+CONNECT_TIMEOUT = 5.0
+BACKOFF_MAX = 30.0
+
+
+class Links:
+    def __init__(self, net: Transport, directory: Directory) -> None:
+        self.net = net
+        self.directory = directory
+        self._dial_backoff: dict[str, tuple[float, float]] = {}  # peer -> (next dial, delay)
+        self._in_flight: dict[tuple[str, str], trio.CapacityLimiter] = {}  # (peer, protocol) -> slots
+
+    def connected(self) -> list[str]:
+        return self.net.connected()
+
+    def forget_backoff(self, peer: str) -> None:
+        """``peer`` has new addresses (a restart): dial it now rather than after back-off."""
+        self._dial_backoff.pop(peer, None)
+
+    async def dial(self, addr: str) -> str | None:
+        try:
+            return await self.net.connect(addr, CONNECT_TIMEOUT)
+        except (tx.ConnectError, ValueError) as exc:
+            log.debug("dial %s failed: %s", addr, exc)
+            return None
+
+    async def dial_custodian(self, d: Descriptor) -> bool:
+        """Dial a custodian at its descriptor's addresses, with per-peer back-off."""
+        due, delay = self._dial_backoff.get(d.peer_id, (0.0, 0.5))
+        if trio.current_time() < due:
+            return False
+        for addr in d.addrs:
+            if await self.dial(addr if "/p2p/" in addr else f"{addr}/p2p/{d.peer_id}"):
+                self._dial_backoff.pop(d.peer_id, None)
+                return True
+        delay = min(BACKOFF_MAX, delay * 2)
+        self._dial_backoff[d.peer_id] = (trio.current_time() + delay, delay)
+        return False
+
+    async def reach(self, peer: str, protocol: str) -> None:
+        """Make sure we have a connection to ``peer`` (dialing its descriptor's addresses)."""
+        if peer in self.connected():
+            return
+        d = self.directory.get(peer)
+        if d is None or not await self.dial_custodian(d):
+            raise tx.StreamOpenError(peer, protocol, "custodian unreachable")
+
+    async def request(self, peer: str, proto: wire.StreamProtocol, payload: bytes) -> bytes:
+        """One request to ``peer``, with never more of them in flight than it serves at once."""
+        key = (peer, proto.id)
+        limiter = self._in_flight.get(key)
+        if limiter is None:
+            limiter = self._in_flight[key] = trio.CapacityLimiter(proto.max_concurrent_per_peer)
+        try:
+            async with limiter:
+                return await self.net.request(peer, proto, payload, wire.REQUEST_TIMEOUT)
+        finally:
+            if limiter.borrowed_tokens == 0 and limiter.statistics().tasks_waiting == 0:
+                self._in_flight.pop(key, None)
+
+    async def reach_and_request(self, peer: str, proto: wire.StreamProtocol, payload: bytes) -> bytes:
+        await self.reach(peer, proto.id)
+        return await self.request(peer, proto, payload)
+
+    async def pull(self, peer: str, proto: wire.StreamProtocol, body: bytes = wire.PULL) -> Any:
+        """One pull request (directory or sync), decoded; None if it failed (pulls are best effort)."""
+        try:
+            reply = await self.request(peer, proto, body)
+            return p.decode(reply, max_size=proto.max_reply, max_items=8192)
+        except (tx.RequestError, p.ShardnetError) as exc:
+            log.debug("%s pull from %s failed: %s", proto.id, peer, exc)
+            return None
+
+    async def publish(self, topic: wire.Topic, data: bytes) -> None:
+        """Best effort: the pull protocols carry every gossiped record too."""
+        try:
+            await self.net.publish(topic, data)
+        except Exception as exc:
+            log.debug("publish on %s failed: %r", topic, exc)

@@ -1,0 +1,150 @@
+"""The owner's delivery loop: one outbox slot machine (``protocol/_outbox.py``)
+per pending shard, and the keyset notices to approvers that hold no shard.
+
+A custodian that is offline gets its shard when it comes back, also after we
+restart: the outbox is in SQLite, and the machines are made again from it.
+Back-off is per slot; a custodian that answers, or that comes back at new
+addresses, makes its other slots due at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from shardnet import protocol as p
+from shardnet.protocol import outbox, wire
+
+from . import _transport as tx
+from ._clock import Clock
+from ._links import BACKOFF_MAX, Links
+from ._services import Custodian, Owner, Rejected
+from ._store import Store
+
+log = logging.getLogger("shardnet.node")
+
+MAX_PARALLEL_PEERS = 16
+IDLE_WAKE = 30.0
+
+
+def _slot_key(row: Any) -> tuple[str, int, int, str]:
+    return (row["keyset_id"], row["epoch"], row["idx"], row["custodian"])
+
+
+class OutboxLoop:
+    def __init__(self, store: Store, owner: Owner, custodian: Custodian, links: Links,
+                 clock: Clock, me: str) -> None:
+        self.store = store
+        self.owner = owner
+        self.custodian = custodian
+        self.links = links
+        self.clock = clock
+        self.me = me
+        self.wakeup = trio.Event()
+        self.progress = trio.Event()
+        self._slots: dict[tuple[str, int, int, str], outbox.OutboxSlot] = {}
+        self._notice_backoff: dict[str, tuple[float, float]] = {}  # peer -> (next notice, delay)
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    def wake(self) -> None:
+        self.wakeup.set()
+
+    def peer_back(self, peer: str, *, except_slot: outbox.OutboxSlot | None = None) -> None:
+        """``peer`` is reachable again: its pending slots (and notices) are due now."""
+        due = self._notice_backoff.pop(peer, None) is not None
+        for key, slot in self._slots.items():
+            if key[3] == peer and slot is not except_slot and slot.state is outbox.OutboxState.PENDING:
+                slot.handle(outbox.PeerBack(), trio.current_time())
+                due = True
+        if due:
+            self.wake()
+
+    async def run(self) -> None:
+        limiter = trio.CapacityLimiter(MAX_PARALLEL_PEERS)
+        while True:
+            self.wakeup = trio.Event()
+            now = trio.current_time()
+            rows = {_slot_key(r): r for r in self.store.pending()}
+            for key in set(self._slots) - set(rows):  # delivered, refused or gone meanwhile
+                del self._slots[key]
+            wake = now + IDLE_WAKE
+            by_peer: dict[str, list[Any]] = {}
+            for key, row in rows.items():
+                slot = self._slots.setdefault(key, outbox.OutboxSlot(now=now))
+                for effect in slot.handle(outbox.Tick(), now):
+                    if isinstance(effect, outbox.Send):
+                        by_peer.setdefault(row["custodian"], []).append(row)
+                    elif isinstance(effect, outbox.WakeAt):
+                        wake = min(wake, effect.time)
+            pending_notices = self.store.pending_notices()
+            notices = [r for r in pending_notices
+                       if self._notice_backoff.get(r["peer"], (0.0, 0.0))[0] <= now]
+            if pending_notices:
+                wake = min(wake, now + 1.0)
+            if by_peer or notices:
+                async with trio.open_nursery() as n:
+                    for peer, peer_rows in by_peer.items():
+                        n.start_soon(self._deliver_to, peer, peer_rows, limiter)
+                    for notice in notices:
+                        n.start_soon(self._notify, notice)
+                continue  # outcomes may have made other slots due
+            with trio.move_on_at(wake):
+                await self.wakeup.wait()
+
+    async def _deliver_to(self, peer: str, rows: list[Any], limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            for row in rows:
+                await self._deliver_one(row)
+            self.progress.set()
+            self.progress = trio.Event()
+
+    async def _deliver_one(self, row: Any) -> None:
+        """Send one slot's shard and feed the outcome to its machine."""
+        peer = row["custodian"]
+        slot = self._slots[_slot_key(row)]
+        frame, cover = self.owner.delivery_frame(row, self.now())
+        receipt = None
+        event: outbox.Event
+        try:
+            if peer == self.me:
+                reply = self.custodian.handle_delivery(self.me, frame, self.now())
+            else:
+                reply = await self.links.reach_and_request(peer, wire.DELIVER, frame)
+            receipt = self.owner.check_receipt(row, cover, reply)
+            event = outbox.Receipted(receipt.status, receipt.reason)
+            log.info("shard %s:%d -> %s: %s%s", row["keyset_id"][:12], row["idx"], peer, receipt.status,
+                     f" ({receipt.reason})" if receipt.reason else "")
+        except (tx.RequestError, Rejected, p.ShardnetError) as exc:
+            event = outbox.SendFailed(str(exc))
+            log.info("delivery of %s:%d to %s failed: %s", row["keyset_id"][:12], row["idx"], peer, exc)
+        for effect in slot.handle(event, trio.current_time()):
+            if isinstance(effect, outbox.Record):
+                self.owner.record(row, effect, receipt, self.now())
+        if receipt is not None:  # the custodian answers: its other slots need not wait out a back-off
+            self.peer_back(peer, except_slot=slot)
+
+    async def _notify(self, row: Any) -> None:
+        """Push a keyset record to an approver that holds no shard of it."""
+        peer = row["peer"]
+        record = self.store.keyset(row["keyset_id"])
+        assert record is not None
+        state, error = "delivered", None
+        try:
+            await self.links.reach_and_request(peer, wire.KEYSET, record["record"])
+        except tx.RemoteError as exc:
+            # Busy or slow is for later; anything else is the approver's answer.
+            busy = exc.status in (tx.ReplyStatus.BUSY, tx.ReplyStatus.TIMEOUT)
+            state, error = ("pending" if busy else "refused"), exc.reason
+        except tx.RequestError as exc:
+            state, error = "pending", str(exc)
+        self.store.mark_notice(row["keyset_id"], peer, state, error=error, now=self.now())
+        if state == "pending":
+            _, delay = self._notice_backoff.get(peer, (0.0, 0.25))
+            delay = min(BACKOFF_MAX, delay * 2)
+            self._notice_backoff[peer] = (trio.current_time() + delay, delay)
+        else:
+            self._notice_backoff.pop(peer, None)

@@ -1,0 +1,90 @@
+"""The directory's anti-entropy pull: a summary out, only what the puller lacks back."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from shardnet import protocol as p
+from shardnet.node._services import Directory
+from shardnet.node._store import Store
+from shardnet.protocol import directory_pull as dp
+from shardnet.protocol import wire
+
+NOW = 1_800_000_000
+KEYS = [Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32) for i in range(6)]
+
+
+def descriptor(i: int, seq: int) -> p.Descriptor:
+    return p.Descriptor.make(KEYS[i], addrs=[f"/memory/{i}"], hpke={"x25519": bytes(32)}, name=f"n{i}",
+                             country="CH", city="", org=f"org{i}", version="0.1.0", seq=seq)
+
+
+def directory(me: int = 0) -> Directory:
+    key = KEYS[me]
+    return Directory(Store(":memory:"), p.peer_id_of(key.public_key().public_bytes_raw()))
+
+
+def test_a_peer_in_step_gets_nothing_and_a_stale_one_gets_only_the_news() -> None:
+    a, b = directory(0), directory(1)
+    for i in range(5):
+        a.accept(descriptor(i, 1000).signed, NOW)
+        b.accept(descriptor(i, 1000).signed, NOW)
+    assert p.decode(a.pull_reply(b.summary())) == []
+    a.accept(descriptor(2, 2000).signed, NOW)  # a newer descriptor of node 2
+    a.accept(descriptor(5, 1000).signed, NOW)  # a custodian b has never heard of
+    got = sorted(p.decode(a.pull_reply(b.summary())))
+    assert got == sorted([descriptor(2, 2000).signed, descriptor(5, 1000).signed])
+    for item in got:
+        b.accept(item, NOW)
+    assert p.decode(a.pull_reply(b.summary())) == []
+    # b holding something newer than a does not make a send its older one.
+    b.accept(descriptor(3, 3000).signed, NOW)
+    assert p.decode(a.pull_reply(b.summary())) == []
+
+
+def test_a_bare_pull_gets_everything_as_before() -> None:
+    a = directory()
+    for i in range(4):
+        a.accept(descriptor(i, 1000).signed, NOW)
+    assert len(p.decode(a.pull_reply(wire.PULL))) == 4
+
+
+def test_the_index_survives_a_restart_and_stale_or_repeated_descriptors_change_nothing() -> None:
+    store = Store(":memory:")
+    a = Directory(store, "me")
+    assert a.accept(descriptor(1, 2000).signed, NOW) is not None
+    assert a.accept(descriptor(1, 2000).signed, NOW) is None  # the same bytes again
+    assert a.accept(descriptor(1, 1000).signed, NOW) is None  # older
+    again = Directory(store, "me")  # made from the store, as at a node's start
+    assert len(again) == 1 and again.all()[0].seq == 2000
+    assert again.accept(descriptor(1, 2000).signed, NOW) is None
+    assert p.decode(again.pull_reply(a.summary())) == []
+
+
+def test_the_reply_stays_within_its_cap() -> None:
+    held = [(bytes([i % 256, i // 256]) + bytes(6), 1, bytes(2000)) for i in range(4000)]
+    reply = dp.pull_reply(held, {})
+    assert len(reply) <= wire.DIRECTORY.max_reply
+    assert 0 < len(p.decode(reply, max_size=wire.DIRECTORY.max_reply)) < 4000
+
+
+def test_a_full_summary_fits_the_request_cap() -> None:
+    frame = dp.encode_pull((i.to_bytes(8, "big"), 2**62 + i) for i in range(wire.DIRECTORY_PULL_MAX + 10))
+    assert len(frame) <= wire.DIRECTORY.max_request
+    assert len(dp.decode_pull(frame)) == wire.DIRECTORY_PULL_MAX
+
+
+@pytest.mark.parametrize("entries", [
+    "not a list", [[b"short", 1]], [[bytes(8), -1]], [[bytes(8), "1"]], [[bytes(8), True]],
+    [[bytes(8)]], [[bytes(8), 1, 2]], [b"x"],
+])
+def test_malformed_summaries_are_refused(entries: object) -> None:
+    with pytest.raises(p.MalformedEncoding):
+        dp.decode_pull(p.encode([wire.DIRECTORY_PULL_TAG, 1, entries]))
+
+
+def test_other_frames_are_refused() -> None:
+    for frame in (b"", b"\x00", p.encode(["shardnet/other", 1, []]), p.encode([wire.DIRECTORY_PULL_TAG, 2, []])):
+        with pytest.raises(p.MalformedEncoding):
+            dp.decode_pull(frame)
