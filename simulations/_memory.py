@@ -15,7 +15,9 @@ node can observe:
   most ``degree`` connected peers (GossipSub's D = 6 by default), chosen with
   the network's seeded RNG, so propagation takes the hops it would take. Every
   hop runs the receiving node's validator with the message's author, and a
-  node forwards a message once.
+  node forwards a message once. A message is named, as by py-libp2p's
+  default, by its author and a per-author sequence number: publishing the
+  same bytes again is a new message.
 
 Addresses are ``/memory/<peer id>``. Nothing here reads the wall clock: delays
 are ``trio.sleep``, which a ``trio.testing.MockClock`` turns into virtual time.
@@ -24,6 +26,7 @@ are ``trio.sleep``, which a ``trio.testing.MockClock`` turns into virtual time.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import random
 from collections.abc import AsyncIterator, Callable
@@ -55,11 +58,12 @@ class _Topic:
 @dataclass
 class _Node:
     peer_id: str
-    connections: set[str] = field(default_factory=set)
+    connections: dict[str, None] = field(default_factory=dict)  # an ordered set
     handlers: dict[str, tuple[wire.StreamProtocol, tx.Handler, float]] = field(default_factory=dict)
     in_progress: dict[tuple[str, str], int] = field(default_factory=dict)
     topics: dict[str, _Topic] = field(default_factory=dict)
     seen: dict[bytes, None] = field(default_factory=dict)
+    published: int = 0  # the sequence number of this node's last gossip message
     up: bool = True
 
 
@@ -102,8 +106,8 @@ class MemoryTransport:
             await trio.sleep(timeout)
             raise tx.ConnectError(f"dial {addr} timed out after {timeout} s")
         await trio.sleep(rtt)
-        self._node.connections.add(peer)
-        other.connections.add(self.peer_id)
+        self._node.connections[peer] = None
+        other.connections[self.peer_id] = None
         return peer
 
     async def request(self, peer: str, protocol: wire.StreamProtocol, payload: bytes,
@@ -137,14 +141,18 @@ class MemoryTransport:
         return _Subscription(t)
 
     async def publish(self, topic: wire.Topic, data: bytes) -> None:
-        self._net.gossip(self._node, self.peer_id, topic, data, author=self.peer_id)
+        self._node.published += 1
+        mid = hashlib.sha256(f"{self.peer_id}/{self._node.published}".encode()).digest()
+        self._net.gossip(self._node, self.peer_id, topic, data, author=self.peer_id, mid=mid)
 
 
 class MemoryNetwork:
     """The nodes of one simulation, their links, and the gossip overlay."""
 
     def __init__(self, *, latency: Pair | None = None, lose: Callable[[str, str], bool] | None = None,
-                 degree: int = 6, seed: int = 0) -> None:
+                 degree: int = 6, seed: int = 0, trace: bool = True) -> None:
+        """``trace``: keep every event in :attr:`trace` (for determinism checks); without
+        it only :attr:`events` counts them, which is what a large run can afford."""
         self.nodes: dict[str, _Node] = {}
         self.latency: Pair = latency or (lambda a, b: 0.0)
         self.lose: Callable[[str, str], bool] = lose or (lambda a, b: False)
@@ -152,7 +160,14 @@ class MemoryNetwork:
         self.rng = random.Random(seed)
         self._cuts: set[frozenset[str]] = set()
         self._nursery: trio.Nursery | None = None
+        # Gossip hops in flight: (due time, order, hop). One task delivers them all, so
+        # a hop costs a heap push and pop rather than a trio task of its own.
+        self._hops: list[tuple[float, int, tuple[str, str, wire.Topic, bytes, str, bytes]]] = []
+        self._hop_order = 0
+        self._hops_changed = trio.Event()
         self.trace: list[tuple[float, str, str, str, int]] = []  # (time, node, kind, peer, length)
+        self.events = 0
+        self._tracing = trace
 
     # -- faults ----------------------------------------------------------------------
 
@@ -171,6 +186,7 @@ class MemoryNetwork:
     async def running(self) -> AsyncIterator[MemoryNetwork]:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._deliver_hops)
             try:
                 yield self
             finally:
@@ -191,13 +207,15 @@ class MemoryNetwork:
             finally:
                 node.up = False
                 for other in node.connections:
-                    self.nodes[other].connections.discard(peer)
+                    self.nodes[other].connections.pop(peer, None)
                 node.connections.clear()
 
         return transport
 
     def _log(self, node: str, kind: str, peer: str, length: int) -> None:
-        self.trace.append((trio.current_time(), node, kind, peer, length))
+        self.events += 1
+        if self._tracing:
+            self.trace.append((trio.current_time(), node, kind, peer, length))
 
     async def serve(self, node: _Node, remote: str, protocol: wire.StreamProtocol,
                     payload: bytes) -> tuple[tx.ReplyStatus, bytes]:
@@ -228,11 +246,12 @@ class MemoryNetwork:
 
     # -- gossip ----------------------------------------------------------------------
 
-    def gossip(self, node: _Node, sender: str, topic: wire.Topic, data: bytes, *, author: str) -> None:
-        """``node`` got ``data`` from ``sender`` (itself, when it publishes): validate, deliver, forward."""
+    def gossip(self, node: _Node, sender: str, topic: wire.Topic, data: bytes, *, author: str,
+               mid: bytes) -> None:
+        """``node`` got message ``mid`` from ``sender`` (itself, when it publishes): validate,
+        deliver, forward."""
         if not node.up or len(data) > topic.max_message:
             return
-        mid = hashlib.sha256(topic.name.encode() + b"\x00" + data).digest()
         if mid in node.seen:
             return
         node.seen[mid] = None
@@ -243,19 +262,38 @@ class MemoryNetwork:
             return  # a node forwards only what its own validator accepts
         self._log(node.peer_id, "gossip", sender, len(data))
         sub.inbox.send_nowait(data)
-        mesh = sorted(node.connections - {sender})
-        self.rng.shuffle(mesh)
         assert self._nursery is not None, "run the network: async with network.running()"
-        for peer in mesh[: self.degree]:
+        peers = [peer for peer in node.connections if peer != sender]
+        if len(peers) > self.degree:
+            peers = self.rng.sample(peers, self.degree)
+        now = trio.current_time()
+        for peer in peers:
             if self.cut(node.peer_id, peer) or self.lose(node.peer_id, peer):
                 continue
-            self._nursery.start_soon(self._hop, node.peer_id, peer, topic, data, author)
+            self._hop_order += 1
+            due = now + self.latency(node.peer_id, peer)
+            if not self._hops or due < self._hops[0][0]:
+                self._hops_changed.set()
+            heapq.heappush(self._hops, (due, self._hop_order, (node.peer_id, peer, topic, data, author, mid)))
 
-    async def _hop(self, sender: str, peer: str, topic: wire.Topic, data: bytes, author: str) -> None:
-        await trio.sleep(self.latency(sender, peer))
-        target = self.nodes.get(peer)
-        if target is not None:
-            self.gossip(target, sender, topic, data, author=author)
+    async def _deliver_hops(self) -> None:
+        """Deliver every gossip hop at its due time, in the order they were sent."""
+        while True:
+            self._hops_changed = trio.Event()
+            if not self._hops:
+                await self._hops_changed.wait()
+                continue
+            due = self._hops[0][0]
+            if due > trio.current_time():
+                with trio.move_on_at(due):
+                    await self._hops_changed.wait()
+                continue
+            while self._hops and self._hops[0][0] <= trio.current_time():
+                _, _, (sender, peer, topic, data, author, mid) = heapq.heappop(self._hops)
+                target = self.nodes.get(peer)
+                if target is not None:
+                    self.gossip(target, sender, topic, data, author=author, mid=mid)
+            await trio.lowlevel.checkpoint()
 
 
 __all__ = ["MemoryNetwork", "MemoryTransport"]

@@ -36,6 +36,8 @@ from typing import Any
 import trio
 from trio._core import _run  # the scheduler's tie-break RNG (see the module docstring)
 
+from shardnet import protocol as p
+from shardnet.node import _api
 from shardnet.node._home import Home, init_home
 from shardnet.node._keystore import FileKeystore
 from shardnet.node._runtime import NodeRuntime
@@ -51,7 +53,12 @@ COUNTRIES = ["CH", "JP", "BR", "AU", "DE", "US", "IN", "ZA", "CA", "NO", "SG", "
 
 class Grid:
     def __init__(self, root: pathlib.Path, n: int, *, latency: Callable[[str, str], float] | None = None,
-                 seed: int = 0, degree: int = 6, republish: float | None = None) -> None:
+                 lose: Callable[[str, str], bool] | None = None, seed: int = 0, degree: int = 6,
+                 republish: float | None = None, trace: bool = True) -> None:
+        """``latency(a, b)``: one-way seconds from a to b. ``lose(a, b)``: whether this gossip
+        hop or request from a to b is lost (called once per hop). ``republish``: seconds
+        between a node's descriptor publications. ``trace``: keep the event trace (see
+        MemoryNetwork)."""
         if n < 1:
             raise ValueError("a grid needs at least one node")
         if republish is not None and not republish > 0:
@@ -59,7 +66,7 @@ class Grid:
         self.root = pathlib.Path(root)
         self.seed = seed
         self.rng = Drbg(b"shardnet-grid" + seed.to_bytes(8, "big"))
-        self.network = MemoryNetwork(latency=latency, degree=degree, seed=seed)
+        self.network = MemoryNetwork(latency=latency, lose=lose, degree=degree, seed=seed, trace=trace)
         self.republish = republish
         self.homes: list[Home] = []
         for i in range(n):
@@ -119,39 +126,61 @@ class Grid:
         await _until(lambda: all(len(node.directory) >= n for node in self.nodes), within)
         return trio.current_time() - t0
 
-    async def import_key(self, owner: int, key: bytes, threshold: int, shares: int, **extra: Any) -> str:
+    def index(self, peer_id: str) -> int:
+        return next(i for i, node in enumerate(self.nodes) if node.peer_id == peer_id)
+
+    async def import_key(self, owner: int, key: bytes, threshold: int, shares: int, *,
+                         all_delivered: bool = True, **extra: Any) -> str:
+        """Import from node ``owner``; with ``all_delivered``, fail unless every shard was
+        delivered within the import's wait (``wait=`` seconds, 30 by default)."""
         res = await self.nodes[owner].commands()["key-import"](
             {"key": base64.b64encode(key).decode(), "threshold": threshold, "shares": shares, **extra}, _quiet)
         states = [s["state"] for s in res["shards"]]
-        if states != ["delivered"] * len(states):
+        if all_delivered and states != ["delivered"] * len(states):
             raise AssertionError(f"import did not deliver every shard: {states}")
         return str(res["keyset"])
 
+    def shards(self, owner: int, keyset: str) -> list[dict[str, Any]]:
+        """The owner's view of each shard of ``keyset``: custodian, country, state, ..."""
+        return list(_api.keyset_detail(self.nodes[owner].store, keyset)["shards"])
+
     async def reconstruct(self, requester: int, keyset: str, *, within: float = 120.0,
-                          mode: str = "unwrap") -> bytes:
-        """Ask for the key from one node; every approver of the keyset approves."""
+                          mode: str = "unwrap", approve: Callable[[int], bool] = lambda i: True) -> bytes:
+        """Ask for the key from one node; the approvers of the keyset that ``approve(i)``
+        approve. Raises the node's ControlError when the round fails."""
         asker = self.nodes[requester]
+        approvers = p.ApprovalRule.of(p.Keyset.from_bytes(asker.store.find_keyset(keyset)["record"])).approvers
+        voters = [node for i, node in enumerate(self.nodes) if node.peer_id in approvers and approve(i)]
         result: dict[str, Any] = {}
 
         async def ask() -> None:
             result.update(await asker.commands()["key-reconstruct"](
                 {"keyset": keyset, "timeout": within, "reason": "grid", "mode": mode}, _quiet))
 
+        try:
+            await self._ask_and_vote(ask, result, voters, keyset, within)
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        return base64.b64decode(result["key"])
+
+    async def _ask_and_vote(self, ask: Callable[[], Any], result: dict[str, Any], voters: list[NodeRuntime],
+                            keyset: str, within: float) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ask)
-            voted: set[int] = set()
+            voted: set[str] = set()
             for _ in range(int(within * 10)):
                 if result:
                     break
-                for i, node in enumerate(self.nodes):
-                    if i in voted:
+                for node in voters:
+                    if node.peer_id in voted:
                         continue
                     for row in node.approvals.listing(node.now()):
                         if row["keyset"] == keyset and row["approver"] and row["my_vote"] is None:
                             await node.commands()["approve"]({"request": row["request"]}, _quiet)
-                            voted.add(i)
+                            voted.add(node.peer_id)
                 await trio.sleep(0.1)
-        return base64.b64decode(result["key"])
 
 
 async def _quiet(event: dict[str, Any]) -> None:
