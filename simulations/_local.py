@@ -87,12 +87,22 @@ class LocalCluster:
         del self.nodes[name]
 
     def init_all(self) -> None:
+        """``shardnet init`` every node that has no home yet, all at once."""
+        todo = [n for n in self.nodes.values() if not n.home.config_file.exists()]
+        procs = []
+        for n in todo:
+            args = ["init", "--home", str(n.home.path), "--name", n.spec.name, "--country", n.spec.country]
+            args += ["--city", n.spec.city] if n.spec.city else []
+            args += ["--org", n.spec.org] if n.spec.org else []
+            procs.append((args, subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+        failed = []
+        for args, proc in procs:
+            _, err = proc.communicate(timeout=60)
+            if proc.returncode != 0:
+                failed.append(f"shardnet init --home {args[2]} failed ({proc.returncode}): {err.decode().strip()}")
+        if failed:
+            raise ClusterError("; ".join(failed))
         for n in self.nodes.values():
-            if not n.home.config_file.exists():
-                args = ["init", "--home", str(n.home.path), "--name", n.spec.name, "--country", n.spec.country]
-                args += ["--city", n.spec.city] if n.spec.city else []
-                args += ["--org", n.spec.org] if n.spec.org else []
-                run_cli(*args, check=True)
             n.peer_id = n.home.peer_id()
 
     def bootstrap_for(self, name: str) -> list[str]:
@@ -100,14 +110,21 @@ class LocalCluster:
 
     def start(self, name: str, *, wait: float = 30.0, command: list[str] | None = None) -> LocalNode:
         """Start a node process (``command`` replaces ``python -m shardnet.node.cli``)."""
+        self._spawn(name, command)
+        return self._wait_started(name, wait)
+
+    def _spawn(self, name: str, command: list[str] | None = None) -> None:
         n = self.nodes[name]
         if n.running:
-            return n
-        boot = self.bootstrap_for(name)
+            return
         args = [*(command or CLI), "run", "--home", str(n.home.path), "--quiet"]
-        for b in boot:
+        for b in self.bootstrap_for(name):
             args += ["--bootstrap", b]
         n.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def _wait_started(self, name: str, wait: float) -> LocalNode:
+        n = self.nodes[name]
+        assert n.proc is not None
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if n.proc.poll() is not None:
@@ -122,10 +139,13 @@ class LocalCluster:
         raise ClusterError(f"node {name} did not start within {wait} s")
 
     def start_all(self, *, wait: float = 60.0) -> None:
+        """Start the first node, then all the others at once, bootstrapping from it."""
         first, *rest = self.nodes
         self.start(first, wait=wait)
         for name in rest:
-            self.start(name, wait=wait)
+            self._spawn(name)
+        for name in rest:
+            self._wait_started(name, wait)
 
     def stop(self, name: str, *, sig: int = signal.SIGTERM, timeout: float = 10.0) -> float:
         """Stop a node; return how long it took to exit."""
