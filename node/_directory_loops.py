@@ -6,12 +6,13 @@
   not a signature check, so republishing costs the network O(N²) hashes per
   round rather than O(N²) verifications;
 * drain the directory topic;
-* pull the directory (and the approvals, through ``on_new_peer``) of a peer
-  when we first connect to it, of at most ``NEW_PEER_PULLS`` new peers every
-  ``PULL_EVERY`` s, and every ``PULL_EVERY`` s of two connected peers chosen at
-  random (anti-entropy, because gossip is lossy). A node that joins a network
-  of N does not pull from each of the dozens of peers it connects to at once;
-  each pull carries a summary, so one in step costs O(N) integers, not N
+* pull the directory (and the approvals, through ``on_new_peer``) of peers we
+  connect to: of at most ``NEW_PEER_PULLS`` new peers (chosen at random) per
+  ``PULL_EVERY`` s window, and every ``PULL_EVERY`` s of two connected peers
+  chosen at random (anti-entropy, because gossip is lossy), which in time
+  reaches the new peers left over too. A node that joins a network of N does
+  not pull from each of the dozens of peers it connects to at once, and each
+  pull carries a summary, so one in step costs O(N) integers, not N
   descriptors;
 * dial custodians we learn about, up to ``MAX_PEERS`` connections.
 """
@@ -26,6 +27,7 @@ import trio
 from shardnet import protocol as p
 from shardnet.protocol import Descriptor, wire
 
+from . import _transport as tx
 from ._clock import Clock, Rng
 from ._links import Links
 from ._services import Directory
@@ -49,11 +51,11 @@ def pick(rng: Rng, items: list[str], k: int) -> list[str]:
 
 
 class DirectoryLoops:
-    def __init__(self, directory: Directory, links: Links, *, describe: Callable[[], Descriptor],
+    def __init__(self, directory: Directory, links: Links, *, describe: Callable[[int], Descriptor],
                  clock: Clock, rng: Rng, bootstrap: list[str],
                  on_readdressed: Callable[[str], None],
                  on_new_peer: Callable[[str], Awaitable[None]]) -> None:
-        """``describe`` makes our descriptor; ``on_readdressed(peer)`` is told when a
+        """``describe(seq)`` signs our descriptor; ``on_readdressed(peer)`` is told when a
         custodian comes back at new addresses; ``on_new_peer(peer)`` is the other pulls
         to make of a peer along with its directory."""
         self.directory = directory
@@ -72,11 +74,15 @@ class DirectoryLoops:
         self.has_peers = trio.Event()  # set at the first connection the peers loop sees
 
     def publish_self(self) -> Descriptor:
-        """Our descriptor, signed anew when needed (see the module docstring)."""
+        """Our descriptor, signed anew when needed (see the module docstring). Its seq
+        is the time in ms, and always above the seq of the one held before, so that a
+        clock stepped back cannot leave the old addresses in place."""
         d, now = self._mine, self.clock()
+        me = self.directory.me
         if (d is None or d.addrs != tuple(self.links.net.listen_addrs)
-                or now - d.seq / 1000 >= RESIGN_EVERY):
-            d = self._mine = self.describe()
+                or now - d.seq / 1000 >= RESIGN_EVERY or self.directory.held_from(d.signed) != me):
+            seq = max(int(now * 1000), self.directory.seq_of(me) + 1)
+            d = self._mine = self.describe(seq)
             self.directory.accept(d.signed, int(now))
         return d
 
@@ -124,7 +130,16 @@ class DirectoryLoops:
         await drain(sub, self.accept)
 
     async def pull_from(self, peer: str) -> None:
-        items = await self.links.pull(peer, wire.DIRECTORY, self.directory.summary())
+        """Pull what we lack of ``peer``'s directory; all of it from a peer from before
+        ``DIRECTORY_DELTA``."""
+        try:
+            reply = await self.links.request(peer, wire.DIRECTORY_DELTA, self.directory.summary())
+            items = p.decode(reply, max_size=wire.DIRECTORY_DELTA.max_reply, max_items=wire.DIRECTORY_PULL_MAX)
+        except tx.StreamOpenError:
+            items = await self.links.pull(peer, wire.DIRECTORY)
+        except (tx.RequestError, p.ShardnetError) as exc:
+            log.debug("directory pull from %s failed: %s", peer, exc)
+            return
         for item in items if isinstance(items, list) else []:
             if isinstance(item, bytes):
                 self.accept(item)
@@ -148,11 +163,12 @@ class DirectoryLoops:
             if now - window >= PULL_EVERY:
                 window, new_pulls = now, 0
             async with trio.open_nursery() as n:
-                for peer in sorted(connected - self._pulled):
-                    self._pulled.add(peer)
-                    if new_pulls < NEW_PEER_PULLS:
-                        new_pulls += 1
-                        n.start_soon(self._pull_all, peer)
+                # New peers over this window's quota are left to the random pulls below.
+                new = sorted(connected - self._pulled)
+                self._pulled |= set(new)
+                for peer in pick(self.rng, new, NEW_PEER_PULLS - new_pulls):
+                    new_pulls += 1
+                    n.start_soon(self._pull_all, peer)
                 if now - last_pull > PULL_EVERY and connected:
                     last_pull = now
                     for peer in pick(self.rng, sorted(connected), 2):

@@ -118,6 +118,7 @@ class NodeRuntime:
                         {"peer_id": self.peer_id, "addrs": net.listen_addrs, "pid": os.getpid()}).encode(),
                         0o644, overwrite=True)
                 handlers = {wire.DELIVER: self._on_deliver, wire.DIRECTORY: self._on_directory_pull,
+                            wire.DIRECTORY_DELTA: self._on_directory_delta,
                             wire.RELEASE: self._on_release, wire.KEYSET: self._on_keyset_notice,
                             wire.SYNC: self._on_sync}
                 for proto, handler in handlers.items():
@@ -161,11 +162,11 @@ class NodeRuntime:
                 self.stop()
                 return
 
-    def _descriptor(self) -> Descriptor:
+    def _descriptor(self, seq: int) -> Descriptor:
         return Descriptor.make(
             self.key, addrs=self.net.listen_addrs, hpke=self.keystore.hpke_public(),
             name=self.cfg["name"], country=self.cfg["country"], city=self.cfg.get("city", ""),
-            org=self.cfg.get("org", ""), version=VERSION, seq=int(self.clock() * 1000),
+            org=self.cfg.get("org", ""), version=VERSION, seq=seq,
         )
 
     # -- what the loops and commands share --------------------------------------------
@@ -205,6 +206,9 @@ class NodeRuntime:
             raise tx.RequestRejected(str(exc)) from None
 
     async def _on_directory_pull(self, remote: str, frame: bytes) -> bytes:
+        return self.directory.pull_reply(wire.PULL)
+
+    async def _on_directory_delta(self, remote: str, frame: bytes) -> bytes:
         try:
             return self.directory.pull_reply(frame)
         except p.ShardnetError as exc:

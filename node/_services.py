@@ -82,7 +82,9 @@ class Directory:
 
     The store is the record; this class holds an index of it in memory (peer ->
     seq, exact bytes), made once when the node starts, because the loops read
-    the directory every half second and every pull compares against it.
+    the directory every half second and every pull compares against it. Only
+    this class writes the custodians table, and only in the running node (one
+    per home): a row written by anything else is seen at the next start.
     Descriptors are verified once, when they arrive, and parsed lazily. The
     same descriptor arriving again costs a hash, not a signature check.
 
@@ -100,7 +102,7 @@ class Directory:
         self._key: dict[str, bytes] = {}  # peer -> its key in pull summaries
         self._parsed: dict[str, Descriptor] = {}
         self._held: dict[bytes, str] = {}  # sha256 of a descriptor we hold -> its peer
-        self.verified = VerifiedRecords(4096)  # the validator's parses, for accept() right after
+        self.verified = VerifiedRecords(8 << 20)  # the validator's parses, for accept() right after
         for row in store.custodians():
             self._index(row["peer_id"], row["descriptor"], row["seq"])
 
@@ -140,6 +142,10 @@ class Directory:
         """The peer whose descriptor ``data`` is, if we hold exactly these bytes (verified
         when they arrived); None otherwise."""
         return self._held.get(hashlib.sha256(data).digest())
+
+    def seq_of(self, peer_id: str) -> int:
+        """The seq of the descriptor held for ``peer_id``; -1 if none."""
+        return self._seq.get(peer_id, -1)
 
     def peer_ids(self) -> list[str]:
         return sorted(self._signed)

@@ -4,8 +4,10 @@ A request, a vote or a keyset record is read many times: from the store for
 every tally, from every sync reply and every release ask that carries it
 again. Its signature is a function of its bytes, so the parse of those bytes
 can be kept: the second time costs a SHA-256, not an Ed25519 check. The cache
-is bounded (least recently used out), so a peer that sends many records costs
-memory only up to ``size`` entries.
+is bounded by the bytes of the records it holds (least recently used out,
+and a record larger than an eighth of the budget is never kept), so a peer
+that sends many records, or large ones, costs at most ``max_bytes`` of
+records (their parsed forms are of the same order).
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ T = TypeVar("T", bound=_Parses)
 
 
 class VerifiedRecords:
-    def __init__(self, size: int = 16384) -> None:
-        self.size = size
-        self._parsed: OrderedDict[tuple[type, bytes], Any] = OrderedDict()
+    def __init__(self, max_bytes: int = 8 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.held_bytes = 0
+        self._parsed: OrderedDict[tuple[type, bytes], tuple[Any, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._parsed)
 
     def parse(self, cls: type[T], data: bytes) -> T:
         """``cls.from_bytes(data)``, from the cache when these exact bytes were parsed before.
@@ -35,9 +41,12 @@ class VerifiedRecords:
         hit = self._parsed.get(key)
         if hit is not None:
             self._parsed.move_to_end(key)
-            return hit
+            return hit[0]
         value = cls.from_bytes(data)
-        self._parsed[key] = value
-        if len(self._parsed) > self.size:
-            self._parsed.popitem(last=False)
+        if len(data) <= self.max_bytes // 8:
+            self._parsed[key] = (value, len(data))
+            self.held_bytes += len(data)
+            while self.held_bytes > self.max_bytes:
+                _, (_, size) = self._parsed.popitem(last=False)
+                self.held_bytes -= size
         return value

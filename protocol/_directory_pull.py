@@ -1,16 +1,17 @@
 """The directory's anti-entropy pull: a summary out, only what is new back.
 
-A pull request is ``[DIRECTORY_PULL_TAG, 1, [[key, seq], ...]]``: one entry
-per custodian the puller holds a descriptor of, where ``key`` is 8 bytes of
-SHA-256 of the custodian's peer id and ``seq`` the seq of the descriptor held.
-The reply is a list of signed descriptors: those the puller does not hold, or
-holds an older seq of, as many as fit the reply cap. The bare body
-``wire.PULL`` asks for every descriptor (what nodes before the summary sent).
+On ``wire.DIRECTORY_DELTA``, a pull request is ``[DIRECTORY_PULL_TAG, 1,
+[[key, seq], ...]]``: one entry per custodian the puller holds a descriptor
+of, where ``key`` is 16 bytes of SHA-256 of the custodian's peer id and
+``seq`` the seq of the descriptor held. The reply is a list of signed
+descriptors: those the puller does not hold, or holds an older seq of, as
+many as fit the reply cap. On ``wire.DIRECTORY`` (nodes from before the
+summary) the reply is every descriptor, whatever the request says.
 
-Eight bytes of key keep a summary of 4,096 custodians under 90 KiB. Two peer
-ids sharing a key cost at worst a descriptor that this pull does not carry and
-gossip or a later pull does; finding such a pair takes about 2^32 work per
-pair of peers aimed at, for no more than that delay.
+Keys are 16 bytes so that a summary of 4,096 custodians stays under 128 KiB.
+A peer id whose key equals an honest custodian's would hide that custodian
+from the pulls of whoever holds it (gossip still carries it); finding one is a
+second preimage of 128 bits.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from collections.abc import Iterable
 
 from ._codec import decode_record, encode
 from ._errors import MalformedEncoding
-from ._wire import DIRECTORY, DIRECTORY_PULL_MAX, DIRECTORY_PULL_TAG, PULL
+from ._wire import DIRECTORY_DELTA, DIRECTORY_PULL_MAX, DIRECTORY_PULL_TAG, PULL
 
-KEY_BYTES = 8
+KEY_BYTES = 16
 
 
 def summary_key(peer_id: str) -> bytes:
@@ -39,7 +40,7 @@ def decode_pull(frame: bytes) -> dict[bytes, int]:
     """What the puller holds, key -> seq; empty for a bare ``PULL``."""
     if frame == PULL:
         return {}
-    (entries,) = decode_record(frame, DIRECTORY_PULL_TAG, 1, 1, max_size=DIRECTORY.max_request)
+    (entries,) = decode_record(frame, DIRECTORY_PULL_TAG, 1, 1, max_size=DIRECTORY_DELTA.max_request)
     if not isinstance(entries, list) or len(entries) > DIRECTORY_PULL_MAX:
         raise MalformedEncoding("directory pull: the summary is not a list of at most "
                                 f"{DIRECTORY_PULL_MAX} entries")
@@ -47,7 +48,7 @@ def decode_pull(frame: bytes) -> dict[bytes, int]:
     for e in entries:
         if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], bytes) and len(e[0]) == KEY_BYTES
                 and type(e[1]) is int and e[1] >= 0):
-            raise MalformedEncoding("directory pull: a summary entry is not [8-byte key, seq]")
+            raise MalformedEncoding(f"directory pull: a summary entry is not [{KEY_BYTES}-byte key, seq]")
         have[e[0]] = e[1]
     return have
 
@@ -56,7 +57,7 @@ def pull_reply(held: Iterable[tuple[bytes, int, bytes]], have: dict[bytes, int])
     """The reply to a pull: of ``held`` (key, seq, signed descriptor), those newer than
     ``have`` says, up to the reply cap and DIRECTORY_PULL_MAX descriptors."""
     out: list[bytes] = []
-    room = DIRECTORY.max_reply - 16  # the list header
+    room = DIRECTORY_DELTA.max_reply - 16  # the list header
     for key, seq, signed in held:
         if have.get(key, -1) >= seq:
             continue

@@ -44,8 +44,12 @@ class Topic:
 
 #: Shard delivery; the reply is a signed receipt.
 DELIVER = StreamProtocol("/shardnet/deliver/1", 512 * 1024, 4096, 8)
-#: Anti-entropy pull of the descriptors the puller lacks (``protocol/_directory_pull.py``).
-DIRECTORY = StreamProtocol("/shardnet/directory/1", 128 * 1024, 4 * 1024 * 1024, 4)
+#: Anti-entropy pull of every descriptor the peer knows (the request body is ignored).
+#: Served for peers from before DIRECTORY_DELTA, and pulled from them.
+DIRECTORY = StreamProtocol("/shardnet/directory/1", 1024, 4 * 1024 * 1024, 4)
+#: Anti-entropy pull of the descriptors the puller lacks: the request is a summary of
+#: what it holds (``protocol/_directory_pull.py``).
+DIRECTORY_DELTA = StreamProtocol("/shardnet/directory/2", 128 * 1024, 4 * 1024 * 1024, 4)
 #: Release ask (a request and its approvals); the reply is a list of signed releases.
 RELEASE = StreamProtocol("/shardnet/release/1", 64 * 1024, 64 * 1024, 4)
 #: Anti-entropy pull of the live requests and their votes.
@@ -53,7 +57,7 @@ SYNC = StreamProtocol("/shardnet/sync/1", 1024, 2 * 1024 * 1024, 4)
 #: An owner hands a keyset record to an approver that holds no shard.
 KEYSET = StreamProtocol("/shardnet/keyset/1", 256 * 1024, 64, 4)
 
-STREAM_PROTOCOLS = (DELIVER, DIRECTORY, RELEASE, SYNC, KEYSET)
+STREAM_PROTOCOLS = (DELIVER, DIRECTORY, DIRECTORY_DELTA, RELEASE, SYNC, KEYSET)
 
 #: Signed custodian descriptors.
 DIRECTORY_TOPIC = Topic("shardnet/directory/1", 8 * 1024)

@@ -96,10 +96,16 @@ class LocalCluster:
             args += ["--org", n.spec.org] if n.spec.org else []
             procs.append((args, subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
         failed = []
-        for args, proc in procs:
-            _, err = proc.communicate(timeout=60)
-            if proc.returncode != 0:
-                failed.append(f"shardnet init --home {args[2]} failed ({proc.returncode}): {err.decode().strip()}")
+        try:
+            for args, proc in procs:
+                _, err = proc.communicate(timeout=60)
+                if proc.returncode != 0:
+                    failed.append(f"shardnet init --home {args[2]} failed ({proc.returncode}): {err.decode().strip()}")
+        finally:
+            for _, proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         if failed:
             raise ClusterError("; ".join(failed))
         for n in self.nodes.values():

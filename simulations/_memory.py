@@ -123,6 +123,9 @@ class MemoryTransport:
         if self._net.cut(self.peer_id, peer) or self._net.lose(self.peer_id, peer):
             await trio.sleep(wire.REQUEST_TIMEOUT)
             raise tx.RemoteProtocolError(peer, protocol.id, "stream failed: lost")
+        if protocol.id not in other.handlers:  # as libp2p's protocol negotiation fails
+            await trio.sleep(self._net.latency(self.peer_id, peer) + self._net.latency(peer, self.peer_id))
+            raise tx.StreamOpenError(peer, protocol.id, "cannot open stream: protocol not supported")
         await trio.sleep(self._net.latency(self.peer_id, peer))
         status, body = await self._net.serve(other, self.peer_id, protocol, payload)
         await trio.sleep(self._net.latency(peer, self.peer_id))

@@ -63,21 +63,27 @@ def test_the_index_survives_a_restart_and_stale_or_repeated_descriptors_change_n
 
 
 def test_the_reply_stays_within_its_cap() -> None:
-    held = [(bytes([i % 256, i // 256]) + bytes(6), 1, bytes(2000)) for i in range(4000)]
+    held = [(i.to_bytes(dp.KEY_BYTES, "big"), 1, bytes(2000)) for i in range(4000)]
     reply = dp.pull_reply(held, {})
-    assert len(reply) <= wire.DIRECTORY.max_reply
-    assert 0 < len(p.decode(reply, max_size=wire.DIRECTORY.max_reply)) < 4000
+    assert len(reply) <= wire.DIRECTORY_DELTA.max_reply
+    assert 0 < len(p.decode(reply, max_size=wire.DIRECTORY_DELTA.max_reply)) < 4000
 
 
 def test_a_full_summary_fits_the_request_cap() -> None:
-    frame = dp.encode_pull((i.to_bytes(8, "big"), 2**62 + i) for i in range(wire.DIRECTORY_PULL_MAX + 10))
-    assert len(frame) <= wire.DIRECTORY.max_request
+    frame = dp.encode_pull((i.to_bytes(dp.KEY_BYTES, "big"), 2**63 - i) for i in range(wire.DIRECTORY_PULL_MAX + 10))
+    assert len(frame) <= wire.DIRECTORY_DELTA.max_request
     assert len(dp.decode_pull(frame)) == wire.DIRECTORY_PULL_MAX
 
 
+def test_a_summary_of_more_than_the_maximum_is_refused() -> None:
+    entries = [[i.to_bytes(dp.KEY_BYTES, "big"), 1] for i in range(wire.DIRECTORY_PULL_MAX + 1)]
+    with pytest.raises(p.MalformedEncoding):
+        dp.decode_pull(p.encode([wire.DIRECTORY_PULL_TAG, 1, entries]))
+
+
 @pytest.mark.parametrize("entries", [
-    "not a list", [[b"short", 1]], [[bytes(8), -1]], [[bytes(8), "1"]], [[bytes(8), True]],
-    [[bytes(8)]], [[bytes(8), 1, 2]], [b"x"],
+    "not a list", [[b"short", 1]], [[bytes(8), 1]], [[bytes(16), -1]], [[bytes(16), "1"]], [[bytes(16), True]],
+    [[bytes(16)]], [[bytes(16), 1, 2]], [b"x"],
 ])
 def test_malformed_summaries_are_refused(entries: object) -> None:
     with pytest.raises(p.MalformedEncoding):
@@ -88,3 +94,63 @@ def test_other_frames_are_refused() -> None:
     for frame in (b"", b"\x00", p.encode(["shardnet/other", 1, []]), p.encode([wire.DIRECTORY_PULL_TAG, 2, []])):
         with pytest.raises(p.MalformedEncoding):
             dp.decode_pull(frame)
+
+
+# -- on the grid: the node's side ------------------------------------------------------
+
+
+def on_grid(root, scenario) -> None:  # type: ignore[no-untyped-def]
+    import trio
+    import trio.testing
+
+    from shardnet.simulations.grid import Grid
+
+    async def main() -> None:
+        g = Grid(root, 3, latency=lambda a, b: 0.02, seed=2)
+        async with g.running():
+            await g.wait_directory(within=60)
+            await scenario(g)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_peer_from_before_the_summary_is_pulled_whole(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    newcomer = descriptor(5, NOW * 1000)
+
+    async def scenario(g) -> None:  # type: ignore[no-untyped-def]
+        old, puller = g.nodes[1], g.nodes[0]
+        del g.network.nodes[old.peer_id].handlers[wire.DIRECTORY_DELTA.id]  # serves /1 only
+        assert old.directory.accept(newcomer.signed, NOW) is not None  # known to the old node alone
+        assert puller.directory.get(newcomer.peer_id) is None
+        await puller.peering.pull_from(old.peer_id)
+        assert puller.directory.get(newcomer.peer_id) == newcomer
+
+    on_grid(tmp_path, scenario)
+
+
+def test_held_bytes_pass_the_validator_only_from_their_own_author(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async def scenario(g) -> None:  # type: ignore[no-untyped-def]
+        a, b = g.nodes[0], g.nodes[1]
+        held = a.directory.get(b.peer_id)
+        assert held is not None and a.directory.held_from(held.signed) == b.peer_id
+        assert a.peering.validate(b.peer_id, held.signed)
+        assert not a.peering.validate(g.nodes[2].peer_id, held.signed)  # relayed as if its own
+
+    on_grid(tmp_path, scenario)
+
+
+def test_after_a_clock_step_back_our_new_addresses_still_win(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The home holds our descriptor from before, dated 30 s ahead of the clock now (the
+    clock was stepped back), with an address we no longer listen on."""
+    async def scenario(g) -> None:  # type: ignore[no-untyped-def]
+        node = g.nodes[0]
+        ahead = int(node.clock() * 1000) + 30_000
+        stale = p.Descriptor.make(node.key, addrs=["/memory/gone"], hpke=node.keystore.hpke_public(),
+                                  name="node-0000", country="CH", city="", org="", version="0", seq=ahead)
+        assert node.directory.accept(stale.signed, node.now()) is not None
+        fresh = node.peering.publish_self()
+        assert fresh.seq > ahead and fresh.addrs == tuple(node.net.listen_addrs)
+        assert node.directory.get(node.peer_id) == fresh
+        assert node.peering.publish_self() is fresh  # and it is not signed again each time
+
+    on_grid(tmp_path, scenario)
