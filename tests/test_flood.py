@@ -66,7 +66,7 @@ def rss(c: LocalCluster) -> int:
 def attack(i: int) -> tuple[str, bytes]:
     junk = os.urandom(BODY)
     kind = i % 3
-    if kind == 0:  # above the directory's 128 KiB cap, then the body anyway
+    if kind == 0:  # above the directory's 1 KiB cap, then the body anyway
         return wire.DIRECTORY.id, BODY.to_bytes(4, "big") + junk
     if kind == 1:  # a small delivery frame that is refused, then trailing bytes
         return wire.DELIVER.id, (100).to_bytes(4, "big") + junk[:100] + junk[100:]
