@@ -64,11 +64,14 @@ def keyset(net: tuple[LocalCluster, pathlib.Path]) -> str:
 
 
 def reconstruct(c: LocalCluster, root: pathlib.Path, keyset: str, *, mode: str = "unwrap",
-                approvers: tuple[str, ...] = ("tokyo", "frankfurt"), timeout: int = 30) -> tuple[int, dict, str, float]:
+                approvers: tuple[str, ...] = ("tokyo", "frankfurt"), timeout: int = 30,
+                as_json: bool = True) -> tuple[int, dict, str, float]:
+    """Run `key reconstruct` as a user would; ``res`` is its JSON, or ``{"text": stdout}``."""
     out = root / f"out-{time.monotonic_ns()}"
     t0 = time.monotonic()
     proc = subprocess.Popen([*CLI, "key", "reconstruct", "--home", home(c, "frankfurt"), keyset, "--out", str(out),
-                             "--mode", mode, "--reason", "test", "--timeout", str(timeout), "--json"],
+                             "--mode", mode, "--reason", "test", "--timeout", str(timeout),
+                             *(["--json"] if as_json else [])],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         rid = wait_request(c, approvers[0] if approvers else "tokyo", keyset, since=t0)
@@ -78,7 +81,7 @@ def reconstruct(c: LocalCluster, root: pathlib.Path, keyset: str, *, mode: str =
     finally:
         proc.kill()
     took = time.monotonic() - t0
-    res = json.loads(stdout) if stdout.strip() else {}
+    res = (json.loads(stdout) if stdout.strip() else {}) if as_json else {"text": stdout}
     if proc.returncode == 0:
         assert out.read_bytes() == KEY
         assert oct(out.stat().st_mode & 0o777) == "0o600"
@@ -117,6 +120,25 @@ def test_two_approvals_reconstruct_exact_bytes(net: tuple[LocalCluster, pathlib.
         r = run_cli("audit", "verify", "--home", home(c, name), "--json")
         assert r.returncode == 0, r.stderr
         assert kinds <= set(json.loads(r.stdout)["kinds"])
+
+
+def test_shares_mode_marks_the_keyset_exposed_in_what_the_user_reads(net: tuple[LocalCluster, pathlib.Path]) -> None:
+    c, root = net
+    ks = import_keyset(c, root)
+    code, res, err, _ = reconstruct(c, root, ks, mode="shares", as_json=False)
+    assert code == 0, err
+    assert "treat the key as exposed and rotate it" in res["text"]
+    r = run_cli("key", "show", "--home", home(c, "frankfurt"), ks)
+    assert "(owner, exposed)" in r.stdout and "treat the key as exposed" in r.stdout
+
+
+def test_no_quorum_fails_with_one_line_and_exit_1(net: tuple[LocalCluster, pathlib.Path], keyset: str) -> None:
+    c, root = net
+    before = {n: len(releases(c, n)) for n in c.nodes}
+    code, res, err, _ = reconstruct(c, root, keyset, approvers=("tokyo",), timeout=3)
+    assert code == 1 and err.strip().count("\n") == 0
+    assert "no quorum within 3 s: 1 of 2 approvals" in err
+    assert {n: len(releases(c, n)) for n in c.nodes} == before
 
 
 def test_a_lying_custodian_is_named_and_the_key_still_comes_back(
