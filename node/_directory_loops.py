@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -162,25 +163,27 @@ class DirectoryLoops:
             now = trio.current_time()
             if now - window >= PULL_EVERY:
                 window, new_pulls = now, 0
-            async with trio.open_nursery() as n:
-                # New peers over this window's quota are left to the random pulls below.
-                new = sorted(connected - self._pulled)
-                self._pulled |= set(new)
-                for peer in pick(self.rng, new, NEW_PEER_PULLS - new_pulls):
-                    new_pulls += 1
-                    n.start_soon(self._pull_all, peer)
-                if now - last_pull > PULL_EVERY and connected:
-                    last_pull = now
-                    for peer in pick(self.rng, sorted(connected), 2):
-                        n.start_soon(self._pull_all, peer)
-                budget = MAX_PEERS - len(connected)
-                if budget > 0:  # dial custodians chosen at random, so that no one is everyone's first
-                    unconnected = [peer for peer in self.directory.peer_ids()
-                                   if peer != own and peer not in connected]
-                    for peer in pick(self.rng, unconnected, budget):
-                        d = self.directory.get(peer)
-                        if d is not None:
-                            n.start_soon(self.links.dial_custodian, d)
+            jobs: list[tuple[Callable[[Any], Awaitable[Any]], Any]] = []
+            # New peers over this window's quota are left to the random pulls below.
+            new = sorted(connected - self._pulled)
+            self._pulled |= set(new)
+            for peer in pick(self.rng, new, NEW_PEER_PULLS - new_pulls):
+                new_pulls += 1
+                jobs.append((self._pull_all, peer))
+            if now - last_pull > PULL_EVERY and connected:
+                last_pull = now
+                jobs += [(self._pull_all, peer) for peer in pick(self.rng, sorted(connected), 2)]
+            budget = MAX_PEERS - len(connected)
+            if budget > 0:  # dial custodians chosen at random, so that no one is everyone's first
+                unconnected = [peer for peer in self.directory.peer_ids() if peer != own and peer not in connected]
+                for peer in pick(self.rng, unconnected, budget):
+                    d = self.directory.get(peer)
+                    if d is not None:
+                        jobs.append((self.links.dial_custodian, d))
+            if jobs:  # most rounds have none: no nursery for them
+                async with trio.open_nursery() as n:
+                    for job, arg in jobs:
+                        n.start_soon(job, arg)
             self._pulled &= set(self.links.connected())
             await trio.sleep(0.5)
 

@@ -103,6 +103,7 @@ class Directory:
         self._parsed: dict[str, Descriptor] = {}
         self._held: dict[bytes, str] = {}  # sha256 of a descriptor we hold -> its peer
         self.verified = VerifiedRecords(8 << 20)  # the validator's parses, for accept() right after
+        self._summary: bytes | None = None
         for row in store.custodians():
             self._index(row["peer_id"], row["descriptor"], row["seq"])
 
@@ -111,6 +112,7 @@ class Directory:
         if old is not None:
             self._held.pop(hashlib.sha256(old).digest(), None)
         self._signed[peer], self._seq[peer] = signed, seq
+        self._summary = None
         self._key.setdefault(peer, directory_pull.summary_key(peer))
         self._held[hashlib.sha256(signed).digest()] = peer
         self._parsed.pop(peer, None)
@@ -166,15 +168,21 @@ class Directory:
             for d in self.all() if kem in d.kems
         ]
 
+    def _summary_now(self) -> bytes:
+        if self._summary is None:  # made again only after the directory changed
+            self._summary = directory_pull.summary((self._key[peer], seq) for peer, seq in self._seq.items())
+        return self._summary
+
     def summary(self) -> bytes:
         """A pull request: what we hold, so the peer sends only what is new to us."""
-        return directory_pull.encode_pull((self._key[peer], seq) for peer, seq in self._seq.items())
+        return directory_pull.encode_pull(self._summary_now())
 
     def pull_reply(self, frame: bytes) -> bytes:
         """The descriptors the puller lacks (every one for a bare ``wire.PULL``)."""
-        have = directory_pull.decode_pull(frame)
+        theirs = directory_pull.decode_pull(frame)
         return directory_pull.pull_reply(
-            ((self._key[peer], seq, self._signed[peer]) for peer, seq in self._seq.items()), have)
+            ((self._key[peer], seq, self._signed[peer]) for peer, seq in self._seq.items()), theirs,
+            self._summary_now())
 
 
 # -- custodian side -----------------------------------------------------------------

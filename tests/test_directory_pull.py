@@ -64,26 +64,28 @@ def test_the_index_survives_a_restart_and_stale_or_repeated_descriptors_change_n
 
 def test_the_reply_stays_within_its_cap() -> None:
     held = [(i.to_bytes(dp.KEY_BYTES, "big"), 1, bytes(2000)) for i in range(4000)]
-    reply = dp.pull_reply(held, {})
+    reply = dp.pull_reply(held, None, b"ours")
     assert len(reply) <= wire.DIRECTORY_DELTA.max_reply
     assert 0 < len(p.decode(reply, max_size=wire.DIRECTORY_DELTA.max_reply)) < 4000
 
 
 def test_a_full_summary_fits_the_request_cap() -> None:
-    frame = dp.encode_pull((i.to_bytes(dp.KEY_BYTES, "big"), 2**63 - i) for i in range(wire.DIRECTORY_PULL_MAX + 10))
+    summary = dp.summary((i.to_bytes(dp.KEY_BYTES, "big"), 2**64 - 1 - i) for i in range(wire.DIRECTORY_PULL_MAX + 10))
+    frame = dp.encode_pull(summary)
     assert len(frame) <= wire.DIRECTORY_DELTA.max_request
-    assert len(dp.decode_pull(frame)) == wire.DIRECTORY_PULL_MAX
+    assert dp.decode_pull(frame) == summary and len(summary) == dp.ENTRY.size * wire.DIRECTORY_PULL_MAX
 
 
-def test_a_summary_of_more_than_the_maximum_is_refused() -> None:
-    entries = [[i.to_bytes(dp.KEY_BYTES, "big"), 1] for i in range(wire.DIRECTORY_PULL_MAX + 1)]
-    with pytest.raises(p.MalformedEncoding):
-        dp.decode_pull(p.encode([wire.DIRECTORY_PULL_TAG, 1, entries]))
+def test_the_same_holdings_in_any_order_make_the_same_summary() -> None:
+    have = [(bytes([i]) * dp.KEY_BYTES, i * 7) for i in range(50)]
+    assert dp.summary(have) == dp.summary(reversed(have))
+    # ... and a responder that holds the same answers at once, with nothing.
+    assert p.decode(dp.pull_reply([(k, s, b"d") for k, s in have], dp.summary(have), dp.summary(have))) == []
 
 
 @pytest.mark.parametrize("entries", [
-    "not a list", [[b"short", 1]], [[bytes(8), 1]], [[bytes(16), -1]], [[bytes(16), "1"]], [[bytes(16), True]],
-    [[bytes(16)]], [[bytes(16), 1, 2]], [b"x"],
+    "a str", [], bytes(dp.ENTRY.size - 1), bytes(dp.ENTRY.size + 1),
+    bytes(dp.ENTRY.size * (wire.DIRECTORY_PULL_MAX + 1)),
 ])
 def test_malformed_summaries_are_refused(entries: object) -> None:
     with pytest.raises(p.MalformedEncoding):
