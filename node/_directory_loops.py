@@ -82,9 +82,14 @@ class DirectoryLoops:
         me = self.directory.me
         if (d is None or d.addrs != tuple(self.links.net.listen_addrs)
                 or now - d.seq / 1000 >= RESIGN_EVERY or self.directory.held_from(d.signed) != me):
-            seq = max(int(now * 1000), self.directory.seq_of(me) + 1)
+            # Above the one held, but never beyond what peers accept as not from the future.
+            newest_ok = (int(now) + wire.MAX_CLOCK_SKEW) * 1000
+            seq = max(int(now * 1000), min(self.directory.seq_of(me) + 1, newest_ok))
             d = self._mine = self.describe(seq)
-            self.directory.accept(d.signed, int(now))
+            try:
+                self.directory.accept(d.signed, int(now))
+            except (p.ShardnetError, ValueError) as exc:  # cannot happen with the seq above
+                log.warning("our own descriptor was refused: %s", exc)
         return d
 
     async def publish_loop(self) -> None:

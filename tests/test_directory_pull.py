@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shardnet import protocol as p
@@ -154,5 +155,24 @@ def test_after_a_clock_step_back_our_new_addresses_still_win(tmp_path) -> None: 
         assert fresh.seq > ahead and fresh.addrs == tuple(node.net.listen_addrs)
         assert node.directory.get(node.peer_id) == fresh
         assert node.peering.publish_self() is fresh  # and it is not signed again each time
+
+    on_grid(tmp_path, scenario)
+
+
+def test_a_descriptor_of_ours_from_far_in_the_future_does_not_stop_the_node(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Held from a clock that was hours ahead: we cannot outbid it within the skew peers
+    accept, so we publish what they do accept, and go on."""
+    async def scenario(g) -> None:  # type: ignore[no-untyped-def]
+        node = g.nodes[0]
+        far = p.Descriptor.make(node.key, addrs=["/memory/gone"], hpke=node.keystore.hpke_public(),
+                                name="node-0000", country="CH", city="", org="", version="0",
+                                seq=int(node.clock() * 1000) + 7_200_000)
+        node.store.upsert_custodian(node.peer_id, far.signed, {}, far.seq, now=node.now())
+        node.directory._index(node.peer_id, far.signed, far.seq)  # as if it were in the home at start
+        fresh = node.peering.publish_self()
+        assert fresh.addrs == tuple(node.net.listen_addrs)
+        assert fresh.seq <= (node.now() + wire.MAX_CLOCK_SKEW) * 1000
+        await trio.sleep(15)  # the publish loop keeps going
+        assert node.peering.publish_self().addrs == fresh.addrs
 
     on_grid(tmp_path, scenario)
