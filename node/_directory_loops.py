@@ -68,8 +68,6 @@ class DirectoryLoops:
         self.on_readdressed = on_readdressed
         self.on_new_peer = on_new_peer
         self.republish_every = REPUBLISH
-        self._known = set(directory.peer_ids())
-        self._addrs: dict[str, tuple[str, ...]] = {}
         self._pulled: set[str] = set()
         self._mine: Descriptor | None = None
         self.has_peers = trio.Event()  # set at the first connection the peers loop sees
@@ -117,18 +115,19 @@ class DirectoryLoops:
             return False
 
     def accept(self, data: bytes) -> None:
+        if self.directory.held_from(data) is not None:
+            return  # a hash, not a parse: the common case once the directory has converged
         try:
+            before = self.directory.get(self.directory.parse(data).peer_id)
             d = self.directory.accept(data, int(self.clock()))
         except (p.ShardnetError, ValueError) as exc:
             log.info("descriptor refused: %s", exc)
             return
         if d is None:
             return
-        if d.peer_id not in self._known:
-            self._known.add(d.peer_id)
+        if before is None:
             log.info("custodian %s (%s) %s", d.name, d.country, d.peer_id)
-        if self._addrs.get(d.peer_id) != d.addrs:
-            self._addrs[d.peer_id] = d.addrs
+        if before is None or before.addrs != d.addrs:
             self.links.forget_backoff(d.peer_id)
             self.on_readdressed(d.peer_id)
 
