@@ -38,6 +38,7 @@ from trio._core import _run  # the scheduler's tie-break RNG (see the module doc
 
 from shardnet import protocol as p
 from shardnet.node import _api
+from shardnet.node._control_server import ControlError
 from shardnet.node._home import Home, init_home
 from shardnet.node._keystore import FileKeystore
 from shardnet.node._runtime import NodeRuntime
@@ -154,19 +155,12 @@ class Grid:
         result: dict[str, Any] = {}
 
         async def ask() -> None:
-            result.update(await asker.commands()["key-reconstruct"](
-                {"keyset": keyset, "timeout": within, "reason": "grid", "mode": mode}, _quiet))
+            try:
+                result.update(await asker.commands()["key-reconstruct"](
+                    {"keyset": keyset, "timeout": within, "reason": "grid", "mode": mode}, _quiet))
+            except ControlError as exc:  # the round failed: raised below, as itself
+                result["error"] = exc
 
-        try:
-            await self._ask_and_vote(ask, result, voters, keyset, within)
-        except BaseExceptionGroup as group:
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
-        return base64.b64decode(result["key"])
-
-    async def _ask_and_vote(self, ask: Callable[[], Any], result: dict[str, Any], voters: list[NodeRuntime],
-                            keyset: str, within: float) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ask)
             voted: set[str] = set()
@@ -181,6 +175,9 @@ class Grid:
                             await node.commands()["approve"]({"request": row["request"]}, _quiet)
                             voted.add(node.peer_id)
                 await trio.sleep(0.1)
+        if "error" in result:
+            raise result["error"]
+        return base64.b64decode(result["key"])
 
 
 async def _quiet(event: dict[str, Any]) -> None:
