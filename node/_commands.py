@@ -89,12 +89,26 @@ def _short(peer: str) -> str:
 
 def cmd_init(args: argparse.Namespace) -> int:
     os.umask(0o077)  # the database and its WAL hold sealed shards and the audit log
+    genesis = None
+    if args.network:
+        from ._network_commands import read_network_file
+
+        genesis = read_network_file(args.network)  # before the home exists: a bad file leaves none
     home = init_home(_home(args).path, name=args.name, country=args.country, city=args.city or "",
                      org=args.org or "", listen=args.listen or None, rng=system_rng)
     info = {"home": str(home.path), "peer_id": home.peer_id(), "name": args.name,
-            "country": args.country.upper(), "listen": home.config()["listen"]}
+            "country": args.country.upper(), "listen": home.config()["listen"], "network": None}
+    extra = ("\nthen join a network: shardnet network create ... (a new one) or shardnet network join "
+             "--home DIR network.toml")
+    if genesis is not None:
+        from ._network_commands import join
+
+        join(home, genesis)
+        info["network"] = genesis.network_id.hex()
+        extra = (f"\njoined network {genesis.name} ({genesis.prefix}); ask its authorities to admit this "
+                 "node: shardnet network request --home DIR --out join.json")
     emit(args, info, f"initialised node {args.name} ({info['country']}) in {home.path}\n"
-              f"peer id {info['peer_id']}\nstart it with: shardnet run --home {home.path}")
+              f"peer id {info['peer_id']}\nstart it with: shardnet run --home {home.path}{extra}")
     return EXIT_OK
 
 
@@ -113,6 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ._control_server import ControlError
     from ._keystore import FileKeystore
     from ._libp2p_transport import running_libp2p_transport
+    from ._members import NoNetwork
     from ._runtime import NodeRuntime
 
     _net.route_libp2p_logging(logging.getLogger("shardnet.libp2p"), logging.WARNING)
@@ -123,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         runtime = NodeRuntime(home, keystore=FileKeystore.from_home(home), transport=running_libp2p_transport,
                               bootstrap=args.bootstrap or [], clock=system_clock, rng=system_rng)
         trio.run(runtime.run)
-    except ControlError as exc:
+    except (ControlError, NoNetwork) as exc:
         raise Failure(str(exc)) from None
     return EXIT_OK
 
@@ -251,7 +266,7 @@ def cmd_key_import(args: argparse.Namespace) -> int:
             "approvers": args.approvers, "quorum": args.quorum, "policy": policy,
             "key": base64.b64encode(master).decode(), "threshold": args.threshold, "shares": args.shares,
             "placement": args.placement, "redundancy": args.redundancy, "expires": args.expires,
-            "kem": args.kem, "wait": args.wait,
+            "kem": args.kem, "wait": args.wait, "custodians": args.custodians,
         }, on_event=bar)
     finally:
         bar.close()
@@ -380,6 +395,7 @@ def register(sub: Any) -> None:
     sp.add_argument("--org")
     sp.add_argument("--listen", action="append", metavar="MULTIADDR",
                     help="listen address (default /ip4/127.0.0.1/tcp/0); repeatable")
+    sp.add_argument("--network", metavar="FILE", help="join the network of this network file (network.toml)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_init)
 
@@ -411,6 +427,8 @@ def register(sub: Any) -> None:
                     help="custodians per shard index, never two in one country")
     sp.add_argument("--expires", type=parse_duration, metavar="DURATION", help="e.g. 365d")
     sp.add_argument("--kem", choices=p.KEMS, default="x25519")
+    sp.add_argument("--custodians", type=_peer_list, metavar="PEER,...",
+                    help="place the shards on exactly these admitted custodians (peer ids)")
     sp.add_argument("--approvers", type=_peer_list, metavar="PEER,...",
                     help="who approves reconstruction (peer ids or custodian names; default: the custodians)")
     sp.add_argument("--quorum", type=positive, metavar="K", help="approvals needed (default: t)")
@@ -462,6 +480,10 @@ def register(sub: Any) -> None:
     home_arg(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_audit_verify)
+
+    from ._network_commands import register as register_network
+
+    register_network(sub, home_arg, parse_duration, _peer_list)
 
     sp = sub.add_parser("demo", help="run a local 5-custodian network on loopback and import a key")
     sp.add_argument("--dir", metavar="DIR", help="where to put the node homes (default: a temp dir)")

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from shardnet.protocol import wire
+from shardnet.protocol import CoSigned, wire
 
 from . import _api
+from . import _membership_ops as ops
 from ._control_server import Command, Emit
 from ._reconstruct import reconstruct
 
@@ -47,7 +48,21 @@ def command_table(node: NodeRuntime) -> dict[str, Command]:
         "approve": _vote(node, "approve"),
         "deny": _vote(node, "deny"),
         "key-reconstruct": lambda a, emit: reconstruct(node, a, emit),
+        "membership": reads(lambda a: node.members.listing(node.now())),
+        "proposals": reads(lambda a: node.members.proposals(node.now())),
+        "admit": _membership(node, lambda a: ops.admit(node.members, node.store, a, node.now())),
+        "sign": _membership(node, lambda a: ops.sign(node.members, a, node.now())),
+        "member-revoke": _membership(node, lambda a: ops.revoke(node.members, a, node.now())),
     }
+
+
+def _membership(node: NodeRuntime, act: Callable[[dict[str, Any]], tuple[CoSigned, dict[str, Any]]]) -> Command:
+    """A membership change, then its record on the membership topic."""
+    async def command(args: dict[str, Any], emit: Emit) -> Any:
+        cs, answer = act(args)
+        await node.membership.publish(cs)
+        return answer
+    return command
 
 
 def _vote(node: NodeRuntime, decision: str) -> Command:
@@ -75,6 +90,7 @@ async def _import(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> Any:
         placement_expr=args.get("placement"), redundancy=int(args.get("redundancy") or 1),
         expires=args.get("expires"), kem=str(args.get("kem") or "x25519"),
         approvers=args.get("approvers"), quorum=args.get("quorum"), policy_text=args.get("policy"),
+        custodians=args.get("custodians"),
     )
     del master
     ks = res.keyset

@@ -31,7 +31,7 @@ from shardnet.protocol import Descriptor, wire
 from . import _transport as tx
 from ._clock import Clock, Rng
 from ._links import Links
-from ._services import Directory
+from ._services import Directory, NotAdmitted
 from ._transport import Subscription, drain
 
 log = logging.getLogger("shardnet.node")
@@ -55,10 +55,12 @@ class DirectoryLoops:
     def __init__(self, directory: Directory, links: Links, *, describe: Callable[[int], Descriptor],
                  clock: Clock, rng: Rng, bootstrap: list[str],
                  on_readdressed: Callable[[str], None],
-                 on_new_peer: Callable[[str], Awaitable[None]]) -> None:
+                 on_new_peer: Callable[[str], Awaitable[None]],
+                 first_pull: Callable[[str], Awaitable[None]] | None = None) -> None:
         """``describe(seq)`` signs our descriptor; ``on_readdressed(peer)`` is told when a
         custodian comes back at new addresses; ``on_new_peer(peer)`` is the other pulls
-        to make of a peer along with its directory."""
+        to make of a peer along with its directory; ``first_pull(peer)`` the one to make
+        before them (membership: who is admitted decides which descriptors count)."""
         self.directory = directory
         self.links = links
         self.describe = describe
@@ -67,6 +69,7 @@ class DirectoryLoops:
         self.bootstrap = bootstrap
         self.on_readdressed = on_readdressed
         self.on_new_peer = on_new_peer
+        self.first_pull = first_pull
         self.republish_every = REPUBLISH
         self._pulled: set[str] = set()
         self._mine: Descriptor | None = None
@@ -120,6 +123,9 @@ class DirectoryLoops:
         try:
             before = self.directory.get(self.directory.parse(data).peer_id)
             d = self.directory.accept(data, int(self.clock()))
+        except NotAdmitted as exc:  # any outsider can send many: not worth a line each
+            log.debug("descriptor refused: %s", exc)
+            return
         except (p.ShardnetError, ValueError) as exc:
             log.info("descriptor refused: %s", exc)
             return
@@ -150,6 +156,8 @@ class DirectoryLoops:
                 self.accept(item)
 
     async def _pull_all(self, peer: str) -> None:
+        if self.first_pull is not None:
+            await self.first_pull(peer)
         async with trio.open_nursery() as n:
             n.start_soon(self.pull_from, peer)
             n.start_soon(self.on_new_peer, peer)
@@ -179,7 +187,8 @@ class DirectoryLoops:
                 jobs += [(self._pull_all, peer) for peer in pick(self.rng, sorted(connected), 2)]
             budget = MAX_PEERS - len(connected)
             if budget > 0:  # dial custodians chosen at random, so that no one is everyone's first
-                unconnected = [peer for peer in self.directory.peer_ids() if peer != own and peer not in connected]
+                unconnected = [peer for peer in self.directory.peer_ids()
+                               if peer != own and peer not in connected and self.links.admits(peer)]
                 for peer in pick(self.rng, unconnected, budget):
                     d = self.directory.get(peer)
                     if d is not None:

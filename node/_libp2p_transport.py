@@ -27,8 +27,9 @@ class _Libp2pSubscription:
 
 
 class Libp2pTransport:
-    def __init__(self, net: _net.NetHost) -> None:
+    def __init__(self, net: _net.NetHost, network: str) -> None:
         self.net = net
+        self.network = network  # the prefix every protocol id and topic carries
 
     @property
     def peer_id(self) -> str:
@@ -46,11 +47,11 @@ class Libp2pTransport:
 
     async def request(self, peer: str, protocol: wire.StreamProtocol, payload: bytes,
                       timeout: float) -> bytes:  # noqa: ASYNC109
-        return await _net.request(self.net.host, peer, protocol.id, payload, max_reply=protocol.max_reply,
+        return await _net.request(self.net.host, peer, wire.scoped(protocol.id, self.network), payload, max_reply=protocol.max_reply,
                                   timeout=timeout)
 
     def serve(self, protocol: wire.StreamProtocol, handler: Handler, timeout: float) -> None:
-        _net.serve_protocol(self.net.host, protocol.id, handler, max_len=protocol.max_request, timeout=timeout,
+        _net.serve_protocol(self.net.host, wire.scoped(protocol.id, self.network), handler, max_len=protocol.max_request, timeout=timeout,
                             max_concurrent_per_peer=protocol.max_concurrent_per_peer)
 
     async def subscribe(self, topic: wire.Topic, validator: Validator) -> Subscription:
@@ -66,11 +67,15 @@ class Libp2pTransport:
                 return False
             return validator(author, data)
 
-        pubsub.set_topic_validator(topic.name, check, False)
-        return _Libp2pSubscription(await pubsub.subscribe(topic.name))
+        name = wire.scoped(topic.name, self.network)
+        pubsub.set_topic_validator(name, check, False)
+        return _Libp2pSubscription(await pubsub.subscribe(name))
 
     async def publish(self, topic: wire.Topic, data: bytes) -> None:
-        await self._pubsub().publish(topic.name, data)
+        await self._pubsub().publish(wire.scoped(topic.name, self.network), data)
+
+    async def disconnect(self, peer: str) -> None:
+        await _net.disconnect(self.net.host, peer)
 
     def _pubsub(self) -> Any:
         if self.net.pubsub is None:
@@ -79,6 +84,6 @@ class Libp2pTransport:
 
 
 @asynccontextmanager
-async def running_libp2p_transport(seed: bytes, listen: list[str]) -> AsyncIterator[Libp2pTransport]:
+async def running_libp2p_transport(seed: bytes, listen: list[str], network: str) -> AsyncIterator[Libp2pTransport]:
     async with _net.running_node_host(seed, listen) as net:
-        yield Libp2pTransport(net)
+        yield Libp2pTransport(net, network)

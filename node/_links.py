@@ -12,6 +12,7 @@ Three things every conversation needs, in one place:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -30,14 +31,19 @@ BACKOFF_MAX = 30.0
 
 
 class Links:
-    def __init__(self, net: Transport, directory: Directory) -> None:
+    def __init__(self, net: Transport, directory: Directory,
+                 admits: Callable[[str], bool] = lambda peer: True) -> None:
+        """``admits(peer)``: whether the network admits ``peer``; :meth:`connected` names
+        only those (the membership gate closes the others' connections)."""
         self.net = net
         self.directory = directory
+        self.admits = admits
         self._dial_backoff: dict[str, tuple[float, float]] = {}  # peer -> (next dial, delay)
         self._in_flight: dict[tuple[str, str], trio.CapacityLimiter] = {}  # (peer, protocol) -> slots
 
     def connected(self) -> list[str]:
-        return self.net.connected()
+        """Connected peers the network admits."""
+        return [peer for peer in self.net.connected() if self.admits(peer)]
 
     def forget_backoff(self, peer: str) -> None:
         """``peer`` has new addresses (a restart): dial it now rather than after back-off."""

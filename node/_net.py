@@ -428,6 +428,16 @@ async def running_node_host(
         raise exc from exc.__cause__
 
 
+async def disconnect(host: IHost, peer_id: str) -> None:
+    """Close every connection to ``peer_id``: a peer that is not admitted, for example."""
+    try:
+        pid = _parse_peer_id(peer_id)
+    except ValueError:
+        return
+    if pid in host.get_network().connections:
+        await close_connection(host, pid)
+
+
 # The timeouts below are parameters on purpose (ASYNC109): each one turns into a
 # named error (ConnectError, FrameTimeout, RequestTimeout), and the cleanup after
 # it (stream reset or close) must run outside the caller's cancel scope.

@@ -110,6 +110,11 @@ class OutboxLoop:
         receipt = None
         event: outbox.Event
         try:
+            # Checked at every attempt, not only at import: a custodian revoked (or expired)
+            # while its shard waited never gets it. The slot stays pending.
+            state = self.owner.members.view.state(peer, self.now())
+            if peer != self.me and self.owner.members.admission(peer, self.now(), "custodian") is None:
+                raise Rejected(f"not sent: the custodian is no longer admitted ({state})")
             if peer == self.me:
                 reply = self.custodian.handle_delivery(self.me, frame, self.now())
             else:
@@ -133,6 +138,8 @@ class OutboxLoop:
         record = self.store.keyset(row["keyset_id"])
         assert record is not None
         state, error = "delivered", None
+        if not self.links.admits(peer):
+            return  # not now: a peer the network does not admit gets no keyset record
         try:
             await self.links.reach_and_request(peer, wire.KEYSET, record["record"])
         except tx.RemoteError as exc:

@@ -40,6 +40,8 @@ from ._files import write_atomic
 from ._home import Home
 from ._keystore import Keystore
 from ._links import Links
+from ._members import Members, NoNetwork
+from ._membership_loops import MembershipLoops
 from ._outbox_loop import OutboxLoop
 from ._services import VERSION, Approvals, Custodian, Directory, Owner, Rejected, Releaser
 from ._store import Store
@@ -67,11 +69,17 @@ class NodeRuntime:
         self.operator_io = operator_io
         self.republish_every = republish_every
         self.peer_id = home.peer_id()
-        self.directory = Directory(self.store, self.peer_id)
+        try:
+            self.members = Members.of(self.store, self.key)
+        except NoNetwork:
+            if store is None:
+                self.store.close()
+            raise
+        self.directory = Directory(self.store, self.peer_id, admits=self.admits)
         self.custodian = Custodian(self.store, keystore)
-        self.owner = Owner(self.store, self.key, self.directory, rng)
+        self.owner = Owner(self.store, self.key, self.directory, self.members, rng)
         self.approvals = Approvals(self.store, self.key)
-        self.releaser = Releaser(self.store, keystore, self.approvals, self.directory,
+        self.releaser = Releaser(self.store, keystore, self.approvals, self.members,
                                  threat_level=self.threat_level, rng=rng)
         self.started = 0.0
         self._stop = trio.Event()
@@ -81,9 +89,14 @@ class NodeRuntime:
         self.peering: DirectoryLoops
         self.gossip: ApprovalLoops
         self.outbox: OutboxLoop
+        self.membership: MembershipLoops
 
     def now(self) -> int:
         return int(self.clock())
+
+    def admits(self, peer: str) -> bool:
+        """Whether the network admits ``peer`` now (in any role, or as an authority)."""
+        return self.members.may_connect(peer, self.now())
 
     def threat_level(self) -> int:
         raw = self.store.get_kv("threat_level")
@@ -93,12 +106,14 @@ class NodeRuntime:
 
     def _wire(self, net: Transport) -> None:
         self.net = net
-        self.links = Links(net, self.directory)
+        self.links = Links(net, self.directory, admits=self.admits)
         self.gossip = ApprovalLoops(self.approvals, self.links, self.clock)
         self.outbox = OutboxLoop(self.store, self.owner, self.custodian, self.links, self.clock, self.peer_id)
+        self.membership = MembershipLoops(self.members, self.links, self.clock, on_admitted=self.outbox.peer_back)
         self.peering = DirectoryLoops(self.directory, self.links, describe=self._descriptor, clock=self.clock,
                                       rng=self.rng, bootstrap=self.bootstrap,
-                                      on_readdressed=self.outbox.peer_back, on_new_peer=self.gossip.sync_from)
+                                      on_readdressed=self.outbox.peer_back, on_new_peer=self.gossip.sync_from,
+                                      first_pull=self.membership.pull_from)
         if self.republish_every is not None:
             self.peering.republish_every = self.republish_every
 
@@ -109,7 +124,7 @@ class NodeRuntime:
             self.home.run_dir.mkdir(mode=0o700, exist_ok=True)
             control = bind_control(self.home)
         try:
-            async with self.transport(self.keystore.transport_seed(), listen) as net:
+            async with self.transport(self.keystore.transport_seed(), listen, self.members.prefix) as net:
                 self._wire(net)
                 self.started = trio.current_time()
                 self.peering.publish_self()
@@ -122,11 +137,17 @@ class NodeRuntime:
                             wire.RELEASE: self._on_release, wire.KEYSET: self._on_keyset_notice,
                             wire.SYNC: self._on_sync}
                 for proto, handler in handlers.items():
-                    net.serve(proto, handler, wire.REQUEST_TIMEOUT)
-                dir_sub = await net.subscribe(wire.DIRECTORY_TOPIC, self.peering.validate)
-                req_sub = await net.subscribe(wire.REQUEST_TOPIC, signed_by_author(self.approvals.parse_request))
-                vote_sub = await net.subscribe(wire.VOTE_TOPIC, signed_by_author(self.approvals.parse_vote))
+                    net.serve(proto, self._admitted_only(handler), wire.REQUEST_TIMEOUT)
+                net.serve(wire.MEMBERSHIP, self._on_membership_pull, wire.REQUEST_TIMEOUT)
+                member_sub = await net.subscribe(wire.MEMBERSHIP_TOPIC, self.membership.validate)
+                dir_sub = await net.subscribe(wire.DIRECTORY_TOPIC, self._from_members(self.peering.validate))
+                req_sub = await net.subscribe(wire.REQUEST_TOPIC, self._from_members(
+                    signed_by_author(self.approvals.parse_request)))
+                vote_sub = await net.subscribe(wire.VOTE_TOPIC, self._from_members(
+                    signed_by_author(self.approvals.parse_vote)))
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.membership.drain, member_sub)
+                    nursery.start_soon(self.membership.gate_loop)
                     nursery.start_soon(self.peering.drain, dir_sub)
                     nursery.start_soon(self.gossip.drain_requests, req_sub)
                     nursery.start_soon(self.gossip.drain_votes, vote_sub)
@@ -197,6 +218,21 @@ class NodeRuntime:
         return await self.links.reach_and_request(peer, wire.RELEASE, frame)
 
     # -- stream handlers: one service call each ----------------------------------------
+
+    def _admitted_only(self, handler: tx.Handler) -> tx.Handler:
+        async def gated(remote: str, frame: bytes) -> bytes:
+            if not self.admits(remote):
+                raise tx.RequestRejected(f"not admitted to network {self.members.prefix}")
+            return await handler(remote, frame)
+        return gated
+
+    def _from_members(self, validator: tx.Validator) -> tx.Validator:
+        def check(author: str, data: bytes) -> bool:
+            return self.admits(author) and validator(author, data)
+        return check
+
+    async def _on_membership_pull(self, remote: str, frame: bytes) -> bytes:
+        return self.membership.serve_pull(remote, frame)
 
     async def _on_deliver(self, remote: str, frame: bytes) -> bytes:
         try:

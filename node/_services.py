@@ -19,6 +19,7 @@ from shardnet import protocol as p
 from shardnet.protocol import (
     DEFAULT_POLICY,
     Added,
+    Admission,
     ApprovalRule,
     Delivery,
     Descriptor,
@@ -42,6 +43,7 @@ from shardnet.protocol import (
 
 from ._clock import Rng
 from ._keystore import Keystore
+from ._members import Members
 from ._store import AuditEvent, NewOutboxItem, ShardConflict, Store
 from ._verified import VerifiedRecords
 
@@ -50,6 +52,10 @@ VERSION = "0.1.0"
 
 class Rejected(Exception):
     """A peer's request is refused; the message goes back to it."""
+
+
+class NotAdmitted(p.ShardnetError):
+    """A record about, or a request from, a peer the network has not admitted."""
 
 
 class AuditLimiter:
@@ -94,9 +100,12 @@ class Directory:
     pull moves O(N) small integers instead of N descriptors.
     """
 
-    def __init__(self, store: Store, me: str) -> None:
+    def __init__(self, store: Store, me: str, admits: Callable[[str], bool] = lambda peer: True) -> None:
+        """``admits(peer)``: whether the network admits ``peer``; descriptors of peers it
+        does not are refused before their signature is checked, and never stored."""
         self.store = store
         self.me = me
+        self.admits = admits
         self._signed: dict[str, bytes] = {}  # peer -> the descriptor held, exact bytes
         self._seq: dict[str, int] = {}
         self._key: dict[str, bytes] = {}  # peer -> its key in pull summaries
@@ -137,7 +146,12 @@ class Directory:
         return len(self._signed)
 
     def parse(self, data: bytes) -> Descriptor:
-        """A verified descriptor (the gossip validator's check, kept for accept())."""
+        """A verified descriptor of an admitted peer (the gossip validator's check, kept
+        for accept()). The signer is read first: a descriptor of a peer the network has
+        not admitted costs a decode, never a signature check."""
+        signer = p.signer_of(data)
+        if signer is None or not self.admits(peer_id_of(signer)):
+            raise NotAdmitted("descriptor of a peer the network has not admitted")
         return self.verified.parse(Descriptor, data)
 
     def held_from(self, data: bytes) -> str | None:
@@ -162,11 +176,6 @@ class Directory:
         """Every custodian, by peer id."""
         return [d for peer in sorted(self._signed) if (d := self.get(peer)) is not None]
 
-    def candidates(self, kem: str) -> list[placement.Candidate]:
-        return [
-            placement.Candidate(d.peer_id, d.country, d.continent, d.org, d.city)
-            for d in self.all() if kem in d.kems
-        ]
 
     def _summary_now(self) -> bytes:
         if self._summary is None:  # made again only after the directory changed
@@ -180,9 +189,9 @@ class Directory:
     def pull_reply(self, frame: bytes) -> bytes:
         """The descriptors the puller lacks (every one for a bare ``wire.PULL``)."""
         theirs = directory_pull.decode_pull(frame)
-        return directory_pull.pull_reply(
-            ((self._key[peer], seq, self._signed[peer]) for peer, seq in self._seq.items()), theirs,
-            self._summary_now())
+        return directory_pull.pull_reply(  # never a descriptor of a peer the network does not admit
+            ((self._key[peer], seq, self._signed[peer]) for peer, seq in self._seq.items() if self.admits(peer)),
+            theirs, self._summary_now())
 
 
 # -- custodian side -----------------------------------------------------------------
@@ -317,10 +326,11 @@ class ImportResult:
 class Owner:
     """Deals keys, places and seals shards, and turns receipts into outbox state."""
 
-    def __init__(self, store: Store, key: p.Signer, directory: Directory, rng: Rng) -> None:
+    def __init__(self, store: Store, key: p.Signer, directory: Directory, members: Members, rng: Rng) -> None:
         self.store = store
         self.key = key
         self.directory = directory
+        self.members = members
         self.rng = rng
         self.peer_id = peer_id_of(key.public_key().public_bytes_raw())
 
@@ -328,12 +338,19 @@ class Owner:
         self, master: bytes, threshold: int, shares: int, *, now: int, placement_expr: str | None = None,
         redundancy: int = 1, expires: int | None = None, kem: str = "x25519",
         approvers: list[str] | None = None, quorum: int | None = None, policy_text: str | None = None,
+        custodians: list[str] | None = None,
     ) -> ImportResult:
         policy = Policy(policy_text if policy_text is not None else DEFAULT_POLICY)
         if kem not in p.KEMS:
             raise ValueError(f"unknown kem {kem!r}; choose one of {', '.join(p.KEMS)}")
         p.check_params(threshold, shares)
-        cands = self.directory.candidates(kem)
+        admitted = self.candidates(kem, now, custodians)
+        cands = [placement.Candidate(a.peer_id, a.country, a.continent, a.org, a.city) for a in admitted.values()]
+        need = shares * redundancy
+        if len(cands) < need:
+            raise placement.PlacementError(
+                f"need {need} custodians ({shares} shards x {redundancy}), but only {len(cands)} admitted "
+                f"custodians with a {kem} key are known (see `shardnet membership` and `shardnet custodians`)")
         note = ""
         if placement_expr is None:
             countries = {c.country for c in cands}
@@ -367,11 +384,10 @@ class Owner:
         rows: list[NewOutboxItem] = []
         for share in share_list:
             for holder in holders[share.index]:
-                d = self.directory.get(holder)
-                assert d is not None
                 meta = p.ShardMeta(keyset.keyset_id, keyset.epoch, share.index, shares, threshold, holder,
                                    now, not_after, keyset.policy_hash, keyset.commitments_digest, kem)
-                sealed = p.seal_shard(meta, share, d.hpke[kem], owner=self.key)
+                # Sealed to the key the authorities vouched for, not the one the descriptor names.
+                sealed = p.seal_shard(meta, share, admitted[holder].hpke_key(kem) or b"", owner=self.key)
                 rows.append({"keyset_id": keyset.id_hex, "epoch": keyset.epoch, "idx": share.index,
                              "custodian": holder, "envelope": sealed})
         del share_list
@@ -385,6 +401,24 @@ class Owner:
             now=now, notices=notices,
         )
         return ImportResult(keyset, holders, placement_expr, note)
+
+    def candidates(self, kem: str, now: int, pinned: list[str] | None = None) -> dict[str, Admission]:
+        """Who may hold a shard now: custodians the network admits (with their vouched
+        attributes and HPKE keys) that we know how to reach. ``pinned``: exactly these,
+        each of which must be one."""
+        admitted = {a.peer_id: a for a in self.members.custodians(now)
+                    if kem in a.kems and self.directory.get(a.peer_id) is not None}
+        if pinned is None:
+            return admitted
+        out = {}
+        for peer in dict.fromkeys(x.strip() for x in pinned if x.strip()):
+            if peer not in admitted:
+                state = self.members.view.state(peer, now)
+                why = {"unknown": "not admitted to the network", "admitted": "admitted, but not as a custodian"
+                       f" with a {kem} key, or its descriptor (its addresses) is unknown"}.get(state, state)
+                raise ValueError(f"--custodians: {peer} cannot hold a shard: {why}")
+            out[peer] = admitted[peer]
+        return out
 
     def _resolve(self, who: str) -> str:
         """An approver's peer id. Names are self-declared in descriptors, so anyone could
@@ -622,7 +656,7 @@ class Approvals:
 class Releaser:
     """A custodian's release service: decides on its own, then releases sealed to the requester."""
 
-    def __init__(self, store: Store, keystore: Keystore, approvals: Approvals, directory: Directory,
+    def __init__(self, store: Store, keystore: Keystore, approvals: Approvals, members: Members,
                  threat_level: Callable[[], int], rng: Rng) -> None:
         self.rng = rng  # the DLEQ proof's nonce
         self.store = store
@@ -630,7 +664,7 @@ class Releaser:
         self.key = keystore.signer
         self.hpke = keystore.openers()
         self.approvals = approvals
-        self.directory = directory
+        self.members = members
         self.threat_level = threat_level
         self.peer_id = keystore.peer_id
         self._policies: dict[bytes, Policy] = {}
@@ -658,6 +692,11 @@ class Releaser:
             raise Rejected(f"malformed release request: {exc}") from None
         if req.requester != remote:
             raise Rejected("the request was not made by the peer asking")
+        # Policies see the attributes the authorities vouched for, never self-declared ones.
+        requester = self.members.admission(req.requester, now)
+        if requester is None:
+            raise Rejected(f"the requester is not admitted to network {self.members.prefix} "
+                           f"({self.members.view.state(req.requester, now)})")
         row = self.store.keyset(req.keyset_id.hex())
         if row is None:
             raise Rejected("this custodian does not know that keyset")
@@ -669,7 +708,6 @@ class Releaser:
             self.approvals.accept_request(req.signed, now)
         except p.ShardnetError:
             pass  # decide_release below gives the reason
-        requester = self.directory.get(req.requester)
         try:
             # Stored votes and the ask's evidence in one tally: an approver with two
             # different votes is void, whichever came first and whoever brought them.
@@ -678,8 +716,7 @@ class Releaser:
                 self.approvals.record_equivocations(tally, now)
             decision = decide_release(
                 keyset, tally, now=now, policy=self._policy(keyset),
-                requester_org=requester.org if requester else "",
-                requester_country=requester.country.upper() if requester else "", threat_level=self.threat_level(),
+                requester_org=requester.org, requester_country=requester.country, threat_level=self.threat_level(),
                 status=row["status"],
             )
         except (ReleaseDenied, PolicyError, p.RemoteProtocolError, ValueError) as exc:

@@ -96,6 +96,10 @@ class AmbiguousKeysetPrefix(KeysetLookupError):
         )
 
 
+class OtherNetwork(StoreError, ValueError):
+    """The home belongs to another network already."""
+
+
 class ShardConflict(StoreError):
     """A different shard is already held for this keyset, epoch and index."""
 
@@ -360,7 +364,39 @@ CREATE TABLE equivocations (
 ) STRICT;
 """
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2, _SCHEMA_3, _SCHEMA_4)
+# The network this node belongs to (its signed genesis), the co-signed membership
+# records in effect (the latest admission and the latest revocation per peer: a
+# newer one replaces the row), and proposals that still lack signatures.
+_SCHEMA_5 = """
+CREATE TABLE network (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    network_id  BLOB NOT NULL CHECK (length(network_id) = 16),
+    genesis     BLOB NOT NULL,
+    joined_at   INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE membership (
+    peer_id     TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('admission', 'revocation')),
+    record_id   BLOB NOT NULL CHECK (length(record_id) = 16),
+    record      BLOB NOT NULL,
+    time        INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (peer_id, kind)
+) STRICT;
+
+CREATE TABLE proposals (
+    proposal_id TEXT PRIMARY KEY CHECK (length(proposal_id) = 32),
+    kind        TEXT NOT NULL CHECK (kind IN ('admission', 'revocation')),
+    peer_id     TEXT NOT NULL,
+    record      BLOB NOT NULL,
+    signatures  INTEGER NOT NULL CHECK (signatures >= 1),
+    created     INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+) STRICT;
+"""
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2, _SCHEMA_3, _SCHEMA_4, _SCHEMA_5)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -1153,6 +1189,87 @@ class Store:
         """The signed vote pairs that void approvers of this request."""
         return [(bytes(r["first"]), bytes(r["second"])) for r in self._db.query(
             "SELECT first, second FROM equivocations WHERE request_id = ? ORDER BY received_at", [request_id])]
+
+    # -- the network and its membership ---------------------------------------------
+
+    def set_network(self, network_id: bytes, genesis: bytes, *, now: int) -> bool:
+        """Join a network; False if this home already belongs to it. A home belongs to
+        one network for good: StoreError for another one."""
+        with self.transaction():
+            row = self._db.execute("SELECT network_id FROM network WHERE id = 1").fetchone()
+            if row is not None:
+                if bytes(row[0]) == network_id:
+                    return False
+                raise OtherNetwork(f"this home already belongs to network {bytes(row[0]).hex()[:8]}; "
+                                 "a home joins one network only (make a new home for another)")
+            self._db.execute("INSERT INTO network (id, network_id, genesis, joined_at) VALUES (1, ?, ?, ?)",
+                             [network_id, genesis, now])
+            return True
+
+    def genesis(self) -> bytes | None:
+        row = self._db.execute("SELECT genesis FROM network WHERE id = 1").fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_membership(self, peer_id: str, kind: str, record_id: bytes, record: bytes, *, time: int, now: int,
+                       audit: AuditEvent | None = None) -> bool:
+        """Keep a complete, verified membership record if it is newer than the one held
+        for this peer and kind (by time, then id); False otherwise."""
+        with self.transaction():
+            row = self._db.execute("SELECT time, record_id FROM membership WHERE peer_id = ? AND kind = ?",
+                                   [peer_id, kind]).fetchone()
+            if row is not None and (row[0], bytes(row[1])) >= (time, record_id):
+                return False
+            self._db.execute(
+                "INSERT INTO membership (peer_id, kind, record_id, record, time, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (peer_id, kind) DO UPDATE SET "
+                "record_id = excluded.record_id, record = excluded.record, time = excluded.time, "
+                "received_at = excluded.received_at", [peer_id, kind, record_id, record, time, now])
+            self._db.execute("DELETE FROM proposals WHERE proposal_id = ?", [record_id.hex()])
+            if audit is not None:
+                self._append(audit.kind, audit.body, now, audit.key)
+            return True
+
+    def membership_records(self) -> list[bytes]:
+        return [bytes(r[0]) for r in self._db.execute("SELECT record FROM membership ORDER BY peer_id, kind")]
+
+    def put_proposal(self, proposal_id: str, kind: str, peer_id: str, record: bytes, *, signatures: int,
+                     now: int, limit: int) -> bool:
+        """Keep a verified proposal, or its copy with more signatures; False if it adds
+        nothing, or if ``limit`` proposals are open already."""
+        with self.transaction():
+            row = self._db.execute("SELECT signatures FROM proposals WHERE proposal_id = ?",
+                                   [proposal_id]).fetchone()
+            if row is not None:
+                if row[0] >= signatures:
+                    return False
+                self._db.execute("UPDATE proposals SET record = ?, signatures = ?, updated_at = ? "
+                                 "WHERE proposal_id = ?", [record, signatures, now, proposal_id])
+                return True
+            if self._db.execute("SELECT count(*) FROM proposals").fetchone()[0] >= limit:
+                return False
+            self._db.execute(
+                "INSERT INTO proposals (proposal_id, kind, peer_id, record, signatures, created, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", [proposal_id, kind, peer_id, record, signatures, now, now])
+            return True
+
+    def proposals(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._db.query("SELECT * FROM proposals ORDER BY created, proposal_id")]
+
+    def proposal(self, proposal_id: str) -> dict[str, Any] | None:
+        """The open proposal whose id is, or starts with, ``proposal_id`` (LookupError if several)."""
+        if not (4 <= len(proposal_id) <= 32 and all(c in "0123456789abcdef" for c in proposal_id.lower())):
+            raise ValueError(f"a proposal id is 4 to 32 hex digits, got {proposal_id!r}")
+        rows = [dict(r) for r in self._db.query(
+            "SELECT * FROM proposals WHERE proposal_id LIKE ? || '%' ORDER BY proposal_id LIMIT 3",
+            [proposal_id.lower()])]
+        if len(rows) > 1:
+            raise LookupError(f"proposal id {proposal_id!r} is ambiguous: give more of it")
+        return rows[0] if rows else None
+
+    def drop_proposals(self, *, updated_before: int) -> int:
+        """Forget proposals nobody signed since ``updated_before``; how many."""
+        with self.transaction():
+            return int(self._db.execute("DELETE FROM proposals WHERE updated_at < ?", [updated_before]).rowcount)
 
     # -- small node state ----------------------------------------------------------
 

@@ -125,10 +125,16 @@ class Transport(Protocol):
 
     async def publish(self, topic: wire.Topic, data: bytes) -> None: ...
 
+    async def disconnect(self, peer: str) -> None:
+        """Close every connection to ``peer`` (nothing if there is none)."""
+        ...
 
-TransportFactory = Callable[[bytes, list[str]], AbstractAsyncContextManager[Transport]]
-"""``async with factory(identity_seed, listen_addrs) as transport``: what the
-composition root hands the runtime (libp2p for a real node, memory on the grid)."""
+
+TransportFactory = Callable[[bytes, list[str], str], AbstractAsyncContextManager[Transport]]
+"""``async with factory(identity_seed, listen_addrs, network_prefix) as transport``:
+what the composition root hands the runtime (libp2p for a real node, memory on
+the grid). Every protocol id and topic the transport speaks is scoped to the
+network (``wire.scoped``); the services name them unscoped."""
 
 
 async def drain(sub: Subscription, accept: Callable[[bytes], None]) -> None:

@@ -6,7 +6,9 @@ here does IO: time (``now``) and randomness (``rng``) are parameters. This
 module names the public surface; everything else is private.
 """
 
+from . import _cosign as cosign
 from . import _directory_pull as directory_pull
+from . import _membership as membership
 from . import _outbox as outbox
 from . import _placement as placement
 from . import _release_round as release_round
@@ -18,6 +20,7 @@ from ._audit import decode_body as decode_audit_body
 from ._audit import encode_body as encode_audit_body
 from ._audit import make_entry as make_audit_entry
 from ._codec import decode, decode_record, encode, want, want_bytes
+from ._cosign import CoSigned
 from ._errors import (
     DecryptionFailed,
     DuplicateShare,
@@ -49,6 +52,7 @@ from ._keyset import (
     split_key,
     verify_share,
 )
+from ._membership import Admission, Genesis, JoinRequest, MemberRevocation, Membership
 from ._policy import DEFAULT_POLICY, Policy, PolicyError
 from ._quorum import Added, ApprovalRule, Equivocation, ReleaseDenied, Tally, decide_release
 from ._quorum import State as TallyState
@@ -57,7 +61,7 @@ from ._records import Delivery, Descriptor, Receipt, b58decode, b58encode, peer_
 from ._release_round import ReleaseRound
 from ._requests import Release, Request, Vote, partial_payload, share_payload
 from ._shard import HpkeOpener, HpkePrivateKey, ShardMeta, open_shard, read_shard_meta, seal_shard
-from ._sign import Signer, open_signed, sign_body
+from ._sign import Signer, open_signed, sign_body, signer_of
 from ._unwrap import Partial, combine_partials, partial_decrypt, verify_partial
 from ._vss import (
     MAX_SHARES,
@@ -78,15 +82,15 @@ __all__ = [
     "InvalidShare", "InvalidShares", "InvalidSignature", "MalformedEncoding", "MixedShares",
     "PolicyError", "ReconstructionFailed", "ReleaseDenied", "RemoteProtocolError", "ShardExpired",
     "ShardnetError", "TooFewPartials", "TooFewShares", "WrongRecipient",
-    "Added", "ApprovalRule", "AuditEntry", "Delivery", "Descriptor", "Equivocation", "HpkeOpener", "HpkePrivateKey",
+    "Added", "Admission", "ApprovalRule", "CoSigned", "Genesis", "JoinRequest", "MemberRevocation", "Membership", "AuditEntry", "Delivery", "Descriptor", "Equivocation", "HpkeOpener", "HpkePrivateKey",
     "Keyset", "Partial", "Policy", "Receipt", "Recovered", "RefreshDeal", "Release", "Request",
     "ReleaseRound", "ReshareDeal", "Session", "Signer", "Share", "ShardMeta", "Tally", "TallyState", "Vote",
     "b58decode", "b58encode", "batch_verify_shares", "check_params", "combine_key", "combine_partials",
     "continent_of", "decide_release", "decode", "decode_audit_body", "decode_record", "encode",
     "encode_audit_body", "keyset_from_text", "keyset_to_text", "make_audit_entry", "open_shard",
-    "directory_pull", "open_signed", "open_with_unwrapped", "outbox", "partial_decrypt", "partial_payload", "peer_id_of",
+    "cosign", "directory_pull", "membership", "open_signed", "open_with_unwrapped", "outbox", "partial_decrypt", "partial_payload", "peer_id_of",
     "placement", "public_key_of", "read_shard_meta", "recover_secret", "refresh_commitments",
     "refresh_deal", "refresh_share", "release_round", "reshare_commitments", "reshare_deal", "reshare_share",
-    "seal_shard", "share_from_text", "share_payload", "share_to_text", "sign_body", "split_key",
+    "seal_shard", "share_from_text", "share_payload", "share_to_text", "sign_body", "signer_of", "split_key",
     "verify_chain", "verify_partial", "verify_share", "want", "want_bytes", "wire",
 ]

@@ -60,6 +60,16 @@ def verify_sig(signer: bytes, body: bytes, sig: bytes) -> None:
     verify_in_domain(signer, SIG_DOMAIN, body, sig)
 
 
+def signer_of(data: bytes) -> bytes | None:
+    """The key a signed record names as its signer, unverified; None if it is not one.
+    For a cheap look before the signature check (is this signer one we care about?)."""
+    try:
+        _, who, _ = decode_record(data, SIGNED_TAG, 1, 3)
+    except MalformedEncoding:
+        return None
+    return bytes(who) if isinstance(who, bytes) and len(who) == 32 else None
+
+
 def open_signed(
     data: bytes, *, tag: str, version: int, fields: int, signer: bytes | None = None,
     max_size: int = MAX_RECORD,

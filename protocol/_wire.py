@@ -57,7 +57,11 @@ SYNC = StreamProtocol("/shardnet/sync/1", 1024, 2 * 1024 * 1024, 4)
 #: An owner hands a keyset record to an approver that holds no shard.
 KEYSET = StreamProtocol("/shardnet/keyset/1", 256 * 1024, 64, 4)
 
-STREAM_PROTOCOLS = (DELIVER, DIRECTORY, DIRECTORY_DELTA, RELEASE, SYNC, KEYSET)
+#: Anti-entropy pull of membership records (admissions, revocations, open proposals):
+#: the request is a summary of those the puller holds, as for DIRECTORY_DELTA.
+MEMBERSHIP = StreamProtocol("/shardnet/membership/1", 128 * 1024, 4 * 1024 * 1024, 4)
+
+STREAM_PROTOCOLS = (DELIVER, DIRECTORY, DIRECTORY_DELTA, RELEASE, SYNC, KEYSET, MEMBERSHIP)
 
 #: Signed custodian descriptors.
 DIRECTORY_TOPIC = Topic("shardnet/directory/1", 8 * 1024)
@@ -66,15 +70,31 @@ REQUEST_TOPIC = Topic("shardnet/request/1", 4096)
 #: Signed approval votes.
 VOTE_TOPIC = Topic("shardnet/vote/1", 1024)
 
-TOPICS = (DIRECTORY_TOPIC, REQUEST_TOPIC, VOTE_TOPIC)
+#: Co-signed membership records: admission certificates, membership revocations, and
+#: proposals for them that still lack signatures.
+MEMBERSHIP_TOPIC = Topic("shardnet/membership/1", 16 * 1024)
+
+TOPICS = (DIRECTORY_TOPIC, REQUEST_TOPIC, VOTE_TOPIC, MEMBERSHIP_TOPIC)
+
+
+def scoped(name: str, network_prefix: str) -> str:
+    """A protocol id or topic inside one network: ``/shardnet/deliver/1`` becomes
+    ``/shardnet/<prefix>/deliver/1`` (the prefix: the first 8 hex digits of the network
+    id), so that nodes of two networks never speak to each other by mistake."""
+    lead = "/shardnet/" if name.startswith("/") else "shardnet/"
+    if not name.startswith(lead) or len(network_prefix) != 8:
+        raise ValueError(f"cannot scope {name!r} to network {network_prefix!r}")
+    return f"{lead}{network_prefix}/{name[len(lead):]}"
 
 #: Frame tags: the first field of the msgpack array a stream request carries.
 DELIVER_FRAME_TAG = "shardnet/deliver-frame"
 RELEASE_ASK_TAG = "shardnet/release-ask"
 DIRECTORY_PULL_TAG = "shardnet/directory-pull"
 
-#: Custodians a directory pull summarises, and descriptors its reply carries, at most.
+#: Entries a pull summary (directory, membership) holds, and records its reply carries, at most.
 DIRECTORY_PULL_MAX = 4096
+#: Open proposals (co-signed records short of their quorum) a node keeps at most.
+MAX_PROPOSALS = 256
 
 #: The body a pull request (directory, sync) carries.
 PULL = b"pull"

@@ -50,6 +50,8 @@ def run_demo(args: argparse.Namespace) -> int:
 def _demo(cluster: LocalCluster, root: pathlib.Path, t_start: float) -> int:
     _say(f"== shardnet demo: 5 custodians on loopback, homes in {root}")
     cluster.init_all()
+    _say(f"== network 'local' created by {cluster.authority} (its sole authority, K = 1); the other four "
+         "asked to join and were admitted with their org, country and city vouched for")
     for name, node in cluster.nodes.items():
         t = time.monotonic()
         cluster.start(name)

@@ -3,6 +3,11 @@
 Each node is a separate OS process started through the CLI (``shardnet run``)
 with its own home directory; they find each other through a bootstrap address
 and the directory protocol. Nothing here listens anywhere but 127.0.0.1.
+
+The nodes form a single-operator network, set up through the CLI as an
+operator would: the first node creates it (``network create``, K = 1) and
+admits every other node from its join request (``network request``, then
+``admit`` with the node's spec as the vouched attributes).
 """
 
 from __future__ import annotations
@@ -66,9 +71,14 @@ def run_cli(*args: str, timeout: float = 120.0, check: bool = False) -> subproce
 class LocalCluster:
     """Start, stop and query a handful of node processes under ``root``."""
 
-    def __init__(self, root: pathlib.Path, specs: list[NodeSpec]) -> None:
+    def __init__(self, root: pathlib.Path, specs: list[NodeSpec], *, admit: bool = True) -> None:
+        """``admit``: admit every node to the network as it is initialised (False: the
+        test admits, or leaves out, whom it wants with :meth:`admit`)."""
         self.root = pathlib.Path(root)
         self.nodes = {s.name: LocalNode(s, Home(self.root / s.name)) for s in specs}
+        self.auto_admit = admit
+        self.network_file = self.root / "network.toml"
+        self.authority = specs[0].name if specs else ""
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -87,29 +97,70 @@ class LocalCluster:
         del self.nodes[name]
 
     def init_all(self) -> None:
-        """``shardnet init`` every node that has no home yet, all at once."""
+        """``shardnet init`` every node that has no home yet, all at once; then the network:
+        created by the first node if need be, joined and (with ``admit``) admitted by all."""
         todo = [n for n in self.nodes.values() if not n.home.config_file.exists()]
-        procs = []
-        for n in todo:
-            args = ["init", "--home", str(n.home.path), "--name", n.spec.name, "--country", n.spec.country]
-            args += ["--city", n.spec.city] if n.spec.city else []
-            args += ["--org", n.spec.org] if n.spec.org else []
-            procs.append((args, subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
-        failed = []
-        try:
-            for args, proc in procs:
-                _, err = proc.communicate(timeout=60)
-                if proc.returncode != 0:
-                    failed.append(f"shardnet init --home {args[2]} failed ({proc.returncode}): {err.decode().strip()}")
-        finally:
-            for _, proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-        if failed:
-            raise ClusterError("; ".join(failed))
+        _parallel([["init", "--home", str(n.home.path), "--name", n.spec.name, "--country", n.spec.country,
+                    *(["--city", n.spec.city] if n.spec.city else []), *(["--org", n.spec.org] if n.spec.org else [])]
+                   for n in todo])
         for n in self.nodes.values():
             n.peer_id = n.home.peer_id()
+        first = self.nodes[self.authority]
+        if not self.network_file.exists():
+            run_cli("network", "create", "--home", str(first.home.path), "--out", str(self.network_file),
+                    "--name", "local", check=True)
+        outside = [n for n in self.nodes.values() if not _joined(n.home)]
+        _parallel([["network", "join", "--home", str(n.home.path), str(self.network_file)] for n in outside])
+        if self.auto_admit:
+            self.admit(*[n.spec.name for n in self.nodes.values() if n.spec.name != self.authority])
+
+    def scoped(self, name: str) -> str:
+        """A protocol id or topic as this cluster's network spells it (``wire.scoped``)."""
+        from shardnet.node._network_commands import read_network_file
+        from shardnet.protocol import wire
+
+        return wire.scoped(name, read_network_file(self.network_file).prefix)
+
+    def admit_key(self, key: Any, *, name: str, country: str, org: str = "Outside Org",
+                  roles: str = "custodian,approver") -> None:
+        """Admit a peer that is no node of the cluster (a test's own host) by its identity key."""
+        import base64
+        import json
+
+        from shardnet.node._network_commands import read_network_file
+        from shardnet.protocol import JoinRequest
+
+        g = read_network_file(self.network_file)
+        j = JoinRequest.make(key, network_id=g.network_id, hpke={"x25519": b"\x01" * 32}, name=name, org=org,
+                             country=country, city="", time=int(time.time()))
+        if self.nodes[self.authority].running:  # what `shardnet admit` asks the running node
+            self.control(self.authority, "admit", {
+                "join_request": base64.b64encode(j.signed).decode(), "org": org, "country": country,
+                "roles": roles.split(","), "expires": 86400})
+            return
+        f = self.root / f"join-{j.peer_id[-8:]}.json"
+        f.write_text(json.dumps({"join_request": base64.b64encode(j.signed).decode()}))
+        run_cli("admit", "--home", str(self.nodes[self.authority].home.path), str(f), "--org", org,
+                "--country", country, "--roles", roles, check=True)
+
+    def admitted(self) -> set[str]:
+        """Peer ids the authority's node has admitted (read from its database)."""
+        from shardnet.node._members import Members
+
+        with self.nodes[self.authority].home.open_store() as store:
+            members = Members.of(store, self.nodes[self.authority].home.identity())
+            return {a.peer_id for a in members.view.admissions()}
+
+    def admit(self, *names: str, roles: str = "custodian,approver") -> None:
+        """Admit these nodes (not admitted yet) with their specs' attributes, as an operator
+        would: each writes a join request, and the authority admits it."""
+        done = self.admitted()
+        todo = [self.nodes[name] for name in names if self.nodes[name].peer_id not in done]
+        _parallel([["network", "request", "--home", str(n.home.path), "--out", str(n.home.path / "join.json"),
+                    "--force"] for n in todo])
+        _parallel([["admit", "--home", str(self.nodes[self.authority].home.path), str(n.home.path / "join.json"),
+                    "--org", n.spec.org or n.spec.name, "--country", n.spec.country, "--city", n.spec.city,
+                    "--roles", roles] for n in todo])
 
     def bootstrap_for(self, name: str) -> list[str]:
         return [a for n in self.nodes.values() if n.running and n.spec.name != name for a in n.addrs[:1]][:2]
@@ -211,6 +262,30 @@ class LocalCluster:
                 except OSError:
                     pass
         return out
+
+
+def _joined(home: Home) -> bool:
+    with home.open_store() as store:
+        return store.genesis() is not None
+
+
+def _parallel(commands: list[list[str]]) -> None:
+    """Run ``shardnet`` commands at once; ClusterError naming every one that failed."""
+    procs = [(args, subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+             for args in commands]
+    failed = []
+    try:
+        for args, proc in procs:
+            _, err = proc.communicate(timeout=60)
+            if proc.returncode != 0:
+                failed.append(f"shardnet {' '.join(args[:3])} failed ({proc.returncode}): {err.decode().strip()}")
+    finally:
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if failed:
+        raise ClusterError("; ".join(failed))
 
 
 def peer_names(cluster: LocalCluster) -> dict[str, str]:

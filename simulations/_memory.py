@@ -19,12 +19,15 @@ node can observe:
   default, by its author and a per-author sequence number: publishing the
   same bytes again is a new message.
 
-Addresses are ``/memory/<peer id>``. Nothing here reads the wall clock: delays
+Protocol ids and topics are scoped to the node's network (``wire.scoped``), as
+on libp2p: nodes of two networks share no protocol. Addresses are
+``/memory/<peer id>``. Nothing here reads the wall clock: delays
 are ``trio.sleep``, which a ``trio.testing.MockClock`` turns into virtual time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import math
@@ -78,9 +81,25 @@ class _Subscription:
 class MemoryTransport:
     """One node's view of the :class:`MemoryNetwork` (implements ``Transport``)."""
 
-    def __init__(self, network: MemoryNetwork, node: _Node) -> None:
+    def __init__(self, network: MemoryNetwork, node: _Node, prefix: str) -> None:
         self._net = network
         self._node = node
+        self._prefix = prefix
+        self._protocols: dict[str, wire.StreamProtocol] = {}
+        self._topics: dict[str, wire.Topic] = {}
+
+    def _scoped(self, protocol: wire.StreamProtocol) -> wire.StreamProtocol:
+        got = self._protocols.get(protocol.id)
+        if got is None:
+            got = self._protocols[protocol.id] = dataclasses.replace(
+                protocol, id=wire.scoped(protocol.id, self._prefix))
+        return got
+
+    def _scoped_topic(self, topic: wire.Topic) -> wire.Topic:
+        got = self._topics.get(topic.name)
+        if got is None:
+            got = self._topics[topic.name] = dataclasses.replace(topic, name=wire.scoped(topic.name, self._prefix))
+        return got
 
     @property
     def peer_id(self) -> str:
@@ -112,6 +131,7 @@ class MemoryTransport:
 
     async def request(self, peer: str, protocol: wire.StreamProtocol, payload: bytes,
                       timeout: float) -> bytes:  # noqa: ASYNC109
+        protocol = self._scoped(protocol)
         with trio.move_on_after(timeout):
             return await self._request(peer, protocol, payload)
         raise tx.RequestTimeout(peer, protocol.id, f"no reply within {timeout} s")
@@ -136,9 +156,11 @@ class MemoryTransport:
         return body
 
     def serve(self, protocol: wire.StreamProtocol, handler: tx.Handler, timeout: float) -> None:
+        protocol = self._scoped(protocol)
         self._node.handlers[protocol.id] = (protocol, handler, timeout)
 
     async def subscribe(self, topic: wire.Topic, validator: tx.Validator) -> tx.Subscription:
+        topic = self._scoped_topic(topic)
         send, recv = trio.open_memory_channel[bytes](math.inf)
         t = self._node.topics[topic.name] = _Topic(validator, send, recv)
         return _Subscription(t)
@@ -146,7 +168,13 @@ class MemoryTransport:
     async def publish(self, topic: wire.Topic, data: bytes) -> None:
         self._node.published += 1
         mid = hashlib.sha256(f"{self.peer_id}/{self._node.published}".encode()).digest()
-        self._net.gossip(self._node, self.peer_id, topic, data, author=self.peer_id, mid=mid)
+        self._net.gossip(self._node, self.peer_id, self._scoped_topic(topic), data, author=self.peer_id, mid=mid)
+
+    async def disconnect(self, peer: str) -> None:
+        self._node.connections.pop(peer, None)
+        other = self._net.nodes.get(peer)
+        if other is not None:
+            other.connections.pop(self.peer_id, None)
 
 
 class MemoryNetwork:
@@ -200,13 +228,13 @@ class MemoryNetwork:
         """What a NodeRuntime takes as its ``transport``."""
 
         @asynccontextmanager
-        async def transport(seed: bytes, listen: list[str]) -> AsyncIterator[tx.Transport]:
+        async def transport(seed: bytes, listen: list[str], prefix: str) -> AsyncIterator[tx.Transport]:
             peer = _peer_of_seed(seed)
             node = self.nodes.get(peer) or _Node(peer)
             node.up, node.handlers, node.topics = True, {}, {}
             self.nodes[peer] = node
             try:
-                yield MemoryTransport(self, node)
+                yield MemoryTransport(self, node, prefix)
             finally:
                 node.up = False
                 for other in node.connections:

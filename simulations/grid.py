@@ -16,6 +16,13 @@ Both are put back when the grid stops.
 The trace holds lengths, not bytes: HPKE's ephemeral keys come from the
 library. Within one process; across processes set ``PYTHONHASHSEED`` as well.
 
+The nodes form one network whose sole authority is node 0 (K = 1), and all
+of them are admitted before the grid starts: each node's store is seeded with
+the genesis and every admission, as if it had pulled them (the records a node
+stored are not verified again when it starts, as on a real restart). A
+scenario admits more, or revokes, through the nodes' own commands
+(``admit``, ``member-revoke``), over the memory network.
+
 Use::
 
     grid = Grid(tmp_path, 20, latency=lambda a, b: 0.05, seed=1)
@@ -55,11 +62,13 @@ COUNTRIES = ["CH", "JP", "BR", "AU", "DE", "US", "IN", "ZA", "CA", "NO", "SG", "
 class Grid:
     def __init__(self, root: pathlib.Path, n: int, *, latency: Callable[[str, str], float] | None = None,
                  lose: Callable[[str, str], bool] | None = None, seed: int = 0, degree: int = 6,
-                 republish: float | None = None, trace: bool = True) -> None:
+                 republish: float | None = None, trace: bool = True,
+                 admitted: Callable[[int], bool] = lambda i: True) -> None:
         """``latency(a, b)``: one-way seconds from a to b. ``lose(a, b)``: whether this gossip
         hop or request from a to b is lost (called once per hop). ``republish``: seconds
         between a node's descriptor publications. ``trace``: keep the event trace (see
-        MemoryNetwork)."""
+        MemoryNetwork). ``admitted(i)``: whether node i is admitted when the grid starts
+        (node 0, the authority, always runs; the others it leaves out can be admitted later)."""
         if n < 1:
             raise ValueError("a grid needs at least one node")
         if republish is not None and not republish > 0:
@@ -69,6 +78,8 @@ class Grid:
         self.rng = Drbg(b"shardnet-grid" + seed.to_bytes(8, "big"))
         self.network = MemoryNetwork(latency=latency, lose=lose, degree=degree, seed=seed, trace=trace)
         self.republish = republish
+        self.admitted = admitted
+        self.genesis: p.Genesis | None = None
         self.homes: list[Home] = []
         for i in range(n):
             path = self.root / f"node-{i:04d}"
@@ -103,9 +114,12 @@ class Grid:
     async def _nodes_running(self) -> AsyncIterator[None]:
         first = self.homes[0].peer_id()
         boot = [f"/memory/{first}/p2p/{first}"]
+        g, records = network_of(self.homes, self.admitted)
+        self.genesis = g
         self.nodes = [
             NodeRuntime(h, keystore=FileKeystore.from_home(h), transport=self.network.factory(),
-                        bootstrap=boot if i else [], clock=self.now, rng=self.rng, store=Store(":memory:"),
+                        bootstrap=boot if i else [], clock=self.now, rng=self.rng,
+                        store=seeded(Store(":memory:"), g, records),
                         operator_io=False, republish_every=self.republish)
             for i, h in enumerate(self.homes)
         ]
@@ -121,11 +135,25 @@ class Grid:
     # -- what scenarios do ---------------------------------------------------------
 
     async def wait_directory(self, *, within: float = 600.0) -> float:
-        """Until every node knows every node; the virtual seconds it took."""
+        """Until every admitted node knows every admitted node; the virtual seconds it took."""
         t0 = trio.current_time()
-        n = len(self.nodes)
-        await _until(lambda: all(len(node.directory) >= n for node in self.nodes), within)
+        members = [node for i, node in enumerate(self.nodes) if self.admitted(i)]
+        n = len(members)
+        await _until(lambda: all(len(node.directory) >= n for node in members), within)
         return trio.current_time() - t0
+
+    def admit_key(self, key: p.Signer, *, country: str = "CH") -> None:
+        """Admit a key that is no node of the grid (a test's own peer) on every node at once."""
+        body = admission_body(self.genesis_or_fail(), p.peer_id_of(key.public_key().public_bytes_raw()),
+                              {"x25519": b"\x01" * 32}, name="outside", org="outside", country=country)
+        data = p.CoSigned.propose(self.homes[0].identity(), body).to_bytes()
+        for node in self.nodes:
+            node.members.accept(data, node.now())
+
+    def genesis_or_fail(self) -> p.Genesis:
+        if self.genesis is None:
+            raise RuntimeError("the grid is not running")
+        return self.genesis
 
     def index(self, peer_id: str) -> int:
         return next(i for i, node in enumerate(self.nodes) if node.peer_id == peer_id)
@@ -180,6 +208,39 @@ class Grid:
         return base64.b64decode(result["key"])
 
 
+def admission_body(g: p.Genesis, peer: str, hpke: dict[str, bytes], *, name: str, org: str,
+                   country: str) -> bytes:
+    return p.Admission.make_body(network_id=g.network_id, peer_id=peer, hpke=hpke, roles=["approver", "custodian"],
+                                 name=name, org=org, country=country, city="", issued=EPOCH,
+                                 not_after=EPOCH + 365 * 86400)
+
+
+def network_of(homes: list[Home], admitted: Callable[[int], bool] = lambda i: True
+               ) -> tuple[p.Genesis, list[p.CoSigned]]:
+    """A network whose sole authority is the first home (K = 1), and the admission of
+    every home ``admitted(i)``, with its config's attributes."""
+    authority = homes[0].identity()
+    g = p.Genesis.make(authority, name="grid", authorities=[], quorum=1, created=EPOCH)
+    records = []
+    for i, h in enumerate(homes):
+        if admitted(i):
+            cfg = h.config()
+            body = admission_body(g, h.peer_id(), FileKeystore.from_home(h).hpke_public(), name=cfg["name"],
+                                  org=cfg.get("org") or f"org-{i:04d}", country=cfg["country"])
+            records.append(p.CoSigned.propose(authority, body))
+    return g, records
+
+
+def seeded(store: Store, g: p.Genesis, records: list[p.CoSigned]) -> Store:
+    """``store``, joined to ``g`` and holding ``records``, as if it had pulled them."""
+    store.set_network(g.network_id, g.signed, now=EPOCH)
+    with store.transaction():
+        for cs in records:
+            rec = p.Admission.from_body(cs.body)
+            store.put_membership(rec.peer_id, "admission", cs.id, cs.to_bytes(), time=rec.issued, now=EPOCH)
+    return store
+
+
 async def _quiet(event: dict[str, Any]) -> None:
     return None
 
@@ -193,4 +254,4 @@ async def _until(cond: Callable[[], bool], within: float) -> None:
         raise AssertionError(f"not within {within} virtual seconds")
 
 
-__all__ = ["EPOCH", "Grid"]
+__all__ = ["EPOCH", "Grid", "network_of", "seeded"]

@@ -122,7 +122,8 @@ def test_a_peer_from_before_the_summary_is_pulled_whole(tmp_path) -> None:  # ty
 
     async def scenario(g) -> None:  # type: ignore[no-untyped-def]
         old, puller = g.nodes[1], g.nodes[0]
-        del g.network.nodes[old.peer_id].handlers[wire.DIRECTORY_DELTA.id]  # serves /1 only
+        g.admit_key(KEYS[5])
+        del g.network.nodes[old.peer_id].handlers[wire.scoped(wire.DIRECTORY_DELTA.id, g.genesis.prefix)]  # serves /1 only
         assert old.directory.accept(newcomer.signed, NOW) is not None  # known to the old node alone
         assert puller.directory.get(newcomer.peer_id) is None
         await puller.peering.pull_from(old.peer_id)

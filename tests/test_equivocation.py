@@ -26,7 +26,6 @@ from shardnet.node._keystore import FileKeystore
 from shardnet.node._services import (
     Approvals,
     Custodian,
-    Directory,
     Rejected,
     Releaser,
 )
@@ -45,6 +44,7 @@ from shardnet.protocol._quorum import (
 from shardnet.protocol._records import Delivery, Receipt, peer_id_of
 from shardnet.protocol._requests import Release, Request, Vote
 
+from .admitted import admitted
 from .drbg import Drbg
 
 NOW = 1_800_000_000
@@ -287,8 +287,8 @@ class Node:
         self.key = keystore.signer
         self.custodian = Custodian(self.store, keystore)
         self.approvals = Approvals(self.store, self.key)
-        self.releaser = Releaser(self.store, keystore, self.approvals, Directory(self.store, keystore.peer_id),
-                                 lambda: 0, rng=os.urandom)
+        members = admitted(self.store, self.key, KEYS.values(), NOW)
+        self.releaser = Releaser(self.store, keystore, self.approvals, members, lambda: 0, rng=os.urandom)
         me = self.custodian.peer_id
         meta = p.ShardMeta(KEYSET.keyset_id, 0, share.index, KEYSET.shares, KEYSET.threshold, me, NOW, None,
                            KEYSET.policy_hash, KEYSET.commitments_digest, "x25519")

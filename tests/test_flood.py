@@ -6,7 +6,9 @@ ways the probe found: a frame above the protocol's cap followed by its body,
 a frame that is refused followed by trailing bytes, and a frame sent while the
 peer already has its limit of requests in progress. It never closes a stream.
 An honest peer pulls the directory throughout. The node's RSS must stay within
-+20 MiB of where it started, and the honest peer is served every time.
++20 MiB of where it started, and the honest peer is served every time. The
+attackers are admitted members, the worst case: an outsider is cut off by the
+membership gate before it gets this far.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from contextlib import AsyncExitStack
 import psutil
 import pytest
 import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
@@ -63,14 +66,14 @@ def rss(c: LocalCluster) -> int:
 
 
 # (protocol, bytes written): each leaves about BODY bytes that the node does not read.
-def attack(i: int) -> tuple[str, bytes]:
+def attack(c: LocalCluster, i: int) -> tuple[str, bytes]:
     junk = os.urandom(BODY)
     kind = i % 3
     if kind == 0:  # above the directory's 1 KiB cap, then the body anyway
-        return wire.DIRECTORY.id, BODY.to_bytes(4, "big") + junk
+        return c.scoped(wire.DIRECTORY.id), BODY.to_bytes(4, "big") + junk
     if kind == 1:  # a small delivery frame that is refused, then trailing bytes
-        return wire.DELIVER.id, (100).to_bytes(4, "big") + junk[:100] + junk[100:]
-    return wire.RELEASE.id, BODY.to_bytes(4, "big") + junk  # above the 64 KiB ask cap
+        return c.scoped(wire.DELIVER.id), (100).to_bytes(4, "big") + junk[:100] + junk[100:]
+    return c.scoped(wire.RELEASE.id), BODY.to_bytes(4, "big") + junk  # above the 64 KiB ask cap
 
 
 async def flood(c: LocalCluster, peers: int, stats: dict[str, int]) -> None:
@@ -78,13 +81,15 @@ async def flood(c: LocalCluster, peers: int, stats: dict[str, int]) -> None:
     target = c.nodes["oslo"]
     target_id = ID.from_base58(target.peer_id)
     loopback = ["/ip4/127.0.0.1/tcp/0"]
+    seeds = [os.urandom(32) for _ in range(peers + 1)]
+    for i, seed in enumerate(seeds):
+        c.admit_key(Ed25519PrivateKey.from_private_bytes(seed), name=f"peer-{i}", country="NO")
     async with AsyncExitStack() as stack:
         good = await stack.enter_async_context(
-            _net.running_node_host(os.urandom(32), loopback, enable_pubsub=False))
+            _net.running_node_host(seeds[0], loopback, enable_pubsub=False))
         await _net.connect(good.host, target.addrs[0], 10)
-        bad = [await stack.enter_async_context(_net.running_node_host(os.urandom(32), loopback,
-                                                                      enable_pubsub=False))
-               for _ in range(peers)]
+        bad = [await stack.enter_async_context(_net.running_node_host(seed, loopback, enable_pubsub=False))
+               for seed in seeds[1:]]
         kept: list[object] = []  # never closed: the attackers leave every stream open
         done = trio.Event()
 
@@ -99,7 +104,7 @@ async def flood(c: LocalCluster, peers: int, stats: dict[str, int]) -> None:
                     except _net.ConnectError:
                         stats["refused_dials"] += 1
                         continue
-                protocol, data = attack(i)
+                protocol, data = attack(c, i)
                 stats["streams"] += 1
                 try:
                     with trio.fail_after(10):
@@ -114,7 +119,7 @@ async def flood(c: LocalCluster, peers: int, stats: dict[str, int]) -> None:
         async def honest() -> None:
             while not done.is_set():
                 try:
-                    reply = await _net.request(good.host, target.peer_id, wire.DIRECTORY.id, b"pull",
+                    reply = await _net.request(good.host, target.peer_id, c.scoped(wire.DIRECTORY.id), b"pull",
                                                max_reply=1 << 20, timeout=10)
                     assert reply
                     stats["honest_ok"] += 1

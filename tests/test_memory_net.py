@@ -17,6 +17,7 @@ from shardnet.node._home import init_home
 from shardnet.node._keystore import FileKeystore
 from shardnet.node._runtime import NodeRuntime
 from shardnet.simulations._memory import MemoryNetwork
+from shardnet.simulations.grid import network_of, seeded
 
 from .drbg import Drbg
 
@@ -37,6 +38,10 @@ async def test_three_nodes_import_and_reconstruct_over_memory(tmp_path: pathlib.
     net = MemoryNetwork(latency=lambda a, b: 0.040, seed=7)
     rng = Drbg(b"memory-net")
     homes = [init_home(tmp_path / name, name=name, country=cc, rng=rng) for name, cc in NODES]
+    g, records = network_of(homes)
+    for h in homes:
+        with h.open_store() as store:
+            seeded(store, g, records)
     first = homes[0].peer_id()
     boot = [f"/memory/{first}/p2p/{first}"]
     runtimes = [NodeRuntime(h, keystore=FileKeystore.from_home(h), transport=net.factory(),

@@ -31,9 +31,10 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield c
 
 
-async def deliver_raw(host, peer: str, data: bytes, *, prefix: bytes | None = None, close_early: bool = False):
+async def deliver_raw(host, peer: str, protocol: str, data: bytes, *, prefix: bytes | None = None,
+                      close_early: bool = False):
     """Open a deliver stream and send raw bytes; return the reply (status, body) or None."""
-    stream = await host.new_stream(ID.from_base58(peer), [TProtocol(wire.DELIVER.id)])
+    stream = await host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
     try:
         await stream.write((prefix if prefix is not None else len(data).to_bytes(4, "big")) + data)
         if close_early:
@@ -49,6 +50,8 @@ def test_bad_frames_are_rejected_and_node_stays_up(pair: LocalCluster) -> None:
     desc = Descriptor.from_bytes(_descriptor(pair, "oslo"))
     owner_seed = os.urandom(32)
     owner = Ed25519PrivateKey.from_private_bytes(owner_seed)
+    pair.admit_key(owner, name="owner", country="NO")  # an admitted member; outsiders are refused at the door
+    deliver = pair.scoped(wire.DELIVER.id)
 
     # A valid delivery from an owner the node never heard of: it is verified on its own merits.
     from shardnet.protocol._policy import DEFAULT_POLICY, Policy
@@ -67,12 +70,13 @@ def test_bad_frames_are_rejected_and_node_stays_up(pair: LocalCluster) -> None:
         out: dict[str, object] = {}
         async with _net.running_node_host(owner_seed, ["/ip4/127.0.0.1/tcp/0"], enable_pubsub=False) as net:
             await _net.connect(net.host, node.addrs[0], 10)
-            out["garbage"] = await deliver_raw(net.host, desc.peer_id, os.urandom(300))
-            out["oversized"] = await deliver_raw(net.host, desc.peer_id, b"", prefix=(64 << 20).to_bytes(4, "big"))
-            out["truncated"] = await deliver_raw(net.host, desc.peer_id, b"x" * 10,
+            out["garbage"] = await deliver_raw(net.host, desc.peer_id, deliver, os.urandom(300))
+            out["oversized"] = await deliver_raw(net.host, desc.peer_id, deliver, b"",
+                                                 prefix=(64 << 20).to_bytes(4, "big"))
+            out["truncated"] = await deliver_raw(net.host, desc.peer_id, deliver, b"x" * 10,
                                                  prefix=(1000).to_bytes(4, "big"), close_early=True)
-            out["good"] = await deliver_raw(net.host, desc.peer_id, good)
-            out["replayed"] = await deliver_raw(net.host, desc.peer_id, good)
+            out["good"] = await deliver_raw(net.host, desc.peer_id, deliver, good)
+            out["replayed"] = await deliver_raw(net.host, desc.peer_id, deliver, good)
         return out
 
     res = trio.run(main)
@@ -114,16 +118,19 @@ def test_forged_descriptors_are_not_accepted(pair: LocalCluster) -> None:
     # Forgery 2: our own descriptor with a field edited after signing.
     tag, ver, hbody, signer, sig = p.decode(honest.signed)
     edited = p.encode([tag, ver, hbody.replace(b"mallory-honest", b"mallory-edited"), signer, sig])
+    pair.admit_key(key, name="mallory", country="NZ")  # admitted: her own descriptor is welcome
+    topic = pair.scoped(wire.DIRECTORY_TOPIC.name)
+    time.sleep(1.0)  # the admission reaches lima
 
     async def main() -> None:
         async with _net.running_node_host(seed, ["/ip4/127.0.0.1/tcp/0"]) as net:
             assert net.pubsub is not None
-            await net.pubsub.subscribe(wire.DIRECTORY_TOPIC.name)
+            await net.pubsub.subscribe(topic)
             for n in pair.nodes.values():
                 await _net.connect(net.host, n.addrs[0], 10)
             await trio.sleep(2.5)  # a heartbeat or two: join the mesh
             for data in (forged_identity, edited, honest.signed):
-                await net.pubsub.publish(wire.DIRECTORY_TOPIC.name, data)
+                await net.pubsub.publish(topic, data)
                 await trio.sleep(0.2)
             await trio.sleep(2)
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import trio
@@ -99,6 +100,17 @@ def wait_request(c: LocalCluster, name: str, keyset: str, since: float, timeout:
     raise AssertionError("the request never reached the approver")
 
 
+def admit_everywhere(c: LocalCluster, key: Any, *, country: str, timeout: float = 30) -> None:
+    """Admit a test's own identity (a rogue member) and wait until every node has applied it."""
+    c.admit_key(key, name="rogue", country=country)
+    peer = p.peer_id_of(key.public_key().public_bytes_raw())
+    deadline = time.monotonic() + timeout
+    for name in c.nodes:
+        while not any(m["peer_id"] == peer and m["state"] == "admitted" for m in c.control(name, "membership")):
+            assert time.monotonic() < deadline, f"{name} did not apply the admission of {peer}"
+            time.sleep(0.1)
+
+
 def releases(c: LocalCluster, name: str) -> list[dict]:
     with c.nodes[name].home.open_store() as store:
         return [e.body for e in store.audit_entries() if e.kind == "release"]
@@ -176,9 +188,6 @@ def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pa
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     rogue = Ed25519PrivateKey.from_private_bytes(rogue_seed)
-    # The rogue is in Germany, so the deny policy applies to it.
-    from shardnet.protocol._records import Descriptor
-
     now = int(time.time())
 
     def request(ks: str, *, created: int = now, ttl: int = 300) -> Request:
@@ -201,43 +210,44 @@ def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pa
         "denied by policy": (r_denied, votes(r_denied, "tokyo", "frankfurt")),
     }
     before = {n: len(releases(c, n)) for n in c.nodes}
-    descriptor = Descriptor.make(rogue, addrs=[], hpke={"x25519": os.urandom(32)}, name="rogue", country="DE",
-                                 city="", org="", version="t", seq=now * 1000)
+    # The rogue is an admitted member (vouched: Germany): what it asks is judged on the
+    # evidence, not refused at the door. An outsider's ask is refused at the door.
+    admit_everywhere(c, rogue, country="DE")
+    outsider_seed = os.urandom(32)
+    release_id = c.scoped(wire.RELEASE.id)
 
     async def main() -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {}
         async with _net.running_node_host(rogue_seed, ["/ip4/127.0.0.1/tcp/0"], enable_pubsub=False) as h:
-            # The rogue's own descriptor reaches every node as the directory would: a node
-            # pulls the directory of a peer that connects to it.
-            async def serve_directory(remote: str, frame: bytes) -> bytes:
-                return p.encode([descriptor.signed])
-
-            _net.serve_protocol(h.host, wire.DIRECTORY.id, serve_directory, max_len=wire.DIRECTORY.max_request,
-                                timeout=10, max_concurrent_per_peer=4)
             for node in c.nodes.values():
                 await _net.connect(h.host, node.addrs[0], 10)
-            with trio.fail_after(30):
-                for name in c.nodes:
-                    for _ in range(150):
-                        if any(d["peer_id"] == descriptor.peer_id for d in c.control(name, "custodians")):
-                            break
-                        await trio.sleep(0.2)
             for case, (req, vs) in cases.items():
                 out[case] = {}
                 for name, node in c.nodes.items():
                     try:
-                        await _net.request(h.host, node.peer_id, wire.RELEASE.id, p.encode([wire.RELEASE_ASK_TAG, 1, req.signed, vs]),
+                        await _net.request(h.host, node.peer_id, release_id, p.encode([wire.RELEASE_ASK_TAG, 1, req.signed, vs]),
                                            max_reply=65536, timeout=10)
                         out[case][name] = "RELEASED"
                     except _net.RemoteError as exc:
                         out[case][name] = exc.reason
+        async with _net.running_node_host(outsider_seed, ["/ip4/127.0.0.1/tcp/0"], enable_pubsub=False) as h:
+            out["outsider"] = {}
+            node = c.nodes["tokyo"]
+            await _net.connect(h.host, node.addrs[0], 10)
+            try:
+                await _net.request(h.host, node.peer_id, release_id,
+                                   p.encode([wire.RELEASE_ASK_TAG, 1, r_ok.signed, votes(r_ok, "tokyo", "frankfurt")]),
+                                   max_reply=65536, timeout=10)
+                out["outsider"]["tokyo"] = "RELEASED"
+            except (_net.RemoteError, _net.RequestError) as exc:
+                out["outsider"]["tokyo"] = str(exc)
         return out
 
     answers = trio.run(main)
     expect = {
         "no votes": "no quorum: 0 of 2", "one approval": "no quorum: 1 of 2", "non-approvers": "no quorum: 1 of 2",
         "replayed votes": "no quorum: 0 of 2", "expired request": "the request has expired",
-        "denied by policy": "policy denies",
+        "denied by policy": "policy denies", "outsider": "not admitted to network",
     }
     for case, per_node in answers.items():
         for name, answer in per_node.items():
@@ -293,6 +303,7 @@ def test_contradictory_votes_void_the_approver_on_every_custodian(
     tokyo_key, ny_key = c.nodes["tokyo"].home.identity(), c.nodes["new-york"].home.identity()
     evidence = [Vote.make(tokyo_key, req, "approve", now).signed, Vote.make(ny_key, req, "approve", now).signed]
     before = {n: len(releases(c, n)) for n in c.nodes}
+    admit_everywhere(c, rogue, country="FR")
 
     async def ask_all(votes: list[bytes]) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -301,7 +312,7 @@ def test_contradictory_votes_void_the_approver_on_every_custodian(
                 await _net.connect(h.host, node.addrs[0], 10)
             for name, node in c.nodes.items():
                 try:
-                    await _net.request(h.host, node.peer_id, wire.RELEASE.id,
+                    await _net.request(h.host, node.peer_id, c.scoped(wire.RELEASE.id),
                                        p.encode([wire.RELEASE_ASK_TAG, 1, req.signed, votes]), max_reply=65536, timeout=10)
                     out[name] = "RELEASED"
                 except _net.RemoteError as exc:

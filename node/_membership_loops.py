@@ -1,0 +1,142 @@
+"""Membership on the wire: its topic, its pulls, and the gate that keeps outsiders out.
+
+* the membership topic carries co-signed records (certificates, revocations,
+  proposals); the validator verifies every signature against the genesis;
+* a pull (``wire.MEMBERSHIP``, a summary out, what is missing back) comes
+  before every directory pull, so a node that just joined knows who is
+  admitted before it judges their descriptors;
+* the gate: a connected peer that is neither admitted nor an authority gets
+  one membership pull (it may bring the certificate that admits it, and a
+  newly admitted node's certificate may not have reached us yet), then the
+  connection is closed. Until then it can reach no protocol but that pull,
+  and its gossip is refused by every validator. A revoked peer is cut off as
+  within a gate pass or two (``GATE_EVERY`` s, plus at most ``JUDGE_TIMEOUT`` s for
+  its one pull) of the revocation being applied.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from shardnet import protocol as p
+from shardnet.protocol import wire
+
+from . import _transport as tx
+from ._clock import Clock
+from ._links import Links
+from ._members import Members
+from ._transport import Subscription, drain
+
+log = logging.getLogger("shardnet.node")
+
+#: Seconds between two gate passes over the connected peers.
+GATE_EVERY = 0.5
+#: Seconds before a peer that was refused gets another membership pull on connecting.
+RETRY_OUTSIDER = 60.0
+#: Seconds the membership pull of a peer that is not admitted may take: the gate does not
+#: wait on it, and a peer that never answers is cut off after this long.
+JUDGE_TIMEOUT = 3.0
+#: Gate passes between two sweeps of expired proposals.
+EXPIRE_EVERY = 7200
+
+
+class MembershipLoops:
+    def __init__(self, members: Members, links: Links, clock: Clock,
+                 on_admitted: Callable[[str], None]) -> None:
+        self.members = members
+        self.links = links
+        self.clock = clock
+        self.on_admitted = on_admitted
+        self._outsiders: dict[str, float] = {}  # peer -> when we last gave it a pull
+        self._judging: set[str] = set()  # peers whose membership pull is under way
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    def validate(self, author: str, data: bytes) -> bool:
+        """Verified against the genesis; news only (see ``Members.check``), except what we
+        publish ourselves, which we hold already by the time it goes out."""
+        if author == self.members.peer_id:
+            return True
+        try:
+            self.members.check(data, self.now())
+            return True
+        except (p.ShardnetError, ValueError):
+            return False
+
+    def accept(self, data: bytes) -> None:
+        try:
+            outcome = self.members.accept(data, self.now())
+        except (p.ShardnetError, ValueError) as exc:
+            log.info("membership record refused: %s", exc)
+            return
+        if outcome != "applied":
+            return
+        cs, rec = self.members.check(data, self.now())
+        if isinstance(rec, p.Admission):
+            log.info("admitted: %s (%s, %s) as %s", rec.name, rec.org, rec.country, ",".join(rec.roles))
+            self.on_admitted(rec.peer_id)
+        else:
+            log.info("membership of %s revoked: %s", rec.peer_id, rec.reason)
+
+    async def drain(self, sub: Subscription) -> None:
+        await drain(sub, self.accept)
+
+    async def publish(self, cs: p.CoSigned) -> None:
+        await self.links.publish(wire.MEMBERSHIP_TOPIC, cs.to_bytes())
+
+    async def pull_from(self, peer: str) -> None:
+        try:
+            reply = await self.links.request(peer, wire.MEMBERSHIP, self.members.summary())
+            items = p.decode(reply, max_size=wire.MEMBERSHIP.max_reply, max_items=wire.DIRECTORY_PULL_MAX)
+        except (tx.RequestError, p.ShardnetError) as exc:
+            log.debug("membership pull from %s failed: %s", peer, exc)
+            return
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, bytes):
+                self.accept(item)
+
+    def serve_pull(self, remote: str, frame: bytes) -> bytes:
+        if not self.members.may_connect(remote, self.now()):
+            raise tx.RequestRejected(f"not admitted to network {self.members.prefix}")
+        try:
+            return self.members.pull_reply(frame)
+        except p.ShardnetError as exc:
+            raise tx.RequestRejected(str(exc)) from None
+
+    async def _judge(self, peer: str) -> None:
+        try:
+            with trio.move_on_after(JUDGE_TIMEOUT):
+                await self.pull_from(peer)
+            if not self.members.may_connect(peer, self.now()):
+                log.info("closing the connection of %s: not admitted to network %s", peer, self.members.prefix)
+                await self.links.net.disconnect(peer)
+        finally:
+            self._judging.discard(peer)
+
+    async def gate_loop(self) -> None:
+        """Every ``GATE_EVERY`` s: each connected peer that is not admitted gets one bounded
+        membership pull (judged in the background, never waited for), then is cut off; one
+        refused in the last ``RETRY_OUTSIDER`` s is cut off at once."""
+        passes = 0
+        async with trio.open_nursery() as n:
+            while True:
+                now = trio.current_time()
+                for peer in self.links.net.connected():
+                    if peer in self._judging or self.members.may_connect(peer, self.now()):
+                        continue
+                    if now - self._outsiders.get(peer, -RETRY_OUTSIDER) >= RETRY_OUTSIDER:
+                        self._outsiders[peer] = now
+                        self._judging.add(peer)
+                        n.start_soon(self._judge, peer)
+                    else:  # refused lately: no second pull
+                        n.start_soon(self.links.net.disconnect, peer)
+                if len(self._outsiders) > 4096:
+                    self._outsiders = {k: t for k, t in self._outsiders.items() if now - t < RETRY_OUTSIDER}
+                passes += 1
+                if passes % EXPIRE_EVERY == 0:
+                    self.members.expire_proposals(self.now())
+                await trio.sleep(GATE_EVERY)

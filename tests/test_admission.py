@@ -1,0 +1,146 @@
+"""Only admitted custodians hold shards (real node processes over real libp2p).
+
+The attack this closes: a peer served self-signed descriptors in a directory
+reply, every node took them, and imports placed shards on the attacker's
+identities. Here the attacker tries it as an outsider and as an admitted
+member that relays junk, and as an admitted custodian that is then revoked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+from collections.abc import Iterator
+
+import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from shardnet import protocol as p
+from shardnet.node import _net
+from shardnet.protocol import Descriptor, wire
+from shardnet.simulations._local import FIVE_CONTINENTS, LocalCluster, run_cli
+
+pytestmark = pytest.mark.slow
+COUNTRIES = ["FR", "IT", "ES", "NL", "BE", "AT", "PL", "SE", "NO", "FI", "DK", "IE"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    root = tmp_path_factory.mktemp("admission")
+    with LocalCluster(root, FIVE_CONTINENTS) as c:
+        c.init_all()
+        c.start_all()
+        c.wait_directory(timeout=30)
+        yield c
+
+
+def junk(n: int, *, reachable: bool) -> tuple[list[Ed25519PrivateKey], list[bytes]]:
+    keys = [Ed25519PrivateKey.from_private_bytes(os.urandom(32)) for _ in range(n)]
+    now = int(time.time() * 1000)
+    out = [Descriptor.make(k, addrs=["/ip4/127.0.0.1/tcp/9/p2p/" + p.peer_id_of(k.public_key().public_bytes_raw())]
+                           if reachable else [], hpke={"x25519": os.urandom(32)}, name=f"sybil-{i}",
+                           country=COUNTRIES[i % len(COUNTRIES)], city="", org=f"Sybil {i}", version="0.1.0",
+                           seq=now).signed for i, k in enumerate(keys)]
+    return keys, out
+
+
+def import_five(c: LocalCluster, tmp: pathlib.Path) -> set[str]:
+    holders: set[str] = set()
+    for i in range(5):
+        f = tmp / f"key{i}"
+        f.write_bytes(os.urandom(32))
+        r = run_cli("key", "import", "--home", str(c.nodes["frankfurt"].home.path), "--in", str(f), "-t", "3",
+                    "-n", "5", "--json")
+        assert r.returncode == 0, r.stderr
+        holders |= {s["custodian"] for s in json.loads(r.stdout)["shards"]}
+    return holders
+
+
+def test_sybil_descriptors_never_hold_a_shard(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    c = cluster
+    sybils, sybil_descs = junk(12, reachable=True)
+    _, unreachable = junk(1000, reachable=False)
+    served = [*sybil_descs, *unreachable]
+    relay_key = Ed25519PrivateKey.from_private_bytes(os.urandom(32))
+    outsider_seed = os.urandom(32)
+    # The relay is an admitted member: its directory replies reach the nodes' checks.
+    c.admit_key(relay_key, name="relay", country="CH", roles="observer")
+    relay_seed = relay_key.private_bytes_raw()
+    closed: dict[str, bool] = {}
+
+    async def attack() -> None:
+        async def serve_junk(remote: str, frame: bytes) -> bytes:
+            return p.encode(served[:wire.DIRECTORY_PULL_MAX])
+
+        async with _net.running_node_host(relay_seed, ["/ip4/127.0.0.1/tcp/0"], enable_pubsub=False) as relay, \
+                _net.running_node_host(outsider_seed, ["/ip4/127.0.0.1/tcp/0"], enable_pubsub=False) as outsider:
+            for h in (relay, outsider):
+                for proto in (wire.DIRECTORY, wire.DIRECTORY_DELTA):
+                    _net.serve_protocol(h.host, c.scoped(proto.id), serve_junk, max_len=proto.max_request,
+                                        timeout=10, max_concurrent_per_peer=4)
+            await trio.sleep(2)  # the relay's admission reaches every node
+            for node in c.nodes.values():
+                await _net.connect(relay.host, node.addrs[0], 10)
+                await _net.connect(outsider.host, node.addrs[0], 10)
+            await trio.sleep(12)  # over two anti-entropy rounds: every node pulls the relay's directory
+            closed["outsider"] = not outsider.host.get_network().connections
+            closed["relay"] = not relay.host.get_network().connections
+
+    trio.run(attack)
+    assert closed == {"outsider": True, "relay": False}  # the gate dropped only the outsider
+    sybil_ids = {p.peer_id_of(k.public_key().public_bytes_raw()) for k in sybils}
+    for name in c.nodes:
+        rows = c.control(name, "custodians")
+        assert len(rows) <= len(c.nodes) + 1024
+        assert not sybil_ids & {r["peer_id"] for r in rows}, name
+    holders = import_five(c, tmp_path)
+    assert holders <= {n.peer_id for n in c.nodes.values()} and not holders & sybil_ids
+
+
+def test_an_import_pinned_to_a_peer_that_is_not_admitted_fails_before_sending(
+        cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    c = cluster
+    f = tmp_path / "key"
+    f.write_bytes(os.urandom(32))
+    stranger = p.peer_id_of(Ed25519PrivateKey.from_private_bytes(os.urandom(32)).public_key().public_bytes_raw())
+    pinned = [c.nodes[n].peer_id for n in ("new-york", "tokyo")] + [stranger]
+    before = len(c.control("frankfurt", "key-list"))
+    r = run_cli("key", "import", "--home", str(c.nodes["frankfurt"].home.path), "--in", str(f), "-t", "2", "-n",
+                "3", "--custodians", ",".join(pinned))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"shardnet: error: --custodians: {stranger} cannot hold a shard: not admitted to the network"
+    assert len(c.control("frankfurt", "key-list")) == before
+    r = run_cli("key", "import", "--home", str(c.nodes["frankfurt"].home.path), "--in", str(f), "-t", "2", "-n",
+                "3", "--custodians", ",".join(pinned[:2] + [c.nodes["sydney"].peer_id]), "--json")
+    assert r.returncode == 0, r.stderr
+    assert {s["custodian"] for s in json.loads(r.stdout)["shards"]} == set(pinned[:2] + [c.nodes["sydney"].peer_id])
+
+
+def test_a_revoked_custodian_is_never_chosen_again(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    c = cluster
+    victim = c.nodes["sao-paulo"].peer_id
+    r = run_cli("membership", "revoke", victim, "--reason", "left the network", "--home",
+                str(c.nodes[c.authority].home.path), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["state"] == "in effect"
+    t0 = time.monotonic()
+    for name in c.nodes:
+        while True:
+            state = {m["peer_id"]: m["state"] for m in c.control(name, "membership")}.get(victim)
+            if state == "revoked":
+                break
+            assert time.monotonic() - t0 < 5, f"{name} still sees {victim} as {state}"
+            time.sleep(0.05)
+    f = tmp_path / "key"
+    f.write_bytes(os.urandom(32))
+    r = run_cli("key", "import", "--home", str(c.nodes["frankfurt"].home.path), "--in", str(f), "-t", "2",
+                "-n", "5")
+    assert r.returncode == 2 and "only 4 admitted custodians" in r.stderr, r.stderr
+    for _ in range(3):
+        r = run_cli("key", "import", "--home", str(c.nodes["tokyo"].home.path), "--in", str(f), "-t", "2", "-n",
+                    "4", "--json")
+        assert r.returncode == 0, r.stderr
+        assert victim not in {s["custodian"] for s in json.loads(r.stdout)["shards"]}

@@ -1,0 +1,83 @@
+"""Admission and revocation on the grid (real node services, memory network, virtual time)."""
+
+from __future__ import annotations
+
+import base64
+import pathlib
+from typing import Any
+
+import pytest
+import trio
+
+from shardnet import protocol as p
+from shardnet.node._keystore import FileKeystore
+from shardnet.node._services import Rejected
+from shardnet.simulations.grid import Grid
+
+
+async def _quiet(event: dict[str, Any]) -> None:
+    return None
+
+
+def _join_request(g: Grid, i: int) -> str:
+    h = g.homes[i]
+    cfg = h.config()
+    j = p.JoinRequest.make(h.identity(), network_id=g.genesis_or_fail().network_id,
+                           hpke=FileKeystore.from_home(h).hpke_public(), name=cfg["name"], org="", country=cfg["country"],
+                           city="", time=int(g.now()))
+    return base64.b64encode(j.signed).decode()
+
+
+async def _until(cond: Any, within: float) -> float:
+    t0 = trio.current_time()
+    while not cond():
+        if trio.current_time() - t0 > within:
+            raise AssertionError(f"not within {within} virtual seconds")
+        await trio.sleep(0.05)
+    return trio.current_time() - t0
+
+
+@pytest.mark.trio
+async def test_admitted_late_becomes_a_candidate_and_revoked_never_is(tmp_path: pathlib.Path,
+                                                                       autojump_clock: Any) -> None:
+    g = Grid(tmp_path, 10, latency=lambda a, b: 0.03, seed=3, admitted=lambda i: i < 8)
+    async with g.running():
+        await g.wait_directory(within=120)
+        authority, late, revoked = g.nodes[0], g.nodes[8], g.nodes[3]
+        members = g.nodes[:8]
+        # Not admitted: nobody holds its descriptor, nobody stays connected to it.
+        assert all(node.directory.get(late.peer_id) is None for node in members)
+        await trio.sleep(5)
+        assert late.peer_id not in authority.net.connected()
+        # Admitted from its join request through the authority's own command.
+        await authority.commands()["admit"]({"join_request": _join_request(g, 8), "org": "Late Org",
+                                             "country": "KE", "expires": 86400}, _quiet)
+
+        def candidate_everywhere(peer: str, want: bool) -> bool:
+            return all((peer in node.owner.candidates("x25519", node.now())) == want for node in members)
+
+        took = await _until(lambda: candidate_everywhere(late.peer_id, True), 60)
+        assert took < 30  # the next anti-entropy round at the latest
+        a = authority.members.admission(late.peer_id, authority.now())
+        assert a is not None and (a.org, a.country) == ("Late Org", "KE")  # vouched, not self-declared
+        # Revoked: no node places on it again, and it is cut off.
+        await authority.commands()["member-revoke"]({"peer": revoked.peer_id, "reason": "test"}, _quiet)
+        await _until(lambda: candidate_everywhere(revoked.peer_id, False), 10)
+        await trio.sleep(2)
+        assert all(revoked.peer_id not in node.net.connected() for node in members if node is not revoked)
+        for owner in (1, 2, 4):
+            keyset = await g.import_key(owner, bytes([owner]) * 32, 2, 6)
+            holders = {s["custodian"] for s in g.shards(owner, keyset)}
+            assert revoked.peer_id not in holders
+            # Every shard was sealed to a peer admitted in the owner's view when it was sealed.
+            view = g.nodes[owner].members
+            assert all(view.admission(h, g.nodes[owner].now(), "custodian") for h in holders)
+        # A release ask from the revoked node is refused by every custodian, with the reason.
+        holders = {s["custodian"] for s in g.shards(1, keyset)}
+        now = revoked.now()
+        req = p.Request.make(revoked.key, keyset_id=bytes.fromhex(keyset), mode="unwrap", reason="",
+                             ephemeral=b"\x02" * 32, nonce=b"\x03" * 16, created=now, not_after=now + 300)
+        frame = p.encode([p.wire.RELEASE_ASK_TAG, 1, req.signed, []])
+        for holder in holders:
+            with pytest.raises(Rejected, match=r"the requester is not admitted to network \w+ \(revoked\)"):
+                g.nodes[g.index(holder)].releaser.handle(revoked.peer_id, frame, now)
