@@ -40,6 +40,8 @@ MembershipRecord = Admission | MemberRevocation
 
 #: Seconds an open proposal is kept after its last new signature.
 PROPOSAL_TTL = 7 * 86400
+#: Open proposals one authority's signature may be on (of ``wire.MAX_PROPOSALS`` in all).
+PROPOSALS_PER_AUTHORITY = 32
 
 
 class NoNetwork(Exception):
@@ -186,11 +188,23 @@ class Members:
             self._hold(rid, data, self.genesis.quorum)
             return "applied" if stored else None
         data = cs.to_bytes()
+        if held is None and self._over_quota(cs.signers):
+            return None
         if not self.store.put_proposal(rid.hex(), _kind(rec), rec.peer_id, data, signatures=len(cs.signatures),
                                        now=now, limit=wire.MAX_PROPOSALS):
             return None
         self._hold(rid, data, len(cs.signatures))
         return "proposal"
+
+    def _over_quota(self, signers: frozenset[bytes]) -> bool:
+        """Whether one of ``signers`` already signed ``PROPOSALS_PER_AUTHORITY`` open
+        proposals: one authority cannot fill the room that all of them share."""
+        counts: dict[bytes, int] = {}
+        for n, data in self._held.values():
+            if n < self.genesis.quorum:
+                for k in CoSigned.restore(data, max_size=MAX_MEMBERSHIP_RECORD).signers:
+                    counts[k] = counts.get(k, 0) + 1
+        return any(counts.get(k, 0) >= PROPOSALS_PER_AUTHORITY for k in signers)
 
     # -- what an authority does ---------------------------------------------------
 
@@ -201,8 +215,9 @@ class Members:
         cs = CoSigned.propose(self.key, body)
         outcome = self._take(cs, rec, now)
         if outcome is None and not self.view.has(rec.id) and rec.id not in self._held:
-            raise ProposalsFull(f"{wire.MAX_PROPOSALS} proposals are open already: sign or let some expire "
-                                "(shardnet proposals)")
+            raise ProposalsFull(f"no room for another open proposal (at most {wire.MAX_PROPOSALS}, "
+                                f"{PROPOSALS_PER_AUTHORITY} signed by one authority): get the open ones "
+                                "signed, or let them expire (shardnet proposals)")
         return cs, outcome
 
     def admit(self, join: JoinRequest | str, *, org: str, country: str, city: str | None, roles: list[str],

@@ -89,12 +89,7 @@ class MembershipLoops:
         await self.links.publish(wire.MEMBERSHIP_TOPIC, cs.to_bytes())
 
     async def pull_from(self, peer: str) -> None:
-        try:
-            reply = await self.links.request(peer, wire.MEMBERSHIP, self.members.summary())
-            items = p.decode(reply, max_size=wire.MEMBERSHIP.max_reply, max_items=wire.DIRECTORY_PULL_MAX)
-        except (tx.RequestError, p.ShardnetError) as exc:
-            log.debug("membership pull from %s failed: %s", peer, exc)
-            return
+        items = await self.links.pull(peer, wire.MEMBERSHIP, self.members.summary())
         for item in items if isinstance(items, list) else []:
             if isinstance(item, bytes):
                 self.accept(item)

@@ -146,12 +146,15 @@ def cmd_network_request(args: argparse.Namespace) -> int:
     j = JoinRequest.make(home.identity(), network_id=nid, hpke=FileKeystore.from_home(home).hpke_public(),
                          name=cfg["name"], org=cfg.get("org", ""), country=cfg["country"], city=cfg.get("city", ""),
                          time=int(system_clock()))
-    doc = {"join_request": base64.b64encode(j.signed).decode(), "peer_id": j.peer_id, "name": j.name,
+    doc: dict[str, Any] = {"join_request": base64.b64encode(j.signed).decode(), "peer_id": j.peer_id, "name": j.name,
            "org": j.org, "country": j.country, "city": j.city, "kems": sorted(j.hpke),
+           "hpke_sha256": p.membership.hpke_fingerprints(j.hpke),
            "network": nid.hex() or None}
     out = pathlib.Path(args.out)
     write_atomic(out, (json.dumps(doc, indent=1) + "\n").encode(), 0o644, overwrite=args.force)
+    prints = ", ".join(f"{k} {v}" for k, v in p.membership.hpke_fingerprints(j.hpke).items())
     emit(args, doc, f"join request for {j.name} ({j.peer_id}) written to {out}\n"
+              f"HPKE key fingerprints (tell the authorities out of band): {prints}\n"
               "give it to an authority of the network: shardnet admit --home DIR join.json --org ... --country ...")
     return EXIT_OK
 
@@ -238,8 +241,9 @@ def cmd_proposals(args: argparse.Namespace) -> int:
 
 def _describe(rec: dict[str, Any]) -> str:
     if "org" in rec:
+        prints = ",".join(f"{k}:{v}" for k, v in rec["hpke_sha256"].items())
         return (f"{rec['name']} · {rec['org']} · {rec['country']}{'/' + rec['city'] if rec['city'] else ''} · "
-                f"{','.join(rec['roles'])} · until {_day(rec['not_after'])}")
+                f"{','.join(rec['roles'])} · until {_day(rec['not_after'])} · keys {prints}")
     return f"revoke: {rec['reason']}"
 
 

@@ -138,9 +138,9 @@ class OutboxLoop:
         record = self.store.keyset(row["keyset_id"])
         assert record is not None
         state, error = "delivered", None
-        if not self.links.admits(peer):
-            return  # not now: a peer the network does not admit gets no keyset record
         try:
+            if not self.links.admits(peer):  # pending, with back-off: it may be admitted again
+                raise tx.StreamOpenError(peer, wire.KEYSET.id, "not sent: the network does not admit this peer")
             await self.links.reach_and_request(peer, wire.KEYSET, record["record"])
         except tx.RemoteError as exc:
             # Busy or slow is for later; anything else is the approver's answer.

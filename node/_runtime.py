@@ -78,7 +78,7 @@ class NodeRuntime:
         self.directory = Directory(self.store, self.peer_id, admits=self.admits)
         self.custodian = Custodian(self.store, keystore)
         self.owner = Owner(self.store, self.key, self.directory, self.members, rng)
-        self.approvals = Approvals(self.store, self.key)
+        self.approvals = Approvals(self.store, self.key, eligible=self.admits_member)
         self.releaser = Releaser(self.store, keystore, self.approvals, self.members,
                                  threat_level=self.threat_level, rng=rng)
         self.started = 0.0
@@ -93,6 +93,10 @@ class NodeRuntime:
 
     def now(self) -> int:
         return int(self.clock())
+
+    def admits_member(self, peer: str) -> bool:
+        """Whether ``peer`` holds an admission now (an authority alone does not)."""
+        return self.members.admission(peer, self.now()) is not None
 
     def admits(self, peer: str) -> bool:
         """Whether the network admits ``peer`` now (in any role, or as an authority)."""

@@ -474,9 +474,13 @@ class Owner:
 class Approvals:
     """Requests and votes this node has seen, and its own votes."""
 
-    def __init__(self, store: Store, key: p.Signer) -> None:
+    def __init__(self, store: Store, key: p.Signer, eligible: Callable[[str], bool] = lambda peer: True) -> None:
+        """``eligible(peer)``: whether an approver named by a keyset may vote now (the network
+        still admits it). Votes of the others count nowhere: not from gossip, not from a
+        sync pull, not as the evidence of a release ask."""
         self.store = store
         self.key = key
+        self.eligible = eligible
         self.peer_id = peer_id_of(key.public_key().public_bytes_raw())
         self.verified = VerifiedRecords()
 
@@ -549,7 +553,8 @@ class Approvals:
         if keyset is None:
             raise LookupError(f"keyset {req.keyset_id.hex()} is not known to this node")
         tally = Tally(req, ApprovalRule.of(keyset))
-        tally.add_all(self.stored_votes(req) + list(evidence), req.created)
+        tally.add_all([v for v in self.stored_votes(req) + list(evidence) if self.eligible(v.approver)],
+                      req.created)
         return tally
 
     def record_equivocations(self, tally: Tally, now: int) -> list[Equivocation]:
@@ -576,7 +581,7 @@ class Approvals:
         """
         vote = self.parse_vote(data)
         row = self.store.request(vote.request_id)
-        if row is None:
+        if row is None or not self.eligible(vote.approver):
             return None
         req = self.parse_request(row["record"])
         tally = self.tally(req)

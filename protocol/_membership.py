@@ -80,6 +80,12 @@ def _hpke(value: Any) -> dict[str, bytes]:
     return out
 
 
+def hpke_fingerprints(hpke: dict[str, bytes]) -> dict[str, str]:
+    """KEM -> the first 16 hex digits of SHA-256 of its public key: what a co-signer
+    compares with the join request before it signs."""
+    return {k: hashlib.sha256(v).hexdigest()[:16] for k, v in sorted(hpke.items())}
+
+
 # -- genesis ------------------------------------------------------------------------
 
 
@@ -187,8 +193,8 @@ class Admission:
     def to_json(self) -> dict[str, Any]:
         return {"peer_id": self.peer_id, "name": self.name, "org": self.org, "country": self.country,
                 "city": self.city, "continent": self.continent, "roles": list(self.roles),
-                "kems": list(self.kems), "issued": self.issued, "not_after": self.not_after,
-                "admission": self.id.hex()}
+                "kems": list(self.kems), "hpke_sha256": hpke_fingerprints(dict(self.hpke)),
+                "issued": self.issued, "not_after": self.not_after, "admission": self.id.hex()}
 
 
 @dataclass(frozen=True)

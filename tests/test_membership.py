@@ -237,3 +237,16 @@ def test_a_record_that_adds_nothing_is_refused_before_any_signature_check() -> N
     assert a.accept(cosigned(body, A3), NOW) == "applied"  # the third signature: in effect
     before = hazmat.verifications()
     assert a.accept(cosigned(body, A1, A2, A3), NOW) is None and hazmat.verifications() == before
+
+
+def test_one_authority_cannot_fill_the_room_for_proposals() -> None:
+    from shardnet.node._members import PROPOSALS_PER_AUTHORITY
+
+    g = genesis(quorum=3)
+    a = _members(g, A1)
+    mine = [admission(g, key(100 + i)) for i in range(PROPOSALS_PER_AUTHORITY + 1)]
+    taken = [a.accept(cosigned(body, A2), NOW) for body in mine]
+    assert taken.count("proposal") == PROPOSALS_PER_AUTHORITY and taken[-1] is None
+    # Another authority's proposal still finds room, and A2 may still sign it.
+    assert a.accept(cosigned(admission(g, key(99)), A3), NOW) == "proposal"
+    assert a.accept(cosigned(admission(g, key(99)), A3, A2), NOW) == "proposal"
