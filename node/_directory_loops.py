@@ -14,7 +14,8 @@
   not pull from each of the dozens of peers it connects to at once, and each
   pull carries a summary, so one in step costs O(N) integers, not N
   descriptors;
-* dial custodians we learn about, up to ``MAX_PEERS`` connections.
+* dial custodians we learn about, up to ``MAX_PEERS`` connections; with no
+  connection at all, dial the bootstrap addresses again every ``REBOOTSTRAP`` s.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ RESIGN_EVERY = 1800.0
 PULL_EVERY = 5.0
 NEW_PEER_PULLS = 4
 MAX_PEERS = 32
+REBOOTSTRAP = 10.0
 
 
 def pick(rng: Rng, items: list[str], k: int) -> list[str]:
@@ -164,15 +166,20 @@ class DirectoryLoops:
 
     async def peers_loop(self) -> None:
         """Bootstrap, then keep connected to known custodians and pull from them."""
-        for addr in self.bootstrap:
-            await self.links.dial(addr)
-        last_pull, window, new_pulls = 0.0, -PULL_EVERY, 0
+        last_pull, window, new_pulls, last_boot = 0.0, -PULL_EVERY, 0, -REBOOTSTRAP
         own = self.directory.me
         while True:
             connected = set(self.links.connected())
             if connected:
                 self.has_peers.set()
             now = trio.current_time()
+            if not connected and self.bootstrap and now - last_boot >= REBOOTSTRAP:
+                # At start, and whenever we are alone again: for example a node that was
+                # cut off until its admission reached the network.
+                last_boot = now
+                for addr in self.bootstrap:
+                    await self.links.dial(addr)
+                continue
             if now - window >= PULL_EVERY:
                 window, new_pulls = now, 0
             jobs: list[tuple[Callable[[Any], Awaitable[Any]], Any]] = []

@@ -103,6 +103,19 @@ def cmd_bench_grid(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_membership(args: argparse.Namespace) -> int:
+    from shardnet.simulations._membership_bench import (
+        format_membership_report,
+        run_membership_bench,
+    )
+
+    result = run_membership_bench(runs=args.runs, grid_nodes=args.grid_nodes, junk=args.junk,
+                                  progress=lambda m: print(f"... {m}", file=sys.stderr))
+    _write_json(args.json, result)
+    print(format_membership_report(result))
+    return EXIT_OK
+
+
 # -- parser --------------------------------------------------------------------------
 
 
@@ -146,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--seed", type=int, default=1)
     bg.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bg.set_defaults(func=cmd_bench_grid)
+    bm = bsub.add_parser("membership", help="admission latency (real nodes and the grid), its cost, junk")
+    bm.add_argument("--runs", type=positive, default=3, metavar="N", help="late admissions on real nodes")
+    bm.add_argument("--grid-nodes", type=positive, default=1000, metavar="N")
+    bm.add_argument("--junk", type=positive, default=10_000, metavar="J", help="junk descriptors offered")
+    bm.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bm.set_defaults(func=cmd_bench_membership)
 
     from ._commands import register
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from shardnet import protocol as p
 from shardnet.node import _net
 from shardnet.protocol import Descriptor, wire
-from shardnet.simulations._local import FIVE_CONTINENTS, LocalCluster, run_cli
+from shardnet.simulations._local import FIVE_CONTINENTS, LocalCluster, NodeSpec, run_cli
 
 pytestmark = pytest.mark.slow
 COUNTRIES = ["FR", "IT", "ES", "NL", "BE", "AT", "PL", "SE", "NO", "FI", "DK", "IE"]
@@ -117,6 +117,27 @@ def test_an_import_pinned_to_a_peer_that_is_not_admitted_fails_before_sending(
                 "3", "--custodians", ",".join(pinned[:2] + [c.nodes["sydney"].peer_id]), "--json")
     assert r.returncode == 0, r.stderr
     assert {s["custodian"] for s in json.loads(r.stdout)["shards"]} == set(pinned[:2] + [c.nodes["sydney"].peer_id])
+
+
+def test_a_node_admitted_after_it_joined_becomes_a_custodian_everywhere(cluster: LocalCluster) -> None:
+    """It joins unadmitted and is cut off by every node; once admitted it dials in again
+    (it is alone, so it bootstraps anew) and reaches every directory."""
+    c = cluster
+    c.auto_admit = False
+    late = c.add(NodeSpec("nairobi", "KE", "Nairobi", "Rift Custody"))
+    try:
+        c.start("nairobi")
+        time.sleep(3)
+        assert all(late.peer_id not in {r["peer_id"] for r in c.control(n, "custodians")} for n in c.nodes
+                   if n != "nairobi")
+        c.admit("nairobi")
+        c.wait_directory(expect=len(c.nodes), timeout=30)
+        a = {m["peer_id"]: m for m in c.control("tokyo", "membership")}[late.peer_id]
+        assert (a["org"], a["country"], a["city"], a["state"]) == ("Rift Custody", "KE", "Nairobi", "admitted")
+    finally:
+        c.auto_admit = True
+        c.control(c.authority, "member-revoke", {"peer": late.peer_id, "reason": "test over"})
+        c.remove("nairobi")
 
 
 def test_a_revoked_custodian_is_never_chosen_again(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
