@@ -300,7 +300,3 @@ class Members:
         theirs = directory_pull.decode_pull(frame)
         return directory_pull.pull_reply(((rid, n, d) for rid, (n, d) in self._held.items()), theirs,
                                          self._summary_now())
-
-    def records(self) -> list[bytes]:
-        """Every record held, complete ones and proposals (what a new peer is sent)."""
-        return [d for _, d in self._held.values()]

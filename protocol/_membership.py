@@ -23,6 +23,7 @@ and only if no revocation is dated at or after it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,15 +104,17 @@ class Genesis:
         """What protocol ids and topics carry: the first 8 hex digits of the id."""
         return self.network_id.hex()[:8]
 
-    @property
+    @functools.cached_property
     def authority_set(self) -> frozenset[bytes]:
         return frozenset(self.authorities)
 
+    @functools.cached_property
+    def _authority_ids(self) -> frozenset[str]:
+        return frozenset(peer_id_of(k) for k in self.authorities)
+
     def is_authority(self, peer_id: str) -> bool:
-        try:
-            return public_key_of(peer_id) in self.authority_set
-        except MalformedEncoding:
-            return False
+        """A set lookup: asked for every connected peer and gossip message."""
+        return peer_id in self._authority_ids
 
     @classmethod
     def make(cls, key: Signer, *, name: str, authorities: list[bytes], quorum: int, created: int) -> Genesis:
