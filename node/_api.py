@@ -6,22 +6,29 @@ facts), so the control socket and the offline fallback give the same answers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from shardnet import protocol as p
-from shardnet.protocol import ApprovalRule, AuditChainBroken, Descriptor
+from shardnet.protocol import ApprovalRule, AuditChainBroken, Descriptor, wire
 
 from ._store import KeysetNotFound, Store
 
 
-def custodians(store: Store, me: str) -> list[dict[str, Any]]:
+def custodians(store: Store, me: str, now: int, heard: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Every descriptor held. Its name, country, city and org are what the custodian says
+    of itself (placement reads the vouched ones: ``membership``). ``heard``: when the
+    running node last heard each one (offline: when its row last changed)."""
     out = []
     for row in store.custodians():
         d = Descriptor.from_bytes(row["descriptor"])
+        last = (heard or {}).get(d.peer_id, row["updated_at"])
         out.append({
             "peer_id": d.peer_id, "name": d.name, "country": d.country, "city": d.city,
             "continent": d.continent, "org": d.org, "addrs": list(d.addrs), "kems": list(d.kems),
             "version": d.version, "seq": d.seq, "updated_at": row["updated_at"], "self": d.peer_id == me,
+            "last_heard": last, "stale": d.peer_id != me and now - last > wire.DESCRIPTOR_TTL,
+            "self_declared": True,
         })
     return sorted(out, key=lambda c: (not c["self"], c["country"], c["name"]))
 
@@ -65,7 +72,25 @@ def _find(store: Store, prefix: str) -> dict[str, Any]:
                 "status": "active", "owner": known[0]["owner"]}
 
 
-def keyset_detail(store: Store, prefix: str) -> dict[str, Any]:
+MemberState = Callable[[str], str]
+"""``state(peer)``: the peer's membership now (``admitted``, ``revoked``, ``expired``, ...)."""
+
+
+def stored_membership(store: Store, now: int) -> MemberState:
+    """Membership as the node's database holds it (for commands on a stopped node); every
+    peer is ``unknown`` in a home that has joined no network."""
+    raw = store.genesis()
+    if raw is None:
+        return lambda peer: "unknown"
+    view = p.Membership(p.Genesis.from_bytes(raw))
+    for data in store.membership_records():
+        view.restore(data)
+    return lambda peer: view.state(peer, now)
+
+
+def keyset_detail(store: Store, prefix: str, member_state: MemberState | None = None) -> dict[str, Any]:
+    """One keyset. With ``member_state``: each shard's custodian's membership, and
+    ``at_risk``, the custodians holding a shard that the network does not admit now."""
     row = _find(store, prefix)
     ks = p.Keyset.from_bytes(row["record"])
     names = _names(store)
@@ -98,7 +123,17 @@ def keyset_detail(store: Store, prefix: str) -> dict[str, Any]:
                                "country": n.get("country", ""), "state": "placed"})
     detail["shards"] = sorted(shards, key=lambda s: (s["index"], s["custodian"]))
     detail["held"] = sorted(h["idx"] for h in store.held_shards(ks.id_hex) if h["epoch"] == ks.epoch)
+    if member_state is not None:
+        for s in detail["shards"]:
+            s["membership"] = member_state(s["custodian"])
+        detail["at_risk"] = sorted({s["custodian"] for s in detail["shards"] if s["membership"] != "admitted"})
     return detail
+
+
+def keysets_at_risk(store: Store, member_state: MemberState) -> list[str]:
+    """Keysets we own with a shard on a custodian the network does not admit now."""
+    return [ks["keyset_id"] for ks in store.keysets(role="owner")
+            if any(member_state(r["custodian"]) != "admitted" for r in store.outbox(ks["keyset_id"]))]
 
 
 def audit_verify(store: Store, me_public: bytes) -> dict[str, Any]:
@@ -111,8 +146,10 @@ def audit_verify(store: Store, me_public: bytes) -> dict[str, Any]:
     return {"entries": n, "head": head.hash.hex() if head else None, "ok": True, "kinds": kinds}
 
 
-def status(store: Store, me: str, cfg: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
+def status(store: Store, me: str, cfg: dict[str, Any], live: dict[str, Any] | None,
+           member_state: MemberState) -> dict[str, Any]:
     owned = store.keysets(role="owner")
+    raw = store.genesis()
     pending = len(store.pending())
     return {
         "peer_id": me, "name": cfg["name"], "country": cfg["country"], "city": cfg.get("city", ""),
@@ -121,7 +158,10 @@ def status(store: Store, me: str, cfg: dict[str, Any], live: dict[str, Any] | No
         "uptime_s": round(live["uptime_s"], 1) if live else None,
         "custodians": len(store.custodians()), "shards_held": len(store.held_shards()),
         "keysets_owned": len(owned), "deliveries_pending": pending,
+        "network": p.Genesis.from_bytes(raw).network_id.hex() if raw else None,
+        "membership": member_state(me), "keysets_at_risk": keysets_at_risk(store, member_state),
     }
 
 
-__all__ = ["AuditChainBroken", "audit_verify", "custodians", "keyset_detail", "keysets", "status"]
+__all__ = ["AuditChainBroken", "audit_verify", "custodians", "keyset_detail", "keysets", "keysets_at_risk", "status",
+           "stored_membership"]

@@ -98,17 +98,18 @@ def cmd_init(args: argparse.Namespace) -> int:
                      org=args.org or "", listen=args.listen or None, rng=system_rng)
     info = {"home": str(home.path), "peer_id": home.peer_id(), "name": args.name,
             "country": args.country.upper(), "listen": home.config()["listen"], "network": None}
-    extra = ("\nthen join a network: shardnet network create ... (a new one) or shardnet network join "
-             "--home DIR network.toml")
+    start = (f"\nthen join a network: shardnet network create ... (a new one) or shardnet network join "
+             f"--home {home.path} network.toml; after that, start it: shardnet run --home {home.path}")
     if genesis is not None:
         from ._network_commands import join
 
         join(home, genesis)
         info["network"] = genesis.network_id.hex()
-        extra = (f"\njoined network {genesis.name} ({genesis.prefix}); ask its authorities to admit this "
-                 "node: shardnet network request --home DIR --out join.json")
+        start = (f"\njoined network {genesis.name} ({genesis.prefix}); ask its authorities to admit this "
+                 f"node (shardnet network request --home {home.path} --out join.json), and start it: "
+                 f"shardnet run --home {home.path}")
     emit(args, info, f"initialised node {args.name} ({info['country']}) in {home.path}\n"
-              f"peer id {info['peer_id']}\nstart it with: shardnet run --home {home.path}{extra}")
+              f"peer id {info['peer_id']}{start}")
     return EXIT_OK
 
 
@@ -148,7 +149,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     def offline(home: Home) -> Any:
         with home.open_store() as store:
-            return _api.status(store, home.peer_id(), home.config(), None)
+            return _api.status(store, home.peer_id(), home.config(), None,
+                               _api.stored_membership(store, int(system_clock())))
 
     st = _ask(args, "status", offline=offline)
     lines = [
@@ -162,7 +164,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"directory {st['custodians']} custodians known",
         f"shards    {st['shards_held']} held; {st['keysets_owned']} keysets owned, "
         f"{st['deliveries_pending']} deliveries pending",
+        f"network   {st['network'][:8] + ', this node ' + st['membership'] if st['network'] else 'none joined'}",
     ]
+    if st["keysets_at_risk"]:
+        lines.append(f"at risk   {len(st['keysets_at_risk'])} keysets with shards on custodians the network "
+                     "does not admit now (see key show)")
     emit(args, st, "\n".join(lines))
     return EXIT_OK
 
@@ -170,13 +176,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_custodians(args: argparse.Namespace) -> int:
     from . import _api
 
-    rows = _ask(args, "custodians", offline=_offline_store(lambda s, h: _api.custodians(s, h.peer_id())))
+    rows = _ask(args, "custodians", offline=_offline_store(
+        lambda s, h: _api.custodians(s, h.peer_id(), int(system_clock()))))
     table = _table(
         [[("* " if c["self"] else "  ") + c["name"], c["country"], c["city"], c["continent"], c["org"],
-          c["peer_id"]] for c in rows],
-        ["  NAME", "CC", "CITY", "CONT", "ORG", "PEER ID"],
+          "stale" if c["stale"] else "live", c["peer_id"]] for c in rows],
+        ["  NAME", "CC", "CITY", "CONT", "ORG", "STATE", "PEER ID"],
     )
-    emit(args, rows, f"{table}\n{len(rows)} custodians (* = this node)")
+    stale = sum(c["stale"] for c in rows)
+    emit(args, rows, f"{table}\n{len(rows)} custodians (* = this node), {stale} stale; what they say of "
+              "themselves: `shardnet membership` has the vouched attributes")
     return EXIT_OK
 
 
@@ -203,7 +212,8 @@ def cmd_key_show(args: argparse.Namespace) -> int:
     if not args.keyset:
         raise UsageError("key show needs a KEYSET (id or unique prefix)")
     d = _ask(args, "key-show", {"keyset": args.keyset},
-             offline=_offline_store(lambda s, h: _api.keyset_detail(s, args.keyset)))
+             offline=_offline_store(lambda s, h: _api.keyset_detail(
+                 s, args.keyset, _api.stored_membership(s, int(system_clock())))))
     emit(args, d, _format_keyset(d))
     return EXIT_OK
 
@@ -220,9 +230,14 @@ def _format_keyset(d: dict[str, Any]) -> str:
         f"owner     {d['owner']}",
     ]
     rows = [[s["index"], s["name"], s["country"], s["custodian"], s["state"]
-             + (f" ({s['last_error']})" if s.get("last_error") and s["state"] != "delivered" else "")]
+             + (f" ({s['last_error']})" if s.get("last_error") and s["state"] != "delivered" else "")
+             + (f", custodian {s['membership']}" if s.get("membership", "admitted") != "admitted" else "")]
             for s in d["shards"]]
     text = "\n".join(head) + "\n\n" + _table(rows, ["INDEX", "CUSTODIAN", "CC", "PEER ID", "STATE"])
+    if d.get("at_risk"):
+        text += (f"\n\nat risk: {len(d['at_risk'])} custodians holding shards of this keyset are not admitted "
+                 "to the network now; reshare the keyset away from them (not built yet: the re-encryption "
+                 "issue), or import the key anew")
     if d["status"] == "exposed":
         text += ("\n\nthis keyset's shares were released in shares mode: treat the key as exposed and "
                  "rotate it (shardnet key import of a new key)")

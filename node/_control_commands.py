@@ -35,11 +35,16 @@ def command_table(node: NodeRuntime) -> dict[str, Command]:
         return {"stopping": True}
 
     own_key = node.key.public_key().public_bytes_raw()
+
+    def member_state(peer: str) -> str:
+        return node.members.view.state(peer, node.now())
+
     return {
-        "status": reads(lambda a: _api.status(node.store, node.peer_id, node.cfg, node.live())),
-        "custodians": reads(lambda a: _api.custodians(node.store, node.peer_id)),
+        "status": reads(lambda a: _api.status(node.store, node.peer_id, node.cfg, node.live(), member_state)),
+        "custodians": reads(lambda a: _api.custodians(node.store, node.peer_id, node.now(),
+                                                      node.directory.last_heard())),
         "key-list": reads(lambda a: _api.keysets(node.store)),
-        "key-show": reads(lambda a: _api.keyset_detail(node.store, str(a["keyset"]))),
+        "key-show": reads(lambda a: _api.keyset_detail(node.store, str(a["keyset"]), member_state)),
         "audit-verify": reads(lambda a: _api.audit_verify(node.store, own_key)),
         "requests": reads(lambda a: node.approvals.listing(node.now())),
         "threat-level": reads(lambda a: _threat_level(node, a)),

@@ -121,6 +121,7 @@ class DirectoryLoops:
 
     def accept(self, data: bytes) -> None:
         if self.directory.held_from(data) is not None:
+            self.directory.heard(data, int(self.clock()))
             return  # a hash, not a parse: the common case once the directory has converged
         try:
             before = self.directory.get(self.directory.parse(data).peer_id)

@@ -236,6 +236,11 @@ class Members:
             if not keys:
                 raise ValueError(f"no HPKE keys known for {peer}: admit it from its join request "
                                  "(`shardnet network request`)")
+        waiting = [r["proposal_id"][:12] for r in self.store.proposals()
+                   if r["peer_id"] == peer and r["kind"] == "admission"]
+        if waiting:
+            raise ValueError(f"an admission of {peer} waits for signatures already (proposal {waiting[0]}): "
+                             "sign that one, or let it expire")
         body = Admission.make_body(network_id=self.genesis.network_id, peer_id=peer, hpke=keys, roles=roles,
                                    name=name or peer[:12], org=org, country=country, city=city or "",
                                    issued=now, not_after=now + expires)
@@ -244,6 +249,8 @@ class Members:
     def revoke_member(self, peer: str, reason: str, now: int) -> tuple[CoSigned, str | None]:
         p.public_key_of(peer)
         current = self.view.admissions_of(peer)
+        if not current:
+            raise ValueError(f"{peer} has no admission in this network: nothing to revoke")
         # Dated no earlier than the admission it voids, whatever this node's clock says.
         t = max([now, *[a.issued for a in current]])
         body = MemberRevocation.make_body(network_id=self.genesis.network_id, peer_id=peer, reason=reason, time=t)

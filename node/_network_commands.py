@@ -48,14 +48,21 @@ def network_file_text(g: Genesis) -> str:
 
 def read_network_file(path: str | os.PathLike[str]) -> Genesis:
     f = pathlib.Path(path)
+    if f.is_dir():
+        raise ValueError(f"{f}: a directory, not a network file")
     raw = f.read_bytes()
     if len(raw) > MAX_NETWORK_FILE:
         raise ValueError(f"{f}: too large for a network file")
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
-        g = Genesis.from_bytes(base64.b64decode(str(doc["genesis"]), validate=True))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, ValueError) as exc:
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"{f}: not a shardnet network file ({exc})") from None
+    if not isinstance(doc.get("genesis"), str):
+        raise ValueError(f"{f}: not a shardnet network file (it has no genesis line)")
+    try:
+        g = Genesis.from_bytes(base64.b64decode(doc["genesis"], validate=True))
+    except (ValueError, p.ShardnetError) as exc:
+        raise ValueError(f"{f}: its genesis record is damaged ({exc})") from None
     if doc.get("id") != g.network_id.hex():
         raise ValueError(f"{f}: its id line does not match its genesis record (the file was edited)")
     return g
@@ -98,6 +105,10 @@ def cmd_network_create(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     if out.exists() and not args.force:
         raise UsageError(f"{out} already exists (use --force to overwrite)")
+    with home.open_store() as store:
+        if store.genesis() is not None:
+            raise UsageError(f"this home already belongs to network "
+                             f"{Genesis.from_bytes(store.genesis() or b'').prefix}; a home joins one network only")
     now = int(system_clock())
     g = Genesis.make(key, name=args.name, authorities=authorities, quorum=quorum, created=now)
     cfg = home.config()
@@ -129,8 +140,12 @@ def cmd_network_join(args: argparse.Namespace) -> int:
     g = read_network_file(args.file)
     fresh = join(home, g)
     info = {"network": g.network_id.hex(), "prefix": g.prefix, "name": g.name, "joined": fresh}
-    emit(args, info, f"{'joined' if fresh else 'already in'} network {g.name} ({g.prefix}); ask its "
-              "authorities to admit this node: shardnet network request --home DIR --out join.json")
+    if g.is_authority(home.peer_id()):
+        nxt = ("this node is one of its authorities: run it with --bootstrap at another authority's node, "
+               "then co-sign what waits (shardnet proposals, shardnet sign)")
+    else:
+        nxt = "ask its authorities to admit this node: shardnet network request --home DIR --out join.json"
+    emit(args, info, f"{'joined' if fresh else 'already in'} network {g.name} ({g.prefix}); {nxt}")
     return EXIT_OK
 
 
@@ -197,7 +212,9 @@ def _say(res: dict[str, Any]) -> str:
     if res["state"] == "in effect":
         return f"{what}: in effect ({res['signatures']} of {res['needed']} signatures)"
     return (f"proposal {res['proposal']}: {what}, {res['signatures']} of {res['needed']} signatures\n"
-            f"the other authorities add theirs with: shardnet sign --home DIR {res['proposal'][:12]}")
+            f"the other authorities add theirs with: shardnet sign --home DIR {res['proposal'][:12]}\n"
+            "(proposals travel between running nodes: each authority's node must be up and connected "
+            "to this one to see it)")
 
 
 def cmd_admit(args: argparse.Namespace) -> int:

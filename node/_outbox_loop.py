@@ -20,6 +20,7 @@ from shardnet.protocol import outbox, wire
 from . import _transport as tx
 from ._clock import Clock
 from ._links import BACKOFF_MAX, Links
+from ._possession import Possession
 from ._services import Custodian, Owner, Rejected
 from ._store import Store
 
@@ -35,7 +36,8 @@ def _slot_key(row: Any) -> tuple[str, int, int, str]:
 
 class OutboxLoop:
     def __init__(self, store: Store, owner: Owner, custodian: Custodian, links: Links,
-                 clock: Clock, me: str) -> None:
+                 clock: Clock, me: str, possession: Possession) -> None:
+        self.possession = possession
         self.store = store
         self.owner = owner
         self.custodian = custodian
@@ -112,9 +114,11 @@ class OutboxLoop:
         try:
             # Checked at every attempt, not only at import: a custodian revoked (or expired)
             # while its shard waited never gets it. The slot stays pending.
-            state = self.owner.members.view.state(peer, self.now())
-            if peer != self.me and self.owner.members.admission(peer, self.now(), "custodian") is None:
-                raise Rejected(f"not sent: the custodian is no longer admitted ({state})")
+            # Admitted now, and proven to hold its keys (once per admission): otherwise the
+            # shard is not sent, and the slot stays pending with the reason.
+            why = await self.possession.failure(peer)
+            if why is not None:
+                raise Rejected(f"not sent: {why}")
             if peer == self.me:
                 reply = self.custodian.handle_delivery(self.me, frame, self.now())
             else:

@@ -43,6 +43,7 @@ from ._links import Links
 from ._members import Members, NoNetwork
 from ._membership_loops import MembershipLoops
 from ._outbox_loop import OutboxLoop
+from ._possession import Possession
 from ._services import VERSION, Approvals, Custodian, Directory, Owner, Rejected, Releaser
 from ._store import Store
 from ._transport import Transport, TransportFactory
@@ -112,7 +113,9 @@ class NodeRuntime:
         self.net = net
         self.links = Links(net, self.directory, admits=self.admits)
         self.gossip = ApprovalLoops(self.approvals, self.links, self.clock)
-        self.outbox = OutboxLoop(self.store, self.owner, self.custodian, self.links, self.clock, self.peer_id)
+        possession = Possession(self.store, self.members, self.links, self.key, self.rng, self.clock, self.peer_id)
+        self.outbox = OutboxLoop(self.store, self.owner, self.custodian, self.links, self.clock, self.peer_id,
+                                 possession)
         self.membership = MembershipLoops(self.members, self.links, self.clock, on_admitted=self.outbox.peer_back)
         self.peering = DirectoryLoops(self.directory, self.links, describe=self._descriptor, clock=self.clock,
                                       rng=self.rng, bootstrap=self.bootstrap,
@@ -139,7 +142,7 @@ class NodeRuntime:
                 handlers = {wire.DELIVER: self._on_deliver, wire.DIRECTORY: self._on_directory_pull,
                             wire.DIRECTORY_DELTA: self._on_directory_delta,
                             wire.RELEASE: self._on_release, wire.KEYSET: self._on_keyset_notice,
-                            wire.SYNC: self._on_sync}
+                            wire.SYNC: self._on_sync, wire.POSSESSION: self._on_possession}
                 for proto, handler in handlers.items():
                     net.serve(proto, self._admitted_only(handler), wire.REQUEST_TIMEOUT)
                 net.serve(wire.MEMBERSHIP, self._on_membership_pull, wire.REQUEST_TIMEOUT)
@@ -234,6 +237,12 @@ class NodeRuntime:
         def check(author: str, data: bytes) -> bool:
             return self.admits(author) and validator(author, data)
         return check
+
+    async def _on_possession(self, remote: str, frame: bytes) -> bytes:
+        try:
+            return p.possession.answer(frame, self.keystore.openers(), challenger=remote, key=self.key)
+        except p.ShardnetError as exc:
+            raise tx.RequestRejected(f"cannot answer the challenge: {exc}") from None
 
     async def _on_membership_pull(self, remote: str, frame: bytes) -> bytes:
         return self.membership.serve_pull(remote, frame)

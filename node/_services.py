@@ -54,6 +54,12 @@ class Rejected(Exception):
     """A peer's request is refused; the message goes back to it."""
 
 
+def possession_mark(peer: str, admission: Admission) -> str:
+    """The store key of a custodian's proof of possession under one admission: ``ok`` or
+    the reason it failed (``_possession``)."""
+    return f"possession:{peer}:{admission.id.hex()}"
+
+
 class NotAdmitted(p.ShardnetError):
     """A record about, or a request from, a peer the network has not admitted."""
 
@@ -111,10 +117,12 @@ class Directory:
         self._key: dict[str, bytes] = {}  # peer -> its key in pull summaries
         self._parsed: dict[str, Descriptor] = {}
         self._held: dict[bytes, str] = {}  # sha256 of a descriptor we hold -> its peer
+        self._heard: dict[str, int] = {}  # peer -> when its descriptor last reached us
         self.verified = VerifiedRecords(8 << 20)  # the validator's parses, for accept() right after
         self._summary: bytes | None = None
         for row in store.custodians():
             self._index(row["peer_id"], row["descriptor"], row["seq"])
+            self._heard[row["peer_id"]] = row["updated_at"]
 
     def _index(self, peer: str, signed: bytes, seq: int) -> None:
         old = self._signed.get(peer)
@@ -140,7 +148,22 @@ class Directory:
             return None
         self._index(d.peer_id, d.signed, d.seq)
         self._parsed[d.peer_id] = d
+        self._heard[d.peer_id] = now
         return d
+
+    def heard(self, data: bytes, now: int) -> None:
+        """A descriptor we hold arrived again: its custodian is alive (the gossip validator
+        lets only the custodian itself publish its descriptor)."""
+        peer = self.held_from(data)
+        if peer is not None:
+            self._heard[peer] = max(now, self._heard.get(peer, 0))
+
+    def live(self, peer: str, now: int) -> bool:
+        """Heard from within ``wire.DESCRIPTOR_TTL`` s (we are always live to ourselves)."""
+        return peer == self.me or now - self._heard.get(peer, -wire.DESCRIPTOR_TTL - 1) <= wire.DESCRIPTOR_TTL
+
+    def last_heard(self) -> dict[str, int]:
+        return dict(self._heard)
 
     def __len__(self) -> int:
         return len(self._signed)
@@ -404,21 +427,34 @@ class Owner:
 
     def candidates(self, kem: str, now: int, pinned: list[str] | None = None) -> dict[str, Admission]:
         """Who may hold a shard now: custodians the network admits (with their vouched
-        attributes and HPKE keys) that we know how to reach. ``pinned``: exactly these,
+        attributes and HPKE keys) that we know how to reach and have heard from lately. ``pinned``: exactly these,
         each of which must be one."""
         admitted = {a.peer_id: a for a in self.members.custodians(now)
-                    if kem in a.kems and self.directory.get(a.peer_id) is not None}
+                    if kem in a.kems and self.directory.get(a.peer_id) is not None
+                    and self.directory.live(a.peer_id, now) and not self.failed_possession(a)}
         if pinned is None:
             return admitted
         out = {}
         for peer in dict.fromkeys(x.strip() for x in pinned if x.strip()):
             if peer not in admitted:
                 state = self.members.view.state(peer, now)
+                a = self.members.admission(peer, now)
+                if a is not None and self.failed_possession(a):
+                    state = "failed"
+                elif state == "admitted" and self.directory.get(peer) is not None and not self.directory.live(peer, now):
+                    state = "stale"
                 why = {"unknown": "not admitted to the network", "admitted": "admitted, but not as a custodian"
-                       f" with a {kem} key, or its descriptor (its addresses) is unknown"}.get(state, state)
+                       f" with a {kem} key, or its descriptor (its addresses) is unknown",
+                       "stale": f"its descriptor was not heard for over {wire.DESCRIPTOR_TTL} s (stale)",
+                       "failed": "it failed the proof of possession of its HPKE key",
+                       }.get(state, state)
                 raise ValueError(f"--custodians: {peer} cannot hold a shard: {why}")
             out[peer] = admitted[peer]
         return out
+
+    def failed_possession(self, a: Admission) -> bool:
+        raw = self.store.get_kv(possession_mark(a.peer_id, a))
+        return raw is not None and raw != b"ok"
 
     def _resolve(self, who: str) -> str:
         """An approver's peer id. Names are self-declared in descriptors, so anyone could

@@ -11,6 +11,7 @@ from . import _directory_pull as directory_pull
 from . import _membership as membership
 from . import _outbox as outbox
 from . import _placement as placement
+from . import _possession as possession
 from . import _release_round as release_round
 from . import _wire as wire
 from ._armor import MAX_FILE as MAX_ARMOR_FILE
@@ -89,7 +90,7 @@ __all__ = [
     "continent_of", "decide_release", "decode", "decode_audit_body", "decode_record", "encode",
     "encode_audit_body", "keyset_from_text", "keyset_to_text", "make_audit_entry", "open_shard",
     "cosign", "directory_pull", "membership", "open_signed", "open_with_unwrapped", "outbox", "partial_decrypt", "partial_payload", "peer_id_of",
-    "placement", "public_key_of", "read_shard_meta", "recover_secret", "refresh_commitments",
+    "placement", "possession", "public_key_of", "read_shard_meta", "recover_secret", "refresh_commitments",
     "refresh_deal", "refresh_share", "release_round", "reshare_commitments", "reshare_deal", "reshare_share",
     "seal_shard", "share_from_text", "share_payload", "share_to_text", "sign_body", "signer_of", "split_key",
     "verify_chain", "verify_partial", "verify_share", "want", "want_bytes", "wire",

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 #: allows this much and no more.
 MAX_CLOCK_SKEW = 60
 
+#: Seconds a custodian's descriptor counts as live after it was last heard (its node
+#: republishes it every 10 s by default; at least three republish intervals): past it,
+#: the custodian is stale and no placement candidate.
+DESCRIPTOR_TTL = 600
+
 #: Seconds a delivery cover stays fresh: a custodian refuses one sent earlier.
 DELIVERY_WINDOW = 300
 
@@ -61,7 +66,10 @@ KEYSET = StreamProtocol("/shardnet/keyset/1", 256 * 1024, 64, 4)
 #: the request is a summary of those the puller holds, as for DIRECTORY_DELTA.
 MEMBERSHIP = StreamProtocol("/shardnet/membership/1", 128 * 1024, 4 * 1024 * 1024, 4)
 
-STREAM_PROTOCOLS = (DELIVER, DIRECTORY, DIRECTORY_DELTA, RELEASE, SYNC, KEYSET, MEMBERSHIP)
+#: Proof of possession: an owner's HPKE challenge; the reply is the custodian's signed answer.
+POSSESSION = StreamProtocol("/shardnet/possession/1", 4096, 1024, 2)
+
+STREAM_PROTOCOLS = (DELIVER, DIRECTORY, DIRECTORY_DELTA, RELEASE, SYNC, KEYSET, MEMBERSHIP, POSSESSION)
 
 #: Signed custodian descriptors.
 DIRECTORY_TOPIC = Topic("shardnet/directory/1", 8 * 1024)

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from shardnet import protocol as p
 from shardnet.node import _net
 from shardnet.protocol import Descriptor, wire
-from shardnet.simulations._local import FIVE_CONTINENTS, LocalCluster, NodeSpec, run_cli
+from shardnet.simulations._local import LocalCluster, NodeSpec, run_cli
+from shardnet.simulations._netbench import TEN
 
 pytestmark = pytest.mark.slow
 COUNTRIES = ["FR", "IT", "ES", "NL", "BE", "AT", "PL", "SE", "NO", "FI", "DK", "IE"]
@@ -30,7 +31,7 @@ COUNTRIES = ["FR", "IT", "ES", "NL", "BE", "AT", "PL", "SE", "NO", "FI", "DK", "
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     root = tmp_path_factory.mktemp("admission")
-    with LocalCluster(root, FIVE_CONTINENTS) as c:
+    with LocalCluster(root, TEN) as c:
         c.init_all()
         c.start_all()
         c.wait_directory(timeout=30)
@@ -124,25 +125,81 @@ def test_a_node_admitted_after_it_joined_becomes_a_custodian_everywhere(cluster:
     (it is alone, so it bootstraps anew) and reaches every directory."""
     c = cluster
     c.auto_admit = False
-    late = c.add(NodeSpec("nairobi", "KE", "Nairobi", "Rift Custody"))
+    late = c.add(NodeSpec("mombasa", "KE", "Mombasa", "Rift Custody"))
     try:
-        c.start("nairobi")
+        c.start("mombasa")
         time.sleep(3)
         assert all(late.peer_id not in {r["peer_id"] for r in c.control(n, "custodians")} for n in c.nodes
-                   if n != "nairobi")
-        c.admit("nairobi")
+                   if n != "mombasa")
+        c.admit("mombasa")
         c.wait_directory(expect=len(c.nodes), timeout=30)
         a = {m["peer_id"]: m for m in c.control("tokyo", "membership")}[late.peer_id]
-        assert (a["org"], a["country"], a["city"], a["state"]) == ("Rift Custody", "KE", "Nairobi", "admitted")
+        assert (a["org"], a["country"], a["city"], a["state"]) == ("Rift Custody", "KE", "Mombasa", "admitted")
     finally:
         c.auto_admit = True
         c.control(c.authority, "member-revoke", {"peer": late.peer_id, "reason": "test over"})
-        c.remove("nairobi")
+        c.remove("mombasa")
+
+
+def test_a_custodian_that_lacks_its_certified_key_fails_the_challenge_and_gets_nothing(
+        cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    import base64
+
+    from shardnet.node._network_commands import read_network_file
+
+    c = cluster
+    c.auto_admit = False
+    liar = c.add(NodeSpec("lisbon", "PT", "Lisbon", "Tagus Vault"))
+    try:
+        c.start("lisbon")
+        # Admitted with an HPKE key it does not hold (its join request was tampered with, say).
+        g = read_network_file(c.network_file)
+        j = p.JoinRequest.make(liar.home.identity(), network_id=g.network_id, hpke={"x25519": os.urandom(32)},
+                               name="lisbon", org="Tagus Vault", country="PT", city="Lisbon", time=int(time.time()))
+        c.control(c.authority, "admit", {"join_request": base64.b64encode(j.signed).decode(), "org": "Tagus Vault",
+                                         "country": "PT", "roles": ["custodian"], "expires": 86400})
+        c.wait_directory(expect=len(c.nodes), timeout=30, names=["frankfurt"])
+        f = tmp_path / "key"
+        f.write_bytes(os.urandom(32))
+        home = str(c.nodes["frankfurt"].home.path)
+        pinned = [liar.peer_id, c.nodes["tokyo"].peer_id, c.nodes["zurich"].peer_id]
+        r = run_cli("key", "import", "--home", home, "--in", str(f), "-t", "2", "-n", "3", "--custodians",
+                    ",".join(pinned), "--wait", "10", "--json")
+        assert r.returncode == 0, r.stderr
+        keyset = json.loads(r.stdout)["keyset"]
+        deadline = time.monotonic() + 30
+        while True:
+            shards = {s["custodian"]: s for s in c.control("frankfurt", "key-show", {"keyset": keyset})["shards"]}
+            if shards[liar.peer_id]["last_error"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert shards[liar.peer_id]["state"] == "pending"
+        assert "failed the proof of possession of its x25519 key" in (shards[liar.peer_id]["last_error"] or ""), \
+            shards[liar.peer_id]
+        assert {shards[x]["state"] for x in pinned[1:]} == {"delivered"}
+        with c.nodes["frankfurt"].home.open_store() as store:
+            named = [e.body for e in store.audit_entries() if e.kind == "possession-failed"]
+        assert [b["custodian"] for b in named] == [liar.peer_id]
+        assert c.control("lisbon", "status")["shards_held"] == 0
+        # It is no candidate any more, and an import pinned to it says why.
+        r = run_cli("key", "import", "--home", home, "--in", str(f), "-t", "2", "-n", "3", "--custodians",
+                    ",".join(pinned))
+        assert r.returncode == 2 and "failed the proof of possession" in r.stderr
+    finally:
+        c.auto_admit = True
+        c.control(c.authority, "member-revoke", {"peer": liar.peer_id, "reason": "test over"})
+        c.remove("lisbon")
 
 
 def test_a_revoked_custodian_is_never_chosen_again(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
     c = cluster
     victim = c.nodes["sao-paulo"].peer_id
+    f = tmp_path / "key"
+    f.write_bytes(os.urandom(32))
+    on_victim = run_cli("key", "import", "--home", str(c.nodes["frankfurt"].home.path), "--in", str(f), "-t", "2",
+                        "-n", "3", "--custodians", ",".join([victim, *(c.nodes[n].peer_id for n in ("tokyo", "zurich"))]),
+                        "--json", check=True)
+    keyset_on_victim = json.loads(on_victim.stdout)["keyset"]
     r = run_cli("membership", "revoke", victim, "--reason", "left the network", "--home",
                 str(c.nodes[c.authority].home.path), "--json")
     assert r.returncode == 0, r.stderr
@@ -155,13 +212,19 @@ def test_a_revoked_custodian_is_never_chosen_again(cluster: LocalCluster, tmp_pa
                 break
             assert time.monotonic() - t0 < 5, f"{name} still sees {victim} as {state}"
             time.sleep(0.05)
-    f = tmp_path / "key"
-    f.write_bytes(os.urandom(32))
     r = run_cli("key", "import", "--home", str(c.nodes["frankfurt"].home.path), "--in", str(f), "-t", "2",
-                "-n", "5")
-    assert r.returncode == 2 and "only 4 admitted custodians" in r.stderr, r.stderr
+                "-n", "10")
+    assert r.returncode == 2 and "only 9 admitted custodians" in r.stderr, r.stderr
     for _ in range(3):
         r = run_cli("key", "import", "--home", str(c.nodes["tokyo"].home.path), "--in", str(f), "-t", "2", "-n",
                     "4", "--json")
         assert r.returncode == 0, r.stderr
         assert victim not in {s["custodian"] for s in json.loads(r.stdout)["shards"]}
+    # Keysets already on it are at risk, and say so.
+    home = str(c.nodes["frankfurt"].home.path)
+    st = json.loads(run_cli("status", "--home", home, "--json", check=True).stdout)
+    assert keyset_on_victim in st["keysets_at_risk"]
+    shown = json.loads(run_cli("key", "show", keyset_on_victim, "--home", home, "--json", check=True).stdout)
+    assert shown["at_risk"] == [victim]
+    text = run_cli("key", "show", keyset_on_victim, "--home", home, check=True).stdout
+    assert "custodian revoked" in text and "at risk: 1 custodians" in text

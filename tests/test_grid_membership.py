@@ -92,3 +92,29 @@ async def test_admitted_late_becomes_a_candidate_and_revoked_never_is(tmp_path: 
         for holder in {s["custodian"] for s in g.shards(1, keyset)}:
             with pytest.raises(Rejected, match=r"no quorum: 1 of 2"):
                 g.nodes[g.index(holder)].releaser.handle(asker.peer_id, frame, now)
+
+
+@pytest.mark.trio
+async def test_a_departed_custodian_stops_being_a_candidate_after_its_ttl(tmp_path: pathlib.Path,
+                                                                         autojump_clock: Any) -> None:
+    from shardnet.node import _api
+    from shardnet.protocol import wire
+
+    g = Grid(tmp_path, 6, latency=lambda a, b: 0.03, seed=4)
+    async with g.running():
+        await g.wait_directory(within=120)
+        gone = g.nodes[5]
+        others = g.nodes[:5]
+        assert all(gone.peer_id in n.owner.candidates("x25519", n.now()) for n in others)
+        gone.stop()
+        await trio.sleep(wire.DESCRIPTOR_TTL - 60)  # still within its TTL: still a candidate
+        assert all(gone.peer_id in n.owner.candidates("x25519", n.now()) for n in others)
+        await trio.sleep(90)
+        for n in others:
+            assert gone.peer_id not in n.owner.candidates("x25519", n.now())
+            rows = {r["peer_id"]: r for r in _api.custodians(n.store, n.peer_id, n.now(), n.directory.last_heard())}
+            assert rows[gone.peer_id]["stale"] and not any(r["stale"] for p_, r in rows.items() if p_ != gone.peer_id)
+        with pytest.raises(ValueError, match=r"\(stale\)"):
+            g.nodes[0].owner.candidates("x25519", g.nodes[0].now(), [gone.peer_id])
+        keyset = await g.import_key(1, b"t" * 32, 2, 5)  # the five that are alive
+        assert gone.peer_id not in {s["custodian"] for s in g.shards(1, keyset)}

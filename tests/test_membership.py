@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -250,3 +251,42 @@ def test_one_authority_cannot_fill_the_room_for_proposals() -> None:
     # Another authority's proposal still finds room, and A2 may still sign it.
     assert a.accept(cosigned(admission(g, key(99)), A3), NOW) == "proposal"
     assert a.accept(cosigned(admission(g, key(99)), A3, A2), NOW) == "proposal"
+
+
+# -- proof of possession ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kem", p.KEMS)
+def test_a_custodian_proves_it_holds_its_key_and_a_liar_cannot(kem: str) -> None:
+    owner, custodian = pid(A1), OUTSIDER
+    real = p.HpkePrivateKey.generate(kem, os.urandom)
+    ch = p.possession.Challenge.make(kem, real.public_bytes(), challenger=owner, rng=os.urandom)
+    proof = p.possession.answer(ch.frame, {kem: real}, challenger=owner, key=custodian)
+    ch.check(proof, custodian=pid(custodian), challenger=owner)
+    # A custodian whose admission names a key it does not hold cannot open the challenge.
+    other = p.HpkePrivateKey.generate(kem, os.urandom)
+    with pytest.raises(p.DecryptionFailed):
+        p.possession.answer(ch.frame, {kem: other}, challenger=owner, key=custodian)
+    # Asked by someone else, the custodian builds another info: the same bytes do not open.
+    with pytest.raises(p.DecryptionFailed):
+        p.possession.answer(ch.frame, {kem: real}, challenger=pid(A2), key=custodian)
+    # An answer signed by another key, or to another challenge, does not count.
+    with pytest.raises(p.possession.PossessionFailed):
+        ch.check(proof, custodian=pid(A3), challenger=owner)
+    again = p.possession.Challenge.make(kem, real.public_bytes(), challenger=owner, rng=os.urandom)
+    with pytest.raises(p.possession.PossessionFailed):
+        again.check(proof, custodian=pid(custodian), challenger=owner)
+
+
+def test_a_captured_shard_cannot_be_opened_through_a_challenge() -> None:
+    """The custodian opens only under the info it builds; a shard's info is its signed metadata."""
+    kem = "x25519"
+    hpke = p.HpkePrivateKey.generate(kem, os.urandom)
+    keyset, shares = p.split_key(b"m" * 32, 2, 3, owner=A1, now=NOW)
+    meta = p.ShardMeta(keyset.keyset_id, 0, 1, 3, 2, pid(OUTSIDER), NOW, None, keyset.policy_hash,
+                       keyset.commitments_digest, kem)
+    sealed = p.seal_shard(meta, shares[0], hpke.public_bytes(), owner=A1)
+    ct = p.decode(sealed)[3]  # [shard tag, 1, signed metadata, ciphertext]
+    frame = p.encode([p.possession.CHALLENGE_TAG, 1, kem, b"\x00" * 16, ct])
+    with pytest.raises(p.DecryptionFailed):
+        p.possession.answer(frame, {kem: hpke}, challenger=pid(A2), key=OUTSIDER)
