@@ -58,11 +58,14 @@ class DirectoryLoops:
                  clock: Clock, rng: Rng, bootstrap: list[str],
                  on_readdressed: Callable[[str], None],
                  on_new_peer: Callable[[str], Awaitable[None]],
-                 first_pull: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 first_pull: Callable[[str], Awaitable[None]] | None = None,
+                 on_outsiders: Callable[[list[str]], None] | None = None) -> None:
         """``describe(seq)`` signs our descriptor; ``on_readdressed(peer)`` is told when a
         custodian comes back at new addresses; ``on_new_peer(peer)`` is the other pulls
         to make of a peer along with its directory; ``first_pull(peer)`` the one to make
-        before them (membership: who is admitted decides which descriptors count)."""
+        before them (membership: who is admitted decides which descriptors count);
+        ``on_outsiders(peers)``, at every pass, the connected peers the network does not
+        admit (the membership gate)."""
         self.directory = directory
         self.links = links
         self.describe = describe
@@ -72,6 +75,7 @@ class DirectoryLoops:
         self.on_readdressed = on_readdressed
         self.on_new_peer = on_new_peer
         self.first_pull = first_pull
+        self.on_outsiders = on_outsiders
         self.republish_every = REPUBLISH
         self._pulled: set[str] = set()
         self._mine: Descriptor | None = None
@@ -170,7 +174,10 @@ class DirectoryLoops:
         last_pull, window, new_pulls, last_boot = 0.0, -PULL_EVERY, 0, -REBOOTSTRAP
         own = self.directory.me
         while True:
-            connected = set(self.links.connected())
+            admitted, outsiders = self.links.sort_connected()
+            if outsiders and self.on_outsiders is not None:
+                self.on_outsiders(outsiders)
+            connected = set(admitted)
             if connected:
                 self.has_peers.set()
             now = trio.current_time()
@@ -205,6 +212,6 @@ class DirectoryLoops:
                 async with trio.open_nursery() as n:
                     for job, arg in jobs:
                         n.start_soon(job, arg)
-            self._pulled &= set(self.links.connected())
+            self._pulled &= set(self.links.net.connected())  # admitted or not: only the gone leave
             await trio.sleep(0.5)
 

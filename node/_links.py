@@ -45,6 +45,14 @@ class Links:
         """Connected peers the network admits."""
         return [peer for peer in self.net.connected() if self.admits(peer)]
 
+    def sort_connected(self) -> tuple[list[str], list[str]]:
+        """Connected peers: those the network admits, and the others."""
+        admitted: list[str] = []
+        outsiders: list[str] = []
+        for peer in self.net.connected():
+            (admitted if self.admits(peer) else outsiders).append(peer)
+        return admitted, outsiders
+
     def forget_backoff(self, peer: str) -> None:
         """``peer`` has new addresses (a restart): dial it now rather than after back-off."""
         self._dial_backoff.pop(peer, None)

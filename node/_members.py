@@ -136,7 +136,7 @@ class Members:
         self._no_news(data)
         got = self.view.check(data, now)
         self._checked[digest] = got
-        if len(self._checked) > 256:
+        if len(self._checked) > 32:  # what one burst of gossip brings before accept() runs
             self._checked.popitem(last=False)
         return got
 

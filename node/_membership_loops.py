@@ -10,13 +10,16 @@
   newly admitted node's certificate may not have reached us yet), then the
   connection is closed. Until then it can reach no protocol but that pull,
   and its gossip is refused by every validator. A revoked peer is cut off as
-  within a gate pass or two (``GATE_EVERY`` s, plus at most ``JUDGE_TIMEOUT`` s for
-  its one pull) of the revocation being applied.
+  at the next pass of the peers loop (every 0.5 s; plus at most ``JUDGE_TIMEOUT`` s
+  for its one pull) after the revocation is applied. The peers loop tells the gate
+  (:meth:`MembershipLoops.gate`) whom it found connected but not admitted, so the
+  connected peers are sorted once per pass, not twice.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import trio
@@ -32,15 +35,13 @@ from ._transport import Subscription, drain
 
 log = logging.getLogger("shardnet.node")
 
-#: Seconds between two gate passes over the connected peers.
-GATE_EVERY = 0.5
 #: Seconds before a peer that was refused gets another membership pull on connecting.
 RETRY_OUTSIDER = 60.0
 #: Seconds the membership pull of a peer that is not admitted may take: the gate does not
 #: wait on it, and a peer that never answers is cut off after this long.
 JUDGE_TIMEOUT = 3.0
-#: Gate passes between two sweeps of expired proposals.
-EXPIRE_EVERY = 7200
+#: Seconds between two sweeps of expired proposals.
+EXPIRE_EVERY = 3600.0
 
 
 class MembershipLoops:
@@ -51,7 +52,10 @@ class MembershipLoops:
         self.clock = clock
         self.on_admitted = on_admitted
         self._outsiders: dict[str, float] = {}  # peer -> when we last gave it a pull
-        self._judging: set[str] = set()  # peers whose membership pull is under way
+        self._judging: set[str] = set()  # peers being judged or cut off
+        # Peers to judge ("!peer": to cut off); at most one entry per connected peer.
+        self._jobs, self._job_queue = trio.open_memory_channel[str](math.inf)
+        self._expired_at = 0.0
 
     def now(self) -> int:
         return int(self.clock())
@@ -112,26 +116,38 @@ class MembershipLoops:
         finally:
             self._judging.discard(peer)
 
+    def gate(self, outsiders: list[str]) -> None:
+        """Told, at every pass of the peers loop, which connected peers are neither admitted
+        nor authorities: each gets one bounded membership pull (judged in the background,
+        never waited for) and is then cut off; one refused in the last ``RETRY_OUTSIDER`` s
+        is cut off at once."""
+        now = trio.current_time()
+        for peer in outsiders:
+            if peer in self._judging:
+                continue
+            self._judging.add(peer)
+            if now - self._outsiders.get(peer, -RETRY_OUTSIDER) >= RETRY_OUTSIDER:
+                self._outsiders[peer] = now
+                self._jobs.send_nowait(peer)
+            else:
+                self._jobs.send_nowait("!" + peer)  # refused lately: no second pull
+        if len(self._outsiders) > 4096:
+            self._outsiders = {k: t for k, t in self._outsiders.items() if now - t < RETRY_OUTSIDER}
+        if now - self._expired_at >= EXPIRE_EVERY:
+            self._expired_at = now
+            self.members.expire_proposals(self.now())
+
+    async def _cut(self, peer: str) -> None:
+        try:
+            await self.links.net.disconnect(peer)
+        finally:
+            self._judging.discard(peer)
+
     async def gate_loop(self) -> None:
-        """Every ``GATE_EVERY`` s: each connected peer that is not admitted gets one bounded
-        membership pull (judged in the background, never waited for), then is cut off; one
-        refused in the last ``RETRY_OUTSIDER`` s is cut off at once."""
-        passes = 0
+        """Carry out what :meth:`gate` decided, each job in the background."""
         async with trio.open_nursery() as n:
-            while True:
-                now = trio.current_time()
-                for peer in self.links.net.connected():
-                    if peer in self._judging or self.members.may_connect(peer, self.now()):
-                        continue
-                    if now - self._outsiders.get(peer, -RETRY_OUTSIDER) >= RETRY_OUTSIDER:
-                        self._outsiders[peer] = now
-                        self._judging.add(peer)
-                        n.start_soon(self._judge, peer)
-                    else:  # refused lately: no second pull
-                        n.start_soon(self.links.net.disconnect, peer)
-                if len(self._outsiders) > 4096:
-                    self._outsiders = {k: t for k, t in self._outsiders.items() if now - t < RETRY_OUTSIDER}
-                passes += 1
-                if passes % EXPIRE_EVERY == 0:
-                    self.members.expire_proposals(self.now())
-                await trio.sleep(GATE_EVERY)
+            async for job in self._job_queue:
+                if job.startswith("!"):
+                    n.start_soon(self._cut, job[1:])
+                else:
+                    n.start_soon(self._judge, job)

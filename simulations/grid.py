@@ -63,12 +63,13 @@ class Grid:
     def __init__(self, root: pathlib.Path, n: int, *, latency: Callable[[str, str], float] | None = None,
                  lose: Callable[[str, str], bool] | None = None, seed: int = 0, degree: int = 6,
                  republish: float | None = None, trace: bool = True,
-                 admitted: Callable[[int], bool] = lambda i: True) -> None:
+                 admitted: Callable[[int], bool] = lambda i: True, kems: tuple[str, ...] = ("x25519",)) -> None:
         """``latency(a, b)``: one-way seconds from a to b. ``lose(a, b)``: whether this gossip
         hop or request from a to b is lost (called once per hop). ``republish``: seconds
         between a node's descriptor publications. ``trace``: keep the event trace (see
         MemoryNetwork). ``admitted(i)``: whether node i is admitted when the grid starts
-        (node 0, the authority, always runs; the others it leaves out can be admitted later)."""
+        (node 0, the authority, always runs; the others it leaves out can be admitted later).
+        ``kems``: the HPKE keys the admissions certify, so the KEMs imports may use."""
         if n < 1:
             raise ValueError("a grid needs at least one node")
         if republish is not None and not republish > 0:
@@ -79,6 +80,7 @@ class Grid:
         self.network = MemoryNetwork(latency=latency, lose=lose, degree=degree, seed=seed, trace=trace)
         self.republish = republish
         self.admitted = admitted
+        self.kems = kems
         self.genesis: p.Genesis | None = None
         self.homes: list[Home] = []
         for i in range(n):
@@ -114,7 +116,7 @@ class Grid:
     async def _nodes_running(self) -> AsyncIterator[None]:
         first = self.homes[0].peer_id()
         boot = [f"/memory/{first}/p2p/{first}"]
-        g, records = network_of(self.homes, self.admitted)
+        g, records = network_of(self.homes, self.admitted, self.kems)
         self.genesis = g
         self.nodes = [
             NodeRuntime(h, keystore=FileKeystore.from_home(h), transport=self.network.factory(),
@@ -215,17 +217,20 @@ def admission_body(g: p.Genesis, peer: str, hpke: dict[str, bytes], *, name: str
                                  not_after=EPOCH + 365 * 86400)
 
 
-def network_of(homes: list[Home], admitted: Callable[[int], bool] = lambda i: True
-               ) -> tuple[p.Genesis, list[p.CoSigned]]:
+def network_of(homes: list[Home], admitted: Callable[[int], bool] = lambda i: True,
+               kems: tuple[str, ...] = ("x25519",)) -> tuple[p.Genesis, list[p.CoSigned]]:
     """A network whose sole authority is the first home (K = 1), and the admission of
-    every home ``admitted(i)``, with its config's attributes."""
+    every home ``admitted(i)``, with its config's attributes and its HPKE keys for
+    ``kems``. Each node holds every admission: certifying an ML-KEM-768 key (1,216
+    bytes) that a scenario never seals to would cost a 1,000-node grid gigabytes."""
     authority = homes[0].identity()
     g = p.Genesis.make(authority, name="grid", authorities=[], quorum=1, created=EPOCH)
     records = []
     for i, h in enumerate(homes):
         if admitted(i):
             cfg = h.config()
-            body = admission_body(g, h.peer_id(), FileKeystore.from_home(h).hpke_public(), name=cfg["name"],
+            keys = {k: v for k, v in FileKeystore.from_home(h).hpke_public().items() if k in kems}
+            body = admission_body(g, h.peer_id(), keys, name=cfg["name"],
                                   org=cfg.get("org") or f"org-{i:04d}", country=cfg["country"])
             records.append(p.CoSigned.propose(authority, body))
     return g, records
