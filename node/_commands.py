@@ -315,7 +315,9 @@ def cmd_key_reconstruct(args: argparse.Namespace) -> int:
     def progress(ev: dict[str, Any]) -> None:
         if not tty:
             return
-        if ev.get("kind") == "request":
+        if ev.get("kind") == "fetch":
+            print(f"this node holds no record of keyset {ev['keyset']}: asking the network", file=sys.stderr)
+        elif ev.get("kind") == "request":
             print(f"request {ev['request']} published; waiting for approvals", file=sys.stderr)
         elif ev.get("kind") == "votes":
             print(f"\rapprovals {ev['approvals']}/{ev['quorum']}", end="", file=sys.stderr, flush=True)
@@ -332,6 +334,9 @@ def cmd_key_reconstruct(args: argparse.Namespace) -> int:
     key = base64.b64decode(res.pop("key"))
     write_atomic(out, key, 0o600, overwrite=args.force)
     res["out"] = str(out)
+    for r in (res["fetched_record"] or {}).get("refused", []):
+        print(f"shardnet: warning: peer {r['peer']} served a keyset record that failed its checks: {r['why']}",
+              file=sys.stderr)
     for b in res["invalid"]:
         print(f"shardnet: warning: custodian {b['name'] or b['custodian']} ({b['custodian']}) sent an invalid "
               f"answer: {b['detail']}", file=sys.stderr)

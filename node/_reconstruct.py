@@ -28,7 +28,9 @@ from shardnet.protocol import release_round as rr
 
 from . import _transport as tx
 from ._control_server import ControlError
+from ._keyset_fetch import NoRecord
 from ._services import Rejected
+from ._store import KeysetNotFound
 
 if TYPE_CHECKING:
     from ._runtime import NodeRuntime
@@ -37,9 +39,40 @@ Emit = Callable[[dict[str, Any]], Awaitable[None]]
 _VOTES = object()  # "the tally may have changed", on the round's inbox
 
 
+async def _keyset(node: NodeRuntime, ref: str, emit: Emit) -> tuple[p.Keyset, str | None, dict[str, Any] | None]:
+    """The keyset, its local status, and where it came from if fetched: a keyset this node
+    holds no record of is fetched from the network by its full id (and checked:
+    ``_keyset_fetch``); its status is then None."""
+    try:
+        row = node.store.find_keyset(ref)
+        return p.Keyset.from_bytes(row["record"]), row["status"], None
+    except KeysetNotFound as exc:
+        try:
+            keyset_id = bytes.fromhex(ref)
+        except ValueError:
+            keyset_id = b""
+        if len(keyset_id) != 16:  # a keyset id is 16 bytes
+            raise ControlError(f"{exc}; to fetch a keyset this node never saw from the network, "
+                               "give its full 32-hex-digit id", 2) from None
+    await emit({"kind": "fetch", "keyset": keyset_id.hex()})
+    try:
+        fetched = await node.records.fetch(node.links, keyset_id)
+    except NoRecord as exc:
+        known = node.approvals.keyset(keyset_id)  # an approver's record, from the owner's notice
+        if known is None:
+            _fail(str(exc))
+        return known, "active", None
+    node.approvals.remember(fetched.keyset)
+    node.store.append_audit("fetched", {"keyset": keyset_id.hex(), "from": fetched.source,
+                                        "epoch": fetched.keyset.epoch, "revision": fetched.keyset.revision,
+                                        "refused": [peer for peer, _ in fetched.refused]}, node.now(), node.key)
+    source = {"from": fetched.source, "refused": [{"peer": peer, "why": why} for peer, why in fetched.refused]}
+    await emit({"kind": "fetched", "keyset": keyset_id.hex(), **source})
+    return fetched.keyset, None, source
+
+
 async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
-    row = node.store.find_keyset(str(args["keyset"]))
-    keyset = p.Keyset.from_bytes(row["record"])
+    keyset, status, fetched = await _keyset(node, str(args["keyset"]).strip().lower(), emit)
     mode = str(args.get("mode") or "unwrap")
     timeout = float(args.get("timeout") or 60)
     now = node.now()
@@ -65,7 +98,7 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
     if isinstance(end, rr.Failed):
         _finish(node, request, "failed", bad, reason=end.message)
         _fail(end.message)
-    _finish(node, request, "reconstructed", bad, exposed=mode == "shares" and row["status"] == "active")
+    _finish(node, request, "reconstructed", bad, exposed=mode == "shares" and status == "active")
     # total: until the last answer was verified and the key opened; release: the round
     # trips to the holders, that is everything after the quorum but the verification.
     total_ms = (finished - start) * 1000
@@ -75,7 +108,7 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
     return {
         "request": request.id, "keyset": keyset.id_hex, "mode": mode, "bytes": len(end.master),
         "key": base64.b64encode(end.master).decode(), "used_indices": list(end.used_indices), "invalid": bad,
-        "timings_ms": timings, "exposed": mode == "shares",
+        "timings_ms": timings, "exposed": mode == "shares", "fetched_record": fetched,
     }
 
 

@@ -38,6 +38,7 @@ from ._control_server import Command, bind_control, serve_control
 from ._directory_loops import DirectoryLoops
 from ._files import write_atomic
 from ._home import Home
+from ._keyset_fetch import RecordService
 from ._keystore import Keystore
 from ._links import Links
 from ._members import Members, NoNetwork
@@ -80,6 +81,7 @@ class NodeRuntime:
         self.custodian = Custodian(self.store, keystore)
         self.owner = Owner(self.store, self.key, self.directory, self.members, rng)
         self.approvals = Approvals(self.store, self.key, eligible=self.admits_member)
+        self.records = RecordService(self.store, keystore, self.members, clock, rng)
         self.releaser = Releaser(self.store, keystore, self.approvals, self.members,
                                  threat_level=self.threat_level, rng=rng)
         self.started = 0.0
@@ -142,7 +144,8 @@ class NodeRuntime:
                 handlers = {wire.DELIVER: self._on_deliver, wire.DIRECTORY: self._on_directory_pull,
                             wire.DIRECTORY_DELTA: self._on_directory_delta,
                             wire.RELEASE: self._on_release, wire.KEYSET: self._on_keyset_notice,
-                            wire.SYNC: self._on_sync, wire.POSSESSION: self._on_possession}
+                            wire.SYNC: self._on_sync, wire.POSSESSION: self._on_possession,
+                            wire.KEYSET_FETCH: self._on_keyset_fetch}
                 for proto, handler in handlers.items():
                     net.serve(proto, self._admitted_only(handler), wire.REQUEST_TIMEOUT)
                 net.serve(wire.MEMBERSHIP, self._on_membership_pull, wire.REQUEST_TIMEOUT)
@@ -243,6 +246,12 @@ class NodeRuntime:
             return p.possession.answer(frame, self.keystore.openers(), challenger=remote, key=self.key)
         except p.ShardnetError as exc:
             raise tx.RequestRejected(f"cannot answer the challenge: {exc}") from None
+
+    async def _on_keyset_fetch(self, remote: str, frame: bytes) -> bytes:
+        try:
+            return self.records.serve(remote, frame)
+        except p.ShardnetError as exc:
+            raise tx.RequestRejected(str(exc)) from None
 
     async def _on_membership_pull(self, remote: str, frame: bytes) -> bytes:
         return self.membership.serve_pull(remote, frame)

@@ -507,6 +507,9 @@ class Owner:
 
 
 
+FETCHED_KEPT = 32
+
+
 class Approvals:
     """Requests and votes this node has seen, and its own votes."""
 
@@ -519,6 +522,15 @@ class Approvals:
         self.eligible = eligible
         self.peer_id = peer_id_of(key.public_key().public_bytes_raw())
         self.verified = VerifiedRecords()
+        # Records a coordinator fetched from the network for its own requests (newest last).
+        self._fetched: OrderedDict[bytes, p.Keyset] = OrderedDict()
+
+    def remember(self, keyset: p.Keyset) -> None:
+        """Tally requests for a keyset this node fetched the record of (``_keyset_fetch``)."""
+        self._fetched[keyset.keyset_id] = keyset
+        self._fetched.move_to_end(keyset.keyset_id)
+        while len(self._fetched) > FETCHED_KEPT:
+            self._fetched.popitem(last=False)
 
     def parse_request(self, data: bytes) -> Request:
         return self.verified.parse(Request, data)
@@ -530,7 +542,9 @@ class Approvals:
         """The keyset record, whether this node owns it, holds a shard of it or only approves."""
         row = self.store.keyset(keyset_id.hex())
         record = row["record"] if row else self.store.known_keyset(keyset_id.hex())
-        return self.verified.parse(p.Keyset, record) if record else None
+        if record is None:
+            return self._fetched.get(keyset_id)
+        return self.verified.parse(p.Keyset, record)
 
     def accept_keyset_notice(self, remote: str, data: bytes, now: int) -> bytes:
         """An owner tells an approver (that holds no shard) about a keyset it approves for."""

@@ -97,7 +97,7 @@ def check_attrs(attrs: dict[str, Any], t: int, n: int) -> dict[str, Any]:
         raise MalformedEncoding("keyset attrs: quorum must be a positive integer")
     if approvers and quorum > len(approvers):
         raise MalformedEncoding("keyset attrs: quorum exceeds the number of approvers")
-    for key, typ in (("policy", str), ("placement", str), ("redundancy", int)):
+    for key, typ in (("policy", str), ("placement", str), ("redundancy", int), ("revision", int)):
         if key in attrs and not isinstance(attrs[key], typ):
             raise MalformedEncoding(f"keyset attrs: {key} has the wrong type")
     return attrs
@@ -199,6 +199,23 @@ class Keyset:
             policy_hash=want_bytes(f[13], "policy hash", 32), attrs=attrs, id_nonce=id_nonce, owner=signer,
             signed=bytes(data),
         )
+
+    @property
+    def revision(self) -> int:
+        """Raised by :meth:`amend`; 0 for a record as dealt or as made for a new epoch."""
+        rev = self.attrs.get("revision", 0)
+        return rev if isinstance(rev, int) and not isinstance(rev, bool) else 0
+
+    def amend(self, signer: Signer, *, holders: Mapping[str, Sequence[str]]) -> Keyset:
+        """The same epoch, with a shard index moved to other holders (the owner re-placed a
+        shard that was never delivered): the shares and every ciphertext stay, the holders
+        change, and the revision goes up by one."""
+        attrs = {**self.attrs, "holders": {i: list(hs) for i, hs in holders.items()},
+                 "revision": self.revision + 1}
+        check_attrs(attrs, self.threshold, self.shares)
+        keep = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("owner", "signed", "attrs")}
+        return _signed(signer, **keep, attrs=attrs)
 
     def next_epoch(
         self, *, commitments: Sequence[bytes], threshold: int, shares: int,

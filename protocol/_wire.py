@@ -69,7 +69,12 @@ MEMBERSHIP = StreamProtocol("/shardnet/membership/1", 128 * 1024, 4 * 1024 * 102
 #: Proof of possession: an owner's HPKE challenge; the reply is the custodian's signed answer.
 POSSESSION = StreamProtocol("/shardnet/possession/1", 4096, 1024, 2)
 
-STREAM_PROTOCOLS = (DELIVER, DIRECTORY, DIRECTORY_DELTA, RELEASE, SYNC, KEYSET, MEMBERSHIP, POSSESSION)
+#: A coordinator that never saw a keyset asks for its record by id; the reply is the record
+#: with holders' receipts (``protocol/_keyset_fetch.py``).
+KEYSET_FETCH = StreamProtocol("/shardnet/keyset-fetch/1", 256, 512 * 1024, 2)
+
+STREAM_PROTOCOLS = (DELIVER, DIRECTORY, DIRECTORY_DELTA, RELEASE, SYNC, KEYSET, MEMBERSHIP, POSSESSION,
+                    KEYSET_FETCH)
 
 #: Signed custodian descriptors.
 DIRECTORY_TOPIC = Topic("shardnet/directory/1", 8 * 1024)

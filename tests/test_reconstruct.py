@@ -23,6 +23,7 @@ from shardnet.simulations._local import CLI, FIVE_CONTINENTS, LocalCluster, run_
 
 pytestmark = pytest.mark.slow
 LIAR = [sys.executable, str(pathlib.Path(__file__).with_name("liar_node.py"))]
+FORGER = [sys.executable, str(pathlib.Path(__file__).with_name("forger_node.py"))]
 KEY = os.urandom(48)
 DENY_POLICY = '''
 permit (principal, action == Action::"reconstruct", resource)
@@ -66,11 +67,11 @@ def keyset(net: tuple[LocalCluster, pathlib.Path]) -> str:
 
 def reconstruct(c: LocalCluster, root: pathlib.Path, keyset: str, *, mode: str = "unwrap",
                 approvers: tuple[str, ...] = ("tokyo", "frankfurt"), timeout: int = 30,
-                as_json: bool = True) -> tuple[int, dict, str, float]:
+                as_json: bool = True, coordinator: str = "frankfurt") -> tuple[int, dict, str, float]:
     """Run `key reconstruct` as a user would; ``res`` is its JSON, or ``{"text": stdout}``."""
     out = root / f"out-{time.monotonic_ns()}"
     t0 = time.monotonic()
-    proc = subprocess.Popen([*CLI, "key", "reconstruct", "--home", home(c, "frankfurt"), keyset, "--out", str(out),
+    proc = subprocess.Popen([*CLI, "key", "reconstruct", "--home", home(c, coordinator), keyset, "--out", str(out),
                              "--mode", mode, "--reason", "test", "--timeout", str(timeout),
                              *(["--json"] if as_json else [])],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -283,6 +284,42 @@ def test_an_approver_that_holds_no_shard_can_approve(net: tuple[LocalCluster, pa
         assert code == 0, err
     finally:
         c.remove("nairobi")
+
+
+def test_a_coordinator_that_never_saw_the_keyset_fetches_it_and_refuses_forgeries(
+    net: tuple[LocalCluster, pathlib.Path], keyset: str
+) -> None:
+    """A sixth node, admitted after the import, neither holder nor approver, gets the key back
+    by its full id. A holder that serves forged records (another owner key, a broken
+    signature, another keyset's record: one per fetch) is named each time, and never trusted."""
+    from shardnet.simulations._local import NodeSpec
+
+    c, root = net
+    c.add(NodeSpec("nairobi", "KE", "Nairobi", "Rift Custody"))
+    c.stop("sydney")
+    c.start("sydney", command=FORGER)
+    sydney = c.nodes["sydney"].peer_id
+    try:
+        c.start("nairobi")
+        c.wait_directory(expect=6)
+        r = run_cli("key", "reconstruct", "--home", home(c, "nairobi"), keyset[:8], "--out", str(root / "x"))
+        assert r.returncode == 2 and "full 32-hex-digit id" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        for forgery in ("not bound", "signature", "is for keyset"):
+            code, res, err, _ = reconstruct(c, root, keyset, coordinator="nairobi")
+            assert code == 0, err
+            refused = res["fetched_record"]["refused"]
+            assert [r["peer"] for r in refused] == [sydney] and forgery in refused[0]["why"], refused
+            assert res["fetched_record"]["from"] != sydney
+            assert f"peer {sydney} served a keyset record that failed its checks" in err
+        with c.nodes["nairobi"].home.open_store() as store:
+            kinds = [e.kind for e in store.audit_entries()]
+            assert store.keyset(keyset) is None  # it coordinated; it holds nothing
+        assert kinds.count("forged-record") == 3 and kinds.count("fetched") == 3
+    finally:
+        c.remove("nairobi")
+        c.stop("sydney")
+        c.start("sydney")
+        c.wait_directory()
 
 
 def test_contradictory_votes_void_the_approver_on_every_custodian(

@@ -1,0 +1,126 @@
+"""Keyset records from the network: served by owners and holders, fetched by a
+coordinator that never saw the keyset (the checks are ``protocol/_keyset_fetch.py``).
+
+Serving: the owner answers with the record and the receipts its custodians
+signed; a holder with the record and a fresh receipt for each index it holds,
+signed over the asker's nonce. Anyone else says it holds no record.
+
+Fetching: the admitted custodians are asked, those we are connected to first,
+``PARALLEL`` at a time and ``MAX_ASKED`` at most, until a batch brings a
+trusted answer; of those, the newest revision is kept. Every answer that
+fails a check is reported with the peer that sent it, and written to the
+audit log as a ``forged-record`` entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from shardnet import protocol as p
+from shardnet.protocol import keyset_fetch as kf
+from shardnet.protocol import wire
+
+from . import _transport as tx
+from ._clock import Clock, Rng
+from ._keystore import Keystore
+from ._links import Links
+from ._members import Members
+from ._store import Store
+
+log = logging.getLogger("shardnet.node")
+
+PARALLEL = 8
+MAX_ASKED = 64
+FETCH_TIMEOUT = 20.0
+
+
+class NoRecord(p.ShardnetError):
+    """No admitted peer gave a record of the keyset that passes the checks."""
+
+
+@dataclass
+class Fetched:
+    keyset: p.Keyset
+    source: str
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (peer, why) of answers not trusted
+
+
+class RecordService:
+    def __init__(self, store: Store, keystore: Keystore, members: Members, clock: Clock, rng: Rng) -> None:
+        self.store = store
+        self.keystore = keystore
+        self.members = members
+        self.clock = clock
+        self.rng = rng
+        self.key = keystore.signer
+        self.peer_id = keystore.peer_id
+
+    def serve(self, remote: str, frame: bytes) -> bytes:
+        """Answer one fetch; raises ShardnetError when we hold no record of the keyset."""
+        keyset_id, nonce = kf.parse_request(frame)
+        row = self.store.keyset(keyset_id.hex())
+        if row is None:
+            raise p.ShardnetError(f"this node holds no record of keyset {keyset_id.hex()}")
+        keyset = p.Keyset.from_bytes(row["record"])
+        receipts: list[bytes] = []
+        if row["role"] == "owner":
+            # Our own shard's receipt is signed afresh below, like any holder's.
+            receipts = [o["receipt"] for o in self.store.outbox(keyset.id_hex)
+                        if o["receipt"] is not None and o["epoch"] == keyset.epoch and o["custodian"] != self.peer_id]
+        for held in self.store.held_shards(keyset.id_hex):
+            if held["epoch"] != keyset.epoch:
+                continue
+            sealed = self.keystore.open_at_rest(held["sealed"])
+            receipts.append(p.Receipt.make(
+                self.key, keyset_id=keyset.keyset_id, epoch=keyset.epoch, index=held["idx"],
+                shard_digest=hashlib.sha256(sealed).digest(), delivery_digest=kf.proof_digest(nonce, remote),
+                status="already-held", reason="", time=int(self.clock())).signed)
+        if not receipts:
+            raise p.ShardnetError(f"keyset {keyset.id_hex}: no shard of this epoch is delivered yet")
+        return kf.reply(keyset.signed, receipts)
+
+    async def fetch(self, links: Links, keyset_id: bytes) -> Fetched:
+        """The keyset's record from the network, checked; raises NoRecord."""
+        now = int(self.clock())
+        connected = set(links.connected())
+        peers = [a.peer_id for a in self.members.custodians(now) if a.peer_id != self.peer_id]
+        peers.sort(key=lambda peer: peer not in connected)
+        trusted: list[tuple[p.Keyset, str]] = []
+        refused: list[tuple[str, str]] = []
+        unanswered = 0
+
+        async def ask(peer: str, nonce: bytes) -> None:
+            nonlocal unanswered
+            try:
+                reply = await links.reach_and_request(peer, wire.KEYSET_FETCH, kf.request(keyset_id, nonce))
+            except tx.RequestError:
+                unanswered += 1  # it holds no record, or is away: not a lie
+                return
+            try:
+                trusted.append((kf.check_reply(reply, keyset_id=keyset_id, responder=peer, nonce=nonce,
+                                               requester=self.peer_id), peer))
+            except p.ShardnetError as exc:
+                refused.append((peer, str(exc)[:300]))
+
+        with trio.move_on_after(FETCH_TIMEOUT):
+            for start in range(0, min(len(peers), MAX_ASKED), PARALLEL):
+                async with trio.open_nursery() as nursery:
+                    for peer in peers[start:start + PARALLEL]:
+                        nursery.start_soon(ask, peer, self.rng(kf.NONCE_LEN))
+                if trusted:
+                    break
+        for peer, why in refused:
+            log.warning("keyset record from %s refused: %s", peer, why)
+            self.store.append_audit("forged-record", {"keyset": keyset_id.hex(), "peer": peer, "reason": why},
+                                    int(self.clock()), self.key)
+        if not trusted:
+            lies = "; ".join(f"{peer}: {why}" for peer, why in refused[:3])
+            raise NoRecord(f"no admitted custodian gave a trusted record of keyset {keyset_id.hex()} "
+                           f"({min(len(peers), MAX_ASKED)} asked, {unanswered} without one"
+                           f"{', refused: ' + lies if lies else ''})")
+        keyset, source = max(trusted, key=lambda ks: kf.revision(ks[0]))
+        return Fetched(keyset, source, refused)
