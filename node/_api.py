@@ -99,7 +99,8 @@ def keyset_detail(store: Store, prefix: str, member_state: MemberState | None = 
         "threshold": ks.threshold, "shares": ks.shares, "epoch": ks.epoch, "kem": ks.kem,
         "created": ks.created, "not_after": ks.not_after, "public_key": ks.public_key.hex(),
         "placement": ks.attrs.get("placement", ""), "redundancy": ks.attrs.get("redundancy", 1),
-        "policy_sha256": ks.policy_hash.hex(),
+        "policy_sha256": ks.policy_hash.hex(), "revision": ks.revision,
+        "deliver_within": ks.attrs.get("deliver_within"),
     }
     try:
         rule = ApprovalRule.of(ks)
@@ -114,6 +115,7 @@ def keyset_detail(store: Store, prefix: str, member_state: MemberState | None = 
                 "index": r["idx"], "epoch": r["epoch"], "custodian": r["custodian"],
                 "name": n.get("name", ""), "country": n.get("country", ""), "state": r["state"],
                 "attempts": r["attempts"], "last_error": r["last_error"], "updated_at": r["updated_at"],
+                "deliver_by": r["deliver_by"],
             })
     else:
         for i, hs in sorted(ks.attrs.get("holders", {}).items(), key=lambda kv: int(kv[0])):
@@ -126,14 +128,16 @@ def keyset_detail(store: Store, prefix: str, member_state: MemberState | None = 
     if member_state is not None:
         for s in detail["shards"]:
             s["membership"] = member_state(s["custodian"])
-        detail["at_risk"] = sorted({s["custodian"] for s in detail["shards"] if s["membership"] != "admitted"})
+        detail["at_risk"] = sorted({s["custodian"] for s in detail["shards"] if s["membership"] != "admitted"
+                                    and s["state"] in ("pending", "delivered", "placed")})
     return detail
 
 
 def keysets_at_risk(store: Store, member_state: MemberState) -> list[str]:
     """Keysets we own with a shard on a custodian the network does not admit now."""
     return [ks["keyset_id"] for ks in store.keysets(role="owner")
-            if any(member_state(r["custodian"]) != "admitted" for r in store.outbox(ks["keyset_id"]))]
+            if any(member_state(r["custodian"]) != "admitted" for r in store.outbox(ks["keyset_id"])
+                   if r["state"] in ("pending", "delivered"))]
 
 
 def audit_verify(store: Store, me_public: bytes) -> dict[str, Any]:

@@ -36,6 +36,11 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
+def parse_within(text: str) -> int | None:
+    """A duration, or ``never``."""
+    return None if text.strip() == "never" else parse_duration(text)
+
+
 def _home(args: argparse.Namespace) -> Home:
     path = args.home or os.environ.get("SHARDNET_HOME")
     if not path:
@@ -282,6 +287,7 @@ def cmd_key_import(args: argparse.Namespace) -> int:
             "key": base64.b64encode(master).decode(), "threshold": args.threshold, "shares": args.shares,
             "placement": args.placement, "redundancy": args.redundancy, "expires": args.expires,
             "kem": args.kem, "wait": args.wait, "custodians": args.custodians,
+            "deliver_within": args.deliver_within,
         }, on_event=bar)
     finally:
         bar.close()
@@ -447,6 +453,9 @@ def register(sub: Any) -> None:
                     help="custodians per shard index, never two in one country")
     sp.add_argument("--expires", type=parse_duration, metavar="DURATION", help="e.g. 365d")
     sp.add_argument("--kem", choices=p.KEMS, default="x25519")
+    sp.add_argument("--deliver-within", type=parse_within, default=p.outbox.DELIVER_WITHIN, metavar="DURATION",
+                    help="re-place a shard still undelivered after this long on another admitted custodian "
+                    "that keeps the placement (default 1h; 'never' to wait for its custodian forever)")
     sp.add_argument("--custodians", type=_peer_list, metavar="PEER,...",
                     help="place the shards on exactly these admitted custodians (peer ids)")
     sp.add_argument("--approvers", type=_peer_list, metavar="PEER,...",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from shardnet.protocol import CoSigned, wire
+from shardnet.protocol import CoSigned, outbox, wire
 
 from . import _api
 from . import _membership_ops as ops
@@ -95,15 +95,15 @@ async def _import(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> Any:
         placement_expr=args.get("placement"), redundancy=int(args.get("redundancy") or 1),
         expires=args.get("expires"), kem=str(args.get("kem") or "x25519"),
         approvers=args.get("approvers"), quorum=args.get("quorum"), policy_text=args.get("policy"),
-        custodians=args.get("custodians"),
+        custodians=args.get("custodians"), deliver_within=args.get("deliver_within", outbox.DELIVER_WITHIN),
     )
     del master
     ks = res.keyset
     total = sum(len(h) for h in res.holders.values())
     await emit({"kind": "placed", "keyset": ks.id_hex, "total": total,
                 "holders": {str(k): v for k, v in res.holders.items()}, "note": res.note})
-    outbox = node.outbox
-    outbox.wake()
+    loop = node.outbox
+    loop.wake()
     deadline = trio.current_time() + float(args.get("wait") or 30)
     while True:
         rows = node.store.outbox(ks.id_hex)
@@ -112,7 +112,7 @@ async def _import(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> Any:
         if len(done) == total or trio.current_time() >= deadline:
             break
         with trio.move_on_at(deadline):
-            await outbox.progress.wait()
+            await loop.progress.wait()
     detail = _api.keyset_detail(node.store, ks.id_hex)
     detail["note"] = res.note
     return detail

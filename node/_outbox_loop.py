@@ -5,6 +5,11 @@ A custodian that is offline gets its shard when it comes back, also after we
 restart: the outbox is in SQLite, and the machines are made again from it.
 Back-off is per slot; a custodian that answers, or that comes back at new
 addresses, makes its other slots due at once.
+
+A slot still pending at its ``deliver_by`` time is re-placed (``Owner.replace``)
+on another admitted custodian that keeps the keyset's placement; when none
+fits yet, it stays pending for its custodian and the move is tried again
+``REPLACE_RETRY`` seconds later.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ log = logging.getLogger("shardnet.node")
 
 MAX_PARALLEL_PEERS = 16
 IDLE_WAKE = 30.0
+REPLACE_RETRY = 300
 
 
 def _slot_key(row: Any) -> tuple[str, int, int, str]:
@@ -48,6 +54,7 @@ class OutboxLoop:
         self.progress = trio.Event()
         self._slots: dict[tuple[str, int, int, str], outbox.OutboxSlot] = {}
         self._notice_backoff: dict[str, tuple[float, float]] = {}  # peer -> (next notice, delay)
+        self._moved = False
 
     def now(self) -> int:
         return int(self.clock())
@@ -75,8 +82,16 @@ class OutboxLoop:
                 del self._slots[key]
             wake = now + IDLE_WAKE
             by_peer: dict[str, list[Any]] = {}
+            clock_now = self.now()
             for key, row in rows.items():
                 slot = self._slots.setdefault(key, outbox.OutboxSlot(now=now))
+                if row["deliver_by"] is not None:
+                    if clock_now >= row["deliver_by"]:
+                        if any(isinstance(e, outbox.Replace) for e in slot.handle(outbox.Overdue(), now)):
+                            self._replace(row)
+                            continue
+                    else:
+                        wake = min(wake, now + row["deliver_by"] - clock_now)
                 for effect in slot.handle(outbox.Tick(), now):
                     if isinstance(effect, outbox.Send):
                         by_peer.setdefault(row["custodian"], []).append(row)
@@ -87,6 +102,9 @@ class OutboxLoop:
                        if self._notice_backoff.get(r["peer"], (0.0, 0.0))[0] <= now]
             if pending_notices:
                 wake = min(wake, now + 1.0)
+            if self._moved:
+                self._moved = False
+                continue  # the new slots are due now
             if by_peer or notices:
                 async with trio.open_nursery() as n:
                     for peer, peer_rows in by_peer.items():
@@ -96,6 +114,25 @@ class OutboxLoop:
                 continue  # outcomes may have made other slots due
             with trio.move_on_at(wake):
                 await self.wakeup.wait()
+
+    def _replace(self, row: Any) -> None:
+        """Carry out a Replace effect: the slot is moved, or stays pending for later."""
+        key = _slot_key(row)
+        del self._slots[key]  # moved (final), or pending again with a new machine
+        now = self.now()
+        try:
+            new = self.owner.replace(row, now)
+        except (ValueError, p.ShardnetError) as exc:  # PlacementError is a ValueError
+            log.warning("shard %s:%d for %s is overdue and cannot be re-placed: %s", row["keyset_id"][:12],
+                        row["idx"], row["custodian"], exc)
+            self.store.postpone(*key, deliver_by=now + REPLACE_RETRY, error=f"overdue; not re-placed: {exc}",
+                                now=now)
+            return
+        log.info("shard %s:%d not delivered to %s in time: re-placed on %s", row["keyset_id"][:12], row["idx"],
+                 row["custodian"], new)
+        self._moved = True
+        self.progress.set()
+        self.progress = trio.Event()
 
     async def _deliver_to(self, peer: str, rows: list[Any], limiter: trio.CapacityLimiter) -> None:
         async with limiter:

@@ -79,7 +79,7 @@ class NodeRuntime:
             raise
         self.directory = Directory(self.store, self.peer_id, admits=self.admits)
         self.custodian = Custodian(self.store, keystore)
-        self.owner = Owner(self.store, self.key, self.directory, self.members, rng)
+        self.owner = Owner(self.store, keystore, self.directory, self.members, rng)
         self.approvals = Approvals(self.store, self.key, eligible=self.admits_member)
         self.records = RecordService(self.store, keystore, self.members, clock, rng)
         self.releaser = Releaser(self.store, keystore, self.approvals, self.members,

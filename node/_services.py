@@ -44,7 +44,7 @@ from shardnet.protocol import (
 from ._clock import Rng
 from ._keystore import Keystore
 from ._members import Members
-from ._store import AuditEvent, NewOutboxItem, ShardConflict, Store
+from ._store import AuditEvent, NewOutboxItem, OutboxRow, ShardConflict, Store
 from ._verified import VerifiedRecords
 
 VERSION = "0.1.0"
@@ -349,20 +349,24 @@ class ImportResult:
 class Owner:
     """Deals keys, places and seals shards, and turns receipts into outbox state."""
 
-    def __init__(self, store: Store, key: p.Signer, directory: Directory, members: Members, rng: Rng) -> None:
+    def __init__(self, store: Store, keystore: Keystore, directory: Directory, members: Members, rng: Rng) -> None:
         self.store = store
-        self.key = key
+        self.key = keystore.signer
+        self.keystore = keystore
         self.directory = directory
         self.members = members
         self.rng = rng
-        self.peer_id = peer_id_of(key.public_key().public_bytes_raw())
+        self.peer_id = keystore.peer_id
 
     def import_key(
         self, master: bytes, threshold: int, shares: int, *, now: int, placement_expr: str | None = None,
         redundancy: int = 1, expires: int | None = None, kem: str = "x25519",
         approvers: list[str] | None = None, quorum: int | None = None, policy_text: str | None = None,
-        custodians: list[str] | None = None,
+        custodians: list[str] | None = None, deliver_within: int | None = p.outbox.DELIVER_WITHIN,
     ) -> ImportResult:
+        """``deliver_within``: seconds after which a shard still undelivered is re-placed on
+        another admitted custodian (None: never). Until then each slot keeps its share
+        sealed to this node's own HPKE key, and erases it when the shard is delivered."""
         policy = Policy(policy_text if policy_text is not None else DEFAULT_POLICY)
         if kem not in p.KEMS:
             raise ValueError(f"unknown kem {kem!r}; choose one of {', '.join(p.KEMS)}")
@@ -390,6 +394,10 @@ class Owner:
         attrs: dict[str, Any] = {"placement": placement_expr, "redundancy": redundancy,
                                  "holders": {str(i): hs for i, hs in holders.items()},
                                  "policy": policy.text}
+        if deliver_within is not None:
+            if deliver_within < 1:
+                raise ValueError("--deliver-within must be at least 1 second")
+            attrs["deliver_within"] = deliver_within
         if approvers:
             approver_ids = sorted({self._resolve(a) for a in approvers})
             q = quorum if quorum is not None else min(threshold, len(approver_ids))
@@ -411,8 +419,12 @@ class Owner:
                                    now, not_after, keyset.policy_hash, keyset.commitments_digest, kem)
                 # Sealed to the key the authorities vouched for, not the one the descriptor names.
                 sealed = p.seal_shard(meta, share, admitted[holder].hpke_key(kem) or b"", owner=self.key)
-                rows.append({"keyset_id": keyset.id_hex, "epoch": keyset.epoch, "idx": share.index,
-                             "custodian": holder, "envelope": sealed})
+                row: NewOutboxItem = {"keyset_id": keyset.id_hex, "epoch": keyset.epoch, "idx": share.index,
+                                      "custodian": holder, "envelope": sealed}
+                if deliver_within is not None and holder != self.peer_id:
+                    row["reserve"] = self._reserve(keyset, share, now)
+                    row["deliver_by"] = now + deliver_within
+                rows.append(row)
         del share_list
         holder_ids = {h for hs in holders.values() for h in hs}
         notices = [a for a in attrs.get("approvers", []) if a not in holder_ids and a != self.peer_id]
@@ -451,6 +463,62 @@ class Owner:
                 raise ValueError(f"--custodians: {peer} cannot hold a shard: {why}")
             out[peer] = admitted[peer]
         return out
+
+    def _reserve(self, keyset: p.Keyset, share: p.Share, now: int) -> bytes:
+        """The share sealed to this node's own x25519 key, kept until the slot is delivered."""
+        meta = p.ShardMeta(keyset.keyset_id, keyset.epoch, share.index, keyset.shares, keyset.threshold,
+                           self.peer_id, now, keyset.not_after, keyset.policy_hash, keyset.commitments_digest,
+                           "x25519")
+        return p.seal_shard(meta, share, self.keystore.hpke_public()["x25519"], owner=self.key)
+
+    def replace(self, row: OutboxRow, now: int) -> str:
+        """Re-place an overdue slot's shard on another admitted custodian that keeps the
+        keyset's placement; return it. One transaction moves the slot, queues the new one
+        and amends the keyset record (same epoch, the new holder named, revision + 1).
+        Raises PlacementError when no custodian fits, ValueError when the slot has no reserve."""
+        if row["reserve"] is None:
+            raise ValueError("the slot keeps no share to re-place (queued before re-placement existed)")
+        ks_row = self.store.keyset(row["keyset_id"])
+        assert ks_row is not None
+        keyset = p.Keyset.from_bytes(ks_row["record"])
+        _, share = p.open_shard(row["reserve"], self.keystore.openers()["x25519"], recipient=self.peer_id,
+                                now=now, owner=self.key.public_key().public_bytes_raw(),
+                                commitments=keyset.commitments)
+        admitted = self.candidates(keyset.kem, now)
+        holders = {int(i): list(hs) for i, hs in keyset.attrs.get("holders", {}).items()}
+        moved_from = frozenset(o["custodian"] for o in self.store.outbox(keyset.id_hex) if o["state"] == "moved")
+        new = placement.replace(
+            [self._candidate(a) for a in admitted.values()],
+            {i: [self._candidate(self._last_admission(h)) for h in hs] for i, hs in holders.items()},
+            row["idx"], row["custodian"], constraints=placement.parse(str(keyset.attrs.get("placement", ""))),
+            avoid=moved_from, seed=int.from_bytes(self.rng(4), "big"))
+        holders[row["idx"]] = [new.peer_id if h == row["custodian"] else h for h in holders[row["idx"]]]
+        amended = keyset.amend(self.key, holders={str(i): hs for i, hs in holders.items()})
+        meta = p.ShardMeta(keyset.keyset_id, keyset.epoch, share.index, keyset.shares, keyset.threshold,
+                           new.peer_id, now, keyset.not_after, keyset.policy_hash, keyset.commitments_digest,
+                           keyset.kem)
+        sealed = p.seal_shard(meta, share, admitted[new.peer_id].hpke_key(keyset.kem) or b"", owner=self.key)
+        del share
+        within = keyset.attrs.get("deliver_within")
+        item: NewOutboxItem = {"keyset_id": row["keyset_id"], "epoch": row["epoch"], "idx": row["idx"],
+                               "custodian": new.peer_id, "envelope": sealed, "reserve": row["reserve"],
+                               "deliver_by": now + within if isinstance(within, int) else None}
+        self.store.move_slot(row, item, record=amended.signed, now=now, audit=AuditEvent("moved", {
+            "keyset": keyset.id_hex, "epoch": keyset.epoch, "index": row["idx"], "from": row["custodian"],
+            "to": new.peer_id, "revision": amended.revision, "reason": "not delivered by its deadline"}, self.key))
+        return new.peer_id
+
+    def _last_admission(self, peer: str) -> Admission | None:
+        """The peer's latest admission, even if revoked or expired since (its attributes
+        still count for the placement of the other shards)."""
+        known = self.members.view.admissions_of(peer)
+        return known[-1] if known else None
+
+    @staticmethod
+    def _candidate(a: Admission | None) -> placement.Candidate:
+        if a is None:
+            return placement.Candidate("", "", "")
+        return placement.Candidate(a.peer_id, a.country, a.continent, a.org, a.city)
 
     def failed_possession(self, a: Admission) -> bool:
         raw = self.store.get_kv(possession_mark(a.peer_id, a))

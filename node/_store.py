@@ -115,7 +115,7 @@ class InvalidOutboxTransition(StoreError):
 # -- rows -------------------------------------------------------------------------
 
 KeysetRole = Literal["owner", "custodian"]
-OutboxState = Literal["pending", "delivered", "refused"]
+OutboxState = Literal["pending", "delivered", "refused", "moved"]
 
 #: Allowed keyset statuses. Checked here rather than by a SQL CHECK so that a
 #: new status needs no table rebuild.
@@ -185,6 +185,8 @@ class NewOutboxItem(TypedDict):
     idx: int
     custodian: str
     envelope: bytes
+    reserve: NotRequired[bytes | None]
+    deliver_by: NotRequired[int | None]
 
 
 class OutboxRow(TypedDict):
@@ -198,6 +200,8 @@ class OutboxRow(TypedDict):
     last_error: str | None
     receipt: bytes | None
     updated_at: int
+    reserve: bytes | None
+    deliver_by: int | None
 
 
 @dataclass(frozen=True)
@@ -396,7 +400,43 @@ CREATE TABLE proposals (
 ) STRICT;
 """
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2, _SCHEMA_3, _SCHEMA_4, _SCHEMA_5)
+# Re-placement of shards not delivered in time: each outbox slot may keep, sealed at
+# rest to the owner itself, the share it carries (``reserve``) until ``deliver_by``;
+# the state 'moved' is a slot whose shard went to another custodian instead. A
+# reserve only ever lives in a pending slot (the CHECK): delivering, refusing or
+# moving the slot erases it. The table is rebuilt for the new CHECKs.
+_SCHEMA_6 = """
+CREATE TABLE outbox_v6 (
+    keyset_id   TEXT NOT NULL REFERENCES keysets (keyset_id),
+    epoch       INTEGER NOT NULL CHECK (epoch >= 0),
+    idx         INTEGER NOT NULL CHECK (idx >= 1),
+    custodian   TEXT NOT NULL,
+    envelope    BLOB NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'delivered', 'refused', 'moved')),
+    attempts    INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    last_error  TEXT,
+    receipt     BLOB,
+    updated_at  INTEGER NOT NULL,
+    reserve     BLOB,
+    deliver_by  INTEGER,
+    PRIMARY KEY (keyset_id, epoch, idx, custodian),
+    CHECK ((state = 'delivered') = (receipt IS NOT NULL)),
+    CHECK (reserve IS NULL OR state = 'pending')
+) STRICT;
+
+INSERT INTO outbox_v6 (keyset_id, epoch, idx, custodian, envelope, state, attempts, last_error, receipt,
+                       updated_at)
+    SELECT keyset_id, epoch, idx, custodian, envelope, state, attempts, last_error, receipt, updated_at
+    FROM outbox;
+
+DROP INDEX outbox_by_state;
+DROP TABLE outbox;
+ALTER TABLE outbox_v6 RENAME TO outbox;
+CREATE INDEX outbox_by_state ON outbox (state, custodian);
+"""
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2, _SCHEMA_3, _SCHEMA_4, _SCHEMA_5, _SCHEMA_6)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -937,10 +977,10 @@ class Store:
     def _insert_outbox(self, item: NewOutboxItem, now: int) -> None:
         try:
             self._db.execute(
-                "INSERT INTO outbox (keyset_id, epoch, idx, custodian, envelope, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outbox (keyset_id, epoch, idx, custodian, envelope, updated_at, reserve, deliver_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [item["keyset_id"], item["epoch"], item["idx"], item["custodian"],
-                 item["envelope"], now],
+                 item["envelope"], now, item.get("reserve"), item.get("deliver_by")],
             )
         except sqlite3.IntegrityError as exc:
             slot = f"{item['keyset_id']} epoch {item['epoch']} #{item['idx']} → {item['custodian']}"
@@ -999,7 +1039,7 @@ class Store:
         with self.transaction():
             key = self._pending_item(keyset_id, epoch, idx, custodian, "mark delivered")
             self._db.execute(
-                "UPDATE outbox SET state = 'delivered', receipt = ?, last_error = NULL, "
+                "UPDATE outbox SET state = 'delivered', receipt = ?, last_error = NULL, reserve = NULL, "
                 "updated_at = ? WHERE keyset_id = ? AND epoch = ? AND idx = ? AND custodian = ?",
                 [receipt, now, *key],
             )
@@ -1020,11 +1060,42 @@ class Store:
         with self.transaction():
             key = self._pending_item(keyset_id, epoch, idx, custodian, "mark refused")
             self._db.execute(
-                "UPDATE outbox SET state = 'refused', last_error = ?, updated_at = ? "
+                "UPDATE outbox SET state = 'refused', last_error = ?, reserve = NULL, updated_at = ? "
                 "WHERE keyset_id = ? AND epoch = ? AND idx = ? AND custodian = ?",
                 [_clip(reason), now, *key],
             )
             return self._append(audit.kind, audit.body, now, audit.key)
+
+    def move_slot(
+        self, old: OutboxRow, new: NewOutboxItem, *, record: bytes, now: int, audit: AuditEvent,
+    ) -> AuditEntry:
+        """pending → moved (final) for ``old``, whose shard goes to ``new`` instead, in one
+        transaction with the owner's amended keyset record (same epoch, the new holder
+        named) and the audit entry. The old slot's reserve is erased."""
+        with self.transaction():
+            key = self._pending_item(old["keyset_id"], old["epoch"], old["idx"], old["custodian"], "move")
+            if (new["keyset_id"], new["epoch"], new["idx"]) != (old["keyset_id"], old["epoch"], old["idx"]):
+                raise ValueError("a moved shard keeps its keyset, epoch and index")
+            self._db.execute(
+                "UPDATE outbox SET state = 'moved', last_error = ?, reserve = NULL, updated_at = ? "
+                "WHERE keyset_id = ? AND epoch = ? AND idx = ? AND custodian = ?",
+                [_clip(f"moved to {new['custodian']}"), now, *key],
+            )
+            self._insert_outbox(new, now)
+            self._db.execute("UPDATE keysets SET record = ? WHERE keyset_id = ? AND role = 'owner'",
+                             [record, old["keyset_id"]])
+            return self._append(audit.kind, audit.body, now, audit.key)
+
+    def postpone(self, keyset_id: str, epoch: int, idx: int, custodian: str, *, deliver_by: int,
+                 error: str, now: int) -> None:
+        """A pending slot that could not be re-placed yet: try again at ``deliver_by``."""
+        with self.transaction():
+            key = self._pending_item(keyset_id, epoch, idx, custodian, "postpone")
+            self._db.execute(
+                "UPDATE outbox SET deliver_by = ?, last_error = ?, updated_at = ? "
+                "WHERE keyset_id = ? AND epoch = ? AND idx = ? AND custodian = ?",
+                [deliver_by, _clip(error), now, *key],
+            )
 
     def record_attempt(
         self, keyset_id: str, epoch: int, idx: int, custodian: str, *, error: str | None,

@@ -97,7 +97,8 @@ def check_attrs(attrs: dict[str, Any], t: int, n: int) -> dict[str, Any]:
         raise MalformedEncoding("keyset attrs: quorum must be a positive integer")
     if approvers and quorum > len(approvers):
         raise MalformedEncoding("keyset attrs: quorum exceeds the number of approvers")
-    for key, typ in (("policy", str), ("placement", str), ("redundancy", int), ("revision", int)):
+    for key, typ in (("policy", str), ("placement", str), ("redundancy", int), ("revision", int),
+                     ("deliver_within", int)):
         if key in attrs and not isinstance(attrs[key], typ):
             raise MalformedEncoding(f"keyset attrs: {key} has the wrong type")
     return attrs

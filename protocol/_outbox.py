@@ -2,7 +2,7 @@
 
 A slot is one sealed shard for one custodian (keyset, epoch, index,
 custodian). The node keeps the slot's durable state in SQLite (pending,
-delivered, refused); SENT lives only while a delivery is in flight, so a
+delivered, refused, moved); SENT lives only while a delivery is in flight, so a
 crash there leaves the slot pending and it is sent again (the custodian
 answers "already-held" for the same sealed bytes).
 
@@ -14,6 +14,12 @@ States, and the only moves allowed between them (:data:`OUTBOX_MOVES`)::
     SENT    --failed (unreachable, timeout, bad receipt)---> PENDING, due after a back-off
     PENDING --the custodian is back (new addresses)-------> PENDING, due now
     SENT    --the custodian is back----------------------> SENT; if that send fails, due now
+    PENDING --overdue (not delivered by its deadline)-----> MOVED     (final: re-placed)
+
+An overdue slot that is in flight waits for its outcome; the node feeds
+Overdue again if it fails. MOVED asks the node to re-place the shard
+(:class:`Replace`); if it cannot, the node keeps the slot pending in its store
+and makes a new machine for it.
 
 The back-off starts at BACKOFF_MIN seconds and doubles up to BACKOFF_MAX. An
 event that fits none of these raises :class:`IllegalOutboxMove`; any event
@@ -29,6 +35,9 @@ from ._errors import ShardnetError
 
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
+#: Seconds a slot may stay undelivered before the owner re-places its shard (the default
+#: of ``key import --deliver-within``).
+DELIVER_WITHIN = 3600
 
 
 class OutboxState(enum.StrEnum):
@@ -36,19 +45,22 @@ class OutboxState(enum.StrEnum):
     SENT = "sent"
     DELIVERED = "delivered"
     REFUSED = "refused"
+    MOVED = "moved"
 
 
 _O = OutboxState
 OUTBOX_MOVES: dict[OutboxState, frozenset[OutboxState]] = {
-    _O.PENDING: frozenset({_O.SENT}),
+    _O.PENDING: frozenset({_O.SENT, _O.MOVED}),
     _O.SENT: frozenset({_O.DELIVERED, _O.REFUSED, _O.PENDING}),
     _O.DELIVERED: frozenset(),
     _O.REFUSED: frozenset(),
+    _O.MOVED: frozenset(),
 }
+FINAL = frozenset({_O.DELIVERED, _O.REFUSED, _O.MOVED})
 
 
 class SlotFinished(ShardnetError):
-    """An event reached a slot that is already delivered or refused."""
+    """An event reached a slot that is already delivered, refused or moved."""
 
 
 class IllegalOutboxMove(ShardnetError):
@@ -83,7 +95,12 @@ class PeerBack:
     """The custodian published new addresses (it restarted): try again now."""
 
 
-Event = Tick | Receipted | SendFailed | PeerBack
+@dataclass(frozen=True)
+class Overdue:
+    """The slot's deadline to be delivered has passed."""
+
+
+Event = Tick | Receipted | SendFailed | PeerBack | Overdue
 
 
 # -- effects -----------------------------------------------------------------------
@@ -108,7 +125,12 @@ class WakeAt:
     time: float
 
 
-Effect = Send | Record | WakeAt
+@dataclass(frozen=True)
+class Replace:
+    """Re-place the shard on another custodian, and finish this slot as moved."""
+
+
+Effect = Send | Record | WakeAt | Replace
 
 
 class OutboxSlot:
@@ -125,8 +147,13 @@ class OutboxSlot:
         self.state = new
 
     def handle(self, event: Event, now: float) -> list[Effect]:
-        if self.state in (_O.DELIVERED, _O.REFUSED):
+        if self.state in FINAL:
             raise SlotFinished(f"the slot is {self.state}")
+        if isinstance(event, Overdue):
+            if self.state is _O.SENT:
+                return []  # in flight: it may yet be delivered
+            self._move(_O.MOVED, event)
+            return [Replace()]
         if isinstance(event, Tick):
             if self.state is _O.SENT:
                 return []  # in flight: its outcome comes as an event

@@ -172,3 +172,32 @@ def _assign(chosen: list[Candidate], n: int, redundancy: int) -> dict[int, list[
         out[i].append(c.peer_id)
         countries[i].add(c.country)
     return out
+
+
+def replace(
+    candidates: Sequence[Candidate], holders: dict[int, list[Candidate]], index: int, leaving: str, *,
+    constraints: Sequence[Constraint] = (), avoid: frozenset[str] = frozenset(), seed: int = 0,
+) -> Candidate:
+    """One custodian to hold ``index`` instead of ``leaving``, keeping the constraints with
+    every other holder: never one that holds (or held, ``avoid``) a shard of the keyset,
+    never an excluded one, a new value of each ``distinct`` attribute, enough values for
+    each ``min-distinct`` span, and another country than the index's other holders."""
+    others = [c for hs in holders.values() for c in hs if c.peer_id != leaving]
+    taken = {c.peer_id for hs in holders.values() for c in hs} | set(avoid) | {leaving}
+    same_index = {c.country for c in holders.get(index, []) if c.peer_id != leaving}
+    excluded = [c for c in constraints if c.kind == "exclude"]
+    distinct = [c.attr for c in constraints if c.kind == "distinct"]
+    spans = [(c.attr, int(c.value)) for c in constraints if c.kind == "min-distinct"]
+    used = {a: {o.attr(a) for o in others} for a in distinct}
+    fresh = [c for c in candidates if c.peer_id not in taken]
+    pool = [c for c in fresh
+            if not any(c.attr(x.attr) == x.value for x in excluded)
+            and not any(c.attr(a) in used[a] for a in distinct)
+            and c.country not in same_index
+            and all(len({o.attr(a) for o in others} | {c.attr(a)}) >= k for a, k in spans)]
+    if not pool:
+        rules = ", ".join(map(str, constraints)) or "no constraints"
+        raise PlacementError(
+            f"no custodian can take shard #{index} from {leaving}: {len(fresh)} admitted candidates hold no shard "
+            f"of the keyset, and none of them keeps {rules} with the {len(others)} other holders")
+    return random.Random(seed).choice(sorted(pool, key=lambda c: c.peer_id))

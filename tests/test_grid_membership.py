@@ -118,3 +118,36 @@ async def test_a_departed_custodian_stops_being_a_candidate_after_its_ttl(tmp_pa
             g.nodes[0].owner.candidates("x25519", g.nodes[0].now(), [gone.peer_id])
         keyset = await g.import_key(1, b"t" * 32, 2, 5)  # the five that are alive
         assert gone.peer_id not in {s["custodian"] for s in g.shards(1, keyset)}
+
+
+@pytest.mark.trio
+async def test_a_shard_pending_past_its_deadline_is_re_placed_and_the_key_comes_back(
+        tmp_path: pathlib.Path, autojump_clock: Any) -> None:
+    from shardnet.protocol import keyset_fetch as kf
+
+    g = Grid(tmp_path, 7, latency=lambda a, b: 0.03, seed=5)
+    async with g.running():
+        await g.wait_directory(within=120)
+        gone = g.nodes[6]
+        pinned = [n.peer_id for n in g.nodes[2:7]]
+        gone.stop()
+        keyset = await g.import_key(0, b"r" * 32, 3, 5, custodians=pinned, placement="", deliver_within=120,
+                                    all_delivered=False, wait=5)
+        owner = g.nodes[0]
+        slot = {s["custodian"]: s for s in g.shards(0, keyset)}[gone.peer_id]
+        assert slot["state"] == "pending" and slot["deliver_by"] is not None
+        reserves = [r["reserve"] for r in owner.store.outbox(keyset)]
+        assert sum(r is not None for r in reserves) == 1  # only the undelivered slot keeps its share
+        await trio.sleep(130)
+        shards = g.shards(0, keyset)
+        moved = [s for s in shards if s["custodian"] == gone.peer_id]
+        assert moved[0]["state"] == "moved" and moved[0]["last_error"].startswith("moved to ")
+        new = moved[0]["last_error"].removeprefix("moved to ")
+        assert new in {g.nodes[0].peer_id, g.nodes[1].peer_id} and {s["custodian"]: s["state"] for s in shards}[new] == "delivered"
+        assert all(r["reserve"] is None for r in owner.store.outbox(keyset))  # erased on delivery
+        record = p.Keyset.from_bytes(owner.store.keyset(keyset)["record"])
+        assert record.revision == 1 and kf.holders_of(record)[moved[0]["index"]] == [new]
+        assert await g.reconstruct(0, keyset, approve=lambda i: i != 6) == b"r" * 32
+        entries = [e.body for e in owner.store.audit_entries() if e.kind == "moved"]
+        assert entries == [{"keyset": keyset, "epoch": 0, "index": moved[0]["index"], "from": gone.peer_id,
+                            "to": new, "revision": 1, "reason": "not delivered by its deadline"}]

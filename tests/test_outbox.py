@@ -106,12 +106,21 @@ class SlotMachine(RuleBasedStateMachine):
     def peer_back(self) -> None:
         self.feed(PeerBack())
 
+    @rule()
+    def overdue(self) -> None:
+        from shardnet.protocol._outbox import Overdue, Replace
+
+        before = self.slot.state
+        out = self.feed(Overdue())
+        assert (out == [Replace()]) == (before is OutboxState.PENDING)
+        assert self.slot.state is (OutboxState.MOVED if before is OutboxState.PENDING else before)
+
     @precondition(lambda self: hasattr(self, "slot"))
     @invariant()
     def bounded_and_final(self) -> None:
         assert 0.0 <= self.slot.delay <= BACKOFF_MAX
         assert self.sends == self.slot.attempts
-        finals = [s for s in self.history if s in (OutboxState.DELIVERED, OutboxState.REFUSED)]
+        finals = [s for s in self.history if s in (OutboxState.DELIVERED, OutboxState.REFUSED, OutboxState.MOVED)]
         assert len(finals) <= 1 and (not finals or self.history[-1] is finals[0])
 
 
@@ -128,3 +137,17 @@ def test_a_custodian_back_while_a_send_is_in_flight_is_retried_at_once() -> None
     assert s.handle(PeerBack(), 10.1) == []  # in flight, perhaps to the old address
     assert s.handle(SendFailed("old address"), 10.2) == [Record(OutboxState.PENDING, "old address"), WakeAt(10.2)]
     assert s.handle(Tick(), 10.2) == [Send()]
+
+
+def test_an_overdue_pending_slot_is_moved_and_finished() -> None:
+    from shardnet.protocol._outbox import Overdue, Replace
+
+    s = OutboxSlot(now=0.0)
+    s.handle(Tick(), 0.0)
+    assert s.handle(Overdue(), 1.0) == []  # in flight: its outcome decides
+    s.handle(SendFailed("unreachable"), 2.0)
+    assert s.handle(Overdue(), 3.0) == [Replace()] and s.state is OutboxState.MOVED
+    for event in (Tick(), Overdue(), PeerBack()):
+        with pytest.raises(SlotFinished):
+            s.handle(event, 4.0)
+    assert OUTBOX_MOVES[OutboxState.MOVED] == frozenset()

@@ -322,6 +322,51 @@ def test_a_coordinator_that_never_saw_the_keyset_fetches_it_and_refuses_forgerie
         c.wait_directory()
 
 
+def test_a_shard_for_a_departed_custodian_is_re_placed_and_the_key_comes_back(
+    net: tuple[LocalCluster, pathlib.Path]
+) -> None:
+    """Sydney leaves. A 3-of-5 import pinned on it (its descriptor is still within its TTL)
+    keeps sydney's shard pending; past --deliver-within it goes to nairobi, the one admitted
+    custodian that keeps distinct:country, `key show` says so, and the key comes back.
+    Sydney, back again, never gets the shard."""
+    from shardnet.simulations._local import NodeSpec
+
+    c, root = net
+    c.add(NodeSpec("nairobi", "KE", "Nairobi", "Rift Custody"))
+    try:
+        c.start("nairobi")
+        c.wait_directory(expect=6)
+        c.stop("sydney")
+        (root / "master.key").write_bytes(KEY)
+        pinned = ids(c, "frankfurt", "new-york", "tokyo", "sao-paulo", "sydney")
+        r = run_cli("key", "import", "--home", home(c, "frankfurt"), "--in", str(root / "master.key"), "-t", "3",
+                    "-n", "5", "--custodians", pinned, "--deliver-within", "3s", "--wait", "2", "--json")
+        assert r.returncode == 0, r.stderr
+        ks = json.loads(r.stdout)["keyset"]
+        sydney, nairobi = c.nodes["sydney"].peer_id, c.nodes["nairobi"].peer_id
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            shards = {s["custodian"]: s for s in c.control("frankfurt", "key-show", {"keyset": ks})["shards"]}
+            if shards.get(nairobi, {}).get("state") == "delivered":
+                break
+            time.sleep(0.2)
+        assert shards[sydney]["state"] == "moved" and shards[nairobi]["state"] == "delivered", shards
+        assert shards[nairobi]["index"] == shards[sydney]["index"]
+        text = run_cli("key", "show", "--home", home(c, "frankfurt"), ks).stdout
+        assert f"moved (moved to {nairobi})" in text, text
+        code, _, err, _ = reconstruct(c, root, ks, approvers=("tokyo", "frankfurt", "new-york"))
+        assert code == 0, err
+        c.start("sydney")
+        time.sleep(2)
+        with c.nodes["sydney"].home.open_store() as store:
+            assert store.held_shards(ks) == []
+    finally:
+        c.remove("nairobi")
+        if not c.nodes["sydney"].running:
+            c.start("sydney")
+        c.wait_directory()
+
+
 def test_contradictory_votes_void_the_approver_on_every_custodian(
     net: tuple[LocalCluster, pathlib.Path], keyset: str
 ) -> None:

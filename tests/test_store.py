@@ -685,3 +685,32 @@ def test_memory_store_is_current_private_and_gone_on_close() -> None:
         b.close()
     with Store(":memory:") as c:
         assert c.get_kv("k") is None
+
+
+def test_a_reserve_lives_only_in_a_pending_slot_and_a_move_is_one_transaction(store: Store,
+                                                                              path: pathlib.Path) -> None:
+    rows = [NewOutboxItem(keyset_id="ks-aaaa", epoch=0, idx=i, custodian=f"peer{i}", envelope=b"e",
+                          reserve=b"share %d" % i, deliver_by=NOW + 60) for i in (1, 2, 3)]
+    store.import_keyset(keyset(), rows, event(), now=NOW)
+    store.mark_delivered("ks-aaaa", 0, 1, "peer1", receipt=b"r", now=NOW, audit=event("receipt"))
+    store.mark_refused("ks-aaaa", 0, 2, "peer2", reason="no", now=NOW, audit=event("refused"))
+    old = next(r for r in store.outbox("ks-aaaa") if r["idx"] == 3)
+    new = NewOutboxItem(keyset_id="ks-aaaa", epoch=0, idx=3, custodian="peer9", envelope=b"e9",
+                        reserve=old["reserve"], deliver_by=NOW + 120)
+    with pytest.raises(ValueError, match="keeps its keyset, epoch and index"):
+        store.move_slot(old, {**new, "idx": 2}, record=b"amended", now=NOW, audit=event("moved"))
+    assert store.keyset("ks-aaaa")["record"] != b"amended"  # nothing of the failed move was written
+    store.move_slot(old, new, record=b"amended", now=NOW + 61, audit=event("moved"))
+    by = {r["custodian"]: r for r in store.outbox("ks-aaaa")}
+    assert [by[f"peer{i}"]["reserve"] for i in (1, 2, 3)] == [None, None, None]
+    assert by["peer3"]["state"] == "moved" and by["peer3"]["last_error"] == "moved to peer9"
+    assert by["peer9"]["state"] == "pending" and by["peer9"]["reserve"] == b"share 3"
+    assert store.keyset("ks-aaaa")["record"] == b"amended"
+    with pytest.raises(InvalidOutboxTransition):
+        store.move_slot(old, new, record=b"again", now=NOW, audit=event("moved"))
+    conn = raw(path)  # the schema itself refuses a reserve outside a pending slot
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("UPDATE outbox SET reserve = x'00' WHERE custodian = 'peer1'")
+    finally:
+        conn.close()
