@@ -1,6 +1,7 @@
 """The directory's background loops: who the custodians are and how to reach them.
 
-* publish our signed descriptor at start and every ``republish_every`` s. The
+* publish our signed descriptor at start and every ``republish_every`` s
+  (``REPUBLISH``: ten times within a descriptor's TTL, ``wire.DESCRIPTOR_TTL``). The
   same signed bytes go out again unless our addresses changed or they are
   ``RESIGN_EVERY`` s old: a peer that holds them already pays a hash for them,
   not a signature check, so republishing costs the network O(N²) hashes per
@@ -37,7 +38,7 @@ from ._transport import Subscription, drain
 
 log = logging.getLogger("shardnet.node")
 
-REPUBLISH = 10.0
+REPUBLISH = 60.0
 RESIGN_EVERY = 1800.0
 PULL_EVERY = 5.0
 NEW_PEER_PULLS = 4
@@ -59,14 +60,18 @@ class DirectoryLoops:
                  on_readdressed: Callable[[str], None],
                  on_new_peer: Callable[[str], Awaitable[None]],
                  first_pull: Callable[[str], Awaitable[None]] | None = None,
-                 on_outsiders: Callable[[list[str]], None] | None = None) -> None:
+                 on_outsiders: Callable[[list[str]], None] | None = None,
+                 member: Callable[[], bool] = lambda: True) -> None:
         """``describe(seq)`` signs our descriptor; ``on_readdressed(peer)`` is told when a
         custodian comes back at new addresses; ``on_new_peer(peer)`` is the other pulls
         to make of a peer along with its directory; ``first_pull(peer)`` the one to make
         before them (membership: who is admitted decides which descriptors count);
         ``on_outsiders(peers)``, at every pass, the connected peers the network does not
-        admit (the membership gate)."""
+        admit (the membership gate); ``member()``, whether the network admits us now: a
+        node it does not only dials its bootstrap peers (every ``REBOOTSTRAP`` seconds
+        while alone), since custodians would drop it anyway."""
         self.directory = directory
+        self.member = member
         self.links = links
         self.describe = describe
         self.clock = clock
@@ -80,6 +85,7 @@ class DirectoryLoops:
         self._pulled: set[str] = set()
         self._mine: Descriptor | None = None
         self.has_peers = trio.Event()  # set at the first connection the peers loop sees
+        self.became_member = trio.Event()  # set by the peers loop when the network admits us
 
     def publish_self(self) -> Descriptor:
         """Our descriptor, signed anew when needed (see the module docstring). Its seq
@@ -101,14 +107,18 @@ class DirectoryLoops:
 
     async def publish_loop(self) -> None:
         """Gossip our descriptor once we have peers to gossip to, again when the mesh has
-        grown (``PULL_EVERY`` s later), then every ``republish_every`` s."""
+        grown (``PULL_EVERY`` s later), then every ``republish_every`` s; and the same two
+        again as soon as the network admits us (before that, members drop what we gossip)."""
         with trio.move_on_after(self.republish_every):
             await self.has_peers.wait()
-        await self.links.publish(wire.DIRECTORY_TOPIC, self.publish_self().signed)
-        await trio.sleep(min(PULL_EVERY, self.republish_every))
         while True:
             await self.links.publish(wire.DIRECTORY_TOPIC, self.publish_self().signed)
-            await trio.sleep(self.republish_every)
+            await trio.sleep(min(PULL_EVERY, self.republish_every))
+            while not self.became_member.is_set():
+                await self.links.publish(wire.DIRECTORY_TOPIC, self.publish_self().signed)
+                with trio.move_on_after(self.republish_every):
+                    await self.became_member.wait()
+            self.became_member = trio.Event()
 
     def validate(self, author: str, data: bytes) -> bool:
         """The topic validator: a descriptor signed by the peer that sent it, not from the future."""
@@ -169,15 +179,20 @@ class DirectoryLoops:
             n.start_soon(self.pull_from, peer)
             n.start_soon(self.on_new_peer, peer)
 
+    async def _dial_kept(self, d: Descriptor) -> None:
+        await self.links.dial_custodian(d, background=True)
+
     async def peers_loop(self) -> None:
         """Bootstrap, then keep connected to known custodians and pull from them."""
         last_pull, window, new_pulls, last_boot = 0.0, -PULL_EVERY, 0, -REBOOTSTRAP
         own = self.directory.me
+        was_member = self.member()
         while True:
             admitted, outsiders = self.links.sort_connected()
             if outsiders and self.on_outsiders is not None:
                 self.on_outsiders(outsiders)
             connected = set(admitted)
+            self.links.kept(connected)
             if connected:
                 self.has_peers.set()
             now = trio.current_time()
@@ -200,14 +215,18 @@ class DirectoryLoops:
             if now - last_pull > PULL_EVERY and connected:
                 last_pull = now
                 jobs += [(self._pull_all, peer) for peer in pick(self.rng, sorted(connected), 2)]
+            member = self.member()
+            if member and not was_member:
+                self.became_member.set()
+            was_member = member
             budget = MAX_PEERS - len(connected)
-            if budget > 0:  # dial custodians chosen at random, so that no one is everyone's first
+            if budget > 0 and member:  # dial custodians chosen at random, so that no one is everyone's first
                 unconnected = [peer for peer in self.directory.peer_ids()
                                if peer != own and peer not in connected and self.links.admits(peer)]
                 for peer in pick(self.rng, unconnected, budget):
                     d = self.directory.get(peer)
                     if d is not None:
-                        jobs.append((self.links.dial_custodian, d))
+                        jobs.append((self._dial_kept, d))
             if jobs:  # most rounds have none: no nursery for them
                 async with trio.open_nursery() as n:
                     for job, arg in jobs:

@@ -12,7 +12,7 @@ Three things every conversation needs, in one place:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -38,7 +38,8 @@ class Links:
         self.net = net
         self.directory = directory
         self.admits = admits
-        self._dial_backoff: dict[str, tuple[float, float]] = {}  # peer -> (next dial, delay)
+        self._dial_backoff: dict[str, tuple[float, float]] = {}  # peer -> (next dial, delay), after failures
+        self._churn: dict[str, tuple[float, float]] = {}  # the same, after dials the peer did not keep
         self._in_flight: dict[tuple[str, str], trio.CapacityLimiter] = {}  # (peer, protocol) -> slots
 
     def connected(self) -> list[str]:
@@ -56,6 +57,7 @@ class Links:
     def forget_backoff(self, peer: str) -> None:
         """``peer`` has new addresses (a restart): dial it now rather than after back-off."""
         self._dial_backoff.pop(peer, None)
+        self._churn.pop(peer, None)
 
     async def dial(self, addr: str) -> str | None:
         try:
@@ -64,18 +66,33 @@ class Links:
             log.debug("dial %s failed: %s", addr, exc)
             return None
 
-    async def dial_custodian(self, d: Descriptor) -> bool:
-        """Dial a custodian at its descriptor's addresses, with per-peer back-off."""
-        due, delay = self._dial_backoff.get(d.peer_id, (0.0, 0.5))
-        if trio.current_time() < due:
+    async def dial_custodian(self, d: Descriptor, *, background: bool = False) -> bool:
+        """Dial a custodian at its descriptor's addresses, with per-peer back-off after
+        failures. ``background`` (the peers loop keeping its connections up): a dial that
+        connects backs off too, until the connection is seen to last (:meth:`kept`), so a
+        peer that drops us at once (it does not admit us yet, or it is full) is not dialed
+        again every round. A dial for a request (:meth:`reach`) ignores that back-off."""
+        now = trio.current_time()
+        if now < self._dial_backoff.get(d.peer_id, (0.0, 0.0))[0]:
+            return False
+        if background and now < self._churn.get(d.peer_id, (0.0, 0.0))[0]:
             return False
         for addr in d.addrs:
             if await self.dial(addr if "/p2p/" in addr else f"{addr}/p2p/{d.peer_id}"):
                 self._dial_backoff.pop(d.peer_id, None)
+                if background:
+                    delay = min(BACKOFF_MAX, self._churn.get(d.peer_id, (0.0, 0.25))[1] * 2)
+                    self._churn[d.peer_id] = (trio.current_time() + delay, delay)
                 return True
-        delay = min(BACKOFF_MAX, delay * 2)
+        delay = min(BACKOFF_MAX, self._dial_backoff.get(d.peer_id, (0.0, 0.5))[1] * 2)
         self._dial_backoff[d.peer_id] = (trio.current_time() + delay, delay)
         return False
+
+    def kept(self, peers: Iterable[str]) -> None:
+        """These peers are still connected: the peers loop may dial them again at once later."""
+        if self._churn:
+            for peer in peers:
+                self._churn.pop(peer, None)
 
     async def reach(self, peer: str, protocol: str) -> None:
         """Make sure we have a connection to ``peer`` (dialing its descriptor's addresses)."""

@@ -122,7 +122,8 @@ class NodeRuntime:
         self.peering = DirectoryLoops(self.directory, self.links, describe=self._descriptor, clock=self.clock,
                                       rng=self.rng, bootstrap=self.bootstrap,
                                       on_readdressed=self.outbox.peer_back, on_new_peer=self.gossip.sync_from,
-                                      first_pull=self.membership.pull_from, on_outsiders=self.membership.gate)
+                                      first_pull=self.membership.pull_from, on_outsiders=self.membership.gate,
+                                      member=lambda: self.members.view.may_connect(self.peer_id, self.now()))
         if self.republish_every is not None:
             self.peering.republish_every = self.republish_every
 
