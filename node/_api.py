@@ -124,6 +124,8 @@ def keyset_detail(store: Store, prefix: str, member_state: MemberState | None = 
                 shards.append({"index": int(i), "epoch": ks.epoch, "custodian": h, "name": n.get("name", ""),
                                "country": n.get("country", ""), "state": "placed"})
     detail["shards"] = sorted(shards, key=lambda s: (s["index"], s["custodian"]))
+    if row["role"] == "owner":
+        detail["reserves"] = sorted({r["idx"] for r in store.outbox(ks.id_hex) if r["reserve"] is not None})
     detail["held"] = sorted(h["idx"] for h in store.held_shards(ks.id_hex) if h["epoch"] == ks.epoch)
     if member_state is not None:
         for s in detail["shards"]:

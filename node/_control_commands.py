@@ -106,7 +106,7 @@ async def _import(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> Any:
     loop.wake()
     deadline = trio.current_time() + float(args.get("wait") or 30)
     while True:
-        rows = node.store.outbox(ks.id_hex)
+        rows = [r for r in node.store.outbox(ks.id_hex) if r["state"] != "moved"]  # a move queues another
         done = [r for r in rows if r["state"] != "pending"]
         await emit({"kind": "progress", "done": len(done), "total": total})
         if len(done) == total or trio.current_time() >= deadline:

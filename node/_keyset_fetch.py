@@ -6,10 +6,12 @@ signed; a holder with the record and a fresh receipt for each index it holds,
 signed over the asker's nonce. Anyone else says it holds no record.
 
 Fetching: the admitted custodians are asked, those we are connected to first,
-``PARALLEL`` at a time and ``MAX_ASKED`` at most, until a batch brings a
-trusted answer; of those, the newest revision is kept. Every answer that
-fails a check is reported with the peer that sent it, and written to the
-audit log as a ``forged-record`` entry.
+``PARALLEL`` at a time, ``PER_PEER_TIMEOUT`` seconds each and ``MAX_ASKED`` at
+most, until one gives a trusted answer. Then the owner and every holder that
+record names are asked too, and the newest revision of all trusted answers
+is kept (a holder that never got an amendment serves an older one). Every
+answer that fails a check is reported with the peer that sent it, and
+written to the audit log as a ``forged-record`` entry.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ log = logging.getLogger("shardnet.node")
 
 PARALLEL = 8
 MAX_ASKED = 64
+PER_PEER_TIMEOUT = 5.0
 FETCH_TIMEOUT = 20.0
 
 
@@ -91,28 +94,51 @@ class RecordService:
         peers.sort(key=lambda peer: peer not in connected)
         trusted: list[tuple[p.Keyset, str]] = []
         refused: list[tuple[str, str]] = []
+        asked: set[str] = set()  # those that answered (or failed to)
         unanswered = 0
+        limiter = trio.CapacityLimiter(PARALLEL)
 
-        async def ask(peer: str, nonce: bytes) -> None:
+        async def ask(peer: str, found: trio.CancelScope | None) -> None:
             nonlocal unanswered
-            try:
-                reply = await links.reach_and_request(peer, wire.KEYSET_FETCH, kf.request(keyset_id, nonce))
-            except tx.RequestError:
-                unanswered += 1  # it holds no record, or is away: not a lie
+            nonce = self.rng(kf.NONCE_LEN)
+            reply = None
+            async with limiter:
+                with trio.move_on_after(PER_PEER_TIMEOUT):
+                    try:
+                        reply = await links.reach_and_request(peer, wire.KEYSET_FETCH, kf.request(keyset_id, nonce))
+                    except tx.RequestError as exc:
+                        log.info("keyset fetch from %s: %s", peer, exc)
+            if found is not None and found.cancel_called:
+                return  # cut short because another answered first: the follow-up asks it again
+            asked.add(peer)
+            if reply is None:
+                unanswered += 1  # it holds no record, or is away or slow: not a lie
                 return
             try:
                 trusted.append((kf.check_reply(reply, keyset_id=keyset_id, responder=peer, nonce=nonce,
                                                requester=self.peer_id), peer))
             except p.ShardnetError as exc:
                 refused.append((peer, str(exc)[:300]))
+                return
+            if found is not None:
+                found.cancel()  # one is enough to learn the owner and the holders
 
         with trio.move_on_after(FETCH_TIMEOUT):
             for start in range(0, min(len(peers), MAX_ASKED), PARALLEL):
                 async with trio.open_nursery() as nursery:
                     for peer in peers[start:start + PARALLEL]:
-                        nursery.start_soon(ask, peer, self.rng(kf.NONCE_LEN))
+                        nursery.start_soon(ask, peer, nursery.cancel_scope)
                 if trusted:
                     break
+            if trusted:
+                # Whoever answered first may hold an older revision: ask the owner and the
+                # holders the newest record names, and keep the newest of all.
+                best = kf.newest(ks for ks, _ in trusted)
+                named = [p.peer_id_of(best.owner), *(h for hs in kf.holders_of(best).values() for h in hs)]
+                async with trio.open_nursery() as nursery:
+                    for peer in dict.fromkeys(named):
+                        if peer not in asked and peer != self.peer_id:
+                            nursery.start_soon(ask, peer, None)
         for peer, why in refused:
             log.warning("keyset record from %s refused: %s", peer, why)
             self.store.append_audit("forged-record", {"keyset": keyset_id.hex(), "peer": peer, "reason": why},
@@ -120,7 +146,7 @@ class RecordService:
         if not trusted:
             lies = "; ".join(f"{peer}: {why}" for peer, why in refused[:3])
             raise NoRecord(f"no admitted custodian gave a trusted record of keyset {keyset_id.hex()} "
-                           f"({min(len(peers), MAX_ASKED)} asked, {unanswered} without one"
+                           f"({len(asked)} asked, {unanswered} without one"
                            f"{', refused: ' + lies if lies else ''})")
         keyset, source = max(trusted, key=lambda ks: kf.revision(ks[0]))
         return Fetched(keyset, source, refused)

@@ -26,7 +26,7 @@ from . import _transport as tx
 from ._clock import Clock
 from ._links import BACKOFF_MAX, Links
 from ._possession import Possession
-from ._services import Custodian, Owner, Rejected
+from ._services import Custodian, Owner, Rejected, ReserveExpired
 from ._store import Store
 
 log = logging.getLogger("shardnet.node")
@@ -54,7 +54,6 @@ class OutboxLoop:
         self.progress = trio.Event()
         self._slots: dict[tuple[str, int, int, str], outbox.OutboxSlot] = {}
         self._notice_backoff: dict[str, tuple[float, float]] = {}  # peer -> (next notice, delay)
-        self._moved = False
 
     def now(self) -> int:
         return int(self.clock())
@@ -80,18 +79,25 @@ class OutboxLoop:
             rows = {_slot_key(r): r for r in self.store.pending()}
             for key in set(self._slots) - set(rows):  # delivered, refused or gone meanwhile
                 del self._slots[key]
+            # Overdue slots first: a move changes the rows (a new slot, a record amended),
+            # so it is read again before any slot is sent.
+            clock_now = self.now()
+            overdue = [row for row in rows.values() if row["deliver_by"] is not None
+                       and clock_now >= row["deliver_by"]]
+            changed = False
+            for row in overdue:
+                slot = self._slots.setdefault(_slot_key(row), outbox.OutboxSlot(now=now))
+                if any(isinstance(e, outbox.Replace) for e in slot.handle(outbox.Overdue(), now)):
+                    self._replace(row)
+                    changed = True
+            if changed:
+                continue
             wake = now + IDLE_WAKE
             by_peer: dict[str, list[Any]] = {}
-            clock_now = self.now()
             for key, row in rows.items():
                 slot = self._slots.setdefault(key, outbox.OutboxSlot(now=now))
-                if row["deliver_by"] is not None:
-                    if clock_now >= row["deliver_by"]:
-                        if any(isinstance(e, outbox.Replace) for e in slot.handle(outbox.Overdue(), now)):
-                            self._replace(row)
-                            continue
-                    else:
-                        wake = min(wake, now + row["deliver_by"] - clock_now)
+                if row["deliver_by"] is not None and row["deliver_by"] > clock_now:
+                    wake = min(wake, now + row["deliver_by"] - clock_now)
                 for effect in slot.handle(outbox.Tick(), now):
                     if isinstance(effect, outbox.Send):
                         by_peer.setdefault(row["custodian"], []).append(row)
@@ -102,9 +108,6 @@ class OutboxLoop:
                        if self._notice_backoff.get(r["peer"], (0.0, 0.0))[0] <= now]
             if pending_notices:
                 wake = min(wake, now + 1.0)
-            if self._moved:
-                self._moved = False
-                continue  # the new slots are due now
             if by_peer or notices:
                 async with trio.open_nursery() as n:
                     for peer, peer_rows in by_peer.items():
@@ -122,6 +125,11 @@ class OutboxLoop:
         now = self.now()
         try:
             new = self.owner.replace(row, now)
+        except ReserveExpired as exc:
+            log.warning("shard %s:%d for %s: %s; its reserve is erased, and it waits for its custodian",
+                        row["keyset_id"][:12], row["idx"], row["custodian"], exc)
+            self.owner.drop_reserve(row, str(exc), now)
+            return
         except (ValueError, p.ShardnetError) as exc:  # PlacementError is a ValueError
             log.warning("shard %s:%d for %s is overdue and cannot be re-placed: %s", row["keyset_id"][:12],
                         row["idx"], row["custodian"], exc)
@@ -130,7 +138,6 @@ class OutboxLoop:
             return
         log.info("shard %s:%d not delivered to %s in time: re-placed on %s", row["keyset_id"][:12], row["idx"],
                  row["custodian"], new)
-        self._moved = True
         self.progress.set()
         self.progress = trio.Event()
 

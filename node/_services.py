@@ -338,6 +338,15 @@ def _keyset_row(keyset: p.Keyset, role: str) -> Any:
 # -- owner side ---------------------------------------------------------------------
 
 
+#: A keyset's reserves (its undelivered shares, sealed to the owner) are kept at most this
+#: long past the keyset's deliver-within: then they are erased, re-placed or not.
+RESERVE_KEEP = 86400
+
+
+class ReserveExpired(p.ShardnetError):
+    """A slot's reserve outlived RESERVE_KEEP: it is erased, and the shard is not re-placed."""
+
+
 @dataclass
 class ImportResult:
     keyset: p.Keyset
@@ -394,6 +403,8 @@ class Owner:
         attrs: dict[str, Any] = {"placement": placement_expr, "redundancy": redundancy,
                                  "holders": {str(i): hs for i, hs in holders.items()},
                                  "policy": policy.text}
+        if custodians is not None:  # a re-placed shard stays on this set too
+            attrs["custodians"] = sorted(admitted)
         if deliver_within is not None:
             if deliver_within < 1:
                 raise ValueError("--deliver-within must be at least 1 second")
@@ -481,10 +492,17 @@ class Owner:
         ks_row = self.store.keyset(row["keyset_id"])
         assert ks_row is not None
         keyset = p.Keyset.from_bytes(ks_row["record"])
+        within = keyset.attrs.get("deliver_within")
+        if not isinstance(within, int) or now >= keyset.created + within + RESERVE_KEEP:
+            raise ReserveExpired(f"the shard was not delivered or re-placed within {within} s + "
+                                 f"{RESERVE_KEEP // 3600} h of the import")
         _, share = p.open_shard(row["reserve"], self.keystore.openers()["x25519"], recipient=self.peer_id,
                                 now=now, owner=self.key.public_key().public_bytes_raw(),
                                 commitments=keyset.commitments)
         admitted = self.candidates(keyset.kem, now)
+        pinned = keyset.attrs.get("custodians")
+        if isinstance(pinned, list):
+            admitted = {peer: a for peer, a in admitted.items() if peer in pinned}
         holders = {int(i): list(hs) for i, hs in keyset.attrs.get("holders", {}).items()}
         moved_from = frozenset(o["custodian"] for o in self.store.outbox(keyset.id_hex) if o["state"] == "moved")
         new = placement.replace(
@@ -499,14 +517,24 @@ class Owner:
                            keyset.kem)
         sealed = p.seal_shard(meta, share, admitted[new.peer_id].hpke_key(keyset.kem) or b"", owner=self.key)
         del share
-        within = keyset.attrs.get("deliver_within")
         item: NewOutboxItem = {"keyset_id": row["keyset_id"], "epoch": row["epoch"], "idx": row["idx"],
                                "custodian": new.peer_id, "envelope": sealed, "reserve": row["reserve"],
-                               "deliver_by": now + within if isinstance(within, int) else None}
-        self.store.move_slot(row, item, record=amended.signed, now=now, audit=AuditEvent("moved", {
-            "keyset": keyset.id_hex, "epoch": keyset.epoch, "index": row["idx"], "from": row["custodian"],
-            "to": new.peer_id, "revision": amended.revision, "reason": "not delivered by its deadline"}, self.key))
+                               "deliver_by": now + within}
+        # Who holds the old record gets the amendment: the holders that have their shard,
+        # and the approvers that hold none (the new holder gets it with its shard).
+        delivered = {o["custodian"] for o in self.store.outbox(keyset.id_hex) if o["state"] == "delivered"}
+        told = (delivered | set(keyset.attrs.get("approvers", []))) - {self.peer_id, new.peer_id, row["custodian"]}
+        self.store.move_slot(row, item, record=amended.signed, now=now, notices=sorted(told), audit=AuditEvent(
+            "moved", {"keyset": keyset.id_hex, "epoch": keyset.epoch, "index": row["idx"], "from": row["custodian"],
+                      "to": new.peer_id, "revision": amended.revision, "reason": "not delivered by its deadline"},
+            self.key))
         return new.peer_id
+
+    def drop_reserve(self, row: OutboxRow, why: str, now: int) -> None:
+        self.store.drop_reserve(row["keyset_id"], row["epoch"], row["idx"], row["custodian"], now=now,
+                                audit=AuditEvent("reserve-erased", {"keyset": row["keyset_id"], "index": row["idx"],
+                                                                     "custodian": row["custodian"], "reason": why},
+                                                 self.key))
 
     def _last_admission(self, peer: str) -> Admission | None:
         """The peer's latest admission, even if revoked or expired since (its attributes
@@ -615,13 +643,19 @@ class Approvals:
         return self.verified.parse(p.Keyset, record)
 
     def accept_keyset_notice(self, remote: str, data: bytes, now: int) -> bytes:
-        """An owner tells an approver (that holds no shard) about a keyset it approves for."""
+        """An owner tells an approver (that holds no shard) about a keyset it approves for,
+        or tells a holder or an approver of an amendment (the same epoch, a shard re-placed:
+        a higher revision replaces the record held)."""
         try:
             keyset = p.Keyset.from_bytes(data)
         except p.ShardnetError as exc:
             raise Rejected(f"malformed keyset notice: {exc}") from None
         if remote != peer_id_of(keyset.owner):
             raise Rejected("a keyset notice must come from the keyset's owner")
+        row = self.store.keyset(keyset.id_hex)
+        if row is not None:  # we own it or hold a shard of it: only an amendment is news
+            self._amend(p.Keyset.from_bytes(row["record"]), keyset, now, known=False)
+            return b"ok"
         try:
             rule = ApprovalRule.of(keyset)
         except p.ShardnetError as exc:
@@ -629,15 +663,27 @@ class Approvals:
         if self.peer_id not in rule.approvers:
             raise Rejected("this node is not an approver of that keyset")
         known = self.store.known_keyset(keyset.id_hex)
-        if known is not None and known != keyset.signed:
-            raise Rejected("this node already holds another record for that keyset id")
-        if self.store.keyset(keyset.id_hex) is None:
-            self.store.put_known_keyset(
-                keyset.id_hex, keyset.signed, peer_id_of(keyset.owner), now=now,
-                audit=AuditEvent("approver-of", {"keyset": keyset.id_hex, "owner": peer_id_of(keyset.owner),
-                                                 "quorum": rule.quorum}, self.key),
-            )
+        if known is not None:
+            self._amend(p.Keyset.from_bytes(known), keyset, now, known=True)
+            return b"ok"
+        self.store.put_known_keyset(
+            keyset.id_hex, keyset.signed, peer_id_of(keyset.owner), now=now,
+            audit=AuditEvent("approver-of", {"keyset": keyset.id_hex, "owner": peer_id_of(keyset.owner),
+                                             "quorum": rule.quorum}, self.key),
+        )
         return b"ok"
+
+    def _amend(self, current: p.Keyset, new: p.Keyset, now: int, *, known: bool) -> None:
+        """Keep ``new`` if it is the owner's later revision of ``current``'s epoch."""
+        if new.signed == current.signed or (new.epoch, new.revision) < (current.epoch, current.revision):
+            return  # ours is the same or newer
+        if new.epoch != current.epoch or new.revision == current.revision:
+            raise Rejected(f"this node holds another record of that keyset (epoch {current.epoch}, "
+                           f"revision {current.revision}); a notice only amends the same epoch")
+        audit = AuditEvent("amended", {"keyset": new.id_hex, "epoch": new.epoch, "revision": new.revision},
+                           self.key)
+        amend = self.store.amend_known_keyset if known else self.store.amend_keyset
+        amend(new.id_hex, new.signed, now=now, audit=audit)
 
     def accept_request(self, data: bytes, now: int) -> Request | None:
         """Store a valid, unexpired request for a keyset we know; None if known or not ours."""

@@ -1068,10 +1068,12 @@ class Store:
 
     def move_slot(
         self, old: OutboxRow, new: NewOutboxItem, *, record: bytes, now: int, audit: AuditEvent,
+        notices: Iterable[str] = (),
     ) -> AuditEntry:
         """pending → moved (final) for ``old``, whose shard goes to ``new`` instead, in one
         transaction with the owner's amended keyset record (same epoch, the new holder
-        named) and the audit entry. The old slot's reserve is erased."""
+        named), a pending notice of it to each of ``notices`` (the holders and approvers
+        that hold the old one) and the audit entry. The old slot's reserve is erased."""
         with self.transaction():
             key = self._pending_item(old["keyset_id"], old["epoch"], old["idx"], old["custodian"], "move")
             if (new["keyset_id"], new["epoch"], new["idx"]) != (old["keyset_id"], old["epoch"], old["idx"]):
@@ -1084,7 +1086,40 @@ class Store:
             self._insert_outbox(new, now)
             self._db.execute("UPDATE keysets SET record = ? WHERE keyset_id = ? AND role = 'owner'",
                              [record, old["keyset_id"]])
+            for peer in notices:
+                self._db.execute(
+                    "INSERT INTO notices (keyset_id, peer, updated_at) VALUES (?, ?, ?) ON CONFLICT "
+                    "(keyset_id, peer) DO UPDATE SET state = 'pending', last_error = NULL, updated_at = ?",
+                    [old["keyset_id"], peer, now, now])
             return self._append(audit.kind, audit.body, now, audit.key)
+
+    def drop_reserve(self, keyset_id: str, epoch: int, idx: int, custodian: str, *, now: int,
+                     audit: AuditEvent) -> None:
+        """Erase a pending slot's reserve (it may not be re-placed any more); the slot stays
+        pending for its custodian."""
+        with self.transaction():
+            key = self._pending_item(keyset_id, epoch, idx, custodian, "drop the reserve of")
+            self._db.execute(
+                "UPDATE outbox SET reserve = NULL, deliver_by = NULL, updated_at = ? "
+                "WHERE keyset_id = ? AND epoch = ? AND idx = ? AND custodian = ?", [now, *key])
+            self._append(audit.kind, audit.body, now, audit.key)
+
+    def amend_keyset(self, keyset_id: str, record: bytes, *, now: int, audit: AuditEvent) -> None:
+        """Replace a keyset's record by its owner's amendment of the same epoch (checked by
+        the caller: same owner, same epoch, a higher revision), with its audit entry."""
+        with self.transaction():
+            if self._db.execute("UPDATE keysets SET record = ? WHERE keyset_id = ?",
+                                [record, keyset_id]).rowcount != 1:
+                raise KeysetNotFound(f"no keyset {keyset_id}")
+            self._append(audit.kind, audit.body, now, audit.key)
+
+    def amend_known_keyset(self, keyset_id: str, record: bytes, *, now: int, audit: AuditEvent) -> None:
+        """The same, for a keyset this node only approves."""
+        with self.transaction():
+            if self._db.execute("UPDATE known_keysets SET record = ? WHERE keyset_id = ?",
+                                [record, keyset_id]).rowcount != 1:
+                raise KeysetNotFound(f"no known keyset {keyset_id}")
+            self._append(audit.kind, audit.body, now, audit.key)
 
     def postpone(self, keyset_id: str, epoch: int, idx: int, custodian: str, *, deliver_by: int,
                  error: str, now: int) -> None:

@@ -92,6 +92,7 @@ def check_attrs(attrs: dict[str, Any], t: int, n: int) -> dict[str, Any]:
             raise MalformedEncoding(f"keyset attrs: holder index {str(i)[:10]!r} out of range")
         peers(hs, "holders")
     approvers = peers(attrs.get("approvers", []), "approvers")
+    peers(attrs.get("custodians", []), "custodians")
     quorum = attrs.get("quorum", t)
     if not isinstance(quorum, int) or isinstance(quorum, bool) or not 1 <= quorum <= vss.MAX_SHARES:
         raise MalformedEncoding("keyset attrs: quorum must be a positive integer")
@@ -231,7 +232,8 @@ class Keyset:
             genesis=self.genesis, master_ct=self.master_ct, unwrap_r=self.unwrap_r,
             unwrap_ct=self.unwrap_ct, kem=self.kem, created=self.created,
             not_after=self.not_after, policy_hash=self.policy_hash,
-            attrs=self.attrs if attrs is None else attrs, id_nonce=self.id_nonce,
+            attrs={k: v for k, v in (self.attrs if attrs is None else attrs).items() if k != "revision"},
+            id_nonce=self.id_nonce,
         )
 
 

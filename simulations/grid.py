@@ -180,7 +180,9 @@ class Grid:
         """Ask for the key from one node; the approvers of the keyset that ``approve(i)``
         approve. Raises the node's ControlError when the round fails."""
         asker = self.nodes[requester]
-        approvers = p.ApprovalRule.of(p.Keyset.from_bytes(asker.store.find_keyset(keyset)["record"])).approvers
+        # The approvers, from any node holding the record (the asker may never have seen it).
+        record = next(held["record"] for node in [asker, *self.nodes] if (held := node.store.keyset(keyset)))
+        approvers = p.ApprovalRule.of(p.Keyset.from_bytes(record)).approvers
         voters = [node for i, node in enumerate(self.nodes) if node.peer_id in approvers and approve(i)]
         result: dict[str, Any] = {}
 

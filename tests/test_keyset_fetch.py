@@ -104,3 +104,9 @@ def test_requests_round_trip_and_refuse_junk():
     assert kf.parse_request(kf.request(KEYSET.keyset_id, NONCE)) == (KEYSET.keyset_id, NONCE)
     with pytest.raises(p.MalformedEncoding):
         kf.parse_request(b"\x93junk")
+
+
+def test_a_new_epoch_starts_at_revision_zero():
+    amended = KEYSET.amend(OWNER, holders=HOLDERS)
+    nxt = amended.next_epoch(commitments=KEYSET.commitments, threshold=2, shares=3, signer=OWNER)
+    assert (nxt.epoch, nxt.revision) == (1, 0) and "revision" not in nxt.attrs

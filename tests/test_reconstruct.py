@@ -304,17 +304,26 @@ def test_a_coordinator_that_never_saw_the_keyset_fetches_it_and_refuses_forgerie
         c.wait_directory(expect=6)
         r = run_cli("key", "reconstruct", "--home", home(c, "nairobi"), keyset[:8], "--out", str(root / "x"))
         assert r.returncode == 2 and "full 32-hex-digit id" in r.stderr and "Traceback" not in r.stderr, r.stderr
-        for forgery in ("not bound", "signature", "is for keyset"):
+        # The forger serves the next forgery at each fetch it answers (a coordinator may ask it
+        # twice in one round): reconstruct until each kind was seen and refused.
+        forgeries = {"not bound": 0, "signature does not verify": 0, "is for keyset": 0}
+        runs = 0
+        while min(forgeries.values()) == 0 and runs < 8:
+            runs += 1
             code, res, err, _ = reconstruct(c, root, keyset, coordinator="nairobi")
             assert code == 0, err
             refused = res["fetched_record"]["refused"]
-            assert [r["peer"] for r in refused] == [sydney] and forgery in refused[0]["why"], refused
+            assert {r["peer"] for r in refused} <= {sydney}, refused  # honest answers are never refused
+            for r in refused:
+                kind = next(k for k in forgeries if k in r["why"])
+                forgeries[kind] += 1
             assert res["fetched_record"]["from"] != sydney
             assert f"peer {sydney} served a keyset record that failed its checks" in err
+        assert min(forgeries.values()) >= 1, (runs, forgeries)
         with c.nodes["nairobi"].home.open_store() as store:
             kinds = [e.kind for e in store.audit_entries()]
             assert store.keyset(keyset) is None  # it coordinated; it holds nothing
-        assert kinds.count("forged-record") == 3 and kinds.count("fetched") == 3
+        assert kinds.count("forged-record") == sum(forgeries.values()) and kinds.count("fetched") == runs
     finally:
         c.remove("nairobi")
         c.stop("sydney")
@@ -325,10 +334,10 @@ def test_a_coordinator_that_never_saw_the_keyset_fetches_it_and_refuses_forgerie
 def test_a_shard_for_a_departed_custodian_is_re_placed_and_the_key_comes_back(
     net: tuple[LocalCluster, pathlib.Path]
 ) -> None:
-    """Sydney leaves. A 3-of-5 import pinned on it (its descriptor is still within its TTL)
-    keeps sydney's shard pending; past --deliver-within it goes to nairobi, the one admitted
-    custodian that keeps distinct:country, `key show` says so, and the key comes back.
-    Sydney, back again, never gets the shard."""
+    """Sydney leaves. A 3-of-5 import pinned on six custodians, sydney among them (its
+    descriptor is still within its TTL), that places a shard on it keeps that shard pending;
+    past --deliver-within it goes to the one pinned custodian left over, `key show` says so,
+    and the key comes back. Sydney, back again, never gets the shard."""
     from shardnet.simulations._local import NodeSpec
 
     c, root = net
@@ -338,22 +347,28 @@ def test_a_shard_for_a_departed_custodian_is_re_placed_and_the_key_comes_back(
         c.wait_directory(expect=6)
         c.stop("sydney")
         (root / "master.key").write_bytes(KEY)
-        pinned = ids(c, "frankfurt", "new-york", "tokyo", "sao-paulo", "sydney")
-        r = run_cli("key", "import", "--home", home(c, "frankfurt"), "--in", str(root / "master.key"), "-t", "3",
-                    "-n", "5", "--custodians", pinned, "--deliver-within", "3s", "--wait", "2", "--json")
-        assert r.returncode == 0, r.stderr
-        ks = json.loads(r.stdout)["keyset"]
-        sydney, nairobi = c.nodes["sydney"].peer_id, c.nodes["nairobi"].peer_id
+        pinned = ids(c, "frankfurt", "new-york", "tokyo", "sao-paulo", "sydney", "nairobi")
+        sydney = c.nodes["sydney"].peer_id
+        for _attempt in range(6):  # 5 of the 6 are chosen: until sydney is one of them
+            r = run_cli("key", "import", "--home", home(c, "frankfurt"), "--in", str(root / "master.key"), "-t",
+                        "3", "-n", "5", "--custodians", pinned, "--deliver-within", "3s", "--wait", "1", "--json")
+            assert r.returncode == 0, r.stderr
+            d = json.loads(r.stdout)
+            spare = set(pinned.split(",")) - {s["custodian"] for s in d["shards"]}
+            if sydney not in spare:
+                break
+        assert sydney not in spare, "no import placed a shard on sydney"
+        ks, (other,) = d["keyset"], spare
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             shards = {s["custodian"]: s for s in c.control("frankfurt", "key-show", {"keyset": ks})["shards"]}
-            if shards.get(nairobi, {}).get("state") == "delivered":
+            if shards.get(other, {}).get("state") == "delivered":
                 break
             time.sleep(0.2)
-        assert shards[sydney]["state"] == "moved" and shards[nairobi]["state"] == "delivered", shards
-        assert shards[nairobi]["index"] == shards[sydney]["index"]
+        assert shards[sydney]["state"] == "moved" and shards[other]["state"] == "delivered", shards
+        assert shards[other]["index"] == shards[sydney]["index"]
         text = run_cli("key", "show", "--home", home(c, "frankfurt"), ks).stdout
-        assert f"moved (moved to {nairobi})" in text, text
+        assert f"moved (moved to {other})" in text, text
         code, _, err, _ = reconstruct(c, root, ks, approvers=("tokyo", "frankfurt", "new-york"))
         assert code == 0, err
         c.start("sydney")

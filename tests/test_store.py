@@ -699,7 +699,11 @@ def test_a_reserve_lives_only_in_a_pending_slot_and_a_move_is_one_transaction(st
                         reserve=old["reserve"], deliver_by=NOW + 120)
     with pytest.raises(ValueError, match="keeps its keyset, epoch and index"):
         store.move_slot(old, {**new, "idx": 2}, record=b"amended", now=NOW, audit=event("moved"))
-    assert store.keyset("ks-aaaa")["record"] != b"amended"  # nothing of the failed move was written
+    # A move that fails half-way (the new slot exists already) writes nothing at all.
+    with pytest.raises(ValueError, match="already queued"):
+        store.move_slot(old, {**new, "custodian": "peer3"}, record=b"amended", now=NOW, audit=event("moved"))
+    assert store.keyset("ks-aaaa")["record"] != b"amended"
+    assert next(r for r in store.outbox("ks-aaaa") if r["idx"] == 3)["state"] == "pending"
     store.move_slot(old, new, record=b"amended", now=NOW + 61, audit=event("moved"))
     by = {r["custodian"]: r for r in store.outbox("ks-aaaa")}
     assert [by[f"peer{i}"]["reserve"] for i in (1, 2, 3)] == [None, None, None]
