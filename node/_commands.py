@@ -243,10 +243,11 @@ def _format_keyset(d: dict[str, Any]) -> str:
         text += (f"\n\nat risk: {len(d['at_risk'])} custodians holding shards of this keyset are not admitted "
                  "to the network now; reshare the keyset away from them (not built yet: the re-encryption "
                  "issue), or import the key anew")
-    if len(d.get("reserves", [])) >= d["threshold"]:
-        text += (f"\n\nthis node keeps {len(d['reserves'])} shares of this keyset sealed to itself until they are "
-                 f"delivered (to re-place them if need be): at {d['threshold']} or more, this home alone could "
-                 "rebuild the key until then")
+    here = set(d.get("reserves", [])) | set(d.get("held", []))
+    if d.get("reserves") and len(here) >= d["threshold"]:
+        text += (f"\n\nthis home keeps {len(here)} shares of this keyset ({len(d['reserves'])} of them sealed to "
+                 "itself until they are delivered, to re-place them if need be): with "
+                 f"{d['threshold']} or more, this home alone could rebuild the key until then")
     if d["status"] == "exposed":
         text += ("\n\nthis keyset's shares were released in shares mode: treat the key as exposed and "
                  "rotate it (shardnet key import of a new key)")

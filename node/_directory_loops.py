@@ -196,12 +196,20 @@ class DirectoryLoops:
             if connected:
                 self.has_peers.set()
             now = trio.current_time()
-            if not connected and self.bootstrap and now - last_boot >= REBOOTSTRAP:
+            member = self.member()
+            if not connected and (self.bootstrap or not member) and now - last_boot >= REBOOTSTRAP:
                 # At start, and whenever we are alone again: for example a node that was
-                # cut off until its admission reached the network.
+                # cut off until its admission reached the network. One whose own view says
+                # it is no member may be wrong (admitted again while it was away): it tries
+                # a few custodians it knows too, in case the bootstrap peers are gone.
                 last_boot = now
                 for addr in self.bootstrap:
                     await self.links.dial(addr)
+                if not member and not self.links.connected():
+                    for peer in pick(self.rng, [x for x in self.directory.peer_ids() if x != own], 3):
+                        d = self.directory.get(peer)
+                        if d is not None:
+                            await self.links.dial_custodian(d, background=True)
                 continue
             if now - window >= PULL_EVERY:
                 window, new_pulls = now, 0
@@ -215,7 +223,6 @@ class DirectoryLoops:
             if now - last_pull > PULL_EVERY and connected:
                 last_pull = now
                 jobs += [(self._pull_all, peer) for peer in pick(self.rng, sorted(connected), 2)]
-            member = self.member()
             if member and not was_member:
                 self.became_member.set()
             was_member = member

@@ -8,8 +8,11 @@ signed over the asker's nonce. Anyone else says it holds no record.
 Fetching: the admitted custodians are asked, those we are connected to first,
 ``PARALLEL`` at a time, ``PER_PEER_TIMEOUT`` seconds each and ``MAX_ASKED`` at
 most, until one gives a trusted answer. Then the owner and every holder that
-record names are asked too, and the newest revision of all trusted answers
-is kept (a holder that never got an amendment serves an older one). Every
+record names are asked too (and, once more, those a newer record names), and
+the newest revision of all trusted answers is kept (a holder that never got an
+amendment serves an older one). With the owner away and only stale holders
+answering, an older revision is what the coordinator gets: its round then asks
+a displaced custodian for the moved index, and needs t of the others. Every
 answer that fails a check is reported with the peer that sent it, and
 written to the audit log as a ``forged-record`` entry.
 """
@@ -39,6 +42,7 @@ PARALLEL = 8
 MAX_ASKED = 64
 PER_PEER_TIMEOUT = 5.0
 FETCH_TIMEOUT = 20.0
+FOLLOW_UP_ROUNDS = 2
 
 
 class NoRecord(p.ShardnetError):
@@ -130,15 +134,22 @@ class RecordService:
                         nursery.start_soon(ask, peer, nursery.cancel_scope)
                 if trusted:
                     break
-            if trusted:
-                # Whoever answered first may hold an older revision: ask the owner and the
-                # holders the newest record names, and keep the newest of all.
-                best = kf.newest(ks for ks, _ in trusted)
-                named = [p.peer_id_of(best.owner), *(h for hs in kf.holders_of(best).values() for h in hs)]
+        # Whoever answered first may hold an older revision: ask the owner and the holders
+        # the newest record names (and those of a newer one that turns up), and keep the
+        # newest of all. Each round has its own time, whatever the first one used.
+        for _round in range(FOLLOW_UP_ROUNDS):
+            if not trusted:
+                break
+            best = kf.newest(ks for ks, _ in trusted)
+            named = [p.peer_id_of(best.owner), *(h for hs in kf.holders_of(best).values() for h in hs)]
+            todo = [peer for peer in dict.fromkeys(named) if peer not in asked and peer != self.peer_id]
+            if not todo:
+                break
+            with trio.move_on_after(PER_PEER_TIMEOUT + 1):
                 async with trio.open_nursery() as nursery:
-                    for peer in dict.fromkeys(named):
-                        if peer not in asked and peer != self.peer_id:
-                            nursery.start_soon(ask, peer, None)
+                    for peer in todo:
+                        nursery.start_soon(ask, peer, None)
+            asked.update(todo)  # asked once, answered or not
         for peer, why in refused:
             log.warning("keyset record from %s refused: %s", peer, why)
             self.store.append_audit("forged-record", {"keyset": keyset_id.hex(), "peer": peer, "reason": why},

@@ -28,6 +28,7 @@ log = logging.getLogger("shardnet.node")
 
 CONNECT_TIMEOUT = 5.0
 BACKOFF_MAX = 30.0
+MAX_BACKOFFS = 1024
 
 
 class Links:
@@ -86,13 +87,27 @@ class Links:
                 return True
         delay = min(BACKOFF_MAX, self._dial_backoff.get(d.peer_id, (0.0, 0.5))[1] * 2)
         self._dial_backoff[d.peer_id] = (trio.current_time() + delay, delay)
+        self._prune(self._dial_backoff)
         return False
 
     def kept(self, peers: Iterable[str]) -> None:
-        """These peers are still connected: the peers loop may dial them again at once later."""
+        """These peers are still connected: a connection that lasted out its back-off
+        period ends the back-off (one dropped earlier is dialed later, and later again)."""
         if self._churn:
+            now = trio.current_time()
             for peer in peers:
-                self._churn.pop(peer, None)
+                entry = self._churn.get(peer)
+                if entry is not None and now >= entry[0]:
+                    del self._churn[peer]
+            self._prune(self._churn)
+
+    @staticmethod
+    def _prune(backoff: dict[str, tuple[float, float]]) -> None:
+        """Forget back-offs long over: at most a few per peer ever seen, not per dial."""
+        if len(backoff) > MAX_BACKOFFS:
+            now = trio.current_time()
+            for peer in [x for x, (due, _) in backoff.items() if due + BACKOFF_MAX < now]:
+                del backoff[peer]
 
     async def reach(self, peer: str, protocol: str) -> None:
         """Make sure we have a connection to ``peer`` (dialing its descriptor's addresses)."""

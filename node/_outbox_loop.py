@@ -27,13 +27,14 @@ from ._clock import Clock
 from ._links import BACKOFF_MAX, Links
 from ._possession import Possession
 from ._services import Custodian, Owner, Rejected, ReserveExpired
-from ._store import Store
+from ._store import Store, StoreError
 
 log = logging.getLogger("shardnet.node")
 
 MAX_PARALLEL_PEERS = 16
 IDLE_WAKE = 30.0
 REPLACE_RETRY = 300
+MAX_NOTICE_ATTEMPTS = 120  # about an hour at the back-off's 30 s cap
 
 
 def _slot_key(row: Any) -> tuple[str, int, int, str]:
@@ -106,8 +107,8 @@ class OutboxLoop:
             pending_notices = self.store.pending_notices()
             notices = [r for r in pending_notices
                        if self._notice_backoff.get(r["peer"], (0.0, 0.0))[0] <= now]
-            if pending_notices:
-                wake = min(wake, now + 1.0)
+            for r in pending_notices:  # the next one due
+                wake = min(wake, max(now + 0.1, self._notice_backoff.get(r["peer"], (0.0, 0.0))[0]))
             if by_peer or notices:
                 async with trio.open_nursery() as n:
                     for peer, peer_rows in by_peer.items():
@@ -125,6 +126,10 @@ class OutboxLoop:
         now = self.now()
         try:
             new = self.owner.replace(row, now)
+        except StoreError as exc:  # it changed under us: the next pass reads it again
+            log.warning("shard %s:%d for %s: not re-placed: %s", row["keyset_id"][:12], row["idx"],
+                        row["custodian"], exc)
+            return
         except ReserveExpired as exc:
             log.warning("shard %s:%d for %s: %s; its reserve is erased, and it waits for its custodian",
                         row["keyset_id"][:12], row["idx"], row["custodian"], exc)
@@ -152,10 +157,10 @@ class OutboxLoop:
         """Send one slot's shard and feed the outcome to its machine."""
         peer = row["custodian"]
         slot = self._slots[_slot_key(row)]
-        frame, cover = self.owner.delivery_frame(row, self.now())
         receipt = None
         event: outbox.Event
         try:
+            frame, cover = self.owner.delivery_frame(row, self.now())
             # Checked at every attempt, not only at import: a custodian revoked (or expired)
             # while its shard waited never gets it. The slot stays pending.
             # Admitted now, and proven to hold its keys (once per admission): otherwise the
@@ -196,6 +201,8 @@ class OutboxLoop:
             state, error = ("pending" if busy else "refused"), exc.reason
         except tx.RequestError as exc:
             state, error = "pending", str(exc)
+        if state == "pending" and row["attempts"] + 1 >= MAX_NOTICE_ATTEMPTS:
+            state, error = "refused", f"gave up after {MAX_NOTICE_ATTEMPTS} attempts: {error}"
         self.store.mark_notice(row["keyset_id"], peer, state, error=error, now=self.now())
         if state == "pending":
             _, delay = self._notice_backoff.get(peer, (0.0, 0.25))

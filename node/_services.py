@@ -312,6 +312,9 @@ class Custodian:
                                                                 keyset.policy_hash):
             raise p.MalformedEncoding("shard metadata and keyset disagree on t, n or the policy")
         del share  # verified; only the sealed form is ever stored
+        current = self.store.keyset(keyset.id_hex)
+        if current is not None:  # the delivery may carry the owner's amendment (a shard re-placed)
+            amend_record(self.store, self.key, p.Keyset.from_bytes(current["record"]), keyset, now)
         held = self.store.held_shard(keyset.id_hex, meta.epoch, meta.index)
         if held is not None and self.keystore.open_at_rest(held["sealed"]) == sealed:
             return "already-held"
@@ -325,6 +328,18 @@ class Custodian:
                 audit=AuditEvent("store", body, self.key),
             )
         return "stored"
+
+
+def amend_record(store: Store, key: p.Signer, current: p.Keyset, new: p.Keyset, now: int, *,
+                 known: bool = False) -> bool:
+    """Replace ``current`` by ``new`` in the store if ``new`` amends it (``Keyset.amends``:
+    same epoch, higher revision, only holders moved); True if it did. Raises
+    InvalidSignature for a later record that changes anything else."""
+    if not new.amends(current):
+        return False
+    audit = AuditEvent("amended", {"keyset": new.id_hex, "epoch": new.epoch, "revision": new.revision}, key)
+    (store.amend_known_keyset if known else store.amend_keyset)(new.id_hex, new.signed, now=now, audit=audit)
+    return True
 
 
 def _keyset_row(keyset: p.Keyset, role: str) -> Any:
@@ -523,7 +538,8 @@ class Owner:
         # Who holds the old record gets the amendment: the holders that have their shard,
         # and the approvers that hold none (the new holder gets it with its shard).
         delivered = {o["custodian"] for o in self.store.outbox(keyset.id_hex) if o["state"] == "delivered"}
-        told = (delivered | set(keyset.attrs.get("approvers", []))) - {self.peer_id, new.peer_id, row["custodian"]}
+        told = ((delivered - {row["custodian"]}) | set(keyset.attrs.get("approvers", []))) - {self.peer_id,
+                                                                                           new.peer_id}
         self.store.move_slot(row, item, record=amended.signed, now=now, notices=sorted(told), audit=AuditEvent(
             "moved", {"keyset": keyset.id_hex, "epoch": keyset.epoch, "index": row["idx"], "from": row["custodian"],
                       "to": new.peer_id, "revision": amended.revision, "reason": "not delivered by its deadline"},
@@ -674,16 +690,15 @@ class Approvals:
         return b"ok"
 
     def _amend(self, current: p.Keyset, new: p.Keyset, now: int, *, known: bool) -> None:
-        """Keep ``new`` if it is the owner's later revision of ``current``'s epoch."""
-        if new.signed == current.signed or (new.epoch, new.revision) < (current.epoch, current.revision):
-            return  # ours is the same or newer
-        if new.epoch != current.epoch or new.revision == current.revision:
-            raise Rejected(f"this node holds another record of that keyset (epoch {current.epoch}, "
-                           f"revision {current.revision}); a notice only amends the same epoch")
-        audit = AuditEvent("amended", {"keyset": new.id_hex, "epoch": new.epoch, "revision": new.revision},
-                           self.key)
-        amend = self.store.amend_known_keyset if known else self.store.amend_keyset
-        amend(new.id_hex, new.signed, now=now, audit=audit)
+        """Keep ``new`` if it is the owner's later amendment of ``current`` (holders moved,
+        nothing else changed); ignore one that is the same or older."""
+        if new.epoch != current.epoch:
+            raise Rejected(f"this node holds epoch {current.epoch} of that keyset; a notice only amends the "
+                           "epoch it holds")
+        try:
+            amend_record(self.store, self.key, current, new, now, known=known)
+        except p.InvalidSignature as exc:
+            raise Rejected(f"{exc}; a notice only amends who holds which shard") from None
 
     def accept_request(self, data: bytes, now: int) -> Request | None:
         """Store a valid, unexpired request for a keyset we know; None if known or not ours."""

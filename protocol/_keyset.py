@@ -219,6 +219,22 @@ class Keyset:
                 if f.name not in ("owner", "signed", "attrs")}
         return _signed(signer, **keep, attrs=attrs)
 
+    def amends(self, current: Keyset) -> bool:
+        """Whether this record is a later amendment of ``current``: the same keyset, epoch and
+        owner, a higher revision, and nothing else changed but who holds which index (so an
+        amendment can never change the approvers, the quorum, the policy or the shares).
+        False for the same record, an older one or another epoch's (epoch changes are not
+        amendments); raises InvalidSignature for a later one that changes anything else."""
+        if self.signed == current.signed or self.epoch != current.epoch or self.revision <= current.revision:
+            return False
+        mine, theirs = self._fields(), current._fields()
+        same_attrs = ({k: v for k, v in self.attrs.items() if k not in ("holders", "revision")}
+                      == {k: v for k, v in current.attrs.items() if k not in ("holders", "revision")})
+        if self.owner != current.owner or mine[:16] != theirs[:16] or mine[17:] != theirs[17:] or not same_attrs:
+            raise InvalidSignature(f"keyset {self.id_hex}: a later record (epoch {self.epoch}, revision "
+                                   f"{self.revision}) changes more than its holders")
+        return True
+
     def next_epoch(
         self, *, commitments: Sequence[bytes], threshold: int, shares: int,
         signer: Signer, attrs: dict[str, Any] | None = None,

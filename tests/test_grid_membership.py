@@ -124,9 +124,10 @@ async def test_a_departed_custodian_stops_being_a_candidate_after_its_ttl(tmp_pa
 async def test_shards_pending_past_their_deadline_are_re_placed_and_the_key_comes_back(
         tmp_path: pathlib.Path, autojump_clock: Any) -> None:
     """Two pinned custodians leave before their shards arrive. Past --deliver-within both
-    shards move, in one pass of the outbox, to pinned custodians that hold none (never to
-    one outside the pin); the holders that have the old record get the amendment; and a
-    node that never saw the keyset fetches the newest revision and gets the key back."""
+    shards move to pinned custodians that hold none (never to one outside the pin); the
+    holders that have the old record get the amendment, and refuse one that changes more
+    than the holders; and a node that never saw the keyset fetches the newest revision,
+    even while the other holders serve the oldest, and gets the key back."""
     from shardnet.protocol import keyset_fetch as kf
 
     g = Grid(tmp_path, 9, latency=lambda a, b: 0.03, seed=5)
@@ -145,6 +146,7 @@ async def test_shards_pending_past_their_deadline_are_re_placed_and_the_key_come
             raise AssertionError("no import placed a shard on both departed custodians")
         slots = {s["custodian"]: s for s in g.shards(0, keyset)}
         assert [slots[peer]["state"] for peer in sorted(gone)] == ["pending", "pending"]
+        revision_0 = owner.store.keyset(keyset)["record"]
         reserves = {r["custodian"] for r in owner.store.outbox(keyset) if r["reserve"] is not None}
         assert reserves == gone  # only the undelivered slots keep their share
         await trio.sleep(130)
@@ -165,7 +167,26 @@ async def test_shards_pending_past_their_deadline_are_re_placed_and_the_key_come
         await trio.sleep(5)
         for peer in {s["custodian"] for s in shards if s["state"] == "delivered"} - {owner.peer_id}:
             assert p.Keyset.from_bytes(g.nodes[g.index(peer)].store.keyset(keyset)["record"]).revision == 2
-        # Node 8 never saw the keyset: it fetches the record (the newest) and gets the key back.
+        # The owner's key may move holders, nothing else: a holder refuses a "revision 3" that
+        # names new approvers, and ignores an older revision.
+        import dataclasses
+
+        from shardnet.node._services import Rejected
+        from shardnet.protocol._keyset import _signed
+
+        holder = g.nodes[g.index(next(iter(new)))]
+        keep = {f.name: getattr(record, f.name) for f in dataclasses.fields(record) if f.name not in ("owner", "signed")}
+        grab = _signed(owner.key, **{**keep, "attrs": {**record.attrs, "revision": 3, "approvers": [holder.peer_id],
+                                                        "quorum": 1}})
+        with pytest.raises(Rejected, match="changes more than its holders"):
+            holder.approvals.accept_keyset_notice(owner.peer_id, grab.signed, holder.now())
+        assert holder.approvals.accept_keyset_notice(owner.peer_id, revision_0, holder.now()) == b"ok"
+        assert p.Keyset.from_bytes(holder.store.keyset(keyset)["record"]).revision == 2  # unchanged
+        # The holders that were never moved serve revision 0 again (as if every notice had been
+        # lost): node 8, which never saw the keyset, still ends with the newest.
+        for peer in {s["custodian"] for s in shards if s["state"] == "delivered"} - new - {owner.peer_id}:
+            g.nodes[g.index(peer)].store._db.execute("UPDATE keysets SET record = ? WHERE keyset_id = ?",
+                                                     [revision_0, keyset])
         assert g.nodes[8].store.keyset(keyset) is None
         assert await g.reconstruct(8, keyset, approve=lambda i: i not in (6, 7)) == b"r" * 32
         fetched = [e.body for e in g.nodes[8].store.audit_entries() if e.kind == "fetched"]
@@ -261,3 +282,36 @@ async def test_random_admissions_and_revocations_never_seal_a_shard_to_a_peer_no
             cands = g.nodes[i].owner.candidates("x25519", g.nodes[i].now())
             assert not {g.nodes[r].peer_id for r in revoked} & set(cands)
             assert {g.nodes[a].peer_id for a in admitted - left if a >= 160} <= set(cands)
+
+
+@pytest.mark.trio
+async def test_a_shard_that_cannot_be_re_placed_waits_and_its_reserve_is_erased_in_time(
+        tmp_path: pathlib.Path, autojump_clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pinned on exactly five, two of them gone: nobody can take their shards, so they stay
+    pending (tried again later); `key show` warns that the owner's home keeps t shares; past
+    the keep limit the kept shares are erased and the slots only wait for their custodians."""
+    from shardnet.node import _api, _commands, _services
+
+    monkeypatch.setattr(_services, "RESERVE_KEEP", 200)
+    g = Grid(tmp_path, 6, latency=lambda a, b: 0.03, seed=6)
+    async with g.running():
+        await g.wait_directory(within=120)
+        owner = g.nodes[0]
+        for i in (4, 5):
+            g.nodes[i].stop()
+        pinned = [n.peer_id for n in g.nodes[1:6]]
+        keyset = await g.import_key(0, b"w" * 32, 2, 5, custodians=pinned, placement="", deliver_within=60,
+                                    all_delivered=False, wait=3)
+        detail = _api.keyset_detail(owner.store, keyset)
+        assert len(detail["reserves"]) == 2
+        assert "this home alone could rebuild the key" in _commands._format_keyset(detail)
+        await trio.sleep(70)  # overdue, and no pinned custodian is free: pending, tried again later
+        rows = {r["custodian"]: r for r in owner.store.outbox(keyset) if r["state"] == "pending"}
+        assert len(rows) == 2 and all(r["reserve"] is not None and r["deliver_by"] >= owner.now() + 200
+                                      for r in rows.values()), rows  # postponed by REPLACE_RETRY
+        await trio.sleep(330)  # the retry comes after the keep limit: the reserves go
+        rows = {r["custodian"]: r for r in owner.store.outbox(keyset) if r["state"] == "pending"}
+        assert len(rows) == 2 and all(r["reserve"] is None and r["deliver_by"] is None for r in rows.values())
+        erased = [e.body for e in owner.store.audit_entries() if e.kind == "reserve-erased"]
+        assert {e["custodian"] for e in erased} == set(rows)
+        assert "could rebuild" not in _commands._format_keyset(_api.keyset_detail(owner.store, keyset))

@@ -110,3 +110,20 @@ def test_a_new_epoch_starts_at_revision_zero():
     amended = KEYSET.amend(OWNER, holders=HOLDERS)
     nxt = amended.next_epoch(commitments=KEYSET.commitments, threshold=2, shares=3, signer=OWNER)
     assert (nxt.epoch, nxt.revision) == (1, 0) and "revision" not in nxt.attrs
+
+
+def test_an_amendment_may_move_holders_and_nothing_else():
+    import dataclasses
+
+    from shardnet.protocol._keyset import _signed
+
+    moved = KEYSET.amend(OWNER, holders={**HOLDERS, "2": [pid(OTHER)]})
+    assert moved.amends(KEYSET) and not KEYSET.amends(moved) and not moved.amends(moved)
+    # The owner's key re-signing anything else at a higher revision is refused, not taken.
+    keep = {f.name: getattr(moved, f.name) for f in dataclasses.fields(moved) if f.name not in ("owner", "signed")}
+    for change in ({"attrs": {**moved.attrs, "approvers": [pid(OTHER)], "quorum": 1}},
+                   {"attrs": {**moved.attrs, "policy": "permit (principal, action, resource);"}},
+                   {"not_after": NOW + 1}, {"threshold": 3}):
+        bad = _signed(OWNER, **{**keep, **change})
+        with pytest.raises(p.InvalidSignature, match="changes more than its holders"):
+            bad.amends(KEYSET)
