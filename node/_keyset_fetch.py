@@ -140,7 +140,7 @@ class RecordService:
         for _round in range(FOLLOW_UP_ROUNDS):
             if not trusted:
                 break
-            best = kf.newest(ks for ks, _ in trusted)
+            best = kf.pick(ks for ks, _ in trusted)[0]
             named = [p.peer_id_of(best.owner), *(h for hs in kf.holders_of(best).values() for h in hs)]
             todo = [peer for peer in dict.fromkeys(named) if peer not in asked and peer != self.peer_id]
             if not todo:
@@ -159,5 +159,14 @@ class RecordService:
             raise NoRecord(f"no admitted custodian gave a trusted record of keyset {keyset_id.hex()} "
                            f"({len(asked)} asked, {unanswered} without one"
                            f"{', refused: ' + lies if lies else ''})")
-        keyset, source = max(trusted, key=lambda ks: kf.revision(ks[0]))
+        keyset, bad = kf.pick(ks for ks, _ in trusted)
+        for b in bad:
+            for ks, peer in trusted:
+                if ks.signed == b.signed:
+                    why = f"revision {b.revision} changes more than the holders of the older records"
+                    refused.append((peer, why))
+                    log.warning("keyset record from %s refused: %s", peer, why)
+                    self.store.append_audit("forged-record", {"keyset": keyset_id.hex(), "peer": peer,
+                                                              "reason": why}, int(self.clock()), self.key)
+        source = next(peer for ks, peer in trusted if ks.signed == keyset.signed)
         return Fetched(keyset, source, refused)

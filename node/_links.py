@@ -41,6 +41,7 @@ class Links:
         self.admits = admits
         self._dial_backoff: dict[str, tuple[float, float]] = {}  # peer -> (next dial, delay), after failures
         self._churn: dict[str, tuple[float, float]] = {}  # the same, after dials the peer did not keep
+        self._since: dict[str, float] = {}  # when a background dial last connected
         self._in_flight: dict[tuple[str, str], trio.CapacityLimiter] = {}  # (peer, protocol) -> slots
 
     def connected(self) -> list[str]:
@@ -84,6 +85,7 @@ class Links:
                 if background:
                     delay = min(BACKOFF_MAX, self._churn.get(d.peer_id, (0.0, 0.25))[1] * 2)
                     self._churn[d.peer_id] = (trio.current_time() + delay, delay)
+                    self._since[d.peer_id] = trio.current_time()
                 return True
         delay = min(BACKOFF_MAX, self._dial_backoff.get(d.peer_id, (0.0, 0.5))[1] * 2)
         self._dial_backoff[d.peer_id] = (trio.current_time() + delay, delay)
@@ -91,15 +93,17 @@ class Links:
         return False
 
     def kept(self, peers: Iterable[str]) -> None:
-        """These peers are still connected: a connection that lasted out its back-off
-        period ends the back-off (one dropped earlier is dialed later, and later again)."""
+        """These peers are still connected: a connection that lasted ``BACKOFF_MAX`` ends
+        the back-off (one dropped earlier is dialed later, and later again)."""
         if self._churn:
             now = trio.current_time()
             for peer in peers:
-                entry = self._churn.get(peer)
-                if entry is not None and now >= entry[0]:
+                if peer in self._churn and now - self._since.get(peer, now) >= BACKOFF_MAX:
                     del self._churn[peer]
+                    self._since.pop(peer, None)
             self._prune(self._churn)
+            for peer in [x for x in self._since if x not in self._churn]:
+                del self._since[peer]
 
     @staticmethod
     def _prune(backoff: dict[str, tuple[float, float]]) -> None:

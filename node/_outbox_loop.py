@@ -89,8 +89,7 @@ class OutboxLoop:
             for row in overdue:
                 slot = self._slots.setdefault(_slot_key(row), outbox.OutboxSlot(now=now))
                 if any(isinstance(e, outbox.Replace) for e in slot.handle(outbox.Overdue(), now)):
-                    self._replace(row)
-                    changed = True
+                    changed = self._replace(row) or changed
             if changed:
                 continue
             wake = now + IDLE_WAKE
@@ -119,8 +118,9 @@ class OutboxLoop:
             with trio.move_on_at(wake):
                 await self.wakeup.wait()
 
-    def _replace(self, row: Any) -> None:
-        """Carry out a Replace effect: the slot is moved, or stays pending for later."""
+    def _replace(self, row: Any) -> bool:
+        """Carry out a Replace effect: the slot is moved, or stays pending for later.
+        Whether the store changed (then the rows are read again)."""
         key = _slot_key(row)
         del self._slots[key]  # moved (final), or pending again with a new machine
         now = self.now()
@@ -129,22 +129,23 @@ class OutboxLoop:
         except StoreError as exc:  # it changed under us: the next pass reads it again
             log.warning("shard %s:%d for %s: not re-placed: %s", row["keyset_id"][:12], row["idx"],
                         row["custodian"], exc)
-            return
+            return False
         except ReserveExpired as exc:
             log.warning("shard %s:%d for %s: %s; its reserve is erased, and it waits for its custodian",
                         row["keyset_id"][:12], row["idx"], row["custodian"], exc)
             self.owner.drop_reserve(row, str(exc), now)
-            return
+            return True
         except (ValueError, p.ShardnetError) as exc:  # PlacementError is a ValueError
             log.warning("shard %s:%d for %s is overdue and cannot be re-placed: %s", row["keyset_id"][:12],
                         row["idx"], row["custodian"], exc)
             self.store.postpone(*key, deliver_by=now + REPLACE_RETRY, error=f"overdue; not re-placed: {exc}",
                                 now=now)
-            return
+            return True
         log.info("shard %s:%d not delivered to %s in time: re-placed on %s", row["keyset_id"][:12], row["idx"],
                  row["custodian"], new)
         self.progress.set()
         self.progress = trio.Event()
+        return True
 
     async def _deliver_to(self, peer: str, rows: list[Any], limiter: trio.CapacityLimiter) -> None:
         async with limiter:

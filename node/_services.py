@@ -54,10 +54,13 @@ class Rejected(Exception):
     """A peer's request is refused; the message goes back to it."""
 
 
+POSSESSION_PREFIX = "possession:"
+
+
 def possession_mark(peer: str, admission: Admission) -> str:
     """The store key of a custodian's proof of possession under one admission: ``ok`` or
     the reason it failed (``_possession``)."""
-    return f"possession:{peer}:{admission.id.hex()}"
+    return f"{POSSESSION_PREFIX}{peer}:{admission.id.hex()}"
 
 
 class NotAdmitted(p.ShardnetError):
@@ -467,9 +470,12 @@ class Owner:
         """Who may hold a shard now: custodians the network admits (with their vouched
         attributes and HPKE keys) that we know how to reach and have heard from lately. ``pinned``: exactly these,
         each of which must be one."""
+        failed = self.store.kv_keys(POSSESSION_PREFIX, except_value=b"ok")  # one query, not one per candidate
+        failed_peers = {key.split(":")[1] for key in failed}
         admitted = {a.peer_id: a for a in self.members.custodians(now)
                     if kem in a.kems and self.directory.get(a.peer_id) is not None
-                    and self.directory.live(a.peer_id, now) and not self.failed_possession(a)}
+                    and self.directory.live(a.peer_id, now)
+                    and not (a.peer_id in failed_peers and possession_mark(a.peer_id, a) in failed)}
         if pinned is None:
             return admitted
         out = {}
@@ -692,7 +698,9 @@ class Approvals:
     def _amend(self, current: p.Keyset, new: p.Keyset, now: int, *, known: bool) -> None:
         """Keep ``new`` if it is the owner's later amendment of ``current`` (holders moved,
         nothing else changed); ignore one that is the same or older."""
-        if new.epoch != current.epoch:
+        if new.epoch < current.epoch:
+            return  # we hold a later epoch already
+        if new.epoch > current.epoch:
             raise Rejected(f"this node holds epoch {current.epoch} of that keyset; a notice only amends the "
                            "epoch it holds")
         try:

@@ -1089,7 +1089,7 @@ class Store:
             for peer in notices:
                 self._db.execute(
                     "INSERT INTO notices (keyset_id, peer, updated_at) VALUES (?, ?, ?) ON CONFLICT "
-                    "(keyset_id, peer) DO UPDATE SET state = 'pending', last_error = NULL, updated_at = ?",
+                    "(keyset_id, peer) DO UPDATE SET state = 'pending', last_error = NULL, attempts = 0, updated_at = ?",
                     [old["keyset_id"], peer, now, now])
             return self._append(audit.kind, audit.body, now, audit.key)
 
@@ -1378,6 +1378,11 @@ class Store:
             return int(self._db.execute("DELETE FROM proposals WHERE updated_at < ?", [updated_before]).rowcount)
 
     # -- small node state ----------------------------------------------------------
+
+    def kv_keys(self, prefix: str, *, except_value: bytes) -> set[str]:
+        """The keys that start with ``prefix`` whose value is not ``except_value``."""
+        return {row[0] for row in self._db.execute(
+            "SELECT key FROM kv WHERE substr(key, 1, ?) = ? AND value != ?", [len(prefix), prefix, except_value])}
 
     def get_kv(self, key: str) -> bytes | None:
         row = self._db.execute("SELECT value FROM kv WHERE key = ?", [key]).fetchone()

@@ -210,10 +210,11 @@ class Keyset:
 
     def amend(self, signer: Signer, *, holders: Mapping[str, Sequence[str]]) -> Keyset:
         """The same epoch, with a shard index moved to other holders (the owner re-placed a
-        shard that was never delivered): the shares and every ciphertext stay, the holders
-        change, and the revision goes up by one."""
+        shard that was never delivered): the shares, every ciphertext and the approvers stay,
+        the holders change, and the revision goes up by one."""
+        # The approvers stay who they were: by default the holders, so they are named now.
         attrs = {**self.attrs, "holders": {i: list(hs) for i, hs in holders.items()},
-                 "revision": self.revision + 1}
+                 "revision": self.revision + 1, "approvers": self.approvers}
         check_attrs(attrs, self.threshold, self.shares)
         keep = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name not in ("owner", "signed", "attrs")}
@@ -225,15 +226,30 @@ class Keyset:
         amendment can never change the approvers, the quorum, the policy or the shares).
         False for the same record, an older one or another epoch's (epoch changes are not
         amendments); raises InvalidSignature for a later one that changes anything else."""
-        if self.signed == current.signed or self.epoch != current.epoch or self.revision <= current.revision:
+        if self.signed == current.signed or self.epoch != current.epoch or self.revision < current.revision:
             return False
+        if self.revision == current.revision:
+            raise InvalidSignature(f"keyset {self.id_hex}: two different records of epoch {self.epoch} at "
+                                   f"revision {self.revision}")
         mine, theirs = self._fields(), current._fields()
-        same_attrs = ({k: v for k, v in self.attrs.items() if k not in ("holders", "revision")}
-                      == {k: v for k, v in current.attrs.items() if k not in ("holders", "revision")})
-        if self.owner != current.owner or mine[:16] != theirs[:16] or mine[17:] != theirs[17:] or not same_attrs:
+        loose = ("holders", "revision", "approvers")
+        same_attrs = ({k: v for k, v in self.attrs.items() if k not in loose}
+                      == {k: v for k, v in current.attrs.items() if k not in loose})
+        pinned = current.attrs.get("custodians")
+        in_pin = pinned is None or all(h in pinned for hs in self.attrs.get("holders", {}).values() for h in hs)
+        if (self.owner != current.owner or mine[:16] != theirs[:16] or mine[17:] != theirs[17:] or not same_attrs
+                or self.approvers != current.approvers or not in_pin):
             raise InvalidSignature(f"keyset {self.id_hex}: a later record (epoch {self.epoch}, revision "
                                    f"{self.revision}) changes more than its holders")
         return True
+
+    @property
+    def approvers(self) -> list[str]:
+        """Who approves a reconstruction: those the record names, by default its holders."""
+        named = self.attrs.get("approvers")
+        if named:
+            return sorted(named)
+        return sorted({h for hs in self.attrs.get("holders", {}).values() for h in hs})
 
     def next_epoch(
         self, *, commitments: Sequence[bytes], threshold: int, shares: int,

@@ -27,7 +27,7 @@ import hashlib
 from collections.abc import Iterable
 
 from ._codec import decode_record, encode, want, want_bytes
-from ._errors import ShardnetError
+from ._errors import InvalidSignature, ShardnetError
 from ._keyset import KEYSET_ID_LEN, MAX_RECORD, Keyset
 from ._records import Receipt, peer_id_of
 
@@ -70,6 +70,23 @@ def revision(keyset: Keyset) -> tuple[int, int]:
 
 def newest(keysets: Iterable[Keyset]) -> Keyset:
     return max(keysets, key=revision)
+
+
+def pick(keysets: Iterable[Keyset]) -> tuple[Keyset, list[Keyset]]:
+    """The newest record that amends every one of its epoch with a lower revision
+    (``Keyset.amends``), and the newer ones refused because they do not (they change more
+    than the holders)."""
+    ordered = sorted(keysets, key=revision, reverse=True)
+    refused: list[Keyset] = []
+    for k, candidate in enumerate(ordered):
+        try:
+            if all(candidate.amends(older) for older in ordered[k + 1:]
+                   if older.epoch == candidate.epoch and older.revision < candidate.revision):
+                return candidate, refused
+        except InvalidSignature:
+            pass
+        refused.append(candidate)
+    raise RecordRefused("no fetched record amends the others")
 
 
 def holders_of(keyset: Keyset) -> dict[int, list[str]]:

@@ -127,3 +127,38 @@ def test_an_amendment_may_move_holders_and_nothing_else():
         bad = _signed(OWNER, **{**keep, **change})
         with pytest.raises(p.InvalidSignature, match="changes more than its holders"):
             bad.amends(KEYSET)
+
+
+def test_an_amendment_keeps_the_approvers_even_when_they_are_the_holders_by_default():
+    import dataclasses
+
+    from shardnet.protocol._keyset import _signed
+
+    assert "approvers" not in KEYSET.attrs and KEYSET.approvers == sorted(sum(HOLDERS.values(), []))
+    moved = KEYSET.amend(OWNER, holders={**HOLDERS, "3": [pid(OTHER)]})
+    assert moved.amends(KEYSET) and moved.approvers == KEYSET.approvers  # named now, the same three
+    assert p.ApprovalRule.of(moved).approvers == frozenset(KEYSET.approvers)
+    # Moving holders while leaving the approvers implicit would hand approval to the new holders.
+    keep = {f.name: getattr(KEYSET, f.name) for f in dataclasses.fields(KEYSET) if f.name not in ("owner", "signed")}
+    grab = _signed(OWNER, **{**keep, "attrs": {**KEYSET.attrs, "revision": 1,
+                                               "holders": {"1": [pid(OTHER)], "2": [pid(ASKER)], "3": [pid(OTHER)]}}})
+    with pytest.raises(p.InvalidSignature, match="changes more than its holders"):
+        grab.amends(KEYSET)
+    # Two different records at one revision are an owner that equivocates: refused too.
+    twin = KEYSET.amend(OWNER, holders={**HOLDERS, "3": [pid(ASKER)]})
+    with pytest.raises(p.InvalidSignature, match="two different records"):
+        twin.amends(moved)
+    # The fetch keeps the newest record that amends the others, and names the ones that do not.
+    best, refused = kf.pick([KEYSET, moved, grab])
+    assert best.signed == moved.signed and [r.signed for r in refused] == []
+    worse = _signed(OWNER, **{**keep, "attrs": {**moved.attrs, "revision": 2, "quorum": 1}})
+    best, refused = kf.pick([KEYSET, moved, worse])
+    assert best.signed == moved.signed and [r.signed for r in refused] == [worse.signed]
+
+
+def test_a_pinned_keysets_amendment_stays_in_the_pin():
+    pinned, _ = p.split_key(b"m" * 32, 2, 3, owner=OWNER, now=NOW,
+                            attrs={"holders": HOLDERS, "custodians": [pid(H1), pid(H2), pid(H3), pid(ASKER)]})
+    assert pinned.amend(OWNER, holders={**HOLDERS, "3": [pid(ASKER)]}).amends(pinned)
+    with pytest.raises(p.InvalidSignature, match="changes more than its holders"):
+        pinned.amend(OWNER, holders={**HOLDERS, "3": [pid(OTHER)]}).amends(pinned)

@@ -318,7 +318,7 @@ def test_a_coordinator_that_never_saw_the_keyset_fetches_it_and_refuses_forgerie
                 kind = next(k for k in forgeries if k in r["why"])
                 forgeries[kind] += 1
             assert res["fetched_record"]["from"] != sydney
-            assert f"peer {sydney} served a keyset record that failed its checks" in err
+            assert (f"peer {sydney} served a keyset record that failed its checks" in err) == bool(refused)
         assert min(forgeries.values()) >= 1, (runs, forgeries)
         with c.nodes["nairobi"].home.open_store() as store:
             kinds = [e.kind for e in store.audit_entries()]
