@@ -39,16 +39,16 @@ def call(
                 f"no node is running in {home.path} (start it with 'shardnet run --home {home.path}')"
             ) from None
         sock.sendall((json.dumps({"cmd": cmd, "args": args or {}}) + "\n").encode())
-        f = sock.makefile("rb")
-        for line in f:
-            msg = json.loads(line)
-            if "event" in msg:
-                if on_event:
-                    on_event(msg["event"])
-                continue
-            if msg.get("ok"):
-                return msg.get("result")
-            raise ControlFailed(str(msg.get("error")), int(msg.get("exit", 1)))
+        with sock.makefile("rb") as f:  # closed on every path, so the socket really is closed below
+            for line in f:
+                msg = json.loads(line)
+                if "event" in msg:
+                    if on_event:
+                        on_event(msg["event"])
+                    continue
+                if msg.get("ok"):
+                    return msg.get("result")
+                raise ControlFailed(str(msg.get("error")), int(msg.get("exit", 1)))
         raise ControlFailed("the node closed the control connection without an answer", 1)
     except TimeoutError:
         raise ControlFailed(f"no answer from the node within {timeout:.0f} s", 1) from None

@@ -78,6 +78,7 @@ def reconstruct(c: LocalCluster, root: pathlib.Path, keyset: str, *, mode: str =
     try:
         rid = wait_request(c, approvers[0] if approvers else "tokyo", keyset, since=t0)
         for a in approvers:
+            assert wait_request(c, a, keyset, since=t0) == rid  # gossip reached this approver too
             c.control(a, "approve", {"request": rid})
         stdout, stderr = proc.communicate(timeout=timeout + 30)
     finally:
