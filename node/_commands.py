@@ -464,7 +464,7 @@ def register(sub: Any) -> None:
     sp.add_argument("--custodians", type=_peer_list, metavar="PEER,...",
                     help="place the shards on exactly these admitted custodians (peer ids)")
     sp.add_argument("--approvers", type=_peer_list, metavar="PEER,...",
-                    help="who approves reconstruction (peer ids or custodian names; default: the custodians)")
+                    help="who approves reconstruction (peer ids; default: the custodians it is placed on)")
     sp.add_argument("--quorum", type=positive, metavar="K", help="approvals needed (default: t)")
     sp.add_argument("--policy", metavar="FILE", help="Cedar policy for reconstruction (default: allow "
                     "any request that reached quorum, unless the custodian's threat level is critical)")
@@ -473,7 +473,8 @@ def register(sub: Any) -> None:
     sp.set_defaults(func=cmd_key_import)
     sp = ksub.add_parser("reconstruct", help="get a key back: request, quorum approvals, releases")
     home_arg(sp)
-    sp.add_argument("keyset", metavar="KEYSET")
+    sp.add_argument("keyset", metavar="KEYSET", help="keyset id or a unique prefix of one; the full 32 hex digits "
+                    "for a keyset this node holds no record of (it is fetched from the network)")
     sp.add_argument("--out", required=True, metavar="FILE", help="where to write the key (mode 0600)")
     sp.add_argument("--mode", choices=("unwrap", "shares"), default="unwrap",
                     help="unwrap: custodians send partial decryptions, shares never leave them (default); "

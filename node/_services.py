@@ -399,7 +399,7 @@ class Owner:
             raise ValueError(f"unknown kem {kem!r}; choose one of {', '.join(p.KEMS)}")
         p.check_params(threshold, shares)
         admitted = self.candidates(kem, now, custodians)
-        cands = [placement.Candidate(a.peer_id, a.country, a.continent, a.org, a.city) for a in admitted.values()]
+        cands = [self._candidate(a) for a in admitted.values()]
         need = shares * redundancy
         if len(cands) < need:
             raise placement.PlacementError(
