@@ -98,6 +98,12 @@ def check_attrs(attrs: dict[str, Any], t: int, n: int) -> dict[str, Any]:
         raise MalformedEncoding("keyset attrs: quorum must be a positive integer")
     if approvers and quorum > len(approvers):
         raise MalformedEncoding("keyset attrs: quorum exceeds the number of approvers")
+    authorities = peers(attrs.get("authorities", []), "authorities")
+    if len(set(authorities)) != len(authorities) or len(authorities) > 32:
+        raise MalformedEncoding("keyset attrs: at most 32 distinct authorities")
+    k = attrs.get("authority_quorum", 1)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= max(1, len(authorities)):
+        raise MalformedEncoding("keyset attrs: authority quorum must be 1 to the number of authorities")
     for key, typ in (("policy", str), ("placement", str), ("redundancy", int), ("revision", int),
                      ("deliver_within", int)):
         if key in attrs and not isinstance(attrs[key], typ):
