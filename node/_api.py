@@ -11,7 +11,9 @@ from typing import Any
 
 from shardnet import protocol as p
 from shardnet.protocol import ApprovalRule, AuditChainBroken, Descriptor, wire
+from shardnet.protocol import epoch_records as er
 
+from ._epoch_view import DEFEATS, current_record, record_view
 from ._store import KeysetNotFound, Store
 
 
@@ -48,10 +50,12 @@ def keysets(store: Store) -> list[dict[str, Any]]:
         if ks["role"] == "owner":
             states = [r["state"] for r in store.outbox(ks["keyset_id"])]
             item["deliveries"] = {s: states.count(s) for s in ("delivered", "pending", "refused")}
-        item["held"] = sorted(h["idx"] for h in store.held_shards(ks["keyset_id"]) if h["epoch"] == ks["epoch"])
+        view = record_view(store, ks["record"])
+        item.update(threshold=view.threshold, shares=view.shares, epoch=view.epoch)
+        item["held"] = sorted(h["idx"] for h in store.held_shards(ks["keyset_id"]) if h["epoch"] == view.epoch)
         out.append(item)
     for known in store.known_keysets():
-        rec = p.Keyset.from_bytes(known["record"])
+        rec = record_view(store, known["record"])
         out.append({
             "keyset": rec.id_hex, "role": "approver", "threshold": rec.threshold, "shares": rec.shares,
             "epoch": rec.epoch, "status": "active", "created": rec.created, "not_after": rec.not_after,
@@ -92,7 +96,8 @@ def keyset_detail(store: Store, prefix: str, member_state: MemberState | None = 
     """One keyset. With ``member_state``: each shard's custodian's membership, and
     ``at_risk``, the custodians holding a shard that the network does not admit now."""
     row = _find(store, prefix)
-    ks = p.Keyset.from_bytes(row["record"])
+    base = p.Keyset.from_bytes(row["record"])
+    ks = er.at_epoch(base, current_record(store, base.id_hex))
     names = _names(store)
     detail: dict[str, Any] = {
         "keyset": ks.id_hex, "role": row["role"], "status": row["status"], "owner": row["owner"],
@@ -107,8 +112,16 @@ def keyset_detail(store: Store, prefix: str, member_state: MemberState | None = 
         detail["approvers"], detail["quorum"] = sorted(rule.approvers), rule.quorum
     except p.RemoteProtocolError:
         detail["approvers"], detail["quorum"] = [], 0
+    authorities = er.AuthorityRule.of(base)
+    detail["authorities"], detail["authority_quorum"] = list(authorities.peers), authorities.quorum
+    detail["epochs"] = _epoch_history(store, base)
+    detail["erased"] = [{"holder": e["holder"], "epoch": e["epoch"], "index": e["idx"], "at": e["received_at"],
+                         "record": bytes(e["record"]).hex()} for e in store.erasures(ks.id_hex)]
+    if detail["epochs"]:
+        last = detail["epochs"][-1]["action"]
+        detail["last_action"] = {"action": last, "epoch": ks.epoch, "defeats": DEFEATS[last]}
     shards = []
-    if row["role"] == "owner":
+    if row["role"] == "owner" and ks.epoch == base.epoch:
         for r in store.outbox(ks.id_hex):
             n = names.get(r["custodian"], {})
             shards.append({
@@ -133,6 +146,18 @@ def keyset_detail(store: Store, prefix: str, member_state: MemberState | None = 
         detail["at_risk"] = sorted({s["custodian"] for s in detail["shards"] if s["membership"] != "admitted"
                                     and s["state"] in ("pending", "delivered", "placed")})
     return detail
+
+
+def _epoch_history(store: Store, base: p.Keyset) -> list[dict[str, Any]]:
+    out = []
+    for row in store.epochs(base.id_hex):
+        cs = p.CoSigned.restore(row["record"], max_size=er.MAX_EPOCH_RECORD)
+        rec = er.EpochRecord.from_body(cs.body)
+        out.append({"epoch": rec.epoch, "action": rec.action, "threshold": rec.threshold, "shares": rec.shares,
+                    "holders": {str(i): list(hs) for i, hs in sorted(rec.holders.items())},
+                    "signers": sorted(p.peer_id_of(k) for k in cs.signers), "created": rec.created,
+                    "applied_at": row["received_at"], "record": rec.digest.hex()})
+    return out
 
 
 def keysets_at_risk(store: Store, member_state: MemberState) -> list[str]:

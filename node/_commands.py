@@ -239,10 +239,17 @@ def _format_keyset(d: dict[str, Any]) -> str:
              + (f", custodian {s['membership']}" if s.get("membership", "admitted") != "admitted" else "")]
             for s in d["shards"]]
     text = "\n".join(head) + "\n\n" + _table(rows, ["INDEX", "CUSTODIAN", "CC", "PEER ID", "STATE"])
+    if d.get("epochs"):
+        text += "\n\nepochs\n" + _table(
+            [[e["epoch"], e["action"], f"{e['threshold']}-of-{e['shares']}", _ts(e["created"]),
+              ", ".join(_short(s) for s in e["signers"])] for e in d["epochs"]],
+            ["EPOCH", "ACTION", "T-OF-N", "CREATED", "SIGNED BY"])
+        text += f"\nlast action: {d['last_action']['action']}; it defeats {d['last_action']['defeats']}"
+    if d.get("erased"):
+        text += f"\n{len(d['erased'])} signed deletion receipts for old shares (see --json)"
     if d.get("at_risk"):
         text += (f"\n\nat risk: {len(d['at_risk'])} custodians holding shards of this keyset are not admitted "
-                 "to the network now; reshare the keyset away from them (not built yet: the re-encryption "
-                 "issue), or import the key anew")
+                 "to the network now; move the keyset away from them with `shardnet reshare`")
     here = set(d.get("reserves", [])) | set(d.get("held", []))
     if d.get("reserves") and len(here) >= d["threshold"]:
         text += (f"\n\nthis home keeps {len(here)} shares of this keyset ({len(d['reserves'])} of them sealed to "
@@ -292,7 +299,8 @@ def cmd_key_import(args: argparse.Namespace) -> int:
             "key": base64.b64encode(master).decode(), "threshold": args.threshold, "shares": args.shares,
             "placement": args.placement, "redundancy": args.redundancy, "expires": args.expires,
             "kem": args.kem, "wait": args.wait, "custodians": args.custodians,
-            "deliver_within": args.deliver_within,
+            "deliver_within": args.deliver_within, "authorities": args.authorities,
+            "authority_quorum": args.authority_quorum,
         }, on_event=bar)
     finally:
         bar.close()
@@ -466,6 +474,11 @@ def register(sub: Any) -> None:
     sp.add_argument("--approvers", type=_peer_list, metavar="PEER,...",
                     help="who approves reconstruction (peer ids; default: the custodians it is placed on)")
     sp.add_argument("--quorum", type=positive, metavar="K", help="approvals needed (default: t)")
+    sp.add_argument("--authorities", type=_peer_list, metavar="PEER,...",
+                    help="the keyset's policy authorities, who sign refreshes and reshares (peer ids; "
+                    "default: this node alone)")
+    sp.add_argument("--authority-quorum", type=positive, metavar="K",
+                    help="authority signatures an epoch change needs (default 1)")
     sp.add_argument("--policy", metavar="FILE", help="Cedar policy for reconstruction (default: allow "
                     "any request that reached quorum, unless the custodian's threat level is critical)")
     sp.add_argument("--wait", type=float, default=30.0, metavar="S", help="seconds to wait for receipts")
@@ -516,9 +529,11 @@ def register(sub: Any) -> None:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_audit_verify)
 
+    from ._epoch_commands import register as register_epoch
     from ._network_commands import register as register_network
 
     register_network(sub, home_arg, parse_duration, _peer_list)
+    register_epoch(sub, home_arg, _peer_list)
 
     sp = sub.add_parser("demo", help="run a local 5-custodian network on loopback and import a key")
     sp.add_argument("--dir", metavar="DIR", help="where to put the node homes (default: a temp dir)")

@@ -18,6 +18,7 @@ from shardnet.protocol import CoSigned, outbox, wire
 from . import _api
 from . import _membership_ops as ops
 from ._control_server import Command, Emit
+from ._epoch_round import change_epoch
 from ._reconstruct import reconstruct
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ def command_table(node: NodeRuntime) -> dict[str, Command]:
         "approve": _vote(node, "approve"),
         "deny": _vote(node, "deny"),
         "key-reconstruct": lambda a, emit: reconstruct(node, a, emit),
+        "refresh": lambda a, emit: change_epoch(node, {**a, "action": "refresh"}, emit),
+        "reshare": lambda a, emit: change_epoch(node, {**a, "action": "reshare"}, emit),
         "membership": reads(lambda a: node.members.listing(node.now())),
         "proposals": reads(lambda a: node.members.proposals(node.now())),
         "admit": _membership(node, lambda a: ops.admit(node.members, node.store, a, node.now())),
@@ -96,6 +99,7 @@ async def _import(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> Any:
         expires=args.get("expires"), kem=str(args.get("kem") or "x25519"),
         approvers=args.get("approvers"), quorum=args.get("quorum"), policy_text=args.get("policy"),
         custodians=args.get("custodians"), deliver_within=args.get("deliver_within", outbox.DELIVER_WITHIN),
+        authorities=args.get("authorities"), authority_quorum=args.get("authority_quorum"),
     )
     del master
     ks = res.keyset

@@ -31,6 +31,7 @@ from shardnet.protocol import wire
 
 from . import _transport as tx
 from ._clock import Clock, Rng
+from ._epoch_view import record_view
 from ._keystore import Keystore
 from ._links import Links
 from ._members import Members
@@ -72,9 +73,11 @@ class RecordService:
         row = self.store.keyset(keyset_id.hex())
         if row is None:
             raise p.ShardnetError(f"this node holds no record of keyset {keyset_id.hex()}")
-        keyset = p.Keyset.from_bytes(row["record"])
+        keyset = record_view(self.store, row["record"])  # at its current epoch
+        base_epoch = p.Keyset.from_bytes(row["record"]).epoch
+        chain = [bytes(r["record"]) for r in self.store.epochs(keyset.id_hex)][-wire.MAX_EPOCH_CHAIN:]
         receipts: list[bytes] = []
-        if row["role"] == "owner":
+        if row["role"] == "owner" and keyset.epoch == base_epoch:
             # Our own shard's receipt is signed afresh below, like any holder's.
             receipts = [o["receipt"] for o in self.store.outbox(keyset.id_hex)
                         if o["receipt"] is not None and o["epoch"] == keyset.epoch and o["custodian"] != self.peer_id]
@@ -86,9 +89,9 @@ class RecordService:
                 self.key, keyset_id=keyset.keyset_id, epoch=keyset.epoch, index=held["idx"],
                 shard_digest=hashlib.sha256(sealed).digest(), delivery_digest=kf.proof_digest(nonce, remote),
                 status="already-held", reason="", time=int(self.clock())).signed)
-        if not receipts:
+        if not receipts and not (chain and row["role"] == "owner"):
             raise p.ShardnetError(f"keyset {keyset.id_hex}: no shard of this epoch is delivered yet")
-        return kf.reply(keyset.signed, receipts)
+        return kf.reply(keyset.signed, receipts, chain)
 
     async def fetch(self, links: Links, keyset_id: bytes) -> Fetched:
         """The keyset's record from the network, checked; raises NoRecord."""

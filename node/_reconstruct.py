@@ -28,6 +28,7 @@ from shardnet.protocol import release_round as rr
 
 from . import _transport as tx
 from ._control_server import ControlError
+from ._epoch_view import record_view
 from ._keyset_fetch import NoRecord
 from ._services import Rejected
 from ._store import KeysetNotFound
@@ -45,7 +46,7 @@ async def _keyset(node: NodeRuntime, ref: str, emit: Emit) -> tuple[p.Keyset, st
     ``_keyset_fetch``); its status is then None."""
     try:
         row = node.store.find_keyset(ref)
-        return p.Keyset.from_bytes(row["record"]), row["status"], None
+        return record_view(node.store, row["record"]), row["status"], None
     except KeysetNotFound as exc:
         try:
             keyset_id = bytes.fromhex(ref)
@@ -61,7 +62,7 @@ async def _keyset(node: NodeRuntime, ref: str, emit: Emit) -> tuple[p.Keyset, st
         known = node.approvals.keyset(keyset_id)  # an approver's record, from the owner's notice
         if known is None:
             _fail(str(exc))
-        return known, "active", None
+        return record_view(node.store, known.signed), "active", None
     node.approvals.remember(fetched.keyset)
     node.store.append_audit("fetched", {"keyset": keyset_id.hex(), "from": fetched.source,
                                         "epoch": fetched.keyset.epoch, "revision": fetched.keyset.revision,

@@ -36,6 +36,8 @@ from ._clock import Clock, Rng
 from ._control_commands import command_table
 from ._control_server import Command, bind_control, serve_control
 from ._directory_loops import DirectoryLoops
+from ._epoch_round import notice_loop
+from ._epochs import EpochService
 from ._files import write_atomic
 from ._home import Home
 from ._keyset_fetch import RecordService
@@ -82,6 +84,7 @@ class NodeRuntime:
         self.owner = Owner(self.store, keystore, self.directory, self.members, rng)
         self.approvals = Approvals(self.store, self.key, eligible=self.admits_member)
         self.records = RecordService(self.store, keystore, self.members, clock, rng)
+        self.epochs = EpochService(self.store, keystore, self.members, rng)
         self.releaser = Releaser(self.store, keystore, self.approvals, self.members,
                                  threat_level=self.threat_level, rng=rng)
         self.started = 0.0
@@ -146,7 +149,7 @@ class NodeRuntime:
                             wire.DIRECTORY_DELTA: self._on_directory_delta,
                             wire.RELEASE: self._on_release, wire.KEYSET: self._on_keyset_notice,
                             wire.SYNC: self._on_sync, wire.POSSESSION: self._on_possession,
-                            wire.KEYSET_FETCH: self._on_keyset_fetch}
+                            wire.KEYSET_FETCH: self._on_keyset_fetch, wire.EPOCH: self._on_epoch}
                 for proto, handler in handlers.items():
                     net.serve(proto, self._admitted_only(handler), wire.REQUEST_TIMEOUT)
                 net.serve(wire.MEMBERSHIP, self._on_membership_pull, wire.REQUEST_TIMEOUT)
@@ -165,6 +168,7 @@ class NodeRuntime:
                     nursery.start_soon(self.peering.publish_loop)
                     nursery.start_soon(self.peering.peers_loop)
                     nursery.start_soon(self.outbox.run)
+                    nursery.start_soon(notice_loop, self)
                     if control is not None:
                         nursery.start_soon(serve_control, control, self.commands(), nursery)
                         nursery.start_soon(self._signals)
@@ -280,6 +284,13 @@ class NodeRuntime:
         try:
             return self.approvals.accept_keyset_notice(remote, frame, self.now())
         except Rejected as exc:
+            raise tx.RequestRejected(str(exc)) from None
+
+    async def _on_epoch(self, remote: str, frame: bytes) -> bytes:
+        try:
+            return self.epochs.handle(remote, frame, self.now())
+        except Rejected as exc:
+            log.info("epoch ask from %s refused: %s", remote, exc)
             raise tx.RequestRejected(str(exc)) from None
 
     async def _on_release(self, remote: str, frame: bytes) -> bytes:

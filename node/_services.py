@@ -42,6 +42,7 @@ from shardnet.protocol import (
 )
 
 from ._clock import Rng
+from ._epoch_view import record_view
 from ._keystore import Keystore
 from ._members import Members
 from ._store import AuditEvent, NewOutboxItem, OutboxRow, ShardConflict, Store
@@ -390,6 +391,7 @@ class Owner:
         redundancy: int = 1, expires: int | None = None, kem: str = "x25519",
         approvers: list[str] | None = None, quorum: int | None = None, policy_text: str | None = None,
         custodians: list[str] | None = None, deliver_within: int | None = p.outbox.DELIVER_WITHIN,
+        authorities: list[str] | None = None, authority_quorum: int | None = None,
     ) -> ImportResult:
         """``deliver_within``: seconds after which a shard still undelivered is re-placed on
         another admitted custodian (None: never). Until then each slot keeps its share
@@ -438,6 +440,15 @@ class Owner:
             if not 1 <= quorum <= n_holders:
                 raise ValueError(f"--quorum must be 1..{n_holders} (the custodians approve by default)")
             attrs["quorum"] = quorum
+        if authorities:
+            authority_ids = sorted({self._resolve(a, "authority") for a in authorities})
+            k = authority_quorum if authority_quorum is not None else 1
+            if not 1 <= k <= len(authority_ids):
+                raise ValueError(f"--authority-quorum must be 1..{len(authority_ids)} for {len(authority_ids)} "
+                                 "authorities")
+            attrs["authorities"], attrs["authority_quorum"] = authority_ids, k
+        elif authority_quorum not in (None, 1):
+            raise ValueError("--authority-quorum needs --authorities (the owner alone is the default, K = 1)")
         keyset, share_list = p.split_key(master, threshold, shares, owner=self.key, now=now, rng=self.rng,
                                          not_after=not_after, kem=kem, policy_hash=policy.digest,
                                          attrs=attrs)
@@ -456,7 +467,9 @@ class Owner:
                 rows.append(row)
         del share_list
         holder_ids = {h for hs in holders.values() for h in hs}
-        notices = [a for a in attrs.get("approvers", []) if a not in holder_ids and a != self.peer_id]
+        # Approvers and authorities that hold no shard still need the record.
+        notices = sorted({a for a in [*attrs.get("approvers", []), *attrs.get("authorities", [])]
+                          if a not in holder_ids and a != self.peer_id})
         self.store.import_keyset(
             _keyset_row(keyset, "owner"), rows,
             AuditEvent("import", {"keyset": keyset.id_hex, "threshold": threshold, "shares": shares,
@@ -574,16 +587,16 @@ class Owner:
         raw = self.store.get_kv(possession_mark(a.peer_id, a))
         return raw is not None and raw != b"ok"
 
-    def _resolve(self, who: str) -> str:
-        """An approver's peer id. Names are self-declared in descriptors, so anyone could
-        claim one: approvers are always named by peer id (see `shardnet custodians`)."""
+    def _resolve(self, who: str, what: str = "approver") -> str:
+        """An approver's (or authority's) peer id. Names are self-declared in descriptors, so
+        anyone could claim one: they are always named by peer id (see `shardnet custodians`)."""
         who = who.strip()
         try:
             p.public_key_of(who)
         except p.MalformedEncoding:
             hint = [d.peer_id for d in self.directory.all() if d.name == who]
             extra = f" (a custodian calling itself that has peer id {hint[0]})" if len(hint) == 1 else ""
-            raise ValueError(f"approver {who!r} is not a peer id; name approvers by peer id{extra}") from None
+            raise ValueError(f"{what} {who!r} is not a peer id; name {what}s by peer id{extra}") from None
         return who
 
     def delivery_frame(self, row: Any, now: int) -> tuple[bytes, Delivery]:
@@ -682,16 +695,18 @@ class Approvals:
             rule = ApprovalRule.of(keyset)
         except p.ShardnetError as exc:
             raise Rejected(str(exc)) from None
-        if self.peer_id not in rule.approvers:
-            raise Rejected("this node is not an approver of that keyset")
+        authority = self.peer_id in (keyset.attrs.get("authorities") or [])
+        if self.peer_id not in rule.approvers and not authority:
+            raise Rejected("this node is neither an approver nor a policy authority of that keyset")
         known = self.store.known_keyset(keyset.id_hex)
         if known is not None:
             self._amend(p.Keyset.from_bytes(known), keyset, now, known=True)
             return b"ok"
         self.store.put_known_keyset(
             keyset.id_hex, keyset.signed, peer_id_of(keyset.owner), now=now,
-            audit=AuditEvent("approver-of", {"keyset": keyset.id_hex, "owner": peer_id_of(keyset.owner),
-                                             "quorum": rule.quorum}, self.key),
+            audit=AuditEvent("approver-of" if self.peer_id in rule.approvers else "authority-of",
+                             {"keyset": keyset.id_hex, "owner": peer_id_of(keyset.owner),
+                              "quorum": rule.quorum}, self.key),
         )
         return b"ok"
 
@@ -892,7 +907,7 @@ class Releaser:
         row = self.store.keyset(req.keyset_id.hex())
         if row is None:
             raise Rejected("this custodian does not know that keyset")
-        keyset = p.Keyset.from_bytes(row["record"])
+        keyset = record_view(self.store, row["record"])  # at its current epoch
         held = [h for h in self.store.held_shards(keyset.id_hex) if h["epoch"] == keyset.epoch]
         if not held:
             raise Rejected("this custodian holds no shard of that keyset")

@@ -436,7 +436,58 @@ ALTER TABLE outbox_v6 RENAME TO outbox;
 CREATE INDEX outbox_by_state ON outbox (state, custodian);
 """
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2, _SCHEMA_3, _SCHEMA_4, _SCHEMA_5, _SCHEMA_6)
+# Epoch changes (refresh, reshare). ``epochs``: the co-signed epoch records in force, a
+# chain per keyset (the keyset record itself is epoch 0 and stays in ``keysets`` or
+# ``known_keysets``). ``pending_shares``: a new holder's share of an epoch not committed
+# yet, sealed to itself; dropped when the round's deadline passes. ``erasures``: signed
+# receipts of old shares erased (the coordinator keeps everyone's, a holder its own).
+# ``epoch_notices``: commits a coordinator still has to hand to a participant.
+_SCHEMA_7 = """
+CREATE TABLE epochs (
+    keyset_id   TEXT NOT NULL,
+    epoch       INTEGER NOT NULL CHECK (epoch >= 1),
+    action      TEXT NOT NULL CHECK (action IN ('refresh', 'reshare')),
+    record      BLOB NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (keyset_id, epoch)
+) STRICT;
+
+CREATE TABLE pending_shares (
+    keyset_id   TEXT NOT NULL,
+    epoch       INTEGER NOT NULL CHECK (epoch >= 1),
+    idx         INTEGER NOT NULL CHECK (idx >= 1),
+    record      BLOB NOT NULL CHECK (length(record) = 32),
+    sealed      BLOB NOT NULL,
+    meta        BLOB NOT NULL,
+    deadline    INTEGER NOT NULL,
+    PRIMARY KEY (keyset_id, epoch)
+) STRICT;
+
+CREATE TABLE erasures (
+    keyset_id   TEXT NOT NULL,
+    epoch       INTEGER NOT NULL CHECK (epoch >= 0),
+    idx         INTEGER NOT NULL CHECK (idx >= 1),
+    holder      TEXT NOT NULL,
+    record      BLOB NOT NULL CHECK (length(record) = 32),
+    receipt     BLOB NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (keyset_id, epoch, idx, holder)
+) STRICT;
+
+CREATE TABLE epoch_notices (
+    keyset_id   TEXT NOT NULL,
+    epoch       INTEGER NOT NULL,
+    peer        TEXT NOT NULL,
+    frame       BLOB NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (keyset_id, epoch, peer)
+) STRICT;
+"""
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2, _SCHEMA_3, _SCHEMA_4, _SCHEMA_5, _SCHEMA_6,
+                                            _SCHEMA_7)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -1378,6 +1429,110 @@ class Store:
             return int(self._db.execute("DELETE FROM proposals WHERE updated_at < ?", [updated_before]).rowcount)
 
     # -- small node state ----------------------------------------------------------
+
+    # -- epochs ---------------------------------------------------------------------
+
+    def epochs(self, keyset_id: str) -> list[dict[str, Any]]:
+        """The epoch records in force for a keyset, oldest first (verified when stored)."""
+        return list(self._db.table("epochs").rows_where("keyset_id = ?", [keyset_id], order_by="epoch"))
+
+    def latest_epoch(self, keyset_id: str) -> dict[str, Any] | None:
+        rows = list(self._db.execute(
+            "SELECT keyset_id, epoch, action, record, received_at FROM epochs WHERE keyset_id = ? "
+            "ORDER BY epoch DESC LIMIT 1", [keyset_id]).fetchall())
+        if not rows:
+            return None
+        return dict(zip(("keyset_id", "epoch", "action", "record", "received_at"), rows[0], strict=True))
+
+    def put_pending_share(self, keyset_id: str, epoch: int, idx: int, *, record: bytes, sealed: bytes,
+                          meta: bytes, deadline: int) -> None:
+        """Keep a new holder's share of an uncommitted epoch (one per keyset and epoch: a
+        later round for the same epoch replaces it)."""
+        _check_slot(epoch, idx)
+        with self.transaction():
+            self._db.execute("DELETE FROM pending_shares WHERE keyset_id = ? AND epoch = ?", [keyset_id, epoch])
+            self._db.table("pending_shares").insert({"keyset_id": keyset_id, "epoch": epoch, "idx": idx,
+                                                      "record": record, "sealed": sealed, "meta": meta,
+                                                      "deadline": deadline})
+
+    def pending_share(self, keyset_id: str, epoch: int) -> dict[str, Any] | None:
+        rows = list(self._db.table("pending_shares").rows_where("keyset_id = ? AND epoch = ?", [keyset_id, epoch]))
+        return rows[0] if rows else None
+
+    def drop_pending_shares(self, *, deadline_before: int) -> int:
+        """Erase the shares kept for rounds whose deadline passed without a commit."""
+        with self.transaction():
+            n = self._db.execute("DELETE FROM pending_shares WHERE deadline < ?", [deadline_before]).rowcount
+        if n:
+            self.truncate_wal()
+        return int(n)
+
+    def commit_epoch(self, keyset_id: str, epoch: int, action: str, record: bytes, *, now: int,
+                     promote: tuple[int, bytes, bytes] | None,
+                     erased: Sequence[tuple[int, int, str, bytes, bytes]],
+                     audit: AuditEvent) -> None:
+        """Apply an epoch record in one transaction: keep it, hold the new share
+        (``promote``: index, sealed, meta), erase every older share of the keyset, keep
+        this holder's deletion receipts (``erased``: epoch, index, holder, record
+        digest, receipt) and write the audit entry. The erased bytes are overwritten
+        (``secure_delete``) and the WAL is truncated after the commit."""
+        with self.transaction():
+            self._db.table("epochs").insert({"keyset_id": keyset_id, "epoch": epoch, "action": action,
+                                             "record": record, "received_at": now})
+            if promote is not None:
+                idx, sealed, meta = promote
+                self._db.table("held_shards").insert({"keyset_id": keyset_id, "epoch": epoch, "idx": idx,
+                                                       "sealed": sealed, "meta": meta, "received_at": now})
+            self._db.execute("DELETE FROM held_shards WHERE keyset_id = ? AND epoch < ?", [keyset_id, epoch])
+            self._db.execute("DELETE FROM pending_shares WHERE keyset_id = ? AND epoch <= ?", [keyset_id, epoch])
+            for old_epoch, idx, holder, digest, receipt in erased:
+                self._put_erasure(keyset_id, old_epoch, idx, holder, digest, receipt, now)
+            self._append(audit.kind, audit.body, now, audit.key)
+        self.truncate_wal()
+
+    def _put_erasure(self, keyset_id: str, epoch: int, idx: int, holder: str, digest: bytes, receipt: bytes,
+                     now: int) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO erasures (keyset_id, epoch, idx, holder, record, receipt, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", [keyset_id, epoch, idx, holder, digest, receipt, now])
+
+    def put_erasures(self, keyset_id: str, receipts: Sequence[tuple[int, int, str, bytes, bytes]], *,
+                     now: int) -> None:
+        """Keep verified deletion receipts: (epoch, index, holder, record digest, receipt)."""
+        with self.transaction():
+            for epoch, idx, holder, digest, receipt in receipts:
+                self._put_erasure(keyset_id, epoch, idx, holder, digest, receipt, now)
+
+    def erasures(self, keyset_id: str) -> list[dict[str, Any]]:
+        return list(self._db.table("erasures").rows_where("keyset_id = ?", [keyset_id],
+                                                          order_by="epoch, idx, holder"))
+
+    def queue_epoch_notices(self, keyset_id: str, epoch: int, frames: Mapping[str, bytes], *, now: int) -> None:
+        with self.transaction():
+            for peer, frame in frames.items():
+                self._db.execute(
+                    "INSERT OR REPLACE INTO epoch_notices (keyset_id, epoch, peer, frame, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?)", [keyset_id, epoch, peer, frame, now])
+
+    def epoch_notices(self) -> list[dict[str, Any]]:
+        return list(self._db.table("epoch_notices").rows_where(order_by="updated_at"))
+
+    def epoch_notice_done(self, keyset_id: str, epoch: int, peer: str) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM epoch_notices WHERE keyset_id = ? AND epoch = ? AND peer = ?",
+                             [keyset_id, epoch, peer])
+
+    def epoch_notice_failed(self, keyset_id: str, epoch: int, peer: str, error: str, *, now: int) -> None:
+        with self.transaction():
+            self._db.execute(
+                "UPDATE epoch_notices SET attempts = attempts + 1, last_error = ?, updated_at = ? "
+                "WHERE keyset_id = ? AND epoch = ? AND peer = ?", [_clip(error), now, keyset_id, epoch, peer])
+
+    def truncate_wal(self) -> None:
+        """Checkpoint the WAL into the database and truncate it to zero bytes, so that rows
+        just deleted (overwritten in place by ``secure_delete``) leave no copy in the log."""
+        if self.path != ":memory:":
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def kv_keys(self, prefix: str, *, except_value: bytes) -> set[str]:
         """The keys that start with ``prefix`` whose value is not ``except_value``."""

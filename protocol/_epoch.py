@@ -19,6 +19,11 @@ Round states, and the only moves allowed between them (:data:`EPOCH_MOVES`)::
     COMMITTING --every participant answered, or the grace period----> COMMITTED
     COMMITTED, ABORTED: final; a further event raises RoundOver
 
+Each of the three asking phases may take its share of the time left (a third
+of it for the deals, half the rest for the echoes, the rest for the
+signatures): a peer that has not answered by then counts as failed, so one
+silent peer cannot hold the round until its deadline.
+
 Prepare: one holder of each old index is asked for its deal (the next replica
 if it fails). A reshare uses exactly t_old deals (the lowest valid indices), a
 refresh every valid deal it got, at least t_old. Each new holder gets the
@@ -247,9 +252,12 @@ class EpochRound:
         self.refusals: dict[str, str] = {}
         self.cosigned: CoSigned | None = None
         self.receipts: dict[tuple[str, int], bytes] = {}
+        self._now = 0.0
         self.unacked: set[str] = set()
         self.bad: list[tuple[str, str]] = []
         self._accused: set[int] = set()
+        self._dealing: dict[str, int] = {}  # peer -> the old index it was asked to deal
+        self._phase_end: float | None = None
         extra = set(participants) | set(self.rule.peers) | {peer_id_of(keyset.owner)}
         old_peers = {h for o in self.old.values() for h in o.holders}
         self.participants = sorted((old_peers | set(self.new_peers) | extra) - {self.me})
@@ -260,6 +268,9 @@ class EpochRound:
         if self.state in (_E.COMMITTED, _E.ABORTED):
             raise RoundOver(f"the epoch round has {self.state}")
         out: list[Effect] = []
+        self._now = now
+        if self._phase_end is None:
+            self._phase_end = self._share_of_time(now, 3)
         if isinstance(event, Start):
             if self.old:
                 for i in self.old:
@@ -285,6 +296,9 @@ class EpochRound:
             raise IllegalEpochMove(self.state, new)
         self.state = new
 
+    def _share_of_time(self, now: float, phases_left: int) -> float:
+        return now + max(0.0, float(self.plan.deadline) - now) / phases_left
+
     def _abort(self, message: str, out: list[Effect]) -> None:
         self._move(_E.ABORTED)
         self.in_flight.clear()
@@ -307,6 +321,7 @@ class EpochRound:
             if peer in self.in_flight:
                 continue  # one ask per peer at a time; a peer holds one index of a keyset
             self.in_flight.add(peer)
+            self._dealing[peer] = index
             out.append(AskDeal(peer, index))
             return
 
@@ -349,6 +364,7 @@ class EpochRound:
         self.refusals.clear()
         if self.state is _E.DEALING:
             self._move(_E.ECHOING)
+            self._phase_end = self._share_of_time(self._now, 2)
         deals = tuple(d.signed for d in self.qualified)
         for peer in sorted(self.new_peers):
             self.in_flight.add(peer)
@@ -391,6 +407,7 @@ class EpochRound:
     def _sign(self, out: list[Effect]) -> None:
         assert self.record is not None
         self._move(_E.SIGNING)
+        self._phase_end = float(self.plan.deadline)
         self.cosigned = CoSigned.propose(self.key, self.record.body())
         if self.cosigned.complete(self.rule.quorum):
             self._commit(out)
@@ -503,4 +520,20 @@ class EpochRound:
         if now >= deadline:
             self._abort(f"the round passed its deadline in the {self.state} phase", out)
             return
-        out.append(WakeAt(min(now + TICK, deadline)))
+        if self._phase_end is not None and now >= self._phase_end and self.in_flight:
+            self._give_up(out)
+            if self.state in (_E.COMMITTING, _E.COMMITTED, _E.ABORTED):
+                return
+        wake = min(now + TICK, deadline)
+        if self._phase_end is not None and self._phase_end > now:
+            wake = min(wake, self._phase_end)
+        out.append(WakeAt(wake))
+
+    def _give_up(self, out: list[Effect]) -> None:
+        """The phase's time is up: every peer still asked counts as failed."""
+        state = self.state
+        for peer in sorted(self.in_flight):
+            if self.state is not state:
+                break
+            index = self._dealing.get(peer) if state is _E.DEALING else None
+            self._on_failed(AskFailed(peer, "no answer in the phase's time", index=index), out)

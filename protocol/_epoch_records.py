@@ -45,7 +45,7 @@ from ._errors import (
     MalformedEncoding,
     RemoteProtocolError,
 )
-from ._keyset import MAX_EPOCH, Keyset, Share
+from ._keyset import MAX_EPOCH, Keyset, Share, commitments_digest
 from ._records import peer_id_of, public_key_of
 from ._shard import HpkeOpener, hpke_seal
 from ._sign import Signer, open_signed, public_bytes, sign_body
@@ -194,6 +194,10 @@ class EpochRecord:
             raise MalformedEncoding("epoch record changes the keyset's public key")
         return dataclasses.replace(rec, signed=cs.to_bytes())
 
+    @property
+    def commitments_digest(self) -> bytes:
+        return commitments_digest(self.commitments)
+
     def holder_peers(self) -> set[str]:
         return {h for hs in self.holders.values() for h in hs}
 
@@ -217,12 +221,14 @@ def successor(keyset: Keyset, current: EpochRecord | None, data: bytes) -> Epoch
 
 def at_epoch(keyset: Keyset, rec: EpochRecord | None) -> Keyset:
     """The keyset as epoch ``rec`` sees it: its t, n, commitments and holders; the
-    approvers stay those of the keyset record (by default its first holders)."""
+    approvers and the quorum stay those of the keyset record."""
     if rec is None:
         return keyset
+    # Who approves, and how many, are the keyset record's (by default its first holders and
+    # its first t): an epoch change moves shares, never the approval rule.
     attrs = {**keyset.attrs, "approvers": keyset.approvers,
+             "quorum": int(keyset.attrs.get("quorum") or keyset.threshold),
              "holders": {str(i): list(hs) for i, hs in sorted(rec.holders.items())}}
-    attrs.pop("revision", None)
     return dataclasses.replace(keyset, epoch=rec.epoch, threshold=rec.threshold, shares=rec.shares,
                                commitments=rec.commitments, not_after=rec.not_after, attrs=attrs)
 

@@ -14,8 +14,16 @@ only when all of this holds (:func:`check_reply`):
   with the receipts its custodians gave it;
 * the one answering is the owner or a holder the record names.
 
+After an epoch change (refresh, reshare) the answer also carries the epoch
+records since the keyset record, each co-signed by K of the keyset's policy
+authorities and chained to the one before (``_epoch_records.successor``): the
+checks above then hold for the keyset as its newest epoch sees it, and the
+owner may answer without receipts (the authorities' signatures vouch for the
+holders of an epoch it dealt no shard of).
+
 The request is ``[FETCH_TAG, 1, keyset id, nonce]``; the reply
-``[FETCH_REPLY_TAG, 1, record, [receipt, ...]]``. Of several trusted answers
+``[FETCH_REPLY_TAG, 1, record, [receipt, ...]]`` at epoch 0, and
+``[FETCH_REPLY_TAG, 2, record, [receipt, ...], [epoch record, ...]]`` after. Of several trusted answers
 the coordinator keeps the newest (:func:`newest`): the highest epoch, then the
 highest revision (``attrs["revision"]``, raised when the owner re-places a
 shard).
@@ -24,12 +32,14 @@ shard).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from ._codec import decode_record, encode, want, want_bytes
+from ._codec import decode, decode_record, encode, want, want_bytes
+from ._epoch_records import MAX_EPOCH_RECORD, EpochRecord, at_epoch, successor
 from ._errors import InvalidSignature, ShardnetError
 from ._keyset import KEYSET_ID_LEN, MAX_RECORD, Keyset
 from ._records import Receipt, peer_id_of
+from ._wire import MAX_EPOCH_CHAIN
 
 FETCH_TAG = "shardnet/keyset-fetch"
 FETCH_REPLY_TAG = "shardnet/keyset-fetch-reply"
@@ -60,7 +70,9 @@ def proof_digest(nonce: bytes, requester: str) -> bytes:
     return hashlib.sha256(PROOF_TAG + nonce + requester.encode()).digest()
 
 
-def reply(record: bytes, receipts: Iterable[bytes]) -> bytes:
+def reply(record: bytes, receipts: Iterable[bytes], chain: Sequence[bytes] = ()) -> bytes:
+    if chain:
+        return encode([FETCH_REPLY_TAG, 2, record, list(receipts)[:MAX_RECEIPTS], list(chain)])
     return encode([FETCH_REPLY_TAG, 1, record, list(receipts)[:MAX_RECEIPTS]])
 
 
@@ -94,18 +106,34 @@ def holders_of(keyset: Keyset) -> dict[int, list[str]]:
 
 
 def check_reply(data: bytes, *, keyset_id: bytes, responder: str, nonce: bytes, requester: str) -> Keyset:
-    """The record in ``responder``'s answer, if it can be trusted; raises RecordRefused (or
-    MalformedEncoding) naming what failed."""
-    record, receipts = decode_record(data, FETCH_REPLY_TAG, 1, 2, max_size=MAX_RECORD + MAX_RECEIPTS * 2048)
-    keyset = Keyset.from_bytes(want_bytes(record, "keyset record"))  # signature and id binding
-    if keyset.keyset_id != keyset_id:
-        raise RecordRefused(f"the record is for keyset {keyset.id_hex}, not {keyset_id.hex()}")
+    """The keyset in ``responder``'s answer, at the newest epoch it proves, if it can be
+    trusted; raises RecordRefused (or MalformedEncoding) naming what failed."""
+    cap = MAX_RECORD + MAX_RECEIPTS * 2048 + MAX_EPOCH_CHAIN * MAX_EPOCH_RECORD
+    value = decode(data, max_size=cap)
+    version = value[1] if isinstance(value, list) and len(value) > 1 else None
+    if version == 2:
+        record, receipts, chain = decode_record(data, FETCH_REPLY_TAG, 2, 3, max_size=cap)
+    else:
+        (record, receipts), chain = decode_record(data, FETCH_REPLY_TAG, 1, 2, max_size=cap), []
+    base = Keyset.from_bytes(want_bytes(record, "keyset record"))  # signature and id binding
+    if base.keyset_id != keyset_id:
+        raise RecordRefused(f"the record is for keyset {base.id_hex}, not {keyset_id.hex()}")
+    chain = want(chain, list, "epoch records")
+    if len(chain) > MAX_EPOCH_CHAIN:
+        raise RecordRefused("the answer carries too many epoch records")
+    current: EpochRecord | None = None
+    for raw in chain:
+        try:
+            current = successor(base, current, want_bytes(raw, "epoch record"))
+        except ShardnetError as exc:
+            raise RecordRefused(f"an epoch record does not verify: {exc}") from None
+    keyset = at_epoch(base, current)
     holders = holders_of(keyset)
     owner = peer_id_of(keyset.owner)
     if responder != owner and not any(responder in hs for hs in holders.values()):
         raise RecordRefused("the peer that answered is neither the keyset's owner nor a holder it names")
     listed = want(receipts, list, "receipts")
-    if not listed or len(listed) > MAX_RECEIPTS:
+    if len(listed) > MAX_RECEIPTS or (not listed and (current is None or responder != owner)):
         raise RecordRefused("the answer carries no holder's receipt")
     fresh = proof_digest(nonce, requester)
     signers = set()

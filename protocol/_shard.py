@@ -23,7 +23,7 @@ from . import _group as g
 from ._codec import decode_record, encode, want, want_bytes, want_int
 from ._errors import DecryptionFailed, InvalidShare, MalformedEncoding, ShardExpired, WrongRecipient
 from ._keyset import KEMS, Share, commitments_digest
-from ._sign import Signer, open_signed, sign_body
+from ._sign import Signer, open_signed_versions, sign_body
 from ._vss import MAX_SHARES, verify_share
 
 META_TAG = "shardnet/shard-meta"
@@ -115,20 +115,24 @@ class ShardMeta:
     policy_hash: bytes
     commitments_digest: bytes
     kem: str
+    #: Version 2 only: the digest of the epoch record the share belongs to. A holder of a
+    #: later epoch seals its share to itself under metadata it signs, citing that record.
+    epoch_record: bytes = b""
     owner: bytes = b""  # filled in from the signature when decoded
     signed: bytes = field(default=b"", repr=False, compare=False)
 
     def body(self) -> bytes:
-        return encode([
-            META_TAG, 1, self.keyset_id, self.epoch, self.index, self.shares, self.threshold,
-            self.recipient, self.created, self.not_after, self.policy_hash,
-            self.commitments_digest, self.kem,
-        ])
+        fields = [self.keyset_id, self.epoch, self.index, self.shares, self.threshold,
+                  self.recipient, self.created, self.not_after, self.policy_hash,
+                  self.commitments_digest, self.kem]
+        if self.epoch_record:
+            return encode([META_TAG, 2, *fields, self.epoch_record])
+        return encode([META_TAG, 1, *fields])
 
     @classmethod
     def from_signed(cls, data: bytes, *, owner: bytes | None = None) -> ShardMeta:
-        f, signer, _ = open_signed(data, tag=META_TAG, version=1, fields=11, signer=owner,
-                                   max_size=MAX_SHARD)
+        version, f, signer, _ = open_signed_versions(data, tag=META_TAG, versions={1: 11, 2: 12}, signer=owner,
+                                                     max_size=MAX_SHARD)
         t = want_int(f[4], "threshold", 2, MAX_SHARES)
         n = want_int(f[3], "shares", t, MAX_SHARES)
         not_after = f[7]
@@ -146,6 +150,7 @@ class ShardMeta:
             recipient=recipient, created=want_int(f[6], "created", 0, 2**63),
             not_after=not_after, policy_hash=want_bytes(f[8], "policy hash", 32),
             commitments_digest=want_bytes(f[9], "commitments digest", 32), kem=kem,
+            epoch_record=want_bytes(f[11], "epoch record digest", 32) if version == 2 else b"",
             owner=signer, signed=bytes(data),
         )
 

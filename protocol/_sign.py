@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ._codec import MAX_RECORD, decode_record, encode, want_bytes
+from ._codec import MAX_RECORD, decode, decode_record, encode, want_bytes
 from ._errors import InvalidSignature, MalformedEncoding
 
 SIG_DOMAIN = b"shardnet/sig/v1\x00"
@@ -78,6 +78,17 @@ def open_signed(
 
     With ``signer`` given, the record must be signed by that key.
     """
+    _, values, who, body = open_signed_versions(data, tag=tag, versions={version: fields}, signer=signer,
+                                                max_size=max_size)
+    return values, who, body
+
+
+def open_signed_versions(
+    data: bytes, *, tag: str, versions: dict[int, int], signer: bytes | None = None,
+    max_size: int = MAX_RECORD,
+) -> tuple[int, list[Any], bytes, bytes]:
+    """:func:`open_signed` for a record with several versions (version -> number of fields);
+    return ``(version, fields, signer, body)``."""
     body, who, sig = decode_record(data, SIGNED_TAG, 1, 3, max_size=max_size)
     body = want_bytes(body, "signed body")
     who = want_bytes(who, "signer", 32)
@@ -86,7 +97,13 @@ def open_signed(
         raise InvalidSignature(f"{tag} is signed by {who.hex()[:16]}…, not the expected key")
     verify_sig(who, body, sig)
     try:
+        version, fields = next(iter(versions.items()))  # for any other version: its error, below
+        if len(versions) > 1:  # one version (most records): decoded once, below
+            head = decode(body, max_size=max_size)
+            said = head[1] if isinstance(head, list) and len(head) > 1 else None
+            if isinstance(said, int) and not isinstance(said, bool) and said in versions:
+                version, fields = said, versions[said]
         values = decode_record(body, tag, version, fields, max_size=max_size)
     except MalformedEncoding as exc:
         raise MalformedEncoding(f"signed {tag}: {exc}") from None
-    return values, who, body
+    return version, values, who, body

@@ -73,8 +73,13 @@ POSSESSION = StreamProtocol("/shardnet/possession/1", 4096, 1024, 2)
 #: with holders' receipts (``protocol/_keyset_fetch.py``).
 KEYSET_FETCH = StreamProtocol("/shardnet/keyset-fetch/1", 256, 512 * 1024, 2)
 
+#: Refresh and reshare rounds (``protocol/_epoch.py``): the coordinator asks for a deal, an
+#: echo, a co-signature, or hands over the commit. A request carries the plan, and for a
+#: new holder the keyset record, its epoch records and the deals; the reply one signed record.
+EPOCH = StreamProtocol("/shardnet/epoch/1", 1024 * 1024, 256 * 1024, 4)
+
 STREAM_PROTOCOLS = (DELIVER, DIRECTORY, DIRECTORY_DELTA, RELEASE, SYNC, KEYSET, MEMBERSHIP, POSSESSION,
-                    KEYSET_FETCH)
+                    KEYSET_FETCH, EPOCH)
 
 #: Signed custodian descriptors.
 DIRECTORY_TOPIC = Topic("shardnet/directory/1", 8 * 1024)
@@ -103,6 +108,14 @@ def scoped(name: str, network_prefix: str) -> str:
 DELIVER_FRAME_TAG = "shardnet/deliver-frame"
 RELEASE_ASK_TAG = "shardnet/release-ask"
 DIRECTORY_PULL_TAG = "shardnet/directory-pull"
+EPOCH_FRAME_TAG = "shardnet/epoch-frame"
+#: The asks of an epoch round (the first field after the tag).
+EPOCH_ASKS = ("deal", "echo", "sign", "commit")
+#: Epoch records one frame carries at most (a node that missed some catches up from them).
+MAX_EPOCH_CHAIN = 64
+#: Seconds an epoch round may take, by default and at most.
+EPOCH_TIMEOUT = 60
+MAX_EPOCH_TIMEOUT = 3600
 
 #: Entries a pull summary (directory, membership) holds, and records its reply carries, at most.
 DIRECTORY_PULL_MAX = 4096

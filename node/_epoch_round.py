@@ -1,0 +1,259 @@
+"""`shardnet refresh` and `shardnet reshare` on the coordinating authority's node.
+
+The round (deals, echoes, co-signatures, commit) is the sans-IO machine
+``shardnet.protocol.epoch.EpochRound``. This module picks the new holders,
+signs the plan, feeds the machine what peers answer and carries out its
+effects. The commit is applied here first, in one transaction, and queued
+durably for every participant (``epoch_notices``): a participant that does not
+answer now gets it from :func:`notice_loop` when it is back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import trio
+
+from shardnet import protocol as p
+from shardnet.protocol import epoch as ep
+from shardnet.protocol import epoch_records as er
+from shardnet.protocol import placement, wire
+
+from . import _transport as tx
+from ._control_server import ControlError
+from ._epoch_view import DEFEATS
+from ._epochs import frame
+from ._services import Rejected
+from ._store import KeysetNotFound
+
+if TYPE_CHECKING:
+    from ._runtime import NodeRuntime
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+#: Seconds between passes over the commits still owed to participants, and passes at most.
+NOTICE_EVERY = 30.0
+MAX_NOTICE_ATTEMPTS = 2880  # a day of passes
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    raise ControlError(message, code)
+
+
+def _find(node: NodeRuntime, ref: str) -> tuple[p.Keyset, er.EpochRecord | None]:
+    ref = ref.strip().lower()
+    try:
+        keyset_id = node.store.find_keyset(ref)["keyset_id"]
+    except KeysetNotFound as exc:
+        if node.store.known_keyset(ref) is None:
+            _fail(f"{exc} (an authority that holds no shard gives the full 32-hex-digit id)", 2)
+        keyset_id = ref
+    got = node.epochs.state(keyset_id)
+    if got is None:  # pragma: no cover - found above
+        _fail(f"keyset {ref} is unknown", 2)
+    return got
+
+
+def _holders(node: NodeRuntime, action: str, view: p.Keyset, args: dict[str, Any],
+             now: int) -> tuple[dict[int, tuple[str, ...]], int, dict[str, Any]]:
+    """The new holders and threshold: the same for a refresh; for a reshare, placed anew
+    over the custodians admitted now (so a revoked one is never chosen)."""
+    if action == "refresh":
+        for key in ("threshold", "shares", "placement", "custodians"):
+            if args.get(key) is not None:
+                _fail(f"refresh keeps the holders and threshold; --{key} is for reshare", 2)
+        return er.holders_of(view), view.threshold, {}
+    t = int(args.get("threshold") or view.threshold)
+    n = int(args.get("shares") or (view.shares if t <= view.shares else t))
+    try:
+        p.check_params(t, n)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    redundancy = int(view.attrs.get("redundancy", 1))
+    pinned = args.get("custodians")
+    try:
+        admitted = node.owner.candidates(view.kem, now, pinned)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    cands = [node.owner._candidate(a) for a in admitted.values()]
+    expr = args.get("placement")
+    if expr is None:
+        expr = str(view.attrs.get("placement", ""))
+    try:
+        constraints = placement.parse(expr)
+        chosen = placement.solve(cands, n, redundancy=redundancy, constraints=constraints,
+                                 seed=int.from_bytes(node.rng(4), "big"))
+    except ValueError as exc:  # PlacementError is one
+        _fail(f"cannot place {n} shares x {redundancy} over {len(cands)} admitted custodians: {exc}")
+    return {i: tuple(hs) for i, hs in chosen.items()}, t, {"placement": expr}
+
+
+async def change_epoch(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
+    action = str(args["action"])
+    if action not in er.ACTIONS:
+        _fail(f"unknown epoch action {action!r}", 2)
+    base, current = _find(node, str(args["keyset"]))
+    rule = er.AuthorityRule.of(base)
+    if not rule.is_authority(node.peer_id):
+        _fail(f"this node is no policy authority of keyset {base.id_hex} (its authorities: "
+              f"{', '.join(rule.peers)}; {rule.quorum} must sign)")
+    timeout = float(args.get("timeout") or wire.EPOCH_TIMEOUT)
+    if not 1 <= timeout <= wire.MAX_EPOCH_TIMEOUT:
+        _fail(f"--timeout must be 1 to {wire.MAX_EPOCH_TIMEOUT} seconds", 2)
+    now = node.now()
+    node.store.drop_pending_shares(deadline_before=now - int(wire.MAX_CLOCK_SKEW))
+    view = er.at_epoch(base, current)
+    holders, t, extra = _holders(node, action, view, args, now)
+    plan = er.Plan(
+        keyset_id=base.keyset_id, from_epoch=view.epoch, prev=er.digest_of(base, current), action=action,
+        threshold=t, shares=len(holders), holders=holders, not_after=view.not_after,
+        round_id=node.rng(er.ROUND_ID_LEN), created=now, deadline=now + int(math.ceil(timeout)),
+    ).sign(node.key)
+    machine = ep.EpochRound(plan, base, current, node.key, participants=view.approvers)
+    await emit({"kind": "plan", "keyset": base.id_hex, "action": action, "from_epoch": view.epoch,
+                "to_epoch": plan.to_epoch, "threshold": t, "shares": plan.shares,
+                "holders": {str(i): list(hs) for i, hs in holders.items()}})
+    node.store.append_audit("epoch-plan", {"keyset": base.id_hex, "action": action, "to_epoch": plan.to_epoch,
+                                           "threshold": t, "shares": plan.shares, "round": plan.round_id.hex(),
+                                           "holders": {str(i): list(hs) for i, hs in holders.items()}},
+                            now, node.key)
+    start = trio.current_time()
+    end = await _drive(node, machine, base, emit)
+    bad = [{"peer": peer, "detail": why} for peer, why in end.bad]
+    if isinstance(end, ep.Aborted):
+        node.store.append_audit("epoch-aborted", {"keyset": base.id_hex, "to_epoch": plan.to_epoch,
+                                                  "reason": end.message[:400], "bad": [b["peer"] for b in bad]},
+                                node.now(), node.key)
+        _fail(f"{action} of keyset {base.id_hex[:12]}… aborted, epoch {view.epoch} stays current: {end.message}")
+    receipts = [er.Erased.from_bytes(r) for r in end.receipts]
+    node.store.put_erasures(base.id_hex, [(r.epoch, r.index, r.holder_id, r.record, r.signed) for r in receipts],
+                            now=node.now())
+    rec = er.EpochRecord.from_body(p.CoSigned.restore(end.record, max_size=er.MAX_EPOCH_RECORD).body)
+    node.store.append_audit("epoch-done", {"keyset": base.id_hex, "epoch": rec.epoch, "action": action,
+                                           "erased": [[r.holder_id, r.index] for r in receipts],
+                                           "unacked": list(end.unacked), "bad": [b["peer"] for b in bad]},
+                            node.now(), node.key)
+    return {
+        "keyset": base.id_hex, "action": action, "epoch": rec.epoch, "threshold": rec.threshold,
+        "shares": rec.shares, "holders": {str(i): list(hs) for i, hs in sorted(rec.holders.items())},
+        "signers": len(p.CoSigned.restore(end.record, max_size=er.MAX_EPOCH_RECORD).signatures),
+        "erased": [{"holder": r.holder_id, "epoch": r.epoch, "index": r.index} for r in receipts],
+        "unacked": list(end.unacked), "invalid": bad, "defeats": DEFEATS[action],
+        **extra, "seconds": round(trio.current_time() - start, 3),
+    }
+
+
+async def _drive(node: NodeRuntime, machine: ep.EpochRound, base: p.Keyset,
+                 emit: Emit) -> ep.Done | ep.Aborted:
+    send, inbox = trio.open_memory_channel[ep.Event](math.inf)
+    chain = node.epochs.chain(base.id_hex)
+    plan = machine.plan
+    end: ep.Done | ep.Aborted | None = None
+    wake = node.clock()
+
+    async def ask(peer: str, data: bytes, ok: Callable[[bytes], ep.Event], index: int | None = None) -> None:
+        event: ep.Event
+        try:
+            if peer == node.peer_id:
+                reply = node.epochs.handle(peer, data, node.now())
+            else:
+                reply = await node.links.reach_and_request(peer, wire.EPOCH, data)
+            event = ok(reply)
+        except (tx.RemoteError, Rejected) as exc:
+            reason = exc.reason if isinstance(exc, tx.RemoteError) else str(exc)
+            bad_deal = None
+            if reason.startswith("bad-deal "):
+                head = reason[len("bad-deal "):].split(":", 1)[0]
+                bad_deal = int(head) if head.isdigit() else None
+            event = ep.AskFailed(peer, reason, index=index, bad_deal=bad_deal)
+        except (tx.RequestError, p.ShardnetError) as exc:
+            event = ep.AskFailed(peer, str(exc), index=index)
+        send.send_nowait(event)
+
+    def receipts_of(peer: str) -> Callable[[bytes], ep.Event]:
+        def parse(reply: bytes) -> ep.Event:
+            items = p.decode(reply, max_size=wire.EPOCH.max_reply)
+            listed = items if isinstance(items, list) else []
+            return ep.Acked(peer, tuple(i for i in listed if isinstance(i, bytes)))
+        return parse
+
+    async with trio.open_nursery() as nursery:
+        pending: list[ep.Event] = [ep.Start()]
+        while end is None:
+            for event in pending:
+                for effect in machine.handle(event, node.clock()):
+                    if isinstance(effect, ep.AskDeal):
+                        nursery.start_soon(ask, effect.peer, frame("deal", plan.signed),
+                                           lambda r, i=effect.index, who=effect.peer: ep.DealIn(i, who, r),
+                                           effect.index)
+                    elif isinstance(effect, ep.AskEcho):
+                        data = frame("echo", plan.signed, keyset=base.signed, chain=chain, deals=list(effect.deals))
+                        nursery.start_soon(ask, effect.peer, data, lambda r, who=effect.peer: ep.EchoIn(who, r))
+                    elif isinstance(effect, ep.AskSign):
+                        data = frame("sign", plan.signed, keyset=base.signed, chain=chain, deals=list(effect.deals),
+                                     echoes=list(effect.echoes))
+                        nursery.start_soon(ask, effect.peer, data, lambda r, who=effect.peer: ep.SignatureIn(who, r))
+                    elif isinstance(effect, ep.Commit):
+                        deals = [d.signed for d in machine.qualified]
+                        data = frame("commit", effect.record, keyset=base.signed, chain=chain, deals=deals)
+                        mine = node.epochs.accept_commit(effect.record, {"keyset": base.signed, "chain": chain,
+                                                                         "deals": deals}, node.now())
+                        machine.add_receipts(node.peer_id, mine)
+                        node.store.queue_epoch_notices(base.id_hex, plan.to_epoch,
+                                                       dict.fromkeys(machine.participants, data), now=node.now())
+                        await emit({"kind": "committed", "epoch": plan.to_epoch})
+                    elif isinstance(effect, ep.SendCommit):
+                        data = frame("commit", effect.record, keyset=base.signed, chain=chain,
+                                     deals=list(effect.deals))
+                        nursery.start_soon(ask, effect.peer, data, receipts_of(effect.peer))
+                    elif isinstance(effect, ep.Progress):
+                        await emit(effect.body)
+                    elif isinstance(effect, ep.WakeAt):
+                        wake = effect.time
+                    else:
+                        end = effect
+                if end is not None:
+                    break
+            pending = []
+            if end is not None:
+                break
+            with trio.move_on_after(max(0.0, wake - node.clock())):
+                event = await inbox.receive()
+                pending.append(event)
+                if isinstance(event, ep.Acked):
+                    node.store.epoch_notice_done(base.id_hex, plan.to_epoch, event.peer)
+            if not pending:
+                pending.append(ep.Tick())
+        nursery.cancel_scope.cancel()
+    return end
+
+
+async def notice_loop(node: NodeRuntime) -> None:
+    """Hand the commits still owed to participants that were away; keep their receipts."""
+    while True:
+        await trio.sleep(NOTICE_EVERY)
+        for row in node.store.epoch_notices():
+            peer, kid, epoch = row["peer"], row["keyset_id"], row["epoch"]
+            if row["attempts"] >= MAX_NOTICE_ATTEMPTS:
+                node.store.epoch_notice_done(kid, epoch, peer)
+                node.store.append_audit("epoch-notice-dropped", {"keyset": kid, "epoch": epoch, "peer": peer,
+                                                                 "error": row["last_error"] or ""},
+                                        node.now(), node.key)
+                continue
+            try:
+                reply = await node.links.reach_and_request(peer, wire.EPOCH, bytes(row["frame"]))
+                items = p.decode(reply, max_size=wire.EPOCH.max_reply)
+            except (tx.RequestError, p.ShardnetError) as exc:
+                node.store.epoch_notice_failed(kid, epoch, peer, str(exc), now=node.now())
+                continue
+            keep = []
+            for item in (items if isinstance(items, list) else [])[:16]:
+                try:
+                    r = er.Erased.from_bytes(item) if isinstance(item, bytes) else None
+                except p.ShardnetError:
+                    r = None
+                if r is not None and r.holder_id == peer and r.keyset_id.hex() == kid and r.epoch < epoch:
+                    keep.append((r.epoch, r.index, peer, r.record, r.signed))
+            node.store.put_erasures(kid, keep, now=node.now())
+            node.store.epoch_notice_done(kid, epoch, peer)

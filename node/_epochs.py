@@ -1,0 +1,308 @@
+"""A node's part in epoch changes: which epoch is current, and the answers it gives
+on ``/shardnet/epoch/1`` (a deal, an echo, a co-signature, a commit applied).
+
+The round itself is the coordinator's (``_epoch_round`` drives
+``shardnet.protocol.epoch.EpochRound``). Every node answers the same way:
+
+* **deal**: a current holder of an old index deals its share (refresh: a
+  sharing of zero) to the plan's new holders, sealed to the HPKE keys their
+  admissions certify;
+* **echo**: a new holder checks every sub-share it was dealt, computes its new
+  share and checks it against the new commitments, keeps it sealed to itself
+  (under metadata it signs, citing the epoch record) and echoes that record;
+* **sign**: an authority checks the evidence (the plan, the deals, t_new
+  echoes) and co-signs the epoch record;
+* **commit**: every participant checks the record (K authority signatures, the
+  chain back to the keyset record) and applies it in one transaction: the record,
+  the new share held, every older share erased and overwritten, the WAL
+  truncated, the audit entry. Old holders answer with signed deletion receipts.
+
+A node that missed epochs catches up from the chain a commit carries, and a new
+holder that missed the echo computes its share from the deals the commit carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from shardnet import protocol as p
+from shardnet.protocol import epoch_records as er
+from shardnet.protocol import wire
+
+from ._clock import Rng
+from ._epoch_view import base_keyset, current_record
+from ._keystore import Keystore
+from ._members import Members
+from ._services import Rejected, _keyset_row
+from ._store import AuditEvent, Store
+
+
+def _frame_parts(extra: Any) -> dict[str, Any]:
+    p.want(extra, dict, "epoch frame")
+    out: dict[str, Any] = {}
+    for key in ("keyset",):
+        if key in extra:
+            out[key] = p.want_bytes(extra[key], key)
+    for key, cap in (("chain", wire.MAX_EPOCH_CHAIN), ("deals", p.MAX_SHARES), ("echoes", 16 * p.MAX_SHARES)):
+        items = p.want(extra.get(key, []), list, key)
+        if len(items) > cap:
+            raise p.MalformedEncoding(f"epoch frame: more than {cap} {key}")
+        out[key] = [p.want_bytes(x, key) for x in items]
+    return out
+
+
+def frame(ask: str, head: bytes, **extra: Any) -> bytes:
+    return p.encode([wire.EPOCH_FRAME_TAG, 1, ask, head, extra])
+
+
+class EpochService:
+    """The epoch asks this node answers, and the commits it applies."""
+
+    def __init__(self, store: Store, keystore: Keystore, members: Members, rng: Rng) -> None:
+        self.store = store
+        self.keystore = keystore
+        self.key = keystore.signer
+        self.me = keystore.peer_id
+        self.members = members
+        self.rng = rng
+
+    # -- what is current -------------------------------------------------------------
+
+    def state(self, keyset_id: str) -> tuple[p.Keyset, er.EpochRecord | None] | None:
+        base = base_keyset(self.store, keyset_id)
+        return None if base is None else (base, current_record(self.store, keyset_id))
+
+    def chain(self, keyset_id: str) -> list[bytes]:
+        return [bytes(r["record"]) for r in self.store.epochs(keyset_id)][-wire.MAX_EPOCH_CHAIN:]
+
+    def _learn(self, keyset_id: bytes, parts: dict[str, Any], now: int, *,
+               named: bool) -> tuple[p.Keyset, er.EpochRecord | None, list[er.EpochRecord]]:
+        """The keyset and its current epoch, with the records of ``parts['chain']`` this
+        node has not applied yet (verified, in order). A keyset this node does not
+        know is taken from the frame only when the node is ``named`` in the round."""
+        got = self.state(keyset_id.hex())
+        if got is None:
+            if not named or "keyset" not in parts:
+                raise Rejected("this node does not know that keyset")
+            base = p.Keyset.from_bytes(parts["keyset"])
+            if base.keyset_id != keyset_id:
+                raise Rejected("the frame carries another keyset's record")
+            current = None
+        else:
+            base, current = got
+        newer: list[er.EpochRecord] = []
+        here = base.epoch if current is None else current.epoch
+        for data in parts.get("chain", []):
+            try:
+                rec = er.EpochRecord.open(data, base)
+            except p.ShardnetError as exc:
+                raise Rejected(f"epoch chain: {exc}") from None
+            if rec.epoch <= here:
+                continue
+            try:
+                rec = er.successor(base, current, data)
+            except p.ShardnetError as exc:
+                raise Rejected(f"epoch chain: {exc}") from None
+            newer.append(rec)
+            current, here = rec, rec.epoch
+        return base, current, newer
+
+    # -- the stream handler ------------------------------------------------------------
+
+    def handle(self, remote: str, data: bytes, now: int) -> bytes:
+        try:
+            ask, head, extra = p.decode_record(data, wire.EPOCH_FRAME_TAG, 1, 3, max_size=wire.EPOCH.max_request)
+            if ask not in wire.EPOCH_ASKS:
+                raise p.MalformedEncoding(f"unknown epoch ask {str(ask)[:20]!r}")
+            head = p.want_bytes(head, "epoch frame head")
+            parts = _frame_parts(extra)
+        except p.ShardnetError as exc:
+            raise Rejected(f"malformed epoch frame: {exc}") from None
+        try:
+            if ask == "commit":
+                return p.encode(self.accept_commit(head, parts, now))
+            plan = er.Plan.from_bytes(head)
+            if p.peer_id_of(plan.coordinator) != remote:
+                raise Rejected("the plan is not signed by the peer asking")
+            if not plan.created - wire.MAX_CLOCK_SKEW <= now <= plan.deadline + wire.MAX_CLOCK_SKEW \
+                    or plan.deadline - plan.created > wire.MAX_EPOCH_TIMEOUT:
+                raise Rejected("the plan is stale, or its deadline is out of range")
+            if ask == "deal":
+                return self.deal(plan, now)
+            if ask == "echo":
+                return self.echo(plan, parts, now)
+            return self.cosign(plan, parts, now)
+        except er.BadDeal as exc:
+            raise Rejected(f"bad-deal {exc.dealer}: {exc}") from None
+        except p.ShardnetError as exc:
+            raise Rejected(str(exc)[:300]) from None
+
+    def _my_old_share(self, view: p.Keyset, now: int) -> p.Share:
+        mine = [i for i, hs in er.holders_of(view).items() if self.me in hs]
+        for i in mine:
+            row = self.store.held_shard(view.id_hex, view.epoch, i)
+            if row is None:
+                continue
+            sealed = self.keystore.open_at_rest(row["sealed"])
+            meta = p.read_shard_meta(sealed)
+            _, share = p.open_shard(sealed, self.keystore.openers()[meta.kem], recipient=self.me, now=now,
+                                    commitments=view.commitments)
+            return share
+        raise Rejected(f"this node holds no share of keyset {view.id_hex[:12]}… at epoch {view.epoch}")
+
+    def deal(self, plan: er.Plan, now: int) -> bytes:
+        base, current, _ = self._learn(plan.keyset_id, {}, now, named=False)
+        plan.check_against(base, current)
+        view = er.at_epoch(base, current)
+        share = self._my_old_share(view, now)
+        keys = {}
+        for hs in plan.holders.values():
+            for peer in hs:
+                a = self.members.admission(peer, now)
+                key = a.hpke_key(base.kem) if a is not None and "custodian" in a.roles else None
+                if not key:
+                    raise Rejected(f"new holder {peer} is not an admitted custodian with a {base.kem} key")
+                keys[peer] = key
+        deal = er.Deal.make(self.key, plan, share, keys, base.kem, self.rng)
+        self.store.append_audit("epoch-deal", {"keyset": base.id_hex, "to_epoch": plan.to_epoch,
+                                               "action": plan.action, "index": share.index,
+                                               "coordinator": p.peer_id_of(plan.coordinator)}, now, self.key)
+        return deal.signed
+
+    def _seal_own(self, base: p.Keyset, record: er.EpochRecord, share: p.Share, now: int) -> tuple[bytes, bytes]:
+        """The new share sealed to this node, under metadata it signs that cites ``record``."""
+        meta = p.ShardMeta(base.keyset_id, record.epoch, share.index, record.shares, record.threshold, self.me,
+                           now, record.not_after, base.policy_hash, record.commitments_digest, base.kem,
+                           epoch_record=record.digest)
+        sealed = p.seal_shard(meta, share, self.keystore.hpke_public()[base.kem], owner=self.key)
+        return self.keystore.seal_at_rest(sealed), p.read_shard_meta(sealed).signed
+
+    def _new_share(self, plan: er.Plan, base: p.Keyset, current: er.EpochRecord | None, deals: list[bytes],
+                   now: int) -> tuple[p.Share, er.EpochRecord, list[er.Deal]]:
+        view = er.at_epoch(base, current)
+        index = next((i for i, hs in plan.holders.items() if self.me in hs), None)
+        if index is None:
+            raise Rejected("this node is no new holder of the plan")
+        if base.kem not in self.keystore.openers():
+            raise Rejected(f"this node has no {base.kem} key")
+        parsed = [er.Deal.from_bytes(d) for d in deals]
+        old = self._my_old_share(view, now) if plan.action == "refresh" else None
+        share, record = er.new_share(plan, view, parsed, index=index, peer=self.me,
+                                     opener=self.keystore.openers()[base.kem], old=old)
+        return share, record, parsed
+
+    def echo(self, plan: er.Plan, parts: dict[str, Any], now: int) -> bytes:
+        named = any(self.me in hs for hs in plan.holders.values())
+        base, current, newer = self._learn(plan.keyset_id, parts, now, named=named)
+        if newer:
+            self._apply_chain(base, newer, now)
+        plan.check_against(base, current)
+        share, record, parsed = self._new_share(plan, base, current, parts["deals"], now)
+        sealed, meta = self._seal_own(base, record, share, now)
+        self.store.put_pending_share(base.id_hex, record.epoch, share.index, record=record.digest, sealed=sealed,
+                                     meta=meta, deadline=plan.deadline)
+        return er.Echo.make(self.key, record, share.index, er.qualified_digest(parsed)).signed
+
+    def cosign(self, plan: er.Plan, parts: dict[str, Any], now: int) -> bytes:
+        rule_base = self.state(plan.keyset_id.hex())
+        named = rule_base is not None or ("keyset" in parts and er.AuthorityRule.of(
+            p.Keyset.from_bytes(parts["keyset"])).is_authority(self.me))
+        base, current, newer = self._learn(plan.keyset_id, parts, now, named=named)
+        if not er.AuthorityRule.of(base).is_authority(self.me):
+            raise Rejected("this node is no policy authority of that keyset")
+        if newer:
+            self._apply_chain(base, newer, now)
+        record = er.check_evidence(plan, base, current, parts["deals"], parts["echoes"])
+        self.store.append_audit("epoch-cosign", {"keyset": base.id_hex, "epoch": record.epoch,
+                                                 "action": record.action,
+                                                 "record": record.digest.hex(),
+                                                 "coordinator": p.peer_id_of(plan.coordinator)}, now, self.key)
+        return p.CoSigned(record.body(), ()).signed_by(self.key).to_bytes()
+
+    # -- commits ---------------------------------------------------------------------
+
+    def _named(self, base: p.Keyset, rec: er.EpochRecord) -> bool:
+        return (self.me in rec.holder_peers() or self.me in base.approvers
+                or er.AuthorityRule.of(base).is_authority(self.me) or self.me == p.peer_id_of(base.owner))
+
+    def accept_commit(self, data: bytes, parts: dict[str, Any], now: int) -> list[bytes]:
+        """Apply the epoch record ``data`` (catching up from the chain first); return this
+        node's deletion receipts for it (the same ones again for a commit already applied)."""
+        try:
+            head = er.EpochRecord.from_body(p.CoSigned.restore(data, max_size=er.MAX_EPOCH_RECORD).body)
+        except p.ShardnetError as exc:
+            raise Rejected(f"malformed epoch record: {exc}") from None
+        known = self.state(head.keyset_id.hex())
+        named = known is not None or ("keyset" in parts and self._named(p.Keyset.from_bytes(parts["keyset"]), head))
+        base, current, newer = self._learn(head.keyset_id, parts, now, named=named)
+        here = base.epoch if current is None else current.epoch
+        if head.epoch <= here:  # applied already (a retry), or a conflicting record
+            stored = [r for r in self.store.epochs(base.id_hex) if r["epoch"] == head.epoch]
+            if current is not None and current.epoch == head.epoch:
+                same = current.digest == head.digest
+            else:
+                same = bool(stored) and er.EpochRecord.from_body(p.CoSigned.restore(
+                    stored[0]["record"], max_size=er.MAX_EPOCH_RECORD).body).digest == head.digest
+            if not same:
+                raise Rejected(f"epoch {head.epoch} is not after this node's epoch {here}, and differs from it")
+            self._apply_chain(base, newer, now)
+            return [bytes(r["receipt"]) for r in self.store.erasures(base.id_hex)
+                    if r["holder"] == self.me and bytes(r["record"]) == head.digest]
+        try:
+            rec = er.successor(base, current, data)
+        except p.ShardnetError as exc:
+            raise Rejected(str(exc)) from None
+        self._apply_chain(base, newer, now)
+        return self._apply(base, current, rec, parts.get("deals", []), now)
+
+    def _apply_chain(self, base: p.Keyset, records: list[er.EpochRecord], now: int) -> None:
+        """Apply epochs this node missed (no share of them: it catches up)."""
+        prev = current_record(self.store, base.id_hex)
+        for rec in records:
+            if prev is not None and rec.epoch <= prev.epoch:
+                continue
+            self._apply(base, prev, rec, [], now)
+            prev = rec
+
+    def _apply(self, base: p.Keyset, current: er.EpochRecord | None, rec: er.EpochRecord, deals: list[bytes],
+               now: int) -> list[bytes]:
+        kid = base.id_hex
+        view = er.at_epoch(base, current)
+        promote = None
+        index = next((i for i, hs in rec.holders.items() if self.me in hs), None)
+        if index is not None:
+            pending = self.store.pending_share(kid, rec.epoch)
+            if pending is not None and bytes(pending["record"]) == rec.digest and pending["idx"] == index:
+                promote = (index, bytes(pending["sealed"]), bytes(pending["meta"]))
+            elif deals:  # missed the echo: compute the share from the deals the commit carries
+                plan = er.Plan(keyset_id=rec.keyset_id, from_epoch=view.epoch, prev=rec.prev, action=rec.action,
+                               threshold=rec.threshold, shares=rec.shares, holders=rec.holders,
+                               not_after=rec.not_after, round_id=rec.round_id, created=rec.created, deadline=0)
+                try:
+                    share, made, _ = self._new_share(plan, base, current, deals, now)
+                    if made.digest != rec.digest:
+                        raise p.MalformedEncoding("the deals make another record than the one committed")
+                    promote = (index, *self._seal_own(base, rec, share, now))
+                except (p.ShardnetError, Rejected) as exc:
+                    self.store.append_audit("epoch-missed", {"keyset": kid, "epoch": rec.epoch, "index": index,
+                                                             "reason": str(exc)[:300]}, now, self.key)
+        receipts: list[tuple[int, int, str, bytes, bytes]] = []
+        for held in self.store.held_shards(kid):
+            if held["epoch"] < rec.epoch:
+                r = er.Erased.make(self.key, keyset_id=base.keyset_id, epoch=held["epoch"], index=held["idx"],
+                                   record=rec.digest, time=now)
+                receipts.append((held["epoch"], held["idx"], self.me, rec.digest, r.signed))
+        body = {"keyset": kid, "epoch": rec.epoch, "action": rec.action, "threshold": rec.threshold,
+                "shares": rec.shares, "record": rec.digest.hex(),
+                "record_sha256": hashlib.sha256(rec.signed).hexdigest(),
+                "holds": index if promote is not None else None, "erased": [r[1] for r in receipts]}
+        with self.store.transaction():
+            if self.store.keyset(kid) is None:
+                if promote is not None:  # a new holder: the releaser reads its keyset row
+                    self.store.put_keyset(_keyset_row(base, "custodian"), now=now)
+                elif self.store.known_keyset(kid) is None:
+                    self.store.put_known_keyset(kid, base.signed, p.peer_id_of(base.owner), now=now)
+            self.store.commit_epoch(kid, rec.epoch, rec.action, rec.signed, now=now, promote=promote,
+                                    erased=receipts, audit=AuditEvent("epoch", body, self.key))
+        return [r[4] for r in receipts]

@@ -1,0 +1,91 @@
+"""Refresh and reshare on the grid: real node services over the memory transport."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from shardnet import protocol as p
+from shardnet.node._control_server import ControlError
+from shardnet.simulations.grid import Grid, _quiet
+
+KEY = b"grid master key for epochs"
+
+
+def in_virtual_time(fn: Any) -> Any:
+    trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def epoch(grid: Grid, node: int, action: str, keyset: str, **args: Any) -> dict[str, Any]:
+    return await grid.nodes[node].commands()[action]({"keyset": keyset, **args}, _quiet)
+
+
+def shares_held(grid: Grid, keyset: str) -> dict[int, list[tuple[int, int]]]:
+    """node -> [(epoch, index)] of the shards it stores for ``keyset``."""
+    return {i: [(h["epoch"], h["idx"]) for h in n.store.held_shards(keyset)] for i, n in enumerate(grid.nodes)
+            if n.store.held_shards(keyset)}
+
+
+def test_refresh_then_reshare_keep_the_key(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        grid = Grid(tmp_path, 9, seed=3)
+        async with grid.running():
+            await grid.wait_directory()
+            keyset = await grid.import_key(0, KEY, 3, 5)
+            before = shares_held(grid, keyset)
+            res = await epoch(grid, 0, "refresh", keyset)
+            assert res["epoch"] == 1 and len(res["erased"]) == 5 and not res["unacked"]
+            after = shares_held(grid, keyset)
+            assert {i: [(1, idx) for _, idx in v] for i, v in before.items()} == after
+            assert await grid.reconstruct(2, keyset) == KEY
+            # Reshare 3-of-5 to 2-of-4, away from the holders of epoch 1 where it can.
+            res = await epoch(grid, 0, "reshare", keyset, threshold=2, shares=4)
+            assert (res["epoch"], res["threshold"], res["shares"]) == (2, 2, 4)
+            held = shares_held(grid, keyset)
+            assert sorted(idx for v in held.values() for e, idx in v) == [1, 2, 3, 4]
+            assert all(e == 2 for v in held.values() for e, _ in v)
+            assert await grid.reconstruct(5, keyset) == KEY
+            detail = await grid.nodes[0].commands()["key-show"]({"keyset": keyset}, _quiet)
+            assert [e["action"] for e in detail["epochs"]] == ["refresh", "reshare"]
+            assert detail["epoch"] == 2 and "revoked custodian" in detail["last_action"]["defeats"]
+            assert len(detail["erased"]) == 10
+    in_virtual_time(main)
+
+
+def test_a_holder_offline_for_a_refresh_catches_up(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        grid = Grid(tmp_path, 7, seed=4)
+        async with grid.running():
+            await grid.wait_directory()
+            keyset = await grid.import_key(0, KEY, 2, 4)
+            holders = {i for i, v in shares_held(grid, keyset).items() if i != 0}
+            away = min(holders)
+            peer = grid.nodes[away].peer_id
+            grid.network.partition({peer}, {n.peer_id for n in grid.nodes} - {peer})
+            res = await epoch(grid, 0, "refresh", keyset, timeout=20)
+            assert res["epoch"] == 1
+            assert peer in res["unacked"]
+            assert shares_held(grid, keyset)[away] == [(0, shares_held(grid, keyset)[away][0][1])]
+            grid.network.heal()
+            await trio.sleep(70)  # the owner hands the commit over when it is back
+            assert [e for e, _ in shares_held(grid, keyset)[away]] == [1]
+            assert await grid.reconstruct(3, keyset) == KEY
+    in_virtual_time(main)
+
+
+def test_a_node_that_is_no_authority_cannot_start_a_round(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        grid = Grid(tmp_path, 6, seed=5)
+        async with grid.running():
+            await grid.wait_directory()
+            keyset = await grid.import_key(0, KEY, 2, 3)
+            holder = next(i for i in shares_held(grid, keyset) if i != 0)
+            with pytest.raises(ControlError, match="no policy authority"):
+                await epoch(grid, holder, "refresh", keyset)
+            row = grid.nodes[0].store.keyset(keyset)
+            assert row is not None and p.Keyset.from_bytes(row["record"]).epoch == 0
+    in_virtual_time(main)
