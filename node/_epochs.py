@@ -305,4 +305,5 @@ class EpochService:
                     self.store.put_known_keyset(kid, base.signed, p.peer_id_of(base.owner), now=now)
             self.store.commit_epoch(kid, rec.epoch, rec.action, rec.signed, now=now, promote=promote,
                                     erased=receipts, audit=AuditEvent("epoch", body, self.key))
+        self.store.truncate_wal()  # the erased shares leave no copy in the log
         return [r[4] for r in receipts]

@@ -1474,7 +1474,8 @@ class Store:
         """Apply an epoch record in one transaction: keep it, hold the new share
         (``promote``: index, sealed, meta), erase every older share of the keyset, keep
         this holder's deletion receipts (``erased``: epoch, index, holder, record
-        digest, receipt) and write the audit entry. The erased bytes are overwritten
+        digest, receipt) and write the audit entry. An owner's outbox copies of older
+        shards are emptied too, and their undelivered slots end refused. The erased bytes are overwritten
         (``secure_delete``) and the WAL is truncated after the commit."""
         with self.transaction():
             self._db.table("epochs").insert({"keyset_id": keyset_id, "epoch": epoch, "action": action,
@@ -1484,6 +1485,13 @@ class Store:
                 self._db.table("held_shards").insert({"keyset_id": keyset_id, "epoch": epoch, "idx": idx,
                                                        "sealed": sealed, "meta": meta, "received_at": now})
             self._db.execute("DELETE FROM held_shards WHERE keyset_id = ? AND epoch < ?", [keyset_id, epoch])
+            # The owner's copies of older shards, sealed to their custodians: emptied, and a
+            # slot never delivered stops (its shard belongs to an epoch that is over).
+            self._db.execute(
+                "UPDATE outbox SET state = CASE state WHEN 'pending' THEN 'refused' ELSE state END, "
+                "last_error = CASE state WHEN 'pending' THEN ? ELSE last_error END, envelope = x'', "
+                "reserve = NULL, deliver_by = NULL, updated_at = ? WHERE keyset_id = ? AND epoch < ?",
+                [f"superseded by epoch {epoch}", now, keyset_id, epoch])
             self._db.execute("DELETE FROM pending_shares WHERE keyset_id = ? AND epoch <= ?", [keyset_id, epoch])
             for old_epoch, idx, holder, digest, receipt in erased:
                 self._put_erasure(keyset_id, old_epoch, idx, holder, digest, receipt, now)
@@ -1530,8 +1538,9 @@ class Store:
 
     def truncate_wal(self) -> None:
         """Checkpoint the WAL into the database and truncate it to zero bytes, so that rows
-        just deleted (overwritten in place by ``secure_delete``) leave no copy in the log."""
-        if self.path != ":memory:":
+        just deleted (overwritten in place by ``secure_delete``) leave no copy in the log.
+        Inside a transaction this does nothing: call it again once that has committed."""
+        if self.path != ":memory:" and not self._db.conn.in_transaction:  # else: the caller's, after it commits
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def kv_keys(self, prefix: str, *, except_value: bytes) -> set[str]:

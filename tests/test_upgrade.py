@@ -57,26 +57,38 @@ def test_an_old_home_opens_runs_and_reconstructs(fixture: pathlib.Path, tmp_path
         c.init_all()  # finds every home initialised: reads the peer ids only
         c.start_all()
         c.wait_directory(timeout=30)
-        out = tmp_path / "master.out"
-        proc = subprocess.Popen([*CLI, "key", "reconstruct", "--home", owner, manifest["keyset"], "--out", str(out),
-                                 "--reason", "upgrade test", "--timeout", "30", "--json"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            approved: set[str] = set()
-            deadline = time.monotonic() + 30
-            # By default the custodians approve, quorum t.
-            while len(approved) < manifest["threshold"] and time.monotonic() < deadline:
-                for n in manifest["nodes"][1:]:
-                    if n["name"] in approved:
-                        continue
-                    for req in c.control(n["name"], "requests"):
-                        if req["keyset"] == manifest["keyset"] and req["my_vote"] is None:
-                            c.control(n["name"], "approve", {"request": req["request"]})
-                            approved.add(n["name"])
-                time.sleep(0.1)
-            stdout, stderr = proc.communicate(timeout=60)
-        finally:
-            proc.kill()
-        assert proc.returncode == 0, stderr
-        assert json.loads(stdout)["keyset"] == manifest["keyset"]
-        assert out.read_bytes() == bytes.fromhex(manifest["master_hex"])
+        reconstruct(c, owner, manifest, tmp_path / "master.out")
+        # A keyset imported before epoch changes existed is refreshed, then resharded
+        # (over the same three custodians, as 2-of-3 again), and still comes back.
+        for action in ("refresh", "reshare"):
+            r = run_cli(action, "--home", owner, manifest["keyset"], "--json")
+            assert r.returncode == 0, r.stderr
+            res = json.loads(r.stdout)
+            assert res["action"] == action and len(res["erased"]) == manifest["shares"]
+        reconstruct(c, owner, manifest, tmp_path / "master.again")
+
+
+def reconstruct(c: LocalCluster, owner: str, manifest: dict, out: pathlib.Path) -> None:
+    proc = subprocess.Popen([*CLI, "key", "reconstruct", "--home", owner, manifest["keyset"], "--out", str(out),
+                             "--reason", "upgrade test", "--timeout", "30", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        approved: set[str] = set()
+        deadline = time.monotonic() + 30
+        # By default the custodians approve, quorum t.
+        while len(approved) < manifest["threshold"] and time.monotonic() < deadline:
+            for n in manifest["nodes"][1:]:
+                if n["name"] in approved:
+                    continue
+                for req in c.control(n["name"], "requests"):
+                    if req["keyset"] == manifest["keyset"] and req["my_vote"] is None and req["state"] == "pending":
+                        c.control(n["name"], "approve", {"request": req["request"]})
+                        approved.add(n["name"])
+            time.sleep(0.1)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert json.loads(stdout)["keyset"] == manifest["keyset"]
+    assert out.read_bytes() == bytes.fromhex(manifest["master_hex"])

@@ -1,0 +1,263 @@
+"""Refresh and reshare with real node processes over real libp2p, through the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from shardnet import protocol as p
+from shardnet.node import _net
+from shardnet.node._epoch_view import record_view
+from shardnet.node._epochs import frame
+from shardnet.node._keystore import FileKeystore
+from shardnet.protocol import epoch_records as er
+from shardnet.protocol import wire
+from shardnet.simulations._local import CLI, FIVE_CONTINENTS, LocalCluster, NodeSpec, run_cli
+
+from .test_reconstruct import KEY, admit_everywhere, reconstruct
+
+pytestmark = pytest.mark.slow
+SEVEN = [*FIVE_CONTINENTS, NodeSpec("nairobi", "KE", "Nairobi", "Rift Custody"),
+         NodeSpec("mumbai", "IN", "Mumbai", "Konkan Vaults")]
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, pathlib.Path]]:
+    root = tmp_path_factory.mktemp("epochs")
+    with LocalCluster(root, SEVEN) as c:
+        c.init_all()
+        c.start_all()
+        c.wait_directory(timeout=60)
+        yield c, root
+
+
+def home(c: LocalCluster, name: str) -> str:
+    return str(c.nodes[name].home.path)
+
+
+def names(c: LocalCluster) -> dict[str, str]:
+    return {n.peer_id: name for name, n in c.nodes.items()}
+
+
+def import_key(c: LocalCluster, root: pathlib.Path, *extra: str, t: int = 3, n: int = 5) -> dict:
+    (root / "master.key").write_bytes(KEY)
+    r = run_cli("key", "import", "--home", home(c, "frankfurt"), "--in", str(root / "master.key"), "-t", str(t),
+                "-n", str(n), "--json", *extra)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert [s["state"] for s in d["shards"]] == ["delivered"] * n
+    return d
+
+
+def holders(c: LocalCluster, d: dict) -> list[str]:
+    who = names(c)
+    return [who[s["custodian"]] for s in d["shards"]]
+
+
+def held(c: LocalCluster, name: str, keyset: str) -> list[tuple[p.Share, bytes]]:
+    """The shares ``name`` stores for ``keyset`` (opened with its own key), with the stored bytes."""
+    node = c.nodes[name]
+    ks = FileKeystore.from_home(node.home)
+    out = []
+    with node.home.open_store() as store:
+        for row in store.held_shards(keyset):
+            sealed = ks.open_at_rest(row["sealed"])
+            meta = p.read_shard_meta(sealed)
+            _, share = p.open_shard(sealed, ks.openers()[meta.kem], recipient=node.peer_id, now=int(time.time()))
+            out.append((share, bytes(row["sealed"])))
+    return out
+
+
+def view(c: LocalCluster, name: str, keyset: str) -> p.Keyset:
+    with c.nodes[name].home.open_store() as store:
+        row = store.keyset(keyset)
+        assert row is not None
+        return record_view(store, row["record"])
+
+
+def epoch_cli(c: LocalCluster, name: str, action: str, keyset: str, *extra: str,
+              timeout: float = 120) -> tuple[int, dict, str]:
+    r = run_cli(action, "--home", home(c, name), keyset, "--json", *extra, timeout=timeout)
+    return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {}), r.stderr
+
+
+def db_bytes(c: LocalCluster, name: str) -> bytes:
+    base = c.nodes[name].home.path / "node.db"
+    return b"".join(f.read_bytes() for f in (base, base.with_name("node.db-wal")) if f.exists())
+
+
+def test_refresh_erases_the_old_ciphertext_for_real(net: tuple[LocalCluster, pathlib.Path]) -> None:
+    c, root = net
+    d = import_key(c, root)
+    ks = d["keyset"]
+    who = holders(c, d)
+    before = {name: held(c, name, ks) for name in who}
+    code, res, err = epoch_cli(c, "frankfurt", "refresh", ks)
+    assert code == 0, err
+    assert res["epoch"] == 1 and len(res["erased"]) == 5 and not res["unacked"]
+    assert "fewer than t old shares" in res["defeats"]
+    for name in who:
+        (old, old_bytes), = before[name]
+        (new, _), = held(c, name, ks)
+        assert new.epoch == 1 and new.index == old.index and new.value != old.value
+        # The old stored bytes are nowhere in the database file or its WAL any more.
+        data = db_bytes(c, name)
+        assert old_bytes not in data and old_bytes[-64:] not in data, name
+    # The owner's outbox copies of the old shards are gone too.
+    owner = db_bytes(c, "frankfurt")
+    assert not any(old_bytes[-64:] in owner for (_, old_bytes), in before.values())
+    text = run_cli("key", "show", "--home", home(c, "frankfurt"), ks).stdout
+    assert "epochs" in text and "refresh" in text and "deletion receipts" in text, text
+    code, _, err, _ = reconstruct(c, root, ks, approvers=tuple(who[:3]))
+    assert code == 0, err
+
+
+def test_a_revoked_custodian_is_resharded_away_and_its_share_is_useless(
+        net: tuple[LocalCluster, pathlib.Path]) -> None:
+    c, root = net
+    d = import_key(c, root, "--approvers", ",".join(c.nodes[n].peer_id for n in ("frankfurt", "tokyo", "new-york")),
+                   "--quorum", "2")
+    ks = d["keyset"]
+    victim = next(n for n in holders(c, d) if n not in ("frankfurt", "tokyo", "new-york"))
+    (old_share, _), = held(c, victim, ks)
+    peer = c.nodes[victim].peer_id
+    r = run_cli("membership", "revoke", peer, "--home", home(c, "frankfurt"), "--reason", "lost laptop", "--json")
+    assert r.returncode == 0, r.stderr
+    code, res, err = epoch_cli(c, "frankfurt", "reshare", ks)
+    assert code == 0, err
+    assert res["epoch"] == 1 and peer not in {h for hs in res["holders"].values() for h in hs}
+    assert "revoked custodian" in res["defeats"]
+    v = view(c, "frankfurt", ks)
+    new = [s for name in c.nodes if name != victim for s, _ in held(c, name, ks) if s.epoch == 1]
+    assert sorted(s.index for s in new) == [1, 2, 3, 4, 5]
+    # The revoked custodian's share, as it is: another epoch, it never combines.
+    others = [s for s in new if s.index != old_share.index][:2]
+    with pytest.raises(p.MixedShares):
+        p.combine_key(v, [old_share, *others])
+    # Relabelled as the current epoch: it fails the commitment check, and is named.
+    forged = dataclasses.replace(old_share, epoch=v.epoch)
+    with pytest.raises(p.TooFewShares) as info:
+        p.combine_key(v, [forged, *others])
+    assert [b.index for b in info.value.bad] == [old_share.index]
+    code, _, err, _ = reconstruct(c, root, ks, approvers=("tokyo", "frankfurt"))
+    assert code == 0, err
+    c.remove(victim)  # revoked: the later tests place on admitted custodians only
+
+
+def test_sigkill_of_a_holder_mid_round_leaves_the_key_reconstructable(
+        net: tuple[LocalCluster, pathlib.Path]) -> None:
+    c, root = net
+    admitted = {n for n in c.nodes if c.nodes[n].running}
+    d = import_key(c, root, "--custodians", ",".join(c.nodes[n].peer_id for n in sorted(admitted)[:5]))
+    ks = d["keyset"]
+    who = holders(c, d)
+    victim = next(n for n in who if n != "frankfurt")
+    proc = subprocess.Popen([*CLI, "refresh", "--home", home(c, "frankfurt"), ks, "--json", "--timeout", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the round has started: the plan is in the owner's log
+            with c.nodes["frankfurt"].home.open_store() as store:
+                if any(e.kind == "epoch-plan" and e.body["keyset"] == ks for e in store.audit_entries()):
+                    break
+            time.sleep(0.005)
+        c.stop(victim, sig=signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+        proc.communicate()
+    if proc.returncode == 0:
+        res = json.loads(stdout)
+        assert res["epoch"] == 1
+    else:  # aborted cleanly: one line, the old epoch still current
+        assert proc.returncode == 1 and "aborted" in stderr and "Traceback" not in stderr, stderr
+    voters = tuple(n for n in who if n != victim)[:3]
+    code, _, err, _ = reconstruct(c, root, ks, approvers=voters)
+    assert code == 0, err
+    c.start(victim)
+
+
+def test_two_of_three_authorities_reshare_with_the_owner_stopped(net: tuple[LocalCluster, pathlib.Path]) -> None:
+    c, root = net
+    running = sorted(n for n in c.nodes if c.nodes[n].running and n != "frankfurt")
+    auth = running[:3]
+    d = import_key(c, root, "--authorities", ",".join(c.nodes[n].peer_id for n in auth), "--authority-quorum", "2",
+                   "--custodians", ",".join(c.nodes[n].peer_id for n in running[:5]), t=2, n=4)
+    ks = d["keyset"]
+    c.stop("frankfurt")
+    try:
+        code, res, err = epoch_cli(c, auth[0], "reshare", ks, "--threshold", "2", "--shares", "3")
+        assert code == 0, err
+        assert (res["epoch"], res["threshold"], res["shares"], res["signers"]) == (1, 2, 3, 2)
+        # Not an authority: a holder that is none of them cannot start a round.
+        other = next(n for n in holders(c, d) if n not in auth)
+        code, _, err = epoch_cli(c, other, "refresh", ks)
+        assert code == 1 and "no policy authority" in err and "Traceback" not in err
+        who = holders(c, d)
+        code, _, err, _ = reconstruct(c, root, ks, approvers=tuple(who[:2]), coordinator=auth[0])
+        assert code == 0, err
+    finally:
+        c.start("frankfurt")
+        c.wait_directory()
+
+
+def test_forged_replayed_and_short_epoch_records_are_never_applied(net: tuple[LocalCluster, pathlib.Path]) -> None:
+    c, root = net
+    running = [n for n in c.nodes if c.nodes[n].running]
+    d = import_key(c, root, "--custodians", ",".join(c.nodes[n].peer_id for n in running[:5]))
+    ks = d["keyset"]
+    code, _, err = epoch_cli(c, "frankfurt", "refresh", ks)
+    assert code == 0, err
+    with c.nodes["frankfurt"].home.open_store() as store:
+        (epoch1,) = [bytes(r["record"]) for r in store.epochs(ks)]
+        base = p.Keyset.from_bytes(store.keyset(ks)["record"])
+    code, _, err = epoch_cli(c, "frankfurt", "refresh", ks)
+    assert code == 0, err
+    rogue = Ed25519PrivateKey.from_private_bytes(os.urandom(32))
+    admit_everywhere(c, rogue, country="CH")
+    cs = p.CoSigned.restore(epoch1, max_size=er.MAX_EPOCH_RECORD)
+    rec = er.EpochRecord.from_body(cs.body)
+    bigger = dataclasses.replace(rec, epoch=3, prev=bytes(32))
+    cases = {
+        "replayed epoch 1": epoch1,
+        "forged by a member": p.CoSigned(dataclasses.replace(rec, epoch=3).body(), ()).signed_by(rogue).to_bytes(),
+        "no signature": p.encode([p.cosign.COSIGNED_TAG, 1, bigger.body(), []]),
+        "oversized": epoch1 + bytes(er.MAX_EPOCH_RECORD),
+    }
+    epoch_id = c.scoped(wire.EPOCH.id)
+
+    async def main() -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        async with _net.running_node_host(rogue.private_bytes_raw(), ["/ip4/127.0.0.1/tcp/0"],
+                                          enable_pubsub=False) as h:
+            for name in running:
+                await _net.connect(h.host, c.nodes[name].addrs[0], 10)
+            for case, data in cases.items():
+                out[case] = {}
+                for name in running:
+                    try:
+                        await _net.request(h.host, c.nodes[name].peer_id, epoch_id,
+                                           frame("commit", data, keyset=base.signed), max_reply=65536, timeout=10)
+                        out[case][name] = "APPLIED"
+                    except (_net.RemoteError, _net.RequestError) as exc:
+                        out[case][name] = str(exc)
+        return out
+
+    answers = trio.run(main)
+    for case, per_node in answers.items():
+        for name, answer in per_node.items():
+            assert answer != "APPLIED" or case == "replayed epoch 1", (case, name, answer)
+    for name in holders(c, d):  # every holder is at epoch 2, as the two refreshes left it
+        with c.nodes[name].home.open_store() as store:
+            assert [r["epoch"] for r in store.epochs(ks)] == [1, 2], name
+        assert view(c, name, ks).epoch == 2
