@@ -110,7 +110,10 @@ async def change_epoch(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> d
         threshold=t, shares=len(holders), holders=holders, not_after=view.not_after,
         round_id=node.rng(er.ROUND_ID_LEN), created=now, deadline=now + int(math.ceil(timeout)),
     ).sign(node.key)
-    machine = ep.EpochRound(plan, base, current, node.key, participants=view.approvers)
+    machine = ep.EpochRound(plan, base, current, node.key, participants=view.approvers,
+                            lock=lambda record: node.epochs.lock_sign(record, node.now()))
+    if base.id_hex in node.epoch_rounds:
+        _fail(f"a round for keyset {base.id_hex[:12]}… is running on this node already")
     await emit({"kind": "plan", "keyset": base.id_hex, "action": action, "from_epoch": view.epoch,
                 "to_epoch": plan.to_epoch, "threshold": t, "shares": plan.shares,
                 "holders": {str(i): list(hs) for i, hs in holders.items()}})
@@ -119,7 +122,11 @@ async def change_epoch(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> d
                                            "holders": {str(i): list(hs) for i, hs in holders.items()}},
                             now, node.key)
     start = trio.current_time()
-    end = await _drive(node, machine, base, emit)
+    node.epoch_rounds.add(base.id_hex)
+    try:
+        end = await _drive(node, machine, base, emit)
+    finally:
+        node.epoch_rounds.discard(base.id_hex)
     bad = [{"peer": peer, "detail": why} for peer, why in end.bad]
     if isinstance(end, ep.Aborted):
         node.store.append_audit("epoch-aborted", {"keyset": base.id_hex, "to_epoch": plan.to_epoch,
@@ -197,8 +204,12 @@ async def _drive(node: NodeRuntime, machine: ep.EpochRound, base: p.Keyset,
                     elif isinstance(effect, ep.Commit):
                         deals = [d.signed for d in machine.qualified]
                         data = frame("commit", effect.record, keyset=base.signed, chain=chain, deals=deals)
-                        mine = node.epochs.accept_commit(effect.record, {"keyset": base.signed, "chain": chain,
-                                                                         "deals": deals}, node.now())
+                        try:
+                            mine = node.epochs.accept_commit(effect.record, {"keyset": base.signed, "chain": chain,
+                                                                             "deals": deals}, node.now())
+                        except Rejected as exc:  # this node moved on meanwhile: nothing was sent
+                            end = ep.Aborted(f"this node cannot apply its own record: {exc}", tuple(machine.bad))
+                            break
                         machine.add_receipts(node.peer_id, mine)
                         node.store.queue_epoch_notices(base.id_hex, plan.to_epoch,
                                                        dict.fromkeys(machine.participants, data), now=node.now())
@@ -230,9 +241,11 @@ async def _drive(node: NodeRuntime, machine: ep.EpochRound, base: p.Keyset,
 
 
 async def notice_loop(node: NodeRuntime) -> None:
-    """Hand the commits still owed to participants that were away; keep their receipts."""
+    """Hand the commits still owed to participants that were away, and keep their receipts;
+    drop the shares kept for rounds that passed their deadline without a commit."""
     while True:
         await trio.sleep(NOTICE_EVERY)
+        node.store.drop_pending_shares(deadline_before=node.now() - wire.MAX_CLOCK_SKEW)
         for row in node.store.epoch_notices():
             peer, kid, epoch = row["peer"], row["keyset_id"], row["epoch"]
             if row["attempts"] >= MAX_NOTICE_ATTEMPTS:
@@ -247,13 +260,17 @@ async def notice_loop(node: NodeRuntime) -> None:
             except (tx.RequestError, p.ShardnetError) as exc:
                 node.store.epoch_notice_failed(kid, epoch, peer, str(exc), now=node.now())
                 continue
+            record = next((bytes(r["record"]) for r in node.store.epochs(kid) if r["epoch"] == epoch), b"")
+            digest = er.EpochRecord.from_body(p.CoSigned.restore(record, max_size=er.MAX_EPOCH_RECORD).body).digest \
+                if record else b""
             keep = []
             for item in (items if isinstance(items, list) else [])[:16]:
                 try:
                     r = er.Erased.from_bytes(item) if isinstance(item, bytes) else None
                 except p.ShardnetError:
                     r = None
-                if r is not None and r.holder_id == peer and r.keyset_id.hex() == kid and r.epoch < epoch:
+                if (r is not None and r.holder_id == peer and r.keyset_id.hex() == kid and r.epoch < epoch
+                        and r.record == digest):
                     keep.append((r.epoch, r.index, peer, r.record, r.signed))
             node.store.put_erasures(kid, keep, now=node.now())
             node.store.epoch_notice_done(kid, epoch, peer)

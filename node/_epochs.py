@@ -37,6 +37,11 @@ from ._members import Members
 from ._services import Rejected, _keyset_row
 from ._store import AuditEvent, Store
 
+#: Shares of rounds not committed yet that one coordinator, and all of them, may make
+#: this node keep (each until its round's deadline).
+MAX_PENDING_PER_COORDINATOR = 16
+MAX_PENDING = 1024
+
 
 def _frame_parts(extra: Any) -> dict[str, Any]:
     p.want(extra, dict, "epoch frame")
@@ -135,7 +140,7 @@ class EpochService:
             return self.cosign(plan, parts, now)
         except er.BadDeal as exc:
             raise Rejected(f"bad-deal {exc.dealer}: {exc}") from None
-        except p.ShardnetError as exc:
+        except (p.ShardnetError, ValueError) as exc:  # ValueError: the VSS math refusing its input
             raise Rejected(str(exc)[:300]) from None
 
     def _my_old_share(self, view: p.Keyset, now: int) -> p.Share:
@@ -194,26 +199,55 @@ class EpochService:
 
     def echo(self, plan: er.Plan, parts: dict[str, Any], now: int) -> bytes:
         named = any(self.me in hs for hs in plan.holders.values())
+        coordinator = p.peer_id_of(plan.coordinator)
+        if (self.store.pending_count(coordinator) >= MAX_PENDING_PER_COORDINATOR
+                or self.store.pending_count() >= MAX_PENDING):
+            self.store.drop_pending_shares(deadline_before=now - wire.MAX_CLOCK_SKEW)
+            if (self.store.pending_count(coordinator) >= MAX_PENDING_PER_COORDINATOR
+                    or self.store.pending_count() >= MAX_PENDING):
+                raise Rejected("this node keeps too many shares of rounds not committed yet")
         base, current, newer = self._learn(plan.keyset_id, parts, now, named=named)
+        plan.check_against(base, current)
         if newer:
             self._apply_chain(base, newer, now)
-        plan.check_against(base, current)
+        # One round per epoch at a time: a second round for the same epoch waits until the
+        # first one's deadline, so that two rounds cannot both collect this node's echo.
+        locked = self.store.take_epoch_lock(base.id_hex, plan.to_epoch, "echo", plan.round_id,
+                                            until=plan.deadline, now=now)
+        if locked != plan.round_id:
+            raise Rejected(f"this node echoes another round of epoch {plan.to_epoch} until its deadline")
         share, record, parsed = self._new_share(plan, base, current, parts["deals"], now)
         sealed, meta = self._seal_own(base, record, share, now)
         self.store.put_pending_share(base.id_hex, record.epoch, share.index, record=record.digest, sealed=sealed,
-                                     meta=meta, deadline=plan.deadline)
+                                     meta=meta, deadline=plan.deadline, coordinator=coordinator)
         return er.Echo.make(self.key, record, share.index, er.qualified_digest(parsed)).signed
 
+    def lock_sign(self, record: er.EpochRecord, now: int) -> None:
+        """Promise to sign no other record of ``record``'s epoch (raises ShardnetError if this
+        authority signed another one already)."""
+        held = self.store.take_epoch_lock(record.keyset_id.hex(), record.epoch, "sign", record.digest,
+                                          until=None, now=now)
+        if held != record.digest:
+            raise p.ShardnetError(f"this authority signed another record of epoch {record.epoch} "
+                                  f"({held.hex()[:16]}…)")
+
     def cosign(self, plan: er.Plan, parts: dict[str, Any], now: int) -> bytes:
-        rule_base = self.state(plan.keyset_id.hex())
-        named = rule_base is not None or ("keyset" in parts and er.AuthorityRule.of(
+        known = self.state(plan.keyset_id.hex())
+        named = known is not None or ("keyset" in parts and er.AuthorityRule.of(
             p.Keyset.from_bytes(parts["keyset"])).is_authority(self.me))
         base, current, newer = self._learn(plan.keyset_id, parts, now, named=named)
         if not er.AuthorityRule.of(base).is_authority(self.me):
             raise Rejected("this node is no policy authority of that keyset")
+        plan.check_against(base, current)
         if newer:
             self._apply_chain(base, newer, now)
+        for hs in plan.holders.values():  # a reshare goes to admitted custodians only
+            for peer in hs:
+                a = self.members.admission(peer, now)
+                if a is None or "custodian" not in a.roles or not a.hpke_key(base.kem):
+                    raise Rejected(f"new holder {peer} is not an admitted custodian with a {base.kem} key")
         record = er.check_evidence(plan, base, current, parts["deals"], parts["echoes"])
+        self.lock_sign(record, now)
         self.store.append_audit("epoch-cosign", {"keyset": base.id_hex, "epoch": record.epoch,
                                                  "action": record.action,
                                                  "record": record.digest.hex(),
@@ -228,13 +262,19 @@ class EpochService:
 
     def accept_commit(self, data: bytes, parts: dict[str, Any], now: int) -> list[bytes]:
         """Apply the epoch record ``data`` (catching up from the chain first); return this
-        node's deletion receipts for it (the same ones again for a commit already applied)."""
+        node's deletion receipts for it (the same ones again for a commit already applied,
+        after computing this holder's share from the deals if it still lacks it)."""
         try:
             head = er.EpochRecord.from_body(p.CoSigned.restore(data, max_size=er.MAX_EPOCH_RECORD).body)
         except p.ShardnetError as exc:
             raise Rejected(f"malformed epoch record: {exc}") from None
-        known = self.state(head.keyset_id.hex())
-        named = known is not None or ("keyset" in parts and self._named(p.Keyset.from_bytes(parts["keyset"]), head))
+        kid = head.keyset_id.hex()
+        known = self.state(kid)
+        # A keyset this node never saw is taken from the frame only for a round it echoed
+        # in, or whose deals give it its share: nobody else can make it keep records.
+        named = known is not None or (
+            "keyset" in parts and self.me in head.holder_peers()
+            and (self.store.pending_share(kid, head.epoch) is not None or bool(parts.get("deals"))))
         base, current, newer = self._learn(head.keyset_id, parts, now, named=named)
         here = base.epoch if current is None else current.epoch
         if head.epoch <= here:  # applied already (a retry), or a conflicting record
@@ -247,6 +287,8 @@ class EpochService:
             if not same:
                 raise Rejected(f"epoch {head.epoch} is not after this node's epoch {here}, and differs from it")
             self._apply_chain(base, newer, now)
+            if current is not None and current.epoch == head.epoch and parts.get("deals"):
+                self._catch_up(base, current, parts["deals"], now)
             return [bytes(r["receipt"]) for r in self.store.erasures(base.id_hex)
                     if r["holder"] == self.me and bytes(r["record"]) == head.digest]
         try:
@@ -265,38 +307,79 @@ class EpochService:
             self._apply(base, prev, rec, [], now)
             prev = rec
 
+    def _share_from_deals(self, base: p.Keyset, current: er.EpochRecord | None, rec: er.EpochRecord, index: int,
+                          deals: list[bytes], now: int) -> tuple[int, bytes, bytes] | None:
+        """This holder's share of ``rec`` computed from the deals a commit carries (it missed
+        the echo), sealed to itself; None (and an audit entry) if they do not give it."""
+        view = er.at_epoch(base, current)
+        plan = er.Plan(keyset_id=rec.keyset_id, from_epoch=view.epoch, prev=rec.prev, action=rec.action,
+                       threshold=rec.threshold, shares=rec.shares, holders=rec.holders,
+                       not_after=rec.not_after, round_id=rec.round_id, created=rec.created, deadline=0)
+        try:
+            share, made, _ = self._new_share(plan, base, current, deals, now)
+            if made.digest != rec.digest:
+                raise p.MalformedEncoding("the deals make another record than the one committed")
+        except (p.ShardnetError, Rejected, ValueError) as exc:
+            self.store.append_audit("epoch-missed", {"keyset": base.id_hex, "epoch": rec.epoch, "index": index,
+                                                     "reason": str(exc)[:300]}, now, self.key)
+            return None
+        return (index, *self._seal_own(base, rec, share, now))
+
+    def _catch_up(self, base: p.Keyset, current: er.EpochRecord, deals: list[bytes], now: int) -> None:
+        """A holder of the current epoch that applied its record without its share (a commit
+        without deals) computes it now; a refresh holder kept its old share for this."""
+        index = next((i for i, hs in current.holders.items() if self.me in hs), None)
+        if index is None or self.store.held_shard(base.id_hex, current.epoch, index) is not None:
+            return
+        prev = next((r for r in self._records(base) if r.epoch == current.epoch - 1), None)
+        promote = self._share_from_deals(base, prev, current, index, deals, now)
+        if promote is None:
+            return
+        receipts = self._erasures(base, current, now)
+        with self.store.transaction():
+            self.store.put_held_shard(base.id_hex, current.epoch, index, sealed=promote[1], meta=promote[2], now=now,
+                                      audit=AuditEvent("epoch-caught-up", {"keyset": base.id_hex,
+                                                                           "epoch": current.epoch, "index": index},
+                                                       self.key))
+            self.store.erase_older(base.id_hex, current.epoch, receipts, now=now)
+        self.store.truncate_wal()
+
+    def _records(self, base: p.Keyset) -> list[er.EpochRecord]:
+        return [er.EpochRecord.from_body(p.CoSigned.restore(r["record"], max_size=er.MAX_EPOCH_RECORD).body)
+                for r in self.store.epochs(base.id_hex)]
+
+    def _erasures(self, base: p.Keyset, rec: er.EpochRecord, now: int,
+                  keep: int | None = None) -> list[tuple[int, int, str, bytes, bytes]]:
+        out = []
+        for held in self.store.held_shards(base.id_hex):
+            if held["epoch"] < rec.epoch and held["epoch"] != keep:
+                r = er.Erased.make(self.key, keyset_id=base.keyset_id, epoch=held["epoch"], index=held["idx"],
+                                   record=rec.digest, time=now)
+                out.append((held["epoch"], held["idx"], self.me, rec.digest, r.signed))
+        return out
+
     def _apply(self, base: p.Keyset, current: er.EpochRecord | None, rec: er.EpochRecord, deals: list[bytes],
                now: int) -> list[bytes]:
         kid = base.id_hex
         view = er.at_epoch(base, current)
         promote = None
+        keep = None
         index = next((i for i, hs in rec.holders.items() if self.me in hs), None)
         if index is not None:
             pending = self.store.pending_share(kid, rec.epoch)
             if pending is not None and bytes(pending["record"]) == rec.digest and pending["idx"] == index:
                 promote = (index, bytes(pending["sealed"]), bytes(pending["meta"]))
             elif deals:  # missed the echo: compute the share from the deals the commit carries
-                plan = er.Plan(keyset_id=rec.keyset_id, from_epoch=view.epoch, prev=rec.prev, action=rec.action,
-                               threshold=rec.threshold, shares=rec.shares, holders=rec.holders,
-                               not_after=rec.not_after, round_id=rec.round_id, created=rec.created, deadline=0)
-                try:
-                    share, made, _ = self._new_share(plan, base, current, deals, now)
-                    if made.digest != rec.digest:
-                        raise p.MalformedEncoding("the deals make another record than the one committed")
-                    promote = (index, *self._seal_own(base, rec, share, now))
-                except (p.ShardnetError, Rejected) as exc:
-                    self.store.append_audit("epoch-missed", {"keyset": kid, "epoch": rec.epoch, "index": index,
-                                                             "reason": str(exc)[:300]}, now, self.key)
-        receipts: list[tuple[int, int, str, bytes, bytes]] = []
-        for held in self.store.held_shards(kid):
-            if held["epoch"] < rec.epoch:
-                r = er.Erased.make(self.key, keyset_id=base.keyset_id, epoch=held["epoch"], index=held["idx"],
-                                   record=rec.digest, time=now)
-                receipts.append((held["epoch"], held["idx"], self.me, rec.digest, r.signed))
+                promote = self._share_from_deals(base, current, rec, index, deals, now)
+            if promote is None and rec.action == "refresh":
+                keep = view.epoch  # its new share needs the old one: kept until the deals come
+        receipts = self._erasures(base, rec, now, keep)
         body = {"keyset": kid, "epoch": rec.epoch, "action": rec.action, "threshold": rec.threshold,
                 "shares": rec.shares, "record": rec.digest.hex(),
                 "record_sha256": hashlib.sha256(rec.signed).hexdigest(),
                 "holds": index if promote is not None else None, "erased": [r[1] for r in receipts]}
+        if keep is not None:
+            body["kept_for_deals"] = keep
         with self.store.transaction():
             if self.store.keyset(kid) is None:
                 if promote is not None:  # a new holder: the releaser reads its keyset row
@@ -304,6 +387,6 @@ class EpochService:
                 elif self.store.known_keyset(kid) is None:
                     self.store.put_known_keyset(kid, base.signed, p.peer_id_of(base.owner), now=now)
             self.store.commit_epoch(kid, rec.epoch, rec.action, rec.signed, now=now, promote=promote,
-                                    erased=receipts, audit=AuditEvent("epoch", body, self.key))
+                                    erased=receipts, audit=AuditEvent("epoch", body, self.key), keep_epoch=keep)
         self.store.truncate_wal()  # the erased shares leave no copy in the log
         return [r[4] for r in receipts]

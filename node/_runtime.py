@@ -85,6 +85,7 @@ class NodeRuntime:
         self.approvals = Approvals(self.store, self.key, eligible=self.admits_member)
         self.records = RecordService(self.store, keystore, self.members, clock, rng)
         self.epochs = EpochService(self.store, keystore, self.members, rng)
+        self.epoch_rounds: set[str] = set()  # keysets this node coordinates a round of now
         self.releaser = Releaser(self.store, keystore, self.approvals, self.members,
                                  threat_level=self.threat_level, rng=rng)
         self.started = 0.0

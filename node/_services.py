@@ -317,6 +317,9 @@ class Custodian:
             raise p.MalformedEncoding("shard metadata and keyset disagree on t, n or the policy")
         del share  # verified; only the sealed form is ever stored
         current = self.store.keyset(keyset.id_hex)
+        now_at = record_view(self.store, current["record"]).epoch if current is not None else keyset.epoch
+        if meta.epoch < now_at:  # an owner back from offline with a slot of an epoch that is over
+            raise p.MixedShares(f"the shard is of epoch {meta.epoch}; the keyset is at epoch {now_at}")
         if current is not None:  # the delivery may carry the owner's amendment (a shard re-placed)
             amend_record(self.store, self.key, p.Keyset.from_bytes(current["record"]), keyset, now)
         held = self.store.held_shard(keyset.id_hex, meta.epoch, meta.index)

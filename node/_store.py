@@ -439,7 +439,8 @@ CREATE INDEX outbox_by_state ON outbox (state, custodian);
 # Epoch changes (refresh, reshare). ``epochs``: the co-signed epoch records in force, a
 # chain per keyset (the keyset record itself is epoch 0 and stays in ``keysets`` or
 # ``known_keysets``). ``pending_shares``: a new holder's share of an epoch not committed
-# yet, sealed to itself; dropped when the round's deadline passes. ``erasures``: signed
+# yet, sealed to itself; dropped when the round's deadline passes. ``epoch_locks``: the
+# round a new holder echoes and the record an authority signs, one per epoch. ``erasures``: signed
 # receipts of old shares erased (the coordinator keeps everyone's, a holder its own).
 # ``epoch_notices``: commits a coordinator still has to hand to a participant.
 _SCHEMA_7 = """
@@ -460,7 +461,21 @@ CREATE TABLE pending_shares (
     sealed      BLOB NOT NULL,
     meta        BLOB NOT NULL,
     deadline    INTEGER NOT NULL,
+    coordinator TEXT NOT NULL,
     PRIMARY KEY (keyset_id, epoch)
+) STRICT;
+
+CREATE INDEX pending_shares_by_coordinator ON pending_shares (coordinator);
+
+-- What this node promised for an epoch: 'echo', the round it echoed until that round's
+-- deadline; 'sign', the one record of that epoch it signs as an authority (for good).
+CREATE TABLE epoch_locks (
+    keyset_id   TEXT NOT NULL,
+    epoch       INTEGER NOT NULL CHECK (epoch >= 1),
+    kind        TEXT NOT NULL CHECK (kind IN ('echo', 'sign')),
+    value       BLOB NOT NULL,
+    until       INTEGER,
+    PRIMARY KEY (keyset_id, epoch, kind)
 ) STRICT;
 
 CREATE TABLE erasures (
@@ -1445,15 +1460,40 @@ class Store:
         return dict(zip(("keyset_id", "epoch", "action", "record", "received_at"), rows[0], strict=True))
 
     def put_pending_share(self, keyset_id: str, epoch: int, idx: int, *, record: bytes, sealed: bytes,
-                          meta: bytes, deadline: int) -> None:
-        """Keep a new holder's share of an uncommitted epoch (one per keyset and epoch: a
-        later round for the same epoch replaces it)."""
+                          meta: bytes, deadline: int, coordinator: str) -> None:
+        """Keep a new holder's share of an uncommitted epoch (one per keyset and epoch: the
+        same round asking again with other deals replaces it)."""
         _check_slot(epoch, idx)
         with self.transaction():
             self._db.execute("DELETE FROM pending_shares WHERE keyset_id = ? AND epoch = ?", [keyset_id, epoch])
             self._db.table("pending_shares").insert({"keyset_id": keyset_id, "epoch": epoch, "idx": idx,
                                                       "record": record, "sealed": sealed, "meta": meta,
-                                                      "deadline": deadline})
+                                                      "deadline": deadline, "coordinator": coordinator})
+
+    def pending_count(self, coordinator: str | None = None) -> int:
+        if coordinator is None:
+            return int(self._db.execute("SELECT count(*) FROM pending_shares").fetchone()[0])
+        return int(self._db.execute("SELECT count(*) FROM pending_shares WHERE coordinator = ?",
+                                    [coordinator]).fetchone()[0])
+
+    def epoch_lock(self, keyset_id: str, epoch: int, kind: str) -> dict[str, Any] | None:
+        rows = list(self._db.table("epoch_locks").rows_where("keyset_id = ? AND epoch = ? AND kind = ?",
+                                                             [keyset_id, epoch, kind]))
+        return rows[0] if rows else None
+
+    def take_epoch_lock(self, keyset_id: str, epoch: int, kind: str, value: bytes, *, until: int | None,
+                        now: int) -> bytes:
+        """Take the lock, or keep it if it holds ``value`` already; return the value the lock
+        holds now (another one: someone else has it). An 'echo' lock past its ``until`` is
+        free again; a 'sign' lock never is."""
+        with self.transaction():
+            held = self.epoch_lock(keyset_id, epoch, kind)
+            if held is not None and bytes(held["value"]) != value and (held["until"] is None
+                                                                       or held["until"] >= now):
+                return bytes(held["value"])
+            self._db.execute("INSERT OR REPLACE INTO epoch_locks (keyset_id, epoch, kind, value, until) "
+                             "VALUES (?, ?, ?, ?, ?)", [keyset_id, epoch, kind, value, until])
+            return value
 
     def pending_share(self, keyset_id: str, epoch: int) -> dict[str, Any] | None:
         rows = list(self._db.table("pending_shares").rows_where("keyset_id = ? AND epoch = ?", [keyset_id, epoch]))
@@ -1463,6 +1503,7 @@ class Store:
         """Erase the shares kept for rounds whose deadline passed without a commit."""
         with self.transaction():
             n = self._db.execute("DELETE FROM pending_shares WHERE deadline < ?", [deadline_before]).rowcount
+            self._db.execute("DELETE FROM epoch_locks WHERE kind = 'echo' AND until < ?", [deadline_before])
         if n:
             self.truncate_wal()
         return int(n)
@@ -1470,12 +1511,14 @@ class Store:
     def commit_epoch(self, keyset_id: str, epoch: int, action: str, record: bytes, *, now: int,
                      promote: tuple[int, bytes, bytes] | None,
                      erased: Sequence[tuple[int, int, str, bytes, bytes]],
-                     audit: AuditEvent) -> None:
+                     audit: AuditEvent, keep_epoch: int | None = None) -> None:
         """Apply an epoch record in one transaction: keep it, hold the new share
         (``promote``: index, sealed, meta), erase every older share of the keyset, keep
         this holder's deletion receipts (``erased``: epoch, index, holder, record
         digest, receipt) and write the audit entry. An owner's outbox copies of older
-        shards are emptied too, and their undelivered slots end refused. The erased bytes are overwritten
+        shards are emptied too, and their undelivered slots end refused. ``keep_epoch``: a
+        refresh holder that could not compute its new share yet keeps its share of that
+        epoch, to compute it when the deals come. The erased bytes are overwritten
         (``secure_delete``) and the WAL is truncated after the commit."""
         with self.transaction():
             self._db.table("epochs").insert({"keyset_id": keyset_id, "epoch": epoch, "action": action,
@@ -1484,7 +1527,8 @@ class Store:
                 idx, sealed, meta = promote
                 self._db.table("held_shards").insert({"keyset_id": keyset_id, "epoch": epoch, "idx": idx,
                                                        "sealed": sealed, "meta": meta, "received_at": now})
-            self._db.execute("DELETE FROM held_shards WHERE keyset_id = ? AND epoch < ?", [keyset_id, epoch])
+            self._db.execute("DELETE FROM held_shards WHERE keyset_id = ? AND epoch < ? AND epoch IS NOT ?",
+                             [keyset_id, epoch, keep_epoch])
             # The owner's copies of older shards, sealed to their custodians: emptied, and a
             # slot never delivered stops (its shard belongs to an epoch that is over).
             self._db.execute(
@@ -1493,9 +1537,19 @@ class Store:
                 "reserve = NULL, deliver_by = NULL, updated_at = ? WHERE keyset_id = ? AND epoch < ?",
                 [f"superseded by epoch {epoch}", now, keyset_id, epoch])
             self._db.execute("DELETE FROM pending_shares WHERE keyset_id = ? AND epoch <= ?", [keyset_id, epoch])
+            self._db.execute("DELETE FROM epoch_locks WHERE keyset_id = ? AND epoch < ?", [keyset_id, epoch])
             for old_epoch, idx, holder, digest, receipt in erased:
                 self._put_erasure(keyset_id, old_epoch, idx, holder, digest, receipt, now)
             self._append(audit.kind, audit.body, now, audit.key)
+        self.truncate_wal()
+
+    def erase_older(self, keyset_id: str, epoch: int, erased: Sequence[tuple[int, int, str, bytes, bytes]], *,
+                    now: int) -> None:
+        """Delete the shares of a keyset older than ``epoch`` and keep their receipts."""
+        with self.transaction():
+            self._db.execute("DELETE FROM held_shards WHERE keyset_id = ? AND epoch < ?", [keyset_id, epoch])
+            for old_epoch, idx, holder, digest, receipt in erased:
+                self._put_erasure(keyset_id, old_epoch, idx, holder, digest, receipt, now)
         self.truncate_wal()
 
     def _put_erasure(self, keyset_id: str, epoch: int, idx: int, holder: str, digest: bytes, receipt: bytes,

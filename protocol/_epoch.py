@@ -11,7 +11,7 @@ Round states, and the only moves allowed between them (:data:`EPOCH_MOVES`)::
 
     DEALING    --every old index dealt or given up, and enough deals--> ECHOING
     DEALING    --too few deals, or the deadline---------------------> ABORTED
-    ECHOING    --every new holder answered, t_new indices echoed----> SIGNING
+    ECHOING    --every new holder answered, t_new + 1 indices echoed-> SIGNING
     ECHOING    --a new holder names a bad deal, enough deals left---> ECHOING (asked again without it)
     ECHOING    --too few echoes, or the deadline--------------------> ABORTED
     SIGNING    --K authority signatures---------------------------> COMMITTING
@@ -29,7 +29,14 @@ if it fails). A reshare uses exactly t_old deals (the lowest valid indices), a
 refresh every valid deal it got, at least t_old. Each new holder gets the
 qualified deals, checks its sub-shares, computes and verifies its new share,
 keeps it sealed to itself, and echoes the epoch record it will hold it under.
-Commit: with t_new indices echoed the coordinator signs the record, and the
+A new holder that names a bad deal gets that deal dropped once per round; a
+second accusation from it only counts as its own failure, so one liar cannot
+strip the round of its deals one by one.
+
+Commit: with t_new + 1 indices echoed (all of them when n_new = t_new:
+``echoes_needed``), so that one echoer that lies or vanishes cannot leave the
+epoch short, the coordinator takes its signing lock (``lock``: an honest
+authority signs one record per epoch) and signs the record, and the
 other authorities co-sign it once they have checked the same evidence. The
 record is written (:class:`Commit`) before it is sent: from then on the round
 cannot be undone, and every participant gets it (with the deals, so that a new
@@ -44,7 +51,7 @@ drop what they kept for it when the plan's deadline passes.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +65,7 @@ from ._epoch_records import (
     Plan,
     at_epoch,
     echoed_indices,
+    echoes_needed,
     holders_of,
     new_commitments,
     qualified_digest,
@@ -231,9 +239,11 @@ class EpochRound:
     """One refresh or reshare, driven by the authority that signed ``plan``."""
 
     def __init__(self, plan: Plan, keyset: Keyset, current: EpochRecord | None, key: Signer, *,
-                 participants: Sequence[str] = ()) -> None:
+                 participants: Sequence[str] = (), lock: Callable[[EpochRecord], None] | None = None) -> None:
         """``keyset``: the keyset record; ``current``: its current epoch record (None at
-        epoch 0); ``participants``: who else must learn of the commit (approvers, owner)."""
+        epoch 0); ``participants``: who else must learn of the commit (approvers, owner);
+        ``lock(record)``: called before this authority signs, raises ShardnetError if it
+        signed another record of that epoch already."""
         plan.check_against(keyset, current)
         self.plan = plan
         self.keyset = keyset
@@ -256,6 +266,8 @@ class EpochRound:
         self.unacked: set[str] = set()
         self.bad: list[tuple[str, str]] = []
         self._accused: set[int] = set()
+        self._accusers: set[str] = set()
+        self._lock = lock
         self._dealing: dict[str, int] = {}  # peer -> the old index it was asked to deal
         self._phase_end: float | None = None
         extra = set(participants) | set(self.rule.peers) | {peer_id_of(keyset.owner)}
@@ -387,15 +399,16 @@ class EpochRound:
         self._echoes_progress(out)
 
     def _echoes_progress(self, out: list[Effect]) -> None:
-        out.append(Progress({"kind": "echoes", "have": len(self._echoed()), "need": self.plan.threshold}))
+        out.append(Progress({"kind": "echoes", "have": len(self._echoed()), "need": echoes_needed(self.plan)}))
         if self.in_flight or self.state is not _E.ECHOING:
             return
         if self._accused & {d.index for d in self.qualified}:
             self._qualify(out)  # ask again without the accused deals
             return
-        if len(self._echoed()) < self.plan.threshold:
-            self._abort(f"{len(self._echoed())} new indices echoed the record; the new threshold is "
-                        f"{self.plan.threshold}", out)
+        if len(self._echoed()) < echoes_needed(self.plan):
+            self._abort(f"{len(self._echoed())} new indices echoed the record; it needs "
+                        f"{echoes_needed(self.plan)} (the new threshold {self.plan.threshold}, and one to spare)",
+                        out)
             return
         self._sign(out)
 
@@ -408,6 +421,12 @@ class EpochRound:
         assert self.record is not None
         self._move(_E.SIGNING)
         self._phase_end = float(self.plan.deadline)
+        if self._lock is not None:
+            try:
+                self._lock(self.record)
+            except ShardnetError as exc:
+                self._abort(f"this authority will not sign: {exc}", out)
+                return
         self.cosigned = CoSigned.propose(self.key, self.record.body())
         if self.cosigned.complete(self.rule.quorum):
             self._commit(out)
@@ -492,7 +511,9 @@ class EpochRound:
             if not self._expect(event.peer, (_E.ECHOING,)):
                 return
             self.refusals[event.peer] = event.reason
-            if event.bad_deal is not None and event.bad_deal in {d.index for d in self.qualified}:
+            if (event.bad_deal is not None and event.bad_deal in {d.index for d in self.qualified}
+                    and event.peer not in self._accusers):
+                self._accusers.add(event.peer)  # one accusation per new holder and round
                 dealer = self.old[event.bad_deal].deal
                 who = peer_id_of(dealer.dealer) if dealer is not None else "?"
                 self.bad.append((who, f"new holder {event.peer} says its deal for old index "

@@ -101,7 +101,7 @@ def anchor(keyset: Keyset) -> bytes:
 
 def _index(key: Any, n: int) -> int:
     """Map keys are decimal strings (msgpack maps are keyed by strings here)."""
-    if not (isinstance(key, str) and key.isdigit() and len(key) <= 4):
+    if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 4):
         raise MalformedEncoding("an index key must be a decimal string")
     return want_int(int(key), "index", 1, n)
 
@@ -313,9 +313,10 @@ class Plan:
         here = keyset.epoch if current is None else current.epoch
         if self.from_epoch != here or self.prev != digest_of(keyset, current):
             raise MalformedEncoding(f"epoch plan starts from epoch {self.from_epoch}; this node is at {here}")
-        if self.action == "refresh" and self.threshold != len(keyset.commitments if current is None
-                                                              else current.commitments):
-            raise MalformedEncoding("a refresh keeps the threshold")
+        if self.action == "refresh":
+            view = at_epoch(keyset, current)
+            if self.threshold != view.threshold or self.holders != holders_of(view):
+                raise MalformedEncoding("a refresh keeps the threshold, the indices and their holders")
 
 
 class BadDeal(RemoteProtocolError):
@@ -409,6 +410,13 @@ class Deal:
         return value
 
 
+def echoes_needed(plan: Plan) -> int:
+    """New indices that must echo before a round may commit: t_new and one more (all of
+    them when n_new = t_new), so that one new holder that echoed and then lies or vanishes
+    cannot leave the new epoch with fewer than t_new usable shares."""
+    return min(plan.shares, plan.threshold + 1)
+
+
 def qualified_digest(deals: Sequence[Deal]) -> bytes:
     items = sorted((d.index, list(d.commitments)) for d in deals)
     return hashlib.sha256(QUALIFIED_DOMAIN + encode([[i, c] for i, c in items])).digest()
@@ -429,6 +437,8 @@ def new_share(plan: Plan, current: Keyset, deals: Sequence[Deal], *, index: int,
     epoch record it will echo. A refresh adds every zero sub-share to ``old`` (this
     holder's own share of the same index); a reshare interpolates the dealt sub-shares.
     Raises InvalidShare naming the dealer of a bad sub-share."""
+    if len({d.index for d in deals}) != len(deals):
+        raise MalformedEncoding("two deals for one old index")
     for d in deals:
         try:
             d.check(plan, current)
@@ -510,9 +520,8 @@ def check_evidence(plan: Plan, keyset: Keyset, current: EpochRecord | None, deal
         d.check(plan, view)
     record = plan.record(new_commitments(plan, view, parsed))
     have = echoed_indices(record, qualified_digest(parsed), echoes)
-    if len(have) < plan.threshold:
-        raise MalformedEncoding(f"{len(have)} new indices echoed the record; the new threshold is "
-                                f"{plan.threshold}")
+    if len(have) < echoes_needed(plan):
+        raise MalformedEncoding(f"{len(have)} new indices echoed the record; it needs {echoes_needed(plan)}")
     return record
 
 

@@ -104,6 +104,10 @@ def check_attrs(attrs: dict[str, Any], t: int, n: int) -> dict[str, Any]:
     k = attrs.get("authority_quorum", 1)
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= max(1, len(authorities)):
         raise MalformedEncoding("keyset attrs: authority quorum must be 1 to the number of authorities")
+    if authorities and 2 * k <= len(authorities):
+        # Two quorums must share an authority: one that co-signs one record per epoch
+        # (``_epoch_records``) then stops two different records of one epoch.
+        raise MalformedEncoding("keyset attrs: the authority quorum must be a majority of the authorities")
     for key, typ in (("policy", str), ("placement", str), ("redundancy", int), ("revision", int),
                      ("deliver_within", int)):
         if key in attrs and not isinstance(attrs[key], typ):

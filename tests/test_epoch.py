@@ -224,9 +224,9 @@ def test_reshare_to_new_holders_and_threshold() -> None:
 
 
 def test_a_holder_offline_in_a_reshare_with_enough_left() -> None:
-    w = World(t=2, n=3, pool=6)
-    w.offline = {w.peers[1].id, w.peers[4].id}  # an old holder, and one of the new
-    new_holders = [[q.id] for q in w.peers[3:6]]
+    w = World(t=2, n=3, pool=7)
+    w.offline = {w.peers[1].id, w.peers[4].id}  # an old holder, and one of the four new
+    new_holders = [[q.id] for q in w.peers[3:7]]
     rnd = ep.EpochRound(w.plan(w.owner, "reshare", holders=new_holders), w.keyset, None, w.owner.key)
     effects = w.run(rnd)
     assert rnd.state is ep.EpochState.COMMITTED
@@ -261,11 +261,11 @@ def test_a_dealer_with_bad_sub_shares_is_named_and_left_out() -> None:
 
 
 def test_two_of_three_authorities_without_the_owner() -> None:
-    w = World(t=2, n=3, pool=7, authorities=0)
+    w = World(t=2, n=4, pool=7, authorities=0)
     auth = [w.peers[4], w.peers[5], w.peers[6]]
     w.keyset, shares = p.split_key(
-        MASTER, 2, 3, owner=w.owner.key, now=NOW, rng=w.rng,
-        attrs={"holders": {str(i + 1): [w.peers[i].id] for i in range(3)},
+        MASTER, 2, 4, owner=w.owner.key, now=NOW, rng=w.rng,
+        attrs={"holders": {str(i + 1): [w.peers[i].id] for i in range(4)},
                "authorities": sorted(a.id for a in auth), "authority_quorum": 2})
     for i, s in enumerate(shares):
         w.peers[i].shares = {0: s}
@@ -275,10 +275,71 @@ def test_two_of_three_authorities_without_the_owner() -> None:
     assert rnd.state is ep.EpochState.COMMITTED
     rec = w.current
     assert rec is not None and len(p.CoSigned.restore(rec.signed, max_size=er.MAX_EPOCH_RECORD).signatures) == 2
-    assert p.combine_key(w.view, current_shares(w)).master == MASTER  # indices 2 and 3 refreshed
+    assert p.combine_key(w.view, current_shares(w)).master == MASTER  # indices 2, 3 and 4 refreshed
     # The owner's old share of index 1 was not refreshed: it does not combine.
     with pytest.raises(p.MixedShares):
         p.combine_key(w.view, [w.owner.shares[0], *current_shares(w)[:1]])
+
+
+def test_one_echo_short_of_t_new_plus_one_aborts() -> None:
+    """Three new holders, 2-of-3: with one away only t_new echo, and that is not enough."""
+    w = World(t=2, n=3, pool=6)
+    w.offline = {w.peers[4].id}
+    rnd = ep.EpochRound(w.plan(w.owner, "reshare", holders=[[q.id] for q in w.peers[3:6]]), w.keyset, None,
+                        w.owner.key)
+    effects = w.run(rnd)
+    assert rnd.state is ep.EpochState.ABORTED and w.current is None
+    assert "it needs 3" in next(e for e in effects if isinstance(e, ep.Aborted)).message
+
+
+def test_a_refresh_plan_must_keep_the_holders() -> None:
+    w = World(t=2, n=4)
+    moved = [[w.peers[i].id] for i in (0, 1, 2, 5)]
+    with pytest.raises(p.MalformedEncoding, match="keeps the threshold, the indices"):
+        ep.EpochRound(w.plan(w.owner, "refresh", holders=moved), w.keyset, None, w.owner.key)
+    with pytest.raises(p.MalformedEncoding, match="keeps the threshold, the indices"):
+        ep.EpochRound(w.plan(w.owner, "refresh", holders=moved[:3]), w.keyset, None, w.owner.key)
+
+
+def test_an_authority_locked_on_another_record_does_not_sign() -> None:
+    w = World()
+
+    def locked(record: er.EpochRecord) -> None:
+        raise p.ShardnetError("it signed another record of epoch 1")
+
+    rnd = ep.EpochRound(w.plan(w.owner), w.keyset, None, w.owner.key, lock=locked)
+    effects = w.run(rnd)
+    assert rnd.state is ep.EpochState.ABORTED and w.current is None
+    assert "will not sign" in next(e for e in effects if isinstance(e, ep.Aborted)).message
+
+
+def test_a_new_holder_accuses_at_most_once_per_round() -> None:
+    """A new holder that refuses every deal as bad gets one dealt dropped, not all."""
+    w = World(t=2, n=4, pool=8)
+    liar = w.peers[5].id
+    rnd = ep.EpochRound(w.plan(w.owner, "reshare", holders=[[q.id] for q in w.peers[4:8]]), w.keyset, None,
+                        w.owner.key)
+    honest_echo = w.echo
+
+    def echo(peer: str, plan: er.Plan, deals: tuple[bytes, ...]) -> bytes:
+        if peer == liar:
+            raise er.BadDeal(er.Deal.from_bytes(deals[0]).index, "made up")
+        return honest_echo(peer, plan, deals)
+
+    w.echo = echo  # type: ignore[method-assign]
+    w.run(rnd)
+    assert rnd.state is ep.EpochState.COMMITTED
+    assert len(rnd._accused) == 1
+    assert p.combine_key(w.view, current_shares(w)[:2]).master == MASTER
+
+
+def test_the_authority_quorum_must_be_a_majority() -> None:
+    peers = make_peers(4)
+    ids = sorted(q.id for q in peers)
+    bad, _ = p.split_key(MASTER, 2, 3, owner=peers[0].key, now=NOW,
+                         attrs={"authorities": ids, "authority_quorum": 2})
+    with pytest.raises(p.MalformedEncoding, match="majority"):
+        p.Keyset.from_bytes(bad.signed)
 
 
 def test_a_plan_by_someone_not_an_authority_is_refused() -> None:
@@ -412,7 +473,7 @@ class EpochMachine(RuleBasedStateMachine):
     def commits_are_backed(self) -> None:
         if self.rnd.state in (ep.EpochState.COMMITTING, ep.EpochState.COMMITTED):
             assert self.rnd.cosigned is not None and self.rnd.record is not None
-            assert len(self.rnd._echoed()) >= self.rnd.plan.threshold
+            assert len(self.rnd._echoed()) >= er.echoes_needed(self.rnd.plan) > self.rnd.plan.threshold
             er.successor(self.w.keyset, None, self.rnd.cosigned.to_bytes())
 
 

@@ -70,6 +70,12 @@ def test_a_holder_offline_for_a_refresh_catches_up(tmp_path: pathlib.Path) -> No
             assert res["epoch"] == 1
             assert peer in res["unacked"]
             assert shares_held(grid, keyset)[away] == [(0, shares_held(grid, keyset)[away][0][1])]
+            # Someone hands it the committed record without the deals: it applies the epoch
+            # but keeps its old share, which its refreshed share is computed from later.
+            record = bytes(grid.nodes[0].store.epochs(keyset)[0]["record"])
+            assert grid.nodes[away].epochs.accept_commit(record, {"chain": [], "deals": []}, grid.nodes[away].now()) == []
+            assert [r["epoch"] for r in grid.nodes[away].store.epochs(keyset)] == [1]
+            assert [e for e, _ in shares_held(grid, keyset)[away]] == [0]
             grid.network.heal()
             await trio.sleep(70)  # the owner hands the commit over when it is back
             assert [e for e, _ in shares_held(grid, keyset)[away]] == [1]
@@ -88,4 +94,58 @@ def test_a_node_that_is_no_authority_cannot_start_a_round(tmp_path: pathlib.Path
                 await epoch(grid, holder, "refresh", keyset)
             row = grid.nodes[0].store.keyset(keyset)
             assert row is not None and p.Keyset.from_bytes(row["record"]).epoch == 0
+    in_virtual_time(main)
+
+
+def test_two_authorities_racing_for_one_epoch_never_fork_it(tmp_path: pathlib.Path) -> None:
+    """2 of 3 authorities; two of them start a refresh at the same instant. At most one
+    record of epoch 1 exists anywhere, and the key comes back."""
+    async def main() -> None:
+        grid = Grid(tmp_path, 8, seed=6)
+        async with grid.running():
+            await grid.wait_directory()
+            auth = [grid.nodes[i].peer_id for i in (5, 6, 7)]
+            keyset = await grid.import_key(0, KEY, 2, 4, authorities=auth, authority_quorum=2)
+            outcome: dict[int, Any] = {}
+
+            async def run(i: int) -> None:
+                try:
+                    outcome[i] = await epoch(grid, i, "refresh", keyset, timeout=20)
+                except ControlError as exc:
+                    outcome[i] = exc
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, 5)
+                nursery.start_soon(run, 6)
+            won = [i for i, o in outcome.items() if isinstance(o, dict)]
+            assert len(won) <= 1, outcome
+            digests = {bytes(r["record"]) for n in grid.nodes for r in n.store.epochs(keyset) if r["epoch"] == 1}
+            assert len({p.epoch_records.EpochRecord.from_body(
+                p.CoSigned.restore(d, max_size=1 << 20).body).digest for d in digests}) <= 1
+            if not won:  # both lost the race; past their deadlines a round alone goes through
+                await trio.sleep(21)
+                assert (await epoch(grid, 7, "refresh", keyset))["epoch"] == 1
+            assert await grid.reconstruct(1, keyset) == KEY
+    in_virtual_time(main)
+
+
+def test_a_commit_for_a_keyset_never_echoed_is_not_kept(tmp_path: pathlib.Path) -> None:
+    """An admitted member makes up a keyset naming a node as holder, and sends it the commit
+    of an epoch it signed alone: the node keeps neither the keyset nor the record."""
+    from shardnet.protocol import epoch_records as er
+
+    async def main() -> None:
+        grid = Grid(tmp_path, 4, seed=7)
+        async with grid.running():
+            await grid.wait_directory()
+            me, victim = grid.nodes[1], grid.nodes[2]
+            ks, _ = p.split_key(KEY, 2, 3, owner=me.key, now=me.now(), rng=me.rng,
+                                attrs={"holders": {str(i + 1): [grid.nodes[i + 1].peer_id] for i in range(3)}})
+            rec = er.EpochRecord(ks.keyset_id, 1, "refresh", 2, 3, ks.commitments,
+                                 {i + 1: (grid.nodes[i + 1].peer_id,) for i in range(3)}, None, er.anchor(ks),
+                                 bytes(16), me.now())
+            data = p.CoSigned.propose(me.key, rec.body()).to_bytes()
+            with pytest.raises(Exception, match="does not know that keyset"):
+                victim.epochs.accept_commit(data, {"keyset": ks.signed, "chain": [], "deals": []}, victim.now())
+            assert victim.store.known_keyset(ks.id_hex) is None and victim.store.epochs(ks.id_hex) == []
     in_virtual_time(main)

@@ -718,3 +718,14 @@ def test_a_reserve_lives_only_in_a_pending_slot_and_a_move_is_one_transaction(st
             conn.execute("UPDATE outbox SET reserve = x'00' WHERE custodian = 'peer1'")
     finally:
         conn.close()
+
+
+def test_epoch_locks_an_echo_lock_lapses_at_its_deadline_a_sign_lock_never(tmp_path: pathlib.Path) -> None:
+    with Store(tmp_path / "locks.db") as s:
+        assert s.take_epoch_lock("k", 1, "echo", b"round-a", until=100, now=10) == b"round-a"
+        assert s.take_epoch_lock("k", 1, "echo", b"round-a", until=100, now=20) == b"round-a"  # the same round
+        assert s.take_epoch_lock("k", 1, "echo", b"round-b", until=200, now=50) == b"round-a"  # busy
+        assert s.take_epoch_lock("k", 1, "echo", b"round-b", until=200, now=101) == b"round-b"  # lapsed
+        assert s.take_epoch_lock("k", 1, "sign", b"record-a", until=None, now=10) == b"record-a"
+        assert s.take_epoch_lock("k", 1, "sign", b"record-b", until=None, now=10**9) == b"record-a"
+        assert s.take_epoch_lock("k", 2, "sign", b"record-b", until=None, now=10) == b"record-b"  # next epoch
