@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 #: Seconds between passes over the commits still owed to participants, and passes at most.
 NOTICE_EVERY = 30.0
-MAX_NOTICE_ATTEMPTS = 2880  # a day of passes
+MAX_NOTICE_ATTEMPTS = 2880  # a day of passes: the record's COMMIT_WINDOW
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -172,7 +172,7 @@ async def _drive(node: NodeRuntime, machine: ep.EpochRound, base: p.Keyset,
             bad_deal = None
             if reason.startswith("bad-deal "):
                 head = reason[len("bad-deal "):].split(":", 1)[0]
-                bad_deal = int(head) if head.isdigit() else None
+                bad_deal = int(head) if head.isascii() and head.isdigit() and len(head) <= 4 else None
             event = ep.AskFailed(peer, reason, index=index, bad_deal=bad_deal)
         except (tx.RequestError, p.ShardnetError) as exc:
             event = ep.AskFailed(peer, str(exc), index=index)
@@ -248,7 +248,10 @@ async def notice_loop(node: NodeRuntime) -> None:
         node.store.drop_pending_shares(deadline_before=node.now() - wire.MAX_CLOCK_SKEW)
         for row in node.store.epoch_notices():
             peer, kid, epoch = row["peer"], row["keyset_id"], row["epoch"]
-            if row["attempts"] >= MAX_NOTICE_ATTEMPTS:
+            record = next((bytes(r["record"]) for r in node.store.epochs(kid) if r["epoch"] == epoch), b"")
+            rec = er.EpochRecord.from_body(p.CoSigned.restore(record, max_size=er.MAX_EPOCH_RECORD).body) \
+                if record else None
+            if row["attempts"] >= MAX_NOTICE_ATTEMPTS or rec is None or not rec.fresh(node.now()):
                 node.store.epoch_notice_done(kid, epoch, peer)
                 node.store.append_audit("epoch-notice-dropped", {"keyset": kid, "epoch": epoch, "peer": peer,
                                                                  "error": row["last_error"] or ""},
@@ -260,9 +263,7 @@ async def notice_loop(node: NodeRuntime) -> None:
             except (tx.RequestError, p.ShardnetError) as exc:
                 node.store.epoch_notice_failed(kid, epoch, peer, str(exc), now=node.now())
                 continue
-            record = next((bytes(r["record"]) for r in node.store.epochs(kid) if r["epoch"] == epoch), b"")
-            digest = er.EpochRecord.from_body(p.CoSigned.restore(record, max_size=er.MAX_EPOCH_RECORD).body).digest \
-                if record else b""
+            digest = rec.digest
             keep = []
             for item in (items if isinstance(items, list) else [])[:16]:
                 try:

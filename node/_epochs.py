@@ -41,6 +41,7 @@ from ._store import AuditEvent, Store
 #: this node keep (each until its round's deadline).
 MAX_PENDING_PER_COORDINATOR = 16
 MAX_PENDING = 1024
+CATCH_UP_EVERY = 60  # seconds between tries to compute a missed share from deals
 
 
 def _frame_parts(extra: Any) -> dict[str, Any]:
@@ -71,6 +72,7 @@ class EpochService:
         self.me = keystore.peer_id
         self.members = members
         self.rng = rng
+        self._tried: dict[tuple[str, int], int] = {}  # (keyset, epoch) -> last catch-up try
 
     # -- what is current -------------------------------------------------------------
 
@@ -140,7 +142,7 @@ class EpochService:
             return self.cosign(plan, parts, now)
         except er.BadDeal as exc:
             raise Rejected(f"bad-deal {exc.dealer}: {exc}") from None
-        except (p.ShardnetError, ValueError) as exc:  # ValueError: the VSS math refusing its input
+        except (p.ShardnetError, ValueError, OverflowError) as exc:  # the VSS math or SQLite refusing input
             raise Rejected(str(exc)[:300]) from None
 
     def _my_old_share(self, view: p.Keyset, now: int) -> p.Share:
@@ -206,27 +208,31 @@ class EpochService:
             if (self.store.pending_count(coordinator) >= MAX_PENDING_PER_COORDINATOR
                     or self.store.pending_count() >= MAX_PENDING):
                 raise Rejected("this node keeps too many shares of rounds not committed yet")
+        known = self.state(plan.keyset_id.hex()) is not None
         base, current, newer = self._learn(plan.keyset_id, parts, now, named=named)
         plan.check_against(base, current)
-        if newer:
-            self._apply_chain(base, newer, now)
-        # One round per epoch at a time: a second round for the same epoch waits until the
-        # first one's deadline, so that two rounds cannot both collect this node's echo.
+        share, record, parsed = self._new_share(plan, base, current, parts["deals"], now)
+        # One round per epoch at a time (taken once the deals checked out): a second round
+        # for the same epoch waits until the first one's deadline, so that two rounds
+        # cannot both collect this node's echo.
         locked = self.store.take_epoch_lock(base.id_hex, plan.to_epoch, "echo", plan.round_id,
                                             until=plan.deadline, now=now)
         if locked != plan.round_id:
             raise Rejected(f"this node echoes another round of epoch {plan.to_epoch} until its deadline")
-        share, record, parsed = self._new_share(plan, base, current, parts["deals"], now)
+        if newer and known:  # a keyset this node knows catches up; one it does not stays in memory
+            self._apply_chain(base, newer, now)
         sealed, meta = self._seal_own(base, record, share, now)
+        # Kept as long as the record may still be handed over as a commit.
         self.store.put_pending_share(base.id_hex, record.epoch, share.index, record=record.digest, sealed=sealed,
-                                     meta=meta, deadline=plan.deadline, coordinator=coordinator)
+                                     meta=meta, deadline=plan.deadline + er.COMMIT_WINDOW, coordinator=coordinator)
         return er.Echo.make(self.key, record, share.index, er.qualified_digest(parsed)).signed
 
     def lock_sign(self, record: er.EpochRecord, now: int) -> None:
-        """Promise to sign no other record of ``record``'s epoch (raises ShardnetError if this
-        authority signed another one already)."""
+        """Promise to sign no other record of ``record``'s epoch while it may still be
+        committed (its deadline and COMMIT_WINDOW); raises ShardnetError if this authority
+        signed another one that still may."""
         held = self.store.take_epoch_lock(record.keyset_id.hex(), record.epoch, "sign", record.digest,
-                                          until=None, now=now)
+                                          until=record.deadline + er.COMMIT_WINDOW, now=now)
         if held != record.digest:
             raise p.ShardnetError(f"this authority signed another record of epoch {record.epoch} "
                                   f"({held.hex()[:16]}…)")
@@ -239,7 +245,7 @@ class EpochService:
         if not er.AuthorityRule.of(base).is_authority(self.me):
             raise Rejected("this node is no policy authority of that keyset")
         plan.check_against(base, current)
-        if newer:
+        if newer and known is not None:
             self._apply_chain(base, newer, now)
         for hs in plan.holders.values():  # a reshare goes to admitted custodians only
             for peer in hs:
@@ -295,6 +301,10 @@ class EpochService:
             rec = er.successor(base, current, data)
         except p.ShardnetError as exc:
             raise Rejected(str(exc)) from None
+        if not rec.fresh(now):  # a record withheld past its window is never applied
+            raise Rejected(f"epoch record {rec.epoch}: its round ended more than {er.COMMIT_WINDOW} s ago")
+        if known is None:  # learn the keyset only with this node's share of the new epoch
+            return self._apply(base, current, rec, parts.get("deals", []), now, chain=newer)
         self._apply_chain(base, newer, now)
         return self._apply(base, current, rec, parts.get("deals", []), now)
 
@@ -314,7 +324,7 @@ class EpochService:
         view = er.at_epoch(base, current)
         plan = er.Plan(keyset_id=rec.keyset_id, from_epoch=view.epoch, prev=rec.prev, action=rec.action,
                        threshold=rec.threshold, shares=rec.shares, holders=rec.holders,
-                       not_after=rec.not_after, round_id=rec.round_id, created=rec.created, deadline=0)
+                       not_after=rec.not_after, round_id=rec.round_id, created=rec.created, deadline=rec.deadline)
         try:
             share, made, _ = self._new_share(plan, base, current, deals, now)
             if made.digest != rec.digest:
@@ -331,6 +341,12 @@ class EpochService:
         index = next((i for i, hs in current.holders.items() if self.me in hs), None)
         if index is None or self.store.held_shard(base.id_hex, current.epoch, index) is not None:
             return
+        key = (base.id_hex, current.epoch)
+        if now - self._tried.get(key, -CATCH_UP_EVERY) < CATCH_UP_EVERY:
+            return  # one try a minute, whoever hands this node deals
+        self._tried[key] = now
+        if len(self._tried) > 4096:
+            self._tried.clear()
         prev = next((r for r in self._records(base) if r.epoch == current.epoch - 1), None)
         promote = self._share_from_deals(base, prev, current, index, deals, now)
         if promote is None:
@@ -359,7 +375,9 @@ class EpochService:
         return out
 
     def _apply(self, base: p.Keyset, current: er.EpochRecord | None, rec: er.EpochRecord, deals: list[bytes],
-               now: int) -> list[bytes]:
+               now: int, chain: list[er.EpochRecord] | None = None) -> list[bytes]:
+        """Apply ``rec`` after ``current``. ``chain``: for a keyset this node did not know,
+        the records before ``rec`` it learnt from the frame, kept only along with its share."""
         kid = base.id_hex
         view = er.at_epoch(base, current)
         promote = None
@@ -371,8 +389,15 @@ class EpochService:
                 promote = (index, bytes(pending["sealed"]), bytes(pending["meta"]))
             elif deals:  # missed the echo: compute the share from the deals the commit carries
                 promote = self._share_from_deals(base, current, rec, index, deals, now)
-            if promote is None and rec.action == "refresh":
+            if promote is None and rec.action == "refresh" and self.store.held_shard(kid, view.epoch, index):
                 keep = view.epoch  # its new share needs the old one: kept until the deals come
+        if chain is not None:
+            if promote is None:
+                raise Rejected("this node does not know that keyset, and holds no share of this epoch of it")
+            prev: er.EpochRecord | None = None  # this node held nothing of the keyset
+            for earlier in chain:  # learnt from the frame: now kept, with the share
+                self._apply(base, prev, earlier, [], now)
+                prev = earlier
         receipts = self._erasures(base, rec, now, keep)
         body = {"keyset": kid, "epoch": rec.epoch, "action": rec.action, "threshold": rec.threshold,
                 "shares": rec.shares, "record": rec.digest.hex(),

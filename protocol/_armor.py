@@ -77,7 +77,7 @@ def _unframe(text: str, kind: str, fields: tuple[str, ...]) -> tuple[dict[str, s
 
 def _int(values: dict[str, str], name: str, lo: int, hi: int) -> int:
     v = values[name]
-    if not v.isdigit() or not lo <= int(v) <= hi:
+    if not (v.isascii() and v.isdigit()) or not lo <= int(v) <= hi:
         raise MalformedEncoding(f"{name}: expected a number in {lo}..{hi}")
     return int(v)
 

@@ -61,6 +61,10 @@ QUALIFIED_DOMAIN = b"shardnet/epoch-qualified/v1\x00"
 SUBSHARE_INFO = b"shardnet/epoch-subshare/v1\x00"
 ACTIONS = ("refresh", "reshare")
 ROUND_ID_LEN = 16
+MAX_TIME = 2**63 - 1  # SQLite's largest integer
+#: Seconds past a round's deadline that its record may still be handed to a node as a
+#: commit: the coordinator retries that long, and new holders keep their share that long.
+COMMIT_WINDOW = 86400
 #: Bytes of one epoch record, plan, deal or echo at most (a deal seals one
 #: sub-share per new holder: about 120 bytes each, up to 1,000 shares).
 MAX_EPOCH_RECORD = 256 * 1024
@@ -137,14 +141,20 @@ class EpochRecord:
     prev: bytes
     round_id: bytes
     created: int
+    deadline: int  # the round's: past it and COMMIT_WINDOW, nobody applies the record any more
     signed: bytes = field(default=b"", repr=False, compare=False)  # the co-signed record
 
     def body(self) -> bytes:
         return encode([
             EPOCH_TAG, 1, self.keyset_id, self.epoch, self.action, self.threshold, self.shares,
             list(self.commitments), _keyed(self.holders),
-            self.not_after, self.prev, self.round_id, self.created,
+            self.not_after, self.prev, self.round_id, self.created, self.deadline,
         ])
+
+    def fresh(self, now: int) -> bool:
+        """Whether a node may still apply this record as a commit it is handed (a record
+        that a later epoch's record chains to is applied whatever its age)."""
+        return now <= self.deadline + COMMIT_WINDOW
 
     @property
     def digest(self) -> bytes:
@@ -154,7 +164,7 @@ class EpochRecord:
     def from_body(cls, body: bytes) -> EpochRecord:
         from ._codec import decode_record
 
-        f = decode_record(body, EPOCH_TAG, 1, 11, max_size=MAX_EPOCH_RECORD)
+        f = decode_record(body, EPOCH_TAG, 1, 12, max_size=MAX_EPOCH_RECORD)
         action = want(f[2], str, "action")
         if action not in ACTIONS:
             raise MalformedEncoding(f"epoch record: unknown action {action[:20]!r}")
@@ -167,12 +177,13 @@ class EpochRecord:
         if len(holders) < t:
             raise MalformedEncoding("epoch record: fewer indices with holders than the threshold")
         if f[7] is not None:
-            want_int(f[7], "not after", 0, 2**63)
+            want_int(f[7], "not after", 0, MAX_TIME)
         rec = cls(
             keyset_id=want_bytes(f[0], "keyset id", 16), epoch=want_int(f[1], "epoch", 1, MAX_EPOCH),
             action=action, threshold=t, shares=n, commitments=commitments, holders=holders,
             not_after=f[7], prev=want_bytes(f[8], "previous epoch digest", 32),
-            round_id=want_bytes(f[9], "round id", ROUND_ID_LEN), created=want_int(f[10], "created", 0, 2**63),
+            round_id=want_bytes(f[9], "round id", ROUND_ID_LEN), created=want_int(f[10], "created", 0, MAX_TIME),
+            deadline=want_int(f[11], "deadline", 0, MAX_TIME),
         )
         if rec.body() != bytes(body):
             raise MalformedEncoding("epoch record: not in canonical form")
@@ -287,12 +298,12 @@ class Plan:
         if len(set(peers)) != len(peers):
             raise MalformedEncoding("epoch plan: a peer holds at most one new index")
         if f[7] is not None:
-            want_int(f[7], "not after", 0, 2**63)
+            want_int(f[7], "not after", 0, MAX_TIME)
         return cls(
             keyset_id=want_bytes(f[0], "keyset id", 16), from_epoch=want_int(f[1], "epoch", 0, MAX_EPOCH - 1),
             prev=want_bytes(f[2], "previous epoch digest", 32), action=action, threshold=t, shares=n,
             holders=holders, not_after=f[7], round_id=want_bytes(f[8], "round id", ROUND_ID_LEN),
-            created=want_int(f[9], "created", 0, 2**63), deadline=want_int(f[10], "deadline", 0, 2**63),
+            created=want_int(f[9], "created", 0, MAX_TIME), deadline=want_int(f[10], "deadline", 0, MAX_TIME),
             coordinator=signer, signed=bytes(data),
         )
 
@@ -302,6 +313,7 @@ class Plan:
             keyset_id=self.keyset_id, epoch=self.to_epoch, action=self.action, threshold=self.threshold,
             shares=self.shares, commitments=tuple(commitments), holders=dict(self.holders),
             not_after=self.not_after, prev=self.prev, round_id=self.round_id, created=self.created,
+            deadline=self.deadline,
         )
 
     def check_against(self, keyset: Keyset, current: EpochRecord | None) -> None:
@@ -437,7 +449,7 @@ def new_share(plan: Plan, current: Keyset, deals: Sequence[Deal], *, index: int,
     epoch record it will echo. A refresh adds every zero sub-share to ``old`` (this
     holder's own share of the same index); a reshare interpolates the dealt sub-shares.
     Raises InvalidShare naming the dealer of a bad sub-share."""
-    if len({d.index for d in deals}) != len(deals):
+    if len({d.index for d in deals}) != len(deals):  # checked here, not only by the VSS math
         raise MalformedEncoding("two deals for one old index")
     for d in deals:
         try:
@@ -547,7 +559,7 @@ class Erased:
         f, signer, _ = open_signed(data, tag=ERASED_TAG, version=1, fields=5, max_size=1024)
         return cls(want_bytes(f[0], "keyset id", 16), want_int(f[1], "epoch", 0, MAX_EPOCH),
                    want_int(f[2], "index", 1, vss.MAX_SHARES), want_bytes(f[3], "record digest", 32),
-                   want_int(f[4], "time", 0, 2**63), signer, bytes(data))
+                   want_int(f[4], "time", 0, MAX_TIME), signer, bytes(data))
 
     @property
     def holder_id(self) -> str:

@@ -88,7 +88,7 @@ def check_attrs(attrs: dict[str, Any], t: int, n: int) -> dict[str, Any]:
     if not isinstance(holders, dict):
         raise MalformedEncoding("keyset attrs: holders must map indices to peer ids")
     for i, hs in holders.items():
-        if not (isinstance(i, str) and i.isdigit() and 1 <= int(i) <= n):
+        if not (isinstance(i, str) and i.isascii() and i.isdigit() and len(i) <= 4 and 1 <= int(i) <= n):
             raise MalformedEncoding(f"keyset attrs: holder index {str(i)[:10]!r} out of range")
         peers(hs, "holders")
     approvers = peers(attrs.get("approvers", []), "approvers")
@@ -198,7 +198,7 @@ class Keyset:
             raise MalformedEncoding(f"keyset: unknown kem {kem[:40]!r}")
         not_after = f[12]
         if not_after is not None:
-            want_int(not_after, "not after", 0, 2**63)
+            want_int(not_after, "not after", 0, 2**63 - 1)
         attrs = check_attrs(want(f[14], dict, "attrs"), t, n)
         return cls(
             keyset_id=keyset_id, epoch=epoch, threshold=t, shares=n, commitments=commitments,
@@ -207,7 +207,7 @@ class Keyset:
             master_ct=want_bytes(f[7], "sealed master key"),
             unwrap_r=g.check_point(f[8], "unwrap R"),
             unwrap_ct=want_bytes(f[9], "unwrap ciphertext"),
-            kem=kem, created=want_int(f[11], "created", 0, 2**63), not_after=not_after,
+            kem=kem, created=want_int(f[11], "created", 0, 2**63 - 1), not_after=not_after,
             policy_hash=want_bytes(f[13], "policy hash", 32), attrs=attrs, id_nonce=id_nonce, owner=signer,
             signed=bytes(data),
         )

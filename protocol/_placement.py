@@ -64,7 +64,7 @@ def parse(expr: str) -> list[Constraint]:
             raise ValueError(f"placement {part!r}: unknown attribute {attr!r} (one of {', '.join(ATTRS)})")
         if kind == "distinct" and not value:
             out.append(Constraint("distinct", attr))
-        elif kind == "min-distinct" and value.isdigit() and int(value) >= 1:
+        elif kind == "min-distinct" and value.isascii() and value.isdigit() and int(value) >= 1:
             out.append(Constraint("min-distinct", attr, value))
         elif kind == "exclude" and value:
             v = value.upper() if attr in ("country", "continent") else value

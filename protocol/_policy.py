@@ -284,7 +284,7 @@ class Policy:
                 pid = err.policy_id
                 if pid:
                     label = f"@id({json.dumps(annotations[pid])})" if annotations.get(pid) else pid
-                    k = int(pid[6:]) if pid.startswith("policy") and pid[6:].isdigit() else -1
+                    k = int(pid[6:]) if pid.startswith("policy") and pid[6:].isascii() and pid[6:].isdigit() else -1
                     at = f" (line {statements[k].line})" if 0 <= k < len(statements) else ""
                     msg = f"{label}{at}: {msg}"
                 msgs.append(msg)

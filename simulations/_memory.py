@@ -23,6 +23,10 @@ Protocol ids and topics are scoped to the node's network (``wire.scoped``), as
 on libp2p: nodes of two networks share no protocol. Addresses are
 ``/memory/<peer id>``. Nothing here reads the wall clock: delays
 are ``trio.sleep``, which a ``trio.testing.MockClock`` turns into virtual time.
+A benchmark may hand in a ``cpu_clock`` and the protocols to ``charge``: the
+time a handler of those spends computing (by that clock) is then added as
+virtual delay before its reply, so that virtual time counts the crypto too
+(:attr:`MemoryNetwork.charged` sums it per protocol).
 """
 
 from __future__ import annotations
@@ -181,9 +185,14 @@ class MemoryNetwork:
     """The nodes of one simulation, their links, and the gossip overlay."""
 
     def __init__(self, *, latency: Pair | None = None, lose: Callable[[str, str], bool] | None = None,
-                 degree: int = 6, seed: int = 0, trace: bool = True) -> None:
+                 degree: int = 6, seed: int = 0, trace: bool = True, cpu_clock: Callable[[], float] | None = None,
+                 charge: frozenset[str] = frozenset()) -> None:
         """``trace``: keep every event in :attr:`trace` (for determinism checks); without
-        it only :attr:`events` counts them, which is what a large run can afford."""
+        it only :attr:`events` counts them, which is what a large run can afford.
+        ``cpu_clock`` and ``charge``: see the module docstring."""
+        self.cpu_clock = cpu_clock
+        self.charge = frozenset(c.split("/", 2)[-1] for c in charge)  # without the leading /shardnet/
+        self.charged: dict[str, list[float]] = {}
         self.nodes: dict[str, _Node] = {}
         self.latency: Pair = latency or (lambda a, b: 0.0)
         self.lose: Callable[[str, str], bool] = lose or (lambda a, b: False)
@@ -264,6 +273,13 @@ class MemoryNetwork:
         try:
             with trio.move_on_after(timeout):
                 try:
+                    if self.cpu_clock is not None and proto.id.split("/", 3)[-1] in self.charge:
+                        t0 = self.cpu_clock()
+                        reply = await handler(remote, payload)
+                        spent = self.cpu_clock() - t0
+                        self.charged.setdefault(proto.id, []).append(spent)
+                        await trio.sleep(spent)
+                        return tx.ReplyStatus.OK, reply
                     return tx.ReplyStatus.OK, await handler(remote, payload)
                 except tx.RequestRejected as exc:
                     return tx.ReplyStatus.REJECTED, str(exc).encode()[:256]

@@ -63,13 +63,16 @@ class Grid:
     def __init__(self, root: pathlib.Path, n: int, *, latency: Callable[[str, str], float] | None = None,
                  lose: Callable[[str, str], bool] | None = None, seed: int = 0, degree: int = 6,
                  republish: float | None = None, trace: bool = True,
-                 admitted: Callable[[int], bool] = lambda i: True, kems: tuple[str, ...] = ("x25519",)) -> None:
+                 admitted: Callable[[int], bool] = lambda i: True, kems: tuple[str, ...] = ("x25519",),
+                 cpu_clock: Callable[[], float] | None = None, charge: frozenset[str] = frozenset()) -> None:
         """``latency(a, b)``: one-way seconds from a to b. ``lose(a, b)``: whether this gossip
         hop or request from a to b is lost (called once per hop). ``republish``: seconds
         between a node's descriptor publications. ``trace``: keep the event trace (see
         MemoryNetwork). ``admitted(i)``: whether node i is admitted when the grid starts
         (node 0, the authority, always runs; the others it leaves out can be admitted later).
-        ``kems``: the HPKE keys the admissions certify, so the KEMs imports may use."""
+        ``kems``: the HPKE keys the admissions certify, so the KEMs imports may use.
+        ``cpu_clock``, ``charge``: the handlers of these protocols have their compute time
+        added as virtual delay (MemoryNetwork)."""
         if n < 1:
             raise ValueError("a grid needs at least one node")
         if republish is not None and not republish > 0:
@@ -77,7 +80,8 @@ class Grid:
         self.root = pathlib.Path(root)
         self.seed = seed
         self.rng = Drbg(b"shardnet-grid" + seed.to_bytes(8, "big"))
-        self.network = MemoryNetwork(latency=latency, lose=lose, degree=degree, seed=seed, trace=trace)
+        self.network = MemoryNetwork(latency=latency, lose=lose, degree=degree, seed=seed, trace=trace,
+                                     cpu_clock=cpu_clock, charge=charge)
         self.republish = republish
         self.admitted = admitted
         self.kems = kems

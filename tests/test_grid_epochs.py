@@ -11,6 +11,8 @@ import trio.testing
 
 from shardnet import protocol as p
 from shardnet.node._control_server import ControlError
+from shardnet.node._services import Rejected
+from shardnet.protocol import epoch_records as er
 from shardnet.simulations.grid import Grid, _quiet
 
 KEY = b"grid master key for epochs"
@@ -73,6 +75,9 @@ def test_a_holder_offline_for_a_refresh_catches_up(tmp_path: pathlib.Path) -> No
             # Someone hands it the committed record without the deals: it applies the epoch
             # but keeps its old share, which its refreshed share is computed from later.
             record = bytes(grid.nodes[0].store.epochs(keyset)[0]["record"])
+            late = grid.nodes[away].now() + er.COMMIT_WINDOW + 60  # a record withheld past its window
+            with pytest.raises(Rejected, match="ended more than"):
+                grid.nodes[away].epochs.accept_commit(record, {"chain": [], "deals": []}, late)
             assert grid.nodes[away].epochs.accept_commit(record, {"chain": [], "deals": []}, grid.nodes[away].now()) == []
             assert [r["epoch"] for r in grid.nodes[away].store.epochs(keyset)] == [1]
             assert [e for e, _ in shares_held(grid, keyset)[away]] == [0]
@@ -132,8 +137,6 @@ def test_two_authorities_racing_for_one_epoch_never_fork_it(tmp_path: pathlib.Pa
 def test_a_commit_for_a_keyset_never_echoed_is_not_kept(tmp_path: pathlib.Path) -> None:
     """An admitted member makes up a keyset naming a node as holder, and sends it the commit
     of an epoch it signed alone: the node keeps neither the keyset nor the record."""
-    from shardnet.protocol import epoch_records as er
-
     async def main() -> None:
         grid = Grid(tmp_path, 4, seed=7)
         async with grid.running():
@@ -143,7 +146,7 @@ def test_a_commit_for_a_keyset_never_echoed_is_not_kept(tmp_path: pathlib.Path) 
                                 attrs={"holders": {str(i + 1): [grid.nodes[i + 1].peer_id] for i in range(3)}})
             rec = er.EpochRecord(ks.keyset_id, 1, "refresh", 2, 3, ks.commitments,
                                  {i + 1: (grid.nodes[i + 1].peer_id,) for i in range(3)}, None, er.anchor(ks),
-                                 bytes(16), me.now())
+                                 bytes(16), me.now(), me.now() + 60)
             data = p.CoSigned.propose(me.key, rec.body()).to_bytes()
             with pytest.raises(Exception, match="does not know that keyset"):
                 victim.epochs.accept_commit(data, {"keyset": ks.signed, "chain": [], "deals": []}, victim.now())
