@@ -116,6 +116,25 @@ def cmd_bench_membership(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        out = ()
+    if not out or any(not 3 <= n <= 100 for n in out):
+        raise argparse.ArgumentTypeError("expected sizes 3..100, comma-separated, e.g. 5,10,20")
+    return out
+
+
+def cmd_bench_epoch(args: argparse.Namespace) -> int:
+    from shardnet.simulations._epoch_bench import format_epoch_report, run_epoch_bench
+
+    result = run_epoch_bench(ns=args.n, processes=args.processes, say=lambda m: print(f"... {m}", file=sys.stderr))
+    _write_json(args.json, result)
+    print(format_epoch_report(result))
+    return EXIT_OK
+
+
 # -- parser --------------------------------------------------------------------------
 
 
@@ -165,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--junk", type=positive, default=10_000, metavar="J", help="junk descriptors offered")
     bm.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bm.set_defaults(func=cmd_bench_membership)
+
+    be = bsub.add_parser("epoch", help="refresh and reshare round times against 2 RTT + crypto (grid), and "
+                                       "with real processes")
+    be.add_argument("--n", type=_sizes, default=(5, 10, 20), metavar="N,...", help="shares (default 5,10,20)")
+    be.add_argument("--processes", action="store_true", help="also on loopback with real node processes")
+    be.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    be.set_defaults(func=cmd_bench_epoch)
 
     from ._commands import register
 

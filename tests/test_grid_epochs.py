@@ -152,3 +152,23 @@ def test_a_commit_for_a_keyset_never_echoed_is_not_kept(tmp_path: pathlib.Path) 
                 victim.epochs.accept_commit(data, {"keyset": ks.signed, "chain": [], "deals": []}, victim.now())
             assert victim.store.known_keyset(ks.id_hex) is None and victim.store.epochs(ks.id_hex) == []
     in_virtual_time(main)
+
+
+def test_bench_epoch_runs_from_the_cli(tmp_path: pathlib.Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "epoch.json"
+    r = subprocess.run([sys.executable, "-m", "shardnet.node.cli", "bench", "epoch", "--n", "3", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(out.read_text())["grid"]
+    for action in ("refresh", "reshare"):
+        a = row[action]
+        assert a["bound_s"] > 2 * 0.150 and a["commit_s"] >= 2 * 0.150 and a["done_s"] > a["commit_s"]
+        assert a["crypto_s"]["slowest_echo"] > 0 and a["crypto_s"]["coordinator"] > 0
+    assert "n= 3 t= 2 refresh" in r.stdout
+    bad = subprocess.run([sys.executable, "-m", "shardnet.node.cli", "bench", "epoch", "--n", "2"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "sizes 3..100" in bad.stderr and "Traceback" not in bad.stderr
