@@ -18,7 +18,7 @@ from shardnet.protocol import CoSigned, outbox, wire
 from . import _api
 from . import _membership_ops as ops
 from ._control_server import Command, Emit
-from ._epoch_round import change_epoch
+from ._epoch_round import change_epoch, rewrap
 from ._reconstruct import reconstruct
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ def command_table(node: NodeRuntime) -> dict[str, Command]:
         "key-reconstruct": lambda a, emit: reconstruct(node, a, emit),
         "refresh": lambda a, emit: change_epoch(node, {**a, "action": "refresh"}, emit),
         "reshare": lambda a, emit: change_epoch(node, {**a, "action": "reshare"}, emit),
+        "rewrap": lambda a, emit: rewrap(node, a, emit),
         "membership": reads(lambda a: node.members.listing(node.now())),
         "proposals": reads(lambda a: node.members.proposals(node.now())),
         "admit": _membership(node, lambda a: ops.admit(node.members, node.store, a, node.now())),

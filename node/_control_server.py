@@ -91,8 +91,11 @@ async def _connection(stream: trio.SocketStream, commands: Mapping[str, Command]
             await _send(stream, {"ok": False, "error": "malformed control request", "exit": 2})
             return
 
+        sending = trio.Lock()  # a command's tasks may report progress at once
+
         async def emit(event: dict[str, Any]) -> None:
-            await _send(stream, {"event": event})
+            async with sending:
+                await _send(stream, {"event": event})
 
         command = commands.get(cmd)
         try:
@@ -105,7 +108,8 @@ async def _connection(stream: trio.SocketStream, commands: Mapping[str, Command]
                 return  # the CLI went away (Ctrl-C): nobody to answer
             reply = failed
         try:
-            await _send(stream, reply)
+            async with sending:
+                await _send(stream, reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
 

@@ -7,7 +7,9 @@ import argparse
 import sys
 from typing import Any
 
-from ._cli_base import EXIT_OK, emit, positive
+from shardnet.protocol import wire
+
+from ._cli_base import EXIT_FAIL, EXIT_OK, emit, positive
 
 
 def _progress(ev: dict[str, Any]) -> None:
@@ -19,6 +21,9 @@ def _progress(ev: dict[str, Any]) -> None:
               f"{ev['threshold']}-of-{ev['shares']}", file=sys.stderr)
     elif kind in ("deals", "echoes", "signatures"):
         print(f"\r{kind:<10} {ev['have']}/{ev['need']}   ", end="", file=sys.stderr, flush=True)
+    elif kind == "rewrapped":
+        print(f"\rrewrapped  {ev['have']} shares, {ev['failed']} holders failed, of {ev['total']} holders   ", end="",
+              file=sys.stderr, flush=True)
     elif kind == "committed":
         print(f"\rcommitted epoch {ev['epoch']}; handing it to the participants", file=sys.stderr)
 
@@ -46,7 +51,26 @@ def cmd_epoch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rewrap(args: argparse.Namespace) -> int:
+    from ._commands import _ask, _short
+
+    res = _ask(args, "rewrap", {"keyset": args.keyset}, on_event=_progress, timeout=wire.EPOCH_TIMEOUT + 60)
+    text = (f"rewrap of keyset {res['keyset']} (epoch {res['epoch']}): {len(res['rewrapped'])} shares resealed "
+            "to new at-rest keys, the old keys and ciphertexts destroyed")
+    for f in res["failed"]:
+        text += f"\nnot rewrapped: {_short(f['peer'])}: {f['error']}"
+    text += f"\ndefeats   {res['defeats']}"
+    emit(args, res, text)
+    return EXIT_OK if res["complete"] else EXIT_FAIL
+
+
 def register(sub: Any, home_arg: Any, peer_list: Any) -> None:
+    sp = sub.add_parser("rewrap", help="every holder reseals its shards to a new at-rest key of its own, and "
+                                       "destroys the old key and ciphertext")
+    home_arg(sp)
+    sp.add_argument("keyset", metavar="KEYSET", help="keyset id or a unique prefix of one")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_rewrap)
     for name, hlp in [("refresh", "proactive refresh: the same holders, secret and public key, a new polynomial"),
                       ("reshare", "reshare to other custodians or another t-of-n, keeping the secret and public "
                                   "key")]:

@@ -151,6 +151,57 @@ async def change_epoch(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> d
     }
 
 
+async def rewrap(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
+    """Ask every holder of the keyset's current epoch to rewrap; collect their receipts."""
+    base, current = _find(node, str(args["keyset"]))
+    rule = er.AuthorityRule.of(base)
+    if not rule.is_authority(node.peer_id):
+        _fail(f"this node is no policy authority of keyset {base.id_hex} (its authorities: "
+              f"{', '.join(rule.peers)})")
+    view = er.at_epoch(base, current)
+    now = node.now()
+    order = er.RewrapOrder.make(node.key, keyset_id=base.keyset_id, epoch=view.epoch,
+                                round_id=node.rng(er.ROUND_ID_LEN), created=now, deadline=now + wire.EPOCH_TIMEOUT)
+    holders = er.holders_of(view)
+    peers = sorted({h for hs in holders.values() for h in hs})
+    await emit({"kind": "rewrap", "keyset": base.id_hex, "epoch": view.epoch, "holders": len(peers)})
+    done: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    data = frame("rewrap", order.signed)
+
+    async def ask(peer: str) -> None:
+        try:
+            if peer == node.peer_id:
+                reply = node.epochs.handle(peer, data, node.now())
+            else:
+                reply = await node.links.reach_and_request(peer, wire.EPOCH, data)
+            items = p.decode(reply, max_size=wire.EPOCH.max_reply)
+            got = []
+            for item in (items if isinstance(items, list) else [])[:16]:
+                r = er.Rewrapped.from_bytes(item if isinstance(item, bytes) else b"")
+                if (r.holder_id != peer or r.keyset_id != base.keyset_id or r.epoch != view.epoch
+                        or r.round_id != order.round_id or peer not in holders.get(r.index, ())):
+                    raise p.MalformedEncoding(f"a receipt for another keyset, epoch, round or index ({r.index})")
+                got.append({"holder": peer, "index": r.index, "wrap": r.wrap, "receipt": r.signed.hex()})
+            if not got:
+                raise p.MalformedEncoding("no receipt")
+            done.extend(got)
+        except (tx.RemoteError, Rejected) as exc:
+            failed.append({"peer": peer, "error": exc.reason if isinstance(exc, tx.RemoteError) else str(exc)})
+        except (tx.RequestError, p.ShardnetError) as exc:
+            failed.append({"peer": peer, "error": str(exc)[:300]})
+        await emit({"kind": "rewrapped", "have": len(done), "failed": len(failed), "total": len(peers)})
+
+    async with trio.open_nursery() as nursery:
+        for peer in peers:
+            nursery.start_soon(ask, peer)
+    node.store.append_audit("rewrap-done", {"keyset": base.id_hex, "epoch": view.epoch,
+                                            "rewrapped": [[d["holder"], d["index"]] for d in done],
+                                            "failed": [f["peer"] for f in failed]}, node.now(), node.key)
+    return {"keyset": base.id_hex, "epoch": view.epoch, "rewrapped": sorted(done, key=lambda d: d["index"]),
+            "failed": sorted(failed, key=lambda f: f["peer"]), "complete": not failed, "defeats": DEFEATS["rewrap"]}
+
+
 async def _drive(node: NodeRuntime, machine: ep.EpochRound, base: p.Keyset,
                  emit: Emit) -> ep.Done | ep.Aborted:
     send, inbox = trio.open_memory_channel[ep.Event](math.inf)

@@ -34,6 +34,8 @@ from ._clock import Rng
 from ._epoch_view import base_keyset, current_record
 from ._keystore import Keystore
 from ._members import Members
+from ._rewrap import Resealed, rewrap_all
+from ._rewrap import receipts as rewrap_receipts
 from ._services import Rejected, _keyset_row
 from ._store import AuditEvent, Store
 
@@ -73,6 +75,7 @@ class EpochService:
         self.members = members
         self.rng = rng
         self._tried: dict[tuple[str, int], int] = {}  # (keyset, epoch) -> last catch-up try
+        self._last_rewrap = -wire.REWRAP_MIN_INTERVAL
 
     # -- what is current -------------------------------------------------------------
 
@@ -129,6 +132,8 @@ class EpochService:
         try:
             if ask == "commit":
                 return p.encode(self.accept_commit(head, parts, now))
+            if ask == "rewrap":
+                return p.encode(self.rewrap(er.RewrapOrder.from_bytes(head), remote, now))
             plan = er.Plan.from_bytes(head)
             if p.peer_id_of(plan.coordinator) != remote:
                 raise Rejected("the plan is not signed by the peer asking")
@@ -153,7 +158,7 @@ class EpochService:
                 continue
             sealed = self.keystore.open_at_rest(row["sealed"])
             meta = p.read_shard_meta(sealed)
-            _, share = p.open_shard(sealed, self.keystore.openers()[meta.kem], recipient=self.me, now=now,
+            _, share = p.open_shard(sealed, self.keystore.opener_for(meta), recipient=self.me, now=now,
                                     commitments=view.commitments)
             return share
         raise Rejected(f"this node holds no share of keyset {view.id_hex[:12]}… at epoch {view.epoch}")
@@ -179,10 +184,11 @@ class EpochService:
 
     def _seal_own(self, base: p.Keyset, record: er.EpochRecord, share: p.Share, now: int) -> tuple[bytes, bytes]:
         """The new share sealed to this node, under metadata it signs that cites ``record``."""
+        wrap, public = self.keystore.rest_key(base.kem)  # the newest at-rest key, once there is one
         meta = p.ShardMeta(base.keyset_id, record.epoch, share.index, record.shares, record.threshold, self.me,
                            now, record.not_after, base.policy_hash, record.commitments_digest, base.kem,
-                           epoch_record=record.digest)
-        sealed = p.seal_shard(meta, share, self.keystore.hpke_public()[base.kem], owner=self.key)
+                           epoch_record=record.digest, wrap=wrap)
+        sealed = p.seal_shard(meta, share, public, owner=self.key)
         return self.keystore.seal_at_rest(sealed), p.read_shard_meta(sealed).signed
 
     def _new_share(self, plan: er.Plan, base: p.Keyset, current: er.EpochRecord | None, deals: list[bytes],
@@ -259,6 +265,37 @@ class EpochService:
                                                  "record": record.digest.hex(),
                                                  "coordinator": p.peer_id_of(plan.coordinator)}, now, self.key)
         return p.CoSigned(record.body(), ()).signed_by(self.key).to_bytes()
+
+    # -- rewrap ----------------------------------------------------------------------
+
+    def rewrap(self, order: er.RewrapOrder, remote: str, now: int) -> list[bytes]:
+        """Reseal everything this node holds to a new at-rest key (``_rewrap``), on the order
+        of an authority of a keyset it holds a share of; answer with a signed receipt per
+        share of that keyset. Within REWRAP_MIN_INTERVAL of the last rewrap, which covered
+        every keyset, the receipts describe that one."""
+        if p.peer_id_of(order.coordinator) != remote:
+            raise Rejected("the rewrap order is not signed by the peer asking")
+        if not order.created - wire.MAX_CLOCK_SKEW <= now <= order.deadline + wire.MAX_CLOCK_SKEW \
+                or order.deadline - order.created > wire.MAX_EPOCH_TIMEOUT:
+            raise Rejected("the rewrap order is stale, or its deadline is out of range")
+        got = self.state(order.keyset_id.hex())
+        if got is None:
+            raise Rejected("this node does not know that keyset")
+        base, current = got
+        order.check_against(base, current)
+        view = er.at_epoch(base, current)
+        mine = [h for h in self.store.held_shards(base.id_hex) if h["epoch"] == view.epoch]
+        if not mine:
+            raise Rejected(f"this node holds no share of keyset {base.id_hex[:12]}… at epoch {view.epoch}")
+        metas = [p.read_shard_meta(self.keystore.open_at_rest(h["sealed"])) for h in mine]
+        if now - self._last_rewrap < wire.REWRAP_MIN_INTERVAL and all(m.wrap > 0 for m in metas):
+            done = [Resealed(h["keyset_id"], h["epoch"], h["idx"], m.wrap, bytes(h["sealed"]))
+                    for h, m in zip(mine, metas, strict=True)]
+        else:
+            done = rewrap_all(self.store, self.keystore, self.rng, now, reason={
+                "keyset": base.id_hex, "coordinator": remote})
+            self._last_rewrap = now
+        return rewrap_receipts(self.key, done, base.id_hex, order, now)
 
     # -- commits ---------------------------------------------------------------------
 

@@ -7,12 +7,19 @@ A :class:`Keystore` hands out:
 * an :class:`~shardnet.protocol.HpkeOpener` per KEM: decapsulation of the
   shards sealed to the node, and their public keys for its descriptor;
 * the sealing and opening of shards at rest: what the store keeps, and how it
-  is read back.
+  is read back;
+* **at-rest keys** with an epoch (``shardnet rewrap``): the holder reseals its
+  shards to a fresh HPKE key of its own, then destroys the old one, so that a
+  stolen database and an old key open nothing. A shard's metadata names the
+  at-rest epoch it is sealed to (``wrap``; 0 is the key the node's admission
+  certifies, which deliveries are sealed to); :meth:`Keystore.opener_for`
+  picks the key.
 
 :class:`FileKeystore` is the node's behaviour so far: the Ed25519 seed and the
-HPKE keys are files in the home (mode 0600), and a shard is kept at rest
-exactly as it was delivered, HPKE-sealed to this node. A PKCS#11 keystore
-(keys in a token) implements the same interface.
+HPKE keys are files in the home (mode 0600), at-rest keys too (``rest.key``),
+and a delivered shard is kept at rest as it was delivered, HPKE-sealed to this
+node, until a rewrap. A PKCS#11 keystore (keys in a token) implements the same
+interface.
 
 The libp2p host still needs the identity seed itself (py-libp2p signs the
 Noise handshake in software): :meth:`Keystore.transport_seed`.
@@ -20,13 +27,19 @@ Noise handshake in software): :meth:`Keystore.transport_seed`.
 
 from __future__ import annotations
 
+import pathlib
+from collections.abc import Iterable
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shardnet import protocol as p
 
-from ._home import Home
+from ._clock import Rng
+from ._files import write_atomic
+from ._home import Home, HomeError
+
+REST_FILE = "rest.key"
 
 
 class Keystore(Protocol):
@@ -56,22 +69,51 @@ class Keystore(Protocol):
         """The 32-byte Ed25519 seed the libp2p host is built from."""
         ...
 
+    def opener_for(self, meta: p.ShardMeta) -> p.HpkeOpener:
+        """The key a stored shard opens with: its at-rest epoch's (``meta.wrap``), or for 0
+        the node's certified key. Raises DecryptionFailed if this node has no such key."""
+        ...
+
+    def rest_key(self, kem: str) -> tuple[int, bytes]:
+        """The at-rest epoch and public key new shares are sealed to ((0, the certified key)
+        before the first rewrap)."""
+        ...
+
+    def rotate_rest(self, kems: Iterable[str], rng: Rng) -> int:
+        """Make (and keep, durably) the next at-rest epoch's keys; return the epoch."""
+        ...
+
+    def forget_rest(self, keep: int) -> None:
+        """Destroy every at-rest key older than epoch ``keep``."""
+        ...
+
 
 class FileKeystore:
     """Keys held in memory, loaded from files in the node's home (:meth:`from_home`);
     shards at rest as delivered. The grid's nodes and tests build one directly."""
 
-    def __init__(self, seed: bytes, hpke: dict[str, p.HpkePrivateKey]) -> None:
+    def __init__(self, seed: bytes, hpke: dict[str, p.HpkePrivateKey], *,
+                 rest_file: pathlib.Path | None = None) -> None:
+        """``rest_file``: where the at-rest keys are kept (none: in memory only, as on the grid)."""
         if len(seed) != 32:
             raise ValueError("an Ed25519 identity seed is 32 bytes")
         self._seed = bytes(seed)
         self._signer = Ed25519PrivateKey.from_private_bytes(self._seed)
         self._hpke = dict(hpke)
         self._peer_id = p.peer_id_of(self._signer.public_key().public_bytes_raw())
+        self._rest_file = rest_file
+        self._rest: dict[int, dict[str, p.HpkePrivateKey]] = {}
+        if rest_file is not None and rest_file.exists():
+            try:
+                raw = p.decode(rest_file.read_bytes())
+                self._rest = {int(e): {k: p.HpkePrivateKey(k, bytes(v)) for k, v in keys.items()}
+                              for e, keys in raw.items()}
+            except (p.ShardnetError, ValueError, TypeError, AttributeError) as exc:
+                raise HomeError(f"{rest_file}: malformed at-rest keys ({exc})") from None
 
     @classmethod
     def from_home(cls, home: Home) -> FileKeystore:
-        return cls(home.identity_seed(), home.hpke_keys())
+        return cls(home.identity_seed(), home.hpke_keys(), rest_file=home.path / REST_FILE)
 
     @property
     def signer(self) -> p.Signer:
@@ -95,6 +137,39 @@ class FileKeystore:
 
     def transport_seed(self) -> bytes:
         return self._seed
+
+    def opener_for(self, meta: p.ShardMeta) -> p.HpkeOpener:
+        keys = self._hpke if meta.wrap == 0 else self._rest.get(meta.wrap, {})
+        key = keys.get(meta.kem)
+        if key is None:
+            raise p.DecryptionFailed(f"this node has no {meta.kem} key of at-rest epoch {meta.wrap}")
+        return key
+
+    def rest_key(self, kem: str) -> tuple[int, bytes]:
+        for epoch in sorted(self._rest, reverse=True):
+            if kem in self._rest[epoch]:
+                return epoch, self._rest[epoch][kem].public_bytes()
+        return 0, self._hpke[kem].public_bytes()
+
+    def rotate_rest(self, kems: Iterable[str], rng: Rng) -> int:
+        epoch = max(self._rest, default=0) + 1
+        self._rest[epoch] = {kem: p.HpkePrivateKey.generate(kem, rng) for kem in sorted(set(kems))}
+        self._save()
+        return epoch
+
+    def forget_rest(self, keep: int) -> None:
+        old = [e for e in self._rest if e < keep]
+        for e in old:
+            del self._rest[e]
+        if old:
+            self._save()
+
+    def _save(self) -> None:
+        if self._rest_file is None:
+            return
+        data = p.encode({str(e): {k: key.private_bytes() for k, key in keys.items()}
+                         for e, keys in sorted(self._rest.items())})
+        write_atomic(self._rest_file, data, 0o600, overwrite=True)
 
 
 __all__ = ["FileKeystore", "Keystore"]

@@ -34,6 +34,7 @@ from shardnet.protocol import (
     Vote,
     decide_release,
     directory_pull,
+    hazmat,
     partial_payload,
     peer_id_of,
     placement,
@@ -315,7 +316,7 @@ class Custodian:
         if (meta.threshold, meta.shares, meta.policy_hash) != (keyset.threshold, keyset.shares,
                                                                 keyset.policy_hash):
             raise p.MalformedEncoding("shard metadata and keyset disagree on t, n or the policy")
-        del share  # verified; only the sealed form is ever stored
+        value = share.value  # verified; only the sealed form is ever stored
         current = self.store.keyset(keyset.id_hex)
         now_at = record_view(self.store, current["record"]).epoch if current is not None else keyset.epoch
         if meta.epoch < now_at:  # an owner back from offline with a slot of an epoch that is over
@@ -323,8 +324,9 @@ class Custodian:
         if current is not None:  # the delivery may carry the owner's amendment (a shard re-placed)
             amend_record(self.store, self.key, p.Keyset.from_bytes(current["record"]), keyset, now)
         held = self.store.held_shard(keyset.id_hex, meta.epoch, meta.index)
-        if held is not None and self.keystore.open_at_rest(held["sealed"]) == sealed:
+        if held is not None and self._same_share(held["sealed"], sealed, value, now):
             return "already-held"
+        del share, value
         body = {"keyset": keyset.id_hex, "epoch": meta.epoch, "index": meta.index,
                 "owner": peer_id_of(cover.owner), "shard_sha256": digest.hex()}
         with self.store.transaction():
@@ -335,6 +337,18 @@ class Custodian:
                 audit=AuditEvent("store", body, self.key),
             )
         return "stored"
+
+    def _same_share(self, stored: bytes, sealed: bytes, value: int, now: int) -> bool:
+        """Whether the shard held for this slot is the one delivered again: the same bytes,
+        or (after a rewrap resealed it to an at-rest key) the same share."""
+        mine = self.keystore.open_at_rest(stored)
+        if mine == sealed:
+            return True
+        meta = p.read_shard_meta(mine)
+        if meta.wrap == 0:
+            return False
+        _, held = p.open_shard(mine, self.keystore.opener_for(meta), recipient=self.peer_id, now=now)
+        return hmac.compare_digest(hazmat.scalar_bytes(held.value), hazmat.scalar_bytes(value))
 
 
 def amend_record(store: Store, key: p.Signer, current: p.Keyset, new: p.Keyset, now: int, *,
@@ -942,7 +956,7 @@ class Releaser:
         out = []
         for h in held:
             sealed = self.keystore.open_at_rest(h["sealed"])
-            meta, share = p.open_shard(sealed, self.hpke[p.read_shard_meta(sealed).kem],
+            meta, share = p.open_shard(sealed, self.keystore.opener_for(p.read_shard_meta(sealed)),
                                        recipient=self.peer_id, now=now, commitments=keyset.commitments)
             rel = Release.make(self.key, req, epoch=keyset.epoch, index=share.index,
                                payload=self._payload(keyset, req, share))

@@ -1101,12 +1101,12 @@ class Store:
         audit: AuditEvent,
     ) -> AuditEntry:
         """pending → delivered, storing the custodian's (verified) receipt, with
-        its audit entry in the same transaction."""
+        its audit entry in the same transaction. The sealed shard sent is not kept."""
         with self.transaction():
             key = self._pending_item(keyset_id, epoch, idx, custodian, "mark delivered")
             self._db.execute(
                 "UPDATE outbox SET state = 'delivered', receipt = ?, last_error = NULL, reserve = NULL, "
-                "updated_at = ? WHERE keyset_id = ? AND epoch = ? AND idx = ? AND custodian = ?",
+                "envelope = x'', updated_at = ? WHERE keyset_id = ? AND epoch = ? AND idx = ? AND custodian = ?",
                 [receipt, now, *key],
             )
             return self._append(audit.kind, audit.body, now, audit.key)
@@ -1498,6 +1498,27 @@ class Store:
     def pending_share(self, keyset_id: str, epoch: int) -> dict[str, Any] | None:
         rows = list(self._db.table("pending_shares").rows_where("keyset_id = ? AND epoch = ?", [keyset_id, epoch]))
         return rows[0] if rows else None
+
+    def pending_shares(self) -> list[dict[str, Any]]:
+        return list(self._db.table("pending_shares").rows_where(order_by="keyset_id, epoch"))
+
+    def replace_sealed(self, updates: Sequence[tuple[str, int, int, bytes, bytes, bool]], *, now: int,
+                       audit: AuditEvent) -> None:
+        """Replace stored shards by their rewrapped form, (keyset, epoch, index, sealed, meta,
+        held: else a pending share), with the audit entry, in one transaction; the old
+        bytes are overwritten (``secure_delete``) and the WAL truncated after."""
+        with self.transaction():
+            for kid, epoch, idx, sealed, meta, held in updates:
+                table = "held_shards" if held else "pending_shares"
+                cur = self._db.execute(f"UPDATE {table} SET sealed = ?, meta = ? WHERE keyset_id = ? AND epoch = ? "
+                                       "AND idx = ?", [sealed, meta, kid, epoch, idx])
+                if cur.rowcount != 1:
+                    raise StoreError(f"rewrap: no {table} row for keyset {kid} epoch {epoch} index {idx}")
+            # An owner's copies of shards it delivered (homes from before they were emptied
+            # on delivery): its own among them would otherwise outlive the rewrap.
+            self._db.execute("UPDATE outbox SET envelope = x'' WHERE state != 'pending' AND length(envelope) > 0")
+            self._append(audit.kind, audit.body, now, audit.key)
+        self.truncate_wal()
 
     def drop_pending_shares(self, *, deadline_before: int) -> int:
         """Erase the shares kept for rounds whose deadline passed without a commit."""

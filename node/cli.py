@@ -135,6 +135,15 @@ def cmd_bench_epoch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_rewrap(args: argparse.Namespace) -> int:
+    from shardnet.simulations._rewrap_bench import format_rewrap_report, run_rewrap_bench
+
+    result = run_rewrap_bench(shards=args.shards, runs=args.runs, say=lambda m: print(f"... {m}", file=sys.stderr))
+    _write_json(args.json, result)
+    print(format_rewrap_report(result))
+    return EXIT_OK
+
+
 # -- parser --------------------------------------------------------------------------
 
 
@@ -191,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--processes", action="store_true", help="also on loopback with real node processes")
     be.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     be.set_defaults(func=cmd_bench_epoch)
+
+    bw = bsub.add_parser("rewrap", help="rewrap throughput on one custodian against HPKE open + seal + sign alone")
+    bw.add_argument("--shards", type=positive, default=10_000, metavar="N")
+    bw.add_argument("--runs", type=positive, default=3, metavar="N")
+    bw.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bw.set_defaults(func=cmd_bench_rewrap)
 
     from ._commands import register
 

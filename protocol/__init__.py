@@ -64,7 +64,17 @@ from ._reconstruct import ReconstructionFailed, Session
 from ._records import Delivery, Descriptor, Receipt, b58decode, b58encode, peer_id_of, public_key_of
 from ._release_round import ReleaseRound
 from ._requests import Release, Request, Vote, partial_payload, share_payload
-from ._shard import HpkeOpener, HpkePrivateKey, ShardMeta, open_shard, read_shard_meta, seal_shard
+from ._shard import (
+    HpkeOpener,
+    HpkePrivateKey,
+    ShardMeta,
+    hpke_seal,
+    open_shard,
+    peek_shard_meta,
+    read_shard_meta,
+    reseal_own,
+    seal_shard,
+)
 from ._sign import Signer, open_signed, sign_body, signer_of
 from ._unwrap import Partial, combine_partials, partial_decrypt, verify_partial
 from ._vss import (
@@ -93,7 +103,7 @@ __all__ = [
     "continent_of", "decide_release", "decode", "decode_audit_body", "decode_record", "encode",
     "encode_audit_body", "keyset_from_text", "keyset_to_text", "make_audit_entry", "open_shard",
     "cosign", "directory_pull", "epoch", "epoch_records", "keyset_fetch", "membership", "open_signed", "open_with_unwrapped", "outbox", "partial_decrypt", "partial_payload", "peer_id_of",
-    "placement", "possession", "public_key_of", "read_shard_meta", "recover_secret", "refresh_commitments",
+    "placement", "possession", "public_key_of", "hpke_seal", "peek_shard_meta", "read_shard_meta", "recover_secret", "reseal_own", "refresh_commitments",
     "refresh_deal", "refresh_share", "release_round", "reshare_commitments", "reshare_deal", "reshare_share",
     "seal_shard", "share_from_text", "share_payload", "share_to_text", "sign_body", "signer_of", "split_key",
     "verify_chain", "verify_partial", "verify_share", "want", "want_bytes", "wire",

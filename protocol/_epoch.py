@@ -267,6 +267,7 @@ class EpochRound:
         self.bad: list[tuple[str, str]] = []
         self._accused: set[int] = set()
         self._accusers: set[str] = set()
+        self._failures: list[tuple[str, str]] = []  # asks that failed, for the abort message
         self._lock = lock
         self._dealing: dict[str, int] = {}  # peer -> the old index it was asked to deal
         self._phase_end: float | None = None
@@ -368,7 +369,9 @@ class EpochRound:
         valid = [o.deal for i, o in self.old.items() if o.deal is not None and i not in self._accused]
         need = self.view.threshold
         if len(valid) < need:
-            self._abort(f"{len(valid)} valid deals from the old holders; the round needs {need}", out)
+            why = "; ".join(f"{peer}: {reason}" for peer, reason in self._failures[:3])
+            self._abort(f"{len(valid)} valid deals from the old holders; the round needs {need}"
+                        + (f" ({why})" if why else ""), out)
             return
         self.qualified = valid[:need] if self.plan.action == "reshare" else valid
         self.record = self.plan.record(new_commitments(self.plan, self.view, self.qualified))
@@ -406,9 +409,10 @@ class EpochRound:
             self._qualify(out)  # ask again without the accused deals
             return
         if len(self._echoed()) < echoes_needed(self.plan):
+            why = "; ".join(f"{peer}: {reason}" for peer, reason in self._failures[-3:])
             self._abort(f"{len(self._echoed())} new indices echoed the record; it needs "
-                        f"{echoes_needed(self.plan)} (the new threshold {self.plan.threshold}, and one to spare)",
-                        out)
+                        f"{echoes_needed(self.plan)} (the new threshold {self.plan.threshold}, and one to spare)"
+                        + (f" ({why})" if why else ""), out)
             return
         self._sign(out)
 
@@ -505,12 +509,14 @@ class EpochRound:
             if not self._expect(event.peer, (_E.DEALING,)) or event.index not in self.old:
                 return
             self.old[event.index].failed.append(event.peer)
+            self._failures.append((event.peer, event.reason[:160]))
             self._ask_deal(event.index, out)
             self._deals_done(out)
         elif self.state is _E.ECHOING:
             if not self._expect(event.peer, (_E.ECHOING,)):
                 return
             self.refusals[event.peer] = event.reason
+            self._failures.append((event.peer, event.reason[:160]))
             if (event.bad_deal is not None and event.bad_deal in {d.index for d in self.qualified}
                     and event.peer not in self._accusers):
                 self._accusers.add(event.peer)  # one accusation per new holder and round

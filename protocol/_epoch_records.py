@@ -564,3 +564,78 @@ class Erased:
     @property
     def holder_id(self) -> str:
         return peer_id_of(self.holder)
+
+
+# -- rewrap ---------------------------------------------------------------------------
+
+REWRAP_TAG = "shardnet/rewrap"
+REWRAPPED_TAG = "shardnet/rewrapped"
+
+
+@dataclass(frozen=True)
+class RewrapOrder:
+    """An authority asks the holders of a keyset's current epoch to rewrap their shards."""
+
+    keyset_id: bytes
+    epoch: int
+    round_id: bytes
+    created: int
+    deadline: int
+    coordinator: bytes = b""
+    signed: bytes = field(default=b"", repr=False, compare=False)
+
+    @classmethod
+    def make(cls, key: Signer, *, keyset_id: bytes, epoch: int, round_id: bytes, created: int,
+             deadline: int) -> RewrapOrder:
+        body = encode([REWRAP_TAG, 1, keyset_id, epoch, round_id, created, deadline])
+        return cls(keyset_id, epoch, round_id, created, deadline, public_bytes(key), sign_body(key, body))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RewrapOrder:
+        f, signer, _ = open_signed(data, tag=REWRAP_TAG, version=1, fields=5, max_size=1024)
+        return cls(want_bytes(f[0], "keyset id", 16), want_int(f[1], "epoch", 0, MAX_EPOCH),
+                   want_bytes(f[2], "round id", ROUND_ID_LEN), want_int(f[3], "created", 0, MAX_TIME),
+                   want_int(f[4], "deadline", 0, MAX_TIME), signer, bytes(data))
+
+    def check_against(self, keyset: Keyset, current: EpochRecord | None) -> None:
+        if self.keyset_id != keyset.keyset_id:
+            raise MalformedEncoding("rewrap order of another keyset")
+        if not AuthorityRule.of(keyset).is_authority(peer_id_of(self.coordinator)):
+            raise InvalidSignature("rewrap order: its signer is no authority of the keyset")
+        here = keyset.epoch if current is None else current.epoch
+        if self.epoch != here:
+            raise MalformedEncoding(f"rewrap order for epoch {self.epoch}; this node is at {here}")
+
+
+@dataclass(frozen=True)
+class Rewrapped:
+    """A holder's receipt: its share of ``index`` is now sealed to its at-rest key ``wrap``."""
+
+    keyset_id: bytes
+    epoch: int
+    index: int
+    wrap: int
+    sealed_digest: bytes
+    round_id: bytes
+    time: int
+    holder: bytes = b""
+    signed: bytes = field(default=b"", repr=False, compare=False)
+
+    @classmethod
+    def make(cls, key: Signer, *, keyset_id: bytes, epoch: int, index: int, wrap: int, sealed_digest: bytes,
+             round_id: bytes, time: int) -> Rewrapped:
+        body = encode([REWRAPPED_TAG, 1, keyset_id, epoch, index, wrap, sealed_digest, round_id, time])
+        return cls(keyset_id, epoch, index, wrap, sealed_digest, round_id, time, public_bytes(key),
+                   sign_body(key, body))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Rewrapped:
+        f, signer, _ = open_signed(data, tag=REWRAPPED_TAG, version=1, fields=7, max_size=1024)
+        return cls(want_bytes(f[0], "keyset id", 16), want_int(f[1], "epoch", 0, MAX_EPOCH),
+                   want_int(f[2], "index", 1, vss.MAX_SHARES), want_int(f[3], "wrap", 1, 2**32 - 1),
+                   want_bytes(f[4], "sealed digest", 32), want_bytes(f[5], "round id", ROUND_ID_LEN),
+                   want_int(f[6], "time", 0, MAX_TIME), signer, bytes(data))
+
+    @property
+    def holder_id(self) -> str:
+        return peer_id_of(self.holder)

@@ -11,19 +11,20 @@ the signature and the decryption.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from . import _group as g
-from ._codec import decode_record, encode, want, want_bytes, want_int
+from ._codec import decode, decode_record, encode, want, want_bytes, want_int
 from ._errors import DecryptionFailed, InvalidShare, MalformedEncoding, ShardExpired, WrongRecipient
 from ._keyset import KEMS, Share, commitments_digest
-from ._sign import Signer, open_signed_versions, sign_body
+from ._sign import SIGNED_TAG, Signer, open_signed_versions, sign_body
 from ._vss import MAX_SHARES, verify_share
 
 META_TAG = "shardnet/shard-meta"
@@ -115,9 +116,12 @@ class ShardMeta:
     policy_hash: bytes
     commitments_digest: bytes
     kem: str
-    #: Version 2 only: the digest of the epoch record the share belongs to. A holder of a
-    #: later epoch seals its share to itself under metadata it signs, citing that record.
+    #: Version 2 only, for a share its holder sealed to itself (a new epoch's, or one it
+    #: rewrapped) under metadata it signs: the digest of the epoch record the share belongs
+    #: to (of the keyset's genesis anchor at epoch 0), and ``wrap``, the holder's at-rest
+    #: key epoch it is sealed to (0: the HPKE key its admission certifies).
     epoch_record: bytes = b""
+    wrap: int = 0
     owner: bytes = b""  # filled in from the signature when decoded
     signed: bytes = field(default=b"", repr=False, compare=False)
 
@@ -126,13 +130,17 @@ class ShardMeta:
                   self.recipient, self.created, self.not_after, self.policy_hash,
                   self.commitments_digest, self.kem]
         if self.epoch_record:
-            return encode([META_TAG, 2, *fields, self.epoch_record])
+            return encode([META_TAG, 2, *fields, self.epoch_record, self.wrap])
         return encode([META_TAG, 1, *fields])
 
     @classmethod
     def from_signed(cls, data: bytes, *, owner: bytes | None = None) -> ShardMeta:
-        version, f, signer, _ = open_signed_versions(data, tag=META_TAG, versions={1: 11, 2: 12}, signer=owner,
+        version, f, signer, _ = open_signed_versions(data, tag=META_TAG, versions={1: 11, 2: 13}, signer=owner,
                                                      max_size=MAX_SHARD)
+        return cls._from_fields(version, f, signer, data)
+
+    @classmethod
+    def _from_fields(cls, version: int, f: list[Any], signer: bytes, data: bytes) -> ShardMeta:
         t = want_int(f[4], "threshold", 2, MAX_SHARES)
         n = want_int(f[3], "shares", t, MAX_SHARES)
         not_after = f[7]
@@ -151,6 +159,7 @@ class ShardMeta:
             not_after=not_after, policy_hash=want_bytes(f[8], "policy hash", 32),
             commitments_digest=want_bytes(f[9], "commitments digest", 32), kem=kem,
             epoch_record=want_bytes(f[11], "epoch record digest", 32) if version == 2 else b"",
+            wrap=want_int(f[12], "wrap epoch", 0, 2**32 - 1) if version == 2 else 0,
             owner=signer, signed=bytes(data),
         )
 
@@ -171,6 +180,44 @@ def seal_shard(
     payload = encode([PAYLOAD_TAG, 1, share.index, g.scalar_bytes(share.value)])
     ct = hpke_seal(meta.kem, recipient_public, payload, HPKE_INFO + signed_meta)
     return encode([SHARD_TAG, 1, signed_meta, ct])
+
+
+def reseal_own(sealed: bytes, key: HpkeOpener, *, signer: Signer, public: bytes, wrap: int,
+               epoch_record: bytes, meta: ShardMeta | None = None) -> tuple[bytes, bytes]:
+    """Rewrap a shard this holder keeps: open it with ``key`` and seal it again to its own
+    ``public`` key of at-rest epoch ``wrap``, under metadata it signs (version 2); return
+    the sealed shard and its signed metadata. The metadata's signature is not checked
+    again (the holder checked it when it stored the shard; ``meta``: as already read with
+    :func:`peek_shard_meta`); the HPKE decryption, bound to those metadata bytes, still is."""
+    signed_meta, ct = decode_record(sealed, SHARD_TAG, 1, 2, max_size=MAX_SHARD)
+    if meta is None or meta.signed != signed_meta:
+        meta = _peek(want_bytes(signed_meta, "shard metadata"))
+    if meta.kem != key.kem:
+        raise DecryptionFailed(f"shard is sealed with {meta.kem}, this key is {key.kem}")
+    payload = key.open(want_bytes(ct, "ciphertext"), HPKE_INFO + meta.signed)
+    signed_new = sign_body(signer, dataclasses.replace(meta, epoch_record=epoch_record, wrap=wrap).body())
+    return encode([SHARD_TAG, 1, signed_new, hpke_seal(meta.kem, public, payload, HPKE_INFO + signed_new)]), signed_new
+
+
+def peek_shard_meta(sealed: bytes) -> ShardMeta:
+    """A stored shard's metadata without checking its signature: for shards this node
+    checked when it stored them (``owner`` is left empty)."""
+    signed_meta, _ = decode_record(sealed, SHARD_TAG, 1, 2, max_size=MAX_SHARD)
+    return _peek(want_bytes(signed_meta, "shard metadata"))
+
+
+def _peek(signed_meta: bytes) -> ShardMeta:
+    body, _, _ = decode_record(signed_meta, SIGNED_TAG, 1, 3, max_size=MAX_SHARD)
+    version, fields = _meta_fields(want_bytes(body, "shard metadata body"))
+    return ShardMeta._from_fields(version, fields, b"", signed_meta)
+
+
+def _meta_fields(body: bytes) -> tuple[int, list[Any]]:
+    value = decode(body, max_size=MAX_SHARD)  # once: this runs for every shard a rewrap reseals
+    if not isinstance(value, list) or len(value) < 2 or value[0] != META_TAG or value[1] not in (1, 2) \
+            or isinstance(value[1], bool) or len(value) != 2 + {1: 11, 2: 13}[value[1]]:
+        raise MalformedEncoding("not a shard metadata record of version 1 or 2")
+    return value[1], value[2:]
 
 
 def read_shard_meta(sealed: bytes, *, owner: bytes | None = None) -> ShardMeta:

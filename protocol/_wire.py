@@ -110,7 +110,10 @@ RELEASE_ASK_TAG = "shardnet/release-ask"
 DIRECTORY_PULL_TAG = "shardnet/directory-pull"
 EPOCH_FRAME_TAG = "shardnet/epoch-frame"
 #: The asks of an epoch round (the first field after the tag).
-EPOCH_ASKS = ("deal", "echo", "sign", "commit")
+EPOCH_ASKS = ("deal", "echo", "sign", "commit", "rewrap")
+#: Seconds a node waits between two rewraps of everything it holds (one asked sooner is
+#: answered with receipts of the last, which rewrapped every keyset it holds).
+REWRAP_MIN_INTERVAL = 60
 #: Epoch records one frame carries at most (a node that missed some catches up from them).
 MAX_EPOCH_CHAIN = 64
 #: Seconds an epoch round may take, by default and at most.

@@ -73,7 +73,7 @@ def held(c: LocalCluster, name: str, keyset: str) -> list[tuple[p.Share, bytes]]
         for row in store.held_shards(keyset):
             sealed = ks.open_at_rest(row["sealed"])
             meta = p.read_shard_meta(sealed)
-            _, share = p.open_shard(sealed, ks.openers()[meta.kem], recipient=node.peer_id, now=int(time.time()))
+            _, share = p.open_shard(sealed, ks.opener_for(meta), recipient=node.peer_id, now=int(time.time()))
             out.append((share, bytes(row["sealed"])))
     return out
 
@@ -120,6 +120,37 @@ def test_refresh_erases_the_old_ciphertext_for_real(net: tuple[LocalCluster, pat
     assert "epochs" in text and "refresh" in text and "deletion receipts" in text, text
     code, _, err, _ = reconstruct(c, root, ks, approvers=tuple(who[:3]))
     assert code == 0, err
+
+
+def test_rewrap_through_the_cli_leaves_old_keys_and_ciphertext_nowhere(net: tuple[LocalCluster, pathlib.Path]) -> None:
+    c, root = net
+    d = import_key(c, root)
+    ks = d["keyset"]
+    who = holders(c, d)
+    before = {name: [raw for _, raw in held(c, name, ks)] for name in who}
+    r = run_cli("rewrap", "--home", home(c, "frankfurt"), ks, "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["complete"] and len(res["rewrapped"]) == 5 and {x["wrap"] for x in res["rewrapped"]} == {1}
+    for name in who:
+        data = db_bytes(c, name)
+        for old in before[name]:
+            assert old[-64:] not in data, name  # the old ciphertext is overwritten, WAL included
+        node = c.nodes[name]
+        with node.home.open_store() as store:
+            (row,) = store.held_shards(ks)
+        sealed = bytes(row["sealed"])
+        meta = p.read_shard_meta(sealed)
+        assert meta.wrap >= 1 and meta.owner == node.home.identity().public_key().public_bytes_raw()
+        with pytest.raises(p.DecryptionFailed):  # the key it was delivered under opens nothing now
+            p.open_shard(sealed, FileKeystore.from_home(node.home).openers()["x25519"], recipient=node.peer_id,
+                         now=int(time.time()))
+        rest = p.decode((node.home.path / "rest.key").read_bytes())
+        assert list(rest) == [str(meta.wrap)]  # only the newest at-rest key is kept
+    code, _, err, _ = reconstruct(c, root, ks, approvers=tuple(who[:3]))
+    assert code == 0, err
+    text = run_cli("rewrap", "--home", home(c, who[1]), ks)
+    assert text.returncode == 1 and "no policy authority" in text.stderr and "Traceback" not in text.stderr
 
 
 def test_a_revoked_custodian_is_resharded_away_and_its_share_is_useless(

@@ -172,3 +172,43 @@ def test_bench_epoch_runs_from_the_cli(tmp_path: pathlib.Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "shardnet.node.cli", "bench", "epoch", "--n", "2"],
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "sizes 3..100" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_rewrap_reseals_every_holder_to_a_new_at_rest_key(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        grid = Grid(tmp_path, 6, seed=8)
+        async with grid.running():
+            await grid.wait_directory()
+            keyset = await grid.import_key(0, KEY, 2, 3)
+            holders = list(shares_held(grid, keyset))
+
+            def wraps() -> dict[int, list[int]]:
+                out = {}
+                for i in holders:
+                    node = grid.nodes[i]
+                    out[i] = [p.read_shard_meta(node.keystore.open_at_rest(h["sealed"])).wrap
+                              for h in node.store.held_shards(keyset)]
+                return out
+
+            before = {i: [bytes(h["sealed"]) for h in grid.nodes[i].store.held_shards(keyset)] for i in holders}
+            res = await grid.nodes[0].commands()["rewrap"]({"keyset": keyset}, _quiet)
+            assert res["complete"] and len(res["rewrapped"]) == 3 and "stored ciphertext" in res["defeats"]
+            assert wraps() == {i: [1] for i in holders}
+            for i in holders:  # new bytes; the key the shard was delivered under no longer opens it
+                node = grid.nodes[i]
+                (row,) = node.store.held_shards(keyset)
+                assert bytes(row["sealed"]) not in before[i]
+                sealed = node.keystore.open_at_rest(row["sealed"])
+                with pytest.raises(p.DecryptionFailed):
+                    p.open_shard(sealed, node.keystore.openers()["x25519"], recipient=node.peer_id, now=node.now())
+            again = await grid.nodes[0].commands()["rewrap"]({"keyset": keyset}, _quiet)  # within a minute
+            assert again["complete"] and wraps() == {i: [1] for i in holders}
+            await trio.sleep(61)
+            await grid.nodes[0].commands()["rewrap"]({"keyset": keyset}, _quiet)
+            assert wraps() == {i: [2] for i in holders}
+            assert await grid.reconstruct(4, keyset) == KEY
+            res = await epoch(grid, 0, "refresh", keyset)  # dealing from a rewrapped share
+            assert res["epoch"] == 1
+            assert wraps() == {i: [2] for i in holders}  # a new epoch's share goes to the newest at-rest key
+            assert await grid.reconstruct(5, keyset) == KEY
+    in_virtual_time(main)

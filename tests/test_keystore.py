@@ -47,3 +47,36 @@ def test_its_openers_open_shards_sealed_to_it_and_at_rest_round_trips(kem: str) 
 def test_a_seed_must_be_32_bytes() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         FileKeystore(b"short", {})
+
+
+@pytest.mark.parametrize("kem", p.KEMS)
+def test_at_rest_keys_rotate_reseal_and_are_destroyed(tmp_path: pathlib.Path, kem: str) -> None:
+    """A rewrap's key handling: a new at-rest epoch is kept across a restart, a share
+    resealed to it opens with it alone, and forgetting the old epoch removes its key."""
+    home = init_home(tmp_path / "n", name="oslo", country="NO", rng=system_rng)
+    ks = FileKeystore.from_home(home)
+    assert ks.rest_key(kem) == (0, ks.hpke_public()[kem])  # before any rewrap: the certified key
+    owner = Ed25519PrivateKey.generate()
+    keyset, shares = p.split_key(b"k" * 32, 2, 3, owner=owner, now=NOW, kem=kem)
+    meta = p.ShardMeta(keyset.keyset_id, 0, 1, 3, 2, ks.peer_id, NOW, None, keyset.policy_hash,
+                       keyset.commitments_digest, kem)
+    delivered = p.seal_shard(meta, shares[0], ks.hpke_public()[kem], owner=owner)
+    first = ks.rotate_rest([kem], system_rng)
+    assert first == 1 and ks.rest_key(kem)[0] == 1
+    resealed, new_meta = p.reseal_own(delivered, ks.opener_for(p.read_shard_meta(delivered)), signer=ks.signer,
+                                      public=ks.rest_key(kem)[1], wrap=1, epoch_record=bytes(32))
+    got = p.read_shard_meta(resealed)
+    assert (got.wrap, got.epoch_record, got.owner) == (1, bytes(32), ks.signer.public_key().public_bytes_raw())
+    assert got.signed == new_meta
+    _, share = p.open_shard(resealed, ks.opener_for(got), recipient=ks.peer_id, now=NOW,
+                            commitments=keyset.commitments)
+    assert share == shares[0]
+    with pytest.raises(p.DecryptionFailed):  # the certified key does not open it
+        p.open_shard(resealed, ks.openers()[kem], recipient=ks.peer_id, now=NOW)
+    again = FileKeystore.from_home(home)  # written to the home: a restart keeps it
+    assert again.rest_key(kem) == ks.rest_key(kem)
+    second = again.rotate_rest([kem], system_rng)
+    again.forget_rest(keep=second)
+    with pytest.raises(p.DecryptionFailed, match="at-rest epoch 1"):
+        FileKeystore.from_home(home).opener_for(got)
+    assert oct((home.path / "rest.key").stat().st_mode & 0o777) == "0o600"
