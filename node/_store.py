@@ -1508,12 +1508,13 @@ class Store:
         held: else a pending share), with the audit entry, in one transaction; the old
         bytes are overwritten (``secure_delete``) and the WAL truncated after."""
         with self.transaction():
-            for kid, epoch, idx, sealed, meta, held in updates:
-                table = "held_shards" if held else "pending_shares"
-                cur = self._db.execute(f"UPDATE {table} SET sealed = ?, meta = ? WHERE keyset_id = ? AND epoch = ? "
-                                       "AND idx = ?", [sealed, meta, kid, epoch, idx])
-                if cur.rowcount != 1:
-                    raise StoreError(f"rewrap: no {table} row for keyset {kid} epoch {epoch} index {idx}")
+            for table, want_held in (("held_shards", True), ("pending_shares", False)):
+                rows = [(sealed, meta, kid, epoch, idx) for kid, epoch, idx, sealed, meta, held in updates
+                        if held is want_held]
+                cur = self._db.conn.executemany(f"UPDATE {table} SET sealed = ?, meta = ? WHERE keyset_id = ? "
+                                                "AND epoch = ? AND idx = ?", rows)
+                if cur.rowcount != len(rows):
+                    raise StoreError(f"rewrap: {len(rows) - cur.rowcount} {table} rows vanished meanwhile")
             # An owner's copies of shards it delivered (homes from before they were emptied
             # on delivery): its own among them would otherwise outlive the rewrap.
             self._db.execute("UPDATE outbox SET envelope = x'' WHERE state != 'pending' AND length(envelope) > 0")

@@ -87,6 +87,19 @@ def _strict(value: object, depth: int, max_depth: int, what: str) -> Any:
     raise ValueError(f"{what} cannot hold a {type(value).__name__}")
 
 
+def decode_own(data: bytes, *, max_size: int = MAX_RECORD, max_items: int = 4096) -> Any:
+    """Decode msgpack this node wrote itself and checked when it stored it (its own shards
+    at rest), without the canonical re-encoding :func:`decode` does: never for bytes from
+    a peer."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) > max_size:
+        raise MalformedEncoding("expected bytes within the cap")
+    try:
+        return msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True, max_str_len=max_size,
+                               max_bin_len=max_size, max_array_len=max_items, max_map_len=max_items, max_ext_len=0)
+    except Exception as exc:  # msgpack raises many unrelated types on garbage
+        raise MalformedEncoding(f"not valid msgpack: {type(exc).__name__}") from None
+
+
 def decode(data: bytes, *, max_size: int = MAX_RECORD, max_items: int = 4096) -> Any:
     """Decode canonical msgpack, refusing oversized or non-canonical input."""
     if not isinstance(data, (bytes, bytearray)):

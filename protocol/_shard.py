@@ -11,7 +11,6 @@ the signature and the decryption.
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from . import _group as g
-from ._codec import decode, decode_record, encode, want, want_bytes, want_int
+from ._codec import decode_own, decode_record, encode, want, want_bytes, want_int
 from ._errors import DecryptionFailed, InvalidShare, MalformedEncoding, ShardExpired, WrongRecipient
 from ._keyset import KEMS, Share, commitments_digest
 from ._sign import SIGNED_TAG, Signer, open_signed_versions, sign_body
@@ -186,34 +185,48 @@ def reseal_own(sealed: bytes, key: HpkeOpener, *, signer: Signer, public: bytes,
                epoch_record: bytes, meta: ShardMeta | None = None) -> tuple[bytes, bytes]:
     """Rewrap a shard this holder keeps: open it with ``key`` and seal it again to its own
     ``public`` key of at-rest epoch ``wrap``, under metadata it signs (version 2); return
-    the sealed shard and its signed metadata. The metadata's signature is not checked
-    again (the holder checked it when it stored the shard; ``meta``: as already read with
-    :func:`peek_shard_meta`); the HPKE decryption, bound to those metadata bytes, still is."""
-    signed_meta, ct = decode_record(sealed, SHARD_TAG, 1, 2, max_size=MAX_SHARD)
+    the sealed shard and its signed metadata. The holder checked the shard when it stored
+    it, so neither the metadata's signature nor the canonical encoding is checked again
+    (``meta``: as already read with :func:`peek_shard_meta`); the HPKE decryption, bound
+    to those metadata bytes, still is."""
+    signed_meta, ct = _own_envelope(sealed)
     if meta is None or meta.signed != signed_meta:
-        meta = _peek(want_bytes(signed_meta, "shard metadata"))
+        meta = _peek(signed_meta)
     if meta.kem != key.kem:
         raise DecryptionFailed(f"shard is sealed with {meta.kem}, this key is {key.kem}")
-    payload = key.open(want_bytes(ct, "ciphertext"), HPKE_INFO + meta.signed)
-    signed_new = sign_body(signer, dataclasses.replace(meta, epoch_record=epoch_record, wrap=wrap).body())
+    payload = key.open(ct, HPKE_INFO + meta.signed)
+    body = encode([META_TAG, 2, meta.keyset_id, meta.epoch, meta.index, meta.shares, meta.threshold,
+                   meta.recipient, meta.created, meta.not_after, meta.policy_hash, meta.commitments_digest,
+                   meta.kem, epoch_record, wrap])
+    signed_new = sign_body(signer, body)
     return encode([SHARD_TAG, 1, signed_new, hpke_seal(meta.kem, public, payload, HPKE_INFO + signed_new)]), signed_new
+
+
+def _own_envelope(sealed: bytes) -> tuple[bytes, bytes]:
+    value = decode_own(sealed, max_size=MAX_SHARD)
+    if not (isinstance(value, list) and len(value) == 4 and value[:2] == [SHARD_TAG, 1]
+            and isinstance(value[2], bytes) and isinstance(value[3], bytes)):
+        raise MalformedEncoding("not a sealed shard")
+    return value[2], value[3]
 
 
 def peek_shard_meta(sealed: bytes) -> ShardMeta:
     """A stored shard's metadata without checking its signature: for shards this node
     checked when it stored them (``owner`` is left empty)."""
-    signed_meta, _ = decode_record(sealed, SHARD_TAG, 1, 2, max_size=MAX_SHARD)
-    return _peek(want_bytes(signed_meta, "shard metadata"))
+    return _peek(_own_envelope(sealed)[0])
 
 
 def _peek(signed_meta: bytes) -> ShardMeta:
-    body, _, _ = decode_record(signed_meta, SIGNED_TAG, 1, 3, max_size=MAX_SHARD)
-    version, fields = _meta_fields(want_bytes(body, "shard metadata body"))
+    value = decode_own(signed_meta, max_size=MAX_SHARD)
+    if not (isinstance(value, list) and len(value) == 5 and value[:2] == [SIGNED_TAG, 1]
+            and isinstance(value[2], bytes)):
+        raise MalformedEncoding("not signed shard metadata")
+    version, fields = _meta_fields(value[2])
     return ShardMeta._from_fields(version, fields, b"", signed_meta)
 
 
 def _meta_fields(body: bytes) -> tuple[int, list[Any]]:
-    value = decode(body, max_size=MAX_SHARD)  # once: this runs for every shard a rewrap reseals
+    value = decode_own(body, max_size=MAX_SHARD)  # once: this runs for every shard a rewrap reseals
     if not isinstance(value, list) or len(value) < 2 or value[0] != META_TAG or value[1] not in (1, 2) \
             or isinstance(value[1], bool) or len(value) != 2 + {1: 11, 2: 13}[value[1]]:
         raise MalformedEncoding("not a shard metadata record of version 1 or 2")
