@@ -176,15 +176,17 @@ async def rewrap(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> dict[st
             else:
                 reply = await node.links.reach_and_request(peer, wire.EPOCH, data)
             items = p.decode(reply, max_size=wire.EPOCH.max_reply)
-            got = []
+            got: list[dict[str, Any]] = []
             for item in (items if isinstance(items, list) else [])[:16]:
                 r = er.Rewrapped.from_bytes(item if isinstance(item, bytes) else b"")
                 if (r.holder_id != peer or r.keyset_id != base.keyset_id or r.epoch != view.epoch
                         or r.round_id != order.round_id or peer not in holders.get(r.index, ())):
                     raise p.MalformedEncoding(f"a receipt for another keyset, epoch, round or index ({r.index})")
-                got.append({"holder": peer, "index": r.index, "wrap": r.wrap, "receipt": r.signed.hex()})
-            if not got:
-                raise p.MalformedEncoding("no receipt")
+                if all(g["index"] != r.index for g in got):  # one per index, however often sent
+                    got.append({"holder": peer, "index": r.index, "wrap": r.wrap, "receipt": r.signed.hex()})
+            missing = sorted(i for i, hs in holders.items() if peer in hs and all(g["index"] != i for g in got))
+            if missing:
+                raise p.MalformedEncoding(f"no receipt for index {', '.join(map(str, missing))}")
             done.extend(got)
         except (tx.RemoteError, Rejected) as exc:
             failed.append({"peer": peer, "error": exc.reason if isinstance(exc, tx.RemoteError) else str(exc)})

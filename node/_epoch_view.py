@@ -19,8 +19,8 @@ DEFEATS = {
     "refresh": "fewer than t old shares leaked over time: old shares no longer combine with the new ones",
     "reshare": "a revoked custodian, or a changed policy or placement: the old holders' shares no longer "
                "combine with the new ones, and the old holders erased theirs",
-    "rewrap": "theft of the stored ciphertext and the old wrapping key; not a custodian that already read "
-              "its share",
+    "rewrap": "theft of the stored ciphertext and the old wrapping key (after a node's first rewrap: the key "
+              "its admission certifies stays, for deliveries); not a custodian that already read its share",
 }
 
 

@@ -184,7 +184,8 @@ class EpochService:
 
     def _seal_own(self, base: p.Keyset, record: er.EpochRecord, share: p.Share, now: int) -> tuple[bytes, bytes]:
         """The new share sealed to this node, under metadata it signs that cites ``record``."""
-        wrap, public = self.keystore.rest_key(base.kem)  # the newest at-rest key, once there is one
+        wrap = self.store.rest_wrap()  # the at-rest key the node's shards are sealed to now
+        public = self.keystore.rest_public(base.kem, wrap)
         meta = p.ShardMeta(base.keyset_id, record.epoch, share.index, record.shares, record.threshold, self.me,
                            now, record.not_after, base.policy_hash, record.commitments_digest, base.kem,
                            epoch_record=record.digest, wrap=wrap)
@@ -287,14 +288,16 @@ class EpochService:
         mine = [h for h in self.store.held_shards(base.id_hex) if h["epoch"] == view.epoch]
         if not mine:
             raise Rejected(f"this node holds no share of keyset {base.id_hex[:12]}… at epoch {view.epoch}")
-        metas = [p.read_shard_meta(self.keystore.open_at_rest(h["sealed"])) for h in mine]
-        if now - self._last_rewrap < wire.REWRAP_MIN_INTERVAL and all(m.wrap > 0 for m in metas):
+        if now - self._last_rewrap < wire.REWRAP_MIN_INTERVAL:  # one rewrap a minute, whoever asks
+            metas = [p.peek_shard_meta(self.keystore.open_at_rest(h["sealed"])) for h in mine]
+            if not all(m.wrap > 0 for m in metas):
+                raise Rejected(f"this node rewrapped less than {wire.REWRAP_MIN_INTERVAL} s ago; ask again later")
             done = [Resealed(h["keyset_id"], h["epoch"], h["idx"], m.wrap, bytes(h["sealed"]))
                     for h, m in zip(mine, metas, strict=True)]
         else:
+            self._last_rewrap = now  # a rewrap that fails counts too
             done = rewrap_all(self.store, self.keystore, self.rng, now, reason={
                 "keyset": base.id_hex, "coordinator": remote})
-            self._last_rewrap = now
         return rewrap_receipts(self.key, done, base.id_hex, order, now)
 
     # -- commits ---------------------------------------------------------------------

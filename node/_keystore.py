@@ -74,17 +74,17 @@ class Keystore(Protocol):
         the node's certified key. Raises DecryptionFailed if this node has no such key."""
         ...
 
-    def rest_key(self, kem: str) -> tuple[int, bytes]:
-        """The at-rest epoch and public key new shares are sealed to ((0, the certified key)
-        before the first rewrap)."""
+    def rest_public(self, kem: str, epoch: int) -> bytes:
+        """The public key of at-rest epoch ``epoch`` (0: the certified key). Which epoch is in
+        use is the store's to say (``Store.rest_wrap``), written with the shards sealed to it."""
         ...
 
     def rotate_rest(self, kems: Iterable[str], rng: Rng) -> int:
-        """Make (and keep, durably) the next at-rest epoch's keys; return the epoch."""
+        """Make (and keep, durably) keys of a new at-rest epoch, above every one kept; return it."""
         ...
 
     def forget_rest(self, keep: int) -> None:
-        """Destroy every at-rest key older than epoch ``keep``."""
+        """Destroy every at-rest key but those of epoch ``keep``."""
         ...
 
 
@@ -103,12 +103,14 @@ class FileKeystore:
         self._peer_id = p.peer_id_of(self._signer.public_key().public_bytes_raw())
         self._rest_file = rest_file
         self._rest: dict[int, dict[str, p.HpkePrivateKey]] = {}
+        self._issued = 0  # the highest at-rest epoch ever made: numbers are never reused
         if rest_file is not None and rest_file.exists():
             try:
                 raw = p.decode(rest_file.read_bytes())
                 self._rest = {int(e): {k: p.HpkePrivateKey(k, bytes(v)) for k, v in keys.items()}
-                              for e, keys in raw.items()}
-            except (p.ShardnetError, ValueError, TypeError, AttributeError) as exc:
+                              for e, keys in raw["epochs"].items()}
+                self._issued = int(raw["issued"])
+            except (p.ShardnetError, ValueError, TypeError, AttributeError, KeyError) as exc:
                 raise HomeError(f"{rest_file}: malformed at-rest keys ({exc})") from None
 
     @classmethod
@@ -145,20 +147,22 @@ class FileKeystore:
             raise p.DecryptionFailed(f"this node has no {meta.kem} key of at-rest epoch {meta.wrap}")
         return key
 
-    def rest_key(self, kem: str) -> tuple[int, bytes]:
-        for epoch in sorted(self._rest, reverse=True):
-            if kem in self._rest[epoch]:
-                return epoch, self._rest[epoch][kem].public_bytes()
-        return 0, self._hpke[kem].public_bytes()
+    def rest_public(self, kem: str, epoch: int) -> bytes:
+        if epoch == 0:
+            return self._hpke[kem].public_bytes()
+        key = self._rest.get(epoch, {}).get(kem)
+        if key is None:
+            raise p.DecryptionFailed(f"this node has no {kem} key of at-rest epoch {epoch}")
+        return key.public_bytes()
 
     def rotate_rest(self, kems: Iterable[str], rng: Rng) -> int:
-        epoch = max(self._rest, default=0) + 1
+        epoch = self._issued = max(self._issued, *self._rest, 0) + 1
         self._rest[epoch] = {kem: p.HpkePrivateKey.generate(kem, rng) for kem in sorted(set(kems))}
         self._save()
         return epoch
 
     def forget_rest(self, keep: int) -> None:
-        old = [e for e in self._rest if e < keep]
+        old = [e for e in self._rest if e != keep]
         for e in old:
             del self._rest[e]
         if old:
@@ -167,8 +171,9 @@ class FileKeystore:
     def _save(self) -> None:
         if self._rest_file is None:
             return
-        data = p.encode({str(e): {k: key.private_bytes() for k, key in keys.items()}
-                         for e, keys in sorted(self._rest.items())})
+        data = p.encode({"issued": self._issued,
+                         "epochs": {str(e): {k: key.private_bytes() for k, key in keys.items()}
+                                    for e, keys in sorted(self._rest.items())}})
         write_atomic(self._rest_file, data, 0o600, overwrite=True)
 
 

@@ -13,8 +13,15 @@ In order, so that a crash anywhere loses nothing:
    holder signs (version 2: the epoch record it belongs to, the at-rest epoch);
 3. one transaction replaces the stored bytes and writes the audit entry; SQLite's
    ``secure_delete`` overwrites the old bytes, and the WAL is truncated after;
-4. the old at-rest keys are destroyed (a crash before this step leaves them until
-   the next rewrap, which destroys them first).
+4. the old at-rest keys are destroyed. Which epoch is in use is the store's to say
+   (``Store.rest_wrap``, written in step 3's transaction): a rewrap that fails or
+   crashes before step 3 leaves an unused key, and the next one destroys every key
+   but the one in use before it makes its own.
+
+The first rewrap moves shards off the key the node's admission certifies (wrap
+0), which stays: deliveries are sealed to it. A copy of the database taken before
+the first rewrap therefore stays open to that key; later rewraps destroy the
+at-rest keys they replace.
 """
 
 from __future__ import annotations
@@ -63,10 +70,11 @@ def rewrap_all(store: Store, keystore: Keystore, rng: Rng, now: int, *, reason: 
     """Reseal everything this node holds to a new at-rest key epoch (see the module)."""
     held = store.held_shards()
     pending = store.pending_shares()
-    keystore.forget_rest(keep=keystore.rest_key("x25519")[0])  # keys a crash left behind
+    in_use = store.rest_wrap()
+    keystore.forget_rest(keep=in_use)  # a rewrap that failed or crashed before its commit left its key
     kems = set(keystore.openers())  # every KEM this node takes shards under: no shard is read twice
     wrap = keystore.rotate_rest(kems, rng)
-    publics = {kem: keystore.rest_key(kem)[1] for kem in kems}
+    publics = {kem: keystore.rest_public(kem, wrap) for kem in kems}
     cache: dict[tuple[str, int], bytes] = {}
     out: list[Resealed] = []
     updates = []
@@ -81,7 +89,7 @@ def rewrap_all(store: Store, keystore: Keystore, rng: Rng, now: int, *, reason: 
         updates.append((*slot, kept, new_meta, is_held))
         if is_held:
             out.append(Resealed(*slot, wrap, kept))
-    store.replace_sealed(updates, now=now, audit=AuditEvent(
+    store.replace_sealed(updates, wrap=wrap, now=now, audit=AuditEvent(
         "rewrap", {"wrap": wrap, "shards": len(out), "pending": len(pending), **reason}, keystore.signer))
     keystore.forget_rest(keep=wrap)
     return out

@@ -305,6 +305,8 @@ class Custodian:
         if policy.digest != keyset.policy_hash:
             raise p.MalformedEncoding("the keyset's policy text does not match its policy hash")
         meta = p.read_shard_meta(sealed, owner=cover.owner)
+        if meta.epoch_record or meta.wrap:  # version 2 is what a holder seals to itself, never a delivery
+            raise p.MalformedEncoding("a delivered shard carries version 1 metadata")
         if meta.kem not in self.hpke:
             raise p.MalformedEncoding(f"this custodian has no {meta.kem} key")
         meta, share = p.open_shard(

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
@@ -506,6 +507,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2, _SCHEMA_3, _SC
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
+log = logging.getLogger("shardnet.store")
 _savepoints = itertools.count(1)  # savepoint names: unique, and nothing secret about them
 
 
@@ -658,6 +660,7 @@ def _audit_from_row(row: tuple[Any, ...]) -> AuditEntry:
 
 
 _AUDIT_COLUMNS = "seq, prev, time, kind, body, signer, hash, sig"
+REST_WRAP_KEY = "rest_wrap"  # kv: the at-rest key epoch the stored shards are sealed to
 _OUTBOX_ORDER = "keyset_id, epoch, idx, custodian"
 
 
@@ -1502,12 +1505,20 @@ class Store:
     def pending_shares(self) -> list[dict[str, Any]]:
         return list(self._db.table("pending_shares").rows_where(order_by="keyset_id, epoch"))
 
-    def replace_sealed(self, updates: Sequence[tuple[str, int, int, bytes, bytes, bool]], *, now: int,
+    def rest_wrap(self) -> int:
+        """The at-rest key epoch every stored shard of this node is sealed to (0: none yet, the
+        certified key), written in the same transaction as the shards resealed to it."""
+        raw = self.get_kv(REST_WRAP_KEY)
+        return int(raw) if raw else 0
+
+    def replace_sealed(self, updates: Sequence[tuple[str, int, int, bytes, bytes, bool]], *, wrap: int, now: int,
                        audit: AuditEvent) -> None:
         """Replace stored shards by their rewrapped form, (keyset, epoch, index, sealed, meta,
-        held: else a pending share), with the audit entry, in one transaction; the old
-        bytes are overwritten (``secure_delete``) and the WAL truncated after."""
+        held: else a pending share), record ``wrap`` as the at-rest epoch in use, and write
+        the audit entry, in one transaction; the old bytes are overwritten
+        (``secure_delete``) and the WAL truncated after."""
         with self.transaction():
+            self.put_kv(REST_WRAP_KEY, str(wrap).encode())
             for table, want_held in (("held_shards", True), ("pending_shares", False)):
                 rows = [(sealed, meta, kid, epoch, idx) for kid, epoch, idx, sealed, meta, held in updates
                         if held is want_held]
@@ -1617,7 +1628,9 @@ class Store:
         just deleted (overwritten in place by ``secure_delete``) leave no copy in the log.
         Inside a transaction this does nothing: call it again once that has committed."""
         if self.path != ":memory:" and not self._db.conn.in_transaction:  # else: the caller's, after it commits
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:  # another process reads the database: the log keeps its pages until the next checkpoint
+                log.warning("the WAL of %s could not be truncated now (a reader holds it)", self.path)
 
     def kv_keys(self, prefix: str, *, except_value: bytes) -> set[str]:
         """The keys that start with ``prefix`` whose value is not ``except_value``."""

@@ -134,7 +134,7 @@ class ShardMeta:
 
     @classmethod
     def from_signed(cls, data: bytes, *, owner: bytes | None = None) -> ShardMeta:
-        version, f, signer, _ = open_signed_versions(data, tag=META_TAG, versions={1: 11, 2: 13}, signer=owner,
+        version, f, signer, _ = open_signed_versions(data, tag=META_TAG, versions={1: 11, 2: (13, 12)}, signer=owner,
                                                      max_size=MAX_SHARD)
         return cls._from_fields(version, f, signer, data)
 
@@ -158,7 +158,8 @@ class ShardMeta:
             not_after=not_after, policy_hash=want_bytes(f[8], "policy hash", 32),
             commitments_digest=want_bytes(f[9], "commitments digest", 32), kem=kem,
             epoch_record=want_bytes(f[11], "epoch record digest", 32) if version == 2 else b"",
-            wrap=want_int(f[12], "wrap epoch", 0, 2**32 - 1) if version == 2 else 0,
+            # version 2 had no wrap field at first (12 fields): sealed to the certified key
+            wrap=want_int(f[12], "wrap epoch", 0, 2**32 - 1) if version == 2 and len(f) > 12 else 0,
             owner=signer, signed=bytes(data),
         )
 
@@ -228,7 +229,7 @@ def _peek(signed_meta: bytes) -> ShardMeta:
 def _meta_fields(body: bytes) -> tuple[int, list[Any]]:
     value = decode_own(body, max_size=MAX_SHARD)  # once: this runs for every shard a rewrap reseals
     if not isinstance(value, list) or len(value) < 2 or value[0] != META_TAG or value[1] not in (1, 2) \
-            or isinstance(value[1], bool) or len(value) != 2 + {1: 11, 2: 13}[value[1]]:
+            or isinstance(value[1], bool) or len(value) - 2 not in {1: (11,), 2: (13, 12)}[value[1]]:
         raise MalformedEncoding("not a shard metadata record of version 1 or 2")
     return value[1], value[2:]
 

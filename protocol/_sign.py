@@ -84,11 +84,11 @@ def open_signed(
 
 
 def open_signed_versions(
-    data: bytes, *, tag: str, versions: dict[int, int], signer: bytes | None = None,
+    data: bytes, *, tag: str, versions: dict[int, int | tuple[int, ...]], signer: bytes | None = None,
     max_size: int = MAX_RECORD,
 ) -> tuple[int, list[Any], bytes, bytes]:
-    """:func:`open_signed` for a record with several versions (version -> number of fields);
-    return ``(version, fields, signer, body)``."""
+    """:func:`open_signed` for a record with several versions (version -> number of fields,
+    or the numbers a version may have, newest first); return ``(version, fields, signer, body)``."""
     body, who, sig = decode_record(data, SIGNED_TAG, 1, 3, max_size=max_size)
     body = want_bytes(body, "signed body")
     who = want_bytes(who, "signer", 32)
@@ -97,12 +97,15 @@ def open_signed_versions(
         raise InvalidSignature(f"{tag} is signed by {who.hex()[:16]}…, not the expected key")
     verify_sig(who, body, sig)
     try:
-        version, fields = next(iter(versions.items()))  # for any other version: its error, below
+        version, counts = next(iter(versions.items()))  # for any other version: its error, below
         if len(versions) > 1:  # one version (most records): decoded once, below
             head = decode(body, max_size=max_size)
             said = head[1] if isinstance(head, list) and len(head) > 1 else None
             if isinstance(said, int) and not isinstance(said, bool) and said in versions:
-                version, fields = said, versions[said]
+                version, counts = said, versions[said]
+                if isinstance(counts, tuple):  # the arity this record has, if it is one allowed
+                    counts = next((c for c in counts if len(head) == 2 + c), counts[0])
+        fields = counts if isinstance(counts, int) else counts[0]
         values = decode_record(body, tag, version, fields, max_size=max_size)
     except MalformedEncoding as exc:
         raise MalformedEncoding(f"signed {tag}: {exc}") from None
