@@ -225,7 +225,9 @@ def _classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_USAGE, f"{exc.filename}: no such file"
     if isinstance(exc, PermissionError):
         return EXIT_USAGE, f"{exc.filename}: permission denied"
-    if isinstance(exc, (p.ShardnetError, Failure, OSError)):
+    from ._control import NotRunning
+
+    if isinstance(exc, (p.ShardnetError, Failure, OSError, NotRunning)):  # NotRunning: says how to start it
         return EXIT_FAIL, str(exc)
     return EXIT_FAIL, f"internal error: {type(exc).__name__}: {exc}"
 

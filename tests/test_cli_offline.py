@@ -169,3 +169,15 @@ def test_real_process_round_trip(tmp_path: pathlib.Path) -> None:
                        env={**os.environ, "SHARDNET_DEBUG": ""})
     assert r.returncode == 1
     assert r.stderr.decode().strip() == "shardnet: error: 1 of 2 required shares"
+
+
+@pytest.mark.parametrize("command", [["refresh", "abc"], ["reshare", "abc"], ["rewrap", "abc"],
+                                     ["key", "reconstruct", "abc", "--out", "x.key"]])
+def test_a_command_that_needs_the_node_says_it_is_not_running(tmp_path: pathlib.Path, command: list[str],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init", "--home", str(tmp_path / "h"), "--name", "x", "--country", "CH"]) == 0
+    capsys.readouterr()
+    code = main([*command, "--home", str(tmp_path / "h")])
+    err = capsys.readouterr().err
+    assert code == 1 and "no node is running" in err and "shardnet run --home" in err
+    assert "internal error" not in err and len(err.strip().splitlines()) == 1
