@@ -302,10 +302,6 @@ class EpochService:
 
     # -- commits ---------------------------------------------------------------------
 
-    def _named(self, base: p.Keyset, rec: er.EpochRecord) -> bool:
-        return (self.me in rec.holder_peers() or self.me in base.approvers
-                or er.AuthorityRule.of(base).is_authority(self.me) or self.me == p.peer_id_of(base.owner))
-
     def accept_commit(self, data: bytes, parts: dict[str, Any], now: int) -> list[bytes]:
         """Apply the epoch record ``data`` (catching up from the chain first); return this
         node's deletion receipts for it (the same ones again for a commit already applied,
@@ -324,6 +320,8 @@ class EpochService:
         base, current, newer = self._learn(head.keyset_id, parts, now, named=named)
         here = base.epoch if current is None else current.epoch
         if head.epoch <= here:  # applied already (a retry), or a conflicting record
+            if known is None:  # the frame's own chain holds it: nothing of this node's to apply
+                raise Rejected("this node does not know that keyset, and the commit is not news")
             stored = [r for r in self.store.epochs(base.id_hex) if r["epoch"] == head.epoch]
             if current is not None and current.epoch == head.epoch:
                 same = current.digest == head.digest
