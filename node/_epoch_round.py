@@ -136,7 +136,7 @@ async def change_epoch(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> d
     receipts = [er.Erased.from_bytes(r) for r in end.receipts]
     node.store.put_erasures(base.id_hex, [(r.epoch, r.index, r.holder_id, r.record, r.signed) for r in receipts],
                             now=node.now())
-    rec = er.EpochRecord.from_body(p.CoSigned.restore(end.record, max_size=er.MAX_EPOCH_RECORD).body)
+    rec = er.EpochRecord.parse(end.record)
     node.store.append_audit("epoch-done", {"keyset": base.id_hex, "epoch": rec.epoch, "action": action,
                                            "erased": [[r.holder_id, r.index] for r in receipts],
                                            "unacked": list(end.unacked), "bad": [b["peer"] for b in bad]},
@@ -302,8 +302,7 @@ async def notice_loop(node: NodeRuntime) -> None:
         for row in node.store.epoch_notices():
             peer, kid, epoch = row["peer"], row["keyset_id"], row["epoch"]
             record = next((bytes(r["record"]) for r in node.store.epochs(kid) if r["epoch"] == epoch), b"")
-            rec = er.EpochRecord.from_body(p.CoSigned.restore(record, max_size=er.MAX_EPOCH_RECORD).body) \
-                if record else None
+            rec = er.EpochRecord.parse(record) if record else None
             if row["attempts"] >= MAX_NOTICE_ATTEMPTS or rec is None or not rec.fresh(node.now()):
                 node.store.epoch_notice_done(kid, epoch, peer)
                 node.store.append_audit("epoch-notice-dropped", {"keyset": kid, "epoch": epoch, "peer": peer,

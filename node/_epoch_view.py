@@ -7,8 +7,6 @@ before when it was stored (``_epochs``). Reads only.
 
 from __future__ import annotations
 
-import dataclasses
-
 from shardnet import protocol as p
 from shardnet.protocol import epoch_records as er
 
@@ -38,8 +36,7 @@ def current_record(store: Store, keyset_id: str) -> er.EpochRecord | None:
     row = store.latest_epoch(keyset_id)
     if row is None:
         return None
-    cs = p.CoSigned.restore(row["record"], max_size=er.MAX_EPOCH_RECORD)
-    return dataclasses.replace(er.EpochRecord.from_body(cs.body), signed=bytes(row["record"]))
+    return er.EpochRecord.parse(bytes(row["record"]))
 
 
 def keyset_view(store: Store, keyset_id: str) -> p.Keyset | None:

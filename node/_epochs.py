@@ -307,7 +307,7 @@ class EpochService:
         node's deletion receipts for it (the same ones again for a commit already applied,
         after computing this holder's share from the deals if it still lacks it)."""
         try:
-            head = er.EpochRecord.from_body(p.CoSigned.restore(data, max_size=er.MAX_EPOCH_RECORD).body)
+            head = er.EpochRecord.parse(data)
         except p.ShardnetError as exc:
             raise Rejected(f"malformed epoch record: {exc}") from None
         kid = head.keyset_id.hex()
@@ -322,12 +322,8 @@ class EpochService:
         if head.epoch <= here:  # applied already (a retry), or a conflicting record
             if known is None:  # the frame's own chain holds it: nothing of this node's to apply
                 raise Rejected("this node does not know that keyset, and the commit is not news")
-            stored = [r for r in self.store.epochs(base.id_hex) if r["epoch"] == head.epoch]
-            if current is not None and current.epoch == head.epoch:
-                same = current.digest == head.digest
-            else:
-                same = bool(stored) and er.EpochRecord.from_body(p.CoSigned.restore(
-                    stored[0]["record"], max_size=er.MAX_EPOCH_RECORD).body).digest == head.digest
+            stored = next((r for r in self._records(base) if r.epoch == head.epoch), None)
+            same = stored is not None and stored.digest == head.digest
             if not same:
                 raise Rejected(f"epoch {head.epoch} is not after this node's epoch {here}, and differs from it")
             self._apply_chain(base, newer, now)
@@ -399,8 +395,7 @@ class EpochService:
         self.store.truncate_wal()
 
     def _records(self, base: p.Keyset) -> list[er.EpochRecord]:
-        return [er.EpochRecord.from_body(p.CoSigned.restore(r["record"], max_size=er.MAX_EPOCH_RECORD).body)
-                for r in self.store.epochs(base.id_hex)]
+        return [er.EpochRecord.parse(bytes(r["record"])) for r in self.store.epochs(base.id_hex)]
 
     def _erasures(self, base: p.Keyset, rec: er.EpochRecord, now: int,
                   keep: int | None = None) -> list[tuple[int, int, str, bytes, bytes]]:

@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 import trio
 
 from shardnet import protocol as p
+from shardnet.protocol import epoch_records as er
 from shardnet.protocol import keyset_fetch as kf
 from shardnet.protocol import wire
 
 from . import _transport as tx
 from ._clock import Clock, Rng
-from ._epoch_view import record_view
+from ._epoch_view import current_record
 from ._keystore import Keystore
 from ._links import Links
 from ._members import Members
@@ -73,8 +74,9 @@ class RecordService:
         row = self.store.keyset(keyset_id.hex())
         if row is None:
             raise p.ShardnetError(f"this node holds no record of keyset {keyset_id.hex()}")
-        keyset = record_view(self.store, row["record"])  # at its current epoch
-        base_epoch = p.Keyset.from_bytes(row["record"]).epoch
+        base = p.Keyset.from_bytes(row["record"])
+        keyset = er.at_epoch(base, current_record(self.store, base.id_hex))  # at its current epoch
+        base_epoch = base.epoch
         chain = [bytes(r["record"]) for r in self.store.epochs(keyset.id_hex)][-wire.MAX_EPOCH_CHAIN:]
         receipts: list[bytes] = []
         if row["role"] == "owner" and keyset.epoch == base_epoch:

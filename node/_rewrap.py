@@ -33,7 +33,7 @@ from shardnet import protocol as p
 from shardnet.protocol import epoch_records as er
 
 from ._clock import Rng
-from ._epoch_view import base_keyset, current_record
+from ._epoch_view import base_keyset
 from ._keystore import Keystore
 from ._store import AuditEvent, Store
 
@@ -52,17 +52,12 @@ def _cites(store: Store, keyset_id: str, epoch: int, cache: dict[tuple[str, int]
     its first epoch."""
     key = (keyset_id, epoch)
     if key not in cache:
-        rec = current_record(store, keyset_id)
-        if rec is not None and rec.epoch == epoch:
-            cache[key] = rec.digest
-        else:
+        stored = [r for r in store.epochs(keyset_id) if r["epoch"] == epoch]
+        if stored:
+            cache[key] = er.EpochRecord.parse(bytes(stored[0]["record"])).digest
+        else:  # the keyset record's own epoch
             base = base_keyset(store, keyset_id)
-            stored = [r for r in store.epochs(keyset_id) if r["epoch"] == epoch]
-            if stored:
-                cache[key] = er.EpochRecord.from_body(
-                    p.CoSigned.restore(stored[0]["record"], max_size=er.MAX_EPOCH_RECORD).body).digest
-            else:
-                cache[key] = er.anchor(base) if base is not None else bytes(32)
+            cache[key] = er.anchor(base) if base is not None else bytes(32)
     return cache[key]
 
 

@@ -256,7 +256,7 @@ def test_a_dealer_with_bad_sub_shares_is_named_and_left_out() -> None:
     assert rnd.state is ep.EpochState.COMMITTED
     d = done(effects)
     assert any(who == w.peers[0].id and "old index 1" in why for who, why in d.bad)
-    assert 1 not in {deal.index for deal in rnd.qualified}
+    assert rnd._accused == {1} and sorted(deal.index for deal in rnd.qualified) == [2, 3]  # the next two
     assert p.combine_key(w.view, current_shares(w)[:2]).master == MASTER
 
 
