@@ -14,6 +14,7 @@ from shardnet.protocol import ApprovalRule, AuditChainBroken, Descriptor, wire
 from shardnet.protocol import epoch_records as er
 
 from ._epoch_view import DEFEATS, current_record, record_view
+from ._rules import read_book
 from ._store import KeysetNotFound, Store
 
 
@@ -115,6 +116,12 @@ def keyset_detail(store: Store, prefix: str, member_state: MemberState | None = 
     authorities = er.AuthorityRule.of(base)
     detail["authorities"], detail["authority_quorum"] = list(authorities.peers), authorities.quorum
     detail["epochs"] = _epoch_history(store, base)
+    book = read_book(store, ks.id_hex)
+    if book is not None:
+        detail["policy_version"], detail["placement"] = book.version("policy"), book.placement
+        detail["revoked"] = [e.to_json() for e in book.revoked.entries]
+        if book.policy is not None:
+            detail["policy_sha256"] = book.policy[1].digest.hex()
     detail["erased"] = [{"holder": e["holder"], "epoch": e["epoch"], "index": e["idx"], "at": e["received_at"],
                          "record": bytes(e["record"]).hex()} for e in store.erasures(ks.id_hex)]
     if detail["epochs"]:

@@ -229,7 +229,7 @@ def _format_keyset(d: dict[str, Any]) -> str:
         f"policy    {d['threshold']}-of-{d['shares']}, epoch {d['epoch']}, {d['kem']}, "
         f"placement {d['placement'] or 'none'}, redundancy {d['redundancy']}",
         f"approval  quorum {d['quorum']} of {len(d['approvers'])} approvers; Cedar policy sha256 "
-        f"{d['policy_sha256'][:16]}…",
+        f"{d['policy_sha256'][:16]}… (version {d.get('policy_version', 0)})",
         f"created   {_ts(d['created'])}; expires {_ts(d['not_after'])}",
         f"public    {d['public_key']}",
         f"owner     {d['owner']}",
@@ -247,6 +247,9 @@ def _format_keyset(d: dict[str, Any]) -> str:
         text += f"\nlast action: {d['last_action']['action']}; it defeats {d['last_action']['defeats']}"
     if d.get("erased"):
         text += f"\n{len(d['erased'])} signed deletion receipts for old shares (see --json)"
+    for r in d.get("revoked", []):
+        who = f"shard {r['index']}" if r["subject"] == "shard" else f"{r['subject']} {_short(r['peer'])}"
+        text += f"\nrevoked   {who}: {r['reason']} (since {_ts(r['time'])})"
     if d.get("at_risk"):
         text += (f"\n\nat risk: {len(d['at_risk'])} custodians holding shards of this keyset are not admitted "
                  "to the network now; move the keyset away from them with `shardnet reshare`")
@@ -531,9 +534,11 @@ def register(sub: Any) -> None:
 
     from ._epoch_commands import register as register_epoch
     from ._network_commands import register as register_network
+    from ._rules_commands import register as register_rules
 
     register_network(sub, home_arg, parse_duration, _peer_list)
     register_epoch(sub, home_arg, _peer_list)
+    register_rules(sub, home_arg)
 
     sp = sub.add_parser("demo", help="run a local 5-custodian network on loopback and import a key")
     sp.add_argument("--dir", metavar="DIR", help="where to put the node homes (default: a temp dir)")

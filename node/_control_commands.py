@@ -17,6 +17,7 @@ from shardnet.protocol import CoSigned, outbox, wire
 
 from . import _api
 from . import _membership_ops as ops
+from . import _rules_ops as rules_ops
 from ._control_server import Command, Emit
 from ._epoch_round import change_epoch, rewrap
 from ._reconstruct import reconstruct
@@ -58,9 +59,13 @@ def command_table(node: NodeRuntime) -> dict[str, Command]:
         "reshare": lambda a, emit: change_epoch(node, {**a, "action": "reshare"}, emit),
         "rewrap": lambda a, emit: rewrap(node, a, emit),
         "membership": reads(lambda a: node.members.listing(node.now())),
-        "proposals": reads(lambda a: node.members.proposals(node.now())),
+        "proposals": reads(lambda a: node.members.proposals(node.now()) + node.rules.proposals()),
         "admit": _membership(node, lambda a: ops.admit(node.members, node.store, a, node.now())),
-        "sign": _membership(node, lambda a: ops.sign(node.members, a, node.now())),
+        "sign": _sign(node),
+        "policy-publish": lambda a, emit: rules_ops.publish_policy(node, a),
+        "policy-show": reads(lambda a: rules_ops.show(node, str(a["keyset"]))),
+        "revoke": lambda a, emit: rules_ops.revoke(node, a),
+        "revocations": reads(lambda a: node.rules.revocations()),
         "member-revoke": _membership(node, lambda a: ops.revoke(node.members, a, node.now())),
     }
 
@@ -71,6 +76,20 @@ def _membership(node: NodeRuntime, act: Callable[[dict[str, Any]], tuple[CoSigne
         cs, answer = act(args)
         await node.membership.publish(cs)
         return answer
+    return command
+
+
+def _sign(node: NodeRuntime) -> Command:
+    """Co-sign a proposal: a keyset rule's, or a membership record's."""
+    membership = _membership(node, lambda a: ops.sign(node.members, a, node.now()))
+
+    async def command(args: dict[str, Any], emit: Emit) -> Any:
+        ref = str(args["proposal"]).strip().lower()
+        if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
+            raise ValueError(f"a proposal id is 4 to 32 hex digits, got {ref!r}")
+        if node.store.rule_proposal(ref) is not None:
+            return await rules_ops.sign(node, ref)
+        return await membership(args, emit)
     return command
 
 

@@ -58,12 +58,20 @@ def _find(node: NodeRuntime, ref: str) -> tuple[p.Keyset, er.EpochRecord | None]
 def _holders(node: NodeRuntime, action: str, view: p.Keyset, args: dict[str, Any],
              now: int) -> tuple[dict[int, tuple[str, ...]], int, dict[str, Any]]:
     """The new holders and threshold: the same for a refresh; for a reshare, placed anew
-    over the custodians admitted now (so a revoked one is never chosen)."""
+    over the custodians admitted now and not revoked for this keyset (so a revoked one is
+    never chosen), under the placement in force unless ``--placement`` says otherwise."""
+    book = node.rules.book(view.id_hex)
     if action == "refresh":
         for key in ("threshold", "shares", "placement", "custodians"):
             if args.get(key) is not None:
                 _fail(f"refresh keeps the holders and threshold; --{key} is for reshare", 2)
-        return er.holders_of(view), view.threshold, {}
+        held = er.holders_of(view)
+        bad = sorted({f"{peer} (index {i})" for i, hs in held.items() for peer in hs
+                      if book is not None and book.holder_revoked(i, peer)})
+        if bad:
+            _fail(f"refresh keeps the holders, and revoked ones hold shares of this keyset: {', '.join(bad)}; "
+                  "reshare instead", 2)
+        return held, view.threshold, {}
     t = int(args.get("threshold") or view.threshold)
     n = int(args.get("shares") or (view.shares if t <= view.shares else t))
     try:
@@ -76,10 +84,13 @@ def _holders(node: NodeRuntime, action: str, view: p.Keyset, args: dict[str, Any
         admitted = node.owner.candidates(view.kem, now, pinned)
     except ValueError as exc:
         _fail(str(exc), 2)
-    cands = [node.owner._candidate(a) for a in admitted.values()]
+    revoked = book.revoked.peers("custodian") if book is not None else frozenset()
+    if pinned and revoked & set(pinned):
+        _fail(f"revoked for this keyset, so no new holder: {', '.join(sorted(revoked & set(pinned)))}", 2)
+    cands = [node.owner._candidate(a) for peer, a in admitted.items() if peer not in revoked]
     expr = args.get("placement")
     if expr is None:
-        expr = str(view.attrs.get("placement", ""))
+        expr = book.placement if book is not None else str(view.attrs.get("placement", ""))
     try:
         constraints = placement.parse(expr)
         chosen = placement.solve(cands, n, redundancy=redundancy, constraints=constraints,
@@ -208,6 +219,7 @@ async def _drive(node: NodeRuntime, machine: ep.EpochRound, base: p.Keyset,
                  emit: Emit) -> ep.Done | ep.Aborted:
     send, inbox = trio.open_memory_channel[ep.Event](math.inf)
     chain = node.epochs.chain(base.id_hex)
+    rules = node.rules.in_force(base.id_hex)
     plan = machine.plan
     end: ep.Done | ep.Aborted | None = None
     wake = node.clock()
@@ -256,7 +268,8 @@ async def _drive(node: NodeRuntime, machine: ep.EpochRound, base: p.Keyset,
                         nursery.start_soon(ask, effect.peer, data, lambda r, who=effect.peer: ep.SignatureIn(who, r))
                     elif isinstance(effect, ep.Commit):
                         deals = [d.signed for d in machine.qualified]
-                        data = frame("commit", effect.record, keyset=base.signed, chain=chain, deals=deals)
+                        data = frame("commit", effect.record, keyset=base.signed, chain=chain, deals=deals,
+                                     rules=rules)
                         try:
                             mine = node.epochs.accept_commit(effect.record, {"keyset": base.signed, "chain": chain,
                                                                              "deals": deals}, node.now())
@@ -269,7 +282,7 @@ async def _drive(node: NodeRuntime, machine: ep.EpochRound, base: p.Keyset,
                         await emit({"kind": "committed", "epoch": plan.to_epoch})
                     elif isinstance(effect, ep.SendCommit):
                         data = frame("commit", effect.record, keyset=base.signed, chain=chain,
-                                     deals=list(effect.deals))
+                                     deals=list(effect.deals), rules=rules)
                         nursery.start_soon(ask, effect.peer, data, receipts_of(effect.peer))
                     elif isinstance(effect, ep.Progress):
                         await emit(effect.body)

@@ -24,6 +24,7 @@ holder that missed the echo computes its share from the deals the commit carries
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 from shardnet import protocol as p
@@ -36,8 +37,11 @@ from ._keystore import Keystore
 from ._members import Members
 from ._rewrap import Resealed, rewrap_all
 from ._rewrap import receipts as rewrap_receipts
+from ._rules import Rules
 from ._services import Rejected, _keyset_row
 from ._store import AuditEvent, Store
+
+log = logging.getLogger("shardnet.node")
 
 #: Shares of rounds not committed yet that one coordinator, and all of them, may make
 #: this node keep (each until its round's deadline).
@@ -52,7 +56,8 @@ def _frame_parts(extra: Any) -> dict[str, Any]:
     for key in ("keyset",):
         if key in extra:
             out[key] = p.want_bytes(extra[key], key)
-    for key, cap in (("chain", wire.MAX_EPOCH_CHAIN), ("deals", p.MAX_SHARES), ("echoes", 16 * p.MAX_SHARES)):
+    for key, cap in (("chain", wire.MAX_EPOCH_CHAIN), ("deals", p.MAX_SHARES), ("echoes", 16 * p.MAX_SHARES),
+                     ("rules", len(p.keyset_rules.KINDS))):
         items = p.want(extra.get(key, []), list, key)
         if len(items) > cap:
             raise p.MalformedEncoding(f"epoch frame: more than {cap} {key}")
@@ -67,8 +72,9 @@ def frame(ask: str, head: bytes, **extra: Any) -> bytes:
 class EpochService:
     """The epoch asks this node answers, and the commits it applies."""
 
-    def __init__(self, store: Store, keystore: Keystore, members: Members, rng: Rng) -> None:
+    def __init__(self, store: Store, keystore: Keystore, members: Members, rng: Rng, rules: Rules) -> None:
         self.store = store
+        self.rules = rules
         self.keystore = keystore
         self.key = keystore.signer
         self.me = keystore.peer_id
@@ -131,7 +137,9 @@ class EpochService:
             raise Rejected(f"malformed epoch frame: {exc}") from None
         try:
             if ask == "commit":
-                return p.encode(self.accept_commit(head, parts, now))
+                receipts = self.accept_commit(head, parts, now)
+                self._take_rules(parts["rules"], now)
+                return p.encode(receipts)
             if ask == "rewrap":
                 return p.encode(self.rewrap(er.RewrapOrder.from_bytes(head), remote, now))
             plan = er.Plan.from_bytes(head)
@@ -149,6 +157,16 @@ class EpochService:
             raise Rejected(f"bad-deal {exc.dealer}: {exc}") from None
         except (p.ShardnetError, ValueError, OverflowError) as exc:  # the VSS math or SQLite refusing input
             raise Rejected(str(exc)[:300]) from None
+
+    def _take_rules(self, records: list[bytes], now: int) -> None:
+        """The keyset's rules in force, as the coordinator holds them: a new holder has them
+        before it can release (checked like any other: only K authority signatures count)."""
+        for data in records:
+            try:
+                self.rules.accept(data, now)
+            except p.ShardnetError as exc:
+                if not isinstance(exc, p.keyset_rules.StaleRule):
+                    log.info("a rule record with a commit was refused: %s", exc)
 
     def _my_old_share(self, view: p.Keyset, now: int) -> p.Share:
         mine = [i for i, hs in er.holders_of(view).items() if self.me in hs]
@@ -187,7 +205,7 @@ class EpochService:
         wrap = self.store.rest_wrap()  # the at-rest key the node's shards are sealed to now
         public = self.keystore.rest_public(base.kem, wrap)
         meta = p.ShardMeta(base.keyset_id, record.epoch, share.index, record.shares, record.threshold, self.me,
-                           now, record.not_after, base.policy_hash, record.commitments_digest, base.kem,
+                           now, record.not_after, self.rules.policy_digest(base), record.commitments_digest, base.kem,
                            epoch_record=record.digest, wrap=wrap)
         sealed = p.seal_shard(meta, share, public, owner=self.key)
         return self.keystore.seal_at_rest(sealed), p.read_shard_meta(sealed).signed
@@ -254,11 +272,16 @@ class EpochService:
         plan.check_against(base, current)
         if newer and known is not None:
             self._apply_chain(base, newer, now)
-        for hs in plan.holders.values():  # a reshare goes to admitted custodians only
+        book = self.rules.book(base.id_hex)
+        for i, hs in plan.holders.items():  # a reshare goes to admitted custodians only, none revoked
             for peer in hs:
                 a = self.members.admission(peer, now)
                 if a is None or "custodian" not in a.roles or not a.hpke_key(base.kem):
                     raise Rejected(f"new holder {peer} is not an admitted custodian with a {base.kem} key")
+                if book is not None and peer in book.revoked.peers("custodian"):
+                    raise Rejected(f"new holder {peer} is revoked for this keyset")
+                if book is not None and plan.action == "refresh" and book.holder_revoked(i, peer):
+                    raise Rejected(f"a refresh would keep index {i} with {peer}, which is revoked")
         record = er.check_evidence(plan, base, current, parts["deals"], parts["echoes"])
         self.lock_sign(record, now)
         self.store.append_audit("epoch-cosign", {"keyset": base.id_hex, "epoch": record.epoch,
@@ -296,8 +319,8 @@ class EpochService:
                     for h, m in zip(mine, metas, strict=True)]
         else:
             self._last_rewrap = now  # a rewrap that fails counts too
-            done = rewrap_all(self.store, self.keystore, self.rng, now, reason={
-                "keyset": base.id_hex, "coordinator": remote})
+            done = rewrap_all(self.store, self.keystore, self.rng, now, policy_of=self.rules.policy_digest_of,
+                              reason={"keyset": base.id_hex, "coordinator": remote})
         return rewrap_receipts(self.key, done, base.id_hex, order, now)
 
     # -- commits ---------------------------------------------------------------------

@@ -198,6 +198,9 @@ def _act(args: argparse.Namespace, command: str, cargs: dict[str, Any]) -> dict[
             if command == "admit":
                 return ops.admit(members, store, cargs, now)[1]
             if command == "sign":
+                if store.proposal(str(cargs["proposal"])) is None and store.rule_proposal(str(cargs["proposal"])):
+                    raise UsageError("that is a keyset rule's proposal: start the node to sign it (the running "
+                                     "node hands it to the keyset's other authorities)")
                 return ops.sign(members, cargs, now)[1]
             return ops.revoke(members, cargs, now)[1]
 
@@ -206,6 +209,9 @@ def _act(args: argparse.Namespace, command: str, cargs: dict[str, Any]) -> dict[
 
 
 def _say(res: dict[str, Any]) -> str:
+    if "keyset" in res:  # a keyset rule's proposal
+        from ._rules_commands import say
+        return say(res)
     what = f"{res['kind']} of {res['peer_id']}"
     if not res["changed"]:
         return f"{what}: nothing new ({res['signatures']} of {res['needed']} signatures)"
@@ -244,19 +250,27 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     from ._commands import _ask, _short, _table
 
     def offline(home: Home) -> Any:
+        from ._rules import Rules
+
         with home.open_store() as store:
-            return _members(store, home).proposals(int(system_clock()))
+            return _members(store, home).proposals(int(system_clock())) + Rules(store, home.identity()).proposals()
 
     rows = _ask(args, "proposals", offline=offline)
-    table = _table([[r["proposal"][:12], r["kind"], _short(r["peer_id"]),
+    table = _table([[r["proposal"][:12], r["kind"], _short(r["peer_id"]) if "peer_id" in r else r["keyset"][:12],
                      f"{r['signatures']}/{r['needed']}", "yes" if r["signed_by_me"] else "no",
                      _describe(r["record"])] for r in rows],
-                   ["PROPOSAL", "KIND", "PEER", "SIGNED", "BY YOU", "WHAT"])
+                   ["PROPOSAL", "KIND", "PEER/KEYSET", "SIGNED", "BY YOU", "WHAT"])
     emit(args, rows, table if rows else "no open proposals")
     return EXIT_OK
 
 
 def _describe(rec: dict[str, Any]) -> str:
+    if rec.get("kind") == "policy":
+        return (f"policy version {rec['version']}: sha256 {rec['policy_sha256'][:16]}…, "
+                f"placement {rec['placement'] or '(none)'}")
+    if rec.get("kind") == "revocations":
+        return f"revocations version {rec['version']}: " + "; ".join(
+            f"{r['subject']} {r.get('peer', r.get('index'))} ({r['reason']})" for r in rec["revoked"])
     if "org" in rec:
         prints = ",".join(f"{k}:{v}" for k, v in rec["hpke_sha256"].items())
         return (f"{rec['name']} · {rec['org']} · {rec['country']}{'/' + rec['city'] if rec['city'] else ''} · "
@@ -351,7 +365,8 @@ def register(sub: Any, home_arg: Any, duration: Any, peer_list: Any) -> None:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_proposals)
 
-    sp = sub.add_parser("sign", help="co-sign a proposal (an admission or a membership revocation)")
+    sp = sub.add_parser("sign", help="co-sign a proposal (an admission, a membership revocation, or a keyset's "
+                                     "policy version or revocation list)")
     home_arg(sp)
     sp.add_argument("proposal", metavar="PROPOSAL_ID", help="the id, or a unique prefix of it")
     sp.add_argument("--json", action="store_true")

@@ -24,6 +24,7 @@ import trio
 
 from shardnet import protocol as p
 from shardnet.protocol import Request, wire
+from shardnet.protocol import epoch_records as er
 from shardnet.protocol import release_round as rr
 
 from . import _transport as tx
@@ -46,7 +47,10 @@ async def _keyset(node: NodeRuntime, ref: str, emit: Emit) -> tuple[p.Keyset, st
     ``_keyset_fetch``); its status is then None."""
     try:
         row = node.store.find_keyset(ref)
-        return record_view(node.store, row["record"]), row["status"], None
+        view = record_view(node.store, row["record"])
+        if not _told_of_epochs(node, view):
+            return await _newest(node, view, row["status"], emit)
+        return view, row["status"], None
     except KeysetNotFound as exc:
         try:
             keyset_id = bytes.fromhex(ref)
@@ -70,6 +74,34 @@ async def _keyset(node: NodeRuntime, ref: str, emit: Emit) -> tuple[p.Keyset, st
     source = {"from": fetched.source, "refused": [{"peer": peer, "why": why} for peer, why in fetched.refused]}
     await emit({"kind": "fetched", "keyset": keyset_id.hex(), **source})
     return fetched.keyset, None, source
+
+
+def _told_of_epochs(node: NodeRuntime, view: p.Keyset) -> bool:
+    """Whether every later epoch's commit comes to this node: it is a holder, an approver,
+    an authority or the owner of ``view`` (a round's participants). A former holder is none
+    of these, and its record may be epochs behind."""
+    me = node.peer_id
+    return (me in {h for hs in er.holders_of(view).values() for h in hs} or me in view.approvers
+            or er.AuthorityRule.of(view).is_authority(me) or me == p.peer_id_of(view.owner))
+
+
+async def _newest(node: NodeRuntime, view: p.Keyset, status: str,
+                  emit: Emit) -> tuple[p.Keyset, str | None, dict[str, Any] | None]:
+    """``view``, or the network's record if that is at a later epoch."""
+    await emit({"kind": "fetch", "keyset": view.id_hex})
+    try:
+        fetched = await node.records.fetch(node.links, view.keyset_id)
+    except NoRecord:
+        return view, status, None
+    if fetched.keyset.epoch <= view.epoch:
+        return view, status, None
+    node.approvals.remember(fetched.keyset)
+    node.store.append_audit("fetched", {"keyset": view.id_hex, "from": fetched.source, "epoch": fetched.keyset.epoch,
+                                        "revision": fetched.keyset.revision, "stale_epoch": view.epoch,
+                                        "refused": [peer for peer, _ in fetched.refused]}, node.now(), node.key)
+    source = {"from": fetched.source, "refused": [{"peer": peer, "why": why} for peer, why in fetched.refused]}
+    await emit({"kind": "fetched", "keyset": view.id_hex, **source})
+    return fetched.keyset, status, source
 
 
 async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> dict[str, Any]:

@@ -10,7 +10,8 @@ In order, so that a crash anywhere loses nothing:
 
 1. a new at-rest key epoch is made and written to the keystore (the old keys stay);
 2. every shard is opened and sealed again to the new key, under metadata the
-   holder signs (version 2: the epoch record it belongs to, the at-rest epoch);
+   holder signs (version 2: the epoch record it belongs to, the at-rest epoch, and
+   the digest of its keyset's request policy in force: the new policy binding);
 3. one transaction replaces the stored bytes and writes the audit entry; SQLite's
    ``secure_delete`` overwrites the old bytes, and the WAL is truncated after;
 4. the old at-rest keys are destroyed. Which epoch is in use is the store's to say
@@ -27,6 +28,7 @@ at-rest keys they replace.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shardnet import protocol as p
@@ -61,8 +63,11 @@ def _cites(store: Store, keyset_id: str, epoch: int, cache: dict[tuple[str, int]
     return cache[key]
 
 
-def rewrap_all(store: Store, keystore: Keystore, rng: Rng, now: int, *, reason: dict[str, str]) -> list[Resealed]:
-    """Reseal everything this node holds to a new at-rest key epoch (see the module)."""
+def rewrap_all(store: Store, keystore: Keystore, rng: Rng, now: int, *, reason: dict[str, str],
+               policy_of: Callable[[str], bytes | None] = lambda keyset_id: None) -> list[Resealed]:
+    """Reseal everything this node holds to a new at-rest key epoch (see the module), each
+    shard bound to its keyset's request policy in force (``policy_of``; None: as it is)."""
+    policies: dict[str, bytes | None] = {}
     held = store.held_shards()
     pending = store.pending_shares()
     in_use = store.rest_wrap()
@@ -78,8 +83,11 @@ def rewrap_all(store: Store, keystore: Keystore, rng: Rng, now: int, *, reason: 
         stored = keystore.open_at_rest(row["sealed"])
         meta = p.peek_shard_meta(stored)  # checked when it was stored
         cites = meta.epoch_record or _cites(store, row["keyset_id"], row["epoch"], cache)
+        if row["keyset_id"] not in policies:
+            policies[row["keyset_id"]] = policy_of(row["keyset_id"])
         sealed, new_meta = p.reseal_own(stored, keystore.opener_for(meta), signer=keystore.signer,
-                                        public=publics[meta.kem], wrap=wrap, epoch_record=cites, meta=meta)
+                                        public=publics[meta.kem], wrap=wrap, epoch_record=cites, meta=meta,
+                                        policy_hash=policies[row["keyset_id"]])
         kept = keystore.seal_at_rest(sealed)
         updates.append((*slot, kept, new_meta, is_held))
         if is_held:

@@ -47,6 +47,8 @@ from ._members import Members, NoNetwork
 from ._membership_loops import MembershipLoops
 from ._outbox_loop import OutboxLoop
 from ._possession import Possession
+from ._rules import Rules
+from ._rules_loops import RulesLoops
 from ._services import VERSION, Approvals, Custodian, Directory, Owner, Rejected, Releaser
 from ._store import Store
 from ._transport import Transport, TransportFactory
@@ -81,12 +83,14 @@ class NodeRuntime:
             raise
         self.directory = Directory(self.store, self.peer_id, admits=self.admits)
         self.custodian = Custodian(self.store, keystore)
-        self.owner = Owner(self.store, keystore, self.directory, self.members, rng)
-        self.approvals = Approvals(self.store, self.key, eligible=self.admits_member)
+        self.rules = Rules(self.store, self.key)
+        self.owner = Owner(self.store, keystore, self.directory, self.members, rng, self.rules)
+        self.approvals = Approvals(self.store, self.key, eligible=self.admits_member,
+                                   revoked=self.rules.revoked_requester)
         self.records = RecordService(self.store, keystore, self.members, clock, rng)
-        self.epochs = EpochService(self.store, keystore, self.members, rng)
+        self.epochs = EpochService(self.store, keystore, self.members, rng, self.rules)
         self.epoch_rounds: set[str] = set()  # keysets this node coordinates a round of now
-        self.releaser = Releaser(self.store, keystore, self.approvals, self.members,
+        self.releaser = Releaser(self.store, keystore, self.approvals, self.members, self.rules,
                                  threat_level=self.threat_level, rng=rng)
         self.started = 0.0
         self._stop = trio.Event()
@@ -97,6 +101,7 @@ class NodeRuntime:
         self.gossip: ApprovalLoops
         self.outbox: OutboxLoop
         self.membership: MembershipLoops
+        self.rules_loops: RulesLoops
 
     def now(self) -> int:
         return int(self.clock())
@@ -123,9 +128,10 @@ class NodeRuntime:
         self.outbox = OutboxLoop(self.store, self.owner, self.custodian, self.links, self.clock, self.peer_id,
                                  possession)
         self.membership = MembershipLoops(self.members, self.links, self.clock, on_admitted=self.outbox.peer_back)
+        self.rules_loops = RulesLoops(self.rules, self.links, self.clock, self.rng)
         self.peering = DirectoryLoops(self.directory, self.links, describe=self._descriptor, clock=self.clock,
                                       rng=self.rng, bootstrap=self.bootstrap,
-                                      on_readdressed=self.outbox.peer_back, on_new_peer=self.gossip.sync_from,
+                                      on_readdressed=self.outbox.peer_back, on_new_peer=self._new_peer,
                                       first_pull=self.membership.pull_from, on_outsiders=self.membership.gate,
                                       member=lambda: self.members.view.may_connect(self.peer_id, self.now()))
         if self.republish_every is not None:
@@ -150,7 +156,8 @@ class NodeRuntime:
                             wire.DIRECTORY_DELTA: self._on_directory_delta,
                             wire.RELEASE: self._on_release, wire.KEYSET: self._on_keyset_notice,
                             wire.SYNC: self._on_sync, wire.POSSESSION: self._on_possession,
-                            wire.KEYSET_FETCH: self._on_keyset_fetch, wire.EPOCH: self._on_epoch}
+                            wire.KEYSET_FETCH: self._on_keyset_fetch, wire.EPOCH: self._on_epoch,
+                            wire.RULES: self.rules_loops.serve}
                 for proto, handler in handlers.items():
                     net.serve(proto, self._admitted_only(handler), wire.REQUEST_TIMEOUT)
                 net.serve(wire.MEMBERSHIP, self._on_membership_pull, wire.REQUEST_TIMEOUT)
@@ -160,12 +167,17 @@ class NodeRuntime:
                     signed_by_author(self.approvals.parse_request)))
                 vote_sub = await net.subscribe(wire.VOTE_TOPIC, self._from_members(
                     signed_by_author(self.approvals.parse_vote)))
+                rule_subs = [await net.subscribe(topic, self._from_members(self.rules_loops.validate))
+                             for topic in (wire.POLICY_TOPIC, wire.REVOCATION_TOPIC)]
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.membership.drain, member_sub)
                     nursery.start_soon(self.membership.gate_loop)
                     nursery.start_soon(self.peering.drain, dir_sub)
                     nursery.start_soon(self.gossip.drain_requests, req_sub)
                     nursery.start_soon(self.gossip.drain_votes, vote_sub)
+                    for sub in rule_subs:
+                        nursery.start_soon(self.rules_loops.drain, sub)
+                    nursery.start_soon(self.rules_loops.pull_loop)
                     nursery.start_soon(self.peering.publish_loop)
                     nursery.start_soon(self.peering.peers_loop)
                     nursery.start_soon(self.outbox.run)
@@ -207,6 +219,10 @@ class NodeRuntime:
         )
 
     # -- what the loops and commands share --------------------------------------------
+
+    async def _new_peer(self, peer: str) -> None:
+        await self.gossip.sync_from(peer)
+        await self.rules_loops.on_new_peer(peer)
 
     def connected(self) -> list[str]:
         return self.links.connected()

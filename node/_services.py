@@ -46,6 +46,7 @@ from ._clock import Rng
 from ._epoch_view import current_record, record_view
 from ._keystore import Keystore
 from ._members import Members
+from ._rules import Rules
 from ._store import AuditEvent, NewOutboxItem, OutboxRow, ShardConflict, Store
 from ._verified import VerifiedRecords
 
@@ -397,13 +398,15 @@ class ImportResult:
 class Owner:
     """Deals keys, places and seals shards, and turns receipts into outbox state."""
 
-    def __init__(self, store: Store, keystore: Keystore, directory: Directory, members: Members, rng: Rng) -> None:
+    def __init__(self, store: Store, keystore: Keystore, directory: Directory, members: Members, rng: Rng,
+                 rules: Rules) -> None:
         self.store = store
         self.key = keystore.signer
         self.keystore = keystore
         self.directory = directory
         self.members = members
         self.rng = rng
+        self.rules = rules
         self.peer_id = keystore.peer_id
 
     def import_key(
@@ -553,7 +556,9 @@ class Owner:
         _, share = p.open_shard(row["reserve"], self.keystore.openers()["x25519"], recipient=self.peer_id,
                                 now=now, owner=self.key.public_key().public_bytes_raw(),
                                 commitments=keyset.commitments)
-        admitted = self.candidates(keyset.kem, now)
+        book = self.rules.book(keyset.id_hex)  # revocations and a placement since the import
+        revoked = book.revoked.peers("custodian") if book is not None else frozenset()
+        admitted = {peer: a for peer, a in self.candidates(keyset.kem, now).items() if peer not in revoked}
         pinned = keyset.attrs.get("custodians")
         if isinstance(pinned, list):
             admitted = {peer: a for peer, a in admitted.items() if peer in pinned}
@@ -562,7 +567,8 @@ class Owner:
         new = placement.replace(
             [self._candidate(a) for a in admitted.values()],
             {i: [self._candidate(self._last_admission(h)) for h in hs] for i, hs in holders.items()},
-            row["idx"], row["custodian"], constraints=placement.parse(str(keyset.attrs.get("placement", ""))),
+            row["idx"], row["custodian"],
+            constraints=placement.parse(book.placement if book else str(keyset.attrs.get("placement", ""))),
             avoid=moved_from, seed=int.from_bytes(self.rng(4), "big"))
         holders[row["idx"]] = [new.peer_id if h == row["custodian"] else h for h in holders[row["idx"]]]
         amended = keyset.amend(self.key, holders={str(i): hs for i, hs in holders.items()})
@@ -664,13 +670,16 @@ FETCHED_KEPT = 32
 class Approvals:
     """Requests and votes this node has seen, and its own votes."""
 
-    def __init__(self, store: Store, key: p.Signer, eligible: Callable[[str], bool] = lambda peer: True) -> None:
+    def __init__(self, store: Store, key: p.Signer, eligible: Callable[[str], bool] = lambda peer: True,
+                 revoked: Callable[[str, str], bool] = lambda keyset_id, peer: False) -> None:
         """``eligible(peer)``: whether an approver named by a keyset may vote now (the network
-        still admits it). Votes of the others count nowhere: not from gossip, not from a
-        sync pull, not as the evidence of a release ask."""
+        still admits it). ``revoked(keyset_id, peer)``: whether the keyset's authorities
+        revoked ``peer`` as a requester. Votes of either count nowhere: not from gossip, not
+        from a sync pull, not as the evidence of a release ask."""
         self.store = store
         self.key = key
         self.eligible = eligible
+        self.revoked = revoked
         self.peer_id = peer_id_of(key.public_key().public_bytes_raw())
         self.verified = VerifiedRecords()
         # Records a coordinator fetched from the network for its own requests (newest last).
@@ -775,9 +784,13 @@ class Approvals:
         if keyset is None:
             raise LookupError(f"keyset {req.keyset_id.hex()} is not known to this node")
         tally = Tally(req, ApprovalRule.of(keyset))
-        tally.add_all([v for v in self.stored_votes(req) + list(evidence) if self.eligible(v.approver)],
+        tally.add_all([v for v in self.stored_votes(req) + list(evidence) if self.counts(keyset.id_hex, v.approver)],
                       req.created)
         return tally
+
+    def counts(self, keyset_id: str, approver: str) -> bool:
+        """Whether ``approver``'s votes on the keyset's requests count now."""
+        return self.eligible(approver) and not self.revoked(keyset_id, approver)
 
     def record_equivocations(self, tally: Tally, now: int) -> list[Equivocation]:
         """Keep the evidence of every equivocation in ``tally`` not on record yet,
@@ -803,7 +816,7 @@ class Approvals:
         """
         vote = self.parse_vote(data)
         row = self.store.request(vote.request_id)
-        if row is None or not self.eligible(vote.approver):
+        if row is None or not self.counts(row["keyset_id"], vote.approver):
             return None
         req = self.parse_request(row["record"])
         tally = self.tally(req)
@@ -822,6 +835,8 @@ class Approvals:
             raise ValueError("this node is not an approver of that keyset")
         if now > req.not_after:
             raise ValueError(f"request {req.id} has expired")
+        if self.revoked(req.keyset_id.hex(), req.requester):
+            raise ValueError(f"request {req.id} is refused: the keyset's authorities revoked its requester")
         earlier = tally.votes.get(self.peer_id)
         if earlier is not None:
             raise ValueError(f"this node already voted {earlier.decision} on request {req.id}")
@@ -848,7 +863,8 @@ class Approvals:
                 "request": req.id, "keyset": req.keyset_id.hex(), "requester": req.requester,
                 "mode": req.mode, "reason": req.reason, "created": req.created, "not_after": req.not_after,
                 "approvals": tally.approvals, "denials": tally.denials, "quorum": tally.rule.quorum,
-                "state": tally.state(now).value, "approver": self.peer_id in tally.rule.approvers,
+                "state": "refused" if self.revoked(req.keyset_id.hex(), req.requester) else tally.state(now).value,
+                "approver": self.peer_id in tally.rule.approvers,
                 "void": sorted(tally.equivocations),
                 # "void": this node's own key signed both ways (a stolen or cloned key).
                 "my_vote": "void" if self.peer_id in tally.equivocations else mine.decision if mine else None,
@@ -883,7 +899,7 @@ class Approvals:
 class Releaser:
     """A custodian's release service: decides on its own, then releases sealed to the requester."""
 
-    def __init__(self, store: Store, keystore: Keystore, approvals: Approvals, members: Members,
+    def __init__(self, store: Store, keystore: Keystore, approvals: Approvals, members: Members, rules: Rules,
                  threat_level: Callable[[], int], rng: Rng) -> None:
         self.rng = rng  # the DLEQ proof's nonce
         self.store = store
@@ -892,6 +908,7 @@ class Releaser:
         self.hpke = keystore.openers()
         self.approvals = approvals
         self.members = members
+        self.rules = rules
         self.threat_level = threat_level
         self.peer_id = keystore.peer_id
         self._policies: dict[bytes, Policy] = {}
@@ -899,8 +916,9 @@ class Releaser:
         self._limiter = AuditLimiter()
 
     def _policy(self, keyset: p.Keyset) -> Policy:
-        """The keyset's parsed policy, cached by the digest of its text (not the claimed hash)."""
-        text = str(keyset.attrs.get("policy", DEFAULT_POLICY))
+        """The keyset's request policy in force (its latest policy version's, else the keyset
+        record's), parsed and cached by the digest of its text."""
+        text = self.rules.policy_text(keyset)
         key = hashlib.sha256(text.encode()).digest()
         pol = self._policies.get(key)
         if pol is None:
@@ -928,6 +946,8 @@ class Releaser:
         if row is None:
             raise Rejected("this custodian does not know that keyset")
         keyset = record_view(self.store, row["record"])  # at its current epoch
+        if self.rules.revoked_requester(keyset.id_hex, req.requester):
+            raise Rejected(f"the keyset's authorities revoked {req.requester} as a requester")
         held = [h for h in self.store.held_shards(keyset.id_hex) if h["epoch"] == keyset.epoch]
         if not held:
             raise Rejected("this custodian holds no shard of that keyset")
@@ -943,6 +963,7 @@ class Releaser:
                 self.approvals.record_equivocations(tally, now)
             decision = decide_release(
                 keyset, tally, now=now, policy=self._policy(keyset),
+                in_force=self.rules.versioned(keyset.id_hex),
                 requester_org=requester.org, requester_country=requester.country, threat_level=self.threat_level(),
                 status=row["status"],
             )

@@ -502,8 +502,29 @@ CREATE TABLE epoch_notices (
 ) STRICT;
 """
 
+# A keyset's rules after import (``protocol/_keyset_rules.py``): policy versions and
+# revocation lists, co-signed by its authorities. ``in_force``: the one record of each
+# kind per keyset that applies; the other rows are proposals still short of the quorum
+# (only a keyset's authorities keep those).
+_SCHEMA_8 = """
+CREATE TABLE keyset_rules (
+    proposal_id TEXT PRIMARY KEY CHECK (length(proposal_id) = 32),
+    keyset_id   TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('policy', 'revocations')),
+    version     INTEGER NOT NULL CHECK (version >= 1),
+    record      BLOB NOT NULL,
+    signatures  INTEGER NOT NULL CHECK (signatures >= 1),
+    in_force    INTEGER NOT NULL CHECK (in_force IN (0, 1)),
+    owner       TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE UNIQUE INDEX keyset_rules_in_force ON keyset_rules (keyset_id, kind) WHERE in_force = 1;
+CREATE INDEX keyset_rules_by_keyset ON keyset_rules (keyset_id, in_force);
+"""
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2, _SCHEMA_3, _SCHEMA_4, _SCHEMA_5, _SCHEMA_6,
-                                            _SCHEMA_7)
+                                            _SCHEMA_7, _SCHEMA_8)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -1445,6 +1466,77 @@ class Store:
         """Forget proposals nobody signed since ``updated_before``; how many."""
         with self.transaction():
             return int(self._db.execute("DELETE FROM proposals WHERE updated_at < ?", [updated_before]).rowcount)
+
+    # -- keyset rules: policy versions and revocation lists ------------------------------
+
+    def put_rule(self, proposal_id: str, keyset_id: str, kind: str, version: int, record: bytes, *,
+                 signatures: int, now: int, audit: AuditEvent) -> None:
+        """Put a complete, verified rule record in force for its keyset and kind: it replaces
+        the one in force and every proposal of that kind up to its version."""
+        with self.transaction():
+            self._db.execute("DELETE FROM keyset_rules WHERE keyset_id = ? AND kind = ? AND "
+                             "(in_force = 1 OR version <= ? OR proposal_id = ?)",
+                             [keyset_id, kind, version, proposal_id])
+            self._db.execute(
+                "INSERT INTO keyset_rules (proposal_id, keyset_id, kind, version, record, signatures, in_force, "
+                "owner, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, '', ?)",
+                [proposal_id, keyset_id, kind, version, record, signatures, now])
+            self._append(audit.kind, audit.body, now, audit.key)
+
+    def put_rule_proposal(self, proposal_id: str, keyset_id: str, kind: str, version: int, record: bytes, *,
+                          signatures: int, now: int, owner: str, limits: tuple[int, int, int]) -> bool:
+        """Keep a verified rule proposal, or its copy with more signatures; False if it adds
+        nothing, or if there is no room: ``limits`` are the open rule proposals in all, of
+        the keysets of ``owner``, and of this keyset and kind."""
+        with self.transaction():
+            row = self._db.execute("SELECT signatures FROM keyset_rules WHERE proposal_id = ?",
+                                   [proposal_id]).fetchone()
+            if row is not None:
+                if row[0] >= signatures:
+                    return False
+                self._db.execute("UPDATE keyset_rules SET record = ?, signatures = ?, updated_at = ? "
+                                 "WHERE proposal_id = ? AND in_force = 0", [record, signatures, now, proposal_id])
+                return True
+            total, of_owner, of_kind = self._db.execute(
+                "SELECT count(*), coalesce(sum(owner = ?), 0), coalesce(sum(keyset_id = ? AND kind = ?), 0) "
+                "FROM keyset_rules WHERE in_force = 0", [owner, keyset_id, kind]).fetchone()
+            if total >= limits[0] or of_owner >= limits[1] or of_kind >= limits[2]:
+                return False
+            self._db.execute(
+                "INSERT INTO keyset_rules (proposal_id, keyset_id, kind, version, record, signatures, in_force, "
+                "owner, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                [proposal_id, keyset_id, kind, version, record, signatures, owner, now])
+            return True
+
+    def rules(self, keyset_id: str | None = None, *, in_force: bool | None = None) -> list[dict[str, Any]]:
+        """Rule records (of one keyset), in force, proposals, or both; by keyset, kind, version."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if keyset_id is not None:
+            clauses.append("keyset_id = ?")
+            params.append(keyset_id)
+        if in_force is not None:
+            clauses.append("in_force = ?")
+            params.append(int(in_force))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        return [dict(r) for r in self._db.query(
+            f"SELECT * FROM keyset_rules {where} ORDER BY keyset_id, kind, version, proposal_id", params)]
+
+    def rule_proposal(self, proposal_id: str) -> dict[str, Any] | None:
+        """The open rule proposal whose id is, or starts with, ``proposal_id`` (LookupError if several)."""
+        if not (4 <= len(proposal_id) <= 32 and all(c in "0123456789abcdef" for c in proposal_id.lower())):
+            raise ValueError(f"a proposal id is 4 to 32 hex digits, got {proposal_id!r}")
+        rows = [dict(r) for r in self._db.query(
+            "SELECT * FROM keyset_rules WHERE in_force = 0 AND proposal_id LIKE ? || '%' "
+            "ORDER BY proposal_id LIMIT 3", [proposal_id.lower()])]
+        if len(rows) > 1:
+            raise LookupError(f"proposal id {proposal_id!r} is ambiguous: give more of it")
+        return rows[0] if rows else None
+
+    def drop_rule_proposals(self, *, updated_before: int) -> int:
+        with self.transaction():
+            return int(self._db.execute("DELETE FROM keyset_rules WHERE in_force = 0 AND updated_at < ?",
+                                        [updated_before]).rowcount)
 
     # -- small node state ----------------------------------------------------------
 

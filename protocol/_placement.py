@@ -76,6 +76,27 @@ def parse(expr: str) -> list[Constraint]:
     return out
 
 
+def violations(holders: Sequence[Candidate], constraints: Sequence[Constraint]) -> list[str]:
+    """What the current ``holders`` (one entry per custodian and index) break of
+    ``constraints``, one line each; empty if they meet all of them."""
+    out = []
+    for c in constraints:
+        if c.kind == "exclude":
+            bad = sorted({h.peer_id for h in holders if h.attr(c.attr) == c.value})
+            if bad:
+                out.append(f"{c}: held by {', '.join(bad)}")
+        elif c.kind == "distinct":
+            values = [h.attr(c.attr) for h in holders]
+            twice = sorted({v for v in values if values.count(v) > 1})
+            if twice:
+                out.append(f"{c}: more than one holder in {', '.join(v or '(unknown)' for v in twice)}")
+        else:
+            span = len({h.attr(c.attr) for h in holders})
+            if span < int(c.value):
+                out.append(f"{c}: the holders span {span}")
+    return out
+
+
 def solve(
     candidates: Sequence[Candidate], n: int, *, redundancy: int = 1, constraints: Sequence[Constraint] = (),
     seed: int = 0,

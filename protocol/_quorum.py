@@ -193,7 +193,7 @@ def check_request(keyset: Keyset, request: Request, now: int, *, status: str = "
 def decide_release(
     keyset: Keyset, tally: Tally, *, now: int, policy: Any,
     requester_org: str = "", requester_country: str = "", threat_level: int = 0,
-    status: str = "active",
+    status: str = "active", in_force: bool = False,
 ) -> Decision:
     """Raise :class:`ReleaseDenied` unless this custodian may release for ``tally.request``.
 
@@ -201,13 +201,14 @@ def decide_release(
     and offered as evidence alike, so an approver that voted both ways is void
     whichever vote came first. ``policy`` is a
     :class:`shardnet.protocol._policy.Policy` whose digest must be the keyset's
-    policy hash.
+    policy hash, unless ``in_force``: the caller took it from the keyset's latest policy
+    version, co-signed by its authorities (``_keyset_rules``).
     """
     from ._policy import RequestContext
 
     request = tally.request
     check_request(keyset, request, now, status=status)
-    if policy.digest != keyset.policy_hash:
+    if not in_force and policy.digest != keyset.policy_hash:
         raise ReleaseDenied("the policy text does not match the keyset's policy hash")
     rule = ApprovalRule.of(keyset)
     if tally.rule != rule:

@@ -183,10 +183,12 @@ def seal_shard(
 
 
 def reseal_own(sealed: bytes, key: HpkeOpener, *, signer: Signer, public: bytes, wrap: int,
-               epoch_record: bytes, meta: ShardMeta | None = None) -> tuple[bytes, bytes]:
+               epoch_record: bytes, meta: ShardMeta | None = None,
+               policy_hash: bytes | None = None) -> tuple[bytes, bytes]:
     """Rewrap a shard this holder keeps: open it with ``key`` and seal it again to its own
     ``public`` key of at-rest epoch ``wrap``, under metadata it signs (version 2); return
-    the sealed shard and its signed metadata. The holder checked the shard when it stored
+    the sealed shard and its signed metadata (``policy_hash``: the policy binding, when a
+    policy version replaced the one it was sealed under). The holder checked the shard when it stored
     it, so neither the metadata's signature nor the canonical encoding is checked again
     (``meta``: as already read with :func:`peek_shard_meta`); the HPKE decryption, bound
     to those metadata bytes, still is."""
@@ -197,8 +199,8 @@ def reseal_own(sealed: bytes, key: HpkeOpener, *, signer: Signer, public: bytes,
         raise DecryptionFailed(f"shard is sealed with {meta.kem}, this key is {key.kem}")
     payload = key.open(ct, HPKE_INFO + meta.signed)
     body = encode([META_TAG, 2, meta.keyset_id, meta.epoch, meta.index, meta.shares, meta.threshold,
-                   meta.recipient, meta.created, meta.not_after, meta.policy_hash, meta.commitments_digest,
-                   meta.kem, epoch_record, wrap])
+                   meta.recipient, meta.created, meta.not_after, policy_hash or meta.policy_hash,
+                   meta.commitments_digest, meta.kem, epoch_record, wrap])
     signed_new = sign_body(signer, body)
     return encode([SHARD_TAG, 1, signed_new, hpke_seal(meta.kem, public, payload, HPKE_INFO + signed_new)]), signed_new
 

@@ -78,8 +78,15 @@ KEYSET_FETCH = StreamProtocol("/shardnet/keyset-fetch/1", 256, 512 * 1024, 2)
 #: new holder the keyset record, its epoch records and the deals; the reply one signed record.
 EPOCH = StreamProtocol("/shardnet/epoch/1", 1024 * 1024, 256 * 1024, 4)
 
+#: A keyset's rules (policy versions, revocation lists): ``["shardnet/rules", 1, ask, body]``.
+#: Ask "propose": a proposal short of its quorum, handed to another of the keyset's
+#: authorities (proposals never travel on gossip); the reply is b"ok". Ask "pull": anti-
+#: entropy, the body a list of ``[keyset id, policy version, revocations version]`` the
+#: puller holds; the reply the newer records in force, of keysets the server knows.
+RULES = StreamProtocol("/shardnet/rules/1", 128 * 1024, 4 * 1024 * 1024, 4)
+
 STREAM_PROTOCOLS = (DELIVER, DIRECTORY, DIRECTORY_DELTA, RELEASE, SYNC, KEYSET, MEMBERSHIP, POSSESSION,
-                    KEYSET_FETCH, EPOCH)
+                    KEYSET_FETCH, EPOCH, RULES)
 
 #: Signed custodian descriptors.
 DIRECTORY_TOPIC = Topic("shardnet/directory/1", 8 * 1024)
@@ -92,7 +99,13 @@ VOTE_TOPIC = Topic("shardnet/vote/1", 1024)
 #: proposals for them that still lack signatures.
 MEMBERSHIP_TOPIC = Topic("shardnet/membership/1", 16 * 1024)
 
-TOPICS = (DIRECTORY_TOPIC, REQUEST_TOPIC, VOTE_TOPIC, MEMBERSHIP_TOPIC)
+#: Policy versions of keysets, complete (K authority signatures) only. A node that does not
+#: know the keyset cannot check its authorities, refuses the message and does not relay it.
+POLICY_TOPIC = Topic("shardnet/policy/1", 96 * 1024)
+#: Revocation lists of keysets, complete only, as for POLICY_TOPIC.
+REVOCATION_TOPIC = Topic("shardnet/revocation/1", 96 * 1024)
+
+TOPICS = (DIRECTORY_TOPIC, REQUEST_TOPIC, VOTE_TOPIC, MEMBERSHIP_TOPIC, POLICY_TOPIC, REVOCATION_TOPIC)
 
 
 def scoped(name: str, network_prefix: str) -> str:
@@ -109,6 +122,10 @@ DELIVER_FRAME_TAG = "shardnet/deliver-frame"
 RELEASE_ASK_TAG = "shardnet/release-ask"
 DIRECTORY_PULL_TAG = "shardnet/directory-pull"
 EPOCH_FRAME_TAG = "shardnet/epoch-frame"
+RULES_FRAME_TAG = "shardnet/rules"
+RULES_ASKS = ("propose", "pull")
+#: Seconds between two anti-entropy pulls of keyset rules.
+RULES_PULL_EVERY = 60.0
 #: The asks of an epoch round (the first field after the tag).
 EPOCH_ASKS = ("deal", "echo", "sign", "commit", "rewrap")
 #: Seconds a node waits between two rewraps of everything it holds (one asked sooner is

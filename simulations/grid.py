@@ -180,7 +180,8 @@ class Grid:
         return list(_api.keyset_detail(self.nodes[owner].store, keyset)["shards"])
 
     async def reconstruct(self, requester: int, keyset: str, *, within: float = 120.0,
-                          mode: str = "unwrap", approve: Callable[[int], bool] = lambda i: True) -> bytes:
+                          mode: str = "unwrap", approve: Callable[[int], bool] = lambda i: True,
+                          reason: str = "grid") -> bytes:
         """Ask for the key from one node; the approvers of the keyset that ``approve(i)``
         approve. Raises the node's ControlError when the round fails."""
         asker = self.nodes[requester]
@@ -193,7 +194,7 @@ class Grid:
         async def ask() -> None:
             try:
                 result.update(await asker.commands()["key-reconstruct"](
-                    {"keyset": keyset, "timeout": within, "reason": "grid", "mode": mode}, _quiet))
+                    {"keyset": keyset, "timeout": within, "reason": reason, "mode": mode}, _quiet))
             except ControlError as exc:  # the round failed: raised below, as itself
                 result["error"] = exc
 
@@ -206,8 +207,9 @@ class Grid:
                 for node in voters:
                     if node.peer_id in voted:
                         continue
-                    for row in node.approvals.listing(node.now()):
-                        if row["keyset"] == keyset and row["approver"] and row["my_vote"] is None:
+                    for row in node.approvals.listing(node.now()):  # this asker's requests only
+                        if (row["keyset"] == keyset and row["approver"] and row["my_vote"] is None
+                                and row["requester"] == asker.peer_id and row["state"] == "pending"):
                             await node.commands()["approve"]({"request": row["request"]}, _quiet)
                             voted.add(node.peer_id)
                 await trio.sleep(0.1)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import trio
@@ -91,6 +92,16 @@ def epoch_cli(c: LocalCluster, name: str, action: str, keyset: str, *extra: str,
     return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {}), r.stderr
 
 
+def wait_for(probe: Any, timeout: float = 30.0) -> Any:
+    """Poll ``probe`` until it returns something true (gossip and pulls take their time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.3)
+
+
 def db_bytes(c: LocalCluster, name: str) -> bytes:
     base = c.nodes[name].home.path / "node.db"
     return b"".join(f.read_bytes() for f in (base, base.with_name("node.db-wal")) if f.exists())
@@ -149,8 +160,43 @@ def test_rewrap_through_the_cli_leaves_old_keys_and_ciphertext_nowhere(net: tupl
         assert list(rest["epochs"]) == [str(meta.wrap)]  # only the at-rest key in use is kept
     code, _, err, _ = reconstruct(c, root, ks, approvers=tuple(who[:3]))
     assert code == 0, err
-    text = run_cli("rewrap", "--home", home(c, who[1]), ks)
+    text = run_cli("rewrap", "--home", home(c, next(n for n in who if n != "frankfurt")), ks)
     assert text.returncode == 1 and "no policy authority" in text.stderr and "Traceback" not in text.stderr
+
+
+def test_shardnet_revoke_reshards_the_keyset_without_the_custodian(net: tuple[LocalCluster, pathlib.Path]) -> None:
+    c, root = net
+    d = import_key(c, root)
+    ks = d["keyset"]
+    victim = next(n for n in holders(c, d) if n != "frankfurt")
+    (old_share, _), = held(c, victim, ks)
+    peer = c.nodes[victim].peer_id
+    r = run_cli("revoke", "--home", home(c, "frankfurt"), "--custodian", peer, "--keyset", ks, "--reason",
+                "operator left", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["state"] == "in effect"  # the owner is this keyset's one authority
+    listed = wait_for(lambda: [x for x in json.loads(run_cli("revocations", "--home", home(c, victim),
+                                                            "--json").stdout) if x["keyset"] == ks])
+    assert [(x["subject"], x["peer"], x["version"]) for x in listed] == [("custodian", peer, 1)]
+    r = run_cli("revoke", "--home", home(c, victim), "--custodian", peer, "--keyset", ks, "--reason", "me")
+    assert r.returncode == 1 and "no policy authority" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    code, res, err = epoch_cli(c, "frankfurt", "refresh", ks)
+    assert code == 2 and "reshare instead" in err and "Traceback" not in err, err
+    code, res, err = epoch_cli(c, "frankfurt", "reshare", ks)
+    assert code == 0, err
+    assert peer not in {h for hs in res["holders"].values() for h in hs}
+    v = view(c, "frankfurt", ks)
+    new = [s for name in c.nodes if name != victim for s, _ in held(c, name, ks) if s.epoch == v.epoch]
+    others = [s for s in new if s.index != old_share.index][:2]
+    with pytest.raises(p.MixedShares):  # its label as it is
+        p.combine_key(v, [old_share, *others])
+    with pytest.raises(p.TooFewShares) as info:  # relabelled to the current epoch: named by the check
+        p.combine_key(v, [dataclasses.replace(old_share, epoch=v.epoch), *others])
+    assert [b.index for b in info.value.bad] == [old_share.index]
+    shown = json.loads(run_cli("key", "show", "--home", home(c, "frankfurt"), ks, "--json").stdout)
+    assert [(x["subject"], x["peer"]) for x in shown["revoked"]] == [("custodian", peer)]
+    code, _, err, _ = reconstruct(c, root, ks, approvers=tuple(n for n in holders(c, d) if n != victim)[:3])
+    assert code == 0, err
 
 
 def test_a_revoked_custodian_is_resharded_away_and_its_share_is_useless(
@@ -293,3 +339,108 @@ def test_forged_replayed_and_short_epoch_records_are_never_applied(net: tuple[Lo
         with c.nodes[name].home.open_store() as store:
             assert [r["epoch"] for r in store.epochs(ks)] == [1, 2], name
         assert view(c, name, ks).epoch == 2
+
+
+AUDIT_ONLY = ('permit (principal, action, resource) when { context.approvals >= context.quorum && '
+              'context.reason == "audit" };')
+
+
+def test_a_policy_version_co_signed_through_the_cli_applies_and_bad_records_never_do(
+        net: tuple[LocalCluster, pathlib.Path]) -> None:
+    c, root = net
+    running = sorted(n for n in c.nodes if c.nodes[n].running and n != "frankfurt")
+    auth = running[:3]
+    d = import_key(c, root, "--authorities", ",".join(c.nodes[n].peer_id for n in auth), "--authority-quorum", "2",
+                   t=2, n=4)
+    ks = d["keyset"]
+    bad = root / "bad.cedar"
+    bad.write_text("permit (principal, action, resource) when { context.quroum > 0 };")
+    r = run_cli("policy", "publish", "--home", home(c, auth[0]), str(bad), "--keyset", ks)
+    assert r.returncode == 2 and "nothing was signed" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    good = root / "audit.cedar"
+    good.write_text(AUDIT_ONLY)
+    r = run_cli("policy", "publish", "--home", home(c, auth[0]), str(good), "--keyset", ks, "--json")
+    assert r.returncode == 0, r.stderr
+    prop = json.loads(r.stdout)
+    assert (prop["state"], prop["signatures"], prop["needed"]) == ("waiting for signatures", 1, 2)
+    listed = wait_for(lambda: [x for x in json.loads(run_cli("proposals", "--home", home(c, auth[1]), "--json").stdout)
+                               if x.get("keyset") == ks])
+    assert [x["proposal"] for x in listed] == [prop["proposal"]]
+    r = run_cli("sign", "--home", home(c, auth[1]), prop["proposal"][:12], "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["state"] == "in effect"
+
+    def show(name: str) -> dict:
+        r = run_cli("policy", "show", "--home", home(c, name), ks, "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    for name in holders(c, d):
+        shown = wait_for(lambda name=name: show(name)["version"] == 1 and show(name))
+        assert shown and shown["policy"] == AUDIT_ONLY and len(shown["signers"]) == 2, name
+    # Rollback, replay, forgery and short of the quorum: refused by every node, over the stream.
+    with c.nodes[auth[0]].home.open_store() as store:
+        in_force = next(bytes(r["record"]) for r in store.rules(ks, in_force=True) if r["kind"] == "policy")
+    cs = p.CoSigned.restore(in_force, max_size=p.keyset_rules.MAX_RULE_RECORD)
+    rogue = Ed25519PrivateKey.from_private_bytes(os.urandom(32))
+    admit_everywhere(c, rogue, country="CH")
+    ks_id = bytes.fromhex(ks)
+    now = int(time.time())
+    older = p.keyset_rules.PolicyVersion.make_body(keyset_id=ks_id, version=1, policy=p.DEFAULT_POLICY,
+                                                   placement="", time=now)
+    newer = p.keyset_rules.PolicyVersion.make_body(keyset_id=ks_id, version=2, policy=p.DEFAULT_POLICY,
+                                                   placement="", time=now)
+    revoke = p.keyset_rules.RevocationList.make_body(
+        keyset_id=ks_id, version=1, entries=[p.keyset_rules.Revoked("custodian", c.nodes[auth[2]].peer_id, 0,
+                                                                    "forged", now)], time=now)
+    cases = {
+        "replayed": in_force,
+        "forged by a member": p.CoSigned.propose(rogue, newer).to_bytes(),
+        "forged revocation": p.CoSigned.propose(rogue, revoke).to_bytes(),
+        "signatures moved to another body": p.CoSigned(newer, cs.signatures).to_bytes(),
+        "rival of version 1 by one authority": p.CoSigned.propose(
+            FileKeystore.from_home(c.nodes[auth[2]].home).signer, older).to_bytes(),
+        "oversized": in_force + bytes(p.keyset_rules.MAX_RULE_RECORD),
+    }
+    rules_id = c.scoped(wire.RULES.id)
+
+    async def main() -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        async with _net.running_node_host(rogue.private_bytes_raw(), ["/ip4/127.0.0.1/tcp/0"],
+                                          enable_pubsub=False) as h:
+            targets = [n for n in c.nodes if c.nodes[n].running]
+            for name in targets:
+                await _net.connect(h.host, c.nodes[name].addrs[0], 10)
+            for case, data in cases.items():
+                out[case] = {}
+                for name in targets:
+                    try:
+                        reply = await _net.request(h.host, c.nodes[name].peer_id, rules_id,
+                                                   p.encode([wire.RULES_FRAME_TAG, 1, "propose", data]),
+                                                   max_reply=65536, timeout=10)
+                        out[case][name] = reply.decode(errors="replace")
+                    except (_net.RemoteError, _net.RequestError) as exc:
+                        out[case][name] = str(exc)
+        return out
+
+    answers = trio.run(main)
+    for case in ("replayed", "rival of version 1 by one authority"):  # news to no node: answered, not kept
+        assert all(a == "ok" or "not known to this node" in a for a in answers[case].values()), answers[case]
+    for case in ("forged by a member", "forged revocation", "signatures moved to another body", "oversized"):
+        assert all("REJECTED" in a and ("not an authority" in a or "not known to this node" in a or
+                                        "signature" in a or "bytes" in a) for a in answers[case].values()), answers
+        assert any("not known" not in a for a in answers[case].values()), answers  # some node judged it
+    for name in [n for n in c.nodes if c.nodes[n].running]:
+        with c.nodes[name].home.open_store() as store:
+            rows = store.rules(ks)
+        in_force_rows = [(r["kind"], r["version"], bytes(r["record"])) for r in rows if r["in_force"]]
+        assert in_force_rows in ([], [("policy", 1, in_force)]), (name, in_force_rows)
+        # The one authority's rival stays a proposal where it was kept: never in force.
+        assert all(r["kind"] == "policy" and r["signatures"] == 1 for r in rows if not r["in_force"]), name
+    for name in holders(c, d):
+        assert show(name)["version"] == 1
+    voters = tuple(holders(c, d))[:2]  # the quorum is t = 2
+    code, _, err, _ = reconstruct(c, root, ks, approvers=voters, timeout=10)
+    assert code != 0 and "policy denies" in err, err
+    code, _, err, _ = reconstruct(c, root, ks, approvers=voters, reason="audit")
+    assert code == 0, err

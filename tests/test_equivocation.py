@@ -23,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from shardnet import protocol as p
 from shardnet.node._keystore import FileKeystore
+from shardnet.node._rules import Rules
 from shardnet.node._services import (
     Approvals,
     Custodian,
@@ -288,7 +289,8 @@ class Node:
         self.custodian = Custodian(self.store, keystore)
         self.approvals = Approvals(self.store, self.key)
         members = admitted(self.store, self.key, KEYS.values(), NOW)
-        self.releaser = Releaser(self.store, keystore, self.approvals, members, lambda: 0, rng=os.urandom)
+        self.releaser = Releaser(self.store, keystore, self.approvals, members, Rules(self.store, self.key),
+                                 lambda: 0, rng=os.urandom)
         me = self.custodian.peer_id
         meta = p.ShardMeta(KEYSET.keyset_id, 0, share.index, KEYSET.shares, KEYSET.threshold, me, NOW, None,
                            KEYSET.policy_hash, KEYSET.commitments_digest, "x25519")

@@ -212,3 +212,24 @@ def test_rewrap_reseals_every_holder_to_a_new_at_rest_key(tmp_path: pathlib.Path
             assert wraps() == {i: [2] for i in holders}  # a new epoch's share goes to the newest at-rest key
             assert await grid.reconstruct(5, keyset) == KEY
     in_virtual_time(main)
+
+
+def test_a_former_holder_reconstructs_at_the_epoch_it_was_not_told_of(tmp_path: pathlib.Path) -> None:
+    """A holder a reshare moved away keeps its record at that epoch; later rounds do not tell
+    it. Asking for the key, it fetches the newer record first (a regression: it used to
+    check the partials of epoch 2 against its epoch 1 commitments)."""
+    async def main() -> None:
+        grid = Grid(tmp_path, 9, seed=7)
+        async with grid.running():
+            await grid.wait_directory()
+            keyset = await grid.import_key(0, KEY, 2, 3)
+            first = set(shares_held(grid, keyset)) | {0}  # the approvers, by default: told of every epoch
+            later = [i for i in range(9) if i not in first]
+            await epoch(grid, 0, "reshare", keyset, custodians=[grid.nodes[i].peer_id for i in later[:3]])
+            gone = later[0]
+            await epoch(grid, 0, "reshare", keyset, custodians=[grid.nodes[i].peer_id for i in later[1:4]])
+            await epoch(grid, 0, "refresh", keyset)
+            stale = grid.nodes[gone].epochs.state(keyset)
+            assert stale is not None and er.at_epoch(*stale).epoch == 2  # no participant of epoch 3
+            assert await grid.reconstruct(gone, keyset) == KEY
+    in_virtual_time(main)

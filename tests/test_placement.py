@@ -38,3 +38,16 @@ def test_a_span_that_would_break_is_refused() -> None:
         pl.replace([C("d", "FR", "EU")], h, 3, "c", constraints=pl.parse("min-distinct:continent=3"))
     assert pl.replace([C("d", "FR", "EU"), C("e", "IN", "AS")], h, 3, "c",
                       constraints=pl.parse("min-distinct:continent=3")).peer_id == "e"
+
+
+def test_violations_name_what_the_holders_break() -> None:
+    from shardnet.protocol._placement import Candidate, parse, violations
+
+    holders = [Candidate("a", "CH", "EU", "org1"), Candidate("b", "CH", "EU", "org2"),
+               Candidate("c", "JP", "AS", "org2")]
+    assert violations(holders, parse("")) == []
+    got = violations(holders, parse("distinct:country,exclude:country=JP,min-distinct:continent=3,distinct:city"))
+    assert got == ["distinct:country: more than one holder in CH", "exclude:country=JP: held by c",
+                   "min-distinct:continent=3: the holders span 2",
+                   "distinct:city: more than one holder in (unknown)"]
+    assert violations(holders[::2], parse("distinct:country,min-distinct:continent=2")) == []

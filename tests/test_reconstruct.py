@@ -67,12 +67,12 @@ def keyset(net: tuple[LocalCluster, pathlib.Path]) -> str:
 
 def reconstruct(c: LocalCluster, root: pathlib.Path, keyset: str, *, mode: str = "unwrap",
                 approvers: tuple[str, ...] = ("tokyo", "frankfurt"), timeout: int = 30,
-                as_json: bool = True, coordinator: str = "frankfurt") -> tuple[int, dict, str, float]:
+                as_json: bool = True, coordinator: str = "frankfurt", reason: str = "test") -> tuple[int, dict, str, float]:
     """Run `key reconstruct` as a user would; ``res`` is its JSON, or ``{"text": stdout}``."""
     out = root / f"out-{time.monotonic_ns()}"
     t0 = time.monotonic()
     proc = subprocess.Popen([*CLI, "key", "reconstruct", "--home", home(c, coordinator), keyset, "--out", str(out),
-                             "--mode", mode, "--reason", "test", "--timeout", str(timeout),
+                             "--mode", mode, "--reason", reason, "--timeout", str(timeout),
                              *(["--json"] if as_json else [])],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

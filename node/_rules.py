@@ -1,0 +1,401 @@
+"""A keyset's rules on this node: policy versions and revocation lists (house style 4).
+
+``Rules`` keeps, for every keyset this node knows (it owns it, holds a shard of
+it, approves for it or is one of its authorities), the records in force
+(``protocol/_keyset_rules.py``), and the open proposals of the keysets it is an
+authority of. Where records come from:
+
+* gossip (``wire.POLICY_TOPIC``, ``wire.REVOCATION_TOPIC``): complete records
+  only; the validator is :meth:`check`;
+* anti-entropy (``wire.RULES`` "pull"): what a peer that knows the keyset holds
+  newer than our summary;
+* another authority (``wire.RULES`` "propose"): a proposal short of the quorum;
+* the operator: ``policy publish``, ``revoke`` and ``sign``.
+
+What the rest of the node asks: the request policy and placement in force, and
+who is revoked (:meth:`book`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from shardnet import protocol as p
+from shardnet.protocol import CoSigned, wire
+from shardnet.protocol import keyset_rules as kr
+
+from ._epoch_view import base_keyset
+from ._store import AuditEvent, Store
+
+#: Open rule proposals a node keeps at most (only a keyset's authorities keep them).
+MAX_RULE_PROPOSALS = wire.MAX_PROPOSALS
+#: Seconds an open rule proposal is kept after its last new signature.
+PROPOSAL_TTL = 7 * 86400
+#: Open rule proposals of the keysets of one owner, and versions past the one in force
+#: (so also proposals per keyset and kind) that a node keeps at most.
+PROPOSALS_PER_OWNER = 32
+MAX_AHEAD = 8
+#: Keysets one pull summary names at most, and records one reply carries at most.
+MAX_PULL_KEYSETS = wire.DIRECTORY_PULL_MAX
+MAX_PULL_ITEMS = 8000
+#: Keysets whose rules a node keeps parsed in memory.
+MAX_BOOKS = 512
+
+
+class NotAuthority(p.ShardnetError):
+    """Only a keyset's policy authorities propose and sign its rules."""
+
+
+class UnknownKeyset(p.ShardnetError):
+    """A rule record for a keyset this node does not know: it cannot check the signers."""
+
+
+def read_book(store: Store, keyset_id: str) -> kr.RuleBook | None:
+    """A keyset's rules in force as stored (verified when they were stored); None for a
+    keyset this node does not know."""
+    base = base_keyset(store, keyset_id)
+    if base is None:
+        return None
+    book = kr.RuleBook(base)
+    for row in store.rules(keyset_id, in_force=True):
+        cs = CoSigned.restore(bytes(row["record"]), max_size=kr.MAX_RULE_RECORD)
+        book = book.applied(cs, kr.parse_body(cs.body, trusted=True))
+    return book
+
+
+class Rules:
+    def __init__(self, store: Store, key: p.Signer) -> None:
+        self.store = store
+        self.key = key
+        self.peer_id = p.peer_id_of(key.public_key().public_bytes_raw())
+        self._books: dict[str, kr.RuleBook] = {}
+        self._checked: dict[bytes, tuple[CoSigned, kr.Rule]] = {}
+
+    # -- what the rest of the node asks -------------------------------------------
+
+    def book(self, keyset_id: str) -> kr.RuleBook | None:
+        """The rules in force for a keyset this node knows; None for one it does not."""
+        got = self._books.get(keyset_id)
+        if got is not None:
+            return got
+        book = read_book(self.store, keyset_id)
+        if book is None:
+            return None
+        if len(self._books) > MAX_BOOKS:  # each may hold two records of up to 96 KiB
+            self._books.clear()
+        self._books[keyset_id] = book
+        return book
+
+    def policy_text(self, keyset: p.Keyset) -> str:
+        book = self.book(keyset.id_hex)
+        return book.policy_text if book is not None else str(keyset.attrs.get("policy", p.DEFAULT_POLICY))
+
+    def policy_digest(self, keyset: p.Keyset) -> bytes:
+        """What a shard's metadata binds: the digest of the request policy in force."""
+        book = self.book(keyset.id_hex)
+        return p.Policy(book.policy_text).digest if book is not None and book.policy else keyset.policy_hash
+
+    def policy_digest_of(self, keyset_id: str) -> bytes | None:
+        book = self.book(keyset_id)
+        return self.policy_digest(book.keyset) if book is not None else None
+
+    def in_force(self, keyset_id: str) -> list[bytes]:
+        """The co-signed records in force for the keyset (to hand on with a commit)."""
+        book = self.book(keyset_id)
+        return [held[0].to_bytes() for kind in kr.KINDS if book is not None and (held := book.held(kind))]
+
+    def versioned(self, keyset_id: str) -> bool:
+        """Whether a policy version replaced the keyset record's own policy."""
+        book = self.book(keyset_id)
+        return book is not None and book.policy is not None
+
+    def revoked_requester(self, keyset_id: str, peer: str) -> bool:
+        book = self.book(keyset_id)
+        return book is not None and peer in book.revoked.peers("requester")
+
+    # -- records in ---------------------------------------------------------------
+
+    def _check_any(self, data: bytes, now: int) -> tuple[CoSigned, kr.Rule, kr.RuleBook]:
+        """Verified (signatures checked once per record: the validator's check is kept for
+        accept), and news."""
+        if len(data) > kr.MAX_RULE_RECORD:
+            raise p.MalformedEncoding(f"rule record over {kr.MAX_RULE_RECORD} bytes")
+        keyset_id = kr.keyset_of(data).hex()
+        book = self.book(keyset_id)
+        if book is None:
+            raise UnknownKeyset(f"keyset {keyset_id} is not known to this node")
+        digest = hashlib.sha256(data).digest()
+        hit = self._checked.get(digest)
+        if hit is None:
+            hit = book.verify(data)
+            self._checked[digest] = hit
+            if len(self._checked) > 64:
+                self._checked.pop(next(iter(self._checked)))
+        book.news(hit[1], now, complete=book.complete(hit[0]))
+        return hit[0], hit[1], book
+
+    def check(self, data: bytes, now: int) -> tuple[CoSigned, kr.Rule]:
+        """The gossip validator's check: a complete, verified record that is news."""
+        cs, rec, book = self._check_any(data, now)
+        if not book.complete(cs):
+            raise p.MalformedEncoding(f"{rec.kind} version {rec.version} has {len(cs.signatures)} of the "
+                                      f"{book.rule.quorum} authority signatures it needs")
+        return cs, rec
+
+    def accept(self, data: bytes, now: int) -> str | None:
+        """Verify and keep a rule record: "applied" (now in force), "proposal" (kept, short
+        of the quorum, at an authority only), or None (nothing new). Raises for the invalid."""
+        cs, rec, book = self._check_any(data, now)
+        if book.complete(cs):
+            self._apply(book, cs, rec, now)
+            return "applied"
+        if not book.rule.is_authority(self.peer_id):
+            return None
+        return self._keep_proposal(cs, rec, now)
+
+    def _keep_proposal(self, cs: CoSigned, rec: kr.Rule, now: int) -> str | None:
+        """Keep a proposal (merged with the copy held), or apply it if that completes it.
+        Room is bounded three ways: in all, per keyset owner (an owner can name any node an
+        authority of its own keysets), and per keyset and kind, at most MAX_AHEAD versions
+        past the one in force."""
+        held = self.store.rule_proposal(cs.id.hex())
+        if held is not None:
+            cs = cs.merged(CoSigned.restore(bytes(held["record"]), max_size=kr.MAX_RULE_RECORD))
+        book = self.book(rec.keyset_id.hex())
+        assert book is not None
+        if book.complete(cs):
+            self._apply(book, cs, rec, now)
+            return "applied"
+        if rec.version > book.version(rec.kind) + MAX_AHEAD:
+            raise p.MalformedEncoding(f"{rec.kind} version {rec.version} is more than {MAX_AHEAD} versions past "
+                                      f"version {book.version(rec.kind)} in force")
+        if self.store.put_rule_proposal(cs.id.hex(), rec.keyset_id.hex(), rec.kind, rec.version, cs.to_bytes(),
+                                        signatures=len(cs.signatures), now=now,
+                                        owner=p.peer_id_of(book.keyset.owner),
+                                        limits=(MAX_RULE_PROPOSALS, PROPOSALS_PER_OWNER, MAX_AHEAD)):
+            return "proposal"
+        return None
+
+    def _apply(self, book: kr.RuleBook, cs: CoSigned, rec: kr.Rule, now: int) -> None:
+        keyset_id = rec.keyset_id.hex()
+        body: dict[str, Any] = {"keyset": keyset_id, "kind": rec.kind, "version": rec.version,
+                                "record": cs.id.hex(), "signers": sorted(p.peer_id_of(k) for k in cs.signers)}
+        before = book.revoked
+        if isinstance(rec, kr.RevocationList):
+            body["revoked"] = [e.to_json() for e in rec.entries if e not in before.entries]
+        else:
+            body["policy_sha256"] = rec.digest.hex()
+            body["placement"] = rec.placement
+        with self.store.transaction():
+            self.store.put_rule(cs.id.hex(), keyset_id, rec.kind, rec.version, cs.to_bytes(),
+                                signatures=len(cs.signatures), now=now,
+                                audit=AuditEvent(f"{rec.kind}-applied", body, self.key))
+            if isinstance(rec, kr.RevocationList):
+                self._refuse_requests(keyset_id, rec.peers("requester") - before.peers("requester"), now)
+        self._books[keyset_id] = book.applied(cs, rec)
+
+    def _refuse_requests(self, keyset_id: str, requesters: frozenset[str], now: int) -> None:
+        """A revoked requester's pending requests are refused at once."""
+        if not requesters:
+            return
+        for row in self.store.requests(active_at=now):
+            if row["keyset_id"] == keyset_id and row["requester"] in requesters and not row["outcome"]:
+                self.store.set_request_outcome(row["request_id"], "refused: the requester is revoked")
+
+    # -- the operator's proposals ---------------------------------------------------
+
+    def _authority_book(self, keyset_id: str) -> kr.RuleBook:
+        book = self.book(keyset_id)
+        if book is None:
+            raise UnknownKeyset(f"keyset {keyset_id} is not known to this node")
+        if not book.rule.is_authority(self.peer_id):
+            raise NotAuthority(f"this node is no policy authority of keyset {keyset_id} (its authorities: "
+                               f"{', '.join(book.rule.peers)}; {book.rule.quorum} must sign)")
+        return book
+
+    def _propose(self, body: bytes, now: int) -> tuple[CoSigned, str]:
+        cs = CoSigned.propose(self.key, body)
+        rec = kr.parse_body(body, trusted=True)
+        book = self.book(rec.keyset_id.hex())
+        assert book is not None
+        book.check(cs.to_bytes(), now)  # news: a version above the one in force
+        outcome = self._keep_proposal(cs, rec, now)
+        if outcome is None:
+            raise p.ShardnetError("no room for another open proposal on this node (sign or let expire the open "
+                                  "ones: shardnet proposals)")
+        return cs, outcome
+
+    def _mine_open(self, keyset_id: str, kind: str) -> list[tuple[CoSigned, kr.Rule]]:
+        """Open proposals of ``kind`` for the keyset that carry this node's signature, by version."""
+        me = p.public_key_of(self.peer_id)
+        out = []
+        for row in self.store.rules(keyset_id, in_force=False):
+            if row["kind"] == kind:
+                cs = CoSigned.restore(bytes(row["record"]), max_size=kr.MAX_RULE_RECORD)
+                if me in cs.signers:
+                    out.append((cs, kr.parse_body(cs.body, trusted=True)))
+        return sorted(out, key=lambda x: x[1].version)
+
+    def propose_policy(self, keyset_id: str, text: str, placement: str | None, now: int) -> tuple[CoSigned, str]:
+        """A policy version above the one in force and above every open one this node signed
+        (an authority signs one body per version)."""
+        book = self._authority_book(keyset_id)
+        mine = self._mine_open(keyset_id, "policy")
+        version = max([book.version("policy"), *(r.version for _, r in mine)]) + 1
+        body = kr.PolicyVersion.make_body(keyset_id=book.keyset.keyset_id, version=version, policy=text,
+                                          placement=book.placement if placement is None else placement, time=now)
+        return self._propose(body, now)
+
+    def propose_revocation(self, keyset_id: str, entry: kr.Revoked, now: int) -> tuple[CoSigned, str] | None:
+        """The next revocation list with ``entry``, built on the latest open one this node
+        signed (so both its entries and this one stand), else on the one in force; None if
+        ``entry`` is in one of them already."""
+        book = self._authority_book(keyset_id)
+        mine = [r for _, r in self._mine_open(keyset_id, "revocations") if isinstance(r, kr.RevocationList)]
+        base = mine[-1] if mine else book.revoked
+        if any(e.key == entry.key for e in book.revoked.entries):
+            return None
+        body = base.with_entry(entry, time=now)
+        if body is None:
+            return None
+        return self._propose(body, now)
+
+    def sign(self, proposal: str, now: int) -> tuple[CoSigned, str]:
+        row = self.store.rule_proposal(proposal)
+        if row is None:
+            raise LookupError(f"no open proposal {proposal!r} on this node")
+        cs = CoSigned.restore(bytes(row["record"]), max_size=kr.MAX_RULE_RECORD)
+        book = self._authority_book(row["keyset_id"])
+        if p.public_key_of(self.peer_id) in cs.signers:
+            return cs, "signed already"
+        rec = kr.parse_body(cs.body, trusted=True)
+        rival = [c for c, r in self._mine_open(row["keyset_id"], rec.kind) if r.version == rec.version]
+        if rival:
+            raise p.ShardnetError(f"this node signed another {rec.kind} proposal for version {rec.version} "
+                                  f"({rival[0].id.hex()[:12]}); an authority signs one per version")
+        cs = cs.signed_by(self.key)
+        book.check(cs.to_bytes(), now)  # still news
+        outcome = self._keep_proposal(cs, rec, now)
+        return cs, outcome or "signed already"
+
+    def mine(self) -> list[str]:
+        """Keysets this node is a policy authority of."""
+        out = []
+        for keyset_id in self.known_keysets():
+            book = self.book(keyset_id)
+            if book is not None and book.rule.is_authority(self.peer_id):
+                out.append(keyset_id)
+        return out
+
+    def known_keysets(self) -> list[str]:
+        ids = {r["keyset_id"] for r in self.store.keysets()} | {r["keyset_id"] for r in self.store.known_keysets()}
+        return sorted(ids)
+
+    def expire_proposals(self, now: int) -> int:
+        return self.store.drop_rule_proposals(updated_before=now - PROPOSAL_TTL)
+
+    # -- anti-entropy ---------------------------------------------------------------
+
+    def summary(self) -> list[list[Any]]:
+        """What this node holds, per keyset: ``[keyset id, policy version, its record id,
+        revocations version, its record id, [ids of the open proposals held]]`` (version 0
+        and an empty id where none is in force)."""
+        out = []
+        open_ids: dict[str, list[bytes]] = {}
+        for row in self.store.rules(in_force=False):
+            open_ids.setdefault(row["keyset_id"], []).append(bytes.fromhex(row["proposal_id"]))
+        for keyset_id in self.known_keysets()[:MAX_PULL_KEYSETS]:
+            book = self.book(keyset_id)
+            if book is None:
+                continue
+            entry: list[Any] = [bytes.fromhex(keyset_id)]
+            for kind in kr.KINDS:
+                held = book.held(kind)
+                entry += [held[1].version, held[1].id] if held else [0, b""]
+            out.append([*entry, open_ids.get(keyset_id, [])[:2 * MAX_AHEAD]])
+        return out
+
+    def pull_reply(self, summary: Any, puller: str = "", budget: int = wire.RULES.max_reply - 1024) -> list[bytes]:
+        """For keysets this node knows: the records in force that are news to ``summary``
+        (a higher version, or the same one's winning rival), then, for the keysets
+        ``puller`` is an authority of, the open proposals it does not hold (so an authority
+        that was away when one was handed round gets it). Within ``budget`` bytes and
+        MAX_PULL_ITEMS records; what does not fit comes with the next pull."""
+        p.want(summary, list, "summary")
+        if len(summary) > MAX_PULL_KEYSETS:
+            raise p.MalformedEncoding(f"a rules pull names at most {MAX_PULL_KEYSETS} keysets")
+        in_force: list[bytes] = []
+        proposals: list[bytes] = []
+        for item in summary:
+            p.want(item, list, "summary entry")
+            if len(item) != 6:
+                raise p.MalformedEncoding("a summary entry is [keyset id, policy version, id, revocations "
+                                          "version, id, [open proposal ids]]")
+            keyset_id = p.want_bytes(item[0], "keyset id", 16).hex()
+            held_open = {p.want_bytes(x, "proposal id") for x in p.want(item[5], list, "proposal ids")[:64]}
+            book = self._books.get(keyset_id) or (self.book(keyset_id) if self._known(keyset_id) else None)
+            if book is None:
+                continue
+            for kind, at in (("policy", 1), ("revocations", 3)):
+                version, rid = p.want(item[at], int, "version"), p.want_bytes(item[at + 1], "record id")
+                held = book.held(kind)
+                if held is not None and book.wins(kind, version, rid or b"\xff" * 16):
+                    in_force.append(held[0].to_bytes())
+            if puller and book.rule.is_authority(puller):
+                proposals += [bytes(r["record"]) for r in self.store.rules(keyset_id, in_force=False)
+                              if bytes.fromhex(r["proposal_id"]) not in held_open]
+        out: list[bytes] = []
+        used = 0
+        for data in in_force + proposals:  # what is in force first
+            if used + len(data) + 5 > budget or len(out) >= MAX_PULL_ITEMS:
+                break
+            used += len(data) + 5  # and its msgpack framing
+            out.append(data)
+        return out
+
+    def _known(self, keyset_id: str) -> bool:
+        return self.store.keyset(keyset_id) is not None or self.store.known_keyset(keyset_id) is not None
+
+    # -- what `policy show` and `revocations` print -----------------------------------
+
+    def show(self, keyset_id: str) -> dict[str, Any]:
+        book = self.book(keyset_id)
+        if book is None:
+            raise UnknownKeyset(f"keyset {keyset_id} is not known to this node")
+        held = book.policy
+        out: dict[str, Any] = {
+            "keyset": keyset_id, "version": book.version("policy"), "policy": book.policy_text,
+            "policy_sha256": p.Policy(book.policy_text).digest.hex(), "placement": book.placement,
+            "authorities": list(book.rule.peers), "authority_quorum": book.rule.quorum,
+            "signers": sorted(p.peer_id_of(k) for k in held[0].signers) if held else
+            [p.peer_id_of(book.keyset.owner)],
+            "time": held[1].time if held else book.keyset.created,
+            "proposals": [self._proposal_row(r) for r in self.store.rules(keyset_id, in_force=False)
+                          if r["kind"] == "policy"],
+        }
+        return out
+
+    def revocations(self) -> list[dict[str, Any]]:
+        rows = []
+        for keyset_id in self.known_keysets():
+            book = self.book(keyset_id)
+            if book is None or book.revocations is None:
+                continue
+            cs, rec = book.revocations
+            for e in rec.entries:
+                rows.append({"keyset": keyset_id, "version": rec.version,
+                             "signers": sorted(p.peer_id_of(k) for k in cs.signers), **e.to_json()})
+        return rows
+
+    def _proposal_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        cs = CoSigned.restore(bytes(row["record"]), max_size=kr.MAX_RULE_RECORD)
+        rec = kr.parse_body(cs.body, trusted=True)
+        book = self.book(row["keyset_id"])
+        return {"proposal": row["proposal_id"], "kind": rec.kind, "keyset": row["keyset_id"],
+                "version": rec.version, "signatures": len(cs.signatures),
+                "needed": book.rule.quorum if book else 0,
+                "signed_by_me": p.public_key_of(self.peer_id) in cs.signers, "record": rec.to_json()}
+
+    def proposals(self) -> list[dict[str, Any]]:
+        return [self._proposal_row(r) for r in self.store.rules(in_force=False)]

@@ -1,0 +1,343 @@
+"""A keyset's rules after import: policy versions and revocation lists (private).
+
+Both are bodies of co-signed records (``_cosign``) that the keyset's policy
+authorities sign, K of M (``AuthorityRule``: the owner alone by default).
+
+* **Policy version** (``shardnet/policy-version``): the keyset id, a version
+  (1, 2, ...; the keyset record's own policy is version 0), the Cedar request
+  policy, the placement expression and a time. The Cedar text is validated
+  against :data:`~shardnet.protocol._policy.POLICY_SCHEMA` and the placement
+  parsed before anyone signs, and again by every node that receives it.
+  A new request policy takes effect at once, with no round; a placement that
+  the current holders violate asks for a reshare.
+* **Revocation list** (``shardnet/revocations``): the keyset id, a version and
+  every revocation in force for it: a custodian (it gets no new share), one
+  shard index (its holders get none at that index), or a requester (its
+  requests are refused, and its votes do not count). Each version holds the
+  whole list, so applying one is idempotent, and a node that missed versions
+  needs only the last.
+
+:class:`RuleBook` is one node's view of one keyset. It takes a record only if
+every signature is from a distinct authority of that keyset and its version is
+above the one in force: a lower version is a rollback, the same one a replay,
+and both are refused. Two different records complete at the same version (two
+quorums that overlap in an authority that signed both) resolve the same way on
+every node: the smaller proposal id wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ._codec import decode, decode_record, encode, want, want_bytes, want_int
+from ._cosign import CoSigned, proposal_id
+from ._epoch_records import AuthorityRule
+from ._errors import MalformedEncoding, ShardnetError
+from ._keyset import Keyset
+from ._membership import MAX_REASON, MAX_TIME
+from ._placement import parse as parse_placement
+from ._policy import Policy, PolicyError
+from ._records import public_key_of
+from ._wire import MAX_CLOCK_SKEW
+
+POLICY_TAG = "shardnet/policy-version"
+REVOCATIONS_TAG = "shardnet/revocations"
+KINDS = ("policy", "revocations")
+#: What a revocation names: a custodian (peer id), a shard (index) or a requester (peer id).
+SUBJECTS = ("custodian", "shard", "requester")
+#: Revocations one list holds at most.
+MAX_REVOCATIONS = 256
+#: Bytes of a placement expression at most.
+MAX_PLACEMENT = 1024
+#: Bytes of one co-signed rule record at most, signatures included.
+MAX_RULE_RECORD = 96 * 1024
+MAX_VERSION = 2**31 - 1
+
+
+class StaleRule(ShardnetError):
+    """A rule record whose version is not above the one in force: a rollback or a replay."""
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    keyset_id: bytes
+    version: int
+    policy: str  # Cedar text
+    placement: str
+    time: int
+    body: bytes = field(default=b"", repr=False, compare=False)
+    kind = "policy"
+
+    @property
+    def id(self) -> bytes:
+        return proposal_id(self.body)
+
+    @property
+    def digest(self) -> bytes:
+        """The Cedar policy's digest (:attr:`Policy.digest`), without parsing it again."""
+        return hashlib.sha256(self.policy.encode()).digest()
+
+    @staticmethod
+    def make_body(*, keyset_id: bytes, version: int, policy: str, placement: str, time: int) -> bytes:
+        body = encode([POLICY_TAG, 1, keyset_id, version, policy, placement, time])
+        PolicyVersion.from_body(body)  # Cedar and placement checks before anyone signs
+        return body
+
+    @classmethod
+    def from_body(cls, body: bytes, *, trusted: bool = False) -> PolicyVersion:
+        """Decode and check; ``trusted``: a body this node checked when it stored it (the
+        Cedar text is not validated again: that costs milliseconds)."""
+        f = decode_record(body, POLICY_TAG, 1, 5, max_size=MAX_RULE_RECORD)
+        text = want(f[2], str, "policy")
+        try:
+            if not trusted:
+                Policy(text)
+        except PolicyError as exc:
+            raise MalformedEncoding(f"policy version: {exc}") from None
+        expr = want(f[3], str, "placement")
+        if len(expr.encode()) > MAX_PLACEMENT:
+            raise MalformedEncoding(f"placement: over {MAX_PLACEMENT} bytes")
+        try:
+            parse_placement(expr)
+        except ValueError as exc:  # PlacementError is one
+            raise MalformedEncoding(f"placement: {exc}") from None
+        return cls(want_bytes(f[0], "keyset id", 16), want_int(f[1], "version", 1, MAX_VERSION), text, expr,
+                   want_int(f[4], "time", 0, MAX_TIME), bytes(body))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "policy", "keyset": self.keyset_id.hex(), "version": self.version, "policy": self.policy,
+                "policy_sha256": self.digest.hex(), "placement": self.placement, "time": self.time}
+
+
+@dataclass(frozen=True)
+class Revoked:
+    subject: str  # one of SUBJECTS
+    peer: str  # the custodian or requester; "" for a shard
+    index: int  # the shard index; 0 otherwise
+    reason: str
+    time: int
+
+    def to_list(self) -> list[Any]:
+        return [self.subject, self.peer, self.index, self.reason, self.time]
+
+    @classmethod
+    def from_list(cls, value: Any) -> Revoked:
+        want(value, list, "revocation")
+        if len(value) != 5:
+            raise MalformedEncoding("a revocation is [subject, peer, index, reason, time]")
+        subject = want(value[0], str, "subject")
+        if subject not in SUBJECTS:
+            raise MalformedEncoding(f"revocation subject must be one of {', '.join(SUBJECTS)}")
+        peer = want(value[1], str, "peer")
+        index = want_int(value[2], "index", 0, 1 << 16)
+        if subject == "shard":
+            if peer or not index:
+                raise MalformedEncoding("a shard revocation names an index and no peer")
+        else:
+            if index or not peer:
+                raise MalformedEncoding(f"a {subject} revocation names a peer and no index")
+            public_key_of(peer)
+        reason = want(value[3], str, "reason")
+        if not 0 < len(reason) <= MAX_REASON:
+            raise MalformedEncoding(f"reason: 1 to {MAX_REASON} characters")
+        return cls(subject, peer, index, reason, want_int(value[4], "time", 0, MAX_TIME))
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.subject, self.peer, self.index)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"subject": self.subject, "reason": self.reason, "time": self.time}
+        out["index" if self.subject == "shard" else "peer"] = self.index if self.subject == "shard" else self.peer
+        return out
+
+
+@dataclass(frozen=True)
+class RevocationList:
+    keyset_id: bytes
+    version: int
+    entries: tuple[Revoked, ...]  # sorted by key, one per key
+    time: int
+    body: bytes = field(default=b"", repr=False, compare=False)
+    kind = "revocations"
+
+    @property
+    def id(self) -> bytes:
+        return proposal_id(self.body)
+
+    @staticmethod
+    def make_body(*, keyset_id: bytes, version: int, entries: Iterable[Revoked], time: int) -> bytes:
+        items = sorted(entries, key=lambda e: e.key)
+        body = encode([REVOCATIONS_TAG, 1, keyset_id, version, [e.to_list() for e in items], time])
+        RevocationList.from_body(body)
+        return body
+
+    @classmethod
+    def from_body(cls, body: bytes) -> RevocationList:
+        f = decode_record(body, REVOCATIONS_TAG, 1, 4, max_size=MAX_RULE_RECORD)
+        raw = want(f[2], list, "revocations")
+        if not 0 < len(raw) <= MAX_REVOCATIONS:
+            raise MalformedEncoding(f"a revocation list holds 1 to {MAX_REVOCATIONS} revocations")
+        entries = tuple(Revoked.from_list(v) for v in raw)
+        keys = [e.key for e in entries]
+        if keys != sorted(set(keys)):
+            raise MalformedEncoding("revocations must be sorted, one per subject")
+        return cls(want_bytes(f[0], "keyset id", 16), want_int(f[1], "version", 1, MAX_VERSION), entries,
+                   want_int(f[3], "time", 0, MAX_TIME), bytes(body))
+
+    def peers(self, subject: str) -> frozenset[str]:
+        return frozenset(e.peer for e in self.entries if e.subject == subject)
+
+    @property
+    def indices(self) -> frozenset[int]:
+        return frozenset(e.index for e in self.entries if e.subject == "shard")
+
+    def with_entry(self, entry: Revoked, *, time: int) -> bytes | None:
+        """The body of the next version with ``entry`` added; None if it is in force already."""
+        if any(e.key == entry.key for e in self.entries):
+            return None
+        return RevocationList.make_body(keyset_id=self.keyset_id, version=self.version + 1,
+                                        entries=(*self.entries, entry), time=time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "revocations", "keyset": self.keyset_id.hex(), "version": self.version,
+                "time": self.time, "revoked": [e.to_json() for e in self.entries]}
+
+
+Rule = PolicyVersion | RevocationList
+
+
+def parse_body(body: bytes, *, trusted: bool = False) -> Rule:
+    """The policy version or revocation list a co-signed body holds (``trusted``: see
+    :meth:`PolicyVersion.from_body`)."""
+    try:
+        return PolicyVersion.from_body(body, trusted=trusted)
+    except MalformedEncoding as first:
+        if not str(first).startswith(f"expected a {POLICY_TAG} record"):
+            raise
+    try:
+        return RevocationList.from_body(body)
+    except MalformedEncoding as exc:
+        if str(exc).startswith(f"expected a {REVOCATIONS_TAG} record"):
+            raise MalformedEncoding("co-signed body is neither a policy version nor a revocation list") from None
+        raise
+
+
+def keyset_of(data: bytes) -> bytes:
+    """The keyset id a co-signed rule record names, nothing else checked (to route it
+    before any signature check; the Cedar text is not parsed)."""
+    body = CoSigned.restore(data, max_size=MAX_RULE_RECORD).body
+    value = decode(body, max_size=MAX_RULE_RECORD)
+    if not (isinstance(value, list) and len(value) >= 3 and value[0] in (POLICY_TAG, REVOCATIONS_TAG)):
+        raise MalformedEncoding("co-signed body is neither a policy version nor a revocation list")
+    return want_bytes(value[2], "keyset id", 16)
+
+
+def empty_revocations(keyset_id: bytes) -> RevocationList:
+    return RevocationList(keyset_id, 0, (), 0)
+
+
+@dataclass(frozen=True)
+class RuleBook:
+    """One keyset's rules in force on one node (pure: each change returns a new book)."""
+
+    keyset: Keyset  # the keyset record (epoch 0): its authorities, policy and placement
+    policy: tuple[CoSigned, PolicyVersion] | None = None
+    revocations: tuple[CoSigned, RevocationList] | None = None
+
+    @property
+    def rule(self) -> AuthorityRule:
+        return AuthorityRule.of(self.keyset)
+
+    def version(self, kind: str) -> int:
+        held = self.policy if kind == "policy" else self.revocations
+        return held[1].version if held else 0
+
+    def held(self, kind: str) -> tuple[CoSigned, Rule] | None:
+        return self.policy if kind == "policy" else self.revocations
+
+    # -- what is in force -------------------------------------------------------------
+
+    @property
+    def policy_text(self) -> str:
+        if self.policy is not None:
+            return self.policy[1].policy
+        from ._policy import DEFAULT_POLICY
+        return str(self.keyset.attrs.get("policy", DEFAULT_POLICY))
+
+    @property
+    def placement(self) -> str:
+        return self.policy[1].placement if self.policy else str(self.keyset.attrs.get("placement", ""))
+
+    @property
+    def revoked(self) -> RevocationList:
+        return self.revocations[1] if self.revocations else empty_revocations(self.keyset.keyset_id)
+
+    def holder_revoked(self, index: int, peer: str) -> bool:
+        r = self.revoked
+        return index in r.indices or peer in r.peers("custodian")
+
+    # -- records in -------------------------------------------------------------------
+
+    def check(self, data: bytes, now: int) -> tuple[CoSigned, Rule]:
+        """Verify a co-signed rule record for this keyset (:meth:`verify`) and that it is
+        news (:meth:`news`)."""
+        cs, rec = self.verify(data)
+        self.news(rec, now, complete=self.complete(cs))
+        return cs, rec
+
+    def verify(self, data: bytes) -> tuple[CoSigned, Rule]:
+        """Size, shape, and every signature from a distinct authority of this keyset."""
+        if len(data) > MAX_RULE_RECORD:
+            raise MalformedEncoding(f"rule record over {MAX_RULE_RECORD} bytes")
+        cs = CoSigned.from_bytes(data, authorities=self.rule.keys, max_size=MAX_RULE_RECORD)
+        rec = parse_body(cs.body)
+        if rec.keyset_id != self.keyset.keyset_id:
+            raise MalformedEncoding("the rule record is for another keyset")
+        return cs, rec
+
+    def news(self, rec: Rule, now: int, *, complete: bool) -> None:
+        """Dated no later than ``now`` (with skew), and a version above the one in force;
+        or, for a ``complete`` record only, the one in force's rival that wins (see the
+        module). A proposal at the version in force can never be signed into force."""
+        if rec.time > now + MAX_CLOCK_SKEW:
+            raise MalformedEncoding("the rule record is dated in the future")
+        held = self.held(rec.kind)
+        if held is not None:
+            cur = held[1]
+            if rec.version < cur.version:
+                raise StaleRule(f"{rec.kind} version {rec.version} is older than version {cur.version} "
+                                "in force (a rollback)")
+            if rec.version == cur.version and (not complete or rec.body == cur.body or rec.id > cur.id):
+                raise StaleRule(f"{rec.kind} version {rec.version} is in force already (a replay, or a "
+                                "proposal overtaken by another)")
+
+    def wins(self, kind: str, version: int, record_id: bytes) -> bool:
+        """Whether the record in force of ``kind`` is news to a node that holds ``version``
+        with id ``record_id`` (anti-entropy: a higher version, or the same one's winning rival)."""
+        held = self.held(kind)
+        if held is None:
+            return False
+        cur = held[1]
+        return cur.version > version or (cur.version == version and cur.id < record_id)
+
+    def complete(self, cs: CoSigned) -> bool:
+        return cs.complete(self.rule.quorum)
+
+    def applied(self, cs: CoSigned, rec: Rule) -> RuleBook:
+        """This book with a checked, complete record in force."""
+        if not self.complete(cs):
+            raise ValueError("a rule record takes effect only with the authority quorum's signatures")
+        if isinstance(rec, PolicyVersion):
+            return replace(self, policy=(cs, rec))
+        return replace(self, revocations=(cs, rec))
+
+
+def next_policy(book: RuleBook, *, policy: str, placement: str | None, time: int) -> bytes:
+    """The body of the policy version after the one in force (placement: kept if None)."""
+    return PolicyVersion.make_body(keyset_id=book.keyset.keyset_id, version=book.version("policy") + 1,
+                                   policy=policy, placement=book.placement if placement is None else placement,
+                                   time=time)

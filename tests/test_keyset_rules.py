@@ -1,0 +1,158 @@
+"""A keyset's rules after import (protocol/_keyset_rules.py): policy versions and
+revocation lists, co-signed by K of its M authorities, and what a node's RuleBook
+takes: never a rollback, a replay, a forgery, an unknown signer, a record short of
+the quorum or an oversized one."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from shardnet import protocol as p
+from shardnet.protocol import CoSigned
+from shardnet.protocol import keyset_rules as kr
+
+from .drbg import Drbg
+
+NOW = 1_800_000_000
+STRICT = 'permit (principal, action, resource) when { context.approvals >= context.quorum && context.hour < 12 };'
+
+
+def _keys(k: int) -> list[Ed25519PrivateKey]:
+    rng = Drbg(b"rules-keys")
+    return [Ed25519PrivateKey.from_private_bytes(rng(32)) for _ in range(k)]
+
+
+KEYS = _keys(6)
+IDS = [p.peer_id_of(k.public_key().public_bytes_raw()) for k in KEYS]
+
+
+def _keyset(authorities: int = 3, quorum: int = 2, seed: bytes = b"") -> p.Keyset:
+    attrs = {"authorities": sorted(IDS[:authorities]), "authority_quorum": quorum}
+    ks, _ = p.split_key(b"k" * 32, 2, 3, owner=KEYS[0], now=NOW, attrs=attrs, rng=Drbg(b"rules-keyset" + seed))
+    return ks
+
+
+KEYSET = _keyset()
+BOOK = kr.RuleBook(KEYSET)
+
+
+def _signed(body: bytes, *signers: int) -> CoSigned:
+    cs = CoSigned.propose(KEYS[signers[0]], body)
+    for i in signers[1:]:
+        cs = cs.signed_by(KEYS[i])
+    return cs
+
+
+def _policy(version: int = 1, text: str = STRICT, placement: str = "", t: int = NOW) -> bytes:
+    return kr.PolicyVersion.make_body(keyset_id=KEYSET.keyset_id, version=version, policy=text,
+                                      placement=placement, time=t)
+
+
+def test_a_policy_that_does_not_validate_is_never_signed() -> None:
+    with pytest.raises(p.MalformedEncoding, match="policy version"):
+        _policy(text='permit (principal, action, resource) when { context.quroum > 1 };')
+    with pytest.raises(p.MalformedEncoding, match="placement"):
+        _policy(placement="country in nowhere")
+
+
+def test_quorum_applies_and_the_policy_is_in_force() -> None:
+    cs = _signed(_policy(placement="distinct:country"), 0, 1)
+    got, rec = BOOK.check(cs.to_bytes(), NOW)
+    assert BOOK.complete(got)
+    book = BOOK.applied(got, rec)
+    assert book.policy_text == STRICT and book.placement == "distinct:country"
+    assert book.version("policy") == 1 and book.version("revocations") == 0
+
+
+def test_short_of_the_quorum_is_a_proposal_only() -> None:
+    cs = _signed(_policy(), 1)
+    got, rec = BOOK.check(cs.to_bytes(), NOW)
+    assert not BOOK.complete(got)
+    with pytest.raises(ValueError, match="quorum"):
+        BOOK.applied(got, rec)
+
+
+def test_rollback_and_replay_are_refused() -> None:
+    v2 = _signed(_policy(2), 0, 1)
+    book = BOOK.applied(*BOOK.check(v2.to_bytes(), NOW))
+    with pytest.raises(kr.StaleRule, match="rollback"):
+        book.check(_signed(_policy(1), 0, 1).to_bytes(), NOW)
+    with pytest.raises(kr.StaleRule, match="replay"):
+        book.check(v2.to_bytes(), NOW)
+    with pytest.raises(kr.StaleRule, match="replay"):  # the same record with other signers
+        book.check(_signed(_policy(2), 1, 2).to_bytes(), NOW)
+
+
+def test_unknown_signers_forgeries_and_oversized_records_are_refused() -> None:
+    with pytest.raises(p.InvalidSignature, match="not an authority"):
+        BOOK.check(_signed(_policy(), 0, 4).to_bytes(), NOW)
+    good = _signed(_policy(), 0, 1)
+    forged = CoSigned(_policy(placement="distinct:org"), good.signatures)
+    with pytest.raises(p.InvalidSignature):
+        BOOK.check(forged.to_bytes(), NOW)
+    other = _keyset(3, 2, b"other")
+    assert other.keyset_id != KEYSET.keyset_id
+    with pytest.raises(p.MalformedEncoding, match="another keyset"):
+        kr.RuleBook(other).check(good.to_bytes(), NOW)
+    with pytest.raises(p.MalformedEncoding, match="bytes"):
+        BOOK.check(b"\x00" * (kr.MAX_RULE_RECORD + 1), NOW)
+    with pytest.raises(p.MalformedEncoding, match="future"):
+        BOOK.check(_signed(_policy(t=NOW + 3600), 0, 1).to_bytes(), NOW)
+
+
+def test_two_records_at_one_version_resolve_the_same_on_every_node() -> None:
+    a = _signed(_policy(1, placement=""), 0, 1)
+    b = _signed(_policy(1, placement="distinct:country"), 1, 2)
+    winner = min((a, b), key=lambda cs: cs.id)
+    for first, second in ((a, b), (b, a)):
+        book = BOOK.applied(*BOOK.check(first.to_bytes(), NOW))
+        try:
+            book = book.applied(*book.check(second.to_bytes(), NOW))
+        except kr.StaleRule:
+            pass
+        assert book.held("policy")[0].body == winner.body  # type: ignore[index]
+
+
+def test_revocation_lists_are_cumulative_and_idempotent() -> None:
+    empty = BOOK.revoked
+    entry = kr.Revoked("custodian", IDS[5], 0, "compromised", NOW)
+    body = empty.with_entry(entry, time=NOW)
+    assert body is not None
+    book = BOOK.applied(*BOOK.check(_signed(body, 0, 2).to_bytes(), NOW))
+    assert book.holder_revoked(1, IDS[5]) and not book.holder_revoked(1, IDS[4])
+    assert book.revoked.with_entry(entry, time=NOW + 1) is None  # in force already
+    shard = kr.Revoked("shard", "", 2, "disk stolen", NOW)
+    body2 = book.revoked.with_entry(shard, time=NOW + 1)
+    assert body2 is not None
+    book = book.applied(*book.check(_signed(body2, 1, 2).to_bytes(), NOW + 1))
+    assert book.version("revocations") == 2 and book.holder_revoked(2, IDS[3])
+    assert book.revoked.peers("custodian") == {IDS[5]}
+    requester = kr.Revoked("requester", IDS[4], 0, "left the company", NOW)
+    body3 = book.revoked.with_entry(requester, time=NOW + 2)
+    assert body3 is not None
+    book = book.applied(*book.check(_signed(body3, 0, 1).to_bytes(), NOW + 2))
+    assert book.revoked.peers("requester") == {IDS[4]}
+
+
+def test_revocation_entries_are_checked() -> None:
+    for bad in (["custodian", "", 0, "r", NOW], ["shard", IDS[1], 1, "r", NOW], ["shard", "", 0, "r", NOW],
+                ["someone", IDS[1], 0, "r", NOW], ["requester", IDS[1], 0, "", NOW],
+                ["custodian", "not-a-peer", 0, "r", NOW]):
+        with pytest.raises(p.MalformedEncoding):
+            kr.Revoked.from_list(bad)
+    dup = p.encode([kr.REVOCATIONS_TAG, 1, KEYSET.keyset_id, 1,
+                    [["custodian", IDS[1], 0, "r", NOW]] * 2, NOW])
+    with pytest.raises(p.MalformedEncoding, match="sorted"):
+        kr.RevocationList.from_body(dup)
+
+
+def test_the_default_authority_is_the_owner_alone() -> None:
+    ks, _ = p.split_key(b"k" * 32, 2, 3, owner=KEYS[5], now=NOW, rng=Drbg(b"rules-default"))
+    book = kr.RuleBook(ks)
+    body = kr.next_policy(book, policy=STRICT, placement=None, time=NOW)
+    cs = CoSigned.propose(KEYS[5], body)
+    got, rec = book.check(cs.to_bytes(), NOW)
+    assert book.complete(got)
+    with pytest.raises(p.InvalidSignature):
+        book.check(CoSigned.propose(KEYS[0], body).to_bytes(), NOW)
