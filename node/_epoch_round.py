@@ -67,7 +67,7 @@ def _holders(node: NodeRuntime, action: str, view: p.Keyset, args: dict[str, Any
                 _fail(f"refresh keeps the holders and threshold; --{key} is for reshare", 2)
         held = er.holders_of(view)
         bad = sorted({f"{peer} (index {i})" for i, hs in held.items() for peer in hs
-                      if book is not None and book.holder_revoked(i, peer)})
+                      if book is not None and book.holder_revoked(i, peer, view.epoch)})
         if bad:
             _fail(f"refresh keeps the holders, and revoked ones hold shares of this keyset: {', '.join(bad)}; "
                   "reshare instead", 2)
@@ -260,7 +260,8 @@ async def _drive(node: NodeRuntime, machine: ep.EpochRound, base: p.Keyset,
                                            lambda r, i=effect.index, who=effect.peer: ep.DealIn(i, who, r),
                                            effect.index)
                     elif isinstance(effect, ep.AskEcho):
-                        data = frame("echo", plan.signed, keyset=base.signed, chain=chain, deals=list(effect.deals))
+                        data = frame("echo", plan.signed, keyset=base.signed, chain=chain, deals=list(effect.deals),
+                                     rules=rules)
                         nursery.start_soon(ask, effect.peer, data, lambda r, who=effect.peer: ep.EchoIn(who, r))
                     elif isinstance(effect, ep.AskSign):
                         data = frame("sign", plan.signed, keyset=base.signed, chain=chain, deals=list(effect.deals),

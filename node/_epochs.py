@@ -75,6 +75,7 @@ class EpochService:
     def __init__(self, store: Store, keystore: Keystore, members: Members, rng: Rng, rules: Rules) -> None:
         self.store = store
         self.rules = rules
+        self._handed: list[bytes] = []  # the rule records of the commit being applied
         self.keystore = keystore
         self.key = keystore.signer
         self.me = keystore.peer_id
@@ -135,6 +136,9 @@ class EpochService:
             parts = _frame_parts(extra)
         except p.ShardnetError as exc:
             raise Rejected(f"malformed epoch frame: {exc}") from None
+        # The rules in force that come with an echo or a commit: a new holder seals its share
+        # under their policy even before it knows the keyset (a commit stores them after).
+        self._handed = parts["rules"]
         try:
             if ask == "commit":
                 receipts = self.accept_commit(head, parts, now)
@@ -157,6 +161,8 @@ class EpochService:
             raise Rejected(f"bad-deal {exc.dealer}: {exc}") from None
         except (p.ShardnetError, ValueError, OverflowError) as exc:  # the VSS math or SQLite refusing input
             raise Rejected(str(exc)[:300]) from None
+        finally:
+            self._handed = []
 
     def _take_rules(self, records: list[bytes], now: int) -> None:
         """The keyset's rules in force, as the coordinator holds them: a new holder has them
@@ -205,7 +211,7 @@ class EpochService:
         wrap = self.store.rest_wrap()  # the at-rest key the node's shards are sealed to now
         public = self.keystore.rest_public(base.kem, wrap)
         meta = p.ShardMeta(base.keyset_id, record.epoch, share.index, record.shares, record.threshold, self.me,
-                           now, record.not_after, self.rules.policy_digest(base), record.commitments_digest, base.kem,
+                           now, record.not_after, self.rules.policy_digest(base, self._handed, now), record.commitments_digest, base.kem,
                            epoch_record=record.digest, wrap=wrap)
         sealed = p.seal_shard(meta, share, public, owner=self.key)
         return self.keystore.seal_at_rest(sealed), p.read_shard_meta(sealed).signed
@@ -280,7 +286,7 @@ class EpochService:
                     raise Rejected(f"new holder {peer} is not an admitted custodian with a {base.kem} key")
                 if book is not None and peer in book.revoked.peers("custodian"):
                     raise Rejected(f"new holder {peer} is revoked for this keyset")
-                if book is not None and plan.action == "refresh" and book.holder_revoked(i, peer):
+                if book is not None and plan.action == "refresh" and book.holder_revoked(i, peer, plan.from_epoch):
                     raise Rejected(f"a refresh would keep index {i} with {peer}, which is revoked")
         record = er.check_evidence(plan, base, current, parts["deals"], parts["echoes"])
         self.lock_sign(record, now)

@@ -10,6 +10,10 @@ A slot still pending at its ``deliver_by`` time is re-placed (``Owner.replace``)
 on another admitted custodian that keeps the keyset's placement; when none
 fits yet, it stays pending for its custodian and the move is tried again
 ``REPLACE_RETRY`` seconds later.
+
+A slot whose custodian the keyset's authorities revoked since the import is
+never sent: it is re-placed at once. One whose index (at its epoch) they
+revoked is sent to nobody, and its reserve is erased.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class OutboxLoop:
         self.progress = trio.Event()
         self._slots: dict[tuple[str, int, int, str], outbox.OutboxSlot] = {}
         self._notice_backoff: dict[str, tuple[float, float]] = {}  # peer -> (next notice, delay)
+        self._moved_early: set[tuple[str, int, int, str]] = set()  # revoked custodians' slots tried
 
     def now(self) -> int:
         return int(self.clock())
@@ -80,12 +85,29 @@ class OutboxLoop:
             rows = {_slot_key(r): r for r in self.store.pending()}
             for key in set(self._slots) - set(rows):  # delivered, refused or gone meanwhile
                 del self._slots[key]
+            self._moved_early &= set(rows)
             # Overdue slots first: a move changes the rows (a new slot, a record amended),
             # so it is read again before any slot is sent.
             clock_now = self.now()
             overdue = [row for row in rows.values() if row["deliver_by"] is not None
                        and clock_now >= row["deliver_by"]]
             changed = False
+            barred = {key: why for key, row in rows.items() if (why := self.owner.revoked_slot(row))}
+            for key, why in barred.items():  # revoked since the import: never sent
+                row = rows[key]
+                if row["reserve"] is None or key in self._moved_early or row in overdue:
+                    continue
+                if why.startswith("index"):  # that shard goes to nobody: its reserve is erased
+                    log.warning("shard %s:%d for %s: %s; its reserve is erased", row["keyset_id"][:12],
+                                row["idx"], row["custodian"], why)
+                    self.owner.drop_reserve(row, why, clock_now)
+                    changed = True
+                else:  # another custodian gets it now, not at the deadline (once; then as overdue)
+                    self._moved_early.add(key)
+                    self._slots.setdefault(key, outbox.OutboxSlot(now=now))
+                    changed = self._replace(row) or changed
+            if changed:
+                continue
             for row in overdue:
                 slot = self._slots.setdefault(_slot_key(row), outbox.OutboxSlot(now=now))
                 if any(isinstance(e, outbox.Replace) for e in slot.handle(outbox.Overdue(), now)):
@@ -95,6 +117,8 @@ class OutboxLoop:
             wake = now + IDLE_WAKE
             by_peer: dict[str, list[Any]] = {}
             for key, row in rows.items():
+                if key in barred:
+                    continue
                 slot = self._slots.setdefault(key, outbox.OutboxSlot(now=now))
                 if row["deliver_by"] is not None and row["deliver_by"] > clock_now:
                     wake = min(wake, now + row["deliver_by"] - clock_now)
@@ -162,6 +186,9 @@ class OutboxLoop:
         event: outbox.Event
         try:
             frame, cover = self.owner.delivery_frame(row, self.now())
+            revoked = self.owner.revoked_slot(row)
+            if revoked is not None:
+                raise Rejected(f"not sent: {revoked}")
             # Checked at every attempt, not only at import: a custodian revoked (or expired)
             # while its shard waited never gets it. The slot stays pending.
             # Admitted now, and proven to hold its keys (once per admission): otherwise the

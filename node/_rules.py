@@ -19,6 +19,8 @@ who is revoked (:meth:`book`).
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from shardnet import protocol as p
@@ -32,19 +34,31 @@ from ._store import AuditEvent, Store
 MAX_RULE_PROPOSALS = wire.MAX_PROPOSALS
 #: Seconds an open rule proposal is kept after its last new signature.
 PROPOSAL_TTL = 7 * 86400
-#: Open rule proposals of the keysets of one owner, and versions past the one in force
-#: (so also proposals per keyset and kind) that a node keeps at most.
+#: Open rule proposals of the keysets of one owner, and of one keyset and kind per signer,
+#: that a node keeps at most (its own ones aside: those it always keeps); and how many
+#: versions past the one in force a proposal may be.
 PROPOSALS_PER_OWNER = 32
+PROPOSALS_PER_SIGNER = 2
 MAX_AHEAD = 8
 #: Keysets one pull summary names at most, and records one reply carries at most.
 MAX_PULL_KEYSETS = wire.DIRECTORY_PULL_MAX
 MAX_PULL_ITEMS = 8000
 #: Keysets whose rules a node keeps parsed in memory.
 MAX_BOOKS = 512
+#: Versions (of both kinds) a node applies per keyset within APPLY_WINDOW seconds at most:
+#: past that, records for the keyset wait (a quorum of hostile authorities could otherwise
+#: make every node that knows the keyset write and relay without end). A node that skipped
+#: versions takes the newest later, by gossip or pull: each holds the whole state.
+APPLY_BURST = 16
+APPLY_WINDOW = 3600
 
 
 class NotAuthority(p.ShardnetError):
     """Only a keyset's policy authorities propose and sign its rules."""
+
+
+class TooManyVersions(p.ShardnetError):
+    """A keyset's authorities put APPLY_BURST versions in force within APPLY_WINDOW: more wait."""
 
 
 class UnknownKeyset(p.ShardnetError):
@@ -69,8 +83,10 @@ class Rules:
         self.store = store
         self.key = key
         self.peer_id = p.peer_id_of(key.public_key().public_bytes_raw())
-        self._books: dict[str, kr.RuleBook] = {}
+        self._books: OrderedDict[str, kr.RuleBook] = OrderedDict()  # least recently used first
         self._checked: dict[bytes, tuple[CoSigned, kr.Rule]] = {}
+        self._window = 0  # where the next pull summary starts (see summary)
+        self._applied: OrderedDict[str, list[int]] = OrderedDict()  # keyset -> recent apply times
 
     # -- what the rest of the node asks -------------------------------------------
 
@@ -78,23 +94,37 @@ class Rules:
         """The rules in force for a keyset this node knows; None for one it does not."""
         got = self._books.get(keyset_id)
         if got is not None:
+            self._books.move_to_end(keyset_id)
             return got
         book = read_book(self.store, keyset_id)
         if book is None:
             return None
-        if len(self._books) > MAX_BOOKS:  # each may hold two records of up to 96 KiB
-            self._books.clear()
-        self._books[keyset_id] = book
+        self._remember(keyset_id, book)
         return book
+
+    def _remember(self, keyset_id: str, book: kr.RuleBook) -> None:
+        self._books[keyset_id] = book
+        self._books.move_to_end(keyset_id)
+        while len(self._books) > MAX_BOOKS:  # each may hold two records of up to 96 KiB
+            self._books.popitem(last=False)
 
     def policy_text(self, keyset: p.Keyset) -> str:
         book = self.book(keyset.id_hex)
         return book.policy_text if book is not None else str(keyset.attrs.get("policy", p.DEFAULT_POLICY))
 
-    def policy_digest(self, keyset: p.Keyset) -> bytes:
-        """What a shard's metadata binds: the digest of the request policy in force."""
-        book = self.book(keyset.id_hex)
-        return p.Policy(book.policy_text).digest if book is not None and book.policy else keyset.policy_hash
+    def policy_digest(self, keyset: p.Keyset, handed: Sequence[bytes] = (), now: int = 0) -> bytes:
+        """What a shard's metadata binds: the digest of the request policy in force, counting
+        the complete records ``handed`` with an epoch commit that are news (a new holder
+        seals its share before it stores them: it may not know the keyset before)."""
+        book = self.book(keyset.id_hex) or kr.RuleBook(keyset)
+        for data in handed:
+            try:
+                cs, rec = book.check(data, now)
+                if book.complete(cs):
+                    book = book.applied(cs, rec)
+            except p.ShardnetError:
+                continue
+        return book.policy[1].digest if book.policy else keyset.policy_hash
 
     def policy_digest_of(self, keyset_id: str) -> bytes | None:
         book = self.book(keyset_id)
@@ -118,13 +148,21 @@ class Rules:
 
     def _check_any(self, data: bytes, now: int) -> tuple[CoSigned, kr.Rule, kr.RuleBook]:
         """Verified (signatures checked once per record: the validator's check is kept for
-        accept), and news."""
+        accept), and news. A stale record is refused before any signature or Cedar check."""
         if len(data) > kr.MAX_RULE_RECORD:
             raise p.MalformedEncoding(f"rule record over {kr.MAX_RULE_RECORD} bytes")
-        keyset_id = kr.keyset_of(data).hex()
+        seen = kr.peek(data)
+        keyset_id = seen.keyset_id.hex()
         book = self.book(keyset_id)
         if book is None:
             raise UnknownKeyset(f"keyset {keyset_id} is not known to this node")
+        why = book.stale(seen)
+        if why is not None:
+            raise kr.StaleRule(why)
+        recent = [t for t in self._applied.get(keyset_id, []) if t > now - APPLY_WINDOW]
+        if len(recent) >= APPLY_BURST:
+            raise TooManyVersions(f"keyset {keyset_id}: {APPLY_BURST} rule versions applied within "
+                                  f"{APPLY_WINDOW} s; the next waits")
         digest = hashlib.sha256(data).digest()
         hit = self._checked.get(digest)
         if hit is None:
@@ -156,9 +194,10 @@ class Rules:
 
     def _keep_proposal(self, cs: CoSigned, rec: kr.Rule, now: int) -> str | None:
         """Keep a proposal (merged with the copy held), or apply it if that completes it.
-        Room is bounded three ways: in all, per keyset owner (an owner can name any node an
-        authority of its own keysets), and per keyset and kind, at most MAX_AHEAD versions
-        past the one in force."""
+        Room is bounded: in all; per keyset owner (an owner can name any node an authority of
+        its own keysets); per keyset, kind and signer (so one hostile authority cannot take a
+        keyset's room); and at most MAX_AHEAD versions past the one in force. This node's
+        own proposals are always kept."""
         held = self.store.rule_proposal(cs.id.hex())
         if held is not None:
             cs = cs.merged(CoSigned.restore(bytes(held["record"]), max_size=kr.MAX_RULE_RECORD))
@@ -171,9 +210,9 @@ class Rules:
             raise p.MalformedEncoding(f"{rec.kind} version {rec.version} is more than {MAX_AHEAD} versions past "
                                       f"version {book.version(rec.kind)} in force")
         if self.store.put_rule_proposal(cs.id.hex(), rec.keyset_id.hex(), rec.kind, rec.version, cs.to_bytes(),
-                                        signatures=len(cs.signatures), now=now,
-                                        owner=p.peer_id_of(book.keyset.owner),
-                                        limits=(MAX_RULE_PROPOSALS, PROPOSALS_PER_OWNER, MAX_AHEAD)):
+                                        signers=[p.peer_id_of(k) for k in cs.signers], now=now,
+                                        owner=p.peer_id_of(book.keyset.owner), me=self.peer_id,
+                                        limits=(MAX_RULE_PROPOSALS, PROPOSALS_PER_OWNER, PROPOSALS_PER_SIGNER)):
             return "proposal"
         return None
 
@@ -193,7 +232,11 @@ class Rules:
                                 audit=AuditEvent(f"{rec.kind}-applied", body, self.key))
             if isinstance(rec, kr.RevocationList):
                 self._refuse_requests(keyset_id, rec.peers("requester") - before.peers("requester"), now)
-        self._books[keyset_id] = book.applied(cs, rec)
+        self._remember(keyset_id, book.applied(cs, rec))
+        recent = [t for t in self._applied.pop(keyset_id, []) if t > now - APPLY_WINDOW]
+        self._applied[keyset_id] = [*recent, now][-APPLY_BURST:]
+        while len(self._applied) > MAX_BOOKS:
+            self._applied.popitem(last=False)
 
     def _refuse_requests(self, keyset_id: str, requesters: frozenset[str], now: int) -> None:
         """A revoked requester's pending requests are refused at once."""
@@ -248,17 +291,17 @@ class Rules:
         return self._propose(body, now)
 
     def propose_revocation(self, keyset_id: str, entry: kr.Revoked, now: int) -> tuple[CoSigned, str] | None:
-        """The next revocation list with ``entry``, built on the latest open one this node
-        signed (so both its entries and this one stand), else on the one in force; None if
-        ``entry`` is in one of them already."""
+        """The next revocation list: every revocation in force, those of the latest open list
+        this node signed, and ``entry``, at a version above both; None if ``entry`` is in one
+        of them already."""
         book = self._authority_book(keyset_id)
         mine = [r for _, r in self._mine_open(keyset_id, "revocations") if isinstance(r, kr.RevocationList)]
-        base = mine[-1] if mine else book.revoked
-        if any(e.key == entry.key for e in book.revoked.entries):
+        last = mine[-1] if mine else book.revoked
+        if entry.key in book.revoked.keys or entry.key in last.keys:
             return None
-        body = base.with_entry(entry, time=now)
-        if body is None:
-            return None
+        body = kr.next_revocations(book, [*last.entries, entry], time=now,
+                                   version=max(book.version("revocations"), last.version) + 1)
+        assert body is not None
         return self._propose(body, now)
 
     def sign(self, proposal: str, now: int) -> tuple[CoSigned, str]:
@@ -274,6 +317,11 @@ class Rules:
         if rival:
             raise p.ShardnetError(f"this node signed another {rec.kind} proposal for version {rec.version} "
                                   f"({rival[0].id.hex()[:12]}); an authority signs one per version")
+        if not book.keeps(rec):
+            lost = sorted(f"{e.subject} {e.peer or e.index}" for e in book.revoked.entries
+                          if isinstance(rec, kr.RevocationList) and e.key not in rec.keys)
+            raise p.ShardnetError(f"this list drops revocations in force ({', '.join(lost)}), and none is ever "
+                                  "taken back; propose a new one (shardnet revoke builds on what is in force)")
         cs = cs.signed_by(self.key)
         book.check(cs.to_bytes(), now)  # still news
         outcome = self._keep_proposal(cs, rec, now)
@@ -297,15 +345,22 @@ class Rules:
 
     # -- anti-entropy ---------------------------------------------------------------
 
-    def summary(self) -> list[list[Any]]:
+    def summary(self, budget: int = wire.RULES.max_request - 1024) -> list[list[Any]]:
         """What this node holds, per keyset: ``[keyset id, policy version, its record id,
         revocations version, its record id, [ids of the open proposals held]]`` (version 0
-        and an empty id where none is in force)."""
-        out = []
+        and an empty id where none is in force). Within ``budget`` encoded bytes and
+        MAX_PULL_KEYSETS keysets: a node that knows more names the next ones in its next
+        pull (a window that goes round), so every keyset is pulled in time."""
         open_ids: dict[str, list[bytes]] = {}
         for row in self.store.rules(in_force=False):
             open_ids.setdefault(row["keyset_id"], []).append(bytes.fromhex(row["proposal_id"]))
-        for keyset_id in self.known_keysets()[:MAX_PULL_KEYSETS]:
+        known = self.known_keysets()
+        start = self._window if self._window < len(known) else 0
+        out: list[list[Any]] = []
+        used = 0
+        at = start
+        for at in range(start, start + len(known)):
+            keyset_id = known[at % len(known)]
             book = self.book(keyset_id)
             if book is None:
                 continue
@@ -313,7 +368,15 @@ class Rules:
             for kind in kr.KINDS:
                 held = book.held(kind)
                 entry += [held[1].version, held[1].id] if held else [0, b""]
-            out.append([*entry, open_ids.get(keyset_id, [])[:2 * MAX_AHEAD]])
+            entry.append(open_ids.get(keyset_id, [])[:2 * MAX_AHEAD])
+            size = len(p.encode(entry))
+            if used + size > budget or len(out) >= MAX_PULL_KEYSETS:
+                break
+            used += size
+            out.append(entry)
+        else:
+            at = start + len(known)
+        self._window = at % len(known) if known else 0
         return out
 
     def pull_reply(self, summary: Any, puller: str = "", budget: int = wire.RULES.max_reply - 1024) -> list[bytes]:
@@ -321,12 +384,22 @@ class Rules:
         (a higher version, or the same one's winning rival), then, for the keysets
         ``puller`` is an authority of, the open proposals it does not hold (so an authority
         that was away when one was handed round gets it). Within ``budget`` bytes and
-        MAX_PULL_ITEMS records; what does not fit comes with the next pull."""
+        MAX_PULL_ITEMS records: collecting stops there, and the rest comes with the next pull."""
         p.want(summary, list, "summary")
         if len(summary) > MAX_PULL_KEYSETS:
             raise p.MalformedEncoding(f"a rules pull names at most {MAX_PULL_KEYSETS} keysets")
-        in_force: list[bytes] = []
-        proposals: list[bytes] = []
+        out: list[bytes] = []
+        used = 0
+
+        def take(data: bytes) -> bool:
+            nonlocal used
+            if used + len(data) + 5 > budget or len(out) >= MAX_PULL_ITEMS:
+                return False
+            used += len(data) + 5  # and its msgpack framing
+            out.append(data)
+            return True
+
+        theirs: list[tuple[str, kr.RuleBook, set[bytes]]] = []
         for item in summary:
             p.want(item, list, "summary entry")
             if len(item) != 6:
@@ -340,18 +413,14 @@ class Rules:
             for kind, at in (("policy", 1), ("revocations", 3)):
                 version, rid = p.want(item[at], int, "version"), p.want_bytes(item[at + 1], "record id")
                 held = book.held(kind)
-                if held is not None and book.wins(kind, version, rid or b"\xff" * 16):
-                    in_force.append(held[0].to_bytes())
+                if held is not None and book.wins(kind, version, rid or b"\xff" * 16) and not take(held[0].to_bytes()):
+                    return out  # what is in force first
             if puller and book.rule.is_authority(puller):
-                proposals += [bytes(r["record"]) for r in self.store.rules(keyset_id, in_force=False)
-                              if bytes.fromhex(r["proposal_id"]) not in held_open]
-        out: list[bytes] = []
-        used = 0
-        for data in in_force + proposals:  # what is in force first
-            if used + len(data) + 5 > budget or len(out) >= MAX_PULL_ITEMS:
-                break
-            used += len(data) + 5  # and its msgpack framing
-            out.append(data)
+                theirs.append((keyset_id, book, held_open))
+        for keyset_id, _, held_open in theirs:
+            for r in self.store.rules(keyset_id, in_force=False):
+                if bytes.fromhex(r["proposal_id"]) not in held_open and not take(bytes(r["record"])):
+                    return out
         return out
 
     def _known(self, keyset_id: str) -> bool:

@@ -7,6 +7,7 @@ other authorities. The answers are JSON-shaped, as the CLI prints them.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from shardnet import protocol as p
@@ -116,8 +117,10 @@ async def revoke(node: NodeRuntime, args: dict[str, Any]) -> list[dict[str, Any]
     for keyset_id in keysets:
         book = node.rules.book(keyset_id)
         view = keyset_view(node.store, keyset_id)
-        if subject == "shard" and view is not None and not 1 <= entry.index <= view.shares:
-            raise ControlError(f"keyset {keyset_id[:12]}… has shard indices 1 to {view.shares}", 2)
+        if subject == "shard" and view is not None:
+            if not 1 <= entry.index <= view.shares:
+                raise ControlError(f"keyset {keyset_id[:12]}… has shard indices 1 to {view.shares}", 2)
+            entry = dataclasses.replace(entry, epoch=view.epoch)  # that index of the epoch in force
         got = node.rules.propose_revocation(keyset_id, entry, now)
         if got is None:
             out.append({"keyset": keyset_id, "kind": "revocations", "state": "in effect", "changed": False,

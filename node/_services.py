@@ -539,6 +539,18 @@ class Owner:
                            "x25519")
         return p.seal_shard(meta, share, self.keystore.hpke_public()["x25519"], owner=self.key)
 
+    def revoked_slot(self, row: OutboxRow) -> str | None:
+        """Why a pending slot's shard may no longer go to its custodian (its authorities
+        revoked the custodian, or that index at that epoch), or None."""
+        book = self.rules.book(row["keyset_id"])
+        if book is None:
+            return None
+        if row["idx"] in book.revoked.indices(row["epoch"]):
+            return f"index {row['idx']} of epoch {row['epoch']} is revoked"
+        if row["custodian"] in book.revoked.peers("custodian"):
+            return f"custodian {row['custodian']} is revoked for this keyset"
+        return None
+
     def replace(self, row: OutboxRow, now: int) -> str:
         """Re-place an overdue slot's shard on another admitted custodian that keeps the
         keyset's placement; return it. One transaction moves the slot, queues the new one
@@ -546,6 +558,9 @@ class Owner:
         Raises PlacementError when no custodian fits, ValueError when the slot has no reserve."""
         if row["reserve"] is None:
             raise ValueError("the slot keeps no share to re-place (queued before re-placement existed)")
+        book = self.rules.book(row["keyset_id"])  # revocations and a placement since the import
+        if book is not None and row["idx"] in book.revoked.indices(row["epoch"]):
+            raise ValueError(f"index {row['idx']} of epoch {row['epoch']} is revoked: it goes to nobody")
         ks_row = self.store.keyset(row["keyset_id"])
         assert ks_row is not None
         keyset = p.Keyset.from_bytes(ks_row["record"])
@@ -556,7 +571,6 @@ class Owner:
         _, share = p.open_shard(row["reserve"], self.keystore.openers()["x25519"], recipient=self.peer_id,
                                 now=now, owner=self.key.public_key().public_bytes_raw(),
                                 commitments=keyset.commitments)
-        book = self.rules.book(keyset.id_hex)  # revocations and a placement since the import
         revoked = book.revoked.peers("custodian") if book is not None else frozenset()
         admitted = {peer: a for peer, a in self.candidates(keyset.kem, now).items() if peer not in revoked}
         pinned = keyset.attrs.get("custodians")
@@ -592,7 +606,7 @@ class Owner:
         return new.peer_id
 
     def drop_reserve(self, row: OutboxRow, why: str, now: int) -> None:
-        self.store.drop_reserve(row["keyset_id"], row["epoch"], row["idx"], row["custodian"], now=now,
+        self.store.drop_reserve(row["keyset_id"], row["epoch"], row["idx"], row["custodian"], now=now, error=why,
                                 audit=AuditEvent("reserve-erased", {"keyset": row["keyset_id"], "index": row["idx"],
                                                                      "custodian": row["custodian"], "reason": why},
                                                  self.key))

@@ -523,8 +523,15 @@ CREATE UNIQUE INDEX keyset_rules_in_force ON keyset_rules (keyset_id, kind) WHER
 CREATE INDEX keyset_rules_by_keyset ON keyset_rules (keyset_id, in_force);
 """
 
+# Who signed each open rule proposal (" id1 id2 ", so that one id is matched whole): room
+# is counted per signer, so that one hostile authority cannot fill a keyset's room.
+# Proposals kept before this have '' (counted for nobody; they expire within 7 days).
+_SCHEMA_9 = """
+ALTER TABLE keyset_rules ADD COLUMN signers TEXT NOT NULL DEFAULT '';
+"""
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2, _SCHEMA_3, _SCHEMA_4, _SCHEMA_5, _SCHEMA_6,
-                                            _SCHEMA_7, _SCHEMA_8)
+                                            _SCHEMA_7, _SCHEMA_8, _SCHEMA_9)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -1184,14 +1191,14 @@ class Store:
             return self._append(audit.kind, audit.body, now, audit.key)
 
     def drop_reserve(self, keyset_id: str, epoch: int, idx: int, custodian: str, *, now: int,
-                     audit: AuditEvent) -> None:
+                     error: str, audit: AuditEvent) -> None:
         """Erase a pending slot's reserve (it may not be re-placed any more); the slot stays
-        pending for its custodian."""
+        pending for its custodian, with ``error`` as its last error."""
         with self.transaction():
             key = self._pending_item(keyset_id, epoch, idx, custodian, "drop the reserve of")
             self._db.execute(
-                "UPDATE outbox SET reserve = NULL, deliver_by = NULL, updated_at = ? "
-                "WHERE keyset_id = ? AND epoch = ? AND idx = ? AND custodian = ?", [now, *key])
+                "UPDATE outbox SET reserve = NULL, deliver_by = NULL, last_error = ?, updated_at = ? "
+                "WHERE keyset_id = ? AND epoch = ? AND idx = ? AND custodian = ?", [error[:400], now, *key])
             self._append(audit.kind, audit.body, now, audit.key)
 
     def amend_keyset(self, keyset_id: str, record: bytes, *, now: int, audit: AuditEvent) -> None:
@@ -1484,28 +1491,47 @@ class Store:
             self._append(audit.kind, audit.body, now, audit.key)
 
     def put_rule_proposal(self, proposal_id: str, keyset_id: str, kind: str, version: int, record: bytes, *,
-                          signatures: int, now: int, owner: str, limits: tuple[int, int, int]) -> bool:
+                          signers: Sequence[str], now: int, owner: str, me: str,
+                          limits: tuple[int, int, int]) -> bool:
         """Keep a verified rule proposal, or its copy with more signatures; False if it adds
-        nothing, or if there is no room: ``limits`` are the open rule proposals in all, of
-        the keysets of ``owner``, and of this keyset and kind."""
+        nothing, or if there is no room. ``limits``: open rule proposals in all, of the
+        keysets of ``owner``, and of this keyset and kind per signer. A proposal that ``me``
+        signed is always kept (the oldest proposal it did not sign makes room when all is
+        full); another is kept if one of its signers has room."""
+        mark = f" {' '.join(sorted(signers))} "
+        mine = me in signers
         with self.transaction():
             row = self._db.execute("SELECT signatures FROM keyset_rules WHERE proposal_id = ?",
                                    [proposal_id]).fetchone()
             if row is not None:
-                if row[0] >= signatures:
+                if row[0] >= len(signers):
                     return False
-                self._db.execute("UPDATE keyset_rules SET record = ?, signatures = ?, updated_at = ? "
-                                 "WHERE proposal_id = ? AND in_force = 0", [record, signatures, now, proposal_id])
+                self._db.execute("UPDATE keyset_rules SET record = ?, signatures = ?, signers = ?, updated_at = ? "
+                                 "WHERE proposal_id = ? AND in_force = 0",
+                                 [record, len(signers), mark, now, proposal_id])
                 return True
-            total, of_owner, of_kind = self._db.execute(
-                "SELECT count(*), coalesce(sum(owner = ?), 0), coalesce(sum(keyset_id = ? AND kind = ?), 0) "
-                "FROM keyset_rules WHERE in_force = 0", [owner, keyset_id, kind]).fetchone()
-            if total >= limits[0] or of_owner >= limits[1] or of_kind >= limits[2]:
-                return False
+            foreign = "in_force = 0 AND instr(signers, ?) = 0"
+            mine_mark = f" {me} "
+            total = self._db.execute("SELECT count(*) FROM keyset_rules WHERE in_force = 0").fetchone()[0]
+            if not mine:
+                of_owner = self._db.execute(f"SELECT count(*) FROM keyset_rules WHERE {foreign} AND owner = ?",
+                                            [mine_mark, owner]).fetchone()[0]
+                room = any(self._db.execute(
+                    f"SELECT count(*) FROM keyset_rules WHERE {foreign} AND keyset_id = ? AND kind = ? "
+                    "AND instr(signers, ?) > 0", [mine_mark, keyset_id, kind, f" {s} "]).fetchone()[0] < limits[2]
+                    for s in signers)
+                if total >= limits[0] or of_owner >= limits[1] or not room:
+                    return False
+            elif total >= limits[0]:
+                oldest = self._db.execute(f"SELECT proposal_id FROM keyset_rules WHERE {foreign} "
+                                          "ORDER BY updated_at, proposal_id LIMIT 1", [mine_mark]).fetchone()
+                if oldest is None:
+                    return False
+                self._db.execute("DELETE FROM keyset_rules WHERE proposal_id = ?", [oldest[0]])
             self._db.execute(
                 "INSERT INTO keyset_rules (proposal_id, keyset_id, kind, version, record, signatures, in_force, "
-                "owner, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                [proposal_id, keyset_id, kind, version, record, signatures, owner, now])
+                "owner, updated_at, signers) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                [proposal_id, keyset_id, kind, version, record, len(signers), owner, now, mark])
             return True
 
     def rules(self, keyset_id: str | None = None, *, in_force: bool | None = None) -> list[dict[str, Any]]:

@@ -12,10 +12,14 @@ authorities sign, K of M (``AuthorityRule``: the owner alone by default).
   the current holders violate asks for a reshare.
 * **Revocation list** (``shardnet/revocations``): the keyset id, a version and
   every revocation in force for it: a custodian (it gets no new share), one
-  shard index (its holders get none at that index), or a requester (its
-  requests are refused, and its votes do not count). Each version holds the
-  whole list, so applying one is idempotent, and a node that missed versions
-  needs only the last.
+  shard index of one epoch (while the keyset is at that epoch, that index is
+  neither delivered nor refreshed; the next reshare deals every index anew), or
+  a requester (its requests are refused, and its votes do not count). Each
+  version holds the whole list, so applying one is idempotent, and a node that
+  missed versions needs only the last. Record version 2 names the epoch of a
+  shard entry; version 1 (before epochs bound it) is still read, as epoch 0.
+  Authorities sign only a list that keeps every entry in force
+  (:meth:`RuleBook.keeps`): nothing is ever taken back.
 
 :class:`RuleBook` is one node's view of one keyset. It takes a record only if
 every signature is from a distinct authority of that keyset and its version is
@@ -119,39 +123,50 @@ class Revoked:
     index: int  # the shard index; 0 otherwise
     reason: str
     time: int
+    epoch: int = 0  # the epoch of a shard's index; 0 otherwise
 
     def to_list(self) -> list[Any]:
-        return [self.subject, self.peer, self.index, self.reason, self.time]
+        return [self.subject, self.peer, self.index, self.epoch, self.reason, self.time]
 
     @classmethod
-    def from_list(cls, value: Any) -> Revoked:
+    def from_list(cls, value: Any, *, record_version: int = 2) -> Revoked:
+        """``[subject, peer, index, epoch, reason, time]``; in a version 1 list,
+        ``[subject, peer, index, reason, time]`` (a shard's epoch read as 0)."""
         want(value, list, "revocation")
-        if len(value) != 5:
-            raise MalformedEncoding("a revocation is [subject, peer, index, reason, time]")
+        if record_version == 1:
+            if len(value) != 5:
+                raise MalformedEncoding("a revocation is [subject, peer, index, reason, time]")
+            value = [*value[:3], 0, *value[3:]]
+        elif len(value) != 6:
+            raise MalformedEncoding("a revocation is [subject, peer, index, epoch, reason, time]")
         subject = want(value[0], str, "subject")
         if subject not in SUBJECTS:
             raise MalformedEncoding(f"revocation subject must be one of {', '.join(SUBJECTS)}")
         peer = want(value[1], str, "peer")
         index = want_int(value[2], "index", 0, 1 << 16)
+        epoch = want_int(value[3], "epoch", 0, MAX_VERSION)
         if subject == "shard":
             if peer or not index:
                 raise MalformedEncoding("a shard revocation names an index and no peer")
         else:
-            if index or not peer:
-                raise MalformedEncoding(f"a {subject} revocation names a peer and no index")
+            if index or epoch or not peer:
+                raise MalformedEncoding(f"a {subject} revocation names a peer, and no index or epoch")
             public_key_of(peer)
-        reason = want(value[3], str, "reason")
+        reason = want(value[4], str, "reason")
         if not 0 < len(reason) <= MAX_REASON:
             raise MalformedEncoding(f"reason: 1 to {MAX_REASON} characters")
-        return cls(subject, peer, index, reason, want_int(value[4], "time", 0, MAX_TIME))
+        return cls(subject, peer, index, reason, want_int(value[5], "time", 0, MAX_TIME), epoch)
 
     @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.subject, self.peer, self.index)
+    def key(self) -> tuple[str, str, int, int]:
+        return (self.subject, self.peer, self.index, self.epoch)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"subject": self.subject, "reason": self.reason, "time": self.time}
-        out["index" if self.subject == "shard" else "peer"] = self.index if self.subject == "shard" else self.peer
+        if self.subject == "shard":
+            out.update(index=self.index, epoch=self.epoch)
+        else:
+            out["peer"] = self.peer
         return out
 
 
@@ -171,17 +186,19 @@ class RevocationList:
     @staticmethod
     def make_body(*, keyset_id: bytes, version: int, entries: Iterable[Revoked], time: int) -> bytes:
         items = sorted(entries, key=lambda e: e.key)
-        body = encode([REVOCATIONS_TAG, 1, keyset_id, version, [e.to_list() for e in items], time])
+        body = encode([REVOCATIONS_TAG, 2, keyset_id, version, [e.to_list() for e in items], time])
         RevocationList.from_body(body)
         return body
 
     @classmethod
     def from_body(cls, body: bytes) -> RevocationList:
-        f = decode_record(body, REVOCATIONS_TAG, 1, 4, max_size=MAX_RULE_RECORD)
+        head = decode(body, max_size=MAX_RULE_RECORD)
+        record_version = head[1] if isinstance(head, list) and len(head) > 1 and head[1] in (1, 2) else 2
+        f = decode_record(body, REVOCATIONS_TAG, record_version, 4, max_size=MAX_RULE_RECORD)
         raw = want(f[2], list, "revocations")
         if not 0 < len(raw) <= MAX_REVOCATIONS:
             raise MalformedEncoding(f"a revocation list holds 1 to {MAX_REVOCATIONS} revocations")
-        entries = tuple(Revoked.from_list(v) for v in raw)
+        entries = tuple(Revoked.from_list(v, record_version=record_version) for v in raw)
         keys = [e.key for e in entries]
         if keys != sorted(set(keys)):
             raise MalformedEncoding("revocations must be sorted, one per subject")
@@ -191,16 +208,13 @@ class RevocationList:
     def peers(self, subject: str) -> frozenset[str]:
         return frozenset(e.peer for e in self.entries if e.subject == subject)
 
-    @property
-    def indices(self) -> frozenset[int]:
-        return frozenset(e.index for e in self.entries if e.subject == "shard")
+    def indices(self, epoch: int) -> frozenset[int]:
+        """The shard indices revoked at ``epoch``."""
+        return frozenset(e.index for e in self.entries if e.subject == "shard" and e.epoch == epoch)
 
-    def with_entry(self, entry: Revoked, *, time: int) -> bytes | None:
-        """The body of the next version with ``entry`` added; None if it is in force already."""
-        if any(e.key == entry.key for e in self.entries):
-            return None
-        return RevocationList.make_body(keyset_id=self.keyset_id, version=self.version + 1,
-                                        entries=(*self.entries, entry), time=time)
+    @property
+    def keys(self) -> frozenset[tuple[str, str, int, int]]:
+        return frozenset(e.key for e in self.entries)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "revocations", "keyset": self.keyset_id.hex(), "version": self.version,
@@ -226,14 +240,28 @@ def parse_body(body: bytes, *, trusted: bool = False) -> Rule:
         raise
 
 
-def keyset_of(data: bytes) -> bytes:
-    """The keyset id a co-signed rule record names, nothing else checked (to route it
-    before any signature check; the Cedar text is not parsed)."""
+@dataclass(frozen=True)
+class Peek:
+    """What a co-signed rule record names, read without checking a signature or parsing
+    the Cedar text: enough to route it (its keyset) and to refuse it early as stale."""
+
+    keyset_id: bytes
+    kind: str
+    version: int
+    body: bytes
+
+    @property
+    def id(self) -> bytes:
+        return proposal_id(self.body)
+
+
+def peek(data: bytes) -> Peek:
     body = CoSigned.restore(data, max_size=MAX_RULE_RECORD).body
     value = decode(body, max_size=MAX_RULE_RECORD)
-    if not (isinstance(value, list) and len(value) >= 3 and value[0] in (POLICY_TAG, REVOCATIONS_TAG)):
+    if not (isinstance(value, list) and len(value) >= 4 and value[0] in (POLICY_TAG, REVOCATIONS_TAG)):
         raise MalformedEncoding("co-signed body is neither a policy version nor a revocation list")
-    return want_bytes(value[2], "keyset id", 16)
+    kind = "policy" if value[0] == POLICY_TAG else "revocations"
+    return Peek(want_bytes(value[2], "keyset id", 16), kind, want_int(value[3], "version", 1, MAX_VERSION), body)
 
 
 def empty_revocations(keyset_id: bytes) -> RevocationList:
@@ -276,9 +304,15 @@ class RuleBook:
     def revoked(self) -> RevocationList:
         return self.revocations[1] if self.revocations else empty_revocations(self.keyset.keyset_id)
 
-    def holder_revoked(self, index: int, peer: str) -> bool:
+    def holder_revoked(self, index: int, peer: str, epoch: int) -> bool:
+        """Whether ``peer``, holding ``index`` at ``epoch``, may keep (or be given) it no longer."""
         r = self.revoked
-        return index in r.indices or peer in r.peers("custodian")
+        return index in r.indices(epoch) or peer in r.peers("custodian")
+
+    def keeps(self, rec: Rule) -> bool:
+        """Whether a revocation list keeps every revocation in force (a policy version: always).
+        An authority signs no list that drops one: revocations are never taken back."""
+        return not isinstance(rec, RevocationList) or self.revoked.keys <= rec.keys
 
     # -- records in -------------------------------------------------------------------
 
@@ -299,21 +333,31 @@ class RuleBook:
             raise MalformedEncoding("the rule record is for another keyset")
         return cs, rec
 
+    def stale(self, rec: Peek | Rule) -> str | None:
+        """Why a record is no news whatever its signatures say (a rollback, a replay or a
+        losing rival), or None: the part of :meth:`news` that needs no signature check."""
+        held = self.held(rec.kind)
+        if held is None:
+            return None
+        cur = held[1]
+        if rec.version < cur.version:
+            return f"{rec.kind} version {rec.version} is older than version {cur.version} in force (a rollback)"
+        if rec.version == cur.version and (rec.body == cur.body or rec.id > cur.id):
+            return (f"{rec.kind} version {rec.version} is in force already (a replay, or a proposal overtaken "
+                    "by another)")
+        return None
+
     def news(self, rec: Rule, now: int, *, complete: bool) -> None:
         """Dated no later than ``now`` (with skew), and a version above the one in force;
         or, for a ``complete`` record only, the one in force's rival that wins (see the
         module). A proposal at the version in force can never be signed into force."""
         if rec.time > now + MAX_CLOCK_SKEW:
             raise MalformedEncoding("the rule record is dated in the future")
-        held = self.held(rec.kind)
-        if held is not None:
-            cur = held[1]
-            if rec.version < cur.version:
-                raise StaleRule(f"{rec.kind} version {rec.version} is older than version {cur.version} "
-                                "in force (a rollback)")
-            if rec.version == cur.version and (not complete or rec.body == cur.body or rec.id > cur.id):
-                raise StaleRule(f"{rec.kind} version {rec.version} is in force already (a replay, or a "
-                                "proposal overtaken by another)")
+        why = self.stale(rec)
+        if why is None and not complete and rec.version == self.version(rec.kind):
+            why = f"{rec.kind} version {rec.version} is in force already (a proposal overtaken by another)"
+        if why is not None:
+            raise StaleRule(why)
 
     def wins(self, kind: str, version: int, record_id: bytes) -> bool:
         """Whether the record in force of ``kind`` is news to a node that holds ``version``
@@ -334,6 +378,17 @@ class RuleBook:
         if isinstance(rec, PolicyVersion):
             return replace(self, policy=(cs, rec))
         return replace(self, revocations=(cs, rec))
+
+
+def next_revocations(book: RuleBook, entries: Iterable[Revoked], *, version: int, time: int) -> bytes | None:
+    """The body of a revocation list at ``version`` that holds every revocation in force and
+    ``entries``; None if that adds nothing."""
+    held = {e.key: e for e in book.revoked.entries}
+    new = {e.key: e for e in entries if e.key not in held}
+    if not new:
+        return None
+    return RevocationList.make_body(keyset_id=book.keyset.keyset_id, version=version,
+                                    entries=[*held.values(), *new.values()], time=time)
 
 
 def next_policy(book: RuleBook, *, policy: str, placement: str | None, time: int) -> bytes:

@@ -75,14 +75,19 @@ KEYSET_FETCH = StreamProtocol("/shardnet/keyset-fetch/1", 256, 512 * 1024, 2)
 
 #: Refresh and reshare rounds (``protocol/_epoch.py``): the coordinator asks for a deal, an
 #: echo, a co-signature, or hands over the commit. A request carries the plan, and for a
-#: new holder the keyset record, its epoch records and the deals; the reply one signed record.
+#: new holder the keyset record, its epoch records and the deals; an echo and a commit also
+#: carry the keyset's rule records in force (a new holder seals and releases under them);
+#: the reply one signed record.
 EPOCH = StreamProtocol("/shardnet/epoch/1", 1024 * 1024, 256 * 1024, 4)
 
 #: A keyset's rules (policy versions, revocation lists): ``["shardnet/rules", 1, ask, body]``.
 #: Ask "propose": a proposal short of its quorum, handed to another of the keyset's
 #: authorities (proposals never travel on gossip); the reply is b"ok". Ask "pull": anti-
-#: entropy, the body a list of ``[keyset id, policy version, revocations version]`` the
-#: puller holds; the reply the newer records in force, of keysets the server knows.
+#: entropy, the body a list of ``[keyset id, policy version, its record id, revocations
+#: version, its record id, [open proposal ids held]]`` (a window of the keysets the puller
+#: knows, within the request size); the reply the records in force that are news to it
+#: (a higher version, or the same one's winning rival), then the open proposals it lacks
+#: of keysets it is an authority of, within the reply size.
 RULES = StreamProtocol("/shardnet/rules/1", 128 * 1024, 4 * 1024 * 1024, 4)
 
 STREAM_PROTOCOLS = (DELIVER, DIRECTORY, DIRECTORY_DELTA, RELEASE, SYNC, KEYSET, MEMBERSHIP, POSSESSION,

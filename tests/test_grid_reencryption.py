@@ -11,6 +11,7 @@ stopped at once. After every step:
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -135,8 +136,11 @@ class World:
         usable = sorted({s.index: s for s in current}.values(), key=lambda s: s.index)
         for old in self.old.values():
             mixed = [old, *[s for s in usable if s.index != old.index][: view.threshold - 1]]
-            with pytest.raises(p.ShardnetError):
+            with pytest.raises(p.MixedShares):  # its epoch label gives it away
                 p.combine_key(view, mixed)
+            # Relabelled to the current epoch, it fails the commitment check: too few good shares.
+            with pytest.raises(p.TooFewShares):
+                p.combine_key(view, [dataclasses.replace(old, epoch=view.epoch), *mixed[1:]])
         asker = min(self.running() - {0})
         assert await self.grid.reconstruct(asker, self.keyset, reason=self.reason, within=60) == KEY
 

@@ -3,6 +3,7 @@ memory transport, proposals co-signed with `sign`, gossip and anti-entropy."""
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -17,6 +18,7 @@ from shardnet.protocol import keyset_rules as kr
 from shardnet.simulations.grid import Grid, _quiet
 
 from .test_grid_epochs import in_virtual_time, shares_held
+from .test_grid_reencryption import shares_of
 
 KEY = b"grid master key for keyset rules"
 AUDIT_ONLY = ('permit (principal, action, resource) when { context.approvals >= context.quorum && '
@@ -119,7 +121,7 @@ def test_revoking_a_custodian_reshards_without_it(tmp_path: pathlib.Path) -> Non
             [res] = await command(grid, 0, "revoke", subject="custodian", value=vid, reason="its operator left")
             assert res["state"] == "in effect"  # the owner is the only authority
             await settle(grid)
-            assert all(grid.nodes[i].rules.book(keyset).holder_revoked(1, vid)  # type: ignore[union-attr]
+            assert all(grid.nodes[i].rules.book(keyset).holder_revoked(1, vid, 0)  # type: ignore[union-attr]
                        for i in shares_held(grid, keyset))
             with pytest.raises(ControlError, match="revoked ones hold shares"):
                 await command(grid, 0, "refresh", keyset=keyset)
@@ -136,6 +138,12 @@ def test_revoking_a_custodian_reshards_without_it(tmp_path: pathlib.Path) -> Non
             view = p.epoch_records.at_epoch(*grid.nodes[0].epochs.state(keyset))  # type: ignore[misc]
             with pytest.raises(p.ShardnetError):
                 p.verify_share(view, meta_share)
+            held = shares_of(grid, keyset, set(range(len(grid.nodes))))[view.epoch]
+            current = [s for s in held if s.index != meta_share.index][: view.threshold - 1]
+            with pytest.raises(p.MixedShares):  # as it is, its epoch label gives it away
+                p.combine_key(view, [meta_share, *current])
+            with pytest.raises(p.TooFewShares):  # relabelled, it fails the commitment check
+                p.combine_key(view, [dataclasses.replace(meta_share, epoch=view.epoch), *current])
             # A placement the holders break is reported, and the next reshare places by it.
             moved = next(h for hs in out["holders"].values() for h in hs if h != grid.nodes[0].peer_id)
             country = grid.nodes[grid.index(moved)].cfg["country"]
@@ -282,9 +290,22 @@ def test_a_revoked_shard_blocks_refresh_and_new_holders_get_the_rules_with_the_c
             out = await command(grid, 0, "reshare", keyset=keyset, custodians=fresh)
             assert {h for hs in out["holders"].values() for h in hs} == set(fresh)
             for peer in fresh:  # at once, with the commit: no window under the old policy
-                book = grid.nodes[grid.index(peer)].rules.book(keyset)
+                node = grid.nodes[grid.index(peer)]
+                book = node.rules.book(keyset)
                 assert book is not None and book.version("policy") == 1 and book.version("revocations") == 1
+                [h] = node.store.held_shards(keyset)  # sealed under the policy in force, known or not
+                assert p.peek_shard_meta(node.keystore.open_at_rest(h["sealed"])).policy_hash == \
+                    p.Policy(AUDIT_ONLY).digest
             with pytest.raises(ControlError, match="policy denies"):
                 await grid.reconstruct(1, keyset, within=20)
+            assert await grid.reconstruct(1, keyset, reason="audit") == KEY
+            # The revocation named index 2 of epoch 0: the reshare dealt every index anew, so
+            # the new epoch refreshes, and index 2 of it can be revoked in turn.
+            out = await command(grid, 0, "refresh", keyset=keyset)
+            assert out["action"] == "refresh"
+            [res] = await command(grid, 0, "revoke", subject="shard", value=f"{keyset}:2", reason="again")
+            assert res["changed"] is not False and res["record"]["revoked"][-1]["epoch"] == out["epoch"]
+            with pytest.raises(ControlError, match="reshare instead"):
+                await command(grid, 0, "refresh", keyset=keyset)
             assert await grid.reconstruct(1, keyset, reason="audit") == KEY
     in_virtual_time(main)

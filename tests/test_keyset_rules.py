@@ -114,35 +114,78 @@ def test_two_records_at_one_version_resolve_the_same_on_every_node() -> None:
         assert book.held("policy")[0].body == winner.body  # type: ignore[index]
 
 
-def test_revocation_lists_are_cumulative_and_idempotent() -> None:
-    empty = BOOK.revoked
-    entry = kr.Revoked("custodian", IDS[5], 0, "compromised", NOW)
-    body = empty.with_entry(entry, time=NOW)
+def _revocations(book: kr.RuleBook, *entries: kr.Revoked, version: int | None = None, t: int = NOW) -> bytes:
+    body = kr.next_revocations(book, entries, time=t, version=book.version("revocations") + 1 if version is None
+                               else version)
     assert body is not None
-    book = BOOK.applied(*BOOK.check(_signed(body, 0, 2).to_bytes(), NOW))
-    assert book.holder_revoked(1, IDS[5]) and not book.holder_revoked(1, IDS[4])
-    assert book.revoked.with_entry(entry, time=NOW + 1) is None  # in force already
-    shard = kr.Revoked("shard", "", 2, "disk stolen", NOW)
-    body2 = book.revoked.with_entry(shard, time=NOW + 1)
-    assert body2 is not None
-    book = book.applied(*book.check(_signed(body2, 1, 2).to_bytes(), NOW + 1))
-    assert book.version("revocations") == 2 and book.holder_revoked(2, IDS[3])
-    assert book.revoked.peers("custodian") == {IDS[5]}
+    return body
+
+
+def test_revocation_lists_are_cumulative_and_idempotent() -> None:
+    entry = kr.Revoked("custodian", IDS[5], 0, "compromised", NOW)
+    book = BOOK.applied(*BOOK.check(_signed(_revocations(BOOK, entry), 0, 2).to_bytes(), NOW))
+    assert book.holder_revoked(1, IDS[5], 0) and not book.holder_revoked(1, IDS[4], 0)
+    assert kr.next_revocations(book, [entry], version=2, time=NOW + 1) is None  # in force already
+    shard = kr.Revoked("shard", "", 2, "disk stolen", NOW, epoch=3)
+    book = book.applied(*book.check(_signed(_revocations(book, shard, t=NOW + 1), 1, 2).to_bytes(), NOW + 1))
+    assert book.version("revocations") == 2 and book.revoked.peers("custodian") == {IDS[5]}
     requester = kr.Revoked("requester", IDS[4], 0, "left the company", NOW)
-    body3 = book.revoked.with_entry(requester, time=NOW + 2)
-    assert body3 is not None
-    book = book.applied(*book.check(_signed(body3, 0, 1).to_bytes(), NOW + 2))
-    assert book.revoked.peers("requester") == {IDS[4]}
+    book = book.applied(*book.check(_signed(_revocations(book, requester, t=NOW + 2), 0, 1).to_bytes(), NOW + 2))
+    assert book.revoked.peers("requester") == {IDS[4]} and len(book.revoked.entries) == 3
+
+
+def test_a_shard_revocation_holds_for_its_epoch_only() -> None:
+    shard = kr.Revoked("shard", "", 2, "disk stolen", NOW, epoch=3)
+    book = BOOK.applied(*BOOK.check(_signed(_revocations(BOOK, shard), 0, 1).to_bytes(), NOW))
+    assert book.revoked.indices(3) == {2} and book.holder_revoked(2, IDS[3], 3)
+    assert not book.holder_revoked(2, IDS[3], 4) and not book.holder_revoked(2, IDS[3], 2)  # dealt anew since
+    assert book.revoked.to_json()["revoked"] == [{"subject": "shard", "index": 2, "epoch": 3, "reason": "disk stolen",
+                                                  "time": NOW}]
+    again = kr.Revoked("shard", "", 2, "stolen again", NOW, epoch=4)  # the same index of a later epoch
+    assert kr.next_revocations(book, [again], version=2, time=NOW) is not None
+
+
+def test_a_list_that_drops_a_revocation_in_force_is_not_kept() -> None:
+    a = kr.Revoked("custodian", IDS[5], 0, "compromised", NOW)
+    b = kr.Revoked("requester", IDS[4], 0, "left", NOW)
+    book = BOOK.applied(*BOOK.check(_signed(_revocations(BOOK, a), 0, 1).to_bytes(), NOW))
+    # A list proposed before `a` was in force (built on the empty one) lacks it.
+    stale_base = kr.RevocationList.make_body(keyset_id=KEYSET.keyset_id, version=2, entries=[b], time=NOW)
+    rec = kr.RevocationList.from_body(stale_base)
+    assert not book.keeps(rec) and book.keeps(kr.RevocationList.from_body(_revocations(book, b)))
+    assert book.keeps(kr.PolicyVersion.from_body(_policy()))
+
+
+def test_version_1_lists_are_still_read() -> None:
+    """Written before a shard revocation named its epoch: the epoch is read as 0."""
+    v1 = p.encode([kr.REVOCATIONS_TAG, 1, KEYSET.keyset_id, 1,
+                   [["custodian", IDS[1], 0, "r", NOW], ["shard", "", 2, "s", NOW]], NOW])
+    rec = kr.RevocationList.from_body(v1)
+    assert rec.peers("custodian") == {IDS[1]} and rec.indices(0) == {2}
+    with pytest.raises(p.MalformedEncoding, match="epoch, reason"):  # a version 2 list has six fields
+        kr.RevocationList.from_body(p.encode([kr.REVOCATIONS_TAG, 2, KEYSET.keyset_id, 1,
+                                              [["custodian", IDS[1], 0, "r", NOW]], NOW]))
+
+
+def test_stale_records_are_refused_from_a_peek_before_any_signature_check() -> None:
+    v2 = _signed(_policy(2), 0, 1)
+    book = BOOK.applied(*BOOK.check(v2.to_bytes(), NOW))
+    forged = CoSigned(_policy(1), ((KEYS[0].public_key().public_bytes_raw(), b"\x00" * 64),))
+    seen = kr.peek(forged.to_bytes())
+    assert (seen.keyset_id, seen.kind, seen.version) == (KEYSET.keyset_id, "policy", 1)
+    assert "rollback" in (book.stale(seen) or "")
+    assert "replay" in (book.stale(kr.peek(v2.to_bytes())) or "")
+    assert book.stale(kr.peek(_signed(_policy(3), 2).to_bytes())) is None
 
 
 def test_revocation_entries_are_checked() -> None:
-    for bad in (["custodian", "", 0, "r", NOW], ["shard", IDS[1], 1, "r", NOW], ["shard", "", 0, "r", NOW],
-                ["someone", IDS[1], 0, "r", NOW], ["requester", IDS[1], 0, "", NOW],
-                ["custodian", "not-a-peer", 0, "r", NOW]):
+    for bad in (["custodian", "", 0, 0, "r", NOW], ["shard", IDS[1], 1, 0, "r", NOW], ["shard", "", 0, 0, "r", NOW],
+                ["someone", IDS[1], 0, 0, "r", NOW], ["requester", IDS[1], 0, 0, "", NOW],
+                ["custodian", "not-a-peer", 0, 0, "r", NOW], ["custodian", IDS[1], 0, 2, "r", NOW]):
         with pytest.raises(p.MalformedEncoding):
             kr.Revoked.from_list(bad)
-    dup = p.encode([kr.REVOCATIONS_TAG, 1, KEYSET.keyset_id, 1,
-                    [["custodian", IDS[1], 0, "r", NOW]] * 2, NOW])
+    dup = p.encode([kr.REVOCATIONS_TAG, 2, KEYSET.keyset_id, 1,
+                    [["custodian", IDS[1], 0, 0, "r", NOW]] * 2, NOW])
     with pytest.raises(p.MalformedEncoding, match="sorted"):
         kr.RevocationList.from_body(dup)
 

@@ -58,6 +58,13 @@ def test_an_old_home_opens_runs_and_reconstructs(fixture: pathlib.Path, tmp_path
         c.start_all()
         c.wait_directory(timeout=30)
         reconstruct(c, owner, manifest, tmp_path / "master.out")
+        if manifest.get("rules"):  # the rules in force then are in force now
+            for n in manifest["nodes"]:
+                home = str(tmp_path / "homes" / n["name"])
+                shown = json.loads(run_cli("policy", "show", "--home", home, manifest["keyset"], "--json").stdout)
+                assert (shown["version"], shown["placement"]) == (1, "distinct:country")
+                revoked = json.loads(run_cli("revocations", "--home", home, "--json").stdout)
+                assert [(r["subject"], r["reason"]) for r in revoked] == [("requester", "fixture")]
         # A keyset imported before epoch changes existed is refreshed, then resharded
         # (over the same three custodians, as 2-of-3 again), and still comes back.
         for action in ("refresh", "reshare"):

@@ -1,0 +1,189 @@
+"""Keyset rules under pressure, on the grid: an authority that floods proposals, a
+revocation list proposed on a stale base, pull summaries over many keysets, and
+shards still queued at import when their custodian or index is revoked."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import pytest
+import trio
+
+from shardnet import protocol as p
+from shardnet.node import _rules
+from shardnet.node._store import Store
+from shardnet.protocol import CoSigned
+from shardnet.protocol import keyset_rules as kr
+from shardnet.simulations.grid import Grid
+
+from .test_grid_epochs import in_virtual_time
+from .test_grid_rules import AUDIT_ONLY, KEY, command
+
+
+def _policy(keyset: str, version: int, now: int, placement: str = "") -> bytes:
+    return kr.PolicyVersion.make_body(keyset_id=bytes.fromhex(keyset), version=version, policy=p.DEFAULT_POLICY,
+                                      placement=placement, time=now)
+
+
+def test_one_authority_cannot_fill_a_keysets_room_for_proposals(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        grid = Grid(tmp_path, 8, seed=31)
+        async with grid.running():
+            await grid.wait_directory()
+            auth = [grid.nodes[i].peer_id for i in (5, 6, 7)]
+            keyset = await grid.import_key(0, KEY, 2, 4, authorities=auth, authority_quorum=3)
+            honest, other, hostile = grid.nodes[5], grid.nodes[6], grid.nodes[7]
+            now = honest.now()
+            flood = [CoSigned.propose(hostile.key, _policy(keyset, v, now)) for v in range(1, _rules.MAX_AHEAD + 1)]
+            kept = [honest.rules.accept(cs.to_bytes(), now) for cs in flood]
+            assert kept == ["proposal"] * _rules.PROPOSALS_PER_SIGNER + [None] * (len(flood) -
+                                                                                _rules.PROPOSALS_PER_SIGNER)
+            theirs, _ = other.rules.propose_policy(keyset, AUDIT_ONLY, None, now)
+            assert honest.rules.accept(theirs.to_bytes(), now) == "proposal"  # the other authority has room
+            mine, outcome = honest.rules.propose_policy(keyset, AUDIT_ONLY, "distinct:country", now)
+            assert outcome == "proposal"  # and so does this node's own
+            held = {r["proposal"] for r in honest.rules.proposals()}
+            assert held == {flood[0].id.hex(), flood[1].id.hex(), theirs.id.hex(), mine.id.hex()}
+            # Past MAX_AHEAD versions is refused outright.
+            with pytest.raises(p.MalformedEncoding, match="versions past"):
+                honest.rules.accept(CoSigned.propose(other.key, _policy(keyset, _rules.MAX_AHEAD + 1, now))
+                                    .to_bytes(), now)
+    in_virtual_time(main)
+
+
+def test_own_proposals_make_room_by_evicting_the_oldest_foreign_one(tmp_path: pathlib.Path) -> None:
+    me, a, b = (p.peer_id_of(bytes([i]) * 32) for i in (1, 2, 3))
+    with Store(tmp_path / "db.sqlite") as store:
+        def put(pid: str, signers: list[str], now: int) -> bool:
+            return store.put_rule_proposal(pid * 32, "00" * 16, "policy", 1, b"r", signers=signers, now=now,
+                                           owner="o", me=me, limits=(2, 32, 1))
+        assert put("a", [a], 1) and put("b", [b], 2)
+        assert not put("c", [a, b], 3)  # all is full
+        assert put("d", [me], 4)  # its own: the oldest foreign one goes
+        assert [r["proposal_id"][0] for r in store.rules(in_force=False)] == ["b", "d"]
+        assert put("e", [me, a], 5)  # signed by it too: its own
+        assert [r["proposal_id"][0] for r in store.rules(in_force=False)] == ["d", "e"]
+        assert not put("f", [me], 6)  # nothing foreign left to evict
+        assert not put("g", [b, a], 7)
+
+
+def test_a_revocation_list_keeps_every_revocation_in_force(tmp_path: pathlib.Path) -> None:
+    """Node 5's open lists were built before node 6's list went in force: its next one is
+    built on the union, and a stale open one can no longer be signed."""
+    async def main() -> None:
+        grid = Grid(tmp_path, 9, seed=32)
+        async with grid.running():
+            await grid.wait_directory()
+            auth = [grid.nodes[i].peer_id for i in (5, 6, 7)]
+            keyset = await grid.import_key(0, KEY, 2, 4, authorities=auth, authority_quorum=2)
+            n5, n6, n7 = grid.nodes[5], grid.nodes[6], grid.nodes[7]
+            who = [grid.nodes[i].peer_id for i in (1, 2, 3, 4)]
+            now = n5.now()
+
+            def requester(peer: str) -> kr.Revoked:
+                return kr.Revoked("requester", peer, 0, "left", now)
+            v1, _ = n5.rules.propose_revocation(keyset, requester(who[0]), now)  # type: ignore[misc]
+            v2, _ = n5.rules.propose_revocation(keyset, requester(who[1]), now)  # type: ignore[misc]
+            assert [kr.parse_body(c.body).version for c in (v1, v2)] == [1, 2]
+            rival, _ = n6.rules.propose_revocation(keyset, requester(who[2]), now)  # type: ignore[misc]
+            assert n7.rules.accept(rival.to_bytes(), now) == "proposal"
+            signed, outcome = n7.rules.sign(rival.id.hex(), now)
+            assert outcome == "applied"
+            n5.rules.accept(signed.to_bytes(), now)
+            assert n5.rules.book(keyset).revoked.peers("requester") == {who[2]}  # type: ignore[union-attr]
+            # v2 (open, {who0, who1}) lacks who2: no authority signs it.
+            n7.rules.accept(v2.to_bytes(), now)
+            with pytest.raises(p.ShardnetError, match="drops revocations in force"):
+                n7.rules.sign(v2.id.hex(), now)
+            v3, _ = n5.rules.propose_revocation(keyset, requester(who[3]), now)  # type: ignore[misc]
+            rec = kr.parse_body(v3.body)
+            assert isinstance(rec, kr.RevocationList) and rec.version == 3
+            assert rec.peers("requester") == set(who)
+            assert n7.rules.accept(v3.to_bytes(), now) == "proposal"
+            _, outcome = n7.rules.sign(v3.id.hex(), now)
+            assert outcome == "applied"
+    in_virtual_time(main)
+
+
+def test_pull_summaries_go_round_in_windows_and_replies_stop_at_their_budget(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        grid = Grid(tmp_path, 6, seed=33)
+        async with grid.running():
+            await grid.wait_directory()
+            keysets = [await grid.import_key(0, KEY, 2, 3) for _ in range(4)]
+            owner = grid.nodes[0]
+            for k in keysets:
+                await command(grid, 0, "policy-publish", keyset=k, policy=AUDIT_ONLY)
+            one = len(p.encode(owner.rules.summary()[0]))
+            named: list[str] = []
+            for _ in range(8):  # a window of two keysets, going round
+                window = owner.rules.summary(budget=2 * one + 1)
+                assert len(window) == 2
+                named += [bytes(e[0]).hex() for e in window]
+            assert sorted(set(named)) == sorted(keysets) and len(set(named[:4])) == 4
+            stale = [[bytes.fromhex(k), 0, b"", 0, b"", []] for k in keysets]
+            full = owner.rules.pull_reply(stale)
+            assert len(full) == 4
+            budget = len(full[0]) + len(full[1]) + 10 + 5
+            assert owner.rules.pull_reply(stale, budget=budget) == full[:2]
+    in_virtual_time(main)
+
+
+@pytest.mark.trio
+async def test_queued_shards_never_reach_a_revoked_custodian_or_index(tmp_path: pathlib.Path,
+                                                                      autojump_clock: Any) -> None:
+    g = Grid(tmp_path, 9, latency=lambda a, b: 0.03, seed=34)
+    async with g.running():
+        await g.wait_directory(within=120)
+        owner = g.nodes[0]
+        pinned = [n.peer_id for n in g.nodes[1:8]]
+        away = {g.nodes[6].peer_id, g.nodes[7].peer_id}
+        g.network.partition({owner.peer_id}, away)
+        for _attempt in range(12):  # the solver picks 5 of the 7 pinned: until both cut-off ones are among them
+            keyset = await g.import_key(0, b"q" * 32, 3, 5, custodians=pinned, placement="", deliver_within=3600,
+                                        all_delivered=False, wait=5)
+            if away <= {s["custodian"] for s in g.shards(0, keyset)}:
+                break
+        else:
+            raise AssertionError("no import placed a shard on both cut-off custodians")
+        slots = {s["custodian"]: s for s in g.shards(0, keyset)}
+        revoked_peer, other = sorted(away)
+        index = slots[other]["index"]
+        await command(g, 0, "revoke", subject="custodian", value=revoked_peer, keyset=keyset, reason="compromised")
+        await command(g, 0, "revoke", subject="shard", value=f"{keyset}:{index}", reason="sealed to a lost disk")
+        await trio.sleep(30)  # well inside the hour of --deliver-within
+        g.network.heal()
+        await trio.sleep(120)
+        states = {s["custodian"]: s for s in g.shards(0, keyset)}
+        assert states[revoked_peer]["state"] == "moved"
+        new = states[revoked_peer]["last_error"].removeprefix("moved to ")
+        assert new not in away and states[new]["state"] == "delivered"
+        assert states[other]["state"] == "pending" and "revoked" in (states[other]["last_error"] or "")
+        assert not g.nodes[g.index(other)].store.held_shards(keyset)
+        assert not g.nodes[g.index(revoked_peer)].store.held_shards(keyset)
+        assert all(r["reserve"] is None for r in owner.store.outbox(keyset))
+        erased = [e.body for e in owner.store.audit_entries() if e.kind == "reserve-erased"]
+        assert [(e["index"], e["custodian"]) for e in erased] == [(index, other)]
+        assert await g.reconstruct(8, keyset, approve=lambda i: i != g.index(other)) == b"q" * 32
+
+
+
+def test_a_node_applies_a_bounded_number_of_versions_per_keyset_and_hour(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        grid = Grid(tmp_path, 5, seed=35)
+        async with grid.running():
+            await grid.wait_directory()
+            keyset = await grid.import_key(0, KEY, 2, 3)
+            owner = grid.nodes[0]
+            holder = next(n for n in grid.nodes[1:] if n.store.held_shards(keyset))
+            now = owner.now()
+            made = [owner.rules.propose_policy(keyset, AUDIT_ONLY, f"exclude:city=c{v}", now)[0]
+                    for v in range(_rules.APPLY_BURST + 1)]
+            for cs in made[:-1]:
+                assert holder.rules.accept(cs.to_bytes(), now) == "applied"
+            with pytest.raises(_rules.TooManyVersions):
+                holder.rules.accept(made[-1].to_bytes(), now)
+            assert not holder.rules_loops.validate("someone", made[-1].to_bytes())  # nor relayed
+            assert holder.rules.accept(made[-1].to_bytes(), now + _rules.APPLY_WINDOW + 1) == "applied"
+    in_virtual_time(main)
