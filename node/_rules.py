@@ -19,6 +19,7 @@ who is revoked (:meth:`book`).
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -27,17 +28,21 @@ from shardnet import protocol as p
 from shardnet.protocol import CoSigned, wire
 from shardnet.protocol import keyset_rules as kr
 
-from ._epoch_view import base_keyset
+from ._epoch_view import base_keyset, keyset_view
 from ._store import AuditEvent, Store
+
+log = logging.getLogger("shardnet.node")
 
 #: Open rule proposals a node keeps at most (only a keyset's authorities keep them).
 MAX_RULE_PROPOSALS = wire.MAX_PROPOSALS
 #: Seconds an open rule proposal is kept after its last new signature.
 PROPOSAL_TTL = 7 * 86400
-#: Open rule proposals of the keysets of one owner, and of one keyset and kind per signer,
-#: that a node keeps at most (its own ones aside: those it always keeps); and how many
-#: versions past the one in force a proposal may be.
+#: Other nodes' open rule proposals a node keeps at most: of the keysets of one owner; of
+#: those, per signer; and per keyset, kind and signer (a newer one from the same signer
+#: alone takes the place of its oldest). How many versions past the one in force a
+#: proposal may be.
 PROPOSALS_PER_OWNER = 32
+PROPOSALS_PER_OWNER_SIGNER = 8
 PROPOSALS_PER_SIGNER = 2
 MAX_AHEAD = 8
 #: Keysets one pull summary names at most, and records one reply carries at most.
@@ -45,8 +50,8 @@ MAX_PULL_KEYSETS = wire.DIRECTORY_PULL_MAX
 MAX_PULL_ITEMS = 8000
 #: Keysets whose rules a node keeps parsed in memory.
 MAX_BOOKS = 512
-#: Versions (of both kinds) a node applies per keyset within APPLY_WINDOW seconds at most:
-#: past that, records for the keyset wait (a quorum of hostile authorities could otherwise
+#: Versions of one kind a node applies per keyset within APPLY_WINDOW seconds at most:
+#: past that, records of that kind for the keyset wait (a quorum of hostile authorities could otherwise
 #: make every node that knows the keyset write and relay without end). A node that skipped
 #: versions takes the newest later, by gossip or pull: each holds the whole state.
 APPLY_BURST = 16
@@ -59,6 +64,10 @@ class NotAuthority(p.ShardnetError):
 
 class TooManyVersions(p.ShardnetError):
     """A keyset's authorities put APPLY_BURST versions in force within APPLY_WINDOW: more wait."""
+
+
+class NoRoom(p.ShardnetError):
+    """No room for another open rule proposal (see PROPOSALS_PER_OWNER and the rest)."""
 
 
 class UnknownKeyset(p.ShardnetError):
@@ -86,7 +95,7 @@ class Rules:
         self._books: OrderedDict[str, kr.RuleBook] = OrderedDict()  # least recently used first
         self._checked: dict[bytes, tuple[CoSigned, kr.Rule]] = {}
         self._window = 0  # where the next pull summary starts (see summary)
-        self._applied: OrderedDict[str, list[int]] = OrderedDict()  # keyset -> recent apply times
+        self._applied: OrderedDict[tuple[str, str], list[int]] = OrderedDict()  # (keyset, kind) -> recent times
 
     # -- what the rest of the node asks -------------------------------------------
 
@@ -159,9 +168,9 @@ class Rules:
         why = book.stale(seen)
         if why is not None:
             raise kr.StaleRule(why)
-        recent = [t for t in self._applied.get(keyset_id, []) if t > now - APPLY_WINDOW]
+        recent = [t for t in self._applied.get((keyset_id, seen.kind), []) if t > now - APPLY_WINDOW]
         if len(recent) >= APPLY_BURST:
-            raise TooManyVersions(f"keyset {keyset_id}: {APPLY_BURST} rule versions applied within "
+            raise TooManyVersions(f"keyset {keyset_id}: {APPLY_BURST} {seen.kind} versions applied within "
                                   f"{APPLY_WINDOW} s; the next waits")
         digest = hashlib.sha256(data).digest()
         hit = self._checked.get(digest)
@@ -193,11 +202,13 @@ class Rules:
         return self._keep_proposal(cs, rec, now)
 
     def _keep_proposal(self, cs: CoSigned, rec: kr.Rule, now: int) -> str | None:
-        """Keep a proposal (merged with the copy held), or apply it if that completes it.
-        Room is bounded: in all; per keyset owner (an owner can name any node an authority of
-        its own keysets); per keyset, kind and signer (so one hostile authority cannot take a
-        keyset's room); and at most MAX_AHEAD versions past the one in force. This node's
-        own proposals are always kept."""
+        """Keep a proposal (merged with the copy held), or apply it if that completes it:
+        "applied", "proposal", or None (held already). Room is bounded (NoRoom past it): in
+        all; per keyset owner (an owner can name any node an authority of its own keysets),
+        and per signer within that; per keyset, kind and signer (so one hostile authority
+        cannot take the others' room); at most MAX_AHEAD versions past the one in force.
+        This node's own proposals are kept while there is room in all, or another node's
+        proposal to make room (``Store.put_rule_proposal``)."""
         held = self.store.rule_proposal(cs.id.hex())
         if held is not None:
             cs = cs.merged(CoSigned.restore(bytes(held["record"]), max_size=kr.MAX_RULE_RECORD))
@@ -209,12 +220,15 @@ class Rules:
         if rec.version > book.version(rec.kind) + MAX_AHEAD:
             raise p.MalformedEncoding(f"{rec.kind} version {rec.version} is more than {MAX_AHEAD} versions past "
                                       f"version {book.version(rec.kind)} in force")
-        if self.store.put_rule_proposal(cs.id.hex(), rec.keyset_id.hex(), rec.kind, rec.version, cs.to_bytes(),
-                                        signers=[p.peer_id_of(k) for k in cs.signers], now=now,
-                                        owner=p.peer_id_of(book.keyset.owner), me=self.peer_id,
-                                        limits=(MAX_RULE_PROPOSALS, PROPOSALS_PER_OWNER, PROPOSALS_PER_SIGNER)):
-            return "proposal"
-        return None
+        kept = self.store.put_rule_proposal(
+            cs.id.hex(), rec.keyset_id.hex(), rec.kind, rec.version, cs.to_bytes(),
+            signers=[p.peer_id_of(k) for k in cs.signers], now=now, owner=p.peer_id_of(book.keyset.owner),
+            me=self.peer_id, limits=(MAX_RULE_PROPOSALS, PROPOSALS_PER_OWNER, PROPOSALS_PER_OWNER_SIGNER,
+                                     PROPOSALS_PER_SIGNER))
+        if kept == "full":
+            raise NoRoom(f"no room for another open {rec.kind} proposal of keyset {rec.keyset_id.hex()} here "
+                         "(its signers hold their share of the room; sign or let expire the open ones)")
+        return "proposal" if kept == "kept" else None
 
     def _apply(self, book: kr.RuleBook, cs: CoSigned, rec: kr.Rule, now: int) -> None:
         keyset_id = rec.keyset_id.hex()
@@ -226,17 +240,45 @@ class Rules:
         else:
             body["policy_sha256"] = rec.digest.hex()
             body["placement"] = rec.placement
+        superseded = self._mine_open(keyset_id, rec.kind) if isinstance(rec, kr.RevocationList) else []
         with self.store.transaction():
             self.store.put_rule(cs.id.hex(), keyset_id, rec.kind, rec.version, cs.to_bytes(),
                                 signatures=len(cs.signatures), now=now,
                                 audit=AuditEvent(f"{rec.kind}-applied", body, self.key))
             if isinstance(rec, kr.RevocationList):
                 self._refuse_requests(keyset_id, rec.peers("requester") - before.peers("requester"), now)
-        self._remember(keyset_id, book.applied(cs, rec))
-        recent = [t for t in self._applied.pop(keyset_id, []) if t > now - APPLY_WINDOW]
-        self._applied[keyset_id] = [*recent, now][-APPLY_BURST:]
+        new = book.applied(cs, rec)
+        self._remember(keyset_id, new)
+        recent = [t for t in self._applied.pop((keyset_id, rec.kind), []) if t > now - APPLY_WINDOW]
+        self._applied[(keyset_id, rec.kind)] = [*recent, now][-APPLY_BURST:]
         while len(self._applied) > MAX_BOOKS:
             self._applied.popitem(last=False)
+        if isinstance(rec, kr.RevocationList):
+            self._carry(new, rec, [r for _, r in superseded if r.version <= rec.version], now)
+
+    def _carry(self, book: kr.RuleBook, rec: kr.RevocationList, superseded: list[kr.Rule], now: int) -> None:
+        """A rival list went in force over open ones this authority signed: what they revoked
+        and it does not is proposed again, on top of it (nothing is lost to a race)."""
+        epoch = self._epoch(book)
+        lost = [e for r in superseded if isinstance(r, kr.RevocationList) for e in r.entries
+                if e.key not in rec.keys and book.revoked.still_holds(e, epoch)]
+        if not lost:
+            return
+        try:
+            got = self._propose_revocations(book, lost, now)
+        except p.ShardnetError as exc:
+            log.warning("keyset %s: revocations %s were overtaken and could not be proposed again: %s",
+                        rec.keyset_id.hex(), ", ".join(sorted({e.subject + " " + (e.peer or str(e.index))
+                                                               for e in lost})), exc)
+            return
+        if got is not None:
+            self.store.append_audit("revocations-carried", {"keyset": rec.keyset_id.hex(), "over": rec.version,
+                                                            "proposal": got[0].id.hex(),
+                                                            "revoked": [e.to_json() for e in lost]}, now, self.key)
+
+    def _epoch(self, book: kr.RuleBook) -> int:
+        view = keyset_view(self.store, book.keyset.id_hex)
+        return view.epoch if view is not None else book.keyset.epoch
 
     def _refuse_requests(self, keyset_id: str, requesters: frozenset[str], now: int) -> None:
         """A revoked requester's pending requests are refused at once."""
@@ -264,9 +306,8 @@ class Rules:
         assert book is not None
         book.check(cs.to_bytes(), now)  # news: a version above the one in force
         outcome = self._keep_proposal(cs, rec, now)
-        if outcome is None:
-            raise p.ShardnetError("no room for another open proposal on this node (sign or let expire the open "
-                                  "ones: shardnet proposals)")
+        if outcome is None:  # pragma: no cover - a new body is never held already
+            raise p.ShardnetError("this proposal is held already")
         return cs, outcome
 
     def _mine_open(self, keyset_id: str, kind: str) -> list[tuple[CoSigned, kr.Rule]]:
@@ -290,19 +331,29 @@ class Rules:
                                           placement=book.placement if placement is None else placement, time=now)
         return self._propose(body, now)
 
+    def _signed_revocations(self, keyset_id: str) -> list[kr.Revoked]:
+        """The revocations of the open lists this node signed."""
+        return [e for _, r in self._mine_open(keyset_id, "revocations") if isinstance(r, kr.RevocationList)
+                for e in r.entries]
+
     def propose_revocation(self, keyset_id: str, entry: kr.Revoked, now: int) -> tuple[CoSigned, str] | None:
-        """The next revocation list: every revocation in force, those of the latest open list
-        this node signed, and ``entry``, at a version above both; None if ``entry`` is in one
-        of them already."""
+        """The next revocation list: every revocation in force, those of every open list this
+        node signed, and ``entry``, at a version above all of them; None if ``entry`` is in
+        one of them already."""
         book = self._authority_book(keyset_id)
-        mine = [r for _, r in self._mine_open(keyset_id, "revocations") if isinstance(r, kr.RevocationList)]
-        last = mine[-1] if mine else book.revoked
-        if entry.key in book.revoked.keys or entry.key in last.keys:
+        signed = self._signed_revocations(keyset_id)
+        if entry.key in book.revoked.keys or entry.key in {e.key for e in signed}:
             return None
-        body = kr.next_revocations(book, [*last.entries, entry], time=now,
-                                   version=max(book.version("revocations"), last.version) + 1)
-        assert body is not None
-        return self._propose(body, now)
+        return self._propose_revocations(book, [*signed, entry], now)
+
+    def _propose_revocations(self, book: kr.RuleBook, entries: list[kr.Revoked],
+                             now: int) -> tuple[CoSigned, str] | None:
+        keyset_id = book.keyset.id_hex
+        versions = [r.version for _, r in self._mine_open(keyset_id, "revocations")]
+        body = kr.next_revocations(book, [*self._signed_revocations(keyset_id), *entries], time=now,
+                                   version=max([book.version("revocations"), *versions]) + 1,
+                                   epoch=self._epoch(book))
+        return None if body is None else self._propose(body, now)
 
     def sign(self, proposal: str, now: int) -> tuple[CoSigned, str]:
         row = self.store.rule_proposal(proposal)
@@ -317,11 +368,12 @@ class Rules:
         if rival:
             raise p.ShardnetError(f"this node signed another {rec.kind} proposal for version {rec.version} "
                                   f"({rival[0].id.hex()[:12]}); an authority signs one per version")
-        if not book.keeps(rec):
-            lost = sorted(f"{e.subject} {e.peer or e.index}" for e in book.revoked.entries
-                          if isinstance(rec, kr.RevocationList) and e.key not in rec.keys)
-            raise p.ShardnetError(f"this list drops revocations in force ({', '.join(lost)}), and none is ever "
-                                  "taken back; propose a new one (shardnet revoke builds on what is in force)")
+        dropped = book.dropped(rec, self._epoch(book), also=self._signed_revocations(row["keyset_id"]))
+        if dropped:
+            lost = sorted(f"{e.subject} {e.peer or e.index}" for e in dropped)
+            raise p.ShardnetError(f"this list drops revocations in force or in a list this node signed "
+                                  f"({', '.join(lost)}), and none is taken back; propose a new one (shardnet "
+                                  "revoke builds on all of them)")
         cs = cs.signed_by(self.key)
         book.check(cs.to_bytes(), now)  # still news
         outcome = self._keep_proposal(cs, rec, now)
@@ -345,17 +397,19 @@ class Rules:
 
     # -- anti-entropy ---------------------------------------------------------------
 
-    def summary(self, budget: int = wire.RULES.max_request - 1024) -> list[list[Any]]:
+    def summary(self, keysets: list[str] | None = None,
+                budget: int = wire.RULES.max_request - 1024) -> list[list[Any]]:
         """What this node holds, per keyset: ``[keyset id, policy version, its record id,
         revocations version, its record id, [ids of the open proposals held]]`` (version 0
         and an empty id where none is in force). Within ``budget`` encoded bytes and
         MAX_PULL_KEYSETS keysets: a node that knows more names the next ones in its next
-        pull (a window that goes round), so every keyset is pulled in time."""
+        pull (a window that goes round), so every keyset is pulled in time. ``keysets``: only
+        those (the ones the peer pulled from knows), else every keyset this node knows."""
         open_ids: dict[str, list[bytes]] = {}
         for row in self.store.rules(in_force=False):
             open_ids.setdefault(row["keyset_id"], []).append(bytes.fromhex(row["proposal_id"]))
-        known = self.known_keysets()
-        start = self._window if self._window < len(known) else 0
+        known = self.known_keysets() if keysets is None else sorted(keysets)
+        start = self._window % len(known) if known else 0
         out: list[list[Any]] = []
         used = 0
         at = start
@@ -376,7 +430,7 @@ class Rules:
             out.append(entry)
         else:
             at = start + len(known)
-        self._window = at % len(known) if known else 0
+        self._window = at
         return out
 
     def pull_reply(self, summary: Any, puller: str = "", budget: int = wire.RULES.max_reply - 1024) -> list[bytes]:

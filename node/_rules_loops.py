@@ -48,6 +48,7 @@ class RulesLoops:
         self.clock = clock
         self.rng = rng
         self._knowing: set[str] = set()  # peers that know one of our keysets, as of the last pass
+        self._keysets_of: dict[str, list[str]] = {}  # and which ones each knows
 
     def now(self) -> int:
         return int(self.clock())
@@ -130,23 +131,24 @@ class RulesLoops:
     # -- anti-entropy ---------------------------------------------------------------
 
     def _peers(self) -> list[str]:
-        """Peers that know one of our keysets (whose rules they can give us)."""
-        out: set[str] = set()
+        """Peers that know one of our keysets (whose rules they can give us); and which ones
+        each knows (``_keysets_of``: a pull names those only)."""
+        of: dict[str, list[str]] = {}
         for keyset_id in self.rules.known_keysets():
             view = keyset_view(self.rules.store, keyset_id)
             if view is None:
                 continue
-            out.update(er.AuthorityRule.of(view).peers)
-            out.add(p.peer_id_of(view.owner))
-            out.update(view.approvers)
-            for hs in er.holders_of(view).values():
-                out.update(hs)
-        out.discard(self.rules.peer_id)
-        return sorted(out)
+            peers = {*er.AuthorityRule.of(view).peers, p.peer_id_of(view.owner), *view.approvers,
+                     *(h for hs in er.holders_of(view).values() for h in hs)}
+            for peer in peers - {self.rules.peer_id}:
+                of.setdefault(peer, []).append(keyset_id)
+        self._keysets_of = of
+        return sorted(of)
 
     async def pull_from(self, peer: str) -> int:
-        """One pull from ``peer``; the records it brought that are now in force here."""
-        summary = self.rules.summary()
+        """One pull from ``peer`` (of the keysets it knows); the records it brought that are
+        now in force here."""
+        summary = self.rules.summary(self._keysets_of.get(peer))
         if not summary:
             return 0
         items = await self.links.pull(peer, wire.RULES, rules_frame("pull", summary))

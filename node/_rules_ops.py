@@ -123,7 +123,9 @@ async def revoke(node: NodeRuntime, args: dict[str, Any]) -> list[dict[str, Any]
             entry = dataclasses.replace(entry, epoch=view.epoch)  # that index of the epoch in force
         got = node.rules.propose_revocation(keyset_id, entry, now)
         if got is None:
-            out.append({"keyset": keyset_id, "kind": "revocations", "state": "in effect", "changed": False,
+            in_force = book is not None and entry.key in book.revoked.keys
+            out.append({"keyset": keyset_id, "kind": "revocations", "changed": False,
+                        "state": "in effect" if in_force else "waiting for signatures (in an open proposal)",
                         "version": book.version("revocations") if book else 0, "proposal": "",
                         "signatures": 0, "needed": book.rule.quorum if book else 0,
                         "record": {"revoked": [entry.to_json()]}})

@@ -1492,47 +1492,63 @@ class Store:
 
     def put_rule_proposal(self, proposal_id: str, keyset_id: str, kind: str, version: int, record: bytes, *,
                           signers: Sequence[str], now: int, owner: str, me: str,
-                          limits: tuple[int, int, int]) -> bool:
-        """Keep a verified rule proposal, or its copy with more signatures; False if it adds
-        nothing, or if there is no room. ``limits``: open rule proposals in all, of the
-        keysets of ``owner``, and of this keyset and kind per signer. A proposal that ``me``
-        signed is always kept (the oldest proposal it did not sign makes room when all is
-        full); another is kept if one of its signers has room."""
+                          limits: tuple[int, int, int, int]) -> str:
+        """Keep a verified rule proposal, or its copy with more signatures: "kept", "same"
+        (it adds nothing) or "full". ``limits``: open rule proposals in all; of the keysets
+        of ``owner``; of those per signer; and of this keyset and kind per signer. Another
+        node's proposal is kept if one of its signers has room, or else in place of a lower
+        version that one of its signers alone signed (so nobody but that signer can take its
+        room). One that ``me`` signed is kept whenever there is room in all, or else in
+        place of the oldest foreign proposal of the owner that has the most."""
         mark = f" {' '.join(sorted(signers))} "
-        mine = me in signers
         with self.transaction():
             row = self._db.execute("SELECT signatures FROM keyset_rules WHERE proposal_id = ?",
                                    [proposal_id]).fetchone()
             if row is not None:
                 if row[0] >= len(signers):
-                    return False
+                    return "same"
                 self._db.execute("UPDATE keyset_rules SET record = ?, signatures = ?, signers = ?, updated_at = ? "
                                  "WHERE proposal_id = ? AND in_force = 0",
                                  [record, len(signers), mark, now, proposal_id])
-                return True
+                return "kept"
             foreign = "in_force = 0 AND instr(signers, ?) = 0"
-            mine_mark = f" {me} "
-            total = self._db.execute("SELECT count(*) FROM keyset_rules WHERE in_force = 0").fetchone()[0]
-            if not mine:
-                of_owner = self._db.execute(f"SELECT count(*) FROM keyset_rules WHERE {foreign} AND owner = ?",
-                                            [mine_mark, owner]).fetchone()[0]
-                room = any(self._db.execute(
-                    f"SELECT count(*) FROM keyset_rules WHERE {foreign} AND keyset_id = ? AND kind = ? "
-                    "AND instr(signers, ?) > 0", [mine_mark, keyset_id, kind, f" {s} "]).fetchone()[0] < limits[2]
-                    for s in signers)
-                if total >= limits[0] or of_owner >= limits[1] or not room:
-                    return False
-            elif total >= limits[0]:
-                oldest = self._db.execute(f"SELECT proposal_id FROM keyset_rules WHERE {foreign} "
-                                          "ORDER BY updated_at, proposal_id LIMIT 1", [mine_mark]).fetchone()
-                if oldest is None:
-                    return False
-                self._db.execute("DELETE FROM keyset_rules WHERE proposal_id = ?", [oldest[0]])
+            me_mark = f" {me} "
+
+            def count(where: str, *args: Any) -> int:
+                return int(self._db.execute(f"SELECT count(*) FROM keyset_rules WHERE {where}",
+                                            [*args]).fetchone()[0])
+            total = count("in_force = 0")
+            evict = None
+            if me in signers:
+                if total >= limits[0]:
+                    evict = self._db.execute(
+                        f"SELECT proposal_id FROM keyset_rules WHERE {foreign} AND owner = (SELECT owner FROM "
+                        f"keyset_rules WHERE {foreign} GROUP BY owner ORDER BY count(*) DESC, owner LIMIT 1) "
+                        "ORDER BY updated_at, proposal_id LIMIT 1", [me_mark, me_mark]).fetchone()
+                    if evict is None:
+                        return "full"
+            else:
+                if total >= limits[0] or count(f"{foreign} AND owner = ?", me_mark, owner) >= limits[1]:
+                    return "full"
+                room = any(count(f"{foreign} AND owner = ? AND instr(signers, ?) > 0", me_mark, owner, f" {x} ")
+                           < limits[2] and
+                           count(f"{foreign} AND keyset_id = ? AND kind = ? AND instr(signers, ?) > 0",
+                                 me_mark, keyset_id, kind, f" {x} ") < limits[3] for x in signers)
+                if not room:
+                    evict = self._db.execute(
+                        f"SELECT proposal_id FROM keyset_rules WHERE {foreign} AND keyset_id = ? AND kind = ? "
+                        f"AND version < ? AND signers IN ({', '.join('?' * len(signers))}) "
+                        "ORDER BY version, updated_at LIMIT 1",
+                        [me_mark, keyset_id, kind, version, *(f" {x} " for x in signers)]).fetchone()
+                    if evict is None:
+                        return "full"
+            if evict is not None:
+                self._db.execute("DELETE FROM keyset_rules WHERE proposal_id = ?", [evict[0]])
             self._db.execute(
                 "INSERT INTO keyset_rules (proposal_id, keyset_id, kind, version, record, signatures, in_force, "
                 "owner, updated_at, signers) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
                 [proposal_id, keyset_id, kind, version, record, len(signers), owner, now, mark])
-            return True
+            return "kept"
 
     def rules(self, keyset_id: str | None = None, *, in_force: bool | None = None) -> list[dict[str, Any]]:
         """Rule records (of one keyset), in force, proposals, or both; by keyset, kind, version."""

@@ -138,7 +138,7 @@ def decode_record(
         raise MalformedEncoding(f"expected a {tag} record")
     if value[0] != tag:
         raise MalformedEncoding(f"expected a {tag} record, got {str(value[0])[:40]!r}")
-    if value[1] != version:
+    if type(value[1]) is not int or value[1] != version:  # True == 1, but is not a version
         raise MalformedEncoding(f"{tag}: unsupported version {value[1]!r}")
     if len(value) != 2 + fields:
         raise MalformedEncoding(f"{tag}: expected {fields} fields, got {len(value) - 2}")

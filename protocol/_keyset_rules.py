@@ -17,9 +17,11 @@ authorities sign, K of M (``AuthorityRule``: the owner alone by default).
   a requester (its requests are refused, and its votes do not count). Each
   version holds the whole list, so applying one is idempotent, and a node that
   missed versions needs only the last. Record version 2 names the epoch of a
-  shard entry; version 1 (before epochs bound it) is still read, as epoch 0.
-  Authorities sign only a list that keeps every entry in force
-  (:meth:`RuleBook.keeps`): nothing is ever taken back.
+  shard entry; a version 1 list (before epochs bound it) is still read, its
+  shard entries as :data:`EVERY_EPOCH` (as they were meant then: at every
+  epoch). Authorities sign only a list that keeps every entry in force but
+  shard entries of epochs past (:meth:`RuleBook.keeps`): nothing that still
+  protects anything is taken back.
 
 :class:`RuleBook` is one node's view of one keyset. It takes a record only if
 every signature is from a distinct authority of that keyset and its version is
@@ -54,6 +56,8 @@ KINDS = ("policy", "revocations")
 SUBJECTS = ("custodian", "shard", "requester")
 #: Revocations one list holds at most.
 MAX_REVOCATIONS = 256
+#: The epoch of a shard entry carried over from a version 1 list: it holds at every epoch.
+EVERY_EPOCH = -1
 #: Bytes of a placement expression at most.
 MAX_PLACEMENT = 1024
 #: Bytes of one co-signed rule record at most, signatures included.
@@ -123,7 +127,7 @@ class Revoked:
     index: int  # the shard index; 0 otherwise
     reason: str
     time: int
-    epoch: int = 0  # the epoch of a shard's index; 0 otherwise
+    epoch: int = 0  # the epoch of a shard's index (or EVERY_EPOCH); 0 otherwise
 
     def to_list(self) -> list[Any]:
         return [self.subject, self.peer, self.index, self.epoch, self.reason, self.time]
@@ -136,7 +140,7 @@ class Revoked:
         if record_version == 1:
             if len(value) != 5:
                 raise MalformedEncoding("a revocation is [subject, peer, index, reason, time]")
-            value = [*value[:3], 0, *value[3:]]
+            value = [*value[:3], EVERY_EPOCH if value[0] == "shard" else 0, *value[3:]]
         elif len(value) != 6:
             raise MalformedEncoding("a revocation is [subject, peer, index, epoch, reason, time]")
         subject = want(value[0], str, "subject")
@@ -144,12 +148,12 @@ class Revoked:
             raise MalformedEncoding(f"revocation subject must be one of {', '.join(SUBJECTS)}")
         peer = want(value[1], str, "peer")
         index = want_int(value[2], "index", 0, 1 << 16)
-        epoch = want_int(value[3], "epoch", 0, MAX_VERSION)
+        epoch = want_int(value[3], "epoch", EVERY_EPOCH, MAX_VERSION)
         if subject == "shard":
             if peer or not index:
                 raise MalformedEncoding("a shard revocation names an index and no peer")
         else:
-            if index or epoch or not peer:
+            if index or epoch != 0 or not peer:
                 raise MalformedEncoding(f"a {subject} revocation names a peer, and no index or epoch")
             public_key_of(peer)
         reason = want(value[4], str, "reason")
@@ -164,7 +168,7 @@ class Revoked:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"subject": self.subject, "reason": self.reason, "time": self.time}
         if self.subject == "shard":
-            out.update(index=self.index, epoch=self.epoch)
+            out.update(index=self.index, epoch="every" if self.epoch == EVERY_EPOCH else self.epoch)
         else:
             out["peer"] = self.peer
         return out
@@ -193,7 +197,8 @@ class RevocationList:
     @classmethod
     def from_body(cls, body: bytes) -> RevocationList:
         head = decode(body, max_size=MAX_RULE_RECORD)
-        record_version = head[1] if isinstance(head, list) and len(head) > 1 and head[1] in (1, 2) else 2
+        record_version = 1 if isinstance(head, list) and len(head) > 1 and type(head[1]) is int and head[1] == 1 \
+            else 2
         f = decode_record(body, REVOCATIONS_TAG, record_version, 4, max_size=MAX_RULE_RECORD)
         raw = want(f[2], list, "revocations")
         if not 0 < len(raw) <= MAX_REVOCATIONS:
@@ -210,7 +215,11 @@ class RevocationList:
 
     def indices(self, epoch: int) -> frozenset[int]:
         """The shard indices revoked at ``epoch``."""
-        return frozenset(e.index for e in self.entries if e.subject == "shard" and e.epoch == epoch)
+        return frozenset(e.index for e in self.entries if e.subject == "shard" and e.epoch in (epoch, EVERY_EPOCH))
+
+    def still_holds(self, entry: Revoked, epoch: int) -> bool:
+        """Whether ``entry`` protects anything at ``epoch`` (a shard entry of an epoch past does not)."""
+        return not (entry.subject == "shard" and EVERY_EPOCH < entry.epoch < epoch)
 
     @property
     def keys(self) -> frozenset[tuple[str, str, int, int]]:
@@ -309,10 +318,15 @@ class RuleBook:
         r = self.revoked
         return index in r.indices(epoch) or peer in r.peers("custodian")
 
-    def keeps(self, rec: Rule) -> bool:
-        """Whether a revocation list keeps every revocation in force (a policy version: always).
-        An authority signs no list that drops one: revocations are never taken back."""
-        return not isinstance(rec, RevocationList) or self.revoked.keys <= rec.keys
+    def dropped(self, rec: Rule, epoch: int, also: Iterable[Revoked] = ()) -> list[Revoked]:
+        """The revocations in force (and ``also``: those of the lists this authority signed)
+        that a revocation list leaves out, but those that protect nothing at ``epoch`` any
+        more (shard entries of epochs past). An authority signs no list that drops one."""
+        if not isinstance(rec, RevocationList):
+            return []
+        keys = rec.keys
+        return [e for e in {e.key: e for e in (*self.revoked.entries, *also)}.values()
+                if e.key not in keys and self.revoked.still_holds(e, epoch)]
 
     # -- records in -------------------------------------------------------------------
 
@@ -380,15 +394,17 @@ class RuleBook:
         return replace(self, revocations=(cs, rec))
 
 
-def next_revocations(book: RuleBook, entries: Iterable[Revoked], *, version: int, time: int) -> bytes | None:
+def next_revocations(book: RuleBook, entries: Iterable[Revoked], *, version: int, time: int,
+                     epoch: int) -> bytes | None:
     """The body of a revocation list at ``version`` that holds every revocation in force and
-    ``entries``; None if that adds nothing."""
+    ``entries`` that still protect something at ``epoch`` (the keyset's epoch now); None if
+    that adds nothing to what is in force."""
     held = {e.key: e for e in book.revoked.entries}
     new = {e.key: e for e in entries if e.key not in held}
     if not new:
         return None
-    return RevocationList.make_body(keyset_id=book.keyset.keyset_id, version=version,
-                                    entries=[*held.values(), *new.values()], time=time)
+    keep = [e for e in (*held.values(), *new.values()) if book.revoked.still_holds(e, epoch)]
+    return RevocationList.make_body(keyset_id=book.keyset.keyset_id, version=version, entries=keep, time=time)
 
 
 def next_policy(book: RuleBook, *, policy: str, placement: str | None, time: int) -> bytes:

@@ -36,15 +36,16 @@ def test_one_authority_cannot_fill_a_keysets_room_for_proposals(tmp_path: pathli
             honest, other, hostile = grid.nodes[5], grid.nodes[6], grid.nodes[7]
             now = honest.now()
             flood = [CoSigned.propose(hostile.key, _policy(keyset, v, now)) for v in range(1, _rules.MAX_AHEAD + 1)]
-            kept = [honest.rules.accept(cs.to_bytes(), now) for cs in flood]
-            assert kept == ["proposal"] * _rules.PROPOSALS_PER_SIGNER + [None] * (len(flood) -
-                                                                                _rules.PROPOSALS_PER_SIGNER)
+            # Each newer one from the same signer alone takes the place of its oldest: it keeps two.
+            assert [honest.rules.accept(cs.to_bytes(), now) for cs in flood] == ["proposal"] * len(flood)
+            with pytest.raises(_rules.NoRoom):  # an old one replayed takes nobody's place
+                honest.rules.accept(flood[0].to_bytes(), now)
             theirs, _ = other.rules.propose_policy(keyset, AUDIT_ONLY, None, now)
             assert honest.rules.accept(theirs.to_bytes(), now) == "proposal"  # the other authority has room
             mine, outcome = honest.rules.propose_policy(keyset, AUDIT_ONLY, "distinct:country", now)
             assert outcome == "proposal"  # and so does this node's own
             held = {r["proposal"] for r in honest.rules.proposals()}
-            assert held == {flood[0].id.hex(), flood[1].id.hex(), theirs.id.hex(), mine.id.hex()}
+            assert held == {flood[-2].id.hex(), flood[-1].id.hex(), theirs.id.hex(), mine.id.hex()}
             # Past MAX_AHEAD versions is refused outright.
             with pytest.raises(p.MalformedEncoding, match="versions past"):
                 honest.rules.accept(CoSigned.propose(other.key, _policy(keyset, _rules.MAX_AHEAD + 1, now))
@@ -52,57 +53,85 @@ def test_one_authority_cannot_fill_a_keysets_room_for_proposals(tmp_path: pathli
     in_virtual_time(main)
 
 
-def test_own_proposals_make_room_by_evicting_the_oldest_foreign_one(tmp_path: pathlib.Path) -> None:
-    me, a, b = (p.peer_id_of(bytes([i]) * 32) for i in (1, 2, 3))
+def test_room_for_proposals_is_shared_out_per_signer(tmp_path: pathlib.Path) -> None:
+    me, a, b, h = (p.peer_id_of(bytes([i]) * 32) for i in (1, 2, 3, 4))
     with Store(tmp_path / "db.sqlite") as store:
-        def put(pid: str, signers: list[str], now: int) -> bool:
-            return store.put_rule_proposal(pid * 32, "00" * 16, "policy", 1, b"r", signers=signers, now=now,
-                                           owner="o", me=me, limits=(2, 32, 1))
-        assert put("a", [a], 1) and put("b", [b], 2)
-        assert not put("c", [a, b], 3)  # all is full
-        assert put("d", [me], 4)  # its own: the oldest foreign one goes
-        assert [r["proposal_id"][0] for r in store.rules(in_force=False)] == ["b", "d"]
-        assert put("e", [me, a], 5)  # signed by it too: its own
-        assert [r["proposal_id"][0] for r in store.rules(in_force=False)] == ["d", "e"]
-        assert not put("f", [me], 6)  # nothing foreign left to evict
-        assert not put("g", [b, a], 7)
+        def put(pid: str, signers: list[str], now: int, keyset: str = "00", owner: str = "o",
+                version: int = 1, limits: tuple[int, int, int, int] = (3, 32, 8, 1)) -> str:
+            return store.put_rule_proposal(pid * 32, keyset * 16, "policy", version, b"r", signers=signers,
+                                           now=now, owner=owner, me=me, limits=limits)
+
+        def held() -> list[str]:
+            return sorted(r["proposal_id"][0] for r in store.rules(in_force=False))
+        # Own proposals take the place of the oldest of the owner with the most foreign ones.
+        assert put("a", [a], 1) == put("b", [b], 2, owner="p") == put("c", [h], 3, keyset="11") == "kept"
+        assert put("d", [a, b], 4, keyset="22") == "full"  # all is full
+        assert put("e", [me], 5) == "kept" and held() == ["b", "c", "e"]  # owner o had two: a went
+        assert put("f", [me, a], 6) == "kept" and held() == ["b", "e", "f"]
+        assert put("g", [me], 7) == "kept" and held() == ["e", "f", "g"]
+        assert put("8", [me], 8) == "full"  # nothing foreign left to make room
+        assert put("e", [me], 9) == "same"
+    with Store(tmp_path / "db2.sqlite") as store:
+        # One hostile signer on many keysets of one owner takes only its own share of the owner's room.
+        limits = (100, 6, 2, 2)
+        assert [store.put_rule_proposal(f"{k}" * 32, f"{k}0" * 16, "policy", 1, b"r", signers=[h], now=k, owner="o",
+                                        me=me, limits=limits) for k in range(1, 4)] == ["kept", "kept", "full"]
+        assert store.put_rule_proposal("a" * 32, "30" * 16, "policy", 1, b"r", signers=[a], now=5, owner="o",
+                                       me=me, limits=limits) == "kept"
 
 
 def test_a_revocation_list_keeps_every_revocation_in_force(tmp_path: pathlib.Path) -> None:
-    """Node 5's open lists were built before node 6's list went in force: its next one is
-    built on the union, and a stale open one can no longer be signed."""
+    """Lists signed at different versions race: no authority signs one that drops what it
+    signed before, and what a rival overtook is proposed again on top of it."""
     async def main() -> None:
         grid = Grid(tmp_path, 9, seed=32)
         async with grid.running():
             await grid.wait_directory()
             auth = [grid.nodes[i].peer_id for i in (5, 6, 7)]
             keyset = await grid.import_key(0, KEY, 2, 4, authorities=auth, authority_quorum=2)
-            n5, n6, n7 = grid.nodes[5], grid.nodes[6], grid.nodes[7]
-            who = [grid.nodes[i].peer_id for i in (1, 2, 3, 4)]
-            now = n5.now()
+            a, b, c = grid.nodes[5], grid.nodes[6], grid.nodes[7]
+            x, y, z, w, v = (grid.nodes[i].peer_id for i in (1, 2, 3, 4, 8))
+            now = a.now()
 
             def requester(peer: str) -> kr.Revoked:
                 return kr.Revoked("requester", peer, 0, "left", now)
-            v1, _ = n5.rules.propose_revocation(keyset, requester(who[0]), now)  # type: ignore[misc]
-            v2, _ = n5.rules.propose_revocation(keyset, requester(who[1]), now)  # type: ignore[misc]
-            assert [kr.parse_body(c.body).version for c in (v1, v2)] == [1, 2]
-            rival, _ = n6.rules.propose_revocation(keyset, requester(who[2]), now)  # type: ignore[misc]
-            assert n7.rules.accept(rival.to_bytes(), now) == "proposal"
-            signed, outcome = n7.rules.sign(rival.id.hex(), now)
+
+            def revoked(node: Any) -> set[str]:
+                return set(node.rules.book(keyset).revoked.peers("requester"))
+            # x is in force (v1). A proposes v2 {x, y}; B has its own open v2 {x, z}.
+            first, _ = a.rules.propose_revocation(keyset, requester(x), now)  # type: ignore[misc]
+            c.rules.accept(first.to_bytes(), now)
+            done, _ = c.rules.sign(first.id.hex(), now)
+            for node in (a, b):
+                node.rules.accept(done.to_bytes(), now)
+            a2, _ = a.rules.propose_revocation(keyset, requester(y), now)  # type: ignore[misc]
+            b2, _ = b.rules.propose_revocation(keyset, requester(z), now)  # type: ignore[misc]
+            # B goes on to v3 {x, z, w}, built on its own v2: A, which signed v2 {x, y}, refuses it.
+            b3, _ = b.rules.propose_revocation(keyset, requester(w), now)  # type: ignore[misc]
+            assert kr.parse_body(b3.body).version == 3
+            a.rules.accept(b3.to_bytes(), now)
+            with pytest.raises(p.ShardnetError, match=f"drops revocations.*requester {y}"):
+                a.rules.sign(b3.id.hex(), now)
+            # C signs A's v2: in force. B's open v2 loses to it, so B proposes what it lost (z)
+            # again on top of it and of its open v3 (w); that one, signed by A, keeps all four.
+            c.rules.accept(a2.to_bytes(), now)
+            in_force, outcome = c.rules.sign(a2.id.hex(), now)
             assert outcome == "applied"
-            n5.rules.accept(signed.to_bytes(), now)
-            assert n5.rules.book(keyset).revoked.peers("requester") == {who[2]}  # type: ignore[union-attr]
-            # v2 (open, {who0, who1}) lacks who2: no authority signs it.
-            n7.rules.accept(v2.to_bytes(), now)
-            with pytest.raises(p.ShardnetError, match="drops revocations in force"):
-                n7.rules.sign(v2.id.hex(), now)
-            v3, _ = n5.rules.propose_revocation(keyset, requester(who[3]), now)  # type: ignore[misc]
-            rec = kr.parse_body(v3.body)
-            assert isinstance(rec, kr.RevocationList) and rec.version == 3
-            assert rec.peers("requester") == set(who)
-            assert n7.rules.accept(v3.to_bytes(), now) == "proposal"
-            _, outcome = n7.rules.sign(v3.id.hex(), now)
-            assert outcome == "applied"
+            b.rules.accept(in_force.to_bytes(), now)
+            assert revoked(b) == {x, y}
+            [carried] = [e.body for e in b.store.audit_entries() if e.kind == "revocations-carried"]
+            again = b.rules.store.rule_proposal(carried["proposal"])
+            assert again is not None
+            rec = kr.parse_body(CoSigned.restore(bytes(again["record"]), max_size=kr.MAX_RULE_RECORD).body)
+            assert isinstance(rec, kr.RevocationList) and rec.version == 4 and rec.peers("requester") == {x, y, z, w}
+            a.rules.accept(in_force.to_bytes(), now)
+            a.rules.accept(bytes(again["record"]), now)
+            _, outcome = a.rules.sign(carried["proposal"], now)
+            assert outcome == "applied" and revoked(a) == {x, y, z, w}
+            # revoke builds on every open list this node signed, not only the last one.
+            d4, _ = a.rules.propose_revocation(keyset, requester(v), now)  # type: ignore[misc]
+            assert kr.parse_body(d4.body).peers("requester") == {x, y, z, w, v}  # type: ignore[union-attr]
+            assert b2 is not None
     in_virtual_time(main)
 
 
@@ -186,4 +215,8 @@ def test_a_node_applies_a_bounded_number_of_versions_per_keyset_and_hour(tmp_pat
                 holder.rules.accept(made[-1].to_bytes(), now)
             assert not holder.rules_loops.validate("someone", made[-1].to_bytes())  # nor relayed
             assert holder.rules.accept(made[-1].to_bytes(), now + _rules.APPLY_WINDOW + 1) == "applied"
+            # A stale record is refused as stale before its (forged) signature is looked at.
+            forged = CoSigned(made[0].body, ((owner.key.public_key().public_bytes_raw(), b"\x00" * 64),))
+            with pytest.raises(kr.StaleRule, match="rollback"):
+                holder.rules.accept(forged.to_bytes(), now + _rules.APPLY_WINDOW + 1)
     in_virtual_time(main)

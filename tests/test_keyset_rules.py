@@ -114,9 +114,10 @@ def test_two_records_at_one_version_resolve_the_same_on_every_node() -> None:
         assert book.held("policy")[0].body == winner.body  # type: ignore[index]
 
 
-def _revocations(book: kr.RuleBook, *entries: kr.Revoked, version: int | None = None, t: int = NOW) -> bytes:
-    body = kr.next_revocations(book, entries, time=t, version=book.version("revocations") + 1 if version is None
-                               else version)
+def _revocations(book: kr.RuleBook, *entries: kr.Revoked, version: int | None = None, t: int = NOW,
+                 epoch: int = 0) -> bytes:
+    body = kr.next_revocations(book, entries, time=t, epoch=epoch,
+                               version=book.version("revocations") + 1 if version is None else version)
     assert body is not None
     return body
 
@@ -125,7 +126,7 @@ def test_revocation_lists_are_cumulative_and_idempotent() -> None:
     entry = kr.Revoked("custodian", IDS[5], 0, "compromised", NOW)
     book = BOOK.applied(*BOOK.check(_signed(_revocations(BOOK, entry), 0, 2).to_bytes(), NOW))
     assert book.holder_revoked(1, IDS[5], 0) and not book.holder_revoked(1, IDS[4], 0)
-    assert kr.next_revocations(book, [entry], version=2, time=NOW + 1) is None  # in force already
+    assert kr.next_revocations(book, [entry], version=2, time=NOW + 1, epoch=0) is None  # in force already
     shard = kr.Revoked("shard", "", 2, "disk stolen", NOW, epoch=3)
     book = book.applied(*book.check(_signed(_revocations(book, shard, t=NOW + 1), 1, 2).to_bytes(), NOW + 1))
     assert book.version("revocations") == 2 and book.revoked.peers("custodian") == {IDS[5]}
@@ -136,13 +137,17 @@ def test_revocation_lists_are_cumulative_and_idempotent() -> None:
 
 def test_a_shard_revocation_holds_for_its_epoch_only() -> None:
     shard = kr.Revoked("shard", "", 2, "disk stolen", NOW, epoch=3)
-    book = BOOK.applied(*BOOK.check(_signed(_revocations(BOOK, shard), 0, 1).to_bytes(), NOW))
+    book = BOOK.applied(*BOOK.check(_signed(_revocations(BOOK, shard, epoch=3), 0, 1).to_bytes(), NOW))
     assert book.revoked.indices(3) == {2} and book.holder_revoked(2, IDS[3], 3)
     assert not book.holder_revoked(2, IDS[3], 4) and not book.holder_revoked(2, IDS[3], 2)  # dealt anew since
     assert book.revoked.to_json()["revoked"] == [{"subject": "shard", "index": 2, "epoch": 3, "reason": "disk stolen",
                                                   "time": NOW}]
-    again = kr.Revoked("shard", "", 2, "stolen again", NOW, epoch=4)  # the same index of a later epoch
-    assert kr.next_revocations(book, [again], version=2, time=NOW) is not None
+    # At epoch 4, the same index is revoked anew; the entry of epoch 3 protects nothing any
+    # more, so the next list leaves it out, and leaving it out drops nothing.
+    again = kr.Revoked("shard", "", 2, "stolen again", NOW, epoch=4)
+    rec = kr.RevocationList.from_body(_revocations(book, again, epoch=4))
+    assert [e.epoch for e in rec.entries] == [4] and book.dropped(rec, 4) == []
+    assert book.dropped(rec, 3) == [shard]  # seen from a node still at epoch 3, it would drop one
 
 
 def test_a_list_that_drops_a_revocation_in_force_is_not_kept() -> None:
@@ -152,16 +157,27 @@ def test_a_list_that_drops_a_revocation_in_force_is_not_kept() -> None:
     # A list proposed before `a` was in force (built on the empty one) lacks it.
     stale_base = kr.RevocationList.make_body(keyset_id=KEYSET.keyset_id, version=2, entries=[b], time=NOW)
     rec = kr.RevocationList.from_body(stale_base)
-    assert not book.keeps(rec) and book.keeps(kr.RevocationList.from_body(_revocations(book, b)))
-    assert book.keeps(kr.PolicyVersion.from_body(_policy()))
+    assert book.dropped(rec, 0) == [a] and book.dropped(kr.RevocationList.from_body(_revocations(book, b)), 0) == []
+    assert book.dropped(kr.PolicyVersion.from_body(_policy()), 0) == []
+    c = kr.Revoked("requester", IDS[3], 0, "left too", NOW)  # in an open list this authority signed
+    assert book.dropped(kr.RevocationList.from_body(_revocations(book, b)), 0, also=[c]) == [c]
 
 
-def test_version_1_lists_are_still_read() -> None:
-    """Written before a shard revocation named its epoch: the epoch is read as 0."""
+def test_version_1_lists_are_still_read_and_their_shard_entries_hold_at_every_epoch() -> None:
+    """Written before a shard revocation named its epoch, it meant every epoch: so it stays."""
     v1 = p.encode([kr.REVOCATIONS_TAG, 1, KEYSET.keyset_id, 1,
                    [["custodian", IDS[1], 0, "r", NOW], ["shard", "", 2, "s", NOW]], NOW])
     rec = kr.RevocationList.from_body(v1)
-    assert rec.peers("custodian") == {IDS[1]} and rec.indices(0) == {2}
+    assert rec.peers("custodian") == {IDS[1]} and rec.indices(0) == rec.indices(7) == {2}
+    book = BOOK.applied(*BOOK.check(_signed(v1, 0, 1).to_bytes(), NOW))
+    assert book.holder_revoked(2, IDS[4], 5) and book.holder_revoked(1, IDS[1], 5)
+    # The next list is a version 2 one that carries both, the shard entry as "every epoch".
+    more = kr.Revoked("requester", IDS[4], 0, "left", NOW)
+    nxt = kr.RevocationList.from_body(_revocations(book, more, epoch=5))
+    assert book.dropped(nxt, 5) == [] and nxt.indices(9) == {2} and p.decode(nxt.body)[1] == 2
+    assert [e["epoch"] for e in nxt.to_json()["revoked"] if e["subject"] == "shard"] == ["every"]
+    assert book.dropped(kr.RevocationList.from_body(
+        kr.RevocationList.make_body(keyset_id=KEYSET.keyset_id, version=2, entries=[more], time=NOW)), 5) != []
     with pytest.raises(p.MalformedEncoding, match="epoch, reason"):  # a version 2 list has six fields
         kr.RevocationList.from_body(p.encode([kr.REVOCATIONS_TAG, 2, KEYSET.keyset_id, 1,
                                               [["custodian", IDS[1], 0, "r", NOW]], NOW]))
@@ -176,6 +192,13 @@ def test_stale_records_are_refused_from_a_peek_before_any_signature_check() -> N
     assert "rollback" in (book.stale(seen) or "")
     assert "replay" in (book.stale(kr.peek(v2.to_bytes())) or "")
     assert book.stale(kr.peek(_signed(_policy(3), 2).to_bytes())) is None
+
+
+def test_a_version_must_be_an_int_not_a_bool() -> None:
+    body = p.decode(_policy())
+    body[1] = True
+    with pytest.raises(p.MalformedEncoding, match="unsupported version"):
+        kr.PolicyVersion.from_body(p.encode(body))
 
 
 def test_revocation_entries_are_checked() -> None:
