@@ -66,6 +66,7 @@ def command_table(node: NodeRuntime) -> dict[str, Command]:
         "policy-show": reads(lambda a: rules_ops.show(node, str(a["keyset"]))),
         "revoke": lambda a, emit: rules_ops.revoke(node, a),
         "revocations": reads(lambda a: node.rules.revocations()),
+        "withdraw": reads(lambda a: node.rules.withdraw(str(a["proposal"]))),
         "member-revoke": _membership(node, lambda a: ops.revoke(node.members, a, node.now())),
     }
 

@@ -18,6 +18,7 @@ who is revoked (:meth:`book`).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 from collections import OrderedDict
@@ -80,7 +81,12 @@ def read_book(store: Store, keyset_id: str) -> kr.RuleBook | None:
     base = base_keyset(store, keyset_id)
     if base is None:
         return None
-    book = kr.RuleBook(base)
+
+    def epoch_at(time: int) -> int:  # the epoch in force at ``time``: its round began before
+        return max([0, *(r.epoch for r in map(p.epoch_records.EpochRecord.parse,
+                                               (bytes(row["record"]) for row in store.epochs(keyset_id)))
+                         if r.created <= time)])
+    book = kr.RuleBook(base, epoch_at=epoch_at)
     for row in store.rules(keyset_id, in_force=True):
         cs = CoSigned.restore(bytes(row["record"]), max_size=kr.MAX_RULE_RECORD)
         book = book.applied(cs, kr.parse_body(cs.body, trusted=True))
@@ -94,7 +100,8 @@ class Rules:
         self.peer_id = p.peer_id_of(key.public_key().public_bytes_raw())
         self._books: OrderedDict[str, kr.RuleBook] = OrderedDict()  # least recently used first
         self._checked: dict[bytes, tuple[CoSigned, kr.Rule]] = {}
-        self._window = 0  # where the next pull summary starts (see summary)
+        self._after = ""  # the last keyset a pull summary named: the next one starts after it
+        self.outgoing: list[CoSigned] = []  # proposals this node made by itself, to hand round
         self._applied: OrderedDict[tuple[str, str], list[int]] = OrderedDict()  # (keyset, kind) -> recent times
 
     # -- what the rest of the node asks -------------------------------------------
@@ -240,7 +247,7 @@ class Rules:
         else:
             body["policy_sha256"] = rec.digest.hex()
             body["placement"] = rec.placement
-        superseded = self._mine_open(keyset_id, rec.kind) if isinstance(rec, kr.RevocationList) else []
+        lost = self._lost(book, rec, self._mine_open(keyset_id, rec.kind)) if rec.kind == "revocations" else []
         with self.store.transaction():
             self.store.put_rule(cs.id.hex(), keyset_id, rec.kind, rec.version, cs.to_bytes(),
                                 signatures=len(cs.signatures), now=now,
@@ -251,30 +258,38 @@ class Rules:
         self._remember(keyset_id, new)
         recent = [t for t in self._applied.pop((keyset_id, rec.kind), []) if t > now - APPLY_WINDOW]
         self._applied[(keyset_id, rec.kind)] = [*recent, now][-APPLY_BURST:]
-        while len(self._applied) > MAX_BOOKS:
+        while len(self._applied) > 2 * MAX_BOOKS:
             self._applied.popitem(last=False)
-        if isinstance(rec, kr.RevocationList):
-            self._carry(new, rec, [r for _, r in superseded if r.version <= rec.version], now)
+        if lost and isinstance(rec, kr.RevocationList):
+            self._carry(new, rec, lost, now)
 
-    def _carry(self, book: kr.RuleBook, rec: kr.RevocationList, superseded: list[kr.Rule], now: int) -> None:
-        """A rival list went in force over open ones this authority signed: what they revoked
-        and it does not is proposed again, on top of it (nothing is lost to a race)."""
-        epoch = self._epoch(book)
-        lost = [e for r in superseded if isinstance(r, kr.RevocationList) for e in r.entries
-                if e.key not in rec.keys and book.revoked.still_holds(e, epoch)]
-        if not lost:
-            return
-        try:
-            got = self._propose_revocations(book, lost, now)
-        except p.ShardnetError as exc:
-            log.warning("keyset %s: revocations %s were overtaken and could not be proposed again: %s",
-                        rec.keyset_id.hex(), ", ".join(sorted({e.subject + " " + (e.peer or str(e.index))
-                                                               for e in lost})), exc)
-            return
-        if got is not None:
-            self.store.append_audit("revocations-carried", {"keyset": rec.keyset_id.hex(), "over": rec.version,
-                                                            "proposal": got[0].id.hex(),
-                                                            "revoked": [e.to_json() for e in lost]}, now, self.key)
+    def _lost(self, book: kr.RuleBook, rec: kr.Rule, superseded: list[tuple[CoSigned, kr.Rule]]) -> list[kr.Revoked]:
+        """What a revocation list about to go in force leaves out: of the one in force, and of
+        the open lists this node signed up to its version (which it replaces)."""
+        if not isinstance(rec, kr.RevocationList):
+            return []
+        mine = [e for _, r in superseded if isinstance(r, kr.RevocationList) and r.version <= rec.version
+                for e in r.entries]
+        return book.dropped(rec, self._epoch(book), also=mine)
+
+    def _carry(self, book: kr.RuleBook, rec: kr.RevocationList, lost: list[kr.Revoked], now: int) -> None:
+        """A list went in force that leaves out revocations (of the one in force before, or of
+        open lists this node signed: K authorities signed it, one of them maybe on a stale
+        view). Every node says so; an authority proposes them again, on top of it."""
+        names = ", ".join(sorted({f"{e.subject} {e.peer or e.index}" for e in lost}))
+        log.warning("keyset %s: revocations version %d leaves out %s", rec.keyset_id.hex(), rec.version, names)
+        body: dict[str, Any] = {"keyset": rec.keyset_id.hex(), "over": rec.version,
+                                "revoked": [e.to_json() for e in lost]}
+        if book.rule.is_authority(self.peer_id):
+            try:
+                got = self._propose_revocations(book, lost, now)
+            except Exception as exc:  # noqa: BLE001 - the list is applied; this is a follow-up
+                log.warning("keyset %s: could not propose %s again: %s", rec.keyset_id.hex(), names, exc)
+                got = None
+            if got is not None:
+                body["proposal"] = got[0].id.hex()
+                self.outgoing.append(got[0])
+        self.store.append_audit("revocations-dropped", body, now, self.key)
 
     def _epoch(self, book: kr.RuleBook) -> int:
         view = keyset_view(self.store, book.keyset.id_hex)
@@ -322,12 +337,11 @@ class Rules:
         return sorted(out, key=lambda x: x[1].version)
 
     def propose_policy(self, keyset_id: str, text: str, placement: str | None, now: int) -> tuple[CoSigned, str]:
-        """A policy version above the one in force and above every open one this node signed
-        (an authority signs one body per version)."""
+        """A policy version above the one in force and every open one this node signed (an
+        authority signs one body per version)."""
         book = self._authority_book(keyset_id)
-        mine = self._mine_open(keyset_id, "policy")
-        version = max([book.version("policy"), *(r.version for _, r in mine)]) + 1
-        body = kr.PolicyVersion.make_body(keyset_id=book.keyset.keyset_id, version=version, policy=text,
+        body = kr.PolicyVersion.make_body(keyset_id=book.keyset.keyset_id, version=self._next_version(book, "policy"),
+                                          policy=text,
                                           placement=book.placement if placement is None else placement, time=now)
         return self._propose(body, now)
 
@@ -349,11 +363,28 @@ class Rules:
     def _propose_revocations(self, book: kr.RuleBook, entries: list[kr.Revoked],
                              now: int) -> tuple[CoSigned, str] | None:
         keyset_id = book.keyset.id_hex
-        versions = [r.version for _, r in self._mine_open(keyset_id, "revocations")]
         body = kr.next_revocations(book, [*self._signed_revocations(keyset_id), *entries], time=now,
-                                   version=max([book.version("revocations"), *versions]) + 1,
-                                   epoch=self._epoch(book))
+                                   version=self._next_version(book, "revocations"), epoch=self._epoch(book))
         return None if body is None else self._propose(body, now)
+
+    def _next_version(self, book: kr.RuleBook, kind: str) -> int:
+        """Above the one in force and every open proposal this node signed (it signs one body
+        per version). Not above the others' ones: a hostile authority's proposals at high
+        versions would then push this node's past MAX_AHEAD."""
+        mine = [r.version for _, r in self._mine_open(book.keyset.id_hex, kind)]
+        return max([book.version(kind), *mine]) + 1
+
+    def withdraw(self, proposal: str) -> dict[str, Any]:
+        """Forget an open proposal this node signed: it no longer binds what this node signs.
+        (Copies that other authorities hold keep its signature: they may still complete it.)"""
+        row = self.store.rule_proposal(proposal)
+        if row is None:
+            raise LookupError(f"no open proposal {proposal!r} on this node")
+        cs = CoSigned.restore(bytes(row["record"]), max_size=kr.MAX_RULE_RECORD)
+        if p.public_key_of(self.peer_id) not in cs.signers:
+            raise p.ShardnetError("this node did not sign that proposal: there is nothing of its own to withdraw")
+        self.store.drop_rule_proposal(row["proposal_id"])
+        return self._proposal_row(row) | {"withdrawn": True}
 
     def sign(self, proposal: str, now: int) -> tuple[CoSigned, str]:
         row = self.store.rule_proposal(proposal)
@@ -409,12 +440,11 @@ class Rules:
         for row in self.store.rules(in_force=False):
             open_ids.setdefault(row["keyset_id"], []).append(bytes.fromhex(row["proposal_id"]))
         known = self.known_keysets() if keysets is None else sorted(keysets)
-        start = self._window % len(known) if known else 0
+        start = bisect.bisect_right(known, self._after) % len(known) if known else 0
         out: list[list[Any]] = []
         used = 0
-        at = start
-        for at in range(start, start + len(known)):
-            keyset_id = known[at % len(known)]
+        for step in range(len(known)):
+            keyset_id = known[(start + step) % len(known)]
             book = self.book(keyset_id)
             if book is None:
                 continue
@@ -428,9 +458,7 @@ class Rules:
                 break
             used += size
             out.append(entry)
-        else:
-            at = start + len(known)
-        self._window = at
+            self._after = keyset_id
         return out
 
     def pull_reply(self, summary: Any, puller: str = "", budget: int = wire.RULES.max_reply - 1024) -> list[bytes]:

@@ -1,5 +1,5 @@
 """The CLI of a keyset's rules: `shardnet policy publish|show`, `shardnet revoke`,
-`shardnet revocations`. Proposals are co-signed with `shardnet sign` (``_network_commands``).
+`shardnet revocations`, `shardnet withdraw`. Proposals are co-signed with `shardnet sign` (``_network_commands``).
 
 Publishing and revoking go through the running node (it hands the proposal to
 the keyset's other authorities, and gossips the record once it is in force);
@@ -117,6 +117,21 @@ def cmd_revocations(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_withdraw(args: argparse.Namespace) -> int:
+    from ._commands import _ask
+
+    def offline(home: Home) -> Any:
+        store, rules = _rules(home)
+        with store:
+            return rules.withdraw(args.proposal)
+
+    res = _ask(args, "withdraw", {"proposal": args.proposal}, offline=offline)
+    emit(args, res, f"proposal {res['proposal']} ({res['kind']} version {res['version']} of keyset "
+                    f"{res['keyset'][:12]}…) withdrawn here: it no longer binds what this node signs "
+                    "(the other authorities' copies keep its signatures)")
+    return EXIT_OK
+
+
 def register(sub: Any, home_arg: Any) -> None:
     pp = sub.add_parser("policy", help="a keyset's request policy and placement: publish a new version, or show it")
     psub = pp.add_subparsers(dest="policy_command", metavar="ACTION", parser_class=Parser)
@@ -145,6 +160,13 @@ def register(sub: Any, home_arg: Any) -> None:
     sp.add_argument("--reason", required=True, metavar="TEXT")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_revoke)
+
+    sp = sub.add_parser("withdraw", help="forget an open keyset rule proposal this node signed, so that it "
+                                         "signs lists without its revocations")
+    home_arg(sp)
+    sp.add_argument("proposal", metavar="PROPOSAL_ID", help="the id, or a unique prefix of it")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_withdraw)
 
     sp = sub.add_parser("revocations", help="revocations in force, by keyset, with versions and signers")
     home_arg(sp)

@@ -183,4 +183,10 @@ class RulesLoops:
                 except tx.RequestError as exc:
                     log.debug("rules pull from %s failed: %s", peer, exc)
             self.rules.expire_proposals(self.now())
+            await self.hand_outgoing()
             await trio.sleep(wire.RULES_PULL_EVERY)
+
+    async def hand_outgoing(self) -> None:
+        """Hand round the proposals this node made by itself (revocations proposed again)."""
+        while self.rules.outgoing:
+            await self.spread(self.rules.outgoing.pop(0), "proposal")

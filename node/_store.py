@@ -1564,6 +1564,10 @@ class Store:
         return [dict(r) for r in self._db.query(
             f"SELECT * FROM keyset_rules {where} ORDER BY keyset_id, kind, version, proposal_id", params)]
 
+    def drop_rule_proposal(self, proposal_id: str) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM keyset_rules WHERE proposal_id = ? AND in_force = 0", [proposal_id])
+
     def rule_proposal(self, proposal_id: str) -> dict[str, Any] | None:
         """The open rule proposal whose id is, or starts with, ``proposal_id`` (LookupError if several)."""
         if not (4 <= len(proposal_id) <= 32 and all(c in "0123456789abcdef" for c in proposal_id.lower())):

@@ -17,11 +17,11 @@ authorities sign, K of M (``AuthorityRule``: the owner alone by default).
   a requester (its requests are refused, and its votes do not count). Each
   version holds the whole list, so applying one is idempotent, and a node that
   missed versions needs only the last. Record version 2 names the epoch of a
-  shard entry; a version 1 list (before epochs bound it) is still read, its
-  shard entries as :data:`EVERY_EPOCH` (as they were meant then: at every
-  epoch). Authorities sign only a list that keeps every entry in force but
-  shard entries of epochs past (:meth:`RuleBook.keeps`): nothing that still
-  protects anything is taken back.
+  shard entry; a version 1 list (before epochs bound it) is still read, a
+  shard entry of it as :data:`EVERY_EPOCH`, which a node's book pins to the
+  epoch in force at the entry's time (``RuleBook.epoch_at``): what it meant
+  then. Authorities sign only a list that keeps every entry in force but shard
+  entries of epochs past (:meth:`RuleBook.dropped`).
 
 :class:`RuleBook` is one node's view of one keyset. It takes a record only if
 every signature is from a distinct authority of that keyset and its version is
@@ -34,7 +34,7 @@ every node: the smaller proposal id wins.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -56,7 +56,8 @@ KINDS = ("policy", "revocations")
 SUBJECTS = ("custodian", "shard", "requester")
 #: Revocations one list holds at most.
 MAX_REVOCATIONS = 256
-#: The epoch of a shard entry carried over from a version 1 list: it holds at every epoch.
+#: The epoch of a shard entry read from a version 1 list (and carried on): a node pins it to
+#: the epoch in force at the entry's time (``RuleBook.epoch_at``); unpinned, it holds at every epoch.
 EVERY_EPOCH = -1
 #: Bytes of a placement expression at most.
 MAX_PLACEMENT = 1024
@@ -135,7 +136,7 @@ class Revoked:
     @classmethod
     def from_list(cls, value: Any, *, record_version: int = 2) -> Revoked:
         """``[subject, peer, index, epoch, reason, time]``; in a version 1 list,
-        ``[subject, peer, index, reason, time]`` (a shard's epoch read as 0)."""
+        ``[subject, peer, index, reason, time]`` (a shard's epoch read as EVERY_EPOCH)."""
         want(value, list, "revocation")
         if record_version == 1:
             if len(value) != 5:
@@ -282,6 +283,9 @@ class RuleBook:
     """One keyset's rules in force on one node (pure: each change returns a new book)."""
 
     keyset: Keyset  # the keyset record (epoch 0): its authorities, policy and placement
+    #: The epoch in force at a time (this node's epoch records): pins the shard entries of a
+    #: version 1 list; without it they hold at every epoch.
+    epoch_at: Callable[[int], int] | None = field(default=None, compare=False, repr=False)
     policy: tuple[CoSigned, PolicyVersion] | None = None
     revocations: tuple[CoSigned, RevocationList] | None = None
 
@@ -311,7 +315,17 @@ class RuleBook:
 
     @property
     def revoked(self) -> RevocationList:
-        return self.revocations[1] if self.revocations else empty_revocations(self.keyset.keyset_id)
+        return self.pinned(self.revocations[1]) if self.revocations else empty_revocations(self.keyset.keyset_id)
+
+    def pinned(self, rec: RevocationList) -> RevocationList:
+        """``rec`` with the shard entries of a version 1 list pinned to their epoch (see
+        :attr:`epoch_at`); the record itself, as signed, is unchanged."""
+        if self.epoch_at is None or all(e.epoch != EVERY_EPOCH for e in rec.entries):
+            return rec
+        at = self.epoch_at
+        entries = {e.key: e for e in (replace(e, epoch=at(e.time)) if e.epoch == EVERY_EPOCH else e
+                                      for e in rec.entries)}
+        return replace(rec, entries=tuple(sorted(entries.values(), key=lambda e: e.key)))
 
     def holder_revoked(self, index: int, peer: str, epoch: int) -> bool:
         """Whether ``peer``, holding ``index`` at ``epoch``, may keep (or be given) it no longer."""
@@ -324,9 +338,12 @@ class RuleBook:
         more (shard entries of epochs past). An authority signs no list that drops one."""
         if not isinstance(rec, RevocationList):
             return []
-        keys = rec.keys
-        return [e for e in {e.key: e for e in (*self.revoked.entries, *also)}.values()
+        keys = self.pinned(rec).keys
+        return [e for e in {e.key: e for e in (*self.revoked.entries, *self._pin(also))}.values()
                 if e.key not in keys and self.revoked.still_holds(e, epoch)]
+
+    def _pin(self, entries: Iterable[Revoked]) -> tuple[Revoked, ...]:
+        return self.pinned(RevocationList(self.keyset.keyset_id, 0, tuple(entries), 0)).entries
 
     # -- records in -------------------------------------------------------------------
 
@@ -399,12 +416,13 @@ def next_revocations(book: RuleBook, entries: Iterable[Revoked], *, version: int
     """The body of a revocation list at ``version`` that holds every revocation in force and
     ``entries`` that still protect something at ``epoch`` (the keyset's epoch now); None if
     that adds nothing to what is in force."""
-    held = {e.key: e for e in book.revoked.entries}
-    new = {e.key: e for e in entries if e.key not in held}
+    revoked = book.revoked
+    held = {e.key: e for e in revoked.entries if revoked.still_holds(e, epoch)}
+    new = {e.key: e for e in book._pin(entries) if e.key not in held and revoked.still_holds(e, epoch)}
     if not new:
         return None
-    keep = [e for e in (*held.values(), *new.values()) if book.revoked.still_holds(e, epoch)]
-    return RevocationList.make_body(keyset_id=book.keyset.keyset_id, version=version, entries=keep, time=time)
+    return RevocationList.make_body(keyset_id=book.keyset.keyset_id, version=version,
+                                    entries=[*held.values(), *new.values()], time=time)
 
 
 def next_policy(book: RuleBook, *, policy: str, placement: str | None, time: int) -> bytes:

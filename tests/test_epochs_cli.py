@@ -378,6 +378,18 @@ def test_a_policy_version_co_signed_through_the_cli_applies_and_bad_records_neve
     for name in holders(c, d):
         shown = wait_for(lambda name=name: show(name)["version"] == 1 and show(name))
         assert shown and shown["policy"] == AUDIT_ONLY and len(shown["signers"]) == 2, name
+    # An authority withdraws an open proposal of its own; not another's.
+    r = run_cli("policy", "publish", "--home", home(c, auth[0]), str(good), "--keyset", ks, "--json")
+    assert r.returncode == 0, r.stderr
+    mine = json.loads(r.stdout)["proposal"]
+    wait_for(lambda: any(x["proposal"] == mine for x in json.loads(run_cli(
+        "proposals", "--home", home(c, auth[1]), "--json").stdout)))
+    r = run_cli("withdraw", "--home", home(c, auth[1]), mine[:12])
+    assert r.returncode != 0 and "did not sign" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("withdraw", "--home", home(c, auth[0]), mine[:12], "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["withdrawn"] is True, r.stderr
+    assert not [x for x in json.loads(run_cli("proposals", "--home", home(c, auth[0]), "--json").stdout)
+                if x["proposal"] == mine]
     # Rollback, replay, forgery and short of the quorum: refused by every node, over the stream.
     with c.nodes[auth[0]].home.open_store() as store:
         in_force = next(bytes(r["record"]) for r in store.rules(ks, in_force=True) if r["kind"] == "policy")

@@ -119,7 +119,9 @@ def test_a_revocation_list_keeps_every_revocation_in_force(tmp_path: pathlib.Pat
             assert outcome == "applied"
             b.rules.accept(in_force.to_bytes(), now)
             assert revoked(b) == {x, y}
-            [carried] = [e.body for e in b.store.audit_entries() if e.kind == "revocations-carried"]
+            [carried] = [e.body for e in b.store.audit_entries() if e.kind == "revocations-dropped"]
+            assert [e["peer"] for e in carried["revoked"]] == [z] and b.rules.outgoing[-1].id.hex() == \
+                carried["proposal"]
             again = b.rules.store.rule_proposal(carried["proposal"])
             assert again is not None
             rec = kr.parse_body(CoSigned.restore(bytes(again["record"]), max_size=kr.MAX_RULE_RECORD).body)
@@ -128,10 +130,42 @@ def test_a_revocation_list_keeps_every_revocation_in_force(tmp_path: pathlib.Pat
             a.rules.accept(bytes(again["record"]), now)
             _, outcome = a.rules.sign(carried["proposal"], now)
             assert outcome == "applied" and revoked(a) == {x, y, z, w}
-            # revoke builds on every open list this node signed, not only the last one.
-            d4, _ = a.rules.propose_revocation(keyset, requester(v), now)  # type: ignore[misc]
-            assert kr.parse_body(d4.body).peers("requester") == {x, y, z, w, v}  # type: ignore[union-attr]
             assert b2 is not None
+            # A hostile authority completes a stale open list of A's (v6, proposed before B's
+            # v5 with u went in force) with its own signature: every node applies it, and B,
+            # whose u it drops, says so and proposes u again on top of it.
+            u = grid.nodes[0].peer_id
+            a5, _ = a.rules.propose_revocation(keyset, requester(v), now)  # type: ignore[misc]
+            a6, _ = a.rules.propose_revocation(keyset, requester(b.peer_id), now)  # type: ignore[misc]
+            assert [kr.parse_body(cs.body).version for cs in (a5, a6)] == [5, 6]
+            b5, _ = b.rules.propose_revocation(keyset, requester(u), now)  # type: ignore[misc]
+            v4 = a.rules.book(keyset).revocations[0]  # type: ignore[union-attr]
+            for node in (b, c):
+                node.rules.accept(v4.to_bytes(), now)
+            assert c.rules.accept(b5.to_bytes(), now) == "proposal"
+            done5, _ = c.rules.sign(b5.id.hex(), now)
+            b.rules.accept(done5.to_bytes(), now)
+            assert u in revoked(b)
+            hostile = a6.signed_by(c.key)  # C's node would refuse: it signs outside its node
+            assert b.rules.accept(hostile.to_bytes(), now) == "applied" and u not in revoked(b)
+            dropped = [e.body for e in b.store.audit_entries() if e.kind == "revocations-dropped"][-1]
+            assert dropped["over"] == 6 and [e["peer"] for e in dropped["revoked"]] == [u]
+            row = b.store.rule_proposal(dropped["proposal"])
+            assert row is not None and u in kr.parse_body(CoSigned.restore(
+                bytes(row["record"]), max_size=kr.MAX_RULE_RECORD).body).peers("requester")  # type: ignore[union-attr]
+            # A signs B's proposal that restores u: in force again.
+            a.rules.accept(hostile.to_bytes(), now)
+            a.rules.accept(bytes(row["record"]), now)
+            a.rules.sign(dropped["proposal"], now)  # complete: in force
+            assert u in revoked(a)
+            # An authority withdraws an open proposal of its own (then it no longer binds what
+            # it signs), never another's.
+            own, _ = a.rules.propose_revocation(keyset, requester(grid.nodes[7].peer_id), now)  # type: ignore[misc]
+            with pytest.raises(p.ShardnetError, match="did not sign"):
+                b.rules.accept(own.to_bytes(), now)
+                b.rules.withdraw(own.id.hex())
+            assert a.rules.withdraw(own.id.hex()[:12])["withdrawn"] is True
+            assert a.rules.store.rule_proposal(own.id.hex()) is None and a.rules._signed_revocations(keyset) == []
     in_virtual_time(main)
 
 

@@ -178,6 +178,15 @@ def test_version_1_lists_are_still_read_and_their_shard_entries_hold_at_every_ep
     assert [e["epoch"] for e in nxt.to_json()["revoked"] if e["subject"] == "shard"] == ["every"]
     assert book.dropped(kr.RevocationList.from_body(
         kr.RevocationList.make_body(keyset_id=KEYSET.keyset_id, version=2, entries=[more], time=NOW)), 5) != []
+    # A node pins such an entry to the epoch in force at its time (from its epoch records):
+    # it then holds at that epoch only, and the next list names that epoch and drops it later.
+    pinned = kr.RuleBook(KEYSET, epoch_at=lambda t: 3 if t >= NOW else 0).applied(*BOOK.check(
+        _signed(v1, 0, 1).to_bytes(), NOW))
+    assert pinned.revoked.indices(3) == {2} and pinned.revoked.indices(4) == set()
+    at3 = kr.RevocationList.from_body(_revocations(pinned, more, epoch=3))
+    assert [e.epoch for e in at3.entries if e.subject == "shard"] == [3] and pinned.dropped(at3, 3) == []
+    at4 = kr.RevocationList.from_body(_revocations(pinned, more, epoch=4))
+    assert [e.subject for e in at4.entries] == ["custodian", "requester"] and pinned.dropped(at4, 4) == []
     with pytest.raises(p.MalformedEncoding, match="epoch, reason"):  # a version 2 list has six fields
         kr.RevocationList.from_body(p.encode([kr.REVOCATIONS_TAG, 2, KEYSET.keyset_id, 1,
                                               [["custodian", IDS[1], 0, "r", NOW]], NOW]))
