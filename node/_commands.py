@@ -142,7 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
     try:
         runtime = NodeRuntime(home, keystore=FileKeystore.from_home(home), transport=running_libp2p_transport,
-                              bootstrap=args.bootstrap or [], clock=system_clock, rng=system_rng)
+                              bootstrap=args.bootstrap or [], clock=system_clock, rng=system_rng,
+                              autopilot=not args.no_autopilot)
         trio.run(runtime.run)
     except (ControlError, NoNetwork) as exc:
         raise Failure(str(exc)) from None
@@ -303,7 +304,8 @@ def cmd_key_import(args: argparse.Namespace) -> int:
             "placement": args.placement, "redundancy": args.redundancy, "expires": args.expires,
             "kem": args.kem, "wait": args.wait, "custodians": args.custodians,
             "deliver_within": args.deliver_within, "authorities": args.authorities,
-            "authority_quorum": args.authority_quorum,
+            "authority_quorum": args.authority_quorum, "refresh_every": args.refresh_every,
+            "rewrap_every": args.rewrap_every,
         }, on_event=bar)
     finally:
         bar.close()
@@ -445,6 +447,8 @@ def register(sub: Any) -> None:
     home_arg(sp)
     sp.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="peer to dial; repeatable")
     sp.add_argument("--quiet", action="store_true", help="log only to DIR/node.log")
+    sp.add_argument("--no-autopilot", action="store_true",
+                    help="run no epoch action by itself (triggers: revocations, membership, placement, schedule)")
     sp.set_defaults(func=cmd_run)
 
     for name, fn, hlp in [("status", cmd_status, "this node: peer id, addresses, peers, shards"),
@@ -469,6 +473,10 @@ def register(sub: Any) -> None:
                     help="custodians per shard index, never two in one country")
     sp.add_argument("--expires", type=parse_duration, metavar="DURATION", help="e.g. 365d")
     sp.add_argument("--kem", choices=p.KEMS, default="x25519")
+    sp.add_argument("--refresh-every", type=parse_duration, metavar="DURATION",
+                    help="the keyset's authorities refresh it this often (e.g. 30d)")
+    sp.add_argument("--rewrap-every", type=parse_duration, metavar="DURATION",
+                    help="the keyset's authorities have its holders rewrap this often (e.g. 7d)")
     sp.add_argument("--deliver-within", type=parse_within, default=p.outbox.DELIVER_WITHIN, metavar="DURATION",
                     help="re-place a shard still undelivered after this long on another admitted custodian "
                     "that keeps the placement (default 1h; 'never' to wait for its custodian forever)")

@@ -87,7 +87,8 @@ def _holders(node: NodeRuntime, action: str, view: p.Keyset, args: dict[str, Any
     revoked = book.revoked.peers("custodian") if book is not None else frozenset()
     if pinned and revoked & set(pinned):
         _fail(f"revoked for this keyset, so no new holder: {', '.join(sorted(revoked & set(pinned)))}", 2)
-    cands = [node.owner._candidate(a) for peer, a in admitted.items() if peer not in revoked]
+    avoid = revoked | frozenset(args.get("avoid") or ())  # the autopilot's: what the trigger moves away from
+    cands = [node.owner._candidate(a) for peer, a in admitted.items() if peer not in avoid]
     expr = args.get("placement")
     if expr is None:
         expr = book.placement if book is not None else str(view.attrs.get("placement", ""))

@@ -13,13 +13,7 @@ from shardnet.protocol import epoch_records as er
 from ._store import Store
 
 #: What each action defeats, in the words of the revocation table (docs, `key show`).
-DEFEATS = {
-    "refresh": "fewer than t old shares leaked over time: old shares no longer combine with the new ones",
-    "reshare": "a revoked custodian, or a changed policy or placement: the old holders' shares no longer "
-               "combine with the new ones, and the old holders erased theirs",
-    "rewrap": "theft of the stored ciphertext and the old wrapping key (after a node's first rewrap: the key "
-              "its admission certifies stays, for deliveries); not a custodian that already read its share",
-}
+DEFEATS = p.triggers.DEFEATS
 
 
 def base_keyset(store: Store, keyset_id: str) -> p.Keyset | None:

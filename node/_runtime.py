@@ -32,6 +32,7 @@ from shardnet.protocol import Descriptor, Request, wire
 
 from . import _transport as tx
 from ._approval_loops import ApprovalLoops, signed_by_author
+from ._autopilot import Autopilot
 from ._clock import Clock, Rng
 from ._control_commands import command_table
 from ._control_server import Command, bind_control, serve_control
@@ -59,10 +60,12 @@ log = logging.getLogger("shardnet.node")
 class NodeRuntime:
     def __init__(self, home: Home, *, keystore: Keystore, transport: TransportFactory,
                  bootstrap: list[str] | None = None, clock: Clock, rng: Rng, store: Store | None = None,
-                 operator_io: bool = True, republish_every: float | None = None) -> None:
+                 operator_io: bool = True, republish_every: float | None = None, autopilot: bool = True) -> None:
         """``store``: the node's store (default: the home's database file). ``operator_io``:
         the control socket, the run files and signal handling; the grid's nodes go without.
-        ``republish_every``: seconds between our descriptor's publications."""
+        ``republish_every``: seconds between our descriptor's publications. ``autopilot``:
+        run the epoch actions that triggers call for, on the keysets this node is an
+        authority of (``_autopilot``)."""
         self.home = home
         self.cfg = home.config()
         self.keystore = keystore
@@ -90,6 +93,7 @@ class NodeRuntime:
         self.records = RecordService(self.store, keystore, self.members, clock, rng)
         self.epochs = EpochService(self.store, keystore, self.members, rng, self.rules)
         self.epoch_rounds: set[str] = set()  # keysets this node coordinates a round of now
+        self.autopilot = Autopilot(self) if autopilot else None
         self.releaser = Releaser(self.store, keystore, self.approvals, self.members, self.rules,
                                  threat_level=self.threat_level, rng=rng)
         self.started = 0.0
@@ -181,6 +185,8 @@ class NodeRuntime:
                     nursery.start_soon(self.peering.publish_loop)
                     nursery.start_soon(self.peering.peers_loop)
                     nursery.start_soon(self.outbox.run)
+                    if self.autopilot is not None:
+                        nursery.start_soon(self.autopilot.run)
                     nursery.start_soon(notice_loop, self)
                     if control is not None:
                         nursery.start_soon(serve_control, control, self.commands(), nursery)

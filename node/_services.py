@@ -415,10 +415,12 @@ class Owner:
         approvers: list[str] | None = None, quorum: int | None = None, policy_text: str | None = None,
         custodians: list[str] | None = None, deliver_within: int | None = p.outbox.DELIVER_WITHIN,
         authorities: list[str] | None = None, authority_quorum: int | None = None,
+        schedule: dict[str, int] | None = None,
     ) -> ImportResult:
         """``deliver_within``: seconds after which a shard still undelivered is re-placed on
         another admitted custodian (None: never). Until then each slot keeps its share
-        sealed to this node's own HPKE key, and erases it when the shard is delivered."""
+        sealed to this node's own HPKE key, and erases it when the shard is delivered.
+        ``schedule``: ``refresh_every`` and ``rewrap_every`` seconds (``_autopilot``)."""
         policy = Policy(policy_text if policy_text is not None else DEFAULT_POLICY)
         if kem not in p.KEMS:
             raise ValueError(f"unknown kem {kem!r}; choose one of {', '.join(p.KEMS)}")
@@ -448,6 +450,10 @@ class Owner:
                                  "policy": policy.text}
         if custodians is not None:  # a re-placed shard stays on this set too
             attrs["custodians"] = sorted(admitted)
+        for key, every in (schedule or {}).items():
+            if key not in ("refresh_every", "rewrap_every") or not isinstance(every, int) or every < 60:
+                raise ValueError(f"--{key.replace('_', '-')}: at least 60 seconds")
+            attrs[key] = every
         if deliver_within is not None:
             if deliver_within < 1:
                 raise ValueError("--deliver-within must be at least 1 second")

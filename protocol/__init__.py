@@ -10,6 +10,7 @@ from . import _cosign as cosign
 from . import _directory_pull as directory_pull
 from . import _epoch as epoch
 from . import _epoch_records as epoch_records
+from . import _feed as feed
 from . import _keyset_fetch as keyset_fetch
 from . import _keyset_rules as keyset_rules
 from . import _membership as membership
@@ -17,6 +18,7 @@ from . import _outbox as outbox
 from . import _placement as placement
 from . import _possession as possession
 from . import _release_round as release_round
+from . import _triggers as triggers
 from . import _wire as wire
 from ._armor import MAX_FILE as MAX_ARMOR_FILE
 from ._armor import keyset_from_text, keyset_to_text, share_from_text, share_to_text
@@ -105,7 +107,7 @@ __all__ = [
     "encode_audit_body", "keyset_from_text", "keyset_to_text", "make_audit_entry", "open_shard",
     "cosign", "directory_pull", "epoch", "epoch_records", "keyset_fetch", "keyset_rules", "membership", "open_signed", "open_with_unwrapped", "outbox", "partial_decrypt", "partial_payload", "peer_id_of",
     "placement", "possession", "public_key_of", "hpke_seal", "peek_shard_meta", "read_shard_meta", "recover_secret", "reseal_own", "refresh_commitments",
-    "refresh_deal", "refresh_share", "release_round", "reshare_commitments", "reshare_deal", "reshare_share",
+    "refresh_deal", "refresh_share", "release_round", "reshare_commitments", "reshare_deal", "reshare_share", "triggers", "feed",
     "seal_shard", "share_from_text", "share_payload", "share_to_text", "sign_body", "signer_of", "split_key",
     "verify_chain", "verify_partial", "verify_share", "want", "want_bytes", "wire",
 ]

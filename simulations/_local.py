@@ -71,12 +71,15 @@ def run_cli(*args: str, timeout: float = 120.0, check: bool = False) -> subproce
 class LocalCluster:
     """Start, stop and query a handful of node processes under ``root``."""
 
-    def __init__(self, root: pathlib.Path, specs: list[NodeSpec], *, admit: bool = True) -> None:
+    def __init__(self, root: pathlib.Path, specs: list[NodeSpec], *, admit: bool = True,
+                 autopilot: bool = False) -> None:
         """``admit``: admit every node to the network as it is initialised (False: the
-        test admits, or leaves out, whom it wants with :meth:`admit`)."""
+        test admits, or leaves out, whom it wants with :meth:`admit`). ``autopilot``: the
+        nodes run the epoch actions triggers call for (off: the test drives them)."""
         self.root = pathlib.Path(root)
         self.nodes = {s.name: LocalNode(s, Home(self.root / s.name)) for s in specs}
         self.auto_admit = admit
+        self.autopilot = autopilot
         self.network_file = self.root / "network.toml"
         self.authority = specs[0].name if specs else ""
 
@@ -174,7 +177,8 @@ class LocalCluster:
         n = self.nodes[name]
         if n.running:
             return
-        args = [*(command or CLI), "run", "--home", str(n.home.path), "--quiet"]
+        args = [*(command or CLI), "run", "--home", str(n.home.path), "--quiet",
+                *([] if self.autopilot else ["--no-autopilot"])]
         for b in self.bootstrap_for(name):
             args += ["--bootstrap", b]
         n.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

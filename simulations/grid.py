@@ -64,7 +64,8 @@ class Grid:
                  lose: Callable[[str, str], bool] | None = None, seed: int = 0, degree: int = 6,
                  republish: float | None = None, trace: bool = True,
                  admitted: Callable[[int], bool] = lambda i: True, kems: tuple[str, ...] = ("x25519",),
-                 cpu_clock: Callable[[], float] | None = None, charge: frozenset[str] = frozenset()) -> None:
+                 cpu_clock: Callable[[], float] | None = None, charge: frozenset[str] = frozenset(),
+                 autopilot: bool = False) -> None:
         """``latency(a, b)``: one-way seconds from a to b. ``lose(a, b)``: whether this gossip
         hop or request from a to b is lost (called once per hop). ``republish``: seconds
         between a node's descriptor publications. ``trace``: keep the event trace (see
@@ -72,7 +73,8 @@ class Grid:
         (node 0, the authority, always runs; the others it leaves out can be admitted later).
         ``kems``: the HPKE keys the admissions certify, so the KEMs imports may use.
         ``cpu_clock``, ``charge``: the handlers of these protocols have their compute time
-        added as virtual delay (MemoryNetwork)."""
+        added as virtual delay (MemoryNetwork). ``autopilot``: the nodes run the epoch actions
+        triggers call for by themselves (off by default: tests drive the actions)."""
         if n < 1:
             raise ValueError("a grid needs at least one node")
         if republish is not None and not republish > 0:
@@ -85,6 +87,7 @@ class Grid:
         self.republish = republish
         self.admitted = admitted
         self.kems = kems
+        self.autopilot = autopilot
         self.genesis: p.Genesis | None = None
         self.homes: list[Home] = []
         for i in range(n):
@@ -126,7 +129,7 @@ class Grid:
             NodeRuntime(h, keystore=FileKeystore.from_home(h), transport=self.network.factory(),
                         bootstrap=boot if i else [], clock=self.now, rng=self.rng,
                         store=seeded(Store(":memory:"), g, records),
-                        operator_io=False, republish_every=self.republish)
+                        operator_io=False, republish_every=self.republish, autopilot=self.autopilot)
             for i, h in enumerate(self.homes)
         ]
         async with self.network.running(), trio.open_nursery() as nursery:

@@ -168,6 +168,17 @@ def test_a_custodian_that_lacks_its_certified_key_fails_the_challenge_and_gets_n
         c.control(c.authority, "admit", {"join_request": base64.b64encode(j.signed).decode(), "org": "Tagus Vault",
                                          "country": "PT", "roles": ["custodian"], "expires": 86400})
         c.wait_directory(expect=len(c.nodes), timeout=30, names=["frankfurt"])
+        # The importer must have both its descriptor (fresh) and its admission, or it is no
+        # candidate yet: gossip brings them in either order.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            known = {x["peer_id"]: x for x in c.control("frankfurt", "custodians")}
+            members = {x["peer_id"]: x for x in c.control("frankfurt", "membership")}
+            if (liar.peer_id in known and not known[liar.peer_id]["stale"]
+                    and members.get(liar.peer_id, {}).get("state") == "admitted"
+                    and "custodian" in members[liar.peer_id]["roles"]):
+                break
+            time.sleep(0.2)
         f = tmp_path / "key"
         f.write_bytes(os.urandom(32))
         home = str(c.nodes["frankfurt"].home.path)

@@ -1,0 +1,149 @@
+"""The autopilot: an authority node runs the epoch action a keyset's state calls for.
+
+Every ``EVERY`` seconds it looks at each keyset this node is a policy authority
+of, builds what it knows of it (``protocol/_triggers.py``: the holders and their
+membership, the rules in force, the schedule in the keyset's attributes, the
+clock) and asks :func:`~shardnet.protocol.triggers.decide`. A reshare, refresh
+or rewrap that is due runs as the operator's command would
+(``_epoch_round``), with its trigger, action and what it defeats in the audit
+log (``trigger``; ``trigger-failed`` if it did not complete).
+
+A keyset's authorities take turns (``triggers.leader``): the first acts at
+once, the next one only if the trigger still holds ``TURN`` seconds later, and
+so on, so that one authority that is down stops nothing, and two seldom run a
+round for the same epoch (their epoch locks refuse the second one anyway).
+A keyset whose action failed waits ``BACKOFF`` seconds before the next try.
+
+Not yet here (issue 11): threat feeds, renewal of a keyset's not-after, and
+batching many keysets into one round.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from shardnet import protocol as p
+from shardnet.protocol import epoch_records as er
+from shardnet.protocol import placement
+from shardnet.protocol import triggers as tr
+
+from ._control_server import ControlError
+from ._epoch_round import change_epoch, rewrap
+from ._epoch_view import base_keyset, keyset_view
+
+if TYPE_CHECKING:
+    from ._runtime import NodeRuntime
+
+log = logging.getLogger("shardnet.node")
+
+#: Seconds between two looks at every keyset; the wait of each next authority's turn; the
+#: wait after an action that failed. Keysets acted on per look, at most.
+EVERY = 30
+TURN = 120
+BACKOFF = 600
+MAX_PER_PASS = 8
+#: Seconds between two warnings about one keyset's coming expiry (log and audit).
+WARN_EVERY = 86400
+
+
+def schedule_of(keyset: p.Keyset) -> tuple[int | None, int | None]:
+    """A keyset's ``refresh_every`` and ``rewrap_every`` (seconds), from its attributes."""
+    out = []
+    for key in ("refresh_every", "rewrap_every"):
+        value = keyset.attrs.get(key)
+        out.append(value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None)
+    return out[0], out[1]
+
+
+class Autopilot:
+    def __init__(self, node: NodeRuntime) -> None:
+        self.node = node
+        self._seen: dict[tuple[str, int, str], int] = {}  # (keyset, epoch, action) -> first seen due
+        self._failed: dict[str, int] = {}  # keyset -> when its last action failed
+        self._warned: dict[str, int] = {}  # keyset -> when its expiry was last warned about
+
+    def situation(self, keyset_id: str, now: int) -> tr.Situation | None:
+        node = self.node
+        base = base_keyset(node.store, keyset_id)
+        view = keyset_view(node.store, keyset_id)
+        book = node.rules.book(keyset_id)
+        if base is None or view is None or book is None:
+            return None
+        holders = []
+        for i, peer in ((i, h) for i, hs in sorted(er.holders_of(view).items()) for h in hs):
+            known = node.members.view.admissions_of(peer)
+            a = known[-1] if known else None
+            holders.append(tr.Holder(peer, i, node.members.view.state(peer, now), a.issued if a else 0,
+                                     a.not_after if a else 0, node.owner._candidate(a)))
+        latest = node.store.latest_epoch(keyset_id)
+        epoch_at = int(latest["received_at"]) if latest else base.created
+        rewrapped = node.store.get_kv(f"autopilot-rewrap:{keyset_id}")
+        refresh_every, rewrap_every = schedule_of(base)
+        return tr.Situation(
+            keyset_id=keyset_id, epoch=view.epoch, holders=tuple(holders),
+            revoked=book.revoked.peers("custodian"), revoked_indices=book.revoked.indices(view.epoch),
+            placement=tuple(placement.parse(book.placement)), created=base.created, not_after=view.not_after,
+            renew=False, refresh_every=refresh_every, rewrap_every=rewrap_every, last_epoch_at=epoch_at,
+            last_rewrap_at=int(rewrapped) if rewrapped else epoch_at)
+
+    def due(self, now: int) -> list[tuple[str, tr.Decision]]:
+        """The keysets this node acts on now, with what to run."""
+        node = self.node
+        out = []
+        for keyset_id in node.rules.mine():
+            if keyset_id in node.epoch_rounds or now < self._failed.get(keyset_id, -BACKOFF) + BACKOFF:
+                continue
+            s = self.situation(keyset_id, now)
+            if s is None:
+                continue
+            warnings = tr.warnings(s, now)
+            if warnings and now >= self._warned.get(keyset_id, -WARN_EVERY) + WARN_EVERY:
+                self._warned[keyset_id] = now
+                for warning in warnings:
+                    log.warning("%s", warning)
+                node.store.append_audit("expiry-warning", {"keyset": keyset_id, "warnings": warnings},
+                                        now, node.key)
+            d = tr.decide(s, now)
+            if d is None or d.renew:  # renewing a not-after is not built yet: warned above
+                continue
+            book = node.rules.book(keyset_id)
+            assert book is not None
+            order = tr.leader(book.rule.peers, keyset_id, s.epoch)
+            first = self._seen.setdefault((keyset_id, s.epoch, d.action), now)
+            if now >= first + TURN * order.index(node.peer_id):
+                out.append((keyset_id, d))
+        if len(self._seen) > 4096:
+            self._seen.clear()
+        return out[:MAX_PER_PASS]
+
+    async def act(self, keyset_id: str, d: tr.Decision) -> dict[str, Any] | None:
+        node = self.node
+        body = {"keyset": keyset_id, "trigger": d.trigger, "action": d.action, "reason": d.reason[:400],
+                "defeats": d.defeats, "away": list(d.away)}
+
+        async def quiet(_: dict[str, Any]) -> None:
+            return None
+        try:
+            if d.action == "rewrap":
+                res = await rewrap(node, {"keyset": keyset_id}, quiet)
+                node.store.put_kv(f"autopilot-rewrap:{keyset_id}", str(node.now()).encode())
+            else:
+                avoid = list(d.away) if d.action == "reshare" and d.trigger != "placement" else []
+                res = await change_epoch(node, {"keyset": keyset_id, "action": d.action, "avoid": avoid}, quiet)
+        except (ControlError, p.ShardnetError, ValueError) as exc:
+            self._failed[keyset_id] = node.now()
+            log.warning("keyset %s: %s (%s) did not complete: %s", keyset_id, d.action, d.trigger, exc)
+            node.store.append_audit("trigger-failed", {**body, "error": str(exc)[:400]}, node.now(), node.key)
+            return None
+        log.info("keyset %s: %s by %s: %s", keyset_id, d.action, d.trigger, d.reason)
+        node.store.append_audit("trigger", {**body, "epoch": res.get("epoch")}, node.now(), node.key)
+        return res
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(EVERY)
+            for keyset_id, d in self.due(self.node.now()):
+                await self.act(keyset_id, d)
