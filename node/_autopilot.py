@@ -14,8 +14,9 @@ so on, so that one authority that is down stops nothing, and two seldom run a
 round for the same epoch (their epoch locks refuse the second one anyway).
 A keyset whose action failed waits ``BACKOFF`` seconds before the next try.
 
-Not yet here (issue 11): threat feeds, renewal of a keyset's not-after, and
-batching many keysets into one round.
+The threat feeds it reads are this node's own (``_feeds``): only feeds configured
+on a keyset's authority nodes steer its shards. Not yet here (issue 11): renewal
+of a keyset's not-after, and batching many keysets into one round.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class Autopilot:
             revoked=book.revoked.peers("custodian"), revoked_indices=book.revoked.indices(view.epoch),
             placement=tuple(placement.parse(book.placement)), created=base.created, not_after=view.not_after,
             renew=False, refresh_every=refresh_every, rewrap_every=rewrap_every, last_epoch_at=epoch_at,
-            last_rewrap_at=int(rewrapped) if rewrapped else epoch_at)
+            last_rewrap_at=int(rewrapped) if rewrapped else epoch_at, threats=node.feeds.threats(now))
 
     def due(self, now: int) -> list[tuple[str, tr.Decision]]:
         """The keysets this node acts on now, with what to run."""
@@ -131,7 +132,7 @@ class Autopilot:
                 res = await rewrap(node, {"keyset": keyset_id}, quiet)
                 node.store.put_kv(f"autopilot-rewrap:{keyset_id}", str(node.now()).encode())
             else:
-                avoid = list(d.away) if d.action == "reshare" and d.trigger != "placement" else []
+                avoid = self._avoid(d, node.now()) if d.action == "reshare" and d.trigger != "placement" else []
                 res = await change_epoch(node, {"keyset": keyset_id, "action": d.action, "avoid": avoid}, quiet)
         except (ControlError, p.ShardnetError, ValueError) as exc:
             self._failed[keyset_id] = node.now()
@@ -141,6 +142,14 @@ class Autopilot:
         log.info("keyset %s: %s by %s: %s", keyset_id, d.action, d.trigger, d.reason)
         node.store.append_audit("trigger", {**body, "epoch": res.get("epoch")}, node.now(), node.key)
         return res
+
+    def _avoid(self, d: tr.Decision, now: int) -> list[str]:
+        """Who a reshare places no share on: the holders it moves away from, and every
+        custodian a feed of this node marks (compromised, or in an unsafe place)."""
+        threats = self.node.feeds.threats(now)
+        marked = {a.peer_id for a in self.node.members.custodians(now)
+                  if any(self.node.owner._candidate(a).attr(k) == v for k, v in threats.unsafe)}
+        return sorted(set(d.away) | threats.compromised | marked)
 
     async def run(self) -> None:
         while True:

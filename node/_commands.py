@@ -541,12 +541,14 @@ def register(sub: Any) -> None:
     sp.set_defaults(func=cmd_audit_verify)
 
     from ._epoch_commands import register as register_epoch
+    from ._feed_commands import register as register_feeds
     from ._network_commands import register as register_network
     from ._rules_commands import register as register_rules
 
     register_network(sub, home_arg, parse_duration, _peer_list)
     register_epoch(sub, home_arg, _peer_list)
     register_rules(sub, home_arg)
+    register_feeds(sub, home_arg, parse_duration)
 
     sp = sub.add_parser("demo", help="run a local 5-custodian network on loopback and import a key")
     sp.add_argument("--dir", metavar="DIR", help="where to put the node homes (default: a temp dir)")

@@ -39,6 +39,7 @@ from ._control_server import Command, bind_control, serve_control
 from ._directory_loops import DirectoryLoops
 from ._epoch_round import notice_loop
 from ._epochs import EpochService
+from ._feeds import Feeds
 from ._files import write_atomic
 from ._home import Home
 from ._keyset_fetch import RecordService
@@ -94,6 +95,7 @@ class NodeRuntime:
         self.epochs = EpochService(self.store, keystore, self.members, rng, self.rules)
         self.epoch_rounds: set[str] = set()  # keysets this node coordinates a round of now
         self.autopilot = Autopilot(self) if autopilot else None
+        self.feeds = Feeds(self.store, self.key)
         self.releaser = Releaser(self.store, keystore, self.approvals, self.members, self.rules,
                                  threat_level=self.threat_level, rng=rng)
         self.started = 0.0
@@ -119,8 +121,9 @@ class NodeRuntime:
         return self.members.may_connect(peer, self.now())
 
     def threat_level(self) -> int:
+        """The operator's (`shardnet threat --level`) or the feeds', whichever is higher."""
         raw = self.store.get_kv("threat_level")
-        return int(raw) if raw else 0
+        return max(int(raw) if raw else 0, self.feeds.threat_level(self.now()))
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -187,6 +190,7 @@ class NodeRuntime:
                     nursery.start_soon(self.outbox.run)
                     if self.autopilot is not None:
                         nursery.start_soon(self.autopilot.run)
+                    nursery.start_soon(self.feeds.run, self.clock)
                     nursery.start_soon(notice_loop, self)
                     if control is not None:
                         nursery.start_soon(serve_control, control, self.commands(), nursery)
