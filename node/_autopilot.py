@@ -15,8 +15,10 @@ round for the same epoch (their epoch locks refuse the second one anyway).
 A keyset whose action failed waits ``BACKOFF`` seconds before the next try.
 
 The threat feeds it reads are this node's own (``_feeds``): only feeds configured
-on a keyset's authority nodes steer its shards. Not yet here (issue 11): renewal
-of a keyset's not-after, and batching many keysets into one round.
+on a keyset's authority nodes steer its shards. A keyset imported with
+``--renew`` is refreshed within its expiry margin with a new not-after, its first
+lifetime from then (``epoch_records.check_not_after``: every co-signing authority
+checks it). Not yet here (issue 11): batching many keysets into one round.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class Autopilot:
             keyset_id=keyset_id, epoch=view.epoch, holders=tuple(holders),
             revoked=book.revoked.peers("custodian"), revoked_indices=book.revoked.indices(view.epoch),
             placement=tuple(placement.parse(book.placement)), created=base.created, not_after=view.not_after,
-            renew=False, refresh_every=refresh_every, rewrap_every=rewrap_every, last_epoch_at=epoch_at,
+            renew=bool(base.attrs.get("renew")), refresh_every=refresh_every, rewrap_every=rewrap_every, last_epoch_at=epoch_at,
             last_rewrap_at=int(rewrapped) if rewrapped else epoch_at, threats=node.feeds.threats(now))
 
     def due(self, now: int) -> list[tuple[str, tr.Decision]]:
@@ -108,7 +110,7 @@ class Autopilot:
                 node.store.append_audit("expiry-warning", {"keyset": keyset_id, "warnings": warnings},
                                         now, node.key)
             d = tr.decide(s, now)
-            if d is None or d.renew:  # renewing a not-after is not built yet: warned above
+            if d is None:
                 continue
             book = node.rules.book(keyset_id)
             assert book is not None
@@ -132,8 +134,14 @@ class Autopilot:
                 res = await rewrap(node, {"keyset": keyset_id}, quiet)
                 node.store.put_kv(f"autopilot-rewrap:{keyset_id}", str(node.now()).encode())
             else:
-                avoid = self._avoid(d, node.now()) if d.action == "reshare" and d.trigger != "placement" else []
-                res = await change_epoch(node, {"keyset": keyset_id, "action": d.action, "avoid": avoid}, quiet)
+                args: dict[str, Any] = {"keyset": keyset_id, "action": d.action}
+                if d.action == "reshare" and d.trigger != "placement":
+                    args["avoid"] = self._avoid(d, node.now())
+                if d.renew:
+                    base = base_keyset(node.store, keyset_id)
+                    assert base is not None and base.not_after is not None
+                    args["not_after"] = node.now() + base.not_after - base.created  # its first lifetime again
+                res = await change_epoch(node, args, quiet)
         except (ControlError, p.ShardnetError, ValueError) as exc:
             self._failed[keyset_id] = node.now()
             log.warning("keyset %s: %s (%s) did not complete: %s", keyset_id, d.action, d.trigger, exc)

@@ -305,7 +305,7 @@ def cmd_key_import(args: argparse.Namespace) -> int:
             "kem": args.kem, "wait": args.wait, "custodians": args.custodians,
             "deliver_within": args.deliver_within, "authorities": args.authorities,
             "authority_quorum": args.authority_quorum, "refresh_every": args.refresh_every,
-            "rewrap_every": args.rewrap_every,
+            "rewrap_every": args.rewrap_every, "renew": args.renew,
         }, on_event=bar)
     finally:
         bar.close()
@@ -315,6 +315,10 @@ def cmd_key_import(args: argparse.Namespace) -> int:
     text = _format_keyset(d) + f"\n\n{summary}"
     if states.count("pending"):
         text += "\npending shards stay in the outbox and are delivered when their custodians come back"
+    if args.expires and not args.renew:
+        d["expiry_warning"] = (f"this keyset expires at {_ts(d.get('not_after'))}: past it, no custodian releases "
+                               "a shard and the key cannot be recovered (--renew has its authorities renew it)")
+        text += f"\n{d['expiry_warning']}"
     emit(args, d, text)
     return EXIT_FAIL if states.count("refused") else EXIT_OK
 
@@ -477,6 +481,9 @@ def register(sub: Any) -> None:
                     help="the keyset's authorities refresh it this often (e.g. 30d)")
     sp.add_argument("--rewrap-every", type=parse_duration, metavar="DURATION",
                     help="the keyset's authorities have its holders rewrap this often (e.g. 7d)")
+    sp.add_argument("--renew", action="store_true",
+                    help="with --expires: the authorities refresh the keyset with a new not-after before it "
+                    "expires (without it, the key is gone for good past its expiry)")
     sp.add_argument("--deliver-within", type=parse_within, default=p.outbox.DELIVER_WITHIN, metavar="DURATION",
                     help="re-place a shard still undelivered after this long on another admitted custodian "
                     "that keeps the placement (default 1h; 'never' to wait for its custodian forever)")

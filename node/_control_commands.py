@@ -125,6 +125,7 @@ async def _import(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> Any:
         custodians=args.get("custodians"), deliver_within=args.get("deliver_within", outbox.DELIVER_WITHIN),
         authorities=args.get("authorities"), authority_quorum=args.get("authority_quorum"),
         schedule={k: args[k] for k in ("refresh_every", "rewrap_every") if args.get(k)},
+        renew=bool(args.get("renew")),
     )
     del master
     ks = res.keyset

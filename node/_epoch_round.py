@@ -117,9 +117,14 @@ async def change_epoch(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> d
     node.store.drop_pending_shares(deadline_before=now - int(wire.MAX_CLOCK_SKEW))
     view = er.at_epoch(base, current)
     holders, t, extra = _holders(node, action, view, args, now)
+    not_after = args.get("not_after", view.not_after)  # the autopilot's renewal
+    try:
+        er.check_not_after(base, current, not_after, now)
+    except p.ShardnetError as exc:
+        _fail(str(exc), 2)
     plan = er.Plan(
         keyset_id=base.keyset_id, from_epoch=view.epoch, prev=er.digest_of(base, current), action=action,
-        threshold=t, shares=len(holders), holders=holders, not_after=view.not_after,
+        threshold=t, shares=len(holders), holders=holders, not_after=not_after,
         round_id=node.rng(er.ROUND_ID_LEN), created=now, deadline=now + int(math.ceil(timeout)),
     ).sign(node.key)
     machine = ep.EpochRound(plan, base, current, node.key, participants=view.approvers,

@@ -276,6 +276,7 @@ class EpochService:
         if not er.AuthorityRule.of(base).is_authority(self.me):
             raise Rejected("this node is no policy authority of that keyset")
         plan.check_against(base, current)
+        er.check_not_after(base, current, plan.not_after, now)  # a renewal only if the keyset allows it
         if newer and known is not None:
             self._apply_chain(base, newer, now)
         book = self.rules.book(base.id_hex)

@@ -415,12 +415,13 @@ class Owner:
         approvers: list[str] | None = None, quorum: int | None = None, policy_text: str | None = None,
         custodians: list[str] | None = None, deliver_within: int | None = p.outbox.DELIVER_WITHIN,
         authorities: list[str] | None = None, authority_quorum: int | None = None,
-        schedule: dict[str, int] | None = None,
+        schedule: dict[str, int] | None = None, renew: bool = False,
     ) -> ImportResult:
         """``deliver_within``: seconds after which a shard still undelivered is re-placed on
         another admitted custodian (None: never). Until then each slot keeps its share
         sealed to this node's own HPKE key, and erases it when the shard is delivered.
-        ``schedule``: ``refresh_every`` and ``rewrap_every`` seconds (``_autopilot``)."""
+        ``schedule``: ``refresh_every`` and ``rewrap_every`` seconds (``_autopilot``).
+        ``renew``: the authorities refresh it with a new not-after before it expires."""
         policy = Policy(policy_text if policy_text is not None else DEFAULT_POLICY)
         if kem not in p.KEMS:
             raise ValueError(f"unknown kem {kem!r}; choose one of {', '.join(p.KEMS)}")
@@ -454,6 +455,10 @@ class Owner:
             if key not in ("refresh_every", "rewrap_every") or not isinstance(every, int) or every < 60:
                 raise ValueError(f"--{key.replace('_', '-')}: at least 60 seconds")
             attrs[key] = every
+        if renew:
+            if not expires:
+                raise ValueError("--renew needs --expires: a keyset that never expires has nothing to renew")
+            attrs["renew"] = True
         if deliver_within is not None:
             if deliver_within < 1:
                 raise ValueError("--deliver-within must be at least 1 second")

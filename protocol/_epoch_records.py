@@ -49,6 +49,7 @@ from ._keyset import MAX_EPOCH, Keyset, Share, commitments_digest
 from ._records import peer_id_of, public_key_of
 from ._shard import HpkeOpener, hpke_seal
 from ._sign import Signer, open_signed, public_bytes, sign_body
+from ._wire import MAX_CLOCK_SKEW
 
 EPOCH_TAG = "shardnet/epoch"
 PLAN_TAG = "shardnet/epoch-plan"
@@ -336,6 +337,21 @@ class Plan:
             view = at_epoch(keyset, current)
             if self.threshold != view.threshold or self.holders != holders_of(view):
                 raise MalformedEncoding("a refresh keeps the threshold, the indices and their holders")
+
+
+def check_not_after(keyset: Keyset, current: EpochRecord | None, not_after: int | None, now: int) -> None:
+    """A plan keeps the keyset's not-after, or renews it: only if the keyset allows renewal
+    (``renew`` in its attributes, set at import), later than the one in force, and at most
+    its first lifetime from ``now``."""
+    view = at_epoch(keyset, current)
+    if not_after == view.not_after:
+        return
+    lifetime = keyset.not_after - keyset.created if keyset.not_after is not None else None
+    if not keyset.attrs.get("renew") or lifetime is None or not_after is None or view.not_after is None:
+        raise MalformedEncoding("epoch plan: this keyset's not-after may not change (it was not imported with "
+                                "--renew)")
+    if not view.not_after < not_after <= now + lifetime + MAX_CLOCK_SKEW:
+        raise MalformedEncoding(f"epoch plan: a renewal moves the not-after later, to at most {lifetime} s from now")
 
 
 class BadDeal(RemoteProtocolError):

@@ -139,3 +139,30 @@ def test_a_custodian_whose_admission_ends_is_resharded_away_before_it_does(tmp_p
             assert (t["trigger"], t["action"], t["away"]) == ("membership", "reshare", [victim])
             assert await grid.reconstruct(3, keyset) == KEY
     in_virtual_time(main)
+
+
+def test_a_keyset_that_allows_renewal_is_refreshed_in_time_and_one_that_does_not_expires(
+        tmp_path: pathlib.Path) -> None:
+    from shardnet.node._control_server import ControlError
+
+    async def main() -> None:
+        grid = Grid(tmp_path, 6, seed=46, autopilot=True)
+        async with grid.running():
+            await grid.wait_directory()
+            renewed = await grid.import_key(0, KEY, 2, 3, placement="", expires=3600, renew=True)
+            lapsing = await grid.import_key(0, KEY, 2, 3, placement="", expires=3600)
+            start = grid.nodes[0].now()
+            await trio.sleep(3700)
+            [t] = [t for t in triggered(grid, 0) if t["keyset"] == renewed]
+            assert (t["trigger"], t["action"]) == ("expiry", "refresh")
+            view = p.epoch_records.at_epoch(*grid.nodes[0].epochs.state(renewed))  # type: ignore[misc]
+            assert view.epoch == 1 and view.not_after is not None and view.not_after >= start + 3240 + 3600 - 60
+            assert await grid.reconstruct(3, renewed) == KEY  # past the first not-after
+            assert not [t for t in triggered(grid, 0) if t["keyset"] == lapsing]
+            try:
+                await grid.reconstruct(3, lapsing, within=20)
+            except ControlError as exc:
+                assert "expired" in str(exc) or "no quorum" in str(exc) or "shares" in str(exc), exc
+            else:
+                raise AssertionError("an expired keyset was reconstructed")
+    in_virtual_time(main)

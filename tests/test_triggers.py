@@ -96,3 +96,29 @@ def test_authorities_take_turns_by_keyset_and_epoch() -> None:
     assert tr.leader(auth, "00000000" + "0" * 24, 1) == ("b", "c", "a")
     assert tr.leader(auth, "00000002" + "0" * 24, 0) == ("c", "a", "b")
     assert tr.leader((), "00" * 16, 0) == ()
+
+
+def test_a_renewal_moves_the_not_after_only_if_the_keyset_allows_it() -> None:
+    import pytest
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from shardnet import protocol as p
+    from shardnet.protocol import epoch_records as er
+
+    from .drbg import Drbg
+
+    owner = Ed25519PrivateKey.from_private_bytes(b"\x01" * 32)
+    for renew in (True, False):
+        ks, _ = p.split_key(b"k" * 32, 2, 3, owner=owner, now=NOW, not_after=NOW + 100 * DAY,
+                            attrs={"renew": True} if renew else {}, rng=Drbg(b"renew"))
+        er.check_not_after(ks, None, ks.not_after, NOW + 95 * DAY)  # kept: always fine
+        later = NOW + 195 * DAY
+        if renew:
+            er.check_not_after(ks, None, later, NOW + 95 * DAY)
+            with pytest.raises(p.MalformedEncoding, match="at most"):  # longer than its first lifetime
+                er.check_not_after(ks, None, later + DAY, NOW + 95 * DAY)
+            with pytest.raises(p.MalformedEncoding, match="later"):
+                er.check_not_after(ks, None, NOW + 50 * DAY, NOW + 40 * DAY)
+        else:
+            with pytest.raises(p.MalformedEncoding, match="--renew"):
+                er.check_not_after(ks, None, later, NOW + 95 * DAY)
