@@ -12,7 +12,9 @@ A keyset's authorities take turns (``triggers.leader``): the first acts at
 once, the next one only if the trigger still holds ``TURN`` seconds later, and
 so on, so that one authority that is down stops nothing, and two seldom run a
 round for the same epoch (their epoch locks refuse the second one anyway).
-A keyset whose action failed waits ``BACKOFF`` seconds before the next try.
+A keyset whose action failed waits ``BACKOFF`` seconds before the next try; one
+whose action completed waits ``PAUSE`` seconds. A reshare places no share on a
+custodian whose admission ends within the margin.
 
 The threat feeds it reads are this node's own (``_feeds``): only feeds configured
 on a keyset's authority nodes steer its shards. A keyset imported with
@@ -48,8 +50,15 @@ EVERY = 30
 TURN = 120
 BACKOFF = 600
 MAX_PER_PASS = 8
+#: Seconds after an action this node completed before it acts on that keyset again (so that
+#: no trigger makes it run a round every pass, and the other authorities learn the new epoch).
+PAUSE = 2 * EVERY
 #: Seconds between two warnings about one keyset's coming expiry (log and audit).
 WARN_EVERY = 86400
+
+
+#: The shortest schedule honoured, whatever a keyset record says.
+MIN_SCHEDULE = 60
 
 
 def schedule_of(keyset: p.Keyset) -> tuple[int | None, int | None]:
@@ -57,7 +66,8 @@ def schedule_of(keyset: p.Keyset) -> tuple[int | None, int | None]:
     out = []
     for key in ("refresh_every", "rewrap_every"):
         value = keyset.attrs.get(key)
-        out.append(value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None)
+        out.append(max(MIN_SCHEDULE, value) if isinstance(value, int) and not isinstance(value, bool)
+                   and value > 0 else None)
     return out[0], out[1]
 
 
@@ -67,6 +77,7 @@ class Autopilot:
         self._seen: dict[tuple[str, int, str], int] = {}  # (keyset, epoch, action) -> first seen due
         self._failed: dict[str, int] = {}  # keyset -> when its last action failed
         self._warned: dict[str, int] = {}  # keyset -> when its expiry was last warned about
+        self._done: dict[str, int] = {}  # keyset -> when this node last completed an action on it
 
     def situation(self, keyset_id: str, now: int) -> tr.Situation | None:
         node = self.node
@@ -90,14 +101,17 @@ class Autopilot:
             revoked=book.revoked.peers("custodian"), revoked_indices=book.revoked.indices(view.epoch),
             placement=tuple(placement.parse(book.placement)), created=base.created, not_after=view.not_after,
             renew=bool(base.attrs.get("renew")), refresh_every=refresh_every, rewrap_every=rewrap_every, last_epoch_at=epoch_at,
-            last_rewrap_at=int(rewrapped) if rewrapped else epoch_at, threats=node.feeds.threats(now))
+            last_rewrap_at=int(rewrapped) if rewrapped else epoch_at, threats=node.feeds.threats(now),
+            lifetime=base.not_after - base.created if base.not_after is not None else None)
 
     def due(self, now: int) -> list[tuple[str, tr.Decision]]:
         """The keysets this node acts on now, with what to run."""
         node = self.node
         out = []
+        seen: dict[tuple[str, int, str], int] = {}
         for keyset_id in node.rules.mine():
-            if keyset_id in node.epoch_rounds or now < self._failed.get(keyset_id, -BACKOFF) + BACKOFF:
+            if keyset_id in node.epoch_rounds or now < self._failed.get(keyset_id, -BACKOFF) + BACKOFF \
+                    or now < self._done.get(keyset_id, -PAUSE) + PAUSE:  # the last round's news first
                 continue
             s = self.situation(keyset_id, now)
             if s is None:
@@ -115,11 +129,11 @@ class Autopilot:
             book = node.rules.book(keyset_id)
             assert book is not None
             order = tr.leader(book.rule.peers, keyset_id, s.epoch)
-            first = self._seen.setdefault((keyset_id, s.epoch, d.action), now)
+            key = (keyset_id, s.epoch, d.action)
+            first = seen[key] = self._seen.get(key, now)
             if now >= first + TURN * order.index(node.peer_id):
                 out.append((keyset_id, d))
-        if len(self._seen) > 4096:
-            self._seen.clear()
+        self._seen = seen  # what is no longer due is forgotten: it starts its turns anew
         return out[:MAX_PER_PASS]
 
     async def act(self, keyset_id: str, d: tr.Decision) -> dict[str, Any] | None:
@@ -132,6 +146,8 @@ class Autopilot:
         try:
             if d.action == "rewrap":
                 res = await rewrap(node, {"keyset": keyset_id}, quiet)
+                if not res.get("complete"):
+                    raise ControlError(f"rewrap incomplete: {len(res.get('failed', []))} holders failed")
                 node.store.put_kv(f"autopilot-rewrap:{keyset_id}", str(node.now()).encode())
             else:
                 args: dict[str, Any] = {"keyset": keyset_id, "action": d.action}
@@ -147,6 +163,7 @@ class Autopilot:
             log.warning("keyset %s: %s (%s) did not complete: %s", keyset_id, d.action, d.trigger, exc)
             node.store.append_audit("trigger-failed", {**body, "error": str(exc)[:400]}, node.now(), node.key)
             return None
+        self._done[keyset_id] = node.now()
         log.info("keyset %s: %s by %s: %s", keyset_id, d.action, d.trigger, d.reason)
         node.store.append_audit("trigger", {**body, "epoch": res.get("epoch")}, node.now(), node.key)
         return res
@@ -155,9 +172,12 @@ class Autopilot:
         """Who a reshare places no share on: the holders it moves away from, and every
         custodian a feed of this node marks (compromised, or in an unsafe place)."""
         threats = self.node.feeds.threats(now)
-        marked = {a.peer_id for a in self.node.members.custodians(now)
+        custodians = self.node.members.custodians(now)
+        marked = {a.peer_id for a in custodians
                   if any(self.node.owner._candidate(a).attr(k) == v for k, v in threats.unsafe)}
-        return sorted(set(d.away) | threats.compromised | marked)
+        # Nor on one whose admission ends within the margin: it would be moved away again.
+        ending = {a.peer_id for a in custodians if tr.ending(a.issued, a.not_after, now, tr.DEFAULT_MARGIN)}
+        return sorted(set(d.away) | threats.compromised | marked | ending)
 
     async def run(self) -> None:
         while True:

@@ -67,9 +67,9 @@ def command_table(node: NodeRuntime) -> dict[str, Command]:
         "revoke": lambda a, emit: rules_ops.revoke(node, a),
         "revocations": reads(lambda a: node.rules.revocations()),
         "withdraw": reads(lambda a: node.rules.withdraw(str(a["proposal"]))),
-        "feed-add": reads(lambda a: node.feeds.add(str(a["source"]), str(a["signer"]), int(a["every"]))),
+        "feed-add": reads(lambda a: node.feeds.add(str(a["source"]), str(a["signer"]), int(a["every"]), node.now())),
         "feed-list": reads(lambda a: node.feeds.listing(node.now())),
-        "feed-remove": reads(lambda a: node.feeds.remove(str(a["feed"]))),
+        "feed-remove": reads(lambda a: node.feeds.remove(str(a["feed"]), node.now())),
         "member-revoke": _membership(node, lambda a: ops.revoke(node.members, a, node.now())),
     }
 

@@ -7,6 +7,7 @@ added offline is polled from the next `shardnet run`.
 from __future__ import annotations
 
 import argparse
+import pathlib
 from typing import Any
 
 from ._cli_base import EXIT_OK, Parser, emit
@@ -21,18 +22,26 @@ def _offline(act: str, args: argparse.Namespace) -> Any:
         with home.open_store() as store:
             feeds = Feeds(store, home.identity())
             if act == "add":
-                return feeds.add(args.source, args.signer, args.every)
+                return feeds.add(_source(args.source), args.signer, args.every, int(system_clock()))
             if act == "remove":
-                return feeds.remove(args.feed)
+                return feeds.remove(args.feed, int(system_clock()))
             return feeds.listing(int(system_clock()))
     return run
+
+
+def _source(text: str) -> str:
+    """A feed file's path resolved here, where the operator typed it (not in the node's
+    working directory); a URL as it is."""
+    if not text or text.startswith(("http://", "https://")):
+        return text
+    return str(pathlib.Path(text).expanduser().absolute())
 
 
 def cmd_feed(args: argparse.Namespace) -> int:
     from ._commands import _ask, _table, _ts
 
     act = args.feed_command
-    cargs = {"add": {"source": getattr(args, "source", None), "signer": getattr(args, "signer", None),
+    cargs = {"add": {"source": _source(getattr(args, "source", "")), "signer": getattr(args, "signer", None),
                      "every": getattr(args, "every", None)},
              "remove": {"feed": getattr(args, "feed", None)}, "list": {}}[act]
     res = _ask(args, f"feed-{act}", cargs, offline=_offline(act, args))

@@ -73,6 +73,7 @@ class Feeds:
     def __init__(self, store: Store, key: p.Signer) -> None:
         self.store = store
         self.key = key
+        self._parsed: dict[tuple[str, str], fd.Feed | None] = {}  # (id, signature) -> the stored issue, checked
 
     # -- configuration ------------------------------------------------------------------
 
@@ -83,26 +84,56 @@ class Feeds:
             if raw is None:
                 continue
             d = json.loads(raw)
-            last = None
-            if d.get("body"):
-                last = fd.parse(json.dumps({"shardnet_feed": fd.FEED_VERSION, "body": d["body"],
-                                            "signature": d["signature"]}).encode(), bytes.fromhex(d["signer"]))
-            out.append(Followed(key[len(PREFIX):], d["source"], bytes.fromhex(d["signer"]), int(d["every"]), last,
-                                int(d.get("polled", 0)), str(d.get("error", ""))))
+            fid = key[len(PREFIX):]
+            last, error = self._stored_issue(fid, d), str(d.get("error", ""))
+            if d.get("body") and last is None:
+                error = "the stored issue does not verify with the configured signer"
+            out.append(Followed(fid, d["source"], bytes.fromhex(d["signer"]), int(d["every"]), last,
+                                int(d.get("polled", 0)), error))
         return sorted(out, key=lambda f: f.source)
 
-    def _save(self, f: Followed, document: dict[str, Any] | None = None) -> None:
+    def _stored_issue(self, fid: str, d: dict[str, Any]) -> fd.Feed | None:
+        """The issue kept for a feed, checked once per signature (then kept in memory)."""
+        if not d.get("body"):
+            return None
+        cache = (fid, f"{d['signer']}:{d['signature']}")
+        if cache not in self._parsed:
+            if len(self._parsed) > 2 * MAX_FEEDS:
+                self._parsed.clear()
+            try:
+                self._parsed[cache] = fd.parse(json.dumps({"shardnet_feed": fd.FEED_VERSION, "body": d["body"],
+                                                           "signature": d["signature"]}).encode(),
+                                               bytes.fromhex(d["signer"]))
+            except p.ShardnetError:
+                self._parsed[cache] = None
+        return self._parsed[cache]
+
+    def _save(self, f: Followed, document: dict[str, Any] | None = None, *, new: bool = False) -> None:
+        """Keep a feed's state; only for a feed still followed, unless ``new`` (a removal
+        during a poll is not undone)."""
         raw = self.store.get_kv(PREFIX + f.id)
-        d = json.loads(raw) if raw else {}
+        if raw is None and not new:
+            return
+        d = json.loads(raw) if raw and not new else {}
         d.update(source=f.source, signer=f.signer.hex(), every=f.every, polled=f.polled, error=f.error)
         if document is not None:
             d.update(body=document["body"], signature=document["signature"])
         self.store.put_kv(PREFIX + f.id, json.dumps(d).encode())
 
-    def add(self, source: str, signer: str, every: int) -> dict[str, Any]:
+    def add(self, source: str, signer: str, every: int, now: int) -> dict[str, Any]:
         source = source.strip()
-        if not source.startswith(("http://", "https://")):
+        if source.startswith(("http://", "https://")):
+            url = urllib.parse.urlsplit(source)
+            try:
+                url.port  # noqa: B018 - raises for a port that is not one
+            except ValueError:
+                raise FeedError(f"{source}: not a valid port") from None
+            if not url.hostname or url.username or url.password:
+                raise FeedError(f"{source}: an http(s) URL with a host and no credentials")
+        else:
             path = pathlib.Path(source)
+            if not path.is_absolute():
+                raise FeedError(f"{source}: a feed file is given by its absolute path")
             if not path.is_file():
                 raise FeedError(f"{source}: no such file (a feed is a file or an http(s) URL)")
             source = str(path.resolve())
@@ -113,13 +144,16 @@ class Feeds:
         if feed_id(source) not in known and len(known) >= MAX_FEEDS:
             raise FeedError(f"this node follows {MAX_FEEDS} feeds already (shardnet feed remove one)")
         f = Followed(feed_id(source), source, key, every)
-        self._save(f)
-        return f.to_json(0)
+        self._save(f, new=True)  # a new signer starts afresh: no issue kept
+        self.store.append_audit("feed-added", {"id": f.id, "source": source, "signer": key.hex(), "every": every},
+                                now, self.key)
+        return f.to_json(now)
 
-    def remove(self, ref: str) -> dict[str, Any]:
+    def remove(self, ref: str, now: int) -> dict[str, Any]:
         for f in self.all():
             if ref in (f.id, f.source):
                 self.store.delete_kv(PREFIX + f.id)
+                self.store.append_audit("feed-removed", {"id": f.id, "source": f.source}, now, self.key)
                 return {"id": f.id, "source": f.source, "removed": True}
         raise LookupError(f"no feed {ref!r} (see shardnet feed list)")
 
@@ -145,8 +179,9 @@ class Feeds:
             with trio.fail_after(FETCH_TIMEOUT):
                 document = await fetch(f.source)
             issue = fd.take(document, f.signer, now, f.last)
-        except (p.ShardnetError, OSError, trio.TooSlowError, h11.ProtocolError) as exc:
-            f.error = str(exc) or type(exc).__name__
+        except (p.ShardnetError, OSError, trio.TooSlowError, trio.BrokenResourceError, h11.ProtocolError,
+                ValueError, UnicodeError) as exc:  # a reset, a failed TLS handshake, a bad URL: all one line
+            f.error = (str(exc) or type(exc).__name__)[:300]
             log.warning("feed %s: %s", f.source, f.error)
             self._save(f)
             return False
@@ -168,7 +203,10 @@ class Feeds:
         """Poll each feed when its interval has passed (checked every second)."""
         while True:
             for f in self.due(int(clock())):
-                await self.poll(f, int(clock()))
+                try:
+                    await self.poll(f, int(clock()))
+                except Exception:  # noqa: BLE001 - one feed never stops the node
+                    log.exception("feed %s: poll failed", f.source)
             await trio.sleep(1)
 
 
@@ -185,7 +223,7 @@ async def fetch(source: str) -> bytes:
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=16 * 1024)
         target = (url.path or "/") + (f"?{url.query}" if url.query else "")
         await stream.send_all(conn.send(h11.Request(method="GET", target=target, headers=[
-            ("Host", url.netloc), ("User-Agent", "shardnet"), ("Accept", "application/json"),
+            ("Host", (url.hostname or "") + (f":{url.port}" if url.port else "")), ("User-Agent", "shardnet"), ("Accept", "application/json"),
             ("Connection", "close")])) or b"")
         await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
         body = bytearray()

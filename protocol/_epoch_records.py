@@ -350,8 +350,11 @@ def check_not_after(keyset: Keyset, current: EpochRecord | None, not_after: int 
     if not keyset.attrs.get("renew") or lifetime is None or not_after is None or view.not_after is None:
         raise MalformedEncoding("epoch plan: this keyset's not-after may not change (it was not imported with "
                                 "--renew)")
-    if not view.not_after < not_after <= now + lifetime + MAX_CLOCK_SKEW:
-        raise MalformedEncoding(f"epoch plan: a renewal moves the not-after later, to at most {lifetime} s from now")
+    if not_after <= view.not_after:
+        raise MalformedEncoding("epoch plan: a renewal moves the not-after later, never earlier")
+    if not_after > now + lifetime + MAX_CLOCK_SKEW:
+        raise MalformedEncoding(f"epoch plan: a renewal sets the not-after at most {lifetime} s (the keyset's "
+                                "first lifetime) from now")
 
 
 class BadDeal(RemoteProtocolError):

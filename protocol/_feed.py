@@ -142,7 +142,8 @@ def parse(document: bytes, signer: bytes) -> Feed:
         if not (isinstance(u, dict) and u.get("attr") in ATTRS and isinstance(u.get("value"), str)
                 and 0 < len(u["value"]) <= 128):
             raise MalformedEncoding(f"feed: an unsafe entry is {{attr: one of {', '.join(ATTRS)}, value}}")
-        marks.add((u["attr"], u["value"]))
+        value = u["value"].upper() if u["attr"] in ("country", "continent") else u["value"]
+        marks.add((u["attr"], value))  # as admissions spell them (placement's upper case)
     return Feed(name, _int(fields, "seq", 0, 2**53), _int(fields, "issued", 0, 2**40),
                 _int(fields, "expires", 0, 2**40), _int(fields, "threat_level", 0, MAX_LEVEL, 0),
                 frozenset(compromised), frozenset(marks), body)

@@ -10,7 +10,8 @@ order is the order of harm:
 1. **reshare**, which moves shares away from a holder that must not keep one:
    revoked for the keyset, its membership revoked or expired, its admission
    expiring within the margin, marked compromised by a feed, in a country or
-   org a feed marks unsafe, or breaking the placement in force;
+   org a feed marks unsafe, or breaking the placement in force; and which deals
+   every index anew after a shard index of the current epoch was revoked;
 2. **refresh** before the keyset's not-after, within its margin, when the
    keyset allows renewal (a new not-after);
 3. a scheduled **refresh** (``refresh_every``), then a scheduled **rewrap**
@@ -67,7 +68,7 @@ class Situation:
     revoked_indices: frozenset[int]  # shard indices revoked at this epoch
     placement: tuple[Constraint, ...]
     created: int  # the keyset's
-    not_after: int | None
+    not_after: int | None  # the epoch in force's
     renew: bool  # whether its authorities allow a refresh to extend the not-after
     refresh_every: int | None
     rewrap_every: int | None
@@ -75,6 +76,14 @@ class Situation:
     last_rewrap_at: int  # when its shards were last rewrapped (or the current epoch began)
     threats: Threats = Threats()
     margin: float = DEFAULT_MARGIN
+    lifetime: int | None = None  # the keyset's first lifetime (its --expires); default not_after - created
+
+    def life(self) -> tuple[int, int] | None:
+        """The current lifetime: (start, end), a renewed one counted from its renewal."""
+        if self.not_after is None:
+            return None
+        length = self.lifetime if self.lifetime else self.not_after - self.created
+        return self.not_after - length, self.not_after
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,7 @@ def decide(s: Situation, now: int) -> Decision | None:
     for h in s.holders:
         if h.peer_id in s.revoked:
             away.setdefault(h.peer_id, ("revocation", f"{h.peer_id} is revoked for this keyset"))
-        elif h.state in ("revoked", "expired", "unknown"):
+        elif h.state in ("revoked", "expired"):  # "unknown": maybe only not pulled yet, so no trigger
             away.setdefault(h.peer_id, ("membership", f"the membership of {h.peer_id} is {h.state}"))
         elif h.not_after and ending(h.issued, h.not_after, now, s.margin):
             away.setdefault(h.peer_id, ("membership", f"the admission of {h.peer_id} expires at {h.not_after}"))
@@ -115,15 +124,20 @@ def decide(s: Situation, now: int) -> Decision | None:
         triggers = sorted({t for t, _ in away.values()})
         return Decision("reshare", triggers[0] if len(triggers) == 1 else ",".join(triggers),
                         "; ".join(why for _, why in away.values()), tuple(sorted(away)))
+    if s.revoked_indices:
+        return Decision("reshare", "revocation", f"shard indices {', '.join(map(str, sorted(s.revoked_indices)))} "
+                                                 f"of epoch {s.epoch} are revoked: every index is dealt anew",
+                        renew=_renewing(s, now))
     broken = violations([h.candidate for h in s.holders], s.placement)
     if broken:
         return Decision("reshare", "placement", f"the holders break the placement in force: {'; '.join(broken)}",
                         tuple(sorted(_breakers(s.holders, s.placement))))
-    if s.not_after is not None and ending(s.created, s.not_after, now, s.margin):
-        if s.renew and not s.revoked_indices:
-            return Decision("refresh", "expiry", f"the keyset expires at {s.not_after}: refreshed with a new "
-                                                 "not-after", renew=True)
-        return None  # not renewed: the node warns (see warnings), nothing to run
+    if _renewing(s, now):
+        return Decision("refresh", "expiry", f"the keyset expires at {s.not_after}: refreshed with a new "
+                                             "not-after", renew=True)
+    life = s.life()
+    if life is not None and (now > life[1] or ending(*life, now, s.margin)):
+        return None  # not renewed, or past it: the node warns (see warnings), nothing to run
     if s.refresh_every and now >= s.last_epoch_at + s.refresh_every and not s.revoked_indices:
         return Decision("refresh", "schedule", f"refreshed every {s.refresh_every} s, last at {s.last_epoch_at}")
     if s.rewrap_every and now >= max(s.last_rewrap_at, s.last_epoch_at) + s.rewrap_every:
@@ -145,15 +159,29 @@ def _breakers(holders: tuple[Holder, ...], constraints: tuple[Constraint, ...]) 
     return out
 
 
+def _renewing(s: Situation, now: int) -> bool:
+    """Whether a keyset that allows renewal is due for it: within the margin of its current
+    lifetime, and not past it (expired shards are released by nobody, dealt by nobody)."""
+    life = s.life()
+    return s.renew and life is not None and now <= life[1] and ending(*life, now, s.margin)
+
+
 def warnings(s: Situation, now: int) -> list[str]:
-    """What the owner and authorities are told, though no action runs: a keyset within its
-    expiry margin that is not renewed (past its not-after the key is gone for good)."""
-    if s.not_after is None or not ending(s.created, s.not_after, now, s.margin) or s.renew:
+    """What the authorities are told: a keyset within its expiry margin that is not renewed
+    (past its not-after the key is gone for good), or whose renewal is overdue (half the
+    margin gone, and still not renewed: its rounds fail)."""
+    life = s.life()
+    if life is None or not ending(*life, now, s.margin):
         return []
-    if now > s.not_after:
-        return [f"keyset {s.keyset_id} expired at {s.not_after}: its shards are no longer released"]
-    return [f"keyset {s.keyset_id} expires at {s.not_after} and is not renewed: past it, the key cannot be "
-            "recovered"]
+    if now > life[1]:
+        return [f"keyset {s.keyset_id} expired at {life[1]}: its shards are no longer released"]
+    if not s.renew:
+        return [f"keyset {s.keyset_id} expires at {life[1]} and is not renewed: past it, the key cannot be "
+                "recovered"]
+    if ending(*life, now, s.margin / 2):
+        return [f"keyset {s.keyset_id} expires at {life[1]} and its renewal has not happened yet: see its "
+                "trigger-failed entries in the audit log"]
+    return []
 
 
 def leader(authorities: tuple[str, ...], keyset_id: str, epoch: int) -> tuple[str, ...]:

@@ -55,7 +55,7 @@ def test_a_revocation_and_a_placement_change_reshard_by_themselves(tmp_path: pat
             country = grid.nodes[grid.index(moved)].cfg["country"]
             await command(grid, 0, "policy-publish", keyset=keyset, policy=p.DEFAULT_POLICY,
                           placement=f"exclude:country={country}")
-            await until(lambda: len(triggered(grid, 0)) == 2, 2 * _autopilot.EVERY + 60)
+            await until(lambda: len(triggered(grid, 0)) == 2, _autopilot.PAUSE + 2 * _autopilot.EVERY + 60)
             t = triggered(grid, 0)[1]
             assert (t["trigger"], t["action"]) == ("placement", "reshare") and moved in t["away"]
             assert all(grid.nodes[grid.index(h)].cfg["country"] != country for h in holders(grid, keyset))

@@ -35,7 +35,7 @@ def test_a_feed_on_the_authority_node_moves_shards_and_one_elsewhere_does_not(tm
             bystander = grid.nodes[grid.index(others[0])]
             local = tmp_path / "local.json"
             publish(local, bystander.now(), 1, compromised=[others[1]], threat_level=4)
-            bystander.feeds.add(str(local), SIGNER.public_key().public_bytes_raw().hex(), 5)
+            bystander.feeds.add(str(local), SIGNER.public_key().public_bytes_raw().hex(), 5, bystander.now())
             await trio.sleep(2 * _autopilot.EVERY + 10)
             assert bystander.threat_level() == 4  # its own release decisions see it
             assert others[1] in holders(grid, keyset) and triggered(grid, 0) == []
@@ -43,7 +43,7 @@ def test_a_feed_on_the_authority_node_moves_shards_and_one_elsewhere_does_not(tm
             country = grid.nodes[grid.index(others[1])].cfg["country"]
             path = tmp_path / "intel.json"
             publish(path, owner.now(), 1, unsafe=[("country", country)])
-            owner.feeds.add(str(path), SIGNER.public_key().public_bytes_raw().hex(), 5)
+            owner.feeds.add(str(path), SIGNER.public_key().public_bytes_raw().hex(), 5, owner.now())
             await until(lambda: others[1] not in holders(grid, keyset), 2 * _autopilot.EVERY + 60)
             [t] = triggered(grid, 0)
             assert (t["trigger"], t["action"]) == ("threat-feed", "reshare") and f"country={country}" in t["reason"]

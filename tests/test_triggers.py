@@ -41,13 +41,16 @@ def test_a_revoked_custodian_is_resharded_away() -> None:
 
 def test_membership_revoked_expired_or_ending_within_the_margin_reshares() -> None:
     for kw, why in (({"state": "revoked"}, "is revoked"), ({"state": "expired"}, "is expired"),
-                    ({"not_after": NOW + 5 * DAY}, "expires at")):  # 5 of 370 days left: within 10%
+                    ({"not_after": NOW + 5 * DAY}, "expires at")):  # 5 of 105 days left: within 10%
         s = _situation(holders=(_holder(1, "CH"), _holder(2, "JP", **kw), _holder(3, "BR")))
         d = tr.decide(s, NOW)
         assert d is not None and (d.action, d.trigger, d.away) == ("reshare", "membership", ("peer2",)), kw
         assert why in d.reason
     s = _situation(holders=(_holder(1, "CH"), _holder(2, "JP", not_after=NOW + 60 * DAY), _holder(3, "BR")))
-    assert tr.decide(s, NOW) is None  # 60 of 425 days left: not yet
+    assert tr.decide(s, NOW) is None  # 60 of 160 days left: not yet
+    # A holder this node has no admission of (its view may not be pulled yet): no trigger.
+    s = _situation(holders=(_holder(1, "CH"), _holder(2, "JP", state="unknown"), _holder(3, "BR")))
+    assert tr.decide(s, NOW) is None
 
 
 def test_a_threat_feed_marks_a_custodian_compromised_or_a_country_unsafe() -> None:
@@ -77,6 +80,16 @@ def test_expiry_refreshes_with_a_new_not_after_only_when_renewal_is_allowed() ->
     assert "not renewed" in tr.warnings(s, NOW)[0]
     assert "expired" in tr.warnings(s, NOW + 6 * DAY)[0]
     assert tr.decide(_situation(renew=True, created=NOW - 50 * DAY, not_after=NOW + 50 * DAY), NOW) is None
+    # A renewed lifetime's margin is 10% of the first lifetime, counted from the renewal: a keyset
+    # renewed many times over is not due again at once (its age is not its lifetime).
+    old = _situation(renew=True, created=NOW - 1000 * DAY, not_after=NOW + 95 * DAY, lifetime=100 * DAY)
+    assert tr.decide(old, NOW) is None and tr.decide(old, NOW + 86 * DAY) is not None
+    # Past the not-after, nothing is renewed (expired shards are dealt by nobody), and it says so.
+    assert tr.decide(_situation(renew=True, **ending), NOW + 6 * DAY) is None
+    assert "expired" in tr.warnings(_situation(renew=True, **ending), NOW + 6 * DAY)[0]
+    # A renewal that is overdue (half the margin gone) is warned about.
+    assert tr.warnings(_situation(renew=True, **ending), NOW - 2 * DAY) == []  # 7 of its 10 margin days left
+    assert "has not happened" in tr.warnings(_situation(renew=True, **ending), NOW + 3 * DAY)[0]
 
 
 def test_schedules_refresh_then_rewrap() -> None:
@@ -86,8 +99,9 @@ def test_schedules_refresh_then_rewrap() -> None:
     d = tr.decide(dataclasses.replace(s, last_epoch_at=NOW - 3 * DAY), NOW)
     assert d is not None and (d.action, d.trigger) == ("rewrap", "schedule")
     assert tr.decide(dataclasses.replace(s, last_epoch_at=NOW - 3 * DAY, last_rewrap_at=NOW - 3600), NOW) is None
-    # A revoked shard index blocks a refresh (it would keep that index's holders): not scheduled.
-    assert tr.decide(dataclasses.replace(s, rewrap_every=None, revoked_indices=frozenset({2})), NOW) is None
+    # A revoked shard index: a reshare deals every index anew (a refresh would keep it).
+    d = tr.decide(dataclasses.replace(s, rewrap_every=None, revoked_indices=frozenset({2})), NOW)
+    assert d is not None and (d.action, d.trigger, d.away) == ("reshare", "revocation", ())
 
 
 def test_authorities_take_turns_by_keyset_and_epoch() -> None:
@@ -115,9 +129,9 @@ def test_a_renewal_moves_the_not_after_only_if_the_keyset_allows_it() -> None:
         later = NOW + 195 * DAY
         if renew:
             er.check_not_after(ks, None, later, NOW + 95 * DAY)
-            with pytest.raises(p.MalformedEncoding, match="at most"):  # longer than its first lifetime
+            with pytest.raises(p.MalformedEncoding, match="first lifetime"):  # longer than its first lifetime
                 er.check_not_after(ks, None, later + DAY, NOW + 95 * DAY)
-            with pytest.raises(p.MalformedEncoding, match="later"):
+            with pytest.raises(p.MalformedEncoding, match="never earlier"):
                 er.check_not_after(ks, None, NOW + 50 * DAY, NOW + 40 * DAY)
         else:
             with pytest.raises(p.MalformedEncoding, match="--renew"):
