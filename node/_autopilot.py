@@ -45,11 +45,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("shardnet.node")
 
 #: Seconds between two looks at every keyset; the wait of each next authority's turn; the
-#: wait after an action that failed. Keysets acted on per look, at most.
+#: wait after an action that failed. Keysets acted on per look at most, and rounds in flight
+#: at once (pipelined: a revoked custodian of many keysets is not one round after another).
 EVERY = 30
 TURN = 120
 BACKOFF = 600
-MAX_PER_PASS = 8
+MAX_PER_PASS = 256
+IN_FLIGHT = 8
 #: Seconds after an action this node completed before it acts on that keyset again (so that
 #: no trigger makes it run a round every pass, and the other authorities learn the new epoch).
 PAUSE = 2 * EVERY
@@ -180,7 +182,13 @@ class Autopilot:
         return sorted(set(d.away) | threats.compromised | marked | ending)
 
     async def run(self) -> None:
+        limiter = trio.CapacityLimiter(IN_FLIGHT)
+
+        async def one(keyset_id: str, d: tr.Decision) -> None:
+            async with limiter:
+                await self.act(keyset_id, d)
         while True:
             await trio.sleep(EVERY)
-            for keyset_id, d in self.due(self.node.now()):
-                await self.act(keyset_id, d)
+            async with trio.open_nursery() as nursery:  # the pass ends when its rounds have
+                for keyset_id, d in self.due(self.node.now()):
+                    nursery.start_soon(one, keyset_id, d)

@@ -38,8 +38,10 @@ def test_a_revoked_custodian_is_resharded_away_by_the_autopilot(tmp_path: pathli
 
         now = wait_for(lambda: victim not in holders() and holders(), timeout=2 * _autopilot.EVERY + 60)
         assert now and victim not in now, f"still held by {victim} after {time.monotonic() - t0:.0f} s"
-        with c.nodes["frankfurt"].home.open_store() as store:
-            [t] = [e.body for e in store.audit_entries() if e.kind == "trigger"]
+        def audited() -> list[dict]:  # written once the round has returned to the coordinator
+            with c.nodes["frankfurt"].home.open_store() as store:
+                return [e.body for e in store.audit_entries() if e.kind == "trigger"]
+        [t] = wait_for(audited, timeout=30)
         assert (t["trigger"], t["action"], t["away"]) == ("revocation", "reshare", [c.nodes[victim].peer_id])
         first = sorted({who[s["custodian"]] for s in d["shards"]} - {victim})  # the custodians at import approve
         code, res, err, _ = reconstruct(c, tmp_path, ks, approvers=tuple(first[:2]))

@@ -93,6 +93,8 @@ def test_a_feed_marks_a_country_unsafe_and_its_shards_move(tmp_path: pathlib.Pat
         bad = wait_for(lambda: json.loads(run_cli("feed", "list", "--home", home(c, "frankfurt"),
                                                   "--json").stdout)[0]["error"], timeout=20)
         assert bad == "feed: unsigned"
-        with c.nodes["frankfurt"].home.open_store() as store:
-            [t] = [e.body for e in store.audit_entries() if e.kind == "trigger"]
+        def audited() -> list[dict]:  # written once the round has returned to the coordinator
+            with c.nodes["frankfurt"].home.open_store() as store:
+                return [e.body for e in store.audit_entries() if e.kind == "trigger"]
+        [t] = wait_for(audited, timeout=30)
         assert (t["trigger"], t["action"]) == ("threat-feed", "reshare")

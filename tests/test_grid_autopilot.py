@@ -45,7 +45,8 @@ def test_a_revocation_and_a_placement_change_reshard_by_themselves(tmp_path: pat
             keyset = await grid.import_key(0, KEY, 2, 4, placement="")
             victim = sorted(holders(grid, keyset) - {grid.nodes[0].peer_id})[0]
             await command(grid, 0, "revoke", subject="custodian", value=victim, keyset=keyset, reason="stolen laptop")
-            await until(lambda: victim not in holders(grid, keyset), 2 * _autopilot.EVERY + 60)
+            await until(lambda: len(triggered(grid, 0)) == 1, 2 * _autopilot.EVERY + 60)  # audited once done
+            assert victim not in holders(grid, keyset)
             [t] = triggered(grid, 0)
             assert (t["trigger"], t["action"], t["away"]) == ("revocation", "reshare", [victim])
             assert "revoked custodian" in t["defeats"] and t["epoch"] == 1
@@ -76,7 +77,8 @@ def test_a_membership_revocation_reshards_the_custodians_keysets(tmp_path: pathl
             victim = sorted(common or holders(grid, keysets[0]) - {grid.nodes[0].peer_id})[0]
             await command(grid, 0, "member-revoke", peer=victim, reason="left the network")
             held = [k for k in keysets if victim in holders(grid, k)]
-            await until(lambda: all(victim not in holders(grid, k) for k in held), 2 * _autopilot.EVERY + 90)
+            await until(lambda: len(triggered(grid, 0)) == len(held), 2 * _autopilot.EVERY + 90)
+            assert all(victim not in holders(grid, k) for k in held)
             got = {t["keyset"]: t for t in triggered(grid, 0)}
             assert set(got) == set(held) and all(t["trigger"] == "membership" for t in got.values())
             for k in keysets:
@@ -133,8 +135,8 @@ def test_a_custodian_whose_admission_ends_is_resharded_away_before_it_does(tmp_p
             ends = grid.nodes[0].now() + 3000
             await trio.sleep(2600)
             assert victim in holders(grid, keyset)  # not yet within the last 10%
-            await until(lambda: victim not in holders(grid, keyset), 300)
-            assert grid.nodes[0].now() < ends
+            await until(lambda: len(triggered(grid, 0)) == 1, 300)
+            assert victim not in holders(grid, keyset) and grid.nodes[0].now() < ends
             [t] = triggered(grid, 0)
             assert (t["trigger"], t["action"], t["away"]) == ("membership", "reshare", [victim])
             assert await grid.reconstruct(3, keyset) == KEY

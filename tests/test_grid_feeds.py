@@ -44,7 +44,8 @@ def test_a_feed_on_the_authority_node_moves_shards_and_one_elsewhere_does_not(tm
             path = tmp_path / "intel.json"
             publish(path, owner.now(), 1, unsafe=[("country", country)])
             owner.feeds.add(str(path), SIGNER.public_key().public_bytes_raw().hex(), 5, owner.now())
-            await until(lambda: others[1] not in holders(grid, keyset), 2 * _autopilot.EVERY + 60)
+            await until(lambda: len(triggered(grid, 0)) == 1, 2 * _autopilot.EVERY + 60)
+            assert others[1] not in holders(grid, keyset)
             [t] = triggered(grid, 0)
             assert (t["trigger"], t["action"]) == ("threat-feed", "reshare") and f"country={country}" in t["reason"]
             assert all(grid.nodes[grid.index(h)].cfg["country"] != country for h in holders(grid, keyset))
