@@ -160,7 +160,9 @@ class Autopilot:
                     assert base is not None and base.not_after is not None
                     args["not_after"] = node.now() + base.not_after - base.created  # its first lifetime again
                 res = await change_epoch(node, args, quiet)
-        except (ControlError, p.ShardnetError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one keyset's round never stops the others, or the node
+            if not isinstance(exc, (ControlError, p.ShardnetError, ValueError)):
+                log.exception("keyset %s: %s (%s) failed unexpectedly", keyset_id, d.action, d.trigger)
             self._failed[keyset_id] = node.now()
             log.warning("keyset %s: %s (%s) did not complete: %s", keyset_id, d.action, d.trigger, exc)
             node.store.append_audit("trigger-failed", {**body, "error": str(exc)[:400]}, node.now(), node.key)
