@@ -144,7 +144,8 @@ class Feeds:
         if feed_id(source) not in known and len(known) >= MAX_FEEDS:
             raise FeedError(f"this node follows {MAX_FEEDS} feeds already (shardnet feed remove one)")
         f = Followed(feed_id(source), source, key, every)
-        self._save(f, new=True)  # a new signer starts afresh: no issue kept
+        held = known.get(f.id)
+        self._save(f, new=held is None or held.signer != key)  # a new signer starts afresh; else the issue stays
         self.store.append_audit("feed-added", {"id": f.id, "source": source, "signer": key.hex(), "every": every},
                                 now, self.key)
         return f.to_json(now)
