@@ -167,6 +167,23 @@ def _epoch_history(store: Store, base: p.Keyset) -> list[dict[str, Any]]:
     return out
 
 
+def expiry_warnings(store: Store, now: int) -> list[str]:
+    """The keysets this node owns or holds a shard of that are within their expiry margin
+    and not renewed, renewed late, or expired (``triggers.warnings``)."""
+    out = []
+    for row in store.keysets():
+        base = p.Keyset.from_bytes(row["record"])
+        view = record_view(store, row["record"])
+        if view.not_after is None:
+            continue
+        lifetime = base.not_after - base.created if base.not_after is not None else None
+        out += p.triggers.warnings(p.triggers.Situation(
+            keyset_id=base.id_hex, epoch=view.epoch, holders=(), revoked=frozenset(), revoked_indices=frozenset(),
+            placement=(), created=base.created, not_after=view.not_after, renew=bool(base.attrs.get("renew")),
+            refresh_every=None, rewrap_every=None, last_epoch_at=0, last_rewrap_at=0, lifetime=lifetime), now)
+    return out
+
+
 def keysets_at_risk(store: Store, member_state: MemberState) -> list[str]:
     """Keysets we own with a shard on a custodian the network does not admit now."""
     return [ks["keyset_id"] for ks in store.keysets(role="owner")
@@ -185,7 +202,7 @@ def audit_verify(store: Store, me_public: bytes) -> dict[str, Any]:
 
 
 def status(store: Store, me: str, cfg: dict[str, Any], live: dict[str, Any] | None,
-           member_state: MemberState) -> dict[str, Any]:
+           member_state: MemberState, now: int) -> dict[str, Any]:
     owned = store.keysets(role="owner")
     raw = store.genesis()
     pending = len(store.pending())
@@ -198,6 +215,7 @@ def status(store: Store, me: str, cfg: dict[str, Any], live: dict[str, Any] | No
         "keysets_owned": len(owned), "deliveries_pending": pending,
         "network": p.Genesis.from_bytes(raw).network_id.hex() if raw else None,
         "membership": member_state(me), "keysets_at_risk": keysets_at_risk(store, member_state),
+        "expiry_warnings": expiry_warnings(store, now),
     }
 
 

@@ -156,7 +156,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     def offline(home: Home) -> Any:
         with home.open_store() as store:
             return _api.status(store, home.peer_id(), home.config(), None,
-                               _api.stored_membership(store, int(system_clock())))
+                               _api.stored_membership(store, int(system_clock())), int(system_clock()))
 
     st = _ask(args, "status", offline=offline)
     lines = [
@@ -175,6 +175,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if st["keysets_at_risk"]:
         lines.append(f"at risk   {len(st['keysets_at_risk'])} keysets with shards on custodians the network "
                      "does not admit now (see key show)")
+    lines += [f"expiry    {w}" for w in st.get("expiry_warnings", [])]
     emit(args, st, "\n".join(lines))
     return EXIT_OK
 

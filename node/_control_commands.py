@@ -42,7 +42,8 @@ def command_table(node: NodeRuntime) -> dict[str, Command]:
         return node.members.view.state(peer, node.now())
 
     return {
-        "status": reads(lambda a: _api.status(node.store, node.peer_id, node.cfg, node.live(), member_state)),
+        "status": reads(lambda a: _api.status(node.store, node.peer_id, node.cfg, node.live(), member_state,
+                                              node.now())),
         "custodians": reads(lambda a: _api.custodians(node.store, node.peer_id, node.now(),
                                                       node.directory.last_heard())),
         "key-list": reads(lambda a: _api.keysets(node.store)),

@@ -117,6 +117,8 @@ def test_a_keyset_near_its_expiry_is_warned_about_once_a_day(tmp_path: pathlib.P
             await trio.sleep(400)  # within the last 10% of the hour
             [w] = warned()
             assert w["keyset"] == keyset and "not renewed" in w["warnings"][0]
+            status = await command(grid, 0, "status")  # the owner's status says so too
+            assert status["expiry_warnings"] == w["warnings"]
             await trio.sleep(600)
             assert len(warned()) == 1 and triggered(grid, 0) == []
     in_virtual_time(main)
