@@ -176,11 +176,9 @@ def expiry_warnings(store: Store, now: int) -> list[str]:
         view = record_view(store, row["record"])
         if view.not_after is None:
             continue
-        lifetime = base.not_after - base.created if base.not_after is not None else None
-        out += p.triggers.warnings(p.triggers.Situation(
-            keyset_id=base.id_hex, epoch=view.epoch, holders=(), revoked=frozenset(), revoked_indices=frozenset(),
-            placement=(), created=base.created, not_after=view.not_after, renew=bool(base.attrs.get("renew")),
-            refresh_every=None, rewrap_every=None, last_epoch_at=0, last_rewrap_at=0, lifetime=lifetime), now)
+        lifetime = base.not_after - base.created if base.not_after is not None else view.not_after - base.created
+        out += p.triggers.expiry(base.id_hex, (view.not_after - lifetime, view.not_after),
+                                 bool(base.attrs.get("renew")), now)
     return out
 
 

@@ -59,16 +59,12 @@ PAUSE = 2 * EVERY
 WARN_EVERY = 86400
 
 
-#: The shortest schedule honoured, whatever a keyset record says.
-MIN_SCHEDULE = 60
-
-
 def schedule_of(keyset: p.Keyset) -> tuple[int | None, int | None]:
     """A keyset's ``refresh_every`` and ``rewrap_every`` (seconds), from its attributes."""
     out = []
     for key in ("refresh_every", "rewrap_every"):
         value = keyset.attrs.get(key)
-        out.append(max(MIN_SCHEDULE, value) if isinstance(value, int) and not isinstance(value, bool)
+        out.append(max(tr.MIN_SCHEDULE, value) if isinstance(value, int) and not isinstance(value, bool)
                    and value > 0 else None)
     return out[0], out[1]
 
@@ -81,7 +77,7 @@ class Autopilot:
         self._warned: dict[str, int] = {}  # keyset -> when its expiry was last warned about
         self._done: dict[str, int] = {}  # keyset -> when this node last completed an action on it
 
-    def situation(self, keyset_id: str, now: int) -> tr.Situation | None:
+    def situation(self, keyset_id: str, now: int, threats: tr.Threats) -> tr.Situation | None:
         node = self.node
         base = base_keyset(node.store, keyset_id)
         view = keyset_view(node.store, keyset_id)
@@ -103,7 +99,7 @@ class Autopilot:
             revoked=book.revoked.peers("custodian"), revoked_indices=book.revoked.indices(view.epoch),
             placement=tuple(placement.parse(book.placement)), created=base.created, not_after=view.not_after,
             renew=bool(base.attrs.get("renew")), refresh_every=refresh_every, rewrap_every=rewrap_every, last_epoch_at=epoch_at,
-            last_rewrap_at=int(rewrapped) if rewrapped else epoch_at, threats=node.feeds.threats(now),
+            last_rewrap_at=int(rewrapped) if rewrapped else epoch_at, threats=threats,
             lifetime=base.not_after - base.created if base.not_after is not None else None)
 
     def due(self, now: int) -> list[tuple[str, tr.Decision]]:
@@ -111,11 +107,12 @@ class Autopilot:
         node = self.node
         out = []
         seen: dict[tuple[str, int, str], int] = {}
+        threats = node.feeds.threats(now)  # once a pass, for every keyset
         for keyset_id in node.rules.mine():
             if keyset_id in node.epoch_rounds or now < self._failed.get(keyset_id, -BACKOFF) + BACKOFF \
                     or now < self._done.get(keyset_id, -PAUSE) + PAUSE:  # the last round's news first
                 continue
-            s = self.situation(keyset_id, now)
+            s = self.situation(keyset_id, now, threats)
             if s is None:
                 continue
             warnings = tr.warnings(s, now)

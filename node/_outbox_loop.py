@@ -92,12 +92,12 @@ class OutboxLoop:
             overdue = [row for row in rows.values() if row["deliver_by"] is not None
                        and clock_now >= row["deliver_by"]]
             changed = False
-            barred = {key: why for key, row in rows.items() if (why := self.owner.revoked_slot(row))}
-            for key, why in barred.items():  # revoked since the import: never sent
+            barred = {key: got for key, row in rows.items() if (got := self.owner.revoked_slot(row))}
+            for key, (what, why) in barred.items():  # revoked since the import: never sent
                 row = rows[key]
                 if row["reserve"] is None or key in self._moved_early or row in overdue:
                     continue
-                if why.startswith("index"):  # that shard goes to nobody: its reserve is erased
+                if what == "index":  # that shard goes to nobody: its reserve is erased
                     log.warning("shard %s:%d for %s: %s; its reserve is erased", row["keyset_id"][:12],
                                 row["idx"], row["custodian"], why)
                     self.owner.drop_reserve(row, why, clock_now)
@@ -188,7 +188,7 @@ class OutboxLoop:
             frame, cover = self.owner.delivery_frame(row, self.now())
             revoked = self.owner.revoked_slot(row)
             if revoked is not None:
-                raise Rejected(f"not sent: {revoked}")
+                raise Rejected(f"not sent: {revoked[1]}")
             # Checked at every attempt, not only at import: a custodian revoked (or expired)
             # while its shard waited never gets it. The slot stays pending.
             # Admitted now, and proven to hold its keys (once per admission): otherwise the

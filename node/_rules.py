@@ -247,7 +247,8 @@ class Rules:
         else:
             body["policy_sha256"] = rec.digest.hex()
             body["placement"] = rec.placement
-        lost = self._lost(book, rec, self._mine_open(keyset_id, rec.kind)) if rec.kind == "revocations" else []
+        lost = self._lost(book, rec, self._mine_open(keyset_id, rec.kind)) if isinstance(rec, kr.RevocationList) \
+            else []
         with self.store.transaction():
             self.store.put_rule(cs.id.hex(), keyset_id, rec.kind, rec.version, cs.to_bytes(),
                                 signatures=len(cs.signatures), now=now,
@@ -263,11 +264,10 @@ class Rules:
         if lost and isinstance(rec, kr.RevocationList):
             self._carry(new, rec, lost, now)
 
-    def _lost(self, book: kr.RuleBook, rec: kr.Rule, superseded: list[tuple[CoSigned, kr.Rule]]) -> list[kr.Revoked]:
+    def _lost(self, book: kr.RuleBook, rec: kr.RevocationList,
+              superseded: list[tuple[CoSigned, kr.Rule]]) -> list[kr.Revoked]:
         """What a revocation list about to go in force leaves out: of the one in force, and of
         the open lists this node signed up to its version (which it replaces)."""
-        if not isinstance(rec, kr.RevocationList):
-            return []
         mine = [e for _, r in superseded if isinstance(r, kr.RevocationList) and r.version <= rec.version
                 for e in r.entries]
         return book.dropped(rec, self._epoch(book), also=mine)
@@ -358,7 +358,7 @@ class Rules:
         signed = self._signed_revocations(keyset_id)
         if entry.key in book.revoked.keys or entry.key in {e.key for e in signed}:
             return None
-        return self._propose_revocations(book, [*signed, entry], now)
+        return self._propose_revocations(book, [entry], now)  # on top of those it signed
 
     def _propose_revocations(self, book: kr.RuleBook, entries: list[kr.Revoked],
                              now: int) -> tuple[CoSigned, str] | None:

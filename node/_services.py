@@ -452,8 +452,8 @@ class Owner:
         if custodians is not None:  # a re-placed shard stays on this set too
             attrs["custodians"] = sorted(admitted)
         for key, every in (schedule or {}).items():
-            if key not in ("refresh_every", "rewrap_every") or not isinstance(every, int) or every < 60:
-                raise ValueError(f"--{key.replace('_', '-')}: at least 60 seconds")
+            if key not in ("refresh_every", "rewrap_every") or not isinstance(every, int) or every < p.triggers.MIN_SCHEDULE:
+                raise ValueError(f"--{key.replace('_', '-')}: at least {p.triggers.MIN_SCHEDULE} seconds")
             attrs[key] = every
         if renew:
             if not expires:
@@ -550,16 +550,17 @@ class Owner:
                            "x25519")
         return p.seal_shard(meta, share, self.keystore.hpke_public()["x25519"], owner=self.key)
 
-    def revoked_slot(self, row: OutboxRow) -> str | None:
-        """Why a pending slot's shard may no longer go to its custodian (its authorities
-        revoked the custodian, or that index at that epoch), or None."""
+    def revoked_slot(self, row: OutboxRow) -> tuple[str, str] | None:
+        """Whether a pending slot's shard may no longer go to its custodian: ("index", why)
+        if its authorities revoked that index at that epoch, ("custodian", why) if they
+        revoked the custodian; None otherwise."""
         book = self.rules.book(row["keyset_id"])
         if book is None:
             return None
         if row["idx"] in book.revoked.indices(row["epoch"]):
-            return f"index {row['idx']} of epoch {row['epoch']} is revoked"
+            return "index", f"index {row['idx']} of epoch {row['epoch']} is revoked"
         if row["custodian"] in book.revoked.peers("custodian"):
-            return f"custodian {row['custodian']} is revoked for this keyset"
+            return "custodian", f"custodian {row['custodian']} is revoked for this keyset"
         return None
 
     def replace(self, row: OutboxRow, now: int) -> str:

@@ -33,6 +33,7 @@ every node: the smaller proposal id wins.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -313,8 +314,9 @@ class RuleBook:
     def placement(self) -> str:
         return self.policy[1].placement if self.policy else str(self.keyset.attrs.get("placement", ""))
 
-    @property
+    @functools.cached_property
     def revoked(self) -> RevocationList:
+        """The revocations in force, pinned (once per book: ``epoch_at`` may read a store)."""
         return self.pinned(self.revocations[1]) if self.revocations else empty_revocations(self.keyset.keyset_id)
 
     def pinned(self, rec: RevocationList) -> RevocationList:

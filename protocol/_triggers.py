@@ -34,6 +34,9 @@ DEFEATS = {
     "rewrap": "theft of the stored ciphertext and the old wrapping key (after a node's first rewrap: the key "
               "its admission certifies stays, for deliveries); not a custodian that already read its share",
 }
+#: The shortest schedule (``refresh_every``, ``rewrap_every``) in seconds: shorter ones are
+#: refused at import and not honoured from a keyset record.
+MIN_SCHEDULE = 60
 #: The share of a lifetime (an admission's, a keyset's) before its end from which it counts
 #: as ending: 10%, the default margin.
 DEFAULT_MARGIN = 0.10
@@ -167,19 +170,24 @@ def _renewing(s: Situation, now: int) -> bool:
 
 
 def warnings(s: Situation, now: int) -> list[str]:
-    """What the authorities are told: a keyset within its expiry margin that is not renewed
-    (past its not-after the key is gone for good), or whose renewal is overdue (half the
-    margin gone, and still not renewed: its rounds fail)."""
-    life = s.life()
-    if life is None or not ending(*life, now, s.margin):
+    """What the authorities are told about a keyset's expiry (see :func:`expiry`)."""
+    return expiry(s.keyset_id, s.life(), s.renew, now, s.margin)
+
+
+def expiry(keyset_id: str, life: tuple[int, int] | None, renew: bool, now: int,
+           margin: float = DEFAULT_MARGIN) -> list[str]:
+    """A keyset within the expiry ``margin`` of its current lifetime ``life`` (start, end)
+    that is not renewed (past its not-after the key is gone for good), or whose renewal is
+    overdue (half the margin gone, and still not renewed: its rounds fail)."""
+    if life is None or not ending(*life, now, margin):
         return []
     if now > life[1]:
-        return [f"keyset {s.keyset_id} expired at {life[1]}: its shards are no longer released"]
-    if not s.renew:
-        return [f"keyset {s.keyset_id} expires at {life[1]} and is not renewed: past it, the key cannot be "
+        return [f"keyset {keyset_id} expired at {life[1]}: its shards are no longer released"]
+    if not renew:
+        return [f"keyset {keyset_id} expires at {life[1]} and is not renewed: past it, the key cannot be "
                 "recovered"]
-    if ending(*life, now, s.margin / 2):
-        return [f"keyset {s.keyset_id} expires at {life[1]} and its renewal has not happened yet: see its "
+    if ending(*life, now, margin / 2):
+        return [f"keyset {keyset_id} expires at {life[1]} and its renewal has not happened yet: see its "
                 "trigger-failed entries in the audit log"]
     return []
 
