@@ -242,8 +242,10 @@ def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pa
                                    p.encode([wire.RELEASE_ASK_TAG, 1, r_ok.signed, votes(r_ok, "tokyo", "frankfurt")]),
                                    max_reply=65536, timeout=10)
                 out["outsider"]["tokyo"] = "RELEASED"
-            except (_net.RemoteError, _net.RequestError) as exc:
+            except _net.RemoteError as exc:
                 out["outsider"]["tokyo"] = str(exc)
+            except _net.RequestError as exc:  # the gate may cut the outsider off before the refusal is read
+                out["outsider"]["tokyo"] = f"cut off: {exc}"
         return out
 
     answers = trio.run(main)
@@ -254,6 +256,8 @@ def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pa
     }
     for case, per_node in answers.items():
         for name, answer in per_node.items():
+            if case == "outsider" and answer.startswith("cut off: "):
+                continue  # refused at the door either way: its stream was reset, nothing came back
             assert expect[case] in answer, (case, name, answer)
     assert {n: len(releases(c, n)) for n in c.nodes} == before
     with c.nodes["tokyo"].home.open_store() as store:
