@@ -209,6 +209,8 @@ def status(store: Store, me: str, cfg: dict[str, Any], live: dict[str, Any] | No
         "org": cfg.get("org", ""), "running": live is not None,
         "addrs": (live or {}).get("addrs", []), "peers": (live or {}).get("peers", []),
         "uptime_s": round(live["uptime_s"], 1) if live else None,
+        # Epoch asks this node sent as a coordinator since it started, and the requests they took (batched).
+        "epoch_asks": (live or {}).get("epoch_asks"),
         "custodians": len(store.custodians()), "shards_held": len(store.held_shards()),
         "keysets_owned": len(owned), "deliveries_pending": pending,
         "network": p.Genesis.from_bytes(raw).network_id.hex() if raw else None,

@@ -1,8 +1,9 @@
 """The autopilot: an authority node runs the epoch action a keyset's state calls for.
 
-Every ``EVERY`` seconds it looks at each keyset this node is a policy authority
-of, builds what it knows of it (``protocol/_triggers.py``: the holders and their
-membership, the rules in force, the schedule in the keyset's attributes, the
+Every ``EVERY`` seconds, and as soon as a keyset's rules change (``wake``), it
+looks at each keyset this node is a policy authority of, builds what it knows
+of it (``protocol/_triggers.py``: the holders and their membership, the rules
+in force, the schedule in the keyset's attributes, the
 clock) and asks :func:`~shardnet.protocol.triggers.decide`. A reshare, refresh
 or rewrap that is due runs as the operator's command would
 (``_epoch_round``), with its trigger, action and what it defeats in the audit
@@ -20,7 +21,7 @@ The threat feeds it reads are this node's own (``_feeds``): only feeds configure
 on a keyset's authority nodes steer its shards. A keyset imported with
 ``--renew`` is refreshed within its expiry margin with a new not-after, its first
 lifetime from then (``epoch_records.check_not_after``: every co-signing authority
-checks it). Not yet here (issue 11): batching many keysets into one round.
+checks it).
 """
 
 from __future__ import annotations
@@ -45,13 +46,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("shardnet.node")
 
 #: Seconds between two looks at every keyset; the wait of each next authority's turn; the
-#: wait after an action that failed. Keysets acted on per look at most, and rounds in flight
-#: at once (pipelined: a revoked custodian of many keysets is not one round after another).
+#: wait after an action that failed. Keysets acted on per look at most (a full look is
+#: followed by the next at once), and rounds in flight at once: pipelined, and their asks
+#: to each peer batched (``_epoch_batcher``), so that a revoked custodian of many keysets
+#: is not one round after another. A new holder keeps the shares of at most
+#: ``_epochs.MAX_PENDING_PER_COORDINATOR`` rounds of one coordinator not committed yet.
 EVERY = 30
 TURN = 120
 BACKOFF = 600
 MAX_PER_PASS = 256
-IN_FLIGHT = 8
+IN_FLIGHT = 32
 #: Seconds after an action this node completed before it acts on that keyset again (so that
 #: no trigger makes it run a round every pass, and the other authorities learn the new epoch).
 PAUSE = 2 * EVERY
@@ -76,6 +80,11 @@ class Autopilot:
         self._failed: dict[str, int] = {}  # keyset -> when its last action failed
         self._warned: dict[str, int] = {}  # keyset -> when its expiry was last warned about
         self._done: dict[str, int] = {}  # keyset -> when this node last completed an action on it
+        self._wake = trio.Event()
+
+    def wake(self) -> None:
+        """Look now, not at the end of the period: a keyset's rules changed (a revocation)."""
+        self._wake.set()
 
     def situation(self, keyset_id: str, now: int, threats: tr.Threats) -> tr.Situation | None:
         node = self.node
@@ -105,10 +114,15 @@ class Autopilot:
     def due(self, now: int) -> list[tuple[str, tr.Decision]]:
         """The keysets this node acts on now, with what to run."""
         node = self.node
-        out = []
+        out: list[tuple[str, tr.Decision]] = []
         seen: dict[tuple[str, int, str], int] = {}
         threats = node.feeds.threats(now)  # once a pass, for every keyset
-        for keyset_id in node.rules.mine():
+        mine = node.rules.mine()
+        for at, keyset_id in enumerate(mine):
+            if len(out) == MAX_PER_PASS:  # the rest in the next pass, which starts at once
+                rest = set(mine[at:])
+                seen.update((k, v) for k, v in self._seen.items() if k[0] in rest)
+                break
             if keyset_id in node.epoch_rounds or now < self._failed.get(keyset_id, -BACKOFF) + BACKOFF \
                     or now < self._done.get(keyset_id, -PAUSE) + PAUSE:  # the last round's news first
                 continue
@@ -133,7 +147,7 @@ class Autopilot:
             if now >= first + TURN * order.index(node.peer_id):
                 out.append((keyset_id, d))
         self._seen = seen  # what is no longer due is forgotten: it starts its turns anew
-        return out[:MAX_PER_PASS]
+        return out
 
     async def act(self, keyset_id: str, d: tr.Decision) -> dict[str, Any] | None:
         node = self.node
@@ -186,8 +200,14 @@ class Autopilot:
         async def one(keyset_id: str, d: tr.Decision) -> None:
             async with limiter:
                 await self.act(keyset_id, d)
+        full = False
         while True:
-            await trio.sleep(EVERY)
+            if not full:
+                with trio.move_on_after(EVERY):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+            due = self.due(self.node.now())
+            full = len(due) == MAX_PER_PASS  # more wait: the next pass starts when this one ends
             async with trio.open_nursery() as nursery:  # the pass ends when its rounds have
-                for keyset_id, d in self.due(self.node.now()):
+                for keyset_id, d in due:
                     nursery.start_soon(one, keyset_id, d)

@@ -191,7 +191,7 @@ async def rewrap(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> dict[st
             if peer == node.peer_id:
                 reply = node.epochs.handle(peer, data, node.now())
             else:
-                reply = await node.links.reach_and_request(peer, wire.EPOCH, data)
+                reply = await node.epoch_batcher.request(peer, data)
             items = p.decode(reply, max_size=wire.EPOCH.max_reply)
             got: list[dict[str, Any]] = []
             for item in (items if isinstance(items, list) else [])[:16]:
@@ -236,7 +236,7 @@ async def _drive(node: NodeRuntime, machine: ep.EpochRound, base: p.Keyset,
             if peer == node.peer_id:
                 reply = node.epochs.handle(peer, data, node.now())
             else:
-                reply = await node.links.reach_and_request(peer, wire.EPOCH, data)
+                reply = await node.epoch_batcher.request(peer, data)
             event = ok(reply)
         except (tx.RemoteError, Rejected) as exc:
             reason = exc.reason if isinstance(exc, tx.RemoteError) else str(exc)

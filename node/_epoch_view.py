@@ -7,22 +7,52 @@ before when it was stored (``_epochs``). Reads only.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
 from shardnet import protocol as p
 from shardnet.protocol import epoch_records as er
 
 from ._store import Store
 
+T = TypeVar("T")
+
 #: What each action defeats, in the words of the revocation table (docs, `key show`).
 DEFEATS = p.triggers.DEFEATS
+
+
+#: Records this node's store gave and that were parsed last, per store (per node: on the
+#: grid, many nodes share a process, and each must still check what it reads itself). A
+#: node reads the same keyset and epoch records many times a round; Keyset and EpochRecord
+#: are immutable, so one parse serves them all.
+MAX_PARSED = 4096
+_parsed: weakref.WeakKeyDictionary[Store, OrderedDict[bytes, Any]] = weakref.WeakKeyDictionary()
+
+
+def _parse(store: Store, data: bytes, parse: Callable[[bytes], T]) -> T:
+    memo = _parsed.get(store)
+    if memo is None:
+        memo = _parsed[store] = OrderedDict()
+    data = bytes(data)
+    hit = memo.get(data)
+    if hit is None:
+        hit = memo[data] = parse(data)
+        if len(memo) > MAX_PARSED:
+            memo.popitem(last=False)
+    else:
+        memo.move_to_end(data)
+    return cast(T, hit)
 
 
 def base_keyset(store: Store, keyset_id: str) -> p.Keyset | None:
     """The keyset record (epoch 0, as amended), from the keysets this node holds or knows."""
     row = store.keyset(keyset_id)
     if row is not None:
-        return p.Keyset.from_bytes(row["record"])
+        return _parse(store, row["record"], p.Keyset.from_bytes)
     known = store.known_keyset(keyset_id)
-    return p.Keyset.from_bytes(known) if known is not None else None
+    return _parse(store, known, p.Keyset.from_bytes) if known is not None else None
 
 
 def current_record(store: Store, keyset_id: str) -> er.EpochRecord | None:
@@ -30,7 +60,7 @@ def current_record(store: Store, keyset_id: str) -> er.EpochRecord | None:
     row = store.latest_epoch(keyset_id)
     if row is None:
         return None
-    return er.EpochRecord.parse(bytes(row["record"]))
+    return _parse(store, row["record"], er.EpochRecord.parse)
 
 
 def keyset_view(store: Store, keyset_id: str) -> p.Keyset | None:

@@ -28,8 +28,8 @@ import logging
 from typing import Any
 
 from shardnet import protocol as p
+from shardnet.protocol import batches, wire
 from shardnet.protocol import epoch_records as er
-from shardnet.protocol import wire
 
 from ._clock import Rng
 from ._epoch_view import base_keyset, current_record
@@ -45,7 +45,7 @@ log = logging.getLogger("shardnet.node")
 
 #: Shares of rounds not committed yet that one coordinator, and all of them, may make
 #: this node keep (each until its round's deadline).
-MAX_PENDING_PER_COORDINATOR = 16
+MAX_PENDING_PER_COORDINATOR = 64
 MAX_PENDING = 1024
 CATCH_UP_EVERY = 60  # seconds between tries to compute a missed share from deals
 
@@ -112,10 +112,10 @@ class EpochService:
         here = base.epoch if current is None else current.epoch
         for data in parts.get("chain", []):
             try:
-                rec = er.EpochRecord.open(data, base)
+                seen = er.EpochRecord.parse(data)  # what it names; verified below if it is news
             except p.ShardnetError as exc:
                 raise Rejected(f"epoch chain: {exc}") from None
-            if rec.epoch <= here:
+            if seen.epoch <= here:  # one this node has applied: not used, so not verified again
                 continue
             try:
                 rec = er.successor(base, current, data)
@@ -163,6 +163,29 @@ class EpochService:
             raise Rejected(str(exc)[:300]) from None
         finally:
             self._handed = []
+
+    def handle_batch(self, remote: str, data: bytes, now: int) -> bytes:
+        """Many epoch frames at once (``protocol/_batches.py``): each answered as :meth:`handle`
+        answers it alone, until the replies fill the budget (the rest: LATER, send again)."""
+        try:
+            frames = batches.parse_epoch_batch(data)
+        except p.ShardnetError as exc:
+            raise Rejected(f"malformed epoch batch: {exc}") from None
+        out: list[tuple[batches.Status, bytes]] = []
+        size = 0
+        for item in frames:
+            if size > batches.REPLY_BUDGET:
+                out.append((batches.Status.LATER, b""))
+                continue
+            try:
+                reply = self.handle(remote, item, now)
+                out.append((batches.Status.OK, reply))
+                size += len(reply)
+            except Rejected as exc:
+                reason = str(exc).encode()[:300]
+                out.append((batches.Status.REFUSED, reason))
+                size += len(reason)
+        return batches.epoch_batch_reply(out)
 
     def _take_rules(self, records: list[bytes], now: int) -> None:
         """The keyset's rules in force, as the coordinator holds them: a new holder has them

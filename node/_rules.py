@@ -22,7 +22,7 @@ import bisect
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shardnet import protocol as p
@@ -49,8 +49,9 @@ MAX_AHEAD = 8
 #: Keysets one pull summary names at most, and records one reply carries at most.
 MAX_PULL_KEYSETS = wire.DIRECTORY_PULL_MAX
 MAX_PULL_ITEMS = 8000
-#: Keysets whose rules a node keeps parsed in memory.
-MAX_BOOKS = 512
+#: Keysets whose rules a node keeps parsed in memory (an authority of a thousand keysets
+#: reads each one's many times a round: fewer would be read from the store again and again).
+MAX_BOOKS = 2048
 #: Versions of one kind a node applies per keyset within APPLY_WINDOW seconds at most:
 #: past that, records of that kind for the keyset wait (a quorum of hostile authorities could otherwise
 #: make every node that knows the keyset write and relay without end). A node that skipped
@@ -61,6 +62,11 @@ APPLY_WINDOW = 3600
 
 class NotAuthority(p.ShardnetError):
     """Only a keyset's policy authorities propose and sign its rules."""
+
+
+#: Verified records kept (by digest), so that a gossip batch checked by the validator is not
+#: verified again when it is taken in.
+CHECKED_CACHE = 2 * p.batches.MAX_RULES_BATCH
 
 
 class TooManyVersions(p.ShardnetError):
@@ -103,6 +109,8 @@ class Rules:
         self._after = ""  # the last keyset a pull summary named: the next one starts after it
         self.outgoing: list[CoSigned] = []  # proposals this node made by itself, to hand round
         self._applied: OrderedDict[tuple[str, str], list[int]] = OrderedDict()  # (keyset, kind) -> recent times
+        #: Called when rules of a keyset this node is an authority of go in force (the autopilot's wake-up).
+        self.on_applied: Callable[[str], None] = lambda keyset_id: None
 
     # -- what the rest of the node asks -------------------------------------------
 
@@ -184,7 +192,7 @@ class Rules:
         if hit is None:
             hit = book.verify(data)
             self._checked[digest] = hit
-            if len(self._checked) > 64:
+            if len(self._checked) > CHECKED_CACHE:
                 self._checked.pop(next(iter(self._checked)))
         book.news(hit[1], now, complete=book.complete(hit[0]))
         return hit[0], hit[1], book
@@ -263,6 +271,8 @@ class Rules:
             self._applied.popitem(last=False)
         if lost and isinstance(rec, kr.RevocationList):
             self._carry(new, rec, lost, now)
+        if book.rule.is_authority(self.peer_id):
+            self.on_applied(keyset_id)
 
     def _lost(self, book: kr.RuleBook, rec: kr.RevocationList,
               superseded: list[tuple[CoSigned, kr.Rule]]) -> list[kr.Revoked]:
@@ -413,9 +423,9 @@ class Rules:
     def mine(self) -> list[str]:
         """Keysets this node is a policy authority of."""
         out = []
-        for keyset_id in self.known_keysets():
-            book = self.book(keyset_id)
-            if book is not None and book.rule.is_authority(self.peer_id):
+        for keyset_id in self.known_keysets():  # from the keyset records: no rule book read for it
+            base = base_keyset(self.store, keyset_id)
+            if base is not None and p.epoch_records.AuthorityRule.of(base).is_authority(self.peer_id):
                 out.append(keyset_id)
         return out
 

@@ -2,7 +2,8 @@
 
 * ``wire.POLICY_TOPIC`` and ``wire.REVOCATION_TOPIC`` carry complete records;
   the validator is ``Rules.check`` (a node that does not know the keyset refuses,
-  and so does not relay, what it cannot check);
+  and so does not relay, what it cannot check); ``wire.RULES_BATCH_TOPIC`` carries
+  many at once (a revocation of many keysets), relayed as ``validate_batch`` says;
 * ``wire.RULES`` "propose": a proposal goes to every other authority of its
   keyset, which keeps it for its operator's ``shardnet sign``;
 * ``wire.RULES`` "pull": anti-entropy, every ``wire.RULES_PULL_EVERY`` s from a
@@ -19,7 +20,7 @@ from typing import Any
 import trio
 
 from shardnet import protocol as p
-from shardnet.protocol import CoSigned, wire
+from shardnet.protocol import CoSigned, batches, wire
 from shardnet.protocol import epoch_records as er
 from shardnet.protocol import keyset_rules as kr
 
@@ -27,7 +28,7 @@ from . import _transport as tx
 from ._clock import Clock, Rng
 from ._epoch_view import keyset_view
 from ._links import Links
-from ._rules import Rules
+from ._rules import Rules, TooManyVersions, UnknownKeyset
 from ._transport import Subscription, drain
 
 log = logging.getLogger("shardnet.node")
@@ -79,11 +80,52 @@ class RulesLoops:
     async def drain(self, sub: Subscription) -> None:
         await drain(sub, self.accept)
 
+    def validate_batch(self, author: str, data: bytes) -> bool:
+        """A rules batch is relayed when none of the records this node can check is invalid,
+        and one at least is news here (the others: of keysets it does not know, or stale)."""
+        if author == self.rules.peer_id:
+            return True
+        try:
+            records = batches.parse_rules_batch(data)
+        except p.ShardnetError:
+            return False
+        news = False
+        for data in records:
+            try:
+                self.rules.check(data, self.now())
+                news = True
+            except (kr.StaleRule, UnknownKeyset, TooManyVersions):
+                continue
+            except (p.ShardnetError, ValueError):
+                return False
+        return news
+
+    def accept_batch(self, data: bytes) -> None:
+        try:
+            records = batches.parse_rules_batch(data)
+        except p.ShardnetError:
+            return
+        for record in records:
+            self.accept(record)
+
+    async def drain_batches(self, sub: Subscription) -> None:
+        await drain(sub, self.accept_batch)
+
+    async def spread_applied(self, records: list[CoSigned]) -> None:
+        """Publish records now in force: one alone on its topic (as a node of an earlier
+        version reads it), more in as few rules batches as they fit."""
+        if len(records) == 1:
+            rec = kr.parse_body(records[0].body, trusted=True)
+            await self.links.publish(TOPICS[rec.kind], records[0].to_bytes())
+            return
+        for message in batches.rules_batches([cs.to_bytes() for cs in records]):
+            await self.links.publish(wire.RULES_BATCH_TOPIC, message)
+
     async def spread(self, cs: CoSigned, outcome: str) -> None:
         """Publish what is now in force; hand a proposal to the keyset's other authorities."""
         rec = kr.parse_body(cs.body, trusted=True)
         if outcome == "applied":
-            await self.links.publish(TOPICS[rec.kind], cs.to_bytes())
+            await self.spread_applied([cs])
             return
         book = self.rules.book(rec.keyset_id.hex())
         if book is None:

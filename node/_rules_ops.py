@@ -46,12 +46,17 @@ def resolve(node: NodeRuntime, ref: str) -> str:
         return ref
 
 
-async def _spread(node: NodeRuntime, cs: CoSigned, outcome: str) -> dict[str, Any]:
+def _in_force(node: NodeRuntime, cs: CoSigned) -> CoSigned:
+    """The record in force that ``cs`` completed, with every signature held."""
     rec = kr.parse_body(cs.body, trusted=True)
     book = node.rules.book(rec.keyset_id.hex())
     held = book.held(rec.kind) if book is not None else None
-    if outcome == "applied" and held is not None:
-        cs = held[0]
+    return held[0] if held is not None else cs
+
+
+async def _spread(node: NodeRuntime, cs: CoSigned, outcome: str) -> dict[str, Any]:
+    if outcome == "applied":
+        cs = _in_force(node, cs)
     await node.rules_loops.spread(cs, outcome)
     return answer(node, cs, outcome)
 
@@ -114,6 +119,7 @@ async def revoke(node: NodeRuntime, args: dict[str, Any]) -> list[dict[str, Any]
     except p.MalformedEncoding as exc:
         raise ControlError(str(exc), 2) from None
     out = []
+    applied: list[CoSigned] = []
     for keyset_id in keysets:
         book = node.rules.book(keyset_id)
         view = keyset_view(node.store, keyset_id)
@@ -130,7 +136,15 @@ async def revoke(node: NodeRuntime, args: dict[str, Any]) -> list[dict[str, Any]
                         "signatures": 0, "needed": book.rule.quorum if book else 0,
                         "record": {"revoked": [entry.to_json()]}})
             continue
-        out.append(await _spread(node, *got))
+        cs, outcome = got
+        if outcome == "applied":  # published below, many in one gossip message
+            cs = _in_force(node, cs)
+            applied.append(cs)
+            out.append(answer(node, cs, outcome))
+        else:
+            out.append(await _spread(node, cs, outcome))
+    if applied:
+        await node.rules_loops.spread_applied(applied)
     return out
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import trio
 
 from shardnet import protocol as p
-from shardnet.protocol import Descriptor, Request, wire
+from shardnet.protocol import Descriptor, Request, batches, wire
 
 from . import _transport as tx
 from ._approval_loops import ApprovalLoops, signed_by_author
@@ -37,6 +37,7 @@ from ._clock import Clock, Rng
 from ._control_commands import command_table
 from ._control_server import Command, bind_control, serve_control
 from ._directory_loops import DirectoryLoops
+from ._epoch_batcher import EpochBatcher
 from ._epoch_round import notice_loop
 from ._epochs import EpochService
 from ._feeds import Feeds
@@ -95,6 +96,9 @@ class NodeRuntime:
         self.epochs = EpochService(self.store, keystore, self.members, rng, self.rules)
         self.epoch_rounds: set[str] = set()  # keysets this node coordinates a round of now
         self.autopilot = Autopilot(self) if autopilot else None
+        if self.autopilot is not None:
+            pilot = self.autopilot
+            self.rules.on_applied = lambda keyset_id: pilot.wake()
         self.feeds = Feeds(self.store, self.key)
         self.releaser = Releaser(self.store, keystore, self.approvals, self.members, self.rules,
                                  threat_level=self.threat_level, rng=rng)
@@ -108,6 +112,7 @@ class NodeRuntime:
         self.outbox: OutboxLoop
         self.membership: MembershipLoops
         self.rules_loops: RulesLoops
+        self.epoch_batcher: EpochBatcher
 
     def now(self) -> int:
         return int(self.clock())
@@ -136,6 +141,7 @@ class NodeRuntime:
                                  possession)
         self.membership = MembershipLoops(self.members, self.links, self.clock, on_admitted=self.outbox.peer_back)
         self.rules_loops = RulesLoops(self.rules, self.links, self.clock, self.rng)
+        self.epoch_batcher = EpochBatcher(self.links)
         self.peering = DirectoryLoops(self.directory, self.links, describe=self._descriptor, clock=self.clock,
                                       rng=self.rng, bootstrap=self.bootstrap,
                                       on_readdressed=self.outbox.peer_back, on_new_peer=self._new_peer,
@@ -176,6 +182,8 @@ class NodeRuntime:
                     signed_by_author(self.approvals.parse_vote)))
                 rule_subs = [await net.subscribe(topic, self._from_members(self.rules_loops.validate))
                              for topic in (wire.POLICY_TOPIC, wire.REVOCATION_TOPIC)]
+                batch_sub = await net.subscribe(wire.RULES_BATCH_TOPIC,
+                                                self._from_members(self.rules_loops.validate_batch))
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.membership.drain, member_sub)
                     nursery.start_soon(self.membership.gate_loop)
@@ -184,10 +192,12 @@ class NodeRuntime:
                     nursery.start_soon(self.gossip.drain_votes, vote_sub)
                     for sub in rule_subs:
                         nursery.start_soon(self.rules_loops.drain, sub)
+                    nursery.start_soon(self.rules_loops.drain_batches, batch_sub)
                     nursery.start_soon(self.rules_loops.pull_loop)
                     nursery.start_soon(self.peering.publish_loop)
                     nursery.start_soon(self.peering.peers_loop)
                     nursery.start_soon(self.outbox.run)
+                    nursery.start_soon(self.epoch_batcher.run)
                     if self.autopilot is not None:
                         nursery.start_soon(self.autopilot.run)
                     nursery.start_soon(self.feeds.run, self.clock)
@@ -246,7 +256,8 @@ class NodeRuntime:
 
     def live(self) -> dict[str, Any]:
         return {"addrs": self.net.listen_addrs, "peers": self.connected(),
-                "uptime_s": trio.current_time() - self.started}
+                "uptime_s": trio.current_time() - self.started,
+                "epoch_asks": {"requests": self.epoch_batcher.requests, "frames": self.epoch_batcher.frames}}
 
     def commands(self) -> dict[str, Command]:
         """The control socket's command table."""
@@ -315,6 +326,8 @@ class NodeRuntime:
 
     async def _on_epoch(self, remote: str, frame: bytes) -> bytes:
         try:
+            if batches.is_epoch_batch(frame):
+                return self.epochs.handle_batch(remote, frame, self.now())
             return self.epochs.handle(remote, frame, self.now())
         except Rejected as exc:
             log.info("epoch ask from %s refused: %s", remote, exc)

@@ -127,6 +127,15 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def cmd_bench_epoch(args: argparse.Namespace) -> int:
+    say = lambda m: print(f"... {m}", file=sys.stderr)  # noqa: E731
+    if args.bulk:
+        from shardnet.simulations._epoch_bulk import format_bulk_report, run_bulk_bench
+
+        bulk = run_bulk_bench(keysets=args.bulk, process_keysets=args.bulk_processes if args.processes else 0,
+                              say=say)
+        _write_json(args.json, bulk)
+        print(format_bulk_report(bulk))
+        return EXIT_OK
     from shardnet.simulations._epoch_bench import format_epoch_report, run_epoch_bench
 
     result = run_epoch_bench(ns=args.n, processes=args.processes, say=lambda m: print(f"... {m}", file=sys.stderr))
@@ -198,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "with real processes")
     be.add_argument("--n", type=_sizes, default=(5, 10, 20), metavar="N,...", help="shares (default 5,10,20)")
     be.add_argument("--processes", action="store_true", help="also on loopback with real node processes")
+    be.add_argument("--bulk", type=positive, metavar="K",
+                    help="instead: revoke a custodian of K keysets on the grid (e.g. 1000) and time the reshares")
+    be.add_argument("--bulk-processes", type=positive, default=200, metavar="K",
+                    help="with --bulk --processes: keysets on 10 real node processes (default 200)")
     be.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     be.set_defaults(func=cmd_bench_epoch)
 

@@ -64,6 +64,11 @@ def public_key_of(peer_id: str) -> bytes:
     """The Ed25519 public key inside a peer id (MalformedEncoding for any other kind)."""
     if not isinstance(peer_id, str) or not 40 <= len(peer_id) <= 64:
         raise MalformedEncoding("peer id: wrong length")
+    return _public_key_of(peer_id)
+
+
+@functools.lru_cache(maxsize=1 << 14)  # pure, and called for every peer a record names
+def _public_key_of(peer_id: str) -> bytes:
     raw = b58decode(peer_id)
     if len(raw) != 38 or raw[:6] != b"\x00\x24\x08\x01\x12\x20":
         raise MalformedEncoding("peer id: not an Ed25519 identity peer id")

@@ -110,7 +110,12 @@ POLICY_TOPIC = Topic("shardnet/policy/1", 96 * 1024)
 #: Revocation lists of keysets, complete only, as for POLICY_TOPIC.
 REVOCATION_TOPIC = Topic("shardnet/revocation/1", 96 * 1024)
 
-TOPICS = (DIRECTORY_TOPIC, REQUEST_TOPIC, VOTE_TOPIC, MEMBERSHIP_TOPIC, POLICY_TOPIC, REVOCATION_TOPIC)
+#: Many complete rule records at once (``protocol/_batches.py``): a bulk revocation is one
+#: message per MAX_RULES_BATCH keysets, not one per keyset.
+RULES_BATCH_TOPIC = Topic("shardnet/rules-batch/1", 96 * 1024)
+
+TOPICS = (DIRECTORY_TOPIC, REQUEST_TOPIC, VOTE_TOPIC, MEMBERSHIP_TOPIC, POLICY_TOPIC, REVOCATION_TOPIC,
+          RULES_BATCH_TOPIC)
 
 
 def scoped(name: str, network_prefix: str) -> str:
