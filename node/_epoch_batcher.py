@@ -89,8 +89,9 @@ class EpochBatcher:
                 await trio.lowlevel.checkpoint()
         finally:
             self._sending.discard(peer)
-            if not self._queues.get(peer):
-                self._queues.pop(peer, None)
+            left = self._queues.pop(peer, [])
+            # Only if this sender stopped early (the node stops): no ask waits for a sender gone.
+            self._fail(left, tx.RequestError(peer, wire.EPOCH.id, "the node stopped before it sent this ask"))
 
     async def _send(self, peer: str, asks: list[_Ask]) -> list[_Ask]:
         """Send ``asks`` and settle each; the ones the peer left for later."""

@@ -128,6 +128,17 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 def cmd_bench_epoch(args: argparse.Namespace) -> int:
     say = lambda m: print(f"... {m}", file=sys.stderr)  # noqa: E731
+    if args.propagation:
+        from shardnet.simulations import _propagation_bench as pb
+
+        prop: dict[str, Any] = {"grid": pb.run_propagation(args.propagation, say=say)}
+        if args.processes:
+            prop["processes"] = pb.run_propagation_processes(10, say=say)
+        _write_json(args.json, prop)
+        print(pb.format_propagation(prop["grid"]))
+        if "processes" in prop:
+            print(pb.format_propagation_processes(prop["processes"]))
+        return EXIT_OK
     if args.bulk:
         from shardnet.simulations._epoch_bulk import format_bulk_report, run_bulk_bench
 
@@ -209,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--processes", action="store_true", help="also on loopback with real node processes")
     be.add_argument("--bulk", type=positive, metavar="K",
                     help="instead: revoke a custodian of K keysets on the grid (e.g. 1000) and time the reshares")
+    be.add_argument("--propagation", type=positive, metavar="N",
+                    help="instead: a membership revocation spreading over a grid of N nodes (e.g. 1000), "
+                         "against the gossip mesh's shortest-path delay")
     be.add_argument("--bulk-processes", type=positive, default=200, metavar="K",
                     help="with --bulk --processes: keysets on 10 real node processes (default 200)")
     be.add_argument("--json", metavar="FILE", help="also write the results as JSON")

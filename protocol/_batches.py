@@ -62,12 +62,17 @@ def epoch_batch(frames: Sequence[bytes]) -> bytes:
     return encode([EPOCH_BATCH_TAG, 1, list(frames)])
 
 
+def _items(data: bytes, tag: str, cap: int, size: int, what: str) -> list[bytes]:
+    """The byte strings of a ``[tag, 1, [item, ...]]`` batch: 1 to ``cap`` of them."""
+    (items,) = decode_record(data, tag, 1, 1, max_size=size)
+    want(items, list, what)
+    if not 1 <= len(items) <= cap:
+        raise MalformedEncoding(f"{what}: 1 to {cap} items, not {len(items)}")
+    return [want_bytes(x, what) for x in items]
+
+
 def parse_epoch_batch(data: bytes) -> list[bytes]:
-    (items,) = decode_record(data, EPOCH_BATCH_TAG, 1, 1, max_size=EPOCH.max_request)
-    want(items, list, "epoch batch")
-    if not 1 <= len(items) <= MAX_EPOCH_BATCH:
-        raise MalformedEncoding(f"an epoch batch carries 1 to {MAX_EPOCH_BATCH} frames, not {len(items)}")
-    return [want_bytes(x, "epoch batch frame") for x in items]
+    return _items(data, EPOCH_BATCH_TAG, MAX_EPOCH_BATCH, EPOCH.max_request, "epoch batch")
 
 
 def batch_fits(sizes: Sequence[int], more: int) -> bool:
@@ -113,11 +118,7 @@ def rules_batches(records: Sequence[bytes]) -> list[bytes]:
 
 
 def parse_rules_batch(data: bytes) -> list[bytes]:
-    (items,) = decode_record(data, RULES_BATCH_TAG, 1, 1, max_size=RULES_BATCH_TOPIC.max_message)
-    want(items, list, "rules batch")
-    if not 1 <= len(items) <= MAX_RULES_BATCH:
-        raise MalformedEncoding(f"a rules batch carries 1 to {MAX_RULES_BATCH} records, not {len(items)}")
-    return [want_bytes(x, "rules batch record") for x in items]
+    return _items(data, RULES_BATCH_TAG, MAX_RULES_BATCH, RULES_BATCH_TOPIC.max_message, "rules batch")
 
 
 __all__ = [

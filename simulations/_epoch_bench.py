@@ -35,7 +35,7 @@ import trio.testing
 from shardnet.protocol import epoch as ep
 from shardnet.protocol import wire
 
-from .grid import Grid
+from .grid import Grid, run_virtual
 
 RTT_S = 0.150
 
@@ -107,10 +107,8 @@ def run_grid(ns: tuple[int, ...], *, seed: int = 1, say: Callable[[str], None]) 
                 reshare = await _round(grid, "reshare", keyset, n, custodians=ids[n + 1:])
             return {"n": n, "t": t, "nodes": 2 * n + 1, "refresh": refresh, "reshare": reshare}
 
-        w0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="shardnet-epoch-") as root:
-            row = trio.run(main, root, clock=trio.testing.MockClock(autojump_threshold=0))
-        row["wall_s"] = round(time.perf_counter() - w0, 2)
+        row, wall = run_virtual(main, prefix="shardnet-epoch-")
+        row["wall_s"] = round(wall, 2)
         say(f"grid n={n}: refresh {row['refresh']['commit_s']} s (bound {row['refresh']['bound_s']}), "
             f"reshare {row['reshare']['commit_s']} s (bound {row['reshare']['bound_s']})")
         out.append(row)

@@ -11,11 +11,17 @@ node can observe:
 * **the caps**: requests above the protocol's cap are refused TOO_LARGE, more
   than its limit in progress from one peer get BUSY, replies above the reply
   cap fail, as on libp2p;
-* **a gossip overlay of bounded degree**: each node forwards a message to at
-  most ``degree`` connected peers (GossipSub's D = 6 by default), chosen with
-  the network's seeded RNG, so propagation takes the hops it would take. Every
-  hop runs the receiving node's validator with the message's author, and a
-  node forwards a message once. A message is named, as by py-libp2p's
+* **a gossip overlay of bounded degree**, a mesh as GossipSub keeps one: a node
+  grafts the peers it connects to into its mesh until it holds ``degree`` (D = 6
+  by default), and takes grafts from others up to twice that (D_high), past it
+  only from a node that has fewer than ``MESH_LOW`` (D_low = 4); every
+  ``HEARTBEAT`` a node over D_high prunes down to D, and one under D grafts more;
+  a peer that goes away is replaced from the node's other connections. A message goes
+  on to the node's mesh peers (to ``degree`` connected peers chosen with the
+  seeded RNG if it has none), so propagation takes the hops it would take, and
+  its shortest path over the mesh (:meth:`MemoryNetwork.mesh`) is the bound of
+  its delay. Every hop runs the receiving node's validator with the message's
+  author, and a node forwards a message once. A message is named, as by py-libp2p's
   default, by its author and a per-author sequence number: publishing the
   same bytes again is a new message.
 
@@ -49,6 +55,8 @@ from shardnet.protocol import wire
 
 Pair = Callable[[str, str], float]
 MAX_SEEN = 100_000  # message ids a node remembers, for forwarding each message once
+MESH_LOW = 4  # GossipSub's D_low: a node grafts peers whose meshes are full to have that many
+HEARTBEAT = 1.0  # seconds between two mesh upkeeps, as GossipSub's heartbeat_interval=1
 
 
 def _peer_of_seed(seed: bytes) -> str:
@@ -66,6 +74,7 @@ class _Topic:
 class _Node:
     peer_id: str
     connections: dict[str, None] = field(default_factory=dict)  # an ordered set
+    mesh: dict[str, None] = field(default_factory=dict)  # the connections gossip goes on to
     handlers: dict[str, tuple[wire.StreamProtocol, tx.Handler, float]] = field(default_factory=dict)
     in_progress: dict[tuple[str, str], int] = field(default_factory=dict)
     topics: dict[str, _Topic] = field(default_factory=dict)
@@ -131,6 +140,8 @@ class MemoryTransport:
         await trio.sleep(rtt)
         self._node.connections[peer] = None
         other.connections[self.peer_id] = None
+        self._net.graft(self._node, other)
+        self._net.graft(other, self._node)
         return peer
 
     async def request(self, peer: str, protocol: wire.StreamProtocol, payload: bytes,
@@ -179,6 +190,7 @@ class MemoryTransport:
         other = self._net.nodes.get(peer)
         if other is not None:
             other.connections.pop(self.peer_id, None)
+            self._net.prune(self._node, other)
 
 
 class MemoryNetwork:
@@ -186,11 +198,13 @@ class MemoryNetwork:
 
     def __init__(self, *, latency: Pair | None = None, lose: Callable[[str, str], bool] | None = None,
                  degree: int = 6, seed: int = 0, trace: bool = True, cpu_clock: Callable[[], float] | None = None,
-                 charge: frozenset[str] = frozenset()) -> None:
+                 charge: frozenset[str] = frozenset(), charge_gossip: bool = False) -> None:
         """``trace``: keep every event in :attr:`trace` (for determinism checks); without
         it only :attr:`events` counts them, which is what a large run can afford.
-        ``cpu_clock`` and ``charge``: see the module docstring."""
+        ``cpu_clock`` and ``charge``: see the module docstring; ``charge_gossip``: a node
+        forwards a message after its validator's compute time, by ``cpu_clock``."""
         self.cpu_clock = cpu_clock
+        self.charge_gossip = charge_gossip
         self.charge = frozenset(c.split("/", 2)[-1] for c in charge)  # without the leading /shardnet/
         self.charged: dict[str, list[float]] = {}
         self.nodes: dict[str, _Node] = {}
@@ -208,6 +222,9 @@ class MemoryNetwork:
         self.trace: list[tuple[float, str, str, str, int]] = []  # (time, node, kind, peer, length)
         self.events = 0
         self._tracing = trace
+        #: Called as ``(node, topic, data)`` when a node takes a gossip message in (its validator
+        #: accepted it), at that virtual time: a benchmark's probe of propagation.
+        self.on_gossip: Callable[[str, str, bytes], None] | None = None
 
     # -- faults ----------------------------------------------------------------------
 
@@ -227,6 +244,7 @@ class MemoryNetwork:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._deliver_hops)
+            nursery.start_soon(self._heartbeat)
             try:
                 yield self
             finally:
@@ -246,11 +264,65 @@ class MemoryNetwork:
                 yield MemoryTransport(self, node, prefix)
             finally:
                 node.up = False
-                for other in node.connections:
+                for other in list(node.connections):
                     self.nodes[other].connections.pop(peer, None)
+                    self.prune(node, self.nodes[other])
                 node.connections.clear()
 
         return transport
+
+    # -- the mesh ----------------------------------------------------------------------
+
+    def graft(self, node: _Node, other: _Node) -> None:
+        """``node`` takes ``other`` into its mesh if it holds fewer than ``degree`` and
+        ``other`` fewer than twice that, or ``node`` fewer than ``MESH_LOW`` (GossipSub's D_low:
+        no node is left out of the mesh because its peers' meshes are full). Mesh links go
+        both ways."""
+        if other.peer_id in node.mesh or len(node.mesh) >= self.degree:
+            return
+        if len(other.mesh) >= 2 * self.degree and len(node.mesh) >= min(MESH_LOW, self.degree):
+            return
+        node.mesh[other.peer_id] = None
+        other.mesh[node.peer_id] = None
+
+    def prune(self, node: _Node, other: _Node) -> None:
+        """The link between the two is gone: each fills its mesh from its other connections."""
+        node.mesh.pop(other.peer_id, None)
+        other.mesh.pop(node.peer_id, None)
+        for one in (node, other):
+            if not one.up:
+                one.mesh.clear()
+                continue
+            for peer in list(one.connections):
+                if len(one.mesh) >= self.degree:
+                    break
+                got = self.nodes.get(peer)
+                if got is not None and got.up:
+                    self.graft(one, got)
+
+    async def _heartbeat(self) -> None:
+        """GossipSub's mesh upkeep, every HEARTBEAT: a node over D_high prunes down to D (the
+        peers with the most mesh peers first); one under D grafts from its other connections,
+        those with the fewest mesh peers first."""
+        while True:
+            await trio.sleep(HEARTBEAT)
+            for node in self.nodes.values():
+                if not node.up:
+                    continue
+                if len(node.mesh) > 2 * self.degree:
+                    for peer in sorted(node.mesh, key=lambda q: -len(self.nodes[q].mesh))[:len(node.mesh) - self.degree]:
+                        node.mesh.pop(peer, None)
+                        self.nodes[peer].mesh.pop(node.peer_id, None)
+                elif len(node.mesh) < self.degree and len(node.connections) > len(node.mesh):
+                    others = [self.nodes[q] for q in node.connections if q not in node.mesh and q in self.nodes]
+                    for got in sorted((o for o in others if o.up), key=lambda o: len(o.mesh)):
+                        if len(node.mesh) >= self.degree:
+                            break
+                        self.graft(node, got)
+
+    def mesh(self) -> dict[str, list[str]]:
+        """Each node's mesh peers now (the gossip overlay)."""
+        return {peer: list(node.mesh) for peer, node in self.nodes.items() if node.up}
 
     def _log(self, node: str, kind: str, peer: str, length: int) -> None:
         self.events += 1
@@ -305,20 +377,31 @@ class MemoryNetwork:
         if len(node.seen) > MAX_SEEN:
             del node.seen[next(iter(node.seen))]
         sub = node.topics.get(topic.name)
-        if sub is None or not sub.validator(author, data):
+        spent = 0.0
+        if sub is not None and self.cpu_clock is not None and self.charge_gossip:
+            t0 = self.cpu_clock()
+            valid = sub.validator(author, data)
+            spent = self.cpu_clock() - t0  # the validator's compute: it forwards after it
+        else:
+            valid = sub is not None and sub.validator(author, data)
+        if sub is None or not valid:
             return  # a node forwards only what its own validator accepts
         self._log(node.peer_id, "gossip", sender, len(data))
         sub.inbox.send_nowait(data)
+        if self.on_gossip is not None:
+            self.on_gossip(node.peer_id, topic.name, data)
         assert self._nursery is not None, "run the network: async with network.running()"
-        peers = [peer for peer in node.connections if peer != sender]
-        if len(peers) > self.degree:
-            peers = self.rng.sample(peers, self.degree)
+        peers = [peer for peer in node.mesh if peer != sender and peer in node.connections]
+        if not node.mesh:  # no mesh yet: as GossipSub's fanout, some connected peers
+            peers = [peer for peer in node.connections if peer != sender]
+            if len(peers) > self.degree:
+                peers = self.rng.sample(peers, self.degree)
         now = trio.current_time()
         for peer in peers:
             if self.cut(node.peer_id, peer) or self.lose(node.peer_id, peer):
                 continue
             self._hop_order += 1
-            due = now + self.latency(node.peer_id, peer)
+            due = now + spent + self.latency(node.peer_id, peer)
             if not self._hops or due < self._hops[0][0]:
                 self._hops_changed.set()
             heapq.heappush(self._hops, (due, self._hop_order, (node.peer_id, peer, topic, data, author, mid)))

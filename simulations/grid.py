@@ -36,11 +36,14 @@ from __future__ import annotations
 
 import base64
 import pathlib
-from collections.abc import AsyncIterator, Callable
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
+import trio.testing
 from trio._core import _run  # the scheduler's tie-break RNG (see the module docstring)
 
 from shardnet import protocol as p
@@ -65,7 +68,7 @@ class Grid:
                  republish: float | None = None, trace: bool = True,
                  admitted: Callable[[int], bool] = lambda i: True, kems: tuple[str, ...] = ("x25519",),
                  cpu_clock: Callable[[], float] | None = None, charge: frozenset[str] = frozenset(),
-                 autopilot: bool = False) -> None:
+                 charge_gossip: bool = False, autopilot: bool = False) -> None:
         """``latency(a, b)``: one-way seconds from a to b. ``lose(a, b)``: whether this gossip
         hop or request from a to b is lost (called once per hop). ``republish``: seconds
         between a node's descriptor publications. ``trace``: keep the event trace (see
@@ -73,7 +76,7 @@ class Grid:
         (node 0, the authority, always runs; the others it leaves out can be admitted later).
         ``kems``: the HPKE keys the admissions certify, so the KEMs imports may use.
         ``cpu_clock``, ``charge``: the handlers of these protocols have their compute time
-        added as virtual delay (MemoryNetwork). ``autopilot``: the nodes run the epoch actions
+        added as virtual delay (MemoryNetwork); ``charge_gossip``: so do gossip validators. ``autopilot``: the nodes run the epoch actions
         triggers call for by themselves (off by default: tests drive the actions)."""
         if n < 1:
             raise ValueError("a grid needs at least one node")
@@ -83,7 +86,7 @@ class Grid:
         self.seed = seed
         self.rng = Drbg(b"shardnet-grid" + seed.to_bytes(8, "big"))
         self.network = MemoryNetwork(latency=latency, lose=lose, degree=degree, seed=seed, trace=trace,
-                                     cpu_clock=cpu_clock, charge=charge)
+                                     cpu_clock=cpu_clock, charge=charge, charge_gossip=charge_gossip)
         self.republish = republish
         self.admitted = admitted
         self.kems = kems
@@ -270,4 +273,16 @@ async def _until(cond: Callable[[], bool], within: float) -> None:
         raise AssertionError(f"not within {within} virtual seconds")
 
 
-__all__ = ["EPOCH", "Grid", "network_of", "seeded"]
+T = TypeVar("T")
+
+
+def run_virtual(main: Callable[[str], Awaitable[T]], *, prefix: str) -> tuple[T, float]:
+    """``main(root)`` in virtual time (a MockClock that jumps whenever all tasks wait), in a
+    temporary directory ``root``; what it returned, and the wall seconds it took."""
+    w0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=prefix) as root:
+        out = trio.run(main, root, clock=trio.testing.MockClock(autojump_threshold=0))
+    return out, time.perf_counter() - w0
+
+
+__all__ = ["EPOCH", "Grid", "network_of", "run_virtual", "seeded"]

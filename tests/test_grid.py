@@ -9,6 +9,7 @@ from typing import Any
 import trio
 import trio.testing
 
+from shardnet.simulations import _memory
 from shardnet.simulations.grid import Grid
 
 
@@ -63,3 +64,31 @@ def test_bench_grid_runs_from_the_cli(tmp_path: pathlib.Path) -> None:
     assert set(data["phases"]) == {"directory", "imports", "reconstructions"}
     assert data["virtual_s"] > 0 and data["verifications"] > 0 and data["peak_rss_mib"] > 0
     assert "grid: 6 nodes" in r.stdout
+
+
+def test_the_gossip_mesh_is_bounded_symmetric_and_repaired(tmp_path: pathlib.Path) -> None:
+    """Each node keeps mesh peers among its connections, both ways: 6 of its own grafts (GossipSub's
+    D) or all its connections if fewer, grafts of others up to 12 (D_high), past that only those
+    of a node with fewer than 4 (D_low); a node that goes away is replaced in its peers' meshes."""
+    async def main() -> None:
+        grid = Grid(tmp_path, 24, seed=5, trace=False, latency=lambda a, b: 0.02)
+        async with grid.running():
+            await grid.wait_directory(within=300)
+            net = grid.network
+            mesh = net.mesh()
+            sizes = sorted(len(x) for x in mesh.values())
+            assert sizes[len(sizes) // 2] <= 2 * net.degree, sizes  # bounded: most hold D to D_high
+            for peer, peers in mesh.items():
+                node = net.nodes[peer]
+                assert min(_memory.MESH_LOW, len(node.connections)) <= len(peers), (peer, len(peers))
+                assert all(q in node.connections and peer in mesh[q] for q in peers)
+            gone = grid.nodes[7]
+            had = [q for q in mesh[gone.peer_id]]
+            gone.stop()
+            await trio.sleep(5)
+            after = net.mesh()
+            assert gone.peer_id not in after
+            for q in had:
+                assert gone.peer_id not in after[q]
+                assert len(after[q]) >= min(_memory.MESH_LOW, len(net.nodes[q].connections)), q
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -174,6 +174,32 @@ def test_bench_epoch_runs_from_the_cli(tmp_path: pathlib.Path) -> None:
     assert bad.returncode == 2 and "sizes 3..100" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_bench_epoch_bulk_and_propagation_run_from_the_cli(tmp_path: pathlib.Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bulk.json"
+    r = subprocess.run([sys.executable, "-m", "shardnet.node.cli", "bench", "epoch", "--bulk", "24", "--json",
+                        str(out)], capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    g = json.loads(out.read_text())["grid"]
+    assert g["keysets"] == 24 and g["wall_s"] > 0 and g["crypto_s"] > 0 and g["ratio"] == round(
+        g["crypto_s"] / g["wall_s"], 3)
+    assert g["frames"] >= 4 * 24 and g["requests"] * 3 <= g["frames"]  # batched
+    assert "K=24" in r.stdout and "ratio" in r.stdout
+    out = tmp_path / "propagation.json"
+    r = subprocess.run([sys.executable, "-m", "shardnet.node.cli", "bench", "epoch", "--propagation", "40", "--json",
+                        str(out)], capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    g = json.loads(out.read_text())["grid"]
+    assert g["reached"] == g["applied"] == g["of"] == 38
+    # Never before the bound (the latency along the mesh's shortest path); the validators'
+    # compute is all a node adds, in virtual time: well within 1.5x of it.
+    assert g["bound_s"] >= 0.010 and 1.0 <= g["ratio"] <= 1.5, g
+    assert g["over_all_connections_s"] <= g["bound_s"]
+
+
 def test_rewrap_reseals_every_holder_to_a_new_at_rest_key(tmp_path: pathlib.Path) -> None:
     async def main() -> None:
         grid = Grid(tmp_path, 6, seed=8)
