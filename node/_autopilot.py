@@ -174,7 +174,10 @@ class Autopilot:
         except Exception as exc:  # noqa: BLE001 - one keyset's round never stops the others, or the node
             if not isinstance(exc, (ControlError, p.ShardnetError, ValueError)):
                 log.exception("keyset %s: %s (%s) failed unexpectedly", keyset_id, d.action, d.trigger)
-            self._failed[keyset_id] = node.now()
+            # A holder that keeps the shares of too many rounds of ours already (one of an earlier
+            # version keeps 16) is busy, not broken: that keyset tries again after PAUSE, not BACKOFF.
+            busy = "too many shares of rounds not committed yet" in str(exc)
+            self._failed[keyset_id] = node.now() - (BACKOFF - PAUSE if busy else 0)
             log.warning("keyset %s: %s (%s) did not complete: %s", keyset_id, d.action, d.trigger, exc)
             node.store.append_audit("trigger-failed", {**body, "error": str(exc)[:400]}, node.now(), node.key)
             return None

@@ -13,6 +13,7 @@ refuses batches (a node of an earlier version) gets every frame alone.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import trio
@@ -24,6 +25,9 @@ from . import _transport as tx
 from ._links import Links
 
 log = logging.getLogger("shardnet.node")
+#: Seconds a peer that refused a batch gets its frames one by one (then it is tried again: it
+#: may have been upgraded).
+ALONE_FOR = 3600.0
 
 
 @dataclass(eq=False)
@@ -40,7 +44,7 @@ class EpochBatcher:
         self.links = links
         self._queues: dict[str, list[_Ask]] = {}
         self._sending: set[str] = set()
-        self._alone: set[str] = set()  # peers that refused a batch: frames go one by one
+        self._alone: dict[str, float] = {}  # peers that refused a batch: frames go one by one until then
         self._nursery: trio.Nursery | None = None
         #: Requests sent, and the frames they carried (a benchmark's and a test's figures).
         self.requests = 0
@@ -84,7 +88,13 @@ class EpochBatcher:
                         [len(a.frame) for a in taken], len(queue[0].frame)))):
                     taken.append(queue.pop(0))
                 if taken:
-                    later = await self._send(peer, taken)
+                    later: list[_Ask] = []
+                    try:
+                        later = await self._send(peer, taken)
+                    finally:  # cancelled in flight (the node stops): no ask it took waits on
+                        back = set(later)
+                        self._fail([a for a in taken if not a.done.is_set() and a not in back],
+                                   tx.RequestError(peer, wire.EPOCH.id, "the node stopped before the answer came"))
                     queue[:0] = later
                 await trio.lowlevel.checkpoint()
         finally:
@@ -95,7 +105,7 @@ class EpochBatcher:
 
     async def _send(self, peer: str, asks: list[_Ask]) -> list[_Ask]:
         """Send ``asks`` and settle each; the ones the peer left for later."""
-        if len(asks) == 1 or peer in self._alone:
+        if len(asks) == 1 or self._alone.get(peer, -math.inf) > trio.current_time():
             async with trio.open_nursery() as nursery:
                 for ask in asks:
                     nursery.start_soon(self._one, peer, ask)
@@ -108,7 +118,7 @@ class EpochBatcher:
         except tx.RemoteError as exc:
             if exc.reason.startswith("malformed epoch frame"):  # it knows no batches
                 log.info("%s does not take epoch batches: sending its frames one by one", peer)
-                self._alone.add(peer)
+                self._alone[peer] = trio.current_time() + ALONE_FOR
                 return asks
             return self._fail(asks, exc)
         except tx.RequestError as exc:

@@ -26,23 +26,33 @@ DEFEATS = p.triggers.DEFEATS
 #: Records this node's store gave and that were parsed last, per store (per node: on the
 #: grid, many nodes share a process, and each must still check what it reads itself). A
 #: node reads the same keyset and epoch records many times a round; Keyset and EpochRecord
-#: are immutable, so one parse serves them all.
-MAX_PARSED = 4096
-_parsed: weakref.WeakKeyDictionary[Store, OrderedDict[bytes, Any]] = weakref.WeakKeyDictionary()
+#: are immutable, so one parse serves them all. Bounded by the records' bytes.
+MAX_PARSED_BYTES = 32 * 1024 * 1024
+
+
+class _Memo:
+    def __init__(self) -> None:
+        self.items: OrderedDict[bytes, Any] = OrderedDict()
+        self.size = 0
+
+
+_parsed: weakref.WeakKeyDictionary[Store, _Memo] = weakref.WeakKeyDictionary()
 
 
 def _parse(store: Store, data: bytes, parse: Callable[[bytes], T]) -> T:
     memo = _parsed.get(store)
     if memo is None:
-        memo = _parsed[store] = OrderedDict()
+        memo = _parsed[store] = _Memo()
     data = bytes(data)
-    hit = memo.get(data)
+    hit = memo.items.get(data)
     if hit is None:
-        hit = memo[data] = parse(data)
-        if len(memo) > MAX_PARSED:
-            memo.popitem(last=False)
+        hit = memo.items[data] = parse(data)
+        memo.size += len(data)
+        while memo.size > MAX_PARSED_BYTES and len(memo.items) > 1:
+            old, _ = memo.items.popitem(last=False)
+            memo.size -= len(old)
     else:
-        memo.move_to_end(data)
+        memo.items.move_to_end(data)
     return cast(T, hit)
 
 

@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import Any
+
+import trio
 
 from shardnet import protocol as p
 from shardnet.protocol import batches, wire
@@ -164,27 +167,31 @@ class EpochService:
         finally:
             self._handed = []
 
-    def handle_batch(self, remote: str, data: bytes, now: int) -> bytes:
+    async def handle_batch(self, remote: str, data: bytes, now: Callable[[], int]) -> bytes:
         """Many epoch frames at once (``protocol/_batches.py``): each answered as :meth:`handle`
-        answers it alone, until the replies fill the budget (the rest: LATER, send again)."""
+        answers it alone, with a checkpoint between two (the node serves others meanwhile),
+        until the work took ``BATCH_SECONDS`` or the next reply would not fit the reply cap:
+        the rest are answered LATER (sent again; every ask may be asked again)."""
         try:
             frames = batches.parse_epoch_batch(data)
         except p.ShardnetError as exc:
             raise Rejected(f"malformed epoch batch: {exc}") from None
         out: list[tuple[batches.Status, bytes]] = []
         size = 0
+        start = trio.current_time()
         for item in frames:
-            if size > batches.REPLY_BUDGET:
+            if out and (trio.current_time() - start > batches.BATCH_SECONDS or size > batches.REPLY_ROOM):
                 out.append((batches.Status.LATER, b""))
                 continue
             try:
-                reply = self.handle(remote, item, now)
-                out.append((batches.Status.OK, reply))
-                size += len(reply)
+                answer = (batches.Status.OK, self.handle(remote, item, now()))
             except Rejected as exc:
-                reason = str(exc).encode()[:300]
-                out.append((batches.Status.REFUSED, reason))
-                size += len(reason)
+                answer = (batches.Status.REFUSED, str(exc).encode()[:300])
+            if out and size + len(answer[1]) > batches.REPLY_ROOM:
+                answer = (batches.Status.LATER, b"")  # it does not fit: done again when sent again
+            out.append(answer)
+            size += len(answer[1]) + 8
+            await trio.lowlevel.checkpoint()
         return batches.epoch_batch_reply(out)
 
     def _take_rules(self, records: list[bytes], now: int) -> None:

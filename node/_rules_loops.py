@@ -81,24 +81,41 @@ class RulesLoops:
         await drain(sub, self.accept)
 
     def validate_batch(self, author: str, data: bytes) -> bool:
-        """A rules batch is relayed when none of the records this node can check is invalid,
-        and one at least is news here (the others: of keysets it does not know, or stale)."""
+        """A rules batch is relayed when one of its records at least is news here and verified,
+        each other one is the record in force here (the same body) or of a keyset this node
+        does not know (which it cannot check), and none is there twice. So a batch carries
+        unchecked bytes only as records of keysets this node does not know, no more than the
+        message holds, and only alongside news that K authorities signed."""
         if author == self.rules.peer_id:
             return True
         try:
             records = batches.parse_rules_batch(data)
         except p.ShardnetError:
             return False
+        if len(set(records)) != len(records):
+            return False
         news = False
-        for data in records:
+        for record in records:
             try:
-                self.rules.check(data, self.now())
+                self.rules.check(record, self.now())
                 news = True
-            except (kr.StaleRule, UnknownKeyset, TooManyVersions):
+            except UnknownKeyset:
                 continue
+            except (kr.StaleRule, TooManyVersions):
+                if not self._in_force_here(record):
+                    return False
             except (p.ShardnetError, ValueError):
                 return False
         return news
+
+    def _in_force_here(self, record: bytes) -> bool:
+        try:
+            seen = kr.peek(record)
+        except p.ShardnetError:
+            return False
+        book = self.rules.book(seen.keyset_id.hex())
+        held = book.held(seen.kind) if book is not None else None
+        return held is not None and held[0].body == seen.body
 
     def accept_batch(self, data: bytes) -> None:
         try:
@@ -113,13 +130,16 @@ class RulesLoops:
 
     async def spread_applied(self, records: list[CoSigned]) -> None:
         """Publish records now in force: one alone on its topic (as a node of an earlier
-        version reads it), more in as few rules batches as they fit."""
-        if len(records) == 1:
-            rec = kr.parse_body(records[0].body, trusted=True)
-            await self.links.publish(TOPICS[rec.kind], records[0].to_bytes())
-            return
-        for message in batches.rules_batches([cs.to_bytes() for cs in records]):
-            await self.links.publish(wire.RULES_BATCH_TOPIC, message)
+        version reads it), more in as few rules batches as they fit (one too large for a
+        batch alone on its topic)."""
+        data = [cs.to_bytes() for cs in records]
+        fit = [d for d in data if batches.fits_rules_batch(d)]
+        for one in ([d for d in data if d not in fit] if len(fit) > 1 else data):
+            rec = kr.parse_body(CoSigned.restore(one, max_size=kr.MAX_RULE_RECORD).body, trusted=True)
+            await self.links.publish(TOPICS[rec.kind], one)
+        if len(fit) > 1:
+            for message in batches.rules_batches(fit):
+                await self.links.publish(wire.RULES_BATCH_TOPIC, message)
 
     async def spread(self, cs: CoSigned, outcome: str) -> None:
         """Publish what is now in force; hand a proposal to the keyset's other authorities."""

@@ -118,8 +118,18 @@ async def revoke(node: NodeRuntime, args: dict[str, Any]) -> list[dict[str, Any]
         kr.Revoked.from_list(entry.to_list())
     except p.MalformedEncoding as exc:
         raise ControlError(str(exc), 2) from None
-    out = []
+    out: list[dict[str, Any]] = []
     applied: list[CoSigned] = []
+    try:
+        await _revoke_each(node, keysets, subject, entry, now, out, applied)
+    finally:  # what went in force is published, even if a later keyset failed
+        if applied:
+            await node.rules_loops.spread_applied(applied)
+    return out
+
+
+async def _revoke_each(node: NodeRuntime, keysets: list[str], subject: str, entry: kr.Revoked, now: int,
+                       out: list[dict[str, Any]], applied: list[CoSigned]) -> None:
     for keyset_id in keysets:
         book = node.rules.book(keyset_id)
         view = keyset_view(node.store, keyset_id)
@@ -137,15 +147,12 @@ async def revoke(node: NodeRuntime, args: dict[str, Any]) -> list[dict[str, Any]
                         "record": {"revoked": [entry.to_json()]}})
             continue
         cs, outcome = got
-        if outcome == "applied":  # published below, many in one gossip message
+        if outcome == "applied":  # published by revoke, many in one gossip message
             cs = _in_force(node, cs)
             applied.append(cs)
             out.append(answer(node, cs, outcome))
         else:
             out.append(await _spread(node, cs, outcome))
-    if applied:
-        await node.rules_loops.spread_applied(applied)
-    return out
 
 
 async def sign(node: NodeRuntime, proposal: str) -> dict[str, Any]:

@@ -327,7 +327,7 @@ class NodeRuntime:
     async def _on_epoch(self, remote: str, frame: bytes) -> bytes:
         try:
             if batches.is_epoch_batch(frame):
-                return self.epochs.handle_batch(remote, frame, self.now())
+                return await self.epochs.handle_batch(remote, frame, self.now)
             return self.epochs.handle(remote, frame, self.now())
         except Rejected as exc:
             log.info("epoch ask from %s refused: %s", remote, exc)

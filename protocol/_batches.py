@@ -11,14 +11,17 @@ second per forwarder and topic, a burst beyond its queue dropped).
   ``MAX_EPOCH_BATCH`` epoch frames (each as ``node/_epochs.frame`` makes it) on
   ``wire.EPOCH``. The reply is ``[[status, bytes], ...]``, one per frame in
   order: ``OK`` and the frame's reply, ``REFUSED`` and the reason (UTF-8), or
-  ``LATER``: not handled, because the replies so far filled ``REPLY_BUDGET``;
-  send it again. A peer that does not know batches refuses the whole request as
+  ``LATER``: not answered, because the replies would not fit ``REPLY_ROOM`` or
+  the batch took ``BATCH_SECONDS`` already; send it again (every epoch ask may be
+  asked again: a deal is made anew, an echo, a co-signature and a commit answer
+  as before). A peer that does not know batches refuses the whole request as
   a malformed epoch frame; the sender then sends each frame alone.
 * **A rules batch** ``["shardnet/rules-batch", 1, [record, ...]]`` on
   ``wire.RULES_BATCH_TOPIC`` carries up to ``MAX_RULES_BATCH`` complete rule
   records (policy versions and revocation lists, any keysets). A node relays
-  it when none of the records it can check is invalid and at least one is news
-  to it; records of keysets it does not know are skipped, not checked.
+  it when one record at least is news to it and verified, every other one is
+  the record in force there or of a keyset it does not know (which it cannot
+  check), and none is there twice.
 """
 
 from __future__ import annotations
@@ -34,9 +37,13 @@ EPOCH_BATCH_TAG = "shardnet/epoch-batch"
 RULES_BATCH_TAG = "shardnet/rules-batch"
 #: Epoch frames one batch carries at most (a peer handles them one after another).
 MAX_EPOCH_BATCH = 32
-#: Bytes of replies a peer answers in one batch before it answers LATER: the reply cap, less
-#: room for one more reply of the largest kind (a deal to MAX_SHARES holders is about 40 KiB).
-REPLY_BUDGET = EPOCH.max_reply - 96 * 1024
+#: Bytes of replies one batch answers at most (the reply cap, less the framing): a frame whose
+#: reply would not fit is answered LATER, unless it is the first.
+REPLY_ROOM = EPOCH.max_reply - 1024
+#: Seconds of work a peer spends on one batch: the frames after that are answered LATER (so
+#: that no batch of costly asks outlasts the request timeout, or holds the peer longer than
+#: a few frames would).
+BATCH_SECONDS = 2.0
 #: Rule records one gossip batch carries at most.
 MAX_RULES_BATCH = 256
 _ITEM_OVERHEAD = 8  # msgpack's bin header and the list's, per item, at most
@@ -98,13 +105,18 @@ def parse_epoch_batch_reply(data: bytes, count: int) -> list[tuple[Status, bytes
     return out
 
 
+def fits_rules_batch(record: bytes) -> bool:
+    """Whether a rule record fits a rules batch (one near the record cap does not)."""
+    return len(record) + 64 + _ITEM_OVERHEAD <= RULES_BATCH_TOPIC.max_message
+
+
 def rules_batches(records: Sequence[bytes]) -> list[bytes]:
     """Gossip messages carrying ``records``, each within the topic's size and count."""
     out: list[bytes] = []
     group: list[bytes] = []
     size = 64
     for record in records:
-        if len(record) + 64 + _ITEM_OVERHEAD > RULES_BATCH_TOPIC.max_message:
+        if not fits_rules_batch(record):
             raise ValueError(f"a rule record of {len(record)} bytes does not fit a gossip message")
         if group and (len(group) == MAX_RULES_BATCH
                       or size + len(record) + _ITEM_OVERHEAD > RULES_BATCH_TOPIC.max_message):
@@ -122,7 +134,8 @@ def parse_rules_batch(data: bytes) -> list[bytes]:
 
 
 __all__ = [
-    "EPOCH_BATCH_TAG", "MAX_EPOCH_BATCH", "MAX_RULES_BATCH", "REPLY_BUDGET", "RULES_BATCH_TAG", "Status",
-    "batch_fits", "epoch_batch", "epoch_batch_reply", "is_epoch_batch", "parse_epoch_batch",
+    "BATCH_SECONDS", "EPOCH_BATCH_TAG", "MAX_EPOCH_BATCH", "MAX_RULES_BATCH", "REPLY_ROOM", "RULES_BATCH_TAG",
+    "Status",
+    "batch_fits", "epoch_batch", "fits_rules_batch", "epoch_batch_reply", "is_epoch_batch", "parse_epoch_batch",
     "parse_epoch_batch_reply", "parse_rules_batch", "rules_batches",
 ]

@@ -89,6 +89,15 @@ def run_grid_bulk(keysets: int, *, nodes: int = 12, seed: int = 1, rtt: float = 
                 for i in range(keysets):
                     nursery.start_soon(one, i)
             before = (owner.epoch_batcher.requests, owner.epoch_batcher.frames)
+            first: list[float] = []  # when the autopilot began the first round (wall)
+            assert owner.autopilot is not None
+            act = owner.autopilot.act
+
+            async def timed_act(keyset_id: str, d: Any) -> Any:
+                if not first:
+                    first.append(time.perf_counter())
+                return await act(keyset_id, d)
+            owner.autopilot.act = timed_act  # type: ignore[method-assign]
             w0, v0 = time.perf_counter(), trio.current_time()
             out = await owner.commands()["revoke"]({"subject": "custodian", "value": victim, "reason": "bench"},
                                                     _quiet)
@@ -103,10 +112,11 @@ def run_grid_bulk(keysets: int, *, nodes: int = 12, seed: int = 1, rtt: float = 
             assert not held, f"{len(held)} keysets still name the revoked custodian"
             requests = owner.epoch_batcher.requests - before[0]
             frames = owner.epoch_batcher.frames - before[1]
-            # The first pass starts up to the autopilot's period after the revoke: counted apart.
+            # "trigger" is audited when a round completes: first to last commit, in virtual time.
             triggers = sorted(e.time for e in owner.store.audit_entries() if e.kind == "trigger")
-        return {"wall_s": round(wall, 2), "virtual_to_last_commit_s": round(last - v0, 1),
-                "virtual_first_to_last_s": round(triggers[-1] - triggers[0], 1) if triggers else None,
+        return {"wall_s": round(wall, 2), "rounds_wall_s": round(w0 + wall - first[0], 2),
+                "virtual_to_last_commit_s": round(last - v0, 1),
+                "virtual_first_to_last_commit_s": round(triggers[-1] - triggers[0], 1) if triggers else None,
                 "requests": requests, "frames": frames}
 
     row, wall = run_virtual(main, prefix="shardnet-bulk-")
@@ -116,7 +126,9 @@ def run_grid_bulk(keysets: int, *, nodes: int = 12, seed: int = 1, rtt: float = 
                 "crypto_per_round_ms": crypto["per_round_ms"],
                 "rounds_per_s": round(keysets / row["wall_s"], 1),
                 "bound_rounds_per_s": round(keysets / crypto["seconds"], 1),
-                "ratio": round(crypto["seconds"] / row["wall_s"], 3)})
+                # The bound is the rounds' crypto: against the rounds' time (from the first round
+                # begun), not the revoke's signing and spreading of K revocation lists before them.
+                "ratio": round(crypto["seconds"] / row["rounds_wall_s"], 3)})
     say(f"grid: {keysets} keysets reshared in {row['wall_s']} s wall ({row['rounds_per_s']} rounds/s), "
         f"crypto alone {crypto['seconds']} s: ratio {row['ratio']}")
     return row
@@ -183,10 +195,11 @@ def format_bulk_report(r: dict[str, Any]) -> str:
     g = r["grid"]
     lines = ["bulk revocation: one custodian revoked that holds a share of each of K 2-of-3 keysets; the "
              "autopilot reshares them all (bound: their crypto alone, timed in this run)",
-             f"  grid, {g['nodes']} nodes in one thread, K={g['keysets']}: last commit {g['wall_s']:.2f} s wall "
-             f"({g['virtual_to_last_commit_s']:.0f} s virtual), {g['rounds_per_s']:.1f} rounds/s; crypto alone "
+             f"  grid, {g['nodes']} nodes in one thread, K={g['keysets']}: last commit {g['wall_s']:.2f} s wall after "
+             f"the revoke ({g['virtual_to_last_commit_s']:.0f} s virtual), {g['rounds_wall_s']:.2f} s after the first "
+             f"round began, {g['rounds_per_s']:.1f} rounds/s; crypto alone "
              f"{g['crypto_s']:.2f} s ({g['crypto_per_round_ms']:.1f} ms a round, {g['bound_rounds_per_s']:.1f} "
-             f"rounds/s): ratio {g['ratio']:.2f} (target 0.50)",
+             f"rounds/s): ratio {g['ratio']:.2f} to the rounds' time (target 0.50)",
              f"    the rounds' epoch asks: {g['frames']} frames in {g['requests']} requests"]
     pr = r.get("processes")
     if pr:

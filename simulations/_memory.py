@@ -225,6 +225,8 @@ class MemoryNetwork:
         #: Called as ``(node, topic, data)`` when a node takes a gossip message in (its validator
         #: accepted it), at that virtual time: a benchmark's probe of propagation.
         self.on_gossip: Callable[[str, str, bytes], None] | None = None
+        #: When a list: every mesh link made is appended to it (a benchmark's bound counts them).
+        self.grafts: list[tuple[str, str]] | None = None
 
     # -- faults ----------------------------------------------------------------------
 
@@ -284,6 +286,8 @@ class MemoryNetwork:
             return
         node.mesh[other.peer_id] = None
         other.mesh[node.peer_id] = None
+        if self.grafts is not None:
+            self.grafts.append((node.peer_id, other.peer_id))
 
     def prune(self, node: _Node, other: _Node) -> None:
         """The link between the two is gone: each fills its mesh from its other connections."""

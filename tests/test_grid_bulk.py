@@ -12,6 +12,7 @@ import trio
 from shardnet import protocol as p
 from shardnet.node import _autopilot
 from shardnet.node._services import Rejected
+from shardnet.protocol import keyset_rules as kr
 from shardnet.protocol import wire
 from shardnet.simulations.grid import Grid
 
@@ -86,7 +87,7 @@ def test_batched_asks_fall_back_when_a_peer_takes_no_batch_or_leaves_frames_for_
                                    "got 'shardnet/epoch-batch'")  # what a node of an earlier version says
                 old.epochs.handle_batch = refuse  # type: ignore[method-assign]
             else:
-                monkeypatch.setattr(p.batches, "REPLY_BUDGET", 0)  # one reply per batch, the rest LATER
+                monkeypatch.setattr(p.batches, "REPLY_ROOM", 0)  # one reply per batch, the rest LATER
             keysets = [await grid.import_key(0, KEY, 2, 3, placement="", custodians=[
                 victim, old.peer_id, grid.nodes[3 + i % 2].peer_id]) for i in range(8)]
             await command(grid, 0, "revoke", subject="custodian", value=victim, reason="compromised")
@@ -95,8 +96,45 @@ def test_batched_asks_fall_back_when_a_peer_takes_no_batch_or_leaves_frames_for_
             batcher = grid.nodes[0].epoch_batcher
             assert batcher.frames >= 4 * len(keysets)
             if peer_side == "refuses-batches":
-                assert old.peer_id in batcher._alone
+                assert old.peer_id in batcher._alone  # for ALONE_FOR seconds
             else:
                 assert batcher.requests >= 4 * len(keysets)  # one frame answered a request (batched: ~15)
             assert await grid.reconstruct(4, keysets[0]) == KEY
+    in_virtual_time(main)
+
+
+def test_a_rules_batch_is_relayed_only_with_news_and_nothing_forged_or_repeated(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        grid = Grid(tmp_path, 6, seed=71, latency=lambda a, b: 0.05)
+        async with grid.running():
+            await grid.wait_directory(within=120)
+            x, y = grid.nodes[1], grid.nodes[2]
+            mine = [await grid.import_key(0, KEY, 2, 3, placement="", custodians=[x.peer_id, y.peer_id,
+                                                                                    grid.nodes[3].peer_id])
+                    for _ in range(2)]
+            other = await grid.import_key(0, KEY, 2, 3, placement="", custodians=[
+                grid.nodes[3].peer_id, grid.nodes[4].peer_id, grid.nodes[5].peer_id])  # x does not know it
+            owner = grid.nodes[0]
+            entry = kr.Revoked("requester", grid.nodes[5].peer_id, 0, "test", int(owner.now()))
+            for k in [*mine, other]:  # in force on the owner, not published
+                owner.rules.propose_revocation(k, entry, int(owner.now()))
+
+            def record(k: str) -> bytes:
+                book = owner.rules.book(k)
+                assert book is not None and book.revocations is not None
+                return book.revocations[0].to_bytes()
+            a, b, c = (record(k) for k in [*mine, other])
+            forged = bytearray(b)
+            forged[-1] ^= 1  # a signature byte
+            ok = x.rules_loops.validate_batch
+            author = owner.peer_id + "x"  # not x itself: x's own publications pass unchecked
+            assert ok(author, p.batches.rules_batches([a, b])[0])
+            assert ok(author, p.batches.rules_batches([a, c])[0])  # c: a keyset x cannot check
+            assert not ok(author, p.batches.rules_batches([a, a])[0])
+            assert not ok(author, p.batches.rules_batches([a, bytes(forged)])[0])
+            assert not ok(author, p.batches.rules_batches([c])[0])  # nothing x can check is news
+            x.rules_loops.accept_batch(p.batches.rules_batches([a, b])[0])
+            book = x.rules.book(mine[0])
+            assert book is not None and grid.nodes[5].peer_id in book.revoked.peers("requester")
+            assert not ok(author, p.batches.rules_batches([a, b])[0])  # in force now: no news
     in_virtual_time(main)

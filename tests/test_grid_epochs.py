@@ -184,8 +184,8 @@ def test_bench_epoch_bulk_and_propagation_run_from_the_cli(tmp_path: pathlib.Pat
                         str(out)], capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr
     g = json.loads(out.read_text())["grid"]
-    assert g["keysets"] == 24 and g["wall_s"] > 0 and g["crypto_s"] > 0 and g["ratio"] == round(
-        g["crypto_s"] / g["wall_s"], 3)
+    assert g["keysets"] == 24 and g["wall_s"] >= g["rounds_wall_s"] > 0 and g["crypto_s"] > 0
+    assert g["ratio"] == round(g["crypto_s"] / g["rounds_wall_s"], 3)
     assert g["frames"] >= 4 * 24 and g["requests"] * 3 <= g["frames"]  # batched
     assert "K=24" in r.stdout and "ratio" in r.stdout
     out = tmp_path / "propagation.json"
