@@ -134,7 +134,8 @@ class RulesLoops:
         batch alone on its topic)."""
         data = [cs.to_bytes() for cs in records]
         fit = [d for d in data if batches.fits_rules_batch(d)]
-        for one in ([d for d in data if d not in fit] if len(fit) > 1 else data):
+        alone = [d for d in data if not batches.fits_rules_batch(d)] if len(fit) > 1 else data
+        for one in alone:
             rec = kr.parse_body(CoSigned.restore(one, max_size=kr.MAX_RULE_RECORD).body, trusted=True)
             await self.links.publish(TOPICS[rec.kind], one)
         if len(fit) > 1:
