@@ -39,6 +39,7 @@ from shardnet.protocol import triggers as tr
 from ._control_server import ControlError
 from ._epoch_round import change_epoch, rewrap
 from ._epoch_view import base_keyset, keyset_view
+from ._epochs import TOO_MANY_PENDING
 
 if TYPE_CHECKING:
     from ._runtime import NodeRuntime
@@ -176,7 +177,7 @@ class Autopilot:
                 log.exception("keyset %s: %s (%s) failed unexpectedly", keyset_id, d.action, d.trigger)
             # A holder that keeps the shares of too many rounds of ours already (one of an earlier
             # version keeps 16) is busy, not broken: that keyset tries again after PAUSE, not BACKOFF.
-            busy = "too many shares of rounds not committed yet" in str(exc)
+            busy = TOO_MANY_PENDING in str(exc)
             self._failed[keyset_id] = node.now() - (BACKOFF - PAUSE if busy else 0)
             log.warning("keyset %s: %s (%s) did not complete: %s", keyset_id, d.action, d.trigger, exc)
             node.store.append_audit("trigger-failed", {**body, "error": str(exc)[:400]}, node.now(), node.key)

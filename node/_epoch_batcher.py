@@ -60,19 +60,18 @@ class EpochBatcher:
 
     async def request(self, peer: str, frame: bytes) -> bytes:
         """What ``peer`` answers to one epoch frame; raises as ``Links.request`` does."""
-        if self._nursery is None:  # not running (an offline command): no one to batch with
-            self.requests += 1
-            self.frames += 1
-            return await self.links.reach_and_request(peer, wire.EPOCH, frame)
         ask = _Ask(frame)
-        self._queues.setdefault(peer, []).append(ask)
-        if peer not in self._sending:
-            self._sending.add(peer)
-            self._nursery.start_soon(self._send_all, peer)
-        try:
-            await ask.done.wait()
-        finally:
-            ask.wanted = False
+        if self._nursery is None:  # not running (an offline command): no one to batch with
+            await self._one(peer, ask)
+        else:
+            self._queues.setdefault(peer, []).append(ask)
+            if peer not in self._sending:
+                self._sending.add(peer)
+                self._nursery.start_soon(self._send_all, peer)
+            try:
+                await ask.done.wait()
+            finally:
+                ask.wanted = False
         if ask.error is not None:
             raise ask.error
         return ask.reply

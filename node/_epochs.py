@@ -51,6 +51,8 @@ log = logging.getLogger("shardnet.node")
 MAX_PENDING_PER_COORDINATOR = 64
 MAX_PENDING = 1024
 CATCH_UP_EVERY = 60  # seconds between tries to compute a missed share from deals
+#: The refusal of an echo past those limits (a coordinator may take it as "busy, try soon").
+TOO_MANY_PENDING = "this node keeps too many shares of rounds not committed yet"
 
 
 def _frame_parts(extra: Any) -> dict[str, Any]:
@@ -268,7 +270,7 @@ class EpochService:
             self.store.drop_pending_shares(deadline_before=now - wire.MAX_CLOCK_SKEW)
             if (self.store.pending_count(coordinator) >= MAX_PENDING_PER_COORDINATOR
                     or self.store.pending_count() >= MAX_PENDING):
-                raise Rejected("this node keeps too many shares of rounds not committed yet")
+                raise Rejected(TOO_MANY_PENDING)
         known = self.state(plan.keyset_id.hex()) is not None
         base, current, newer = self._learn(plan.keyset_id, parts, now, named=named)
         plan.check_against(base, current)

@@ -420,6 +420,14 @@ class Rules:
         outcome = self._keep_proposal(cs, rec, now)
         return cs, outcome or "signed already"
 
+    def completed(self, cs: CoSigned) -> CoSigned:
+        """The record in force that ``cs`` (a proposal) completed, with every signature held;
+        ``cs`` itself if none is held."""
+        rec = kr.parse_body(cs.body, trusted=True)
+        book = self.book(rec.keyset_id.hex())
+        held = book.held(rec.kind) if book is not None else None
+        return held[0] if held is not None else cs
+
     def mine(self) -> list[str]:
         """Keysets this node is a policy authority of."""
         out = []

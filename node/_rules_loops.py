@@ -176,20 +176,12 @@ class RulesLoops:
                 return p.encode(self.rules.pull_reply(body, remote))
             data = p.want_bytes(body, "proposal")
             if self.rules.accept(data, self.now()) == "applied":  # complete with what we held: spread it
-                rec = kr.parse_body(CoSigned.restore(data, max_size=kr.MAX_RULE_RECORD).body, trusted=True)
-                await self.links.publish(TOPICS[rec.kind], self._in_force(data))
+                await self.spread_applied([self.rules.completed(CoSigned.restore(data, max_size=kr.MAX_RULE_RECORD))])
             return b"ok"
         except kr.StaleRule:
             return b"ok"
         except (p.ShardnetError, ValueError) as exc:
             raise tx.RequestRejected(str(exc)) from None
-
-    def _in_force(self, data: bytes) -> bytes:
-        """The record in force that ``data`` (a proposal) completed: with every signature held."""
-        rec = kr.parse_body(CoSigned.restore(data, max_size=kr.MAX_RULE_RECORD).body, trusted=True)
-        book = self.rules.book(rec.keyset_id.hex())
-        held = book.held(rec.kind) if book is not None else None
-        return held[0].to_bytes() if held is not None else data
 
     # -- anti-entropy ---------------------------------------------------------------
 

@@ -46,17 +46,9 @@ def resolve(node: NodeRuntime, ref: str) -> str:
         return ref
 
 
-def _in_force(node: NodeRuntime, cs: CoSigned) -> CoSigned:
-    """The record in force that ``cs`` completed, with every signature held."""
-    rec = kr.parse_body(cs.body, trusted=True)
-    book = node.rules.book(rec.keyset_id.hex())
-    held = book.held(rec.kind) if book is not None else None
-    return held[0] if held is not None else cs
-
-
 async def _spread(node: NodeRuntime, cs: CoSigned, outcome: str) -> dict[str, Any]:
     if outcome == "applied":
-        cs = _in_force(node, cs)
+        cs = node.rules.completed(cs)
     await node.rules_loops.spread(cs, outcome)
     return answer(node, cs, outcome)
 
@@ -148,7 +140,7 @@ async def _revoke_each(node: NodeRuntime, keysets: list[str], subject: str, entr
             continue
         cs, outcome = got
         if outcome == "applied":  # published by revoke, many in one gossip message
-            cs = _in_force(node, cs)
+            cs = node.rules.completed(cs)
             applied.append(cs)
             out.append(answer(node, cs, outcome))
         else:

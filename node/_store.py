@@ -879,9 +879,7 @@ class Store:
         if status is not None:
             clauses.append("status = ?")
             args.append(status)
-        rows = self._rows("keysets",
-            " AND ".join(clauses) or None, args, order_by="created, keyset_id"
-        )
+        rows = self._rows("keysets", " AND ".join(clauses) or None, args, order_by="created, keyset_id")
         return [cast(KeysetRow, row) for row in rows]
 
     def find_keyset(self, prefix: str) -> KeysetRow:
@@ -903,8 +901,7 @@ class Store:
         if total == 0:
             raise KeysetNotFound(f"no keyset id starts with {prefix!r}")
         rows = list(
-            self._rows("keysets", where, {"p": prefix}, order_by="keyset_id",
-                                                 limit=5)
+            self._rows("keysets", where, {"p": prefix}, order_by="keyset_id", limit=5)
         )
         if total > 1:
             raise AmbiguousKeysetPrefix(prefix, [r["keyset_id"] for r in rows], total)
@@ -989,9 +986,7 @@ class Store:
 
     def held_shard(self, keyset_id: str, epoch: int, idx: int) -> HeldShardRow | None:
         rows = list(
-            self._rows("held_shards",
-                "keyset_id = ? AND epoch = ? AND idx = ?", [keyset_id, epoch, idx]
-            )
+            self._rows("held_shards", "keyset_id = ? AND epoch = ? AND idx = ?", [keyset_id, epoch, idx])
         )
         return cast(HeldShardRow, rows[0]) if rows else None
 
@@ -1107,15 +1102,11 @@ class Store:
         if custodian is None:
             rows = self._rows("outbox", "state = 'pending'", order_by=order)
         else:
-            rows = self._rows("outbox",
-                "state = 'pending' AND custodian = ?", [custodian], order_by=order
-            )
+            rows = self._rows("outbox", "state = 'pending' AND custodian = ?", [custodian], order_by=order)
         return [cast(OutboxRow, row) for row in rows]
 
     def outbox(self, keyset_id: str) -> list[OutboxRow]:
-        rows = self._rows("outbox",
-            "keyset_id = ?", [keyset_id], order_by=_OUTBOX_ORDER
-        )
+        rows = self._rows("outbox", "keyset_id = ?", [keyset_id], order_by=_OUTBOX_ORDER)
         return [cast(OutboxRow, row) for row in rows]
 
     def _pending_item(self, keyset_id: str, epoch: int, idx: int, custodian: str,
@@ -1636,8 +1627,7 @@ class Store:
                                     [coordinator]).fetchone()[0])
 
     def epoch_lock(self, keyset_id: str, epoch: int, kind: str) -> dict[str, Any] | None:
-        rows = list(self._rows("epoch_locks", "keyset_id = ? AND epoch = ? AND kind = ?",
-                                                             [keyset_id, epoch, kind]))
+        rows = list(self._rows("epoch_locks", "keyset_id = ? AND epoch = ? AND kind = ?", [keyset_id, epoch, kind]))
         return rows[0] if rows else None
 
     def take_epoch_lock(self, keyset_id: str, epoch: int, kind: str, value: bytes, *, until: int | None,
@@ -1755,8 +1745,7 @@ class Store:
                 self._put_erasure(keyset_id, epoch, idx, holder, digest, receipt, now)
 
     def erasures(self, keyset_id: str) -> list[dict[str, Any]]:
-        return list(self._rows("erasures", "keyset_id = ?", [keyset_id],
-                                                          order_by="epoch, idx, holder"))
+        return list(self._rows("erasures", "keyset_id = ?", [keyset_id], order_by="epoch, idx, holder"))
 
     def queue_epoch_notices(self, keyset_id: str, epoch: int, frames: Mapping[str, bytes], *, now: int) -> None:
         with self.transaction():

@@ -149,7 +149,7 @@ def cmd_bench_epoch(args: argparse.Namespace) -> int:
         return EXIT_OK
     from shardnet.simulations._epoch_bench import format_epoch_report, run_epoch_bench
 
-    result = run_epoch_bench(ns=args.n, processes=args.processes, say=lambda m: print(f"... {m}", file=sys.stderr))
+    result = run_epoch_bench(ns=args.n, processes=args.processes, say=say)
     _write_json(args.json, result)
     print(format_epoch_report(result))
     return EXIT_OK
