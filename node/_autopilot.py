@@ -3,8 +3,8 @@
 Every ``EVERY`` seconds, and as soon as a keyset's rules change (``wake``), it
 looks at each keyset this node is a policy authority of, builds what it knows
 of it (``protocol/_triggers.py``: the holders and their membership, the rules
-in force, the schedule in the keyset's attributes, the
-clock) and asks :func:`~shardnet.protocol.triggers.decide`. A reshare, refresh
+in force, the schedule of the last policy version or else of the keyset
+record, the clock) and asks :func:`~shardnet.protocol.triggers.decide`. A reshare, refresh
 or rewrap that is due runs as the operator's command would
 (``_epoch_round``), with its trigger, action and what it defeats in the audit
 log (``trigger``; ``trigger-failed`` if it did not complete).
@@ -37,7 +37,7 @@ from shardnet.protocol import placement
 from shardnet.protocol import triggers as tr
 
 from ._control_server import ControlError
-from ._epoch_round import change_epoch, rewrap
+from ._epoch_round import LAST_REWRAP, change_epoch, rewrap
 from ._epoch_view import base_keyset, keyset_view
 from ._epochs import TOO_MANY_PENDING
 
@@ -62,16 +62,6 @@ IN_FLIGHT = 32
 PAUSE = 2 * EVERY
 #: Seconds between two warnings about one keyset's coming expiry (log and audit).
 WARN_EVERY = 86400
-
-
-def schedule_of(keyset: p.Keyset) -> tuple[int | None, int | None]:
-    """A keyset's ``refresh_every`` and ``rewrap_every`` (seconds), from its attributes."""
-    out = []
-    for key in ("refresh_every", "rewrap_every"):
-        value = keyset.attrs.get(key)
-        out.append(max(tr.MIN_SCHEDULE, value) if isinstance(value, int) and not isinstance(value, bool)
-                   and value > 0 else None)
-    return out[0], out[1]
 
 
 class Autopilot:
@@ -102,13 +92,14 @@ class Autopilot:
                                      a.not_after if a else 0, node.owner._candidate(a)))
         latest = node.store.latest_epoch(keyset_id)
         epoch_at = int(latest["received_at"]) if latest else base.created
-        rewrapped = node.store.get_kv(f"autopilot-rewrap:{keyset_id}")
-        refresh_every, rewrap_every = schedule_of(base)
+        rewrapped = node.store.get_kv(f"{LAST_REWRAP}{keyset_id}")
+        schedule = book.schedule  # the last policy version's, or the keyset record's
         return tr.Situation(
             keyset_id=keyset_id, epoch=view.epoch, holders=tuple(holders),
             revoked=book.revoked.peers("custodian"), revoked_indices=book.revoked.indices(view.epoch),
             placement=tuple(placement.parse(book.placement)), created=base.created, not_after=view.not_after,
-            renew=bool(base.attrs.get("renew")), refresh_every=refresh_every, rewrap_every=rewrap_every, last_epoch_at=epoch_at,
+            renew=bool(base.attrs.get("renew")), refresh_every=schedule.refresh_every,
+            rewrap_every=schedule.rewrap_every, last_epoch_at=epoch_at,
             last_rewrap_at=int(rewrapped) if rewrapped else epoch_at, threats=threats,
             lifetime=base.not_after - base.created if base.not_after is not None else None)
 
@@ -162,7 +153,6 @@ class Autopilot:
                 res = await rewrap(node, {"keyset": keyset_id}, quiet)
                 if not res.get("complete"):
                     raise ControlError(f"rewrap incomplete: {len(res.get('failed', []))} holders failed")
-                node.store.put_kv(f"autopilot-rewrap:{keyset_id}", str(node.now()).encode())
             else:
                 args: dict[str, Any] = {"keyset": keyset_id, "action": d.action}
                 if d.action == "reshare" and d.trigger != "placement":

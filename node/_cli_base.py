@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from typing import Any, NoReturn
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -42,3 +43,27 @@ def positive(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
     return v
+
+
+_DURATION = re.compile(r"^(\d+)([smhdwy])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    m = _DURATION.match(text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"expected a duration like 90d, 12h, 30m or 3600s, got {text!r}")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_within(text: str) -> int | None:
+    """A duration, or ``never``."""
+    return None if text.strip() == "never" else parse_duration(text)
+
+
+def spell_duration(seconds: int | None) -> str:
+    """Seconds as the largest unit that divides them (``parse_duration``'s own), or ``never``."""
+    if seconds is None:
+        return "never"
+    unit = next(u for u in "ywdhms" if seconds % _UNITS[u] == 0)
+    return f"{seconds // _UNITS[unit]}{unit}"

@@ -14,31 +14,25 @@ import datetime
 import logging
 import os
 import pathlib
-import re
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from shardnet import protocol as p
 
-from ._cli_base import EXIT_FAIL, EXIT_OK, Failure, Parser, UsageError, emit, positive
+from ._cli_base import (
+    EXIT_FAIL,
+    EXIT_OK,
+    Failure,
+    Parser,
+    UsageError,
+    emit,
+    parse_duration,
+    parse_within,
+    positive,
+)
 from ._clock import system_clock, system_rng
 from ._home import Home, HomeError, init_home
-
-_DURATION = re.compile(r"^(\d+)([smhdwy])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
-
-
-def parse_duration(text: str) -> int:
-    m = _DURATION.match(text.strip())
-    if not m or int(m.group(1)) == 0:
-        raise argparse.ArgumentTypeError(f"expected a duration like 90d, 12h, 30m or 3600s, got {text!r}")
-    return int(m.group(1)) * _UNITS[m.group(2)]
-
-
-def parse_within(text: str) -> int | None:
-    """A duration, or ``never``."""
-    return None if text.strip() == "never" else parse_duration(text)
 
 
 def _home(args: argparse.Namespace) -> Home:

@@ -35,6 +35,9 @@ Emit = Callable[[dict[str, Any]], Awaitable[None]]
 #: Seconds between passes over the commits still owed to participants, and passes at most.
 NOTICE_EVERY = 30.0
 MAX_NOTICE_ATTEMPTS = 2880  # a day of passes: the record's COMMIT_WINDOW
+#: The kv key (then the keyset id) of when a keyset's last complete rewrap ended: a
+#: ``rewrap_every`` schedule counts from it (the name is from when only the autopilot set it).
+LAST_REWRAP = "autopilot-rewrap:"
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -217,6 +220,8 @@ async def rewrap(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> dict[st
     node.store.append_audit("rewrap-done", {"keyset": base.id_hex, "epoch": view.epoch,
                                             "rewrapped": [[d["holder"], d["index"]] for d in done],
                                             "failed": [f["peer"] for f in failed]}, node.now(), node.key)
+    if not failed:  # a complete rewrap, the autopilot's or an operator's, starts the schedule anew
+        node.store.put_kv(f"{LAST_REWRAP}{base.id_hex}", str(node.now()).encode())
     return {"keyset": base.id_hex, "epoch": view.epoch, "rewrapped": sorted(done, key=lambda d: d["index"]),
             "failed": sorted(failed, key=lambda f: f["peer"]), "complete": not failed, "defeats": DEFEATS["rewrap"]}
 

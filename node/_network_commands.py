@@ -20,7 +20,7 @@ from typing import Any
 from shardnet import protocol as p
 from shardnet.protocol import Genesis, JoinRequest
 
-from ._cli_base import EXIT_OK, Parser, UsageError, emit, positive
+from ._cli_base import EXIT_OK, Parser, UsageError, emit, positive, spell_duration
 from ._clock import system_clock
 from ._home import Home
 from ._members import Members, NoNetwork
@@ -266,8 +266,11 @@ def cmd_proposals(args: argparse.Namespace) -> int:
 
 def _describe(rec: dict[str, Any]) -> str:
     if rec.get("kind") == "policy":
+        every = rec.get("schedule")
         return (f"policy version {rec['version']}: sha256 {rec['policy_sha256'][:16]}…, "
-                f"placement {rec['placement'] or '(none)'}")
+                f"placement {rec['placement'] or '(none)'}" + (
+                    f", refresh every {spell_duration(every['refresh_every'])}, rewrap every "
+                    f"{spell_duration(every['rewrap_every'])}" if every else ""))
     if rec.get("kind") == "revocations":
         return f"revocations version {rec['version']}: " + "; ".join(
             f"{r['subject']} {r.get('peer', r.get('index'))} ({r['reason']})" for r in rec["revoked"])

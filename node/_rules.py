@@ -23,6 +23,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from shardnet import protocol as p
@@ -255,6 +256,7 @@ class Rules:
         else:
             body["policy_sha256"] = rec.digest.hex()
             body["placement"] = rec.placement
+            body["schedule"] = (rec.schedule or kr.Schedule.of_attrs(book.keyset.attrs)).to_json()
         lost = self._lost(book, rec, self._mine_open(keyset_id, rec.kind)) if isinstance(rec, kr.RevocationList) \
             else []
         with self.store.transaction():
@@ -346,13 +348,21 @@ class Rules:
                     out.append((cs, kr.parse_body(cs.body, trusted=True)))
         return sorted(out, key=lambda x: x[1].version)
 
-    def propose_policy(self, keyset_id: str, text: str, placement: str | None, now: int) -> tuple[CoSigned, str]:
+    def propose_policy(self, keyset_id: str, text: str | None, placement: str | None, now: int,
+                       schedule: dict[str, int | None] | None = None) -> tuple[CoSigned, str]:
         """A policy version above the one in force and every open one this node signed (an
-        authority signs one body per version)."""
+        authority signs one body per version). None keeps what is in force: the text, the
+        placement, and each of ``schedule``'s keys (a value of None stops that schedule). The
+        body carries a schedule (record version 2) once one is set through a policy version."""
         book = self._authority_book(keyset_id)
+        carried = book.policy is not None and book.policy[1].schedule is not None
+        new = None
+        if schedule or carried:
+            new = replace(book.schedule, **(schedule or {}))
         body = kr.PolicyVersion.make_body(keyset_id=book.keyset.keyset_id, version=self._next_version(book, "policy"),
-                                          policy=text,
-                                          placement=book.placement if placement is None else placement, time=now)
+                                          policy=book.policy_text if text is None else text,
+                                          placement=book.placement if placement is None else placement, time=now,
+                                          schedule=new)
         return self._propose(body, now)
 
     def _signed_revocations(self, keyset_id: str) -> list[kr.Revoked]:
@@ -536,6 +546,7 @@ class Rules:
         out: dict[str, Any] = {
             "keyset": keyset_id, "version": book.version("policy"), "policy": book.policy_text,
             "policy_sha256": p.Policy(book.policy_text).digest.hex(), "placement": book.placement,
+            "schedule": book.schedule.to_json(),
             "authorities": list(book.rule.peers), "authority_quorum": book.rule.quorum,
             "signers": sorted(p.peer_id_of(k) for k in held[0].signers) if held else
             [p.peer_id_of(book.keyset.owner)],

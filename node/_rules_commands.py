@@ -14,7 +14,7 @@ from typing import Any
 
 from shardnet import protocol as p
 
-from ._cli_base import EXIT_OK, Parser, UsageError, emit
+from ._cli_base import EXIT_OK, Parser, UsageError, emit, parse_within, spell_duration
 from ._home import Home
 
 
@@ -36,24 +36,33 @@ def say(res: dict[str, Any]) -> str:
             f"the keyset's other authorities add theirs with: shardnet sign --home DIR {res['proposal'][:12]}")
 
 
+def _policy_file(f: pathlib.Path) -> str:
+    if not f.is_file():
+        raise UsageError(f"{f}: no such file")
+    raw = f.read_bytes()
+    if len(raw) > p.keyset_rules.MAX_RULE_RECORD:
+        raise UsageError(f"{f}: over {p.keyset_rules.MAX_RULE_RECORD} bytes, too large for a policy")
+    try:
+        text = raw.decode("utf-8")
+        p.Policy(text)
+    except UnicodeDecodeError:
+        raise UsageError(f"{f}: not UTF-8 text") from None
+    except p.PolicyError as exc:
+        raise UsageError(f"{f}: not a valid policy, nothing was signed: {exc}") from None
+    return text
+
+
 def cmd_policy(args: argparse.Namespace) -> int:
     from ._commands import _ask
 
     if args.action == "publish":
-        f = pathlib.Path(args.file)
-        if not f.is_file():
-            raise UsageError(f"{f}: no such file")
-        raw = f.read_bytes()
-        if len(raw) > p.keyset_rules.MAX_RULE_RECORD:
-            raise UsageError(f"{f}: over {p.keyset_rules.MAX_RULE_RECORD} bytes, too large for a policy")
-        try:
-            text = raw.decode("utf-8")
-            p.Policy(text)
-        except UnicodeDecodeError:
-            raise UsageError(f"{f}: not UTF-8 text") from None
-        except p.PolicyError as exc:
-            raise UsageError(f"{f}: not a valid policy, nothing was signed: {exc}") from None
-        res = _ask(args, "policy-publish", {"keyset": args.keyset, "policy": text, "placement": args.placement})
+        schedule = {k: getattr(args, k) for k in p.keyset_rules.SCHEDULE_KEYS if getattr(args, k) is not False}
+        if args.file is None and args.placement is None and not schedule:
+            raise UsageError("policy publish needs a FILE, --placement, --refresh-every or --rewrap-every: "
+                             "what to change")
+        text = None if args.file is None else _policy_file(pathlib.Path(args.file))
+        res = _ask(args, "policy-publish", {"keyset": args.keyset, "policy": text, "placement": args.placement,
+                                            "schedule": schedule})
         emit(args, res, say(res))
         return EXIT_OK
     ref = args.keyset
@@ -74,6 +83,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
              f"version    {res['version']} (signed by {signers})",
              f"policy     sha256 {res['policy_sha256']}",
              f"placement  {res['placement'] or '(none)'}",
+             f"schedule   refresh every {spell_duration(res['schedule']['refresh_every'])}, "
+             f"rewrap every {spell_duration(res['schedule']['rewrap_every'])}",
              f"authorities {res['authority_quorum']} of {', '.join(res['authorities'])}"]
     if res.get("violations"):
         lines.append(f"violated   by the holders of epoch {res['epoch']}: {'; '.join(res['violations'])} "
@@ -139,9 +150,12 @@ def register(sub: Any, home_arg: Any) -> None:
     sp = psub.add_parser("publish", help="propose a new policy version (then: shardnet sign at the other "
                                          "authorities)")
     home_arg(sp)
-    sp.add_argument("file", metavar="FILE", help="the Cedar request policy")
+    sp.add_argument("file", metavar="FILE", nargs="?", help="the Cedar request policy (default: kept)")
     sp.add_argument("--keyset", required=True, metavar="KEYSET")
     sp.add_argument("--placement", metavar="EXPR", help="a new placement expression (default: kept)")
+    for flag, what in (("--refresh-every", "refreshes"), ("--rewrap-every", "rewraps")):
+        sp.add_argument(flag, type=parse_within, default=False, metavar="DURATION",
+                        help=f"how often its authorities {what} the keyset, or 'never' (default: kept)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_policy, action="publish")
     sp = psub.add_parser("show", help="the policy version in force, its signers, and open proposals")

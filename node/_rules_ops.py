@@ -73,11 +73,19 @@ def show(node: NodeRuntime, ref: str) -> dict[str, Any]:
 
 async def publish_policy(node: NodeRuntime, args: dict[str, Any]) -> dict[str, Any]:
     keyset_id = resolve(node, str(args["keyset"]))
-    text = str(args["policy"])
+    text = None if args.get("policy") is None else str(args["policy"])
     try:
-        p.Policy(text)  # validated against the schema before anything is signed
+        if text is not None:
+            p.Policy(text)  # validated against the schema before anything is signed
     except p.PolicyError as exc:
         raise ControlError(f"the policy is not valid, nothing was signed: {exc}", 2) from None
+    schedule = args.get("schedule") or {}
+    if not isinstance(schedule, dict) or set(schedule) - set(kr.SCHEDULE_KEYS):
+        raise ControlError(f"a schedule names only {', '.join(kr.SCHEDULE_KEYS)}", 2)
+    for key, every in schedule.items():
+        if every is not None and (type(every) is not int or not kr.MIN_SCHEDULE <= every <= kr.MAX_SCHEDULE):
+            raise ControlError(f"{key} is {kr.MIN_SCHEDULE} s to {kr.MAX_SCHEDULE} s, or never; nothing was signed",
+                               2)
     placement = args.get("placement")
     if placement is not None:
         try:
@@ -85,7 +93,7 @@ async def publish_policy(node: NodeRuntime, args: dict[str, Any]) -> dict[str, A
         except ValueError as exc:
             raise ControlError(f"the placement is not valid, nothing was signed: {exc}", 2) from None
     cs, outcome = node.rules.propose_policy(keyset_id, text, None if placement is None else str(placement),
-                                            node.now())
+                                            node.now(), schedule)
     return await _spread(node, cs, outcome)
 
 

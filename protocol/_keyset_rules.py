@@ -9,7 +9,10 @@ authorities sign, K of M (``AuthorityRule``: the owner alone by default).
   against :data:`~shardnet.protocol._policy.POLICY_SCHEMA` and the placement
   parsed before anyone signs, and again by every node that receives it.
   A new request policy takes effect at once, with no round; a placement that
-  the current holders violate asks for a reshare.
+  the current holders violate asks for a reshare. Record version 2 adds the
+  keyset's :class:`Schedule` (``refresh_every``, ``rewrap_every``), which then
+  replaces the one the keyset record set at import; a version 1 body (no
+  schedule, readable by nodes before version 2) keeps the keyset record's.
 * **Revocation list** (``shardnet/revocations``): the keyset id, a version and
   every revocation in force for it: a custodian (it gets no new share), one
   shard index of one epoch (while the keyset is at that epoch, that index is
@@ -48,6 +51,7 @@ from ._membership import MAX_REASON, MAX_TIME
 from ._placement import parse as parse_placement
 from ._policy import Policy, PolicyError
 from ._records import public_key_of
+from ._triggers import MIN_SCHEDULE
 from ._wire import MAX_CLOCK_SKEW
 
 POLICY_TAG = "shardnet/policy-version"
@@ -65,10 +69,44 @@ MAX_PLACEMENT = 1024
 #: Bytes of one co-signed rule record at most, signatures included.
 MAX_RULE_RECORD = 96 * 1024
 MAX_VERSION = 2**31 - 1
+#: The longest schedule in seconds (a hundred years).
+MAX_SCHEDULE = 100 * 365 * 86400
+SCHEDULE_KEYS = ("refresh_every", "rewrap_every")
 
 
 class StaleRule(ShardnetError):
     """A rule record whose version is not above the one in force: a rollback or a replay."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How often a keyset's authorities refresh and rewrap it, in seconds (None: never)."""
+
+    refresh_every: int | None = None
+    rewrap_every: int | None = None
+
+    @classmethod
+    def of_attrs(cls, attrs: dict[str, Any]) -> Schedule:
+        """The schedule a keyset record set at import: a value below :data:`MIN_SCHEDULE` is
+        raised to it, one that is no positive int is ignored (the record is the owner's)."""
+        got = [attrs.get(k) for k in SCHEDULE_KEYS]
+        return cls(*(max(MIN_SCHEDULE, v) if type(v) is int and v > 0 else None for v in got))
+
+    def to_list(self) -> list[int]:
+        return [0 if v is None else v for v in (self.refresh_every, self.rewrap_every)]
+
+    @classmethod
+    def from_list(cls, value: Any) -> Schedule:
+        if not isinstance(value, list) or len(value) != 2:
+            raise MalformedEncoding("schedule: expected [refresh_every, rewrap_every]")
+        for v in value:
+            if type(v) is not int or not (v == 0 or MIN_SCHEDULE <= v <= MAX_SCHEDULE):
+                raise MalformedEncoding(f"schedule: each is 0 (never) or {MIN_SCHEDULE} to {MAX_SCHEDULE} "
+                                        "seconds")
+        return cls(*(v or None for v in value))
+
+    def to_json(self) -> dict[str, int | None]:
+        return dict(zip(SCHEDULE_KEYS, (self.refresh_every, self.rewrap_every), strict=True))
 
 
 @dataclass(frozen=True)
@@ -79,6 +117,8 @@ class PolicyVersion:
     placement: str
     time: int
     body: bytes = field(default=b"", repr=False, compare=False)
+    #: Record version 2's schedule; None (version 1): the keyset record's holds.
+    schedule: Schedule | None = None
     kind = "policy"
 
     @property
@@ -91,16 +131,23 @@ class PolicyVersion:
         return hashlib.sha256(self.policy.encode()).digest()
 
     @staticmethod
-    def make_body(*, keyset_id: bytes, version: int, policy: str, placement: str, time: int) -> bytes:
-        body = encode([POLICY_TAG, 1, keyset_id, version, policy, placement, time])
-        PolicyVersion.from_body(body)  # Cedar and placement checks before anyone signs
+    def make_body(*, keyset_id: bytes, version: int, policy: str, placement: str, time: int,
+                  schedule: Schedule | None = None) -> bytes:
+        """A version 1 body without ``schedule``, else version 2."""
+        head = [keyset_id, version, policy, placement, time]
+        body = encode([POLICY_TAG, 1, *head] if schedule is None else [POLICY_TAG, 2, *head, schedule.to_list()])
+        PolicyVersion.from_body(body)  # Cedar, placement and schedule checks before anyone signs
         return body
 
     @classmethod
     def from_body(cls, body: bytes, *, trusted: bool = False) -> PolicyVersion:
         """Decode and check; ``trusted``: a body this node checked when it stored it (the
         Cedar text is not validated again: that costs milliseconds)."""
-        f = decode_record(body, POLICY_TAG, 1, 5, max_size=MAX_RULE_RECORD)
+        head = decode(body, max_size=MAX_RULE_RECORD)
+        record_version = 2 if isinstance(head, list) and len(head) > 1 and type(head[1]) is int and head[1] == 2 \
+            else 1
+        f = decode_record(body, POLICY_TAG, record_version, 5 + (record_version == 2), max_size=MAX_RULE_RECORD)
+        schedule = Schedule.from_list(f[5]) if record_version == 2 else None
         text = want(f[2], str, "policy")
         try:
             if not trusted:
@@ -115,11 +162,12 @@ class PolicyVersion:
         except ValueError as exc:  # PlacementError is one
             raise MalformedEncoding(f"placement: {exc}") from None
         return cls(want_bytes(f[0], "keyset id", 16), want_int(f[1], "version", 1, MAX_VERSION), text, expr,
-                   want_int(f[4], "time", 0, MAX_TIME), bytes(body))
+                   want_int(f[4], "time", 0, MAX_TIME), bytes(body), schedule)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "policy", "keyset": self.keyset_id.hex(), "version": self.version, "policy": self.policy,
-                "policy_sha256": self.digest.hex(), "placement": self.placement, "time": self.time}
+                "policy_sha256": self.digest.hex(), "placement": self.placement, "time": self.time,
+                "schedule": None if self.schedule is None else self.schedule.to_json()}
 
 
 @dataclass(frozen=True)
@@ -313,6 +361,13 @@ class RuleBook:
     @property
     def placement(self) -> str:
         return self.policy[1].placement if self.policy else str(self.keyset.attrs.get("placement", ""))
+
+    @property
+    def schedule(self) -> Schedule:
+        """The last policy version's schedule, or the keyset record's if it carries none."""
+        if self.policy is not None and self.policy[1].schedule is not None:
+            return self.policy[1].schedule
+        return Schedule.of_attrs(self.keyset.attrs)
 
     @functools.cached_property
     def revoked(self) -> RevocationList:

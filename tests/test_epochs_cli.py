@@ -456,3 +456,31 @@ def test_a_policy_version_co_signed_through_the_cli_applies_and_bad_records_neve
     assert code != 0 and "policy denies" in err, err
     code, _, err, _ = reconstruct(c, root, ks, approvers=voters, reason="audit")
     assert code == 0, err
+
+
+def test_a_schedule_set_by_a_co_signed_policy_version_through_the_cli(net: tuple[LocalCluster, pathlib.Path]) -> None:
+    c, root = net
+    running = sorted(n for n in c.nodes if c.nodes[n].running and n != "frankfurt")
+    auth = running[:3]
+    d = import_key(c, root, "--authorities", ",".join(c.nodes[n].peer_id for n in auth), "--authority-quorum", "2",
+                   "--refresh-every", "30d", t=2, n=3)
+    ks = d["keyset"]
+    r = run_cli("policy", "publish", "--home", home(c, auth[0]), "--keyset", ks)
+    assert r.returncode == 2 and "what to change" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("policy", "publish", "--home", home(c, auth[0]), "--keyset", ks, "--rewrap-every", "5x")
+    assert r.returncode == 2 and "expected a duration" in r.stderr, r.stderr
+    r = run_cli("policy", "publish", "--home", home(c, auth[0]), "--keyset", ks, "--rewrap-every", "30s")
+    assert r.returncode == 2 and "nothing was signed" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("policy", "publish", "--home", home(c, auth[0]), "--keyset", ks, "--rewrap-every", "12h", "--json")
+    assert r.returncode == 0, r.stderr
+    prop = json.loads(r.stdout)
+    assert prop["state"] == "waiting for signatures"
+    listed = wait_for(lambda: prop["proposal"][:12] in (out := run_cli("proposals", "--home", home(c, auth[1])).stdout)
+                      and out)
+    assert listed and "refresh every 30d, rewrap every 12h" in listed, listed  # what the co-signer signs
+    r = run_cli("sign", "--home", home(c, auth[1]), prop["proposal"][:12], "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["state"] == "in effect", r.stderr
+    for name in holders(c, d):
+        shown = wait_for(lambda name=name: (out := run_cli("policy", "show", "--home", home(c, name), ks).stdout)
+                         and "version    1" in out and out)
+        assert shown and "schedule   refresh every 30d, rewrap every 12h" in shown, (name, shown)

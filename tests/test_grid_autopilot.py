@@ -103,6 +103,39 @@ def test_scheduled_refresh_and_rewrap_run_on_time(tmp_path: pathlib.Path) -> Non
     in_virtual_time(main)
 
 
+def test_a_policy_version_sets_the_schedule_and_an_operator_rewrap_restarts_it(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        grid = Grid(tmp_path, 6, seed=44, autopilot=True)
+        async with grid.running():
+            await grid.wait_directory()
+            keyset = await grid.import_key(0, KEY, 2, 3, placement="")  # no schedule at import
+            start = grid.nodes[0].now()
+            res = await command(grid, 0, "policy-publish", keyset=keyset, policy=None,
+                                schedule={"rewrap_every": 300})
+            assert res["state"] == "in effect"
+            await until(lambda: grid.nodes[3].rules.book(keyset).version("policy") == 1, 10)  # type: ignore[union-attr]
+            book = grid.nodes[3].rules.book(keyset)
+            assert book is not None and book.schedule == p.keyset_rules.Schedule(None, 300)
+            assert book.policy_text == p.DEFAULT_POLICY  # kept: only the schedule changed
+            await until(lambda: len(triggered(grid, 0)) == 1, 300 + 2 * _autopilot.EVERY + 10)
+            first = grid.nodes[0].now()
+            assert 300 <= first - start <= 300 + 2 * _autopilot.EVERY + 1
+            await trio.sleep(150)
+            done = await command(grid, 0, "rewrap", keyset=keyset)  # the operator's, half-way through
+            assert done["complete"]
+            manual = grid.nodes[0].now()
+            await until(lambda: len(triggered(grid, 0)) == 2, 300 + 2 * _autopilot.EVERY + 10)
+            assert grid.nodes[0].now() - manual >= 300  # counted from the operator's rewrap, not the first
+            # A later version stops the rewraps; its other fields are kept.
+            await command(grid, 0, "policy-publish", keyset=keyset, policy=None, schedule={"rewrap_every": None})
+            shown = await command(grid, 0, "policy-show", keyset=keyset)
+            assert shown["schedule"] == {"refresh_every": None, "rewrap_every": None} and shown["version"] == 2
+            await trio.sleep(3 * 300)
+            assert len(triggered(grid, 0)) == 2
+            assert await grid.reconstruct(2, keyset) == KEY
+    in_virtual_time(main)
+
+
 def test_a_keyset_near_its_expiry_is_warned_about_once_a_day(tmp_path: pathlib.Path) -> None:
     async def main() -> None:
         grid = Grid(tmp_path, 5, seed=44, autopilot=True)

@@ -231,3 +231,35 @@ def test_the_default_authority_is_the_owner_alone() -> None:
     assert book.complete(got)
     with pytest.raises(p.InvalidSignature):
         book.check(CoSigned.propose(KEYS[0], body).to_bytes(), NOW)
+
+
+def test_a_policy_version_can_carry_the_schedule_and_a_version_1_keeps_the_keysets() -> None:
+    attrs = {"authorities": sorted(IDS[:3]), "authority_quorum": 2, "refresh_every": 7200, "rewrap_every": 30}
+    ks, _ = p.split_key(b"k" * 32, 2, 3, owner=KEYS[0], now=NOW, attrs=attrs, rng=Drbg(b"rules-schedule"))
+    book = kr.RuleBook(ks)
+    assert book.schedule == kr.Schedule(7200, kr.MIN_SCHEDULE)  # a record's schedule below the floor is raised
+    v1 = kr.PolicyVersion.make_body(keyset_id=ks.keyset_id, version=1, policy=STRICT, placement="", time=NOW)
+    cs = _signed(v1, 0, 1)
+    book = book.applied(*book.check(cs.to_bytes(), NOW))
+    assert book.policy is not None and book.policy[1].schedule is None
+    assert book.schedule == kr.Schedule(7200, kr.MIN_SCHEDULE)  # version 1: the keyset's schedule still holds
+    v2 = kr.PolicyVersion.make_body(keyset_id=ks.keyset_id, version=2, policy=STRICT, placement="", time=NOW,
+                                    schedule=kr.Schedule(None, 86400))
+    got, rec = book.check(_signed(v2, 1, 2).to_bytes(), NOW)
+    assert isinstance(rec, kr.PolicyVersion) and rec.schedule == kr.Schedule(None, 86400)
+    assert rec.to_json()["schedule"] == {"refresh_every": None, "rewrap_every": 86400}
+    book = book.applied(got, rec)
+    assert book.schedule == kr.Schedule(None, 86400)  # replaced whole: no refresh from now on
+    assert p.decode(v2)[1] == 2 and p.decode(v1)[1] == 1  # an unscheduled version stays readable by older nodes
+
+
+def test_a_schedule_is_checked_before_anyone_signs() -> None:
+    for bad in (kr.Schedule(10, None), kr.Schedule(None, -5), kr.Schedule(2**40, None)):
+        with pytest.raises(p.MalformedEncoding, match="schedule"):
+            kr.PolicyVersion.make_body(keyset_id=KEYSET.keyset_id, version=1, policy=STRICT, placement="",
+                                       time=NOW, schedule=bad)
+    raw = p.decode(kr.PolicyVersion.make_body(keyset_id=KEYSET.keyset_id, version=1, policy=STRICT,
+                                              placement="", time=NOW, schedule=kr.Schedule(3600, None)))
+    for bad_field in ([3600], [True, 0], ["1h", 0], [3600, -1]):
+        with pytest.raises(p.MalformedEncoding):
+            kr.PolicyVersion.from_body(p.encode([*raw[:-1], bad_field]))
