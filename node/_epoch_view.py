@@ -32,27 +32,30 @@ MAX_PARSED_BYTES = 32 * 1024 * 1024
 
 class _Memo:
     def __init__(self) -> None:
-        self.items: OrderedDict[bytes, Any] = OrderedDict()
+        self.items: OrderedDict[tuple[Callable[[bytes], Any], bytes], Any] = OrderedDict()
         self.size = 0
 
 
 _parsed: weakref.WeakKeyDictionary[Store, _Memo] = weakref.WeakKeyDictionary()
 
 
-def _parse(store: Store, data: bytes, parse: Callable[[bytes], T]) -> T:
+def parsed(store: Store, data: bytes, parse: Callable[[bytes], T]) -> T:
+    """``parse(data)``, once per node while it is remembered: ``parse`` is a pure function
+    of the bytes (a check that raises is not remembered, and runs again next time). Keyed
+    by the function too, so that a parse without signature checks never answers for one with."""
     memo = _parsed.get(store)
     if memo is None:
         memo = _parsed[store] = _Memo()
-    data = bytes(data)
-    hit = memo.items.get(data)
+    key = (parse, bytes(data))
+    hit = memo.items.get(key)
     if hit is None:
-        hit = memo.items[data] = parse(data)
-        memo.size += len(data)
+        hit = memo.items[key] = parse(key[1])
+        memo.size += len(key[1])
         while memo.size > MAX_PARSED_BYTES and len(memo.items) > 1:
-            old, _ = memo.items.popitem(last=False)
+            (_, old), _ = memo.items.popitem(last=False)
             memo.size -= len(old)
     else:
-        memo.items.move_to_end(data)
+        memo.items.move_to_end(key)
     return cast(T, hit)
 
 
@@ -60,9 +63,9 @@ def base_keyset(store: Store, keyset_id: str) -> p.Keyset | None:
     """The keyset record (epoch 0, as amended), from the keysets this node holds or knows."""
     row = store.keyset(keyset_id)
     if row is not None:
-        return _parse(store, row["record"], p.Keyset.from_bytes)
+        return parsed(store, row["record"], p.Keyset.from_bytes)
     known = store.known_keyset(keyset_id)
-    return _parse(store, known, p.Keyset.from_bytes) if known is not None else None
+    return parsed(store, known, p.Keyset.from_bytes) if known is not None else None
 
 
 def current_record(store: Store, keyset_id: str) -> er.EpochRecord | None:
@@ -70,7 +73,7 @@ def current_record(store: Store, keyset_id: str) -> er.EpochRecord | None:
     row = store.latest_epoch(keyset_id)
     if row is None:
         return None
-    return _parse(store, row["record"], er.EpochRecord.parse)
+    return parsed(store, row["record"], er.EpochRecord.parse)
 
 
 def keyset_view(store: Store, keyset_id: str) -> p.Keyset | None:

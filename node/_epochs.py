@@ -35,7 +35,7 @@ from shardnet.protocol import batches, wire
 from shardnet.protocol import epoch_records as er
 
 from ._clock import Rng
-from ._epoch_view import base_keyset, current_record
+from ._epoch_view import base_keyset, current_record, parsed
 from ._keystore import Keystore
 from ._members import Members
 from ._rewrap import Resealed, rewrap_all
@@ -107,7 +107,7 @@ class EpochService:
         if got is None:
             if not named or "keyset" not in parts:
                 raise Rejected("this node does not know that keyset")
-            base = p.Keyset.from_bytes(parts["keyset"])
+            base = parsed(self.store, parts["keyset"], p.Keyset.from_bytes)  # each frame of a round has it
             if base.keyset_id != keyset_id:
                 raise Rejected("the frame carries another keyset's record")
             current = None
@@ -117,7 +117,7 @@ class EpochService:
         here = base.epoch if current is None else current.epoch
         for data in parts.get("chain", []):
             try:
-                seen = er.EpochRecord.parse(data)  # what it names; verified below if it is news
+                seen = parsed(self.store, data, er.EpochRecord.parse)  # what it names; verified below if news
             except p.ShardnetError as exc:
                 raise Rejected(f"epoch chain: {exc}") from None
             if seen.epoch <= here:  # one this node has applied: not used, so not verified again
@@ -303,7 +303,7 @@ class EpochService:
     def cosign(self, plan: er.Plan, parts: dict[str, Any], now: int) -> bytes:
         known = self.state(plan.keyset_id.hex())
         named = known is not None or ("keyset" in parts and er.AuthorityRule.of(
-            p.Keyset.from_bytes(parts["keyset"])).is_authority(self.me))
+            parsed(self.store, parts["keyset"], p.Keyset.from_bytes)).is_authority(self.me))
         base, current, newer = self._learn(plan.keyset_id, parts, now, named=named)
         if not er.AuthorityRule.of(base).is_authority(self.me):
             raise Rejected("this node is no policy authority of that keyset")

@@ -29,6 +29,7 @@ signatures and whose chain of previous digests leads back to its keyset record
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -146,6 +147,10 @@ class EpochRecord:
     signed: bytes = field(default=b"", repr=False, compare=False)  # the co-signed record
 
     def body(self) -> bytes:
+        return self._body
+
+    @functools.cached_property
+    def _body(self) -> bytes:  # once per record: a round asks for its digest dozens of times
         return encode([
             EPOCH_TAG, 1, self.keyset_id, self.epoch, self.action, self.threshold, self.shares,
             list(self.commitments), _keyed(self.holders),
@@ -157,7 +162,7 @@ class EpochRecord:
         that a later epoch's record chains to is applied whatever its age)."""
         return now <= self.deadline + COMMIT_WINDOW
 
-    @property
+    @functools.cached_property
     def digest(self) -> bytes:
         return hashlib.sha256(DIGEST_DOMAIN + self.body()).digest()
 
