@@ -235,8 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     bw.set_defaults(func=cmd_bench_rewrap)
 
     from ._commands import register
+    from ._sim_commands import register as register_sim
 
     register(sub)
+    register_sim(sub)
     return parser
 
 

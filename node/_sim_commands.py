@@ -1,0 +1,72 @@
+"""The CLI of the simulation harness: `shardnet sim survive`, `shardnet sim list`.
+
+The harness lives in ``simulations/``; this file only parses arguments, shows
+progress and prints. Errors in a topology, placement or failure spec are one
+line and exit 2 (``TopologyError`` and the parse errors are ValueErrors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ._cli_base import EXIT_OK, Parser, emit, positive
+
+
+def cmd_survive(args: argparse.Namespace) -> int:
+    from shardnet.simulations import _survive as sv
+    from shardnet.simulations import _topology as topo
+
+    failures = sv.parse_failures(args.fail)
+    t = topo.resolve(args.topology, seed=args.seed)
+    rows = []
+    for expr in args.placement or [""]:
+        def progress(done: int, expr: str = expr) -> None:  # one line, redrawn, on a terminal only
+            if sys.stderr.isatty():
+                end = "\n" if done == args.trials else ""
+                print(f"\r... {expr or 'random'}: {done * 100 // args.trials:3d}% of {args.trials} trials",
+                      end=end, file=sys.stderr, flush=True)
+        rows.append(sv.survive(t, expr, threshold=args.threshold, shares=args.shares, trials=args.trials,
+                               failures=failures, seed=args.seed, progress=progress))
+    data: dict[str, Any] = {"topology": topo.summary(t), "threshold": args.threshold, "shares": args.shares,
+                            "failures": failures, "seed": args.seed, "results": [r.to_json() for r in rows]}
+    emit(args, data, sv.format_table(rows, threshold=args.threshold, shares=args.shares, failures=failures))
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from shardnet.simulations import _topology as topo
+
+    about = ("N custodians over K continents, round-robin", "N custodians all in one continent (AF AS EU NA OC SA)",
+             "one custodian per G20 member", "K orgs with M sites each, in different cities")
+    kinds = [{"spec": g, "about": a} for g, a in zip(topo.GENERATORS, about, strict=True)]
+    data = {"topologies": kinds, "cities": len(topo.cities())}
+    lines = ["topologies (or a TOML file, see simulations/_topology.py):"]
+    lines += [f"  {t['spec']:<16} {t['about']}" for t in kinds]
+    lines.append(f"cities in the bundled table: {len(topo.cities())}")
+    emit(args, data, "\n".join(lines))
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    sp = sub.add_parser("sim", help="the simulation harness: survival Monte Carlo, topologies")
+    ssub = sp.add_subparsers(dest="sim", metavar="ACTION", parser_class=Parser)
+    ssub.required = True
+    sv = ssub.add_parser("survive", help="the probability that a keyset stays reconstructable under correlated "
+                                         "failures (no network)")
+    sv.add_argument("--topology", required=True, metavar="T", help="a TOML file, or a generator such as "
+                                                                 "continents:100:5 (see sim list)")
+    sv.add_argument("--placement", action="append", metavar="EXPR",
+                    help="a placement expression; repeat to compare (default: random)")
+    sv.add_argument("--threshold", "-t", type=positive, required=True, metavar="T")
+    sv.add_argument("--shares", "-n", type=positive, required=True, metavar="N")
+    sv.add_argument("--trials", type=positive, default=100_000, metavar="N")
+    sv.add_argument("--fail", required=True, metavar="LEVEL:P,...",
+                    help="failure probabilities, e.g. country:0.01,org:0.02,node:0.05 (also continent, city)")
+    sv.add_argument("--seed", type=int, default=1)
+    sv.add_argument("--json", action="store_true")
+    sv.set_defaults(func=cmd_survive)
+    ls = ssub.add_parser("list", help="the bundled topologies")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
