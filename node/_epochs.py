@@ -117,7 +117,7 @@ class EpochService:
         here = base.epoch if current is None else current.epoch
         for data in parts.get("chain", []):
             try:
-                seen = parsed(self.store, data, er.EpochRecord.parse)  # what it names; verified below if news
+                seen = er.EpochRecord.parse(data)  # what it names; verified below if it is news
             except p.ShardnetError as exc:
                 raise Rejected(f"epoch chain: {exc}") from None
             if seen.epoch <= here:  # one this node has applied: not used, so not verified again

@@ -256,7 +256,7 @@ class Rules:
         else:
             body["policy_sha256"] = rec.digest.hex()
             body["placement"] = rec.placement
-            body["schedule"] = (rec.schedule or kr.Schedule.of_attrs(book.keyset.attrs)).to_json()
+            body["schedule"] = replace(book, policy=(cs, rec)).schedule.to_json()
         lost = self._lost(book, rec, self._mine_open(keyset_id, rec.kind)) if isinstance(rec, kr.RevocationList) \
             else []
         with self.store.transaction():

@@ -452,8 +452,10 @@ class Owner:
         if custodians is not None:  # a re-placed shard stays on this set too
             attrs["custodians"] = sorted(admitted)
         for key, every in (schedule or {}).items():
-            if key not in ("refresh_every", "rewrap_every") or not isinstance(every, int) or every < p.triggers.MIN_SCHEDULE:
-                raise ValueError(f"--{key.replace('_', '-')}: at least {p.triggers.MIN_SCHEDULE} seconds")
+            if key not in p.keyset_rules.SCHEDULE_KEYS or not isinstance(every, int) \
+                    or not p.keyset_rules.MIN_SCHEDULE <= every <= p.keyset_rules.MAX_SCHEDULE:
+                raise ValueError(f"--{key.replace('_', '-')}: {p.keyset_rules.MIN_SCHEDULE} s to "
+                                 f"{p.keyset_rules.MAX_SCHEDULE // (365 * 86400)} years")
             attrs[key] = every
         if renew:
             if not expires:

@@ -167,7 +167,8 @@ class EpochRecord:
         return hashlib.sha256(DIGEST_DOMAIN + self.body()).digest()
 
     @classmethod
-    def from_body(cls, body: bytes) -> EpochRecord:
+    def from_body(cls, body: bytes, *, signed: bytes = b"") -> EpochRecord:
+        """Decode and check a record's body; ``signed``: the co-signed record it came in."""
         from ._codec import decode_record
 
         f = decode_record(body, EPOCH_TAG, 1, 12, max_size=MAX_EPOCH_RECORD)
@@ -189,7 +190,7 @@ class EpochRecord:
             action=action, threshold=t, shares=n, commitments=commitments, holders=holders,
             not_after=f[7], prev=want_bytes(f[8], "previous epoch digest", 32),
             round_id=want_bytes(f[9], "round id", ROUND_ID_LEN), created=want_int(f[10], "created", 0, MAX_TIME),
-            deadline=want_int(f[11], "deadline", 0, MAX_TIME),
+            deadline=want_int(f[11], "deadline", 0, MAX_TIME), signed=signed,
         )
         if rec.body() != bytes(body):
             raise MalformedEncoding("epoch record: not in canonical form")
@@ -200,7 +201,7 @@ class EpochRecord:
         """A co-signed epoch record read without checking its signatures: one this node
         verified when it stored it, or a frame's, to see what it names before :meth:`open`."""
         cs = CoSigned.restore(data, max_size=MAX_EPOCH_RECORD)
-        return dataclasses.replace(cls.from_body(cs.body), signed=bytes(data))
+        return cls.from_body(cs.body, signed=bytes(data))
 
     @classmethod
     def open(cls, data: bytes, keyset: Keyset) -> EpochRecord:
@@ -211,12 +212,12 @@ class EpochRecord:
         if not cs.complete(rule.quorum):
             raise InvalidSignature(f"epoch record: {len(cs.signatures)} of the {rule.quorum} authority "
                                    "signatures it needs")
-        rec = cls.from_body(cs.body)
+        rec = cls.from_body(cs.body, signed=cs.to_bytes())
         if rec.keyset_id != keyset.keyset_id:
             raise MalformedEncoding("epoch record of another keyset")
         if rec.commitments[0] != keyset.public_key:
             raise MalformedEncoding("epoch record changes the keyset's public key")
-        return dataclasses.replace(rec, signed=cs.to_bytes())
+        return rec
 
     @property
     def commitments_digest(self) -> bytes:

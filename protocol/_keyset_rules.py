@@ -12,7 +12,8 @@ authorities sign, K of M (``AuthorityRule``: the owner alone by default).
   the current holders violate asks for a reshare. Record version 2 adds the
   keyset's :class:`Schedule` (``refresh_every``, ``rewrap_every``), which then
   replaces the one the keyset record set at import; a version 1 body (no
-  schedule, readable by nodes before version 2) keeps the keyset record's.
+  schedule, readable by nodes before version 2) keeps the keyset record's, and
+  cannot follow a version 2 (it would bring the import's back unannounced).
 * **Revocation list** (``shardnet/revocations``): the keyset id, a version and
   every revocation in force for it: a custodian (it gets no new share), one
   shard index of one epoch (while the keyset is at that epoch, that index is
@@ -87,10 +88,10 @@ class Schedule:
 
     @classmethod
     def of_attrs(cls, attrs: dict[str, Any]) -> Schedule:
-        """The schedule a keyset record set at import: a value below :data:`MIN_SCHEDULE` is
-        raised to it, one that is no positive int is ignored (the record is the owner's)."""
+        """The schedule a keyset record set at import: a value is held to :data:`MIN_SCHEDULE`
+        to :data:`MAX_SCHEDULE`, one that is no positive int is ignored (the record is the owner's)."""
         got = [attrs.get(k) for k in SCHEDULE_KEYS]
-        return cls(*(max(MIN_SCHEDULE, v) if type(v) is int and v > 0 else None for v in got))
+        return cls(*(min(MAX_SCHEDULE, max(MIN_SCHEDULE, v)) if type(v) is int and v > 0 else None for v in got))
 
     def to_list(self) -> list[int]:
         return [0 if v is None else v for v in (self.refresh_every, self.rewrap_every)]
@@ -446,6 +447,11 @@ class RuleBook:
             why = f"{rec.kind} version {rec.version} is in force already (a proposal overtaken by another)"
         if why is not None:
             raise StaleRule(why)
+        held = self.policy
+        if isinstance(rec, PolicyVersion) and rec.schedule is None and held is not None \
+                and held[1].schedule is not None:
+            raise MalformedEncoding("a policy version without a schedule cannot follow one that set it "
+                                    "(it would bring back the import's without saying so)")
 
     def wins(self, kind: str, version: int, record_id: bytes) -> bool:
         """Whether the record in force of ``kind`` is news to a node that holds ``version``

@@ -3,14 +3,19 @@
 Pure computation, no network. A keyset's n shards sit on n custodians chosen
 by the placement solver the nodes use (``protocol/_placement.py``); it is
 reconstructable while at least t of them are up. Each trial draws, with the
-given probabilities, which countries, orgs, continents and single nodes fail;
-a custodian is down if it, its country, its org or its continent failed.
+given probabilities, which countries, orgs, cities, continents and single
+nodes fail; a custodian is down if it or any of those it belongs to failed. A
+site with no org (or city) in its topology is its own org: it fails alone.
 
 Vectorised with numpy: up to :data:`MAX_PLACEMENTS` placements are solved
-first (each with its own seed), each trial takes one of them at random, and a
-chunk of trials draws all of its failures as arrays, so that memory stays at
-``chunk x max(n, values of an attribute)`` whatever the trial count. The
-estimate comes with a Wilson score interval.
+first (each with its own seed), the trials take them in turn (equal shares),
+and a chunk of trials draws all of its failures as arrays, so that memory stays
+at ``chunk x max(n, values of an attribute)`` whatever the trial count.
+
+The 95% interval is the wider of two: the Wilson score interval of all trials,
+and the normal interval of the mean over placements (each placement a
+cluster, so that the spread between the placements sampled counts: with few
+of them, or a loose placement, the trials are not independent draws).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from ._topology import Topology, TopologyError
 LEVELS = ("country", "org", "continent", "city", "node")
 MAX_PLACEMENTS = 1000
 MAX_TRIALS = 10**9
-#: Booleans one chunk of trials holds at most, per array.
+#: Cells one chunk's arrays hold at most (its random draws are float64: 8 bytes a cell).
 CHUNK_CELLS = 8_000_000
 Z95 = 1.959963984540054
 
@@ -43,6 +48,8 @@ class Estimate:
     trials: int
     placements: int
     seconds: float
+    #: The standard error of the mean over placements (None with one placement).
+    cluster_se: float | None = None
 
     @property
     def p(self) -> float:
@@ -50,11 +57,15 @@ class Estimate:
 
     @property
     def interval(self) -> tuple[float, float]:
-        return wilson(self.survived, self.trials)
+        lo, hi = wilson(self.survived, self.trials)
+        if self.cluster_se is not None:
+            lo, hi = min(lo, max(0.0, self.p - Z95 * self.cluster_se)), max(hi, min(1.0, self.p + Z95 * self.cluster_se))
+        return lo, hi
 
     def to_json(self) -> dict[str, Any]:
         lo, hi = self.interval
         return {"placement": self.placement or "random", "survival": self.p, "ci95": [lo, hi],
+                "placement_se": self.cluster_se,
                 "survived": self.survived, "trials": self.trials, "placements_sampled": self.placements,
                 "seconds": round(self.seconds, 3)}
 
@@ -67,7 +78,7 @@ def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
     d = 1 + z * z / trials
     centre = (ph + z * z / (2 * trials)) / d
     half = z * math.sqrt(ph * (1 - ph) / trials + z * z / (4 * trials * trials)) / d
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == trials else min(1.0, centre + half))
 
 
 def parse_failures(text: str) -> dict[str, float]:
@@ -129,24 +140,33 @@ def survive(topology: Topology, expr: str, *, threshold: int, shares: int, trial
     for level, prob in failures.items():
         if level == "node" or prob == 0:
             continue
-        values = topology.values(level)
-        index = {v: i for i, v in enumerate(values)}
-        levels.append((np.array([index[str(getattr(s, level))] for s in topology.sites]), len(values), prob))
+        # A site without the attribute is a value of its own: it fails alone, not with the others without.
+        keys = [str(getattr(s, level)) or f"\0{s.name}" for s in topology.sites]
+        index = {v: i for i, v in enumerate(sorted(set(keys)))}
+        levels.append((np.array([index[k] for k in keys]), len(index), prob))
     p_node = failures.get("node", 0.0)
     widest = max([shares, *(k for _, k, _ in levels)])
     chunk = max(1, min(trials, CHUNK_CELLS // widest))
     survived = done = 0
+    per_placement = np.zeros(count, dtype=np.int64)  # trials survived, by placement
     while done < trials:
         m = min(chunk, trials - done)
-        holders = chosen[rng.integers(0, count, size=m)]  # m x shares site indices
+        which = np.arange(done, done + m) % count  # in turn: equal shares of the trials
+        holders = chosen[which]  # m x shares site indices
         down = rng.random((m, shares)) < p_node if p_node else np.zeros((m, shares), dtype=bool)
         for value_of, k, prob in levels:
             failed = rng.random((m, k)) < prob  # which values of this level fail, per trial
             down |= np.take_along_axis(failed, value_of[holders], axis=1)
-        survived += int(np.count_nonzero(shares - down.sum(axis=1) >= threshold))
+        ok = shares - down.sum(axis=1) >= threshold
+        per_placement += np.bincount(which[ok], minlength=count)
+        survived += int(np.count_nonzero(ok))
         done += m
         progress(done)
-    return Estimate(expr, survived, trials, count, time.perf_counter() - t0)
+    se = None
+    if count > 1:
+        sizes = trials // count + (np.arange(count) < trials % count)  # trial i took placement i % count
+        se = float(np.std(per_placement / sizes, ddof=1) / math.sqrt(count))
+    return Estimate(expr, survived, trials, count, time.perf_counter() - t0, se)
 
 
 def exact_independent(threshold: int, shares: int, p_down: float) -> float:

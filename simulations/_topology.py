@@ -203,6 +203,12 @@ def _ints(parts: list[str], spec: str, count: int) -> list[int]:
     return [int(x) for x in parts]
 
 
+def _cap(spec: str, sites: int) -> None:
+    """Refuse a generator over :data:`MAX_SITES` before anything is built."""
+    if sites > MAX_SITES:
+        raise TopologyError(f"{spec!r}: over {MAX_SITES} custodians")
+
+
 def generate(spec: str, *, seed: int = 0, inflation: float = DEFAULT_INFLATION) -> Topology:
     """A topology from a generator spec (:data:`GENERATORS`), the same for the same seed."""
     kind, *parts = spec.strip().split(":")
@@ -211,6 +217,7 @@ def generate(spec: str, *, seed: int = 0, inflation: float = DEFAULT_INFLATION) 
     sites: list[Site] = []
     if kind == "continents":
         n, k = _ints(parts, spec, 2)
+        _cap(spec, n)
         conts = sorted({c.continent for c in table})
         if k > len(conts):
             raise TopologyError(f"{spec!r}: the city table spans {len(conts)} continents")
@@ -224,6 +231,7 @@ def generate(spec: str, *, seed: int = 0, inflation: float = DEFAULT_INFLATION) 
             raise TopologyError(f"{spec!r}: expected region:CONT:N")
         cont = parts[0].upper()
         (n,) = _ints(parts[1:], spec, 1)
+        _cap(spec, n)
         pool = [c for c in table if c.continent == cont]
         if not pool:
             raise TopologyError(f"{spec!r}: no city of continent {cont} (AF, AS, EU, NA, OC, SA)")
@@ -234,6 +242,7 @@ def generate(spec: str, *, seed: int = 0, inflation: float = DEFAULT_INFLATION) 
         sites = [_site(f"g20-{cc.lower()}", city(name), org=f"org-{cc.lower()}") for cc, name in sorted(G20.items())]
     elif kind == "orgs":
         k, m = _ints(parts, spec, 2)
+        _cap(spec, k * m)
         if m > len(table):
             raise TopologyError(f"{spec!r}: at most {len(table)} sites per org")
         for o in range(k):
@@ -241,8 +250,6 @@ def generate(spec: str, *, seed: int = 0, inflation: float = DEFAULT_INFLATION) 
                 sites.append(_site(f"o{o:03d}-s{j:03d}", c, org=f"org-{o:03d}"))
     else:
         raise TopologyError(f"unknown topology {spec!r}: a TOML file or one of {', '.join(GENERATORS)}")
-    if len(sites) > MAX_SITES:
-        raise TopologyError(f"{spec!r}: over {MAX_SITES} custodians")
     return Topology(tuple(sites), inflation, source=spec)
 
 

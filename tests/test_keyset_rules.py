@@ -251,6 +251,9 @@ def test_a_policy_version_can_carry_the_schedule_and_a_version_1_keeps_the_keyse
     book = book.applied(got, rec)
     assert book.schedule == kr.Schedule(None, 86400)  # replaced whole: no refresh from now on
     assert p.decode(v2)[1] == 2 and p.decode(v1)[1] == 1  # an unscheduled version stays readable by older nodes
+    back = kr.PolicyVersion.make_body(keyset_id=ks.keyset_id, version=3, policy=STRICT, placement="", time=NOW)
+    with pytest.raises(p.MalformedEncoding, match="without a schedule cannot follow"):
+        book.check(_signed(back, 0, 1).to_bytes(), NOW)  # would bring back the import's unannounced
 
 
 def test_a_schedule_is_checked_before_anyone_signs() -> None:

@@ -115,3 +115,37 @@ def test_sim_survive_and_list_from_the_cli(tmp_path: pathlib.Path) -> None:
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = run_cli("sim", "list", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["cities"] >= 100
+
+
+def test_the_interval_counts_the_spread_between_the_placements_sampled() -> None:
+    # Three of six sites, in two countries of three: a random placement is all in one country
+    # with probability 2/20 (up with 0.7), else split (up unless both fail: 0.91); 1 of 3 needed.
+    six = topo.Topology(tuple(topo._site(f"s{i}", topo.city(c)) for i, c in
+                              enumerate(["Berlin", "Munich", "Hamburg", "Paris", "Lyon", "Marseille"])))
+    exact = 0.1 * 0.7 + 0.9 * 0.91
+    covered = wilson_only = 0
+    for seed in range(30):
+        got = sv.survive(six, "", threshold=1, shares=3, trials=20_000, failures={"country": 0.3}, seed=seed,
+                         placements=20)
+        lo, hi = got.interval
+        covered += lo <= exact <= hi
+        wlo, whi = sv.wilson(got.survived, got.trials)
+        wilson_only += wlo <= exact <= whi
+    assert covered >= 24, covered  # about 95% of 30
+    assert wilson_only < covered  # trials alone understate it: 20 placements, not 20,000 draws
+
+
+def test_wilson_interval_known_values() -> None:
+    lo, hi = sv.wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = sv.wilson(50, 100)
+    assert (lo, hi) == (pytest.approx(0.4038, abs=1e-4), pytest.approx(0.5962, abs=1e-4))
+    assert sv.wilson(10, 10)[1] == 1.0
+
+
+def test_sites_without_an_org_fail_alone() -> None:
+    t = topo.Topology(tuple(topo._site(f"s{i}", topo.city(c)) for i, c in
+                            enumerate(["Berlin", "Paris", "Rome", "Madrid", "Vienna"])))
+    got = sv.survive(t, "", threshold=3, shares=5, trials=200_000, failures={"org": 0.3}, seed=1)
+    lo, hi = got.interval
+    assert lo <= sv.exact_independent(3, 5, 0.3) <= hi
