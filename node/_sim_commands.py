@@ -1,4 +1,4 @@
-"""The CLI of the simulation harness: `shardnet sim survive`, `shardnet sim list`.
+"""The CLI of the simulation harness: `shardnet sim survive`, `sim sweep`, `sim list`.
 
 The harness lives in ``simulations/``; this file only parses arguments, shows
 progress and prints. Errors in a topology, placement or failure spec are one
@@ -12,6 +12,8 @@ import sys
 from typing import Any
 
 from ._cli_base import EXIT_OK, Parser, emit, positive
+
+SCENARIOS = ("survive",)  # simulations/_sweep.py runs them (imported lazily: node/ needs it only here)
 
 
 def cmd_survive(args: argparse.Namespace) -> int:
@@ -32,6 +34,34 @@ def cmd_survive(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {"topology": topo.summary(t), "threshold": args.threshold, "shares": args.shares,
                             "failures": failures, "seed": args.seed, "results": [r.to_json() for r in rows]}
     emit(args, data, sv.format_table(rows, threshold=args.threshold, shares=args.shares, failures=failures))
+    return EXIT_OK
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from shardnet.simulations import _survive as sv
+    from shardnet.simulations import _sweep as sw
+    from shardnet.simulations import _topology as topo
+
+    varied = sw.parse_params(args.param or [], sw.SURVIVE_PARAMS)
+    fixed = {"topology": args.topology, "t": args.threshold, "n": args.shares, "trials": args.trials,
+             "fail": args.fail, "placement": args.placement}
+    runs = sw.grid({k: v for k, v in fixed.items() if k not in varied}, varied, sw.parse_seeds(args.seeds))
+    # Bad values fail here, in one line, not on a worker: each distinct one is checked once.
+    for fail in {r["fail"] for r in runs}:
+        sv.parse_failures(fail)
+    for t, n in {(r["t"], r["n"]) for r in runs}:
+        if not 1 <= t <= n:
+            raise ValueError(f"the threshold is 1 to the shares ({n}), got {t}")
+    for ref, expr, n in {(r["topology"], r["placement"], r["n"]) for r in runs}:
+        sv.sample_placements(topo.resolve(ref), expr, n, 1, 0)
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\r... {done} of {total} runs", end="\n" if done == total else "", file=sys.stderr, flush=True)
+    rows = sw.run_sweep(runs, scheduler=args.scheduler, workers=args.workers, progress=progress)
+    data = {"scenario": args.scenario, "engine": args.scheduler or "local processes", "varied": sorted(varied),
+            "runs": rows}
+    emit(args, data, sw.format_table(rows, sorted(varied) or ["placement"]))
     return EXIT_OK
 
 
@@ -67,6 +97,23 @@ def register(sub: Any) -> None:
     sv.add_argument("--seed", type=int, default=1)
     sv.add_argument("--json", action="store_true")
     sv.set_defaults(func=cmd_survive)
+    sw = ssub.add_parser("sweep", help="a grid of seeded runs of a scenario, on local processes or a Dask cluster")
+    sw.add_argument("scenario", choices=SCENARIOS, metavar="SCENARIO", help=", ".join(SCENARIOS))
+    sw.add_argument("--topology", default="continents:100:5", metavar="T")
+    sw.add_argument("--placement", default="", metavar="EXPR")
+    sw.add_argument("--threshold", "-t", type=positive, default=3, metavar="T")
+    sw.add_argument("--shares", "-n", type=positive, default=5, metavar="N")
+    sw.add_argument("--trials", type=positive, default=100_000, metavar="N")
+    sw.add_argument("--fail", default="country:0.01,org:0.02,node:0.05", metavar="LEVEL:P,...")
+    sw.add_argument("--seeds", default="1-10", metavar="SEEDS", help="e.g. 1-50 or 1,4,9")
+    sw.add_argument("--param", action="append", metavar="NAME=V1,V2",
+                    help="vary one of t, n, trials, topology, placement, fail (placements and fails split "
+                         "by ';'); repeat for a grid")
+    sw.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="a Dask distributed scheduler (default: "
+                                                                   "a local process pool)")
+    sw.add_argument("--workers", type=positive, metavar="N", help="local processes (default: the cores)")
+    sw.add_argument("--json", action="store_true")
+    sw.set_defaults(func=cmd_sweep)
     ls = ssub.add_parser("list", help="the bundled topologies")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
