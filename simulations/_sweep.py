@@ -31,12 +31,12 @@ def parse_seeds(text: str) -> list[int]:
     out: list[int] = []
     for part in (x.strip() for x in text.split(",")):
         lo, sep, hi = part.partition("-")
-        try:
-            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
-        except ValueError:
-            raise ValueError(f"seeds are like 1-50 or 1,4,9, got {text!r}") from None
-    if not out:
-        raise ValueError(f"seeds are like 1-50 or 1,4,9, got {text!r}")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"seeds are like 1-50 or 1,4,9 (whole numbers from 0), got {text!r}")
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if last < first or len(out) + last - first + 1 > MAX_RUNS:  # checked before a list is built
+            raise ValueError(f"seeds {part!r}: a rising range, at most {MAX_RUNS} seeds in all")
+        out.extend(range(first, last + 1))
     return out
 
 

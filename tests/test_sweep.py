@@ -25,8 +25,9 @@ def test_seeds_params_and_the_grid() -> None:
     for bad in (["x=1"], ["t=two"], ["t=2", "t=3"]):
         with pytest.raises(ValueError):
             sw.parse_params(bad, sw.SURVIVE_PARAMS)
-    with pytest.raises(ValueError, match="seeds"):
-        sw.parse_seeds("a-b")
+    for bad in ("a-b", "-5", "5-1", "1-1000000000", ""):
+        with pytest.raises(ValueError, match="seeds"):
+            sw.parse_seeds(bad)
     with pytest.raises(ValueError, match="at most"):
         sw.grid({}, {"t": list(range(1000))}, range(11))
 
