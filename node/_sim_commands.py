@@ -11,9 +11,11 @@ import argparse
 import sys
 from typing import Any
 
-from ._cli_base import EXIT_OK, Parser, emit, positive
+from ._cli_base import EXIT_FAIL, EXIT_OK, Parser, emit, positive
 
 SCENARIOS = ("survive",)  # simulations/_sweep.py runs them (imported lazily: node/ needs it only here)
+SWEEP_DEFAULTS = {"topology": "continents:100:5", "placement": "", "t": 3, "n": 5, "trials": 100_000,
+                  "fail": "country:0.01,org:0.02,node:0.05"}
 
 
 def cmd_survive(args: argparse.Namespace) -> int:
@@ -42,27 +44,38 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from shardnet.simulations import _sweep as sw
     from shardnet.simulations import _topology as topo
 
+    if args.scheduler and args.workers:
+        raise ValueError("--workers is for the local pool: a Dask cluster has its own")
+    if args.workers and args.workers > sw.MAX_WORKERS:
+        raise ValueError(f"--workers: at most {sw.MAX_WORKERS} local processes")
     varied = sw.parse_params(args.param or [], sw.SURVIVE_PARAMS)
-    fixed = {"topology": args.topology, "t": args.threshold, "n": args.shares, "trials": args.trials,
+    given = {"topology": args.topology, "t": args.threshold, "n": args.shares, "trials": args.trials,
              "fail": args.fail, "placement": args.placement}
-    runs = sw.grid({k: v for k, v in fixed.items() if k not in varied}, varied, sw.parse_seeds(args.seeds))
-    # Bad values fail here, in one line, not on a worker: each distinct one is checked once.
+    both = sorted(k for k, v in given.items() if v is not None and k in varied)
+    if both:
+        raise ValueError(f"{both[0]} is both fixed and in --param: give it once")
+    fixed = {k: (SWEEP_DEFAULTS[k] if v is None else v) for k, v in given.items() if k not in varied}
+    seeds = sw.parse_seeds(args.seeds)
+    runs = sw.grid(fixed, varied, seeds)
+    # Values no run can take fail here, in one line, each distinct one checked once; a
+    # placement is tried on the first seed's topology (a seed whose topology cannot meet
+    # it comes back as a failed run, and the others go on).
     for fail in {r["fail"] for r in runs}:
         sv.parse_failures(fail)
-    for t, n in {(r["t"], r["n"]) for r in runs}:
-        if not 1 <= t <= n:
-            raise ValueError(f"the threshold is 1 to the shares ({n}), got {t}")
-    for ref, expr, n in {(r["topology"], r["placement"], r["n"]) for r in runs}:
-        sv.sample_placements(topo.resolve(ref), expr, n, 1, 0)
+    for ref, expr, t, n, trials in {(r["topology"], r["placement"], r["t"], r["n"], r["trials"]) for r in runs}:
+        first = topo.resolve(ref, seed=seeds[0])
+        sv.check(t, n, trials, first)
+        sv.sample_placements(first, expr, n, 1, seeds[0])
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():
             print(f"\r... {done} of {total} runs", end="\n" if done == total else "", file=sys.stderr, flush=True)
     rows = sw.run_sweep(runs, scheduler=args.scheduler, workers=args.workers, progress=progress)
-    data = {"scenario": args.scenario, "engine": args.scheduler or "local processes", "varied": sorted(varied),
-            "runs": rows}
+    data = {"scenario": args.scenario, "engine": "dask" if args.scheduler else "local",
+            "scheduler": args.scheduler, "varied": sorted(varied), "runs": rows,
+            "failed": sum("error" in r for r in rows)}
     emit(args, data, sw.format_table(rows, sorted(varied) or ["placement"]))
-    return EXIT_OK
+    return EXIT_FAIL if data["failed"] else EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -99,12 +112,13 @@ def register(sub: Any) -> None:
     sv.set_defaults(func=cmd_survive)
     sw = ssub.add_parser("sweep", help="a grid of seeded runs of a scenario, on local processes or a Dask cluster")
     sw.add_argument("scenario", choices=SCENARIOS, metavar="SCENARIO", help=", ".join(SCENARIOS))
-    sw.add_argument("--topology", default="continents:100:5", metavar="T")
-    sw.add_argument("--placement", default="", metavar="EXPR")
-    sw.add_argument("--threshold", "-t", type=positive, default=3, metavar="T")
-    sw.add_argument("--shares", "-n", type=positive, default=5, metavar="N")
-    sw.add_argument("--trials", type=positive, default=100_000, metavar="N")
-    sw.add_argument("--fail", default="country:0.01,org:0.02,node:0.05", metavar="LEVEL:P,...")
+    d = SWEEP_DEFAULTS
+    sw.add_argument("--topology", metavar="T", help=f"default {d['topology']}")
+    sw.add_argument("--placement", metavar="EXPR", help="default random (vary it with --param placement=A;B)")
+    sw.add_argument("--threshold", "-t", type=positive, metavar="T", help=f"default {d['t']}")
+    sw.add_argument("--shares", "-n", type=positive, metavar="N", help=f"default {d['n']}")
+    sw.add_argument("--trials", type=positive, metavar="N", help=f"default {d['trials']}")
+    sw.add_argument("--fail", metavar="LEVEL:P,...", help=f"default {d['fail']}")
     sw.add_argument("--seeds", default="1-10", metavar="SEEDS", help="e.g. 1-50 or 1,4,9")
     sw.add_argument("--param", action="append", metavar="NAME=V1,V2",
                     help="vary one of t, n, trials, topology, placement, fail (placements and fails split "

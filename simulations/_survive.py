@@ -124,13 +124,20 @@ def sample_placements(topology: Topology, expr: str, shares: int, count: int, se
     return out
 
 
+def check(threshold: int, shares: int, trials: int, topology: Topology) -> None:
+    """ValueError, in one line, for numbers no run can take."""
+    if not 1 <= threshold <= shares:
+        raise ValueError(f"the threshold is 1 to the shares ({shares}), got {threshold}")
+    if shares > len(topology.sites):
+        raise ValueError(f"{shares} shares need {shares} custodians; the topology has {len(topology.sites)}")
+    if not 1 <= trials <= MAX_TRIALS:
+        raise ValueError(f"trials are 1 to {MAX_TRIALS}")
+
+
 def survive(topology: Topology, expr: str, *, threshold: int, shares: int, trials: int,
             failures: dict[str, float], seed: int = 0, placements: int = MAX_PLACEMENTS,
             progress: Callable[[int], None] = lambda done: None) -> Estimate:
-    if not 1 <= threshold <= shares:
-        raise ValueError(f"the threshold is 1 to the shares ({shares}), got {threshold}")
-    if not 1 <= trials <= MAX_TRIALS:
-        raise ValueError(f"trials are 1 to {MAX_TRIALS}")
+    check(threshold, shares, trials, topology)
     t0 = time.perf_counter()
     count = max(1, min(placements, trials))
     chosen = sample_placements(topology, expr, shares, count, seed)

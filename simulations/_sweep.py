@@ -2,20 +2,31 @@
 
 A sweep is every combination of the ``--param`` values, each for every seed.
 Each run is a plain function call on picklable arguments (:func:`run_one`), so
-the same runs go to a ``concurrent.futures`` process pool by default, or, with
+the same runs go to a local ``multiprocessing`` pool by default, or, with
 ``--scheduler tcp://HOST:PORT``, to a Dask ``distributed`` cluster: a researcher
 who outgrows one machine points it at a cluster. The rows come back in the
 order of the grid whatever finished first, and merge into one table.
 
 Runs are deterministic in their seed, so a sweep gives the same table on any
-engine. Today's sweepable scenario is ``survive`` (``_survive``).
+engine. A Dask cluster's workers need this project installed, with the same
+shardnet and numpy versions as the machine that sends the runs (checked before
+anything is sent). A run whose seed makes it impossible comes back as a row
+with its error, and the others go on. Ctrl-C or a lost cluster ends the sweep
+at once: the local workers are terminated. Today's sweepable scenario is
+``survive`` (``_survive``).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import concurrent.futures  # its CancelledError: what a cancelled Dask future raises
+import importlib.metadata
 import itertools
+import logging
+import math
+import multiprocessing
 import os
+import signal
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,25 +35,35 @@ SURVIVE_PARAMS: dict[str, Callable[[str], Any]] = {
     "t": int, "n": int, "trials": int, "placement": str, "fail": str, "topology": str,
 }
 MAX_RUNS = 10_000
+MAX_WORKERS = 64  # local processes: a pool starts all of them at once
+WORKER_WAIT = 30.0  # seconds a Dask cluster may take to show a worker, at the start or later
+LOOK = 5.0  # seconds between two looks at a Dask cluster while runs are out
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``1-50``, ``7`` or ``1,4,9``."""
+    """``1-50``, ``7`` or ``1,4,9``: whole numbers from 0, each once."""
     out: list[int] = []
     for part in (x.strip() for x in text.split(",")):
         lo, sep, hi = part.partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
+        if not _whole(lo) or (sep and not _whole(hi)):
             raise ValueError(f"seeds are like 1-50 or 1,4,9 (whole numbers from 0), got {text!r}")
         first, last = int(lo), int(hi) if sep else int(lo)
         if last < first or len(out) + last - first + 1 > MAX_RUNS:  # checked before a list is built
             raise ValueError(f"seeds {part!r}: a rising range, at most {MAX_RUNS} seeds in all")
         out.extend(range(first, last + 1))
+    twice = sorted({x for x in out if out.count(x) > 1}) if len(set(out)) != len(out) else []
+    if twice:
+        raise ValueError(f"seed {twice[0]} is given twice")
     return out
+
+
+def _whole(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def parse_params(specs: Sequence[str], known: dict[str, Callable[[str], Any]]) -> dict[str, list[Any]]:
     """``["t=2,3,5", "placement=distinct:country;"]``: each name's values, comma-separated
-    (``;`` separates placement expressions, which hold commas themselves)."""
+    (``;`` separates placement expressions, which hold commas themselves), each once."""
     out: dict[str, list[Any]] = {}
     for spec in specs:
         name, sep, values = spec.partition("=")
@@ -53,71 +74,155 @@ def parse_params(specs: Sequence[str], known: dict[str, Callable[[str], Any]]) -
             raise ValueError(f"--param {name} is given twice")
         parts = values.split(";") if name in ("placement", "fail") else values.split(",")
         try:
-            out[name] = [known[name](v.strip()) for v in parts]
+            got = [known[name](v.strip()) for v in parts]
         except ValueError:
             raise ValueError(f"--param {spec!r}: {name} takes {known[name].__name__} values") from None
+        if len(set(got)) != len(got):
+            raise ValueError(f"--param {spec!r}: a value is given twice")
+        out[name] = got
     return out
 
 
 def grid(fixed: dict[str, Any], varied: dict[str, list[Any]], seeds: Sequence[int]) -> list[dict[str, Any]]:
     """Every combination of the varied values over the fixed ones, for every seed."""
+    count = math.prod(len(v) for v in varied.values()) * len(seeds)
+    if count > MAX_RUNS:  # before a list is built
+        raise ValueError(f"{count} runs: at most {MAX_RUNS} in one sweep")
     names = sorted(varied)
-    runs = [{**fixed, **dict(zip(names, combo, strict=True)), "seed": seed}
+    return [{**fixed, **dict(zip(names, combo, strict=True)), "seed": seed}
             for combo in itertools.product(*(varied[k] for k in names)) for seed in seeds]
-    if len(runs) > MAX_RUNS:
-        raise ValueError(f"{len(runs)} runs: at most {MAX_RUNS} in one sweep")
-    return runs
 
 
 def run_one(run: dict[str, Any]) -> dict[str, Any]:
-    """One ``survive`` run (a worker's job: it imports what it needs itself)."""
+    """One ``survive`` run (a worker's job: it imports what it needs itself). A run its
+    seed makes impossible (a placement this seed's topology cannot meet) comes back as a
+    row with its ``error``: the other runs go on."""
     from . import _survive as sv
     from . import _topology as topo
 
-    t = topo.resolve(run["topology"], seed=run["seed"])
-    est = sv.survive(t, run["placement"], threshold=run["t"], shares=run["n"], trials=run["trials"],
-                     failures=sv.parse_failures(run["fail"]), seed=run["seed"])
+    try:
+        t = topo.resolve(run["topology"], seed=run["seed"])
+        est = sv.survive(t, run["placement"], threshold=run["t"], shares=run["n"], trials=run["trials"],
+                         failures=sv.parse_failures(run["fail"]), seed=run["seed"])
+    except ValueError as exc:
+        return {**run, "error": str(exc)}
     lo, hi = est.interval
     return {**run, "survival": est.p, "ci95": [lo, hi], "seconds": round(est.seconds, 3)}
 
 
+def _indexed(job: tuple[int, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    return job[0], run_one(job[1])
+
+
+def _ignore_sigint() -> None:  # a pool worker: Ctrl-C is the parent's to handle, by ending the pool
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_sweep(runs: list[dict[str, Any]], *, scheduler: str | None = None, workers: int | None = None,
               progress: Callable[[int, int], None] = lambda done, total: None) -> list[dict[str, Any]]:
-    """The rows of ``runs``, in their order: on a process pool, or on the Dask cluster at ``scheduler``."""
+    """The rows of ``runs``, in their order: on a process pool, or on the Dask cluster at
+    ``scheduler``. OSError, in one line, when the cluster cannot do it."""
     out: list[dict[str, Any] | None] = [None] * len(runs)
     if scheduler is not None:
-        try:
-            from distributed import Client, as_completed
-        except ImportError:
-            raise ValueError("--scheduler needs Dask distributed (installed by the project's own set-up)") from None
-        try:
-            client = Client(scheduler, timeout="10s")
-        except OSError as exc:
-            raise OSError(f"no Dask scheduler at {scheduler}: {exc}") from None
-        with client:
-            futures = {client.submit(run_one, r, pure=False): i for i, r in enumerate(runs)}
-            for done, fut in enumerate(as_completed(futures), 1):
-                out[futures[fut]] = fut.result()
-                progress(done, len(runs))
+        _on_dask(scheduler, runs, out, progress)
     else:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            pending = {pool.submit(run_one, r): i for i, r in enumerate(runs)}
-            for done, fut in enumerate(concurrent.futures.as_completed(pending), 1):
-                out[pending[fut]] = fut.result()
+        procs = max(1, min(workers or os.cpu_count() or 1, len(runs), MAX_WORKERS))
+        # Pool's exit terminates the workers: on Ctrl-C or an error nothing keeps running.
+        with multiprocessing.Pool(procs, initializer=_ignore_sigint) as pool:
+            for done, (i, row) in enumerate(pool.imap_unordered(_indexed, enumerate(runs)), 1):
+                out[i] = row
                 progress(done, len(runs))
+    missing = [i for i, r in enumerate(out) if r is None]
+    if missing:
+        raise RuntimeError(f"runs {missing[:5]} came back empty")
     return [r for r in out if r is not None]
 
 
+def _on_dask(scheduler: str, runs: list[dict[str, Any]], out: list[dict[str, Any] | None],
+             progress: Callable[[int, int], None]) -> None:
+    try:
+        import distributed
+        from distributed.client import FutureCancelledError
+        from distributed.comm import CommClosedError
+    except ImportError:
+        raise ValueError("--scheduler needs Dask distributed (installed by the project's own set-up)") from None
+    _quiet_dask()
+    try:
+        client = distributed.Client(scheduler, timeout="10s")
+    except OSError as exc:
+        raise OSError(f"no Dask scheduler at {scheduler}: {exc}") from None
+    with client:
+        done = 0
+        try:
+            _check_workers(client, scheduler)
+            futures = [client.submit(run_one, r, pure=False) for r in runs]
+            where = {f.key: i for i, f in enumerate(futures)}
+            pending, idle = set(futures), time.monotonic()
+            while pending:
+                try:
+                    finished, pending = distributed.wait(pending, timeout=LOOK, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    finished = set()
+                for fut in finished:
+                    out[where[fut.key]] = fut.result()
+                    done += 1
+                    progress(done, len(runs))
+                if client.scheduler_info().get("workers"):
+                    idle = time.monotonic()
+                elif time.monotonic() - idle > WORKER_WAIT:
+                    raise OSError(f"the Dask cluster at {scheduler} has had no worker for {WORKER_WAIT:.0f} s, "
+                                  f"with {len(pending)} runs left")
+        except (CommClosedError, FutureCancelledError, distributed.KilledWorker,
+                concurrent.futures.CancelledError) as exc:
+            raise OSError(f"the Dask cluster at {scheduler} went away ({type(exc).__name__}) with {done} of "
+                          f"{len(runs)} runs done") from None
+
+
+def _quiet_dask() -> None:
+    """Silence Dask's own loggers (its config gives many of them a level of their own): it
+    logs tracebacks when a scheduler goes away, and what went wrong is said in one line."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in ("distributed", "tornado", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+def _check_workers(client: Any, scheduler: str) -> None:
+    """At least one worker, each with this machine's shardnet and numpy: run_one is sent by
+    reference and the same versions give the same results."""
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT)
+    except TimeoutError:
+        raise OSError(f"the Dask scheduler at {scheduler} has no worker (waited {WORKER_WAIT:.0f} s)") from None
+    for dist in ("shardnet", "numpy"):
+        mine = importlib.metadata.version(dist)
+        try:
+            theirs = client.run(importlib.metadata.version, dist)
+        except Exception as exc:  # noqa: BLE001 - whatever a worker raised, said in one line
+            raise OSError(f"a Dask worker at {scheduler} cannot load {dist} ({type(exc).__name__}: {exc}): "
+                          f"each worker needs this project installed") from None
+        other = sorted({v for v in theirs.values() if v != mine})
+        if other:
+            raise OSError(f"Dask workers at {scheduler} run {dist} {', '.join(other)}, this machine {mine}: "
+                          f"install the same versions on every worker")
+
+
 def format_table(rows: Sequence[dict[str, Any]], varied: Sequence[str]) -> str:
-    """One row per combination: the mean survival over its seeds, and its range."""
+    """One row per combination: the mean survival over the seeds that ran, its range, and
+    how many seeds failed (the first failure's reason below the table)."""
     keys = sorted(varied)
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
     head = " ".join(f"{k.upper():<20}" for k in keys)
-    lines = [f"{head} {'SEEDS':>5} {'MEAN SURVIVAL':>14} {'MIN':>9} {'MAX':>9}"]
+    lines = [f"{head} {'SEEDS':>5} {'FAILED':>6} {'MEAN SURVIVAL':>14} {'MIN':>9} {'MAX':>9}"]
     for combo, rs in groups.items():
-        ps = [r["survival"] for r in rs]
+        ps = [r["survival"] for r in rs if "error" not in r]
         cells = " ".join(f"{(str(v) or 'random'):<20}" for v in combo)
-        lines.append(f"{cells} {len(rs):>5} {sum(ps) / len(ps):>14.6f} {min(ps):>9.6f} {max(ps):>9.6f}")
+        stats = (f"{sum(ps) / len(ps):>14.6f} {min(ps):>9.6f} {max(ps):>9.6f}" if ps
+                 else f"{'-':>14} {'-':>9} {'-':>9}")
+        lines.append(f"{cells} {len(rs):>5} {len(rs) - len(ps):>6} {stats}")
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        lines.append(f"{len(failed)} of {len(rows)} runs failed; the first (seed {failed[0]['seed']}): "
+                     f"{failed[0]['error']}")
     return "\n".join(lines)
