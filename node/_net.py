@@ -56,6 +56,8 @@ from libp2p.crypto.ed25519 import create_new_key_pair as create_ed25519_key_pair
 from libp2p.crypto.keys import KeyPair, KeyType
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.exceptions import ParseError
+from libp2p.io.exceptions import IOException
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
@@ -74,6 +76,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.utils.varint import encode_uvarint, read_varint_prefixed_bytes_limited
 
 from ._bounds import (
     CLEANUP_TIMEOUT,
@@ -388,8 +391,12 @@ async def _run_host(
                     )
                     await stop.wait()
                     scope.deadline = trio.current_time() + SHUTDOWN_TIMEOUT
+                    # The connections go before pubsub stops: a message still arriving
+                    # would otherwise reach a stopped pubsub, whose stream handler then
+                    # raises out of the host ("Nursery is closed to new arrivals").
+                    await _close_host(host)
             finally:
-                await _close_host(host)
+                await _close_host(host)  # a second close is a no-op (Swarm.close is idempotent)
     if not started:
         raise ListenError(f"libp2p host did not start within {START_TIMEOUT} s")
     if scope.cancelled_caught:
@@ -547,17 +554,49 @@ def _decode_reply(peer_id: str, protocol: str, frame: bytes, max_reply: int) -> 
     raise RemoteError(peer_id, protocol, status, body.decode("utf-8", errors="replace"))
 
 
-async def _early_reply(stream: INetStream, frame_cap: int) -> bytes | None:
-    """The reply frame a server sent before resetting the stream we were writing, if any."""
+async def _early_reply(stream: INetStream, frame_cap: int, peer_id: str, protocol: str) -> bytes | None:
+    """The reply frame a server sent before resetting the stream we were writing, if any
+    (after its answers to the negotiation)."""
     muxed = getattr(stream, "muxed_stream", None)  # the stream itself now refuses to read
     if muxed is None:
         return None
     with trio.move_on_after(CLEANUP_TIMEOUT):
         try:
+            await _negotiated(muxed, peer_id, protocol)
             return await _read_frame_untimed(muxed, frame_cap)
         except Exception as exc:  # no whole reply arrived: the write error stands
             logger.debug("no reply before the reset: %r", exc)
     return None
+
+
+MULTISTREAM = "/multistream/1.0.0"
+MAX_NEGOTIATION_LINE = 1024
+
+
+def _negotiation(protocol: str) -> bytes:
+    """multistream-select's two lines, the header and the protocol, as a client sends them."""
+    return b"".join(encode_uvarint(len(line) + 1) + line + b"\n"
+                    for line in (MULTISTREAM.encode(), protocol.encode()))
+
+
+async def _negotiated(stream: Any, peer_id: str, protocol: str) -> None:
+    """Read the server's answers to :func:`_negotiation`: the header, then the protocol
+    echoed back (``na``: it does not speak it). StreamOpenError otherwise.
+
+    This is multistream-select's lazy client, as go-libp2p's: the protocol and the
+    first frame are written without waiting for the answers, which saves the two round
+    trips py-libp2p's ``new_stream`` waits for (header, then protocol) on every request."""
+    for want in (MULTISTREAM, protocol):
+        try:
+            line = await read_varint_prefixed_bytes_limited(stream, MAX_NEGOTIATION_LINE)
+        except (ParseError, IOException, StreamError, ValueError) as exc:
+            raise StreamOpenError(peer_id, protocol, f"cannot open stream: negotiation failed: {exc!r}") from exc
+        got = line[:-1].decode("utf-8", errors="replace") if line.endswith(b"\n") else None
+        if got == want:
+            continue
+        if got == "na":
+            raise StreamOpenError(peer_id, protocol, f"cannot open stream: the peer does not speak {protocol}")
+        raise StreamOpenError(peer_id, protocol, f"cannot open stream: unexpected negotiation answer {line[:64]!r}")
 
 
 async def request(
@@ -582,24 +621,31 @@ async def request(
     if not timeout > 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
     frame_cap = max(max_reply, MAX_REASON_LEN) + 1
+    if len(payload) > MAX_FRAME_LEN:
+        raise ValueError(f"frame of {len(payload)} bytes does not fit a 4-byte length")
     stream: INetStream | None = None
     try:
         with trio.move_on_after(timeout):
             try:
-                stream = await host.new_stream(pid, [TProtocol(protocol)])
+                stream = await host.get_network().new_stream(pid)
             except Exception as exc:
                 raise StreamOpenError(peer_id, protocol, f"cannot open stream: {exc}") from exc
             try:
+                # Lazy negotiation: the protocol and the request go out in one write,
+                # and the peer's answers to the negotiation are read with the reply.
                 try:
-                    await write_frame(stream, payload)
+                    await stream.write(_negotiation(protocol) + len(payload).to_bytes(FRAME_HEADER_LEN, "big")
+                                       + bytes(payload))
                 except StreamError:
                     # A server that refuses before reading (BUSY, TOO_LARGE) answers and
                     # resets while a large request is still being written: its answer
                     # may be waiting in our buffer, and says more than "stream failed".
-                    early = await _early_reply(stream, frame_cap)
+                    early = await _early_reply(stream, frame_cap, peer_id, protocol)
                     if early is None:
                         raise
                     return _decode_reply(peer_id, protocol, early, max_reply)
+                await _negotiated(stream, peer_id, protocol)
+                stream.set_protocol(TProtocol(protocol))
                 frame = await _read_frame_untimed(stream, frame_cap)
             except FrameTooLarge as exc:
                 raise RemoteProtocolError(peer_id, protocol, str(exc)) from exc

@@ -416,10 +416,13 @@ async def test_slow_handler_gives_client_timeout_then_server_timeout() -> None:
 async def test_unknown_protocol_fails_to_open() -> None:
     with trio.fail_after(TEST_DEADLINE):
         async with hosts(2) as (a, b):
-            with pytest.raises(net.StreamOpenError):
+            with pytest.raises(net.StreamOpenError, match="does not speak /shardnet/nope/1"):
                 await net.request(
                     b.host, a.peer_id, "/shardnet/nope/1", b"x", max_reply=64, timeout=2.0
                 )
+            # The refused negotiation spoiled nothing: the next request on the connection works.
+            net.serve_protocol(a.host, PROTO, echo, max_len=MAX_LEN, timeout=2.0, max_concurrent_per_peer=2)
+            assert await net.request(b.host, a.peer_id, PROTO, b"ok", max_reply=64, timeout=2.0) == b"echo:ok"
 
 
 async def test_per_peer_concurrency_is_bounded() -> None:

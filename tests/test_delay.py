@@ -1,0 +1,97 @@
+"""The inprocess mode's delay layer (simulations/_delay.py), on real libp2p hosts on loopback.
+
+It sits beneath Noise, so every byte of a connection, a request's and a GossipSub hop's
+alike, takes the pair's latency: a request on an open connection (one round trip, now that
+requests negotiate lazily) measures the configured RTT, and a gossip hop half of it, each
+within 10% once the same exchange's time without delay is taken off.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import trio
+
+from shardnet.node import _net as net
+from shardnet.simulations._delay import Links, delay_connections
+
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
+PROTO = "/shardnet-test/echo/1"
+TOPIC = "shardnet-test/delay/1"
+TRIES = 9
+
+
+async def _echo(peer: str, data: bytes) -> bytes:
+    return data
+
+
+@asynccontextmanager
+async def _pair(one_way: Callable[[str, str], float]) -> AsyncIterator[tuple[net.NetHost, net.NetHost, Links]]:
+    links = Links(one_way)
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        a, b = [await stack.enter_async_context(net.running_node_host(os.urandom(32), LOOPBACK)) for _ in range(2)]
+        delay_connections(a.host, links, nursery)  # a dials: its side delays both directions
+        net.serve_protocol(b.host, PROTO, _echo, max_len=1024, timeout=10, max_concurrent_per_peer=4)
+        await net.connect(a.host, b.listen_addrs[0], 20)
+        try:
+            yield a, b, links
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def _request_and_hop(rtt_ms: float) -> tuple[float, float]:
+    """Median request round trip and median gossip hop (a to b), in ms, over an open connection."""
+    async with _pair(lambda x, y: rtt_ms / 2000) as (a, b, _):
+        trips = []
+        for _ in range(TRIES):
+            t0 = trio.current_time()
+            assert await net.request(a.host, b.peer_id, PROTO, b"ping", max_reply=64, timeout=10) == b"ping"
+            trips.append(trio.current_time() - t0)
+        assert a.pubsub is not None and b.pubsub is not None
+        sub = await b.pubsub.subscribe(TOPIC)
+        await a.pubsub.subscribe(TOPIC)
+        assert a.router is not None
+        for _ in range(400):  # a's mesh takes b in at a heartbeat
+            if a.router.mesh.get(TOPIC):
+                break
+            await trio.sleep(0.05)
+        assert a.router.mesh.get(TOPIC), "no mesh within 20 s"
+        hops = []
+        for i in range(TRIES):
+            t0 = trio.current_time()
+            await a.pubsub.publish(TOPIC, b"hop %d" % i)
+            with trio.fail_after(10):
+                while bytes((await sub.get()).data) != b"hop %d" % i:
+                    pass
+            hops.append(trio.current_time() - t0)
+        return statistics.median(trips) * 1000, statistics.median(hops) * 1000
+
+
+async def test_the_delay_layer_reproduces_the_configured_rtts_within_10_percent() -> None:
+    base_trip, base_hop = await _request_and_hop(0)
+    for rtt in (60.0, 150.0):
+        trip, hop = await _request_and_hop(rtt)
+        assert abs((trip - base_trip) - rtt) <= 0.10 * rtt, (rtt, trip, base_trip)
+        assert abs((hop - base_hop) - rtt / 2) <= 0.10 * rtt / 2, (rtt, hop, base_hop)
+
+
+async def test_a_partition_holds_the_bytes_until_it_heals() -> None:
+    async with _pair(lambda x, y: 0.02) as (a, b, links):
+        links.partition({a.peer_id}, {b.peer_id})
+        with trio.move_on_after(1.0) as cut:
+            await net.request(a.host, b.peer_id, PROTO, b"held", max_reply=64, timeout=5)
+        assert cut.cancelled_caught  # no answer while cut apart
+        got: list[bytes] = []
+
+        async def ask() -> None:
+            got.append(await net.request(a.host, b.peer_id, PROTO, b"after", max_reply=64, timeout=10))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            await trio.sleep(0.5)
+            assert not got
+            links.heal()
+        assert got == [b"after"]
