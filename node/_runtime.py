@@ -63,7 +63,8 @@ class NodeRuntime:
     def __init__(self, home: Home, *, keystore: Keystore, transport: TransportFactory,
                  bootstrap: list[str] | None = None, clock: Clock, rng: Rng, store: Store | None = None,
                  operator_io: bool = True, republish_every: float | None = None, autopilot: bool = True) -> None:
-        """``store``: the node's store (default: the home's database file). ``operator_io``:
+        """``store``: the node's store (default: the home's database file, which the node
+        closes when it stops; a store handed in is the caller's to close). ``operator_io``:
         the control socket, the run files and signal handling; the grid's nodes go without.
         ``republish_every``: seconds between our descriptor's publications. ``autopilot``:
         run the epoch actions that triggers call for, on the keysets this node is an
@@ -77,13 +78,14 @@ class NodeRuntime:
         self.rng = rng
         self.bootstrap = list(bootstrap or [])
         self.store = store if store is not None else home.open_store()
+        self._own_store = store is None
         self.operator_io = operator_io
         self.republish_every = republish_every
         self.peer_id = home.peer_id()
         try:
             self.members = Members.of(self.store, self.key)
         except NoNetwork:
-            if store is None:
+            if self._own_store:
                 self.store.close()
             raise
         self.directory = Directory(self.store, self.peer_id, admits=self.admits)
@@ -218,7 +220,8 @@ class NodeRuntime:
                         f.unlink()
                     except FileNotFoundError:
                         pass
-            self.store.close()
+            if self._own_store:
+                self.store.close()
             log.info("node stopped")
 
     def stop(self) -> None:

@@ -38,9 +38,9 @@ import base64
 import pathlib
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 import trio.testing
@@ -62,13 +62,27 @@ COUNTRIES = ["CH", "JP", "BR", "AU", "DE", "US", "IN", "ZA", "CA", "NO", "SG", "
              "NZ", "AR", "EG", "SE", "ID"]
 
 
+class Place(Protocol):
+    """Where a node is: a topology's site has these."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def country(self) -> str: ...
+    @property
+    def city(self) -> str: ...
+    @property
+    def org(self) -> str: ...
+
+
 class Grid:
     def __init__(self, root: pathlib.Path, n: int, *, latency: Callable[[str, str], float] | None = None,
                  lose: Callable[[str, str], bool] | None = None, seed: int = 0, degree: int = 6,
                  republish: float | None = None, trace: bool = True,
                  admitted: Callable[[int], bool] = lambda i: True, kems: tuple[str, ...] = ("x25519",),
                  cpu_clock: Callable[[], float] | None = None, charge: frozenset[str] = frozenset(),
-                 charge_gossip: bool = False, autopilot: bool = False) -> None:
+                 charge_gossip: bool = False, autopilot: bool = False,
+                 sites: Sequence[Place] | None = None) -> None:
         """``latency(a, b)``: one-way seconds from a to b. ``lose(a, b)``: whether this gossip
         hop or request from a to b is lost (called once per hop). ``republish``: seconds
         between a node's descriptor publications. ``trace``: keep the event trace (see
@@ -77,9 +91,13 @@ class Grid:
         ``kems``: the HPKE keys the admissions certify, so the KEMs imports may use.
         ``cpu_clock``, ``charge``: the handlers of these protocols have their compute time
         added as virtual delay (MemoryNetwork); ``charge_gossip``: so do gossip validators. ``autopilot``: the nodes run the epoch actions
-        triggers call for by themselves (off by default: tests drive the actions)."""
+        triggers call for by themselves (off by default: tests drive the actions).
+        ``sites``: each node's name, country, city and org (a topology's); by default node i is
+        ``node-i`` in ``COUNTRIES[i % 20]``, in an org of its own."""
         if n < 1:
             raise ValueError("a grid needs at least one node")
+        if sites is not None and len(sites) != n:
+            raise ValueError(f"{len(sites)} sites for {n} nodes")
         if republish is not None and not republish > 0:
             raise ValueError("the descriptor republish interval must be positive")
         self.root = pathlib.Path(root)
@@ -95,10 +113,17 @@ class Grid:
         self.homes: list[Home] = []
         for i in range(n):
             path = self.root / f"node-{i:04d}"
-            home = Home(path) if (path / "config.json").exists() else init_home(
-                path, name=f"node-{i:04d}", country=COUNTRIES[i % len(COUNTRIES)], rng=self.rng)
+            if (path / "config.json").exists():
+                home = Home(path)
+            elif sites is None:
+                home = init_home(path, name=f"node-{i:04d}", country=COUNTRIES[i % len(COUNTRIES)], rng=self.rng)
+            else:
+                s = sites[i]
+                home = init_home(path, name=s.name, country=s.country, city=s.city, org=s.org, rng=self.rng)
             self.homes.append(home)
         self.nodes: list[NodeRuntime] = []
+        self.stores: list[Store] = []
+        self._nursery: trio.Nursery | None = None
 
     @property
     def trace(self) -> list[tuple[float, str, str, str, int]]:
@@ -128,21 +153,51 @@ class Grid:
         boot = [f"/memory/{first}/p2p/{first}"]
         g, records = network_of(self.homes, self.admitted, self.kems)
         self.genesis = g
-        self.nodes = [
-            NodeRuntime(h, keystore=FileKeystore.from_home(h), transport=self.network.factory(),
-                        bootstrap=boot if i else [], clock=self.now, rng=self.rng,
-                        store=seeded(Store(":memory:"), g, records),
-                        operator_io=False, republish_every=self.republish, autopilot=self.autopilot)
-            for i, h in enumerate(self.homes)
-        ]
-        async with self.network.running(), trio.open_nursery() as nursery:
-            for node in self.nodes:
-                await nursery.start(node.run)
-            try:
-                yield None
-            finally:
+        self._boot = boot
+        self.stores = [seeded(Store(":memory:"), g, records) for _ in self.homes]
+        self.nodes = [self._runtime(i) for i in range(len(self.homes))]
+        try:
+            async with self.network.running(), trio.open_nursery() as nursery:
+                self._nursery = nursery
                 for node in self.nodes:
-                    node.stop()
+                    await nursery.start(node.run)
+                try:
+                    yield None
+                finally:
+                    self._nursery = None
+                    for node in self.nodes:
+                        node.stop()
+        finally:
+            for store in self.stores:  # the nodes' disks: the grid's to close, once they stopped
+                store.close()
+
+    def _runtime(self, i: int) -> NodeRuntime:
+        h = self.homes[i]
+        return NodeRuntime(h, keystore=FileKeystore.from_home(h), transport=self.network.factory(),
+                           bootstrap=self._boot if i else [], clock=self.now, rng=self.rng, store=self.stores[i],
+                           operator_io=False, republish_every=self.republish, autopilot=self.autopilot)
+
+    # -- faults ----------------------------------------------------------------------
+
+    async def crash(self, i: int) -> None:
+        """Node i stops at once: its connections drop and its tasks end. Its store (its disk)
+        is kept, as a crashed process keeps its files; what it held in memory is lost."""
+        node = self.nodes[i]
+        node.stop()
+        for _ in range(6000):
+            if not self.network.nodes[node.peer_id].up:
+                return
+            await trio.sleep(0.01)
+        raise RuntimeError(f"node {i} did not stop within 60 s")
+
+    async def restart(self, i: int) -> None:
+        """Node i starts again from its home and its store, as after a crash."""
+        if self._nursery is None:
+            raise RuntimeError("the grid is not running")
+        if self.network.nodes[self.nodes[i].peer_id].up:
+            raise RuntimeError(f"node {i} is running")
+        self.nodes[i] = self._runtime(i)
+        await self._nursery.start(self.nodes[i].run)
 
     # -- what scenarios do ---------------------------------------------------------
 
@@ -225,9 +280,9 @@ class Grid:
 
 
 def admission_body(g: p.Genesis, peer: str, hpke: dict[str, bytes], *, name: str, org: str,
-                   country: str) -> bytes:
+                   country: str, city: str = "") -> bytes:
     return p.Admission.make_body(network_id=g.network_id, peer_id=peer, hpke=hpke, roles=["approver", "custodian"],
-                                 name=name, org=org, country=country, city="", issued=EPOCH,
+                                 name=name, org=org, country=country, city=city, issued=EPOCH,
                                  not_after=EPOCH + 365 * 86400)
 
 
@@ -245,7 +300,8 @@ def network_of(homes: list[Home], admitted: Callable[[int], bool] = lambda i: Tr
             cfg = h.config()
             keys = {k: v for k, v in FileKeystore.from_home(h).hpke_public().items() if k in kems}
             body = admission_body(g, h.peer_id(), keys, name=cfg["name"],
-                                  org=cfg.get("org") or f"org-{i:04d}", country=cfg["country"])
+                                  org=cfg.get("org") or f"org-{i:04d}", country=cfg["country"],
+                                  city=cfg.get("city") or "")
             records.append(p.CoSigned.propose(authority, body))
     return g, records
 
