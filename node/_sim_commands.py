@@ -1,4 +1,4 @@
-"""The CLI of the simulation harness: `shardnet sim survive`, `sim sweep`, `sim list`.
+"""The CLI of the simulation harness: `shardnet sim run`, `sim survive`, `sim sweep`, `sim list`.
 
 The harness lives in ``simulations/``; this file only parses arguments, shows
 progress and prints. Errors in a topology, placement or failure spec are one
@@ -8,7 +8,11 @@ line and exit 2 (``TopologyError`` and the parse errors are ValueErrors).
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ._cli_base import EXIT_FAIL, EXIT_OK, Parser, emit, positive
@@ -78,14 +82,72 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_FAIL if data["failed"] else EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from shardnet.simulations import _scenario as sc
+    from shardnet.simulations._scenarios import SCENARIOS as RUNNABLE
+
+    scenario = RUNNABLE.get(args.scenario)
+    if scenario is None:
+        raise ValueError(f"no scenario {args.scenario!r}: one of {', '.join(sorted(RUNNABLE))} (sim list)")
+    params = sc.parse_params(scenario, args.param or [])
+    out = pathlib.Path(args.out) if args.out else None
+    if out is not None:
+        from shardnet.simulations import _plots
+
+        _plots.check()
+        out.mkdir(parents=True, exist_ok=True)
+    with _progress(enabled=sys.stderr.isatty()) as progress:
+        record = sc.run_scenario(scenario, mode=args.mode, nodes=args.nodes, seed=args.seed, topology=args.topology,
+                                 params=params, cpu_model=args.cpu_model == "on",
+                                 command=["shardnet", *sys.argv[1:]], progress=progress)
+    text = sc.format_summary(record)
+    if out is not None:
+        path = out / "run.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(path)
+        plots = _plots.write_plots(record, out)
+        record["files"] = [str(path), *map(str, plots)]
+        text += "\nwrote " + ", ".join(p.name for p in [path, *plots]) + f" to {out}"
+    emit(args, record, text)
+    return EXIT_OK if record["ok"] else EXIT_FAIL
+
+
+@contextmanager
+def _progress(*, enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """Rich progress bars on stderr, one per phase of the run, on a terminal only."""
+    if not enabled:
+        yield lambda phase, done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    tasks: dict[str, Any] = {}
+    with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True)) as bars:
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bars.add_task(phase, total=total)
+            bars.update(tasks[phase], completed=done, total=total)
+        yield update
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from shardnet.simulations import _topology as topo
+    from shardnet.simulations._scenarios import SCENARIOS as RUNNABLE
 
     about = ("N custodians over K continents, round-robin", "N custodians all in one continent (AF AS EU NA OC SA)",
              "one custodian per G20 member", "K orgs with M sites each, in different cities")
     kinds = [{"spec": g, "about": a} for g, a in zip(topo.GENERATORS, about, strict=True)]
-    data = {"topologies": kinds, "cities": len(topo.cities())}
-    lines = ["topologies (or a TOML file, see simulations/_topology.py):"]
+    scenarios: list[dict[str, Any]] = [{"name": sc.name, "about": sc.about, "nodes": sc.nodes,
+                                        "topology": sc.topology, "params": sc.params} for sc in RUNNABLE.values()]
+    data = {"scenarios": scenarios, "topologies": kinds, "cities": len(topo.cities())}
+    lines = ["scenarios (sim run NAME; --param NAME=VALUE overrides a parameter):"]
+    for sc in scenarios:
+        lines.append(f"  {sc['name']:<16} {sc['about']}")
+        lines.append(f"  {'':<16} {sc['nodes']} nodes on {sc['topology']}; "
+                     + ", ".join(f"{k}={v}" for k, v in sc["params"].items()))
+    lines.append("topologies (or a TOML file, see simulations/_topology.py):")
     lines += [f"  {t['spec']:<16} {t['about']}" for t in kinds]
     lines.append(f"cities in the bundled table: {len(topo.cities())}")
     emit(args, data, "\n".join(lines))
@@ -93,9 +155,26 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    sp = sub.add_parser("sim", help="the simulation harness: survival Monte Carlo, topologies")
+    sp = sub.add_parser("sim", help="the simulation harness: scenarios, survival Monte Carlo, sweeps, topologies")
     ssub = sp.add_subparsers(dest="sim", metavar="ACTION", parser_class=Parser)
     ssub.required = True
+    rn = ssub.add_parser("run", help="run a scenario on real nodes over a simulated geography")
+    rn.add_argument("scenario", metavar="SCENARIO", help="a bundled scenario (sim list shows them)")
+    rn.add_argument("--mode", default="virtual", metavar="MODE",
+                    help="virtual: the grid in virtual time (default); inprocess: real libp2p hosts on loopback")
+    rn.add_argument("--nodes", type=positive, metavar="N", help="the scenario's size (default: its own)")
+    rn.add_argument("--topology", metavar="T", help="a TOML file or a generator; {nodes} stands for --nodes "
+                                                    "(default: the scenario's)")
+    rn.add_argument("--seed", type=int, default=1)
+    rn.add_argument("--param", action="append", metavar="NAME=VALUE", help="one of the scenario's parameters "
+                                                                           "(sim list shows them)")
+    rn.add_argument("--cpu-model", choices=("on", "off"), default="on",
+                    help="virtual mode: charge each node's measured compute as virtual delay (default on; off "
+                         "makes a seed's timings repeat exactly)")
+    rn.add_argument("--out", metavar="DIR", help="write run.json (every measurement with its bound) and the "
+                                                 "PNG plots there")
+    rn.add_argument("--json", action="store_true")
+    rn.set_defaults(func=cmd_run)
     sv = ssub.add_parser("survive", help="the probability that a keyset stays reconstructable under correlated "
                                          "failures (no network)")
     sv.add_argument("--topology", required=True, metavar="T", help="a TOML file, or a generator such as "
@@ -128,6 +207,6 @@ def register(sub: Any) -> None:
     sw.add_argument("--workers", type=positive, metavar="N", help="local processes (default: the cores)")
     sw.add_argument("--json", action="store_true")
     sw.set_defaults(func=cmd_sweep)
-    ls = ssub.add_parser("list", help="the bundled topologies")
+    ls = ssub.add_parser("list", help="the bundled scenarios and topologies")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)

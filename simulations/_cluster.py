@@ -1,0 +1,265 @@
+"""What a scenario does to a network of real nodes, whatever runs them.
+
+Both the ``virtual`` mode (the grid, in virtual time) and the ``inprocess``
+mode (real libp2p hosts on loopback) hold real :class:`NodeRuntime` objects
+in this process, so everything a scenario asks (import, reconstruct with the
+approvers answering at once, revoke, watch a record spread) is written once
+here, over each node's own commands. A mode supplies the clock, the gossip
+mesh, the latency between two nodes and the faults.
+
+The bounds are the network's physical delays, from the topology:
+
+* a gossip from a to b: the one-way latency along the shortest path over the
+  gossip mesh (Dijkstra, over the mesh at the publication);
+* a reconstruction: the request's gossip to an approver and its vote's gossip
+  back (each over its topic's mesh), for the quorum-th quickest approver, plus
+  one round trip to the t-th nearest holder that is up.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from shardnet import protocol as p
+from shardnet.node._control_server import ControlError
+from shardnet.protocol import wire
+
+from ._geo_placement import Placement, choose
+from ._topology import Topology
+
+if TYPE_CHECKING:
+    from shardnet.node._runtime import NodeRuntime
+
+POLL = 0.005  # seconds between two looks at the nodes: the resolution of arrival times
+
+
+async def _quiet(event: dict[str, Any]) -> None:
+    return None
+
+
+def shortest_paths(graph: Mapping[str, Sequence[str]], source: str, weight: Callable[[str, str], float]) -> dict[str, float]:
+    """One-way delay from ``source`` to every node it reaches over ``graph``."""
+    dist = {source: 0.0}
+    heap = [(0.0, source)]
+    while heap:
+        d, u = heapq.heappop(heap)
+        if d > dist.get(u, float("inf")):
+            continue
+        for v in graph.get(u, ()):
+            nd = d + weight(u, v)
+            if nd < dist.get(v, float("inf")):
+                dist[v] = nd
+                heapq.heappush(heap, (nd, v))
+    return dist
+
+
+@dataclass
+class Reconstruction:
+    ok: bool
+    seconds: float
+    bound: float
+    error: str = ""
+    liars: tuple[str, ...] = ()
+    timings: dict[str, float] | None = None  # the requester's own report (ms): quorum, release, verify
+
+
+class Cluster:
+    """The part of a network every mode shares; a mode subclasses it."""
+
+    mode = ""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.nodes: list[NodeRuntime] = []
+        self.peers: list[str] = []
+        self._site_of: dict[str, int] = {}
+        self._one_way: dict[tuple[int, int], float] = {}
+        self._owners: dict[str, int] = {}
+
+    # -- what a mode supplies ------------------------------------------------------
+
+    def now(self) -> float:
+        raise NotImplementedError
+
+    def mesh(self, topic: wire.Topic = wire.MEMBERSHIP_TOPIC) -> dict[str, list[str]]:
+        """Each running node's gossip mesh peers on ``topic`` now."""
+        raise NotImplementedError
+
+    def up(self, i: int) -> bool:
+        raise NotImplementedError
+
+    async def crash(self, i: int) -> None:
+        raise NotImplementedError
+
+    async def restart(self, i: int) -> None:
+        raise NotImplementedError
+
+    def partition(self, side_a: set[int], side_b: set[int]) -> None:
+        raise NotImplementedError
+
+    def heal(self) -> None:
+        raise NotImplementedError
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Cluster]:
+        raise NotImplementedError
+        yield self  # pragma: no cover
+
+    async def settle(self) -> float:
+        """Until every node knows every node; the seconds it took."""
+        raise NotImplementedError
+
+    def logged(self) -> dict[str, int]:
+        """Warnings the nodes and their network logged during the run, counted by logger."""
+        return {}
+
+    # -- shared ----------------------------------------------------------------------
+
+    def _named(self, peers: list[str]) -> None:
+        self.peers = peers
+        self._site_of = {peer: i for i, peer in enumerate(peers)}
+
+    def index(self, peer: str) -> int:
+        return self._site_of[peer]
+
+    def one_way(self, a: int, b: int) -> float:
+        """Seconds from node a to node b, one way, from the topology."""
+        key = (a, b) if a < b else (b, a)
+        got = self._one_way.get(key)
+        if got is None:
+            s = self.topology.sites
+            got = self._one_way[key] = self.topology.one_way_s(s[a], s[b])
+        return got
+
+    def peer_latency(self, a: str, b: str) -> float:
+        return self.one_way(self._site_of[a], self._site_of[b])
+
+    def gossip_bounds(self, source: int, mesh: dict[str, list[str]] | None = None) -> dict[int, float]:
+        """The overlay's shortest-path delay from ``source`` to every node it reaches."""
+        got = shortest_paths(mesh if mesh is not None else self.mesh(), self.peers[source], self.peer_latency)
+        return {self._site_of[peer]: d for peer, d in got.items()}
+
+    async def import_key(self, owner: int, key: bytes, threshold: int, shares: int, pl: Placement, *,
+                         requester: int | None = None, seed: int = 0) -> str:
+        """Import from node ``owner`` with a scenario placement; every shard delivered."""
+        args: dict[str, Any] = {"key": base64.b64encode(key).decode(), "threshold": threshold, "shares": shares,
+                                "placement": pl.node_expr or None}
+        if pl.latency_aware:
+            sites = self.topology.sites
+            candidates = [s for i, s in enumerate(sites) if i != owner]
+            names = choose(self.topology, pl, shares, requester=sites[owner if requester is None else requester],
+                           candidates=candidates, seed=seed)
+            by_name = {s.name: i for i, s in enumerate(sites)}
+            args["custodians"] = [self.peers[by_name[n]] for n in names]
+        res = await self.nodes[owner].commands()["key-import"](args, _quiet)
+        states = [s["state"] for s in res["shards"]]
+        if states != ["delivered"] * len(states):
+            raise RuntimeError(f"import did not deliver every shard: {states}")
+        self._owners[str(res["keyset"])] = owner
+        return str(res["keyset"])
+
+    def holders(self, owner: int, keyset: str) -> list[int]:
+        from shardnet.node import _api
+
+        return [self._site_of[s["custodian"]] for s in _api.keyset_detail(self.nodes[owner].store, keyset)["shards"]]
+
+    def _keyset(self, keyset: str) -> p.Keyset:
+        record = next(held["record"] for i, node in enumerate(self.nodes)
+                      if self.up(i) and (held := node.store.keyset(keyset)))  # a crashed node's store is shut
+        return p.Keyset.from_bytes(record)
+
+    def reconstruct_bound(self, requester: int, keyset: str, holders: Sequence[int]) -> float:
+        ks = self._keyset(keyset)
+        rule = p.ApprovalRule.of(ks)
+        there = self.gossip_bounds(requester, self.mesh(wire.REQUEST_TOPIC))
+        back_mesh = self.mesh(wire.VOTE_TOPIC)
+        trips = []
+        for peer in rule.approvers:
+            a = self._site_of[peer]
+            if not self.up(a):
+                continue
+            back = self.gossip_bounds(a, back_mesh).get(requester)
+            if a in there and back is not None:
+                trips.append(there[a] + back)
+        trips.sort()
+        rtts = sorted(2 * self.one_way(requester, h) for h in holders if self.up(h))
+        if len(trips) < rule.quorum or len(rtts) < ks.threshold:
+            return float("nan")  # no quorum or too few holders up: no bound to speak of
+        return trips[rule.quorum - 1] + rtts[ks.threshold - 1]
+
+    async def reconstruct(self, requester: int, keyset: str, *, within: float = 60.0) -> Reconstruction:
+        """Ask for the key from node ``requester``; every approver that is up approves as soon
+        as the request reaches it (a scenario's approvers answer at once)."""
+        if not self.up(requester):
+            raise RuntimeError(f"node {requester} is down: it cannot ask for a key")
+        holders = self._holders_anywhere(keyset)
+        bound = self.reconstruct_bound(requester, keyset, holders)
+        asker = self.nodes[requester]
+        approvers = p.ApprovalRule.of(self._keyset(keyset)).approvers
+        result: dict[str, Any] = {}
+        t0 = self.now()
+
+        async def ask() -> None:
+            try:
+                result.update(await asker.commands()["key-reconstruct"](
+                    {"keyset": keyset, "timeout": within, "reason": "scenario", "mode": "unwrap"}, _quiet))
+            except ControlError as exc:
+                result["error"] = str(exc)
+            result["seconds"] = self.now() - t0
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            voted: set[int] = set()
+            voters = [self._site_of[a] for a in approvers]
+            while "seconds" not in result:
+                for i in voters:
+                    if i in voted or not self.up(i):
+                        continue
+                    node = self.nodes[i]
+                    for row in node.approvals.listing(node.now()):
+                        if (row["keyset"] == keyset and row["approver"] and row["my_vote"] is None
+                                and row["requester"] == asker.peer_id and row["state"] == "pending"):
+                            await node.commands()["approve"]({"request": row["request"]}, _quiet)
+                            voted.add(i)
+                await trio.sleep(POLL)
+        if "error" in result:
+            return Reconstruction(False, result["seconds"], bound, result["error"])
+        return Reconstruction(bool(base64.b64decode(result["key"])), result["seconds"], bound,
+                              liars=tuple(b["custodian"] for b in result["invalid"]), timings=result["timings_ms"])
+
+    def _holders_anywhere(self, keyset: str) -> list[int]:
+        return self.holders(self._owners[keyset], keyset)
+
+    async def spread(self, source: int, knows: Callable[[int], bool], *, targets: Sequence[int],
+                     within: float) -> dict[int, float]:
+        """Seconds from now until each of ``targets`` ``knows``; those that never do within
+        ``within`` are missing from the result."""
+        t0 = self.now()
+        arrived: dict[int, float] = {}
+        left = list(targets)
+        while left and self.now() - t0 < within:
+            still = []
+            for i in left:
+                if self.up(i) and knows(i):
+                    arrived[i] = self.now() - t0
+                else:
+                    still.append(i)
+            left = still
+            if left:
+                await trio.sleep(POLL)
+        return arrived
+
+    def revoked_on(self, i: int, peer: str) -> bool:
+        node = self.nodes[i]
+        return node.members.view.state(peer, int(node.now())) == "revoked"
+
+    async def revoke_member(self, by: int, victim: int) -> None:
+        await self.nodes[by].commands()["member-revoke"]({"peer": self.peers[victim], "reason": "scenario"},
+                                                         _quiet)

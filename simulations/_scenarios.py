@@ -1,0 +1,221 @@
+"""The bundled scenarios (``shardnet sim list``; ``shardnet sim run NAME``).
+
+Each is seeded through ``run.rng`` and checks its own outcomes; see
+``_scenario`` for the API and ``_cluster`` for the bounds.
+"""
+
+from __future__ import annotations
+
+from shardnet.protocol import placement as node_placement
+
+from . import _geo_placement as gp
+from ._byzantine import lie_in_releases
+from ._cluster import Cluster, Reconstruction
+from ._scenario import Run, Scenario, ScenarioError
+
+WAIT = 60.0  # seconds a reconstruction or a spread may take before it counts as missed
+
+
+def _key(run: Run, label: str) -> bytes:
+    return f"{label} {run.rng.getrandbits(64):016x}".encode().ljust(32, b".")
+
+
+def _pick(run: Run, avoid: frozenset[int] = frozenset()) -> int:
+    """A node other than the authority (node 0) and ``avoid``, drawn from the run's RNG."""
+    pool = [i for i in range(1, len(run.cluster.nodes)) if i not in avoid]
+    if not pool:
+        raise ScenarioError("the topology is too small for this scenario")
+    return run.rng.choice(pool)
+
+
+async def latency(run: Run) -> None:
+    """Reconstruction latency against its bound, across placements."""
+    c = run.cluster
+    t, n, reps = run.params["t"], run.params["n"], run.params["reps"]
+    requester = _pick(run)
+    run.mark(requester, role="requester")
+    city = c.topology.sites[requester].city
+    texts = [x.strip().replace("{city}", city) for x in run.params["placements"].split(";") if x.strip()]
+    total = len(texts) * reps
+    done = 0
+    for text in texts:
+        pl = gp.parse(text)
+        for rep in range(reps):
+            try:
+                ks = await c.import_key(requester, _key(run, text), t, n, pl, seed=run.seed * 1000 + rep)
+            except node_placement.PlacementError as exc:
+                run.outcome(f"placement {text} can be met", False, str(exc))
+                done += reps - rep
+                run.progress("reconstructions", done, total)
+                break
+            for h in c.holders(requester, ks):
+                run.mark(h, role="holder")
+            got = await c.reconstruct(requester, ks, within=WAIT)
+            run.measure("reconstruction", got.seconds if got.ok else None, got.bound, placement=text)
+            if not got.ok:
+                run.outcome(f"reconstruction under {text}", False, got.error)
+            done += 1
+            run.progress("reconstructions", done, total)
+    missed = [m for m in run.measurements if m.seconds is None]
+    run.outcome("every reconstruction succeeded", not missed, f"{len(missed)} failed" if missed else "")
+
+
+async def loss(run: Run) -> None:
+    """Custodians crash one by one, up to n-t and one past; then all restart."""
+    c = run.cluster
+    t, n = run.params["t"], run.params["n"]
+    owner = _pick(run)
+    run.mark(owner, role="owner")
+    ks = await c.import_key(owner, _key(run, "loss"), t, n, gp.parse(run.params["placement"]))
+    holders = c.holders(owner, ks)
+    for h in holders:
+        run.mark(h, role="holder")
+    order = [h for h in holders if h != owner]  # the owner asks: it stays up
+    run.rng.shuffle(order)
+    down: list[int] = []
+    for k in range(n - t + 2):
+        if k:
+            victim = order[k - 1]
+            await c.crash(victim)
+            down.append(victim)
+            run.mark(victim, state="crashed")
+        got = await c.reconstruct(owner, ks, within=run.params["wait"])
+        run.measure("reconstruction", got.seconds if got.ok else None, got.bound, down=k)
+        if k <= n - t:
+            run.outcome(f"the key comes back with {k} of {n} custodians down", got.ok, got.error)
+        else:
+            clean = not got.ok and bool(got.error)
+            run.outcome(f"with {k} down (past n-t = {n - t}) the round fails cleanly", clean,
+                        got.error if clean else "it did not fail")
+        run.progress("losses", k + 1, n - t + 2)
+    for j, victim in enumerate(down, 1):
+        await c.restart(victim)
+        run.mark(victim, state="restarted")
+        run.progress("restarts", j, len(down))
+    got = await _settled_reconstruct(c, owner, ks, run.params["wait"])
+    run.measure("reconstruction", got.seconds if got.ok else None, got.bound, down="restarted")
+    run.outcome("the key comes back once every custodian has restarted", got.ok, got.error)
+
+
+async def _settled_reconstruct(c: Cluster, requester: int, keyset: str, wait: float) -> Reconstruction:
+    """A reconstruction once restarted nodes have had time to reconnect (a directory round)."""
+    await c.settle()
+    return await c.reconstruct(requester, keyset, within=wait)
+
+
+async def continent(run: Run) -> None:
+    """A whole continent is cut off from the rest by a partition, then healed."""
+    c = run.cluster
+    t, n = run.params["t"], run.params["n"]
+    sites = c.topology.sites
+    owner = _pick(run)
+    run.mark(owner, role="owner")
+    ks = await c.import_key(owner, _key(run, "continent"), t, n, gp.parse(run.params["placement"]))
+    holders = c.holders(owner, ks)
+    for h in holders:
+        run.mark(h, role="holder")
+    by_continent: dict[str, list[int]] = {}
+    for h in holders:
+        by_continent.setdefault(sites[h].continent, []).append(h)
+    # The continent holding the most shards, but not the owner's: the worst loss it can see.
+    away = max((k for k in by_continent if k != sites[owner].continent),
+               key=lambda k: (len(by_continent[k]), k), default=None)
+    if away is None:
+        raise ScenarioError("every holder is on the owner's continent: use a placement that spreads them")
+    inside = {i for i, s in enumerate(sites) if s.continent == away}
+    outside = set(range(len(sites))) - inside
+    c.partition(inside, outside)
+    for i in inside:
+        run.mark(i, state="cut off")
+    left = len([h for h in holders if h not in inside])
+    got = await c.reconstruct(owner, ks, within=run.params["wait"])
+    run.measure("reconstruction", got.seconds if got.ok else None, got.bound, continent_off=away)
+    expect = left >= t
+    run.outcome(f"{away} cut off ({len(holders) - left} of {n} holders there): the key "
+                f"{'comes back' if expect else 'cannot come back and the round fails cleanly'}",
+                got.ok == expect and (got.ok or bool(got.error)), got.error)
+    c.heal()
+    for i in inside:
+        run.mark(i, state="healed")
+    got = await c.reconstruct(owner, ks, within=run.params["wait"])
+    run.measure("reconstruction", got.seconds if got.ok else None, got.bound, continent_off="healed")
+    run.outcome("after the partition heals the key comes back", got.ok, got.error)
+
+
+async def revocation(run: Run) -> None:
+    """A membership revocation reaches every node, including nodes that were down when it
+    was made."""
+    c = run.cluster
+    nodes = len(c.nodes)
+    victim = _pick(run)
+    run.mark(victim, role="revoked")
+    offline = sorted(run.rng.sample([i for i in range(1, nodes) if i != victim],
+                                    min(run.params["offline"], max(0, nodes - 2))))
+    for i in offline:
+        await c.crash(i)
+        run.mark(i, state="down at the revocation")
+    online = [i for i in range(1, nodes) if i != victim and i not in offline]
+    mesh = c.mesh()
+    bounds = c.gossip_bounds(0, mesh)
+    await c.revoke_member(0, victim)
+    arrived = await c.spread(0, lambda i: c.revoked_on(i, c.peers[victim]), targets=online, within=WAIT)
+    for i in online:
+        run.measure("revocation", arrived.get(i), bounds.get(i), node=i, when="online")
+    points = sorted(arrived.values())
+    run.series("revocation reached (online nodes)", [(s, (k + 1) / len(online)) for k, s in enumerate(points)])
+    run.series("revocation bound (overlay shortest paths)",
+               [(s, (k + 1) / len(online)) for k, s in enumerate(sorted(bounds.get(i, 0.0) for i in online))])
+    if online:
+        last = max(arrived.values(), default=None)
+        bound = max((bounds[i] for i in online if i in bounds), default=None)
+        run.measure("revocation, last node", last if len(arrived) == len(online) else None, bound, when="online")
+    run.outcome(f"the revocation reached every online node ({len(arrived)} of {len(online)})",
+                len(arrived) == len(online))
+    for i in offline:
+        await c.restart(i)
+        run.mark(i, state="restarted")
+    late = await c.spread(0, lambda i: c.revoked_on(i, c.peers[victim]), targets=offline, within=WAIT * 5)
+    for i in offline:
+        run.measure("revocation", late.get(i), None, node=i, when="after restart")
+    run.outcome(f"nodes down at the time learnt it after restarting ({len(late)} of {len(offline)})",
+                len(late) == len(offline))
+
+
+async def byzantine(run: Run) -> None:
+    """Up to n-t holders answer with wrong partials: every one is named and the key comes back."""
+    c = run.cluster
+    t, n = run.params["t"], run.params["n"]
+    owner = _pick(run)
+    run.mark(owner, role="owner")
+    ks = await c.import_key(owner, _key(run, "byzantine"), t, n, gp.parse(run.params["placement"]))
+    holders = c.holders(owner, ks)
+    for h in holders:
+        run.mark(h, role="holder")
+    others = [h for h in holders if h != owner]  # the owner asks: it does not lie to itself
+    liars = sorted(run.rng.sample(others, min(run.params["liars"], n - t, len(others))))
+    for i in liars:
+        lie_in_releases(c.nodes[i])
+        run.mark(i, role="liar")
+    got = await c.reconstruct(owner, ks, within=run.params["wait"])
+    run.measure("reconstruction", got.seconds if got.ok else None, got.bound, liars=len(liars))
+    run.outcome(f"the key comes back with {len(liars)} lying holders", got.ok, got.error)
+    named = {c.index(p) for p in got.liars}
+    run.outcome("every liar is named, and no one else", named == set(liars),
+                f"named {sorted(named)}, lying {liars}")
+
+
+SCENARIOS = {s.name: s for s in (
+    Scenario("latency", "reconstruction latency against its bound, across placements (random, distinct:country, "
+             "near:CITY, max-rtt:MS)", latency, nodes=20,
+             params={"t": 3, "n": 5, "reps": 3,
+                     "placements": "random;distinct:country;near:{city};max-rtt:150,distinct:country"}),
+    Scenario("loss", "custodians crash one by one up to n-t and one past, then restart", loss, nodes=12,
+             params={"t": 3, "n": 5, "placement": "distinct:country", "wait": 30.0}),
+    Scenario("continent", "the continent holding the most shards is cut off by a partition, then healed",
+             continent, nodes=20, params={"t": 3, "n": 5, "placement": "distinct:continent", "wait": 30.0}),
+    Scenario("revocation", "a membership revocation reaches every node, and nodes that were down learn it "
+             "when they restart", revocation, nodes=30, params={"offline": 3}),
+    Scenario("byzantine", "up to n-t holders send wrong partials: each is named and the key comes back",
+             byzantine, nodes=12, params={"t": 3, "n": 5, "liars": 2, "placement": "distinct:country",
+                                          "wait": 30.0}),
+)}

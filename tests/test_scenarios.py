@@ -1,0 +1,115 @@
+"""The scenario harness (simulations/_scenario.py and _scenarios.py): small seeded runs of the
+bundled scenarios, on the grid in virtual time and once on real libp2p hosts, checking what they
+found, not only that they ran; and `shardnet sim run` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from shardnet.protocol import placement
+from shardnet.simulations import _geo_placement as gp
+from shardnet.simulations._local import run_cli
+from shardnet.simulations._scenario import ScenarioError, parse_params, run_scenario
+from shardnet.simulations._scenarios import SCENARIOS
+from shardnet.simulations._topology import resolve
+
+
+def _outcomes(record: dict) -> dict[str, bool]:  # type: ignore[type-arg]
+    return {o["name"]: o["ok"] for o in record["outcomes"]}
+
+
+def test_custodians_down_up_to_n_minus_t_and_one_past() -> None:
+    r = run_scenario(SCENARIOS["loss"], nodes=12, seed=2)
+    got = _outcomes(r)
+    assert [ok for name, ok in got.items()] == [True] * 5, got
+    rows = {m["down"]: m for m in r["measurements"]}
+    assert all(rows[k]["seconds"] is not None for k in (0, 1, 2, "restarted"))
+    assert rows[3]["seconds"] is None  # past n - t: no key, and the round ended cleanly
+    assert "fails cleanly" in next(o["name"] for o in r["outcomes"] if "past n-t" in o["name"])
+    assert all(m["ratio"] >= 1.0 for m in r["measurements"] if m["ratio"] is not None)  # never under its bound
+
+
+def test_a_revocation_reaches_every_node_even_those_down_when_it_was_made() -> None:
+    r = run_scenario(SCENARIOS["revocation"], nodes=20, seed=3, params={"offline": 2})
+    assert r["ok"], r["outcomes"]
+    online = [m for m in r["measurements"] if m["kind"] == "revocation" and m["when"] == "online"]
+    late = [m for m in r["measurements"] if m["kind"] == "revocation" and m["when"] == "after restart"]
+    assert len(online) == 20 - 1 - 1 - 2 and len(late) == 2
+    assert all(m["seconds"] is not None and m["seconds"] >= m["bound_s"] for m in online)
+    [curve] = [v for k, v in r["series"].items() if k.startswith("revocation reached")]
+    assert curve[-1][1] == 1.0
+
+
+def test_byzantine_holders_are_named_and_the_key_comes_back() -> None:
+    r = run_scenario(SCENARIOS["byzantine"], nodes=12, seed=4)
+    assert r["ok"], r["outcomes"]
+    assert sum(s["role"] == "liar" for s in r["sites"]) == 2
+
+
+def test_a_continent_cut_off_and_healed() -> None:
+    r = run_scenario(SCENARIOS["continent"], nodes=15, seed=1)
+    assert r["ok"], r["outcomes"]
+    assert any(s["state"] == "healed" for s in r["sites"])
+
+
+def test_the_same_seed_gives_the_same_virtual_run() -> None:
+    def once() -> dict:  # type: ignore[type-arg]
+        return run_scenario(SCENARIOS["latency"], nodes=20, seed=7, cpu_model=False,
+                            params={**SCENARIOS["latency"].params, "reps": 1})
+    a, b = once(), once()
+    assert a["measurements"] == b["measurements"] and a["sites"] == b["sites"]
+    assert len(a["measurements"]) == 4 and all(m["seconds"] for m in a["measurements"])
+
+
+def test_latency_aware_placements() -> None:
+    t = resolve("continents:40:5", seed=1)
+    requester = t.sites[0]
+    near = gp.choose(t, gp.parse(f"near:{requester.city},distinct:country"), 5, requester=requester,
+                     candidates=t.sites[1:])
+    rtts = sorted(t.rtt_ms(requester, s) for s in t.sites[1:])
+    countries = [t.site(n).country for n in near]
+    assert len(set(countries)) == 5 and max(t.rtt_ms(requester, t.site(n)) for n in near) < rtts[-1]
+    within = gp.choose(t, gp.parse("max-rtt:120"), 3, requester=requester, candidates=t.sites[1:])
+    assert all(t.rtt_ms(requester, t.site(n)) <= 120 for n in within)
+    with pytest.raises(placement.PlacementError, match="max-rtt"):
+        gp.choose(t, gp.parse("max-rtt:1"), 3, requester=requester, candidates=t.sites[1:])
+    with pytest.raises(placement.PlacementError, match="near:Atlantis"):
+        gp.choose(t, gp.parse("near:Atlantis"), 3, requester=requester, candidates=t.sites[1:])
+    for bad in ("max-rtt:x", "max-rtt:0", "near:", "near:A,near:B", "distinct:planet"):
+        with pytest.raises(ValueError):
+            gp.parse(bad)
+
+
+def test_parameters_are_typed_and_unknown_ones_refused() -> None:
+    loss = SCENARIOS["loss"]
+    assert parse_params(loss, ["t=2", "wait=5"])["t"] == 2
+    for bad in (["x=1"], ["t=two"], ["t"]):
+        with pytest.raises(ScenarioError):
+            parse_params(loss, bad)
+
+
+def test_sim_run_writes_the_record_and_the_plots(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "run"
+    r = run_cli("sim", "run", "revocation", "--nodes", "12", "--seed", "5", "--param", "offline=1", "--out", str(out),
+                "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    record = json.loads(r.stdout)
+    assert json.loads((out / "run.json").read_text())["measurements"] == record["measurements"]
+    assert record["seed"] == 5 and record["command"][:3] == ["shardnet", "sim", "run"]
+    assert {"python", "shardnet", "libp2p"} <= set(record["versions"])
+    for name in ("propagation.png", "world.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = run_cli("sim", "run", "nope")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no scenario" in bad.stderr
+
+
+def test_a_scenario_on_real_libp2p_hosts_with_the_delay_layer() -> None:
+    """The inprocess mode: 8 real hosts on loopback, each pair's topology latency beneath Noise."""
+    r = run_scenario(SCENARIOS["loss"], mode="inprocess", nodes=8, seed=2, params={**SCENARIOS["loss"].params,
+                                                                                     "wait": 20.0})
+    assert r["ok"], r["outcomes"]
+    done = [m for m in r["measurements"] if m["seconds"] is not None]
+    assert done and all(m["seconds"] >= m["bound_s"] for m in done)  # the delays are really there
