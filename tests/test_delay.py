@@ -3,13 +3,12 @@
 It sits beneath Noise, so every byte of a connection, a request's and a GossipSub hop's
 alike, takes the pair's latency: a request on an open connection (one round trip, now that
 requests negotiate lazily) measures the configured RTT, and a gossip hop half of it, each
-within 10% once the same exchange's time without delay is taken off.
+within 10% once the same exchange's time without delay is taken off (the quickest of 15 of each).
 """
 
 from __future__ import annotations
 
 import os
-import statistics
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -21,7 +20,7 @@ from shardnet.simulations._delay import Links, delay_connections
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 PROTO = "/shardnet-test/echo/1"
 TOPIC = "shardnet-test/delay/1"
-TRIES = 9
+TRIES = 15
 
 
 async def _echo(peer: str, data: bytes) -> bytes:
@@ -43,7 +42,9 @@ async def _pair(one_way: Callable[[str, str], float]) -> AsyncIterator[tuple[net
 
 
 async def _request_and_hop(rtt_ms: float) -> tuple[float, float]:
-    """Median request round trip and median gossip hop (a to b), in ms, over an open connection."""
+    """The quickest request round trip and gossip hop (a to b) of TRIES, in ms, over an open
+    connection: the layer's delay is a floor, and a busy machine only adds to it, so the
+    minimum is the estimate a shared CI machine does not spoil."""
     async with _pair(lambda x, y: rtt_ms / 2000) as (a, b, _):
         trips = []
         for _ in range(TRIES):
@@ -61,13 +62,14 @@ async def _request_and_hop(rtt_ms: float) -> tuple[float, float]:
         assert a.router.mesh.get(TOPIC), "no mesh within 20 s"
         hops = []
         for i in range(TRIES):
+            await trio.sleep(0.2)  # under py-libp2p's per-peer rate limit on a topic
             t0 = trio.current_time()
             await a.pubsub.publish(TOPIC, b"hop %d" % i)
             with trio.fail_after(10):
                 while bytes((await sub.get()).data) != b"hop %d" % i:
                     pass
             hops.append(trio.current_time() - t0)
-        return statistics.median(trips) * 1000, statistics.median(hops) * 1000
+        return min(trips) * 1000, min(hops) * 1000
 
 
 async def test_the_delay_layer_reproduces_the_configured_rtts_within_10_percent() -> None:
