@@ -86,6 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from shardnet.simulations import _scenario as sc
     from shardnet.simulations._scenarios import SCENARIOS as RUNNABLE
 
+    if not 0 <= args.seed < 2**64:
+        raise ValueError("--seed is a whole number from 0 to 2^64-1")
     scenario = RUNNABLE.get(args.scenario)
     if scenario is None:
         raise ValueError(f"no scenario {args.scenario!r}: one of {', '.join(sorted(RUNNABLE))} (sim list)")

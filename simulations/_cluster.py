@@ -82,6 +82,7 @@ class Cluster:
         self._site_of: dict[str, int] = {}
         self._one_way: dict[tuple[int, int], float] = {}
         self._owners: dict[str, int] = {}
+        self._keys: dict[str, bytes] = {}  # what each import split: a reconstruction must give it back
 
     # -- what a mode supplies ------------------------------------------------------
 
@@ -163,6 +164,7 @@ class Cluster:
         if states != ["delivered"] * len(states):
             raise RuntimeError(f"import did not deliver every shard: {states}")
         self._owners[str(res["keyset"])] = owner
+        self._keys[str(res["keyset"])] = key
         return str(res["keyset"])
 
     def holders(self, owner: int, keyset: str) -> list[int]:
@@ -231,7 +233,9 @@ class Cluster:
                 await trio.sleep(POLL)
         if "error" in result:
             return Reconstruction(False, result["seconds"], bound, result["error"])
-        return Reconstruction(bool(base64.b64decode(result["key"])), result["seconds"], bound,
+        if base64.b64decode(result["key"]) != self._keys[keyset]:
+            return Reconstruction(False, result["seconds"], bound, "the key that came back is not the one imported")
+        return Reconstruction(True, result["seconds"], bound,
                               liars=tuple(b["custodian"] for b in result["invalid"]), timings=result["timings_ms"])
 
     def _holders_anywhere(self, keyset: str) -> list[int]:

@@ -44,6 +44,7 @@ from ._topology import Topology, resolve, summary
 
 MODES = ("virtual", "inprocess", "multiprocess")
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
+ZERO_OK = ("offline", "liars")  # the numeric parameters that may be 0; the others are above 0
 ROLE_RANK = {"custodian": 0, "holder": 1, "owner": 2, "requester": 2, "revoked": 3, "liar": 3}
 
 
@@ -133,6 +134,11 @@ def parse_params(scenario: Scenario, given: list[str]) -> dict[str, Any]:
             out[name] = kind(value)
         except ValueError:
             raise ScenarioError(f"--param {item!r}: {name} takes a {kind.__name__} value") from None
+        if kind in (int, float):
+            zero_ok = name in ZERO_OK
+            if not ((out[name] >= 0 if zero_ok else out[name] > 0) and out[name] < 10**6):  # NaN fails too
+                raise ScenarioError(f"--param {item!r}: {name} is a number from {0 if zero_ok else 'above 0'} "
+                                    f"to below 1000000")
     return out
 
 
@@ -207,10 +213,13 @@ def run_scenario(scenario: Scenario, *, mode: str = "virtual", nodes: int | None
                 await scenario.body(run)
                 return trio.current_time() - v0
 
-        if mode == "virtual":
-            scenario_s = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-        else:
-            scenario_s = trio.run(main)
+        try:
+            if mode == "virtual":
+                scenario_s = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+            else:
+                scenario_s = trio.run(main)
+        except BaseExceptionGroup as group:  # trio's nurseries wrap a lone error: raise it as itself
+            raise _leaf(group) from None
     measurements = [m.to_json() for m in run.measurements]
     sites = [{"name": s.name, "city": s.city, "country": s.country, "continent": s.continent, "lat": s.lat,
               "lon": s.lon, "org": s.org, "role": run.roles.get(i, "custodian"), "state": run.states.get(i, "up")}
@@ -226,6 +235,13 @@ def run_scenario(scenario: Scenario, *, mode: str = "virtual", nodes: int | None
         "wall_s": round(time.perf_counter() - w0, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+
+
+def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def format_summary(record: dict[str, Any]) -> str:

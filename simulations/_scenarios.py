@@ -57,7 +57,8 @@ async def latency(run: Run) -> None:
             done += 1
             run.progress("reconstructions", done, total)
     missed = [m for m in run.measurements if m.seconds is None]
-    run.outcome("every reconstruction succeeded", not missed, f"{len(missed)} failed" if missed else "")
+    run.outcome("every reconstruction succeeded", bool(run.measurements) and not missed,
+                f"{len(missed)} of {len(run.measurements)} failed" if missed or not run.measurements else "")
 
 
 async def loss(run: Run) -> None:

@@ -86,7 +86,8 @@ def test_latency_aware_placements() -> None:
 def test_parameters_are_typed_and_unknown_ones_refused() -> None:
     loss = SCENARIOS["loss"]
     assert parse_params(loss, ["t=2", "wait=5"])["t"] == 2
-    for bad in (["x=1"], ["t=two"], ["t"]):
+    assert parse_params(SCENARIOS["revocation"], ["offline=0"])["offline"] == 0
+    for bad in (["x=1"], ["t=two"], ["t"], ["t=0"], ["wait=nan"], ["wait=-1"], ["t=1000000"]):
         with pytest.raises(ScenarioError):
             parse_params(loss, bad)
 
@@ -102,8 +103,10 @@ def test_sim_run_writes_the_record_and_the_plots(tmp_path: pathlib.Path) -> None
     assert {"python", "shardnet", "libp2p"} <= set(record["versions"])
     for name in ("propagation.png", "world.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    bad = run_cli("sim", "run", "nope")
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no scenario" in bad.stderr
+    for args, says in ((["nope"], "no scenario"), (["loss", "--seed", "-1"], "--seed"),
+                       (["loss", "--param", "placement=distinct:planet"], "unknown attribute")):
+        bad = run_cli("sim", "run", *args)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and says in bad.stderr, bad.stderr
 
 
 def test_a_scenario_on_real_libp2p_hosts_with_the_delay_layer() -> None:
