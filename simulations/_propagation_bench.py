@@ -19,7 +19,6 @@ shows in it. The target is within 1.5x of the bound.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import pathlib
 import statistics
 import tempfile
@@ -29,6 +28,7 @@ from typing import Any
 
 import trio
 
+from ._cluster import shortest_paths
 from .grid import Grid, run_virtual
 
 
@@ -38,21 +38,6 @@ def _latency(seed: int) -> Callable[[str, str], float]:
         h = hashlib.sha256(f"{seed}/{lo}/{hi}".encode()).digest()
         return 0.010 + 0.090 * int.from_bytes(h[:4], "big") / 2**32
     return one_way
-
-
-def shortest_paths(graph: dict[str, list[str]], source: str, weight: Callable[[str, str], float]) -> dict[str, float]:
-    dist = {source: 0.0}
-    heap = [(0.0, source)]
-    while heap:
-        d, u = heapq.heappop(heap)
-        if d > dist.get(u, float("inf")):
-            continue
-        for v in graph.get(u, []):
-            nd = d + weight(u, v)
-            if nd < dist.get(v, float("inf")):
-                dist[v] = nd
-                heapq.heappush(heap, (nd, v))
-    return dist
 
 
 async def _quiet(_: dict[str, Any]) -> None:

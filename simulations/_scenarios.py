@@ -28,6 +28,19 @@ def _pick(run: Run, avoid: frozenset[int] = frozenset()) -> int:
     return run.rng.choice(pool)
 
 
+async def _imported(run: Run, label: str) -> tuple[int, str, list[int]]:
+    """A node (drawn) imports a t-of-n key under the run's placement: the owner, the keyset and
+    its holders, each marked for the world map."""
+    owner = _pick(run)
+    run.mark(owner, role="owner")
+    ks = await run.cluster.import_key(owner, _key(run, label), run.params["t"], run.params["n"],
+                                      gp.parse(run.params["placement"]))
+    holders = run.cluster.holders(owner, ks)
+    for h in holders:
+        run.mark(h, role="holder")
+    return owner, ks, holders
+
+
 async def latency(run: Run) -> None:
     """Reconstruction latency against its bound, across placements."""
     c = run.cluster
@@ -65,12 +78,7 @@ async def loss(run: Run) -> None:
     """Custodians crash one by one, up to n-t and one past; then all restart."""
     c = run.cluster
     t, n = run.params["t"], run.params["n"]
-    owner = _pick(run)
-    run.mark(owner, role="owner")
-    ks = await c.import_key(owner, _key(run, "loss"), t, n, gp.parse(run.params["placement"]))
-    holders = c.holders(owner, ks)
-    for h in holders:
-        run.mark(h, role="holder")
+    owner, ks, holders = await _imported(run, "loss")
     order = [h for h in holders if h != owner]  # the owner asks: it stays up
     run.rng.shuffle(order)
     down: list[int] = []
@@ -109,12 +117,7 @@ async def continent(run: Run) -> None:
     c = run.cluster
     t, n = run.params["t"], run.params["n"]
     sites = c.topology.sites
-    owner = _pick(run)
-    run.mark(owner, role="owner")
-    ks = await c.import_key(owner, _key(run, "continent"), t, n, gp.parse(run.params["placement"]))
-    holders = c.holders(owner, ks)
-    for h in holders:
-        run.mark(h, role="holder")
+    owner, ks, holders = await _imported(run, "continent")
     by_continent: dict[str, list[int]] = {}
     for h in holders:
         by_continent.setdefault(sites[h].continent, []).append(h)
@@ -186,12 +189,7 @@ async def byzantine(run: Run) -> None:
     """Up to n-t holders answer with wrong partials: every one is named and the key comes back."""
     c = run.cluster
     t, n = run.params["t"], run.params["n"]
-    owner = _pick(run)
-    run.mark(owner, role="owner")
-    ks = await c.import_key(owner, _key(run, "byzantine"), t, n, gp.parse(run.params["placement"]))
-    holders = c.holders(owner, ks)
-    for h in holders:
-        run.mark(h, role="holder")
+    owner, ks, holders = await _imported(run, "byzantine")
     others = [h for h in holders if h != owner]  # the owner asks: it does not lie to itself
     liars = sorted(run.rng.sample(others, min(run.params["liars"], n - t, len(others))))
     for i in liars:
