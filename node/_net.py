@@ -18,7 +18,11 @@ Choices made here (see ../shared/LIBP2P_NOTES.md for the measurements):
   never starts. GossipSub peer exchange (PX) is refused too: a PRUNE carrying PX
   records would otherwise make the node dial any address a peer names, whatever
   our own ``do_px`` setting.
-* GossipSub keeps ``strict_signing=True`` and a 1 s heartbeat.
+* GossipSub keeps ``strict_signing=True`` and a 1 s heartbeat. It sends IDONTWANT
+  only for messages of 1 KiB or more, as go-libp2p does (``_Router``).
+* Yamux sends a WINDOW_UPDATE once half a stream's window is read, as go-yamux
+  does, not after every read (py-libp2p's default): that doubled the frames of every
+  small gossip RPC.
 * A host is always closed with ``host.close()`` before its ``run()`` context ends;
   otherwise every outbound socket leaks (py-libp2p issue #1485). Its whole life runs
   in a task shielded from the caller's cancellation, so that a cancelled caller
@@ -39,8 +43,10 @@ status is an error (see :class:`ReplyStatus`) and the body is a short UTF-8 reas
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
+import os
 import socket
 import weakref
 from collections.abc import AsyncIterator
@@ -127,6 +133,10 @@ __all__ = [
     "serve_protocol",
     "write_frame",
 ]
+
+# py-libp2p reads this on every yamux read; "1" (its default) sends a WINDOW_UPDATE
+# for each read, "0" keeps go-yamux's half-window rule. An operator's own value wins.
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 logger = logging.getLogger(__name__)
 
@@ -277,13 +287,38 @@ def make_host(
     return host, maddrs
 
 
+IDONTWANT_MIN = 1024  # bytes: go-libp2p's GossipSubIDontWantMessageThreshold
+_small_message: contextvars.ContextVar[bool] = contextvars.ContextVar("small_message", default=False)
+
+
+class _Router(GossipSub):
+    """GossipSub that sends IDONTWANT only for a message of ``IDONTWANT_MIN`` bytes or more.
+
+    IDONTWANT (v1.2) saves a mesh peer from sending a duplicate of a large message.
+    py-libp2p 0.8.1 sends one to every mesh peer for every message, however small:
+    for our records (most under 1 KiB) that doubles the RPCs a message costs and
+    saves next to nothing. go-libp2p skips messages under 1 KiB; so do we.
+    """
+
+    async def publish(self, msg_forwarder: Any, pubsub_msg: Any) -> None:
+        token = _small_message.set(len(pubsub_msg.data) < IDONTWANT_MIN)
+        try:
+            await super().publish(msg_forwarder, pubsub_msg)
+        finally:
+            _small_message.reset(token)
+
+    async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Any) -> None:
+        if not _small_message.get():
+            await super()._emit_idontwant_for_message(msg_id, topic_ids)
+
+
 def make_pubsub(host: IHost) -> tuple[Pubsub, GossipSub]:
     """GossipSub v1.2/v1.1/v1.0 router and a strictly signing Pubsub on ``host``.
 
     Build it before the host connects to anyone (Pubsub registers a network notifee),
     then run both with ``background_trio_service``.
     """
-    router = GossipSub(
+    router = _Router(
         protocols=list(GOSSIPSUB_PROTOCOLS),
         degree=6,
         degree_low=4,
@@ -554,15 +589,17 @@ def _decode_reply(peer_id: str, protocol: str, frame: bytes, max_reply: int) -> 
     raise RemoteError(peer_id, protocol, status, body.decode("utf-8", errors="replace"))
 
 
-async def _early_reply(stream: INetStream, frame_cap: int, peer_id: str, protocol: str) -> bytes | None:
+async def _early_reply(stream: INetStream, frame_cap: int, peer_id: str, protocol: str, *,
+                       lazy: bool) -> bytes | None:
     """The reply frame a server sent before resetting the stream we were writing, if any
-    (after its answers to the negotiation)."""
+    (after its answers to the negotiation, when they were not read yet: ``lazy``)."""
     muxed = getattr(stream, "muxed_stream", None)  # the stream itself now refuses to read
     if muxed is None:
         return None
     with trio.move_on_after(CLEANUP_TIMEOUT):
         try:
-            await _negotiated(muxed, peer_id, protocol)
+            if lazy:
+                await _negotiated(muxed, peer_id, protocol)
             return await _read_frame_untimed(muxed, frame_cap)
         except Exception as exc:  # no whole reply arrived: the write error stands
             logger.debug("no reply before the reset: %r", exc)
@@ -571,6 +608,7 @@ async def _early_reply(stream: INetStream, frame_cap: int, peer_id: str, protoco
 
 MULTISTREAM = "/multistream/1.0.0"
 MAX_NEGOTIATION_LINE = 1024
+LAZY_MAX = 64 * 1024  # bytes: a request up to this size goes out with its negotiation
 
 
 def _negotiation(protocol: str) -> bytes:
@@ -632,19 +670,27 @@ async def request(
                 raise StreamOpenError(peer_id, protocol, f"cannot open stream: {exc}") from exc
             try:
                 # Lazy negotiation: the protocol and the request go out in one write,
-                # and the peer's answers to the negotiation are read with the reply.
+                # and the peer's answers to the negotiation are read with the reply. A
+                # large request waits for the protocol's acceptance first (it waits for
+                # window updates anyway): a peer that refuses the protocol resets the
+                # stream while we write, and py-libp2p drops its "na" with the stream.
+                body = len(payload).to_bytes(FRAME_HEADER_LEN, "big") + bytes(payload)
+                lazy = len(payload) <= LAZY_MAX
+                if not lazy:
+                    await stream.write(_negotiation(protocol))
+                    await _negotiated(stream, peer_id, protocol)
                 try:
-                    await stream.write(_negotiation(protocol) + len(payload).to_bytes(FRAME_HEADER_LEN, "big")
-                                       + bytes(payload))
+                    await stream.write(_negotiation(protocol) + body if lazy else body)
                 except StreamError:
                     # A server that refuses before reading (BUSY, TOO_LARGE) answers and
                     # resets while a large request is still being written: its answer
                     # may be waiting in our buffer, and says more than "stream failed".
-                    early = await _early_reply(stream, frame_cap, peer_id, protocol)
+                    early = await _early_reply(stream, frame_cap, peer_id, protocol, lazy=lazy)
                     if early is None:
                         raise
                     return _decode_reply(peer_id, protocol, early, max_reply)
-                await _negotiated(stream, peer_id, protocol)
+                if lazy:
+                    await _negotiated(stream, peer_id, protocol)
                 stream.set_protocol(TProtocol(protocol))
                 frame = await _read_frame_untimed(stream, frame_cap)
             except FrameTooLarge as exc:

@@ -425,6 +425,17 @@ async def test_unknown_protocol_fails_to_open() -> None:
             assert await net.request(b.host, a.peer_id, PROTO, b"ok", max_reply=64, timeout=2.0) == b"echo:ok"
 
 
+
+async def test_unknown_protocol_with_a_large_request_still_says_so() -> None:
+    # The peer refuses the protocol and resets while the request is still being
+    # written: its "na" is in our buffer, and says more than "stream failed".
+    with trio.fail_after(TEST_DEADLINE):
+        async with hosts(2) as (a, b):
+            with pytest.raises(net.StreamOpenError, match="does not speak /shardnet/nope/1"):
+                await net.request(
+                    b.host, a.peer_id, "/shardnet/nope/1", b"x" * (4 << 20), max_reply=64, timeout=5.0
+                )
+
 async def test_per_peer_concurrency_is_bounded() -> None:
     inside = 0
     all_in = trio.Event()
@@ -568,6 +579,41 @@ async def test_gossipsub_delivers_signed_messages_to_all() -> None:
                 assert ID(msg.from_id).to_base58() == a.peer_id
                 assert len(msg.signature) == 64  # Ed25519, checked by the receiver
 
+
+
+async def test_idontwant_only_for_messages_of_a_kib_or_more() -> None:
+    # b gets every message from a, its mesh peer, and tells a "don't send me a copy"
+    # (IDONTWANT) only for the large one, as go-libp2p does: for a small record the
+    # extra RPC costs more than the duplicate it might save.
+    topic = "shardnet/test"
+    with trio.fail_after(TEST_DEADLINE):
+        async with hosts(2, enable_pubsub=True, connect=False) as (a, b):
+            assert a.pubsub is not None and b.pubsub is not None and b.router is not None
+            told: list[bytes] = []
+            emit = b.router.emit_idontwant
+
+            async def counted(msg_ids: list[bytes], to_peer: ID) -> None:
+                told.extend(msg_ids)
+                await emit(msg_ids, to_peer)
+
+            b.router.emit_idontwant = counted  # type: ignore[method-assign]
+            sub = await b.pubsub.subscribe(topic)
+            await a.pubsub.subscribe(topic)
+            await net.connect(a.host, b.listen_addrs[0], timeout=2.0)
+            await a.pubsub.wait_for_mesh(ID.from_base58(b.peer_id), topic, timeout=3.0)
+            await b.pubsub.wait_for_mesh(ID.from_base58(a.peer_id), topic, timeout=3.0)
+            for data in (b"x" * (net.IDONTWANT_MIN - 1), b"y" * net.IDONTWANT_MIN):
+                await a.pubsub.publish(topic, data)
+                with trio.fail_after(2.0):
+                    assert (await sub.get()).data == data
+            assert len(told) == 1
+
+
+def test_yamux_acknowledges_by_half_windows() -> None:
+    # go-yamux's rule: one WINDOW_UPDATE per half window read, not one per read.
+    from libp2p.stream_muxer.yamux import yamux
+
+    assert not yamux._yamux_release_on_read()
 
 async def test_host_never_dials_on_its_own() -> None:
     # py-libp2p's AutoConnector would dial every peer in the peerstore that has an
