@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import base64
 import heapq
+import random
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,12 +34,14 @@ from shardnet.node._control_server import ControlError
 from shardnet.protocol import wire
 
 from ._geo_placement import Placement, choose
+from ._linkfaults import LinkFaults
 from ._topology import Topology
 
 if TYPE_CHECKING:
     from shardnet.node._runtime import NodeRuntime
 
 POLL = 0.005  # seconds between two looks at the nodes: the resolution of arrival times
+DELIVER_WAIT = 120.0  # seconds an import may take to deliver every shard (one process runs every node)
 
 
 async def _quiet(event: dict[str, Any]) -> None:
@@ -67,16 +71,18 @@ class Reconstruction:
     bound: float
     error: str = ""
     liars: tuple[str, ...] = ()
-    timings: dict[str, float] | None = None  # the requester's own report (ms): quorum, release, verify
+    cpu_s: float | None = None  # this process's CPU time meanwhile: every node's processing, when they share it
 
 
 class Cluster:
     """The part of a network every mode shares; a mode subclasses it."""
 
     mode = ""
+    wall_clock = False  # times are the wall clock's, every node's processing in them (see Run.reconstruction)
 
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, *, seed: int = 0) -> None:
         self.topology = topology
+        self.faults = LinkFaults(random.Random(seed))
         self.nodes: list[NodeRuntime] = []
         self.peers: list[str] = []
         self._site_of: dict[str, int] = {}
@@ -140,7 +146,23 @@ class Cluster:
         return got
 
     def peer_latency(self, a: str, b: str) -> float:
-        return self.one_way(self._site_of[a], self._site_of[b])
+        """The physical one-way delay from a to b: the topology's, a slow link's extra included."""
+        return self.one_way(self._site_of[a], self._site_of[b]) + self.faults.extra(a, b)
+
+    def transit(self, a: str, b: str) -> float:
+        """What one send from a to b takes now: ``peer_latency`` and what its losses cost
+        (drawn: see ``_linkfaults``). The modes' transports delay by this."""
+        base = self.one_way(self._site_of[a], self._site_of[b])
+        return base + self.faults.penalty(a, b, base)
+
+    def degrade(self, nodes: set[int] | None = None, *, extra_s: float = 0.0, loss: float = 0.0) -> None:
+        """Slow (``extra_s`` more each way) and lossy links: between every pair, or between
+        ``nodes`` and every other node; :meth:`restore` undoes it."""
+        pairs = None if nodes is None else [(self.peers[i], peer) for i in nodes for peer in self.peers]
+        self.faults.degrade(pairs, extra_s=extra_s, loss=loss)
+
+    def restore(self) -> None:
+        self.faults.restore()
 
     def gossip_bounds(self, source: int, mesh: dict[str, list[str]] | None = None) -> dict[int, float]:
         """The overlay's shortest-path delay from ``source`` to every node it reaches."""
@@ -151,7 +173,7 @@ class Cluster:
                          requester: int | None = None, seed: int = 0) -> str:
         """Import from node ``owner`` with a scenario placement; every shard delivered."""
         args: dict[str, Any] = {"key": base64.b64encode(key).decode(), "threshold": threshold, "shares": shares,
-                                "placement": pl.node_expr or None}
+                                "placement": pl.node_expr or None, "wait": DELIVER_WAIT}
         if pl.latency_aware:
             sites = self.topology.sites
             candidates = [s for i, s in enumerate(sites) if i != owner]
@@ -206,6 +228,7 @@ class Cluster:
         asker = self.nodes[requester]
         approvers = p.ApprovalRule.of(self._keyset(keyset)).approvers
         result: dict[str, Any] = {}
+        c0 = time.process_time()
         t0 = self.now()
 
         async def ask() -> None:
@@ -215,28 +238,31 @@ class Cluster:
             except ControlError as exc:
                 result["error"] = str(exc)
             result["seconds"] = self.now() - t0
+            result["cpu_s"] = time.process_time() - c0 if self.wall_clock else None
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(ask)
-            voted: set[int] = set()
-            voters = [self._site_of[a] for a in approvers]
-            while "seconds" not in result:
-                for i in voters:
-                    if i in voted or not self.up(i):
-                        continue
+        async def approve(i: int) -> None:
+            """Approver i votes as soon as it sees the request (each on its own, at once)."""
+            for _ in range(int(within / POLL) + 1):
+                if self.up(i):
                     node = self.nodes[i]
                     for row in node.approvals.listing(node.now()):
                         if (row["keyset"] == keyset and row["approver"] and row["my_vote"] is None
                                 and row["requester"] == asker.peer_id and row["state"] == "pending"):
                             await node.commands()["approve"]({"request": row["request"]}, _quiet)
-                            voted.add(i)
+                            return
                 await trio.sleep(POLL)
+
+        async with trio.open_nursery() as nursery:
+            for i in sorted({self._site_of[a] for a in approvers}):
+                nursery.start_soon(approve, i)
+            await ask()
+            nursery.cancel_scope.cancel()  # approvers that never saw the request
+        took, cpu = result["seconds"], result["cpu_s"]
         if "error" in result:
-            return Reconstruction(False, result["seconds"], bound, result["error"])
+            return Reconstruction(False, took, bound, result["error"], cpu_s=cpu)
         if base64.b64decode(result["key"]) != self._keys[keyset]:
-            return Reconstruction(False, result["seconds"], bound, "the key that came back is not the one imported")
-        return Reconstruction(True, result["seconds"], bound,
-                              liars=tuple(b["custodian"] for b in result["invalid"]), timings=result["timings_ms"])
+            return Reconstruction(False, took, bound, "the key that came back is not the one imported", cpu_s=cpu)
+        return Reconstruction(True, took, bound, liars=tuple(b["custodian"] for b in result["invalid"]), cpu_s=cpu)
 
     def _holders_anywhere(self, keyset: str) -> list[int]:
         return self.holders(self._owners[keyset], keyset)

@@ -14,8 +14,11 @@ A write returns at once and the bytes reach the socket when their time comes,
 in order, as a kernel's send buffer and a long link would do; reads are held
 likewise. A partition between the two (:class:`Links`) holds the bytes until it
 heals, as TCP would keep retrying. Two background tasks per connection, in the
-nursery the layer is given, do the holding; a bounded queue per direction
-pushes back on a writer that runs ahead.
+nursery the layer is given, do the holding; a queue of at most ``QUEUE`` chunks
+of ``CHUNK`` bytes per direction pushes back on a writer that runs ahead. The
+TCP handshake takes its round trip too: the dialer waits one RTT before its
+first byte. After a local close, as on py-libp2p's own TCP stream, a write is
+dropped and a read sees the end of the stream.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from libp2p.abc import IHost
 from libp2p.io.abc import ReadWriteCloser
 from libp2p.network.connection.raw_connection import RawConnection
 
-QUEUE = 1024  # chunks held per direction before a writer (or the socket reader) waits
-CHUNK = 64 * 1024
+QUEUE = 256  # chunks held per direction before a writer (or the socket reader) waits
+CHUNK = 64 * 1024  # so at most 16 MiB held per direction
 
 
 class Links:
@@ -65,6 +68,8 @@ class DelayedStream(ReadWriteCloser):
         self._out_send, self._out_recv = trio.open_memory_channel[tuple[float, bytes]](QUEUE)
         self._in_send, self._in_recv = trio.open_memory_channel[tuple[float, bytes | BaseException]](QUEUE)
         self._pending = b""
+        self._held: tuple[float, bytes | BaseException] | None = None  # received, its time not yet come
+        self._closed = False
         self._error: BaseException | None = None
         self._scope = trio.CancelScope()
         nursery.start_soon(self._pumps)
@@ -106,15 +111,24 @@ class DelayedStream(ReadWriteCloser):
     async def write(self, data: bytes) -> None:
         if self._error is not None:
             raise self._error
-        await self._out_send.send((trio.current_time() + self.links.latency(self.local, self.remote), bytes(data)))
+        if self._closed:
+            return
+        due = trio.current_time() + self.links.latency(self.local, self.remote)
+        view = bytes(data)
+        for at in range(0, len(view), CHUNK):
+            await self._out_send.send((due, view[at:at + CHUNK]))
 
     async def read(self, n: int | None = None) -> bytes:
+        if n == 0 or self._closed:
+            return b""
         if not self._pending:
-            try:
-                due, data = await self._in_recv.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                return b""
-            await self._until(due)
+            if self._held is None:
+                try:
+                    self._held = await self._in_recv.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    return b""
+            await self._until(self._held[0])  # cancelled here, the chunk stays held for the next read
+            data, self._held = self._held[1], None
             if isinstance(data, BaseException):
                 raise data
             if not data:
@@ -127,6 +141,7 @@ class DelayedStream(ReadWriteCloser):
     async def close(self) -> None:
         """The socket closes at once; bytes still held are dropped, as a reset drops them
         (libp2p closes a connection only when it is done with it, or going away)."""
+        self._closed = True
         self._out_send.close()
         self._scope.cancel()
         await self.inner.close()
@@ -144,8 +159,10 @@ def delay_connections(host: IHost, links: Links, nursery: trio.Nursery) -> None:
 
     async def upgrade_security(raw_conn: Any, is_initiator: bool, peer_id: Any = None) -> Any:
         if is_initiator and peer_id is not None and isinstance(raw_conn, RawConnection):
-            raw_conn.stream = DelayedStream(raw_conn.stream, local=local, remote=peer_id.to_base58(), links=links,
-                                            nursery=nursery)
+            remote = peer_id.to_base58()
+            await links.until_linked(local, remote)  # the TCP handshake: SYN there, SYN-ACK back
+            await trio.sleep(links.latency(local, remote) + links.latency(remote, local))
+            raw_conn.stream = DelayedStream(raw_conn.stream, local=local, remote=remote, links=links, nursery=nursery)
         return await original(raw_conn, is_initiator, peer_id)
 
     upgrader.upgrade_security = upgrade_security

@@ -6,7 +6,8 @@ parameters and an async ``body(run)``. The body works on ``run.cluster`` (a
 partition, revoke, watch a record spread) and writes down what it saw:
 
 * ``run.measure(kind, seconds, bound, **labels)``: a measured delay next to
-  its physical bound (see ``_cluster``), e.g. a reconstruction's latency;
+  its physical bound (see ``_cluster``); ``run.reconstruction(got, **labels)``
+  for a reconstruction, with the CPU time spent meanwhile;
 * ``run.outcome(name, ok, detail)``: a fact the scenario checks, e.g. "the
   key came back with n-t custodians down";
 * ``run.series(name, points)``: a curve, e.g. the nodes a revocation has
@@ -39,12 +40,12 @@ from typing import Any
 import trio
 import trio.testing
 
-from ._cluster import Cluster
+from ._cluster import Cluster, Reconstruction
 from ._topology import Topology, resolve, summary
 
 MODES = ("virtual", "inprocess", "multiprocess")
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
-ZERO_OK = ("offline", "liars")  # the numeric parameters that may be 0; the others are above 0
+ZERO_OK = ("offline", "liars", "extra_ms")  # the numeric parameters that may be 0; the others are above 0
 ROLE_RANK = {"custodian": 0, "holder": 1, "owner": 2, "requester": 2, "revoked": 3, "liar": 3}
 
 
@@ -68,6 +69,7 @@ class Measurement:
     seconds: float | None  # None: it never happened (within the scenario's wait)
     bound: float | None
     labels: dict[str, Any]
+    cpu_s: float | None = None  # this process's CPU time while it happened (see Run.reconstruction)
 
     @property
     def ratio(self) -> float | None:
@@ -78,8 +80,11 @@ class Measurement:
     def to_json(self) -> dict[str, Any]:
         bound = None if self.bound is None or math.isnan(self.bound) else round(self.bound, 6)
         ratio = self.ratio
-        return {"kind": self.kind, "seconds": None if self.seconds is None else round(self.seconds, 6),
-                "bound_s": bound, "ratio": None if ratio is None else round(ratio, 4), **self.labels}
+        out = {"kind": self.kind, "seconds": None if self.seconds is None else round(self.seconds, 6),
+               "bound_s": bound, "ratio": None if ratio is None else round(ratio, 4), **self.labels}
+        if self.cpu_s is not None:
+            out["cpu_s"] = round(self.cpu_s, 6)
+        return out
 
 
 class Run:
@@ -104,6 +109,14 @@ class Run:
 
     def measure(self, kind: str, seconds: float | None, bound: float | None, **labels: Any) -> None:
         self.measurements.append(Measurement(kind, seconds, bound, labels))
+
+    def reconstruction(self, got: Reconstruction, **labels: Any) -> None:
+        """A reconstruction's latency (None if it failed), its bound, and the CPU time this
+        process spent meanwhile: in ``inprocess`` mode every node shares one process, so
+        a latency well above its bound next to a CPU time close to it says the run was
+        CPU-bound, not the network slow."""
+        self.measurements.append(Measurement("reconstruction", got.seconds if got.ok else None, got.bound, labels,
+                                             got.cpu_s))
 
     def outcome(self, name: str, ok: bool, detail: str = "") -> None:
         self.outcomes.append({"name": name, "ok": bool(ok), "detail": detail})
@@ -168,18 +181,23 @@ def summarise(measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per kind and label set: count, medians of seconds, bound and ratio, and misses."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for m in measurements:
-        labels = tuple(sorted((k, v) for k, v in m.items() if k not in ("seconds", "bound_s", "ratio", "node")))
+        labels = tuple(sorted((k, v) for k, v in m.items()
+                              if k not in ("seconds", "bound_s", "ratio", "node", "cpu_s")))
         groups.setdefault(labels, []).append(m)
     rows = []
     for labels, ms in groups.items():
         got = [m["seconds"] for m in ms if m["seconds"] is not None]
         ratios = [m["ratio"] for m in ms if m["ratio"] is not None]
         bounds = [m["bound_s"] for m in ms if m["bound_s"] is not None]
-        rows.append({**dict(labels), "count": len(ms), "missing": len(ms) - len(got),
-                     "median_s": round(statistics.median(got), 6) if got else None,
-                     "max_s": round(max(got), 6) if got else None,
-                     "median_bound_s": round(statistics.median(bounds), 6) if bounds else None,
-                     "median_ratio": round(statistics.median(ratios), 4) if ratios else None})
+        cpu = [m["cpu_s"] for m in ms if m.get("cpu_s") is not None]
+        row = {**dict(labels), "count": len(ms), "missing": len(ms) - len(got),
+               "median_s": round(statistics.median(got), 6) if got else None,
+               "max_s": round(max(got), 6) if got else None,
+               "median_bound_s": round(statistics.median(bounds), 6) if bounds else None,
+               "median_ratio": round(statistics.median(ratios), 4) if ratios else None}
+        if cpu:
+            row["median_cpu_s"] = round(statistics.median(cpu), 6)
+        rows.append(row)
     return rows
 
 
@@ -248,15 +266,17 @@ def format_summary(record: dict[str, Any]) -> str:
     clock = "virtual" if record["mode"] == "virtual" else "wall"
     lines = [f"{record['scenario']} ({record['mode']}, {record['nodes']} nodes over "
              f"{len(record['topology']['continents'])} continents, seed {record['seed']}): "
-             f"{record['scenario_s']:.1f} s {clock}, {record['wall_s']:.1f} s wall, peak RSS "
+             f"scenario {record['scenario_s']:.1f} s ({clock} clock), run {record['wall_s']:.1f} s wall, peak RSS "
              f"{record['peak_rss_mib']:.0f} MiB"]
     rows = record["summary"]
     if rows:
         keys = sorted({k for r in rows for k in r} - {"kind", "count", "missing", "median_s", "max_s",
-                                                       "median_bound_s", "median_ratio"})
-        head = ["kind", *keys, "count", "missed", "median s", "max s", "bound s", "ratio"]
+                                                       "median_bound_s", "median_ratio", "median_cpu_s"})
+        cpu = any("median_cpu_s" in r for r in rows)
+        head = ["kind", *keys, "count", "missed", "median s", "max s", "bound s", "ratio", *(["cpu s"] if cpu else [])]
         table = [[str(r.get("kind")), *[str(r.get(k, "")) for k in keys], str(r["count"]), str(r["missing"]),
-                  _f(r["median_s"]), _f(r["max_s"]), _f(r["median_bound_s"]), _f(r["median_ratio"], 2)]
+                  _f(r["median_s"]), _f(r["max_s"]), _f(r["median_bound_s"]), _f(r["median_ratio"], 2),
+                  *([_f(r.get("median_cpu_s"))] if cpu else [])]
                  for r in rows]
         widths = [max(len(x) for x in col) for col in zip(head, *table, strict=True)]
         lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))

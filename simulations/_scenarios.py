@@ -6,6 +6,8 @@ Each is seeded through ``run.rng`` and checks its own outcomes; see
 
 from __future__ import annotations
 
+import trio
+
 from shardnet.protocol import placement as node_placement
 
 from . import _geo_placement as gp
@@ -64,7 +66,7 @@ async def latency(run: Run) -> None:
             for h in c.holders(requester, ks):
                 run.mark(h, role="holder")
             got = await c.reconstruct(requester, ks, within=WAIT)
-            run.measure("reconstruction", got.seconds if got.ok else None, got.bound, placement=text)
+            run.reconstruction(got, placement=text)
             if not got.ok:
                 run.outcome(f"reconstruction under {text}", False, got.error)
             done += 1
@@ -89,7 +91,7 @@ async def loss(run: Run) -> None:
             down.append(victim)
             run.mark(victim, state="crashed")
         got = await c.reconstruct(owner, ks, within=run.params["wait"])
-        run.measure("reconstruction", got.seconds if got.ok else None, got.bound, down=k)
+        run.reconstruction(got, down=k)
         if k <= n - t:
             run.outcome(f"the key comes back with {k} of {n} custodians down", got.ok, got.error)
         else:
@@ -102,7 +104,7 @@ async def loss(run: Run) -> None:
         run.mark(victim, state="restarted")
         run.progress("restarts", j, len(down))
     got = await _settled_reconstruct(c, owner, ks, run.params["wait"])
-    run.measure("reconstruction", got.seconds if got.ok else None, got.bound, down="restarted")
+    run.reconstruction(got, down="restarted")
     run.outcome("the key comes back once every custodian has restarted", got.ok, got.error)
 
 
@@ -133,7 +135,7 @@ async def continent(run: Run) -> None:
         run.mark(i, state="cut off")
     left = len([h for h in holders if h not in inside])
     got = await c.reconstruct(owner, ks, within=run.params["wait"])
-    run.measure("reconstruction", got.seconds if got.ok else None, got.bound, continent_off=away)
+    run.reconstruction(got, continent_off=away)
     expect = left >= t
     run.outcome(f"{away} cut off ({len(holders) - left} of {n} holders there): the key "
                 f"{'comes back' if expect else 'cannot come back and the round fails cleanly'}",
@@ -142,7 +144,7 @@ async def continent(run: Run) -> None:
     for i in inside:
         run.mark(i, state="healed")
     got = await c.reconstruct(owner, ks, within=run.params["wait"])
-    run.measure("reconstruction", got.seconds if got.ok else None, got.bound, continent_off="healed")
+    run.reconstruction(got, continent_off="healed")
     run.outcome("after the partition heals the key comes back", got.ok, got.error)
 
 
@@ -196,12 +198,86 @@ async def byzantine(run: Run) -> None:
         lie_in_releases(c.nodes[i])
         run.mark(i, role="liar")
     got = await c.reconstruct(owner, ks, within=run.params["wait"])
-    run.measure("reconstruction", got.seconds if got.ok else None, got.bound, liars=len(liars))
+    run.reconstruction(got, liars=len(liars))
     run.outcome(f"the key comes back with {len(liars)} lying holders", got.ok, got.error)
     named = {c.index(p) for p in got.liars}
     run.outcome("every liar is named, and no one else", named == set(liars),
                 f"named {sorted(named)}, lying {liars}")
 
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in text.split(";") if x.strip()]
+    except ValueError:
+        rates = []
+    if not rates or not all(0 <= r < 1 for r in rates):
+        raise ScenarioError(f"--param loss={text!r}: loss rates from 0 to below 1, split by ';' (0;0.01;0.05)")
+    return rates
+
+
+async def links(run: Run) -> None:
+    """Reconstructions over slow and lossy links: every link loses segments at each rate in
+    turn (TCP retransmits them, so a loss costs a retransmission timeout: ``_linkfaults``)
+    and takes ``extra_ms`` more each way. The bound counts the extra, not the losses."""
+    c = run.cluster
+    rates = _rates(run.params["loss"])
+    owner, ks, _ = await _imported(run, "links")
+    reps = run.params["reps"]
+    for k, rate in enumerate(rates):
+        c.degrade(extra_s=run.params["extra_ms"] / 1000, loss=rate)
+        failed = []
+        for rep in range(reps):
+            got = await c.reconstruct(owner, ks, within=run.params["wait"])
+            run.reconstruction(got, loss=rate)
+            if not got.ok:
+                failed.append(got.error)
+            run.progress("reconstructions", k * reps + rep + 1, len(rates) * reps)
+        run.outcome(f"every reconstruction succeeded with {rate:g} loss", not failed,
+                    f"{len(failed)} of {reps} failed: {failed[0]}" if failed else "")
+    c.restore()
+
+
+async def churn(run: Run) -> None:
+    """Custodians leave (crash) and come back (restart, with their disk) at ``rate`` events a
+    minute while the owner asks for its key again and again; at most n-t holders are away
+    at once, so every reconstruction must succeed, however slowly."""
+    c = run.cluster
+    t, n, reps = run.params["t"], run.params["n"], run.params["reps"]
+    owner, ks, holders = await _imported(run, "churn")
+    pool = [i for i in range(1, len(c.nodes)) if i != owner]
+    away: set[int] = set()
+    events = [0]
+
+    async def churner() -> None:
+        for _ in range(100_000):  # bounded; cancelled when the reconstructions are done
+            await trio.sleep(run.rng.expovariate(run.params["rate"] / 60))
+            i = run.rng.choice(pool)
+            if i in away:
+                await c.restart(i)
+                away.discard(i)
+                run.mark(i, state="rejoined")
+            elif len(away & set(holders)) < n - t or i not in holders:
+                await c.crash(i)
+                away.add(i)
+                run.mark(i, state="left")
+            events[0] += 1
+
+    failed = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(churner)
+        for rep in range(reps):
+            down = len(away & set(holders))
+            got = await c.reconstruct(owner, ks, within=run.params["wait"])
+            run.reconstruction(got, holders_away=down)
+            if not got.ok:
+                failed.append(got.error)
+            run.progress("reconstructions", rep + 1, reps)
+            await trio.sleep(run.params["gap"])
+        nursery.cancel_scope.cancel()
+    for i in sorted(away):
+        await c.restart(i)
+    run.outcome(f"every reconstruction succeeded under churn ({events[0]} leaves and rejoins)", not failed,
+                f"{len(failed)} of {reps} failed: {failed[0]}" if failed else "")
 
 SCENARIOS = {s.name: s for s in (
     Scenario("latency", "reconstruction latency against its bound, across placements (random, distinct:country, "
@@ -217,4 +293,10 @@ SCENARIOS = {s.name: s for s in (
     Scenario("byzantine", "up to n-t holders send wrong partials: each is named and the key comes back",
              byzantine, nodes=12, params={"t": 3, "n": 5, "liars": 2, "placement": "distinct:country",
                                           "wait": 30.0}),
+    Scenario("links", "reconstructions over slow and lossy links (TCP retransmits a lost segment after a timeout)",
+             links, nodes=12, params={"t": 3, "n": 5, "reps": 3, "loss": "0;0.1;0.3", "extra_ms": 0.0,
+                                      "placement": "distinct:country", "wait": 60.0}),
+    Scenario("churn", "custodians leave and rejoin at a rate while the key is asked for, at most n-t holders away",
+             churn, nodes=12, params={"t": 3, "n": 5, "reps": 8, "rate": 20.0, "gap": 2.0,
+                                      "placement": "distinct:country", "wait": 60.0}),
 )}

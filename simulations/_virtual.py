@@ -33,11 +33,11 @@ class VirtualCluster(Cluster):
     mode = "virtual"
 
     def __init__(self, root: pathlib.Path, topology: Topology, *, seed: int, cpu_model: bool = True) -> None:
-        super().__init__(topology)
+        super().__init__(topology, seed=seed)
         self.cpu_model = cpu_model
 
         def latency(a: str, b: str) -> float:
-            return self.peer_latency(a, b)
+            return self.transit(a, b)
 
         self.grid = Grid(root, len(topology.sites), latency=latency, seed=seed, trace=False, republish=60.0,
                          sites=topology.sites, cpu_clock=time.process_time if cpu_model else None,

@@ -9,13 +9,16 @@ within 10% once the same exchange's time without delay is taken off (the quickes
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
+import trio.testing
 
 from shardnet.node import _net as net
-from shardnet.simulations._delay import Links, delay_connections
+from shardnet.simulations._delay import DelayedStream, Links, delay_connections
+from shardnet.simulations._linkfaults import RTO_MIN, LinkFaults
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 PROTO = "/shardnet-test/echo/1"
@@ -97,3 +100,77 @@ async def test_a_partition_holds_the_bytes_until_it_heals() -> None:
             assert not got
             links.heal()
         assert got == [b"after"]
+
+
+async def test_slow_and_lossy_links_on_real_hosts() -> None:
+    # The inprocess mode's link faults (simulations/_linkfaults.py) through the delay layer:
+    # a slow link adds its extra each way; a lossy one costs retransmission timeouts.
+    faults = LinkFaults(random.Random(5))
+    async with _pair(lambda x, y: 0.01 + faults.penalty(x, y, 0.01)) as (a, b, _):
+        async def trip() -> float:
+            t0 = trio.current_time()
+            assert await net.request(a.host, b.peer_id, PROTO, b"ping", max_reply=64, timeout=30) == b"ping"
+            return trio.current_time() - t0
+
+        with trio.fail_after(60):
+            base = min([await trip() for _ in range(3)])
+            faults.degrade(extra_s=0.04)
+            slow = min([await trip() for _ in range(3)])
+            faults.degrade(loss=0.3)
+            lossy = max([await trip() for _ in range(8)])
+        assert slow - base >= 0.08 * 0.95, (base, slow)
+        assert lossy - base >= RTO_MIN, (base, lossy)
+
+class _Socket:
+    """One end of trio's in-memory stream pair, as py-libp2p's TCP stream looks to the layer."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+
+    async def write(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def read(self, n: int | None = None) -> bytes:
+        return await self.stream.receive_some(n)
+
+    async def close(self) -> None:
+        await self.stream.aclose()
+
+    def get_remote_address(self) -> None:
+        return None
+
+
+async def test_a_read_cancelled_while_its_bytes_are_held_loses_none_of_them() -> None:
+    near, far = trio.testing.memory_stream_pair()
+    with trio.fail_after(10):  # a lost chunk would leave the second read waiting
+        await _cancelled_read(near, far)
+
+
+async def _cancelled_read(near: trio.abc.Stream, far: trio.abc.Stream) -> None:
+    async with trio.open_nursery() as nursery:
+        d = DelayedStream(_Socket(near), local="a", remote="b", links=Links(lambda x, y: 0.2), nursery=nursery)
+        await far.send_all(b"abc")
+        with trio.move_on_after(0.05) as scope:
+            await d.read(10)
+        assert scope.cancelled_caught  # the chunk is in, its time not yet come
+        t0 = trio.current_time()
+        assert await d.read(10) == b"abc"
+        assert 0.1 < trio.current_time() - t0 < 0.5
+        assert await d.read(0) == b""  # at once, as a socket's
+        await d.close()
+        await d.write(b"after")  # dropped, as py-libp2p's TCP stream drops a write after close
+        assert await d.read(10) == b""
+
+
+async def test_a_large_write_goes_out_whole_and_in_order() -> None:
+    near, far = trio.testing.memory_stream_pair()
+    data = os.urandom(5 * 64 * 1024 + 7)
+    got = bytearray()
+    async with trio.open_nursery() as nursery:
+        d = DelayedStream(_Socket(near), local="a", remote="b", links=Links(lambda x, y: 0.01), nursery=nursery)
+        await d.write(data)
+        with trio.fail_after(10):
+            while len(got) < len(data):
+                got += await far.receive_some()
+        assert bytes(got) == data
+        await d.close()

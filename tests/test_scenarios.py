@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import pathlib
+import random
 
 import pytest
 
 from shardnet.protocol import placement
 from shardnet.simulations import _geo_placement as gp
+from shardnet.simulations import _linkfaults as linkfaults
 from shardnet.simulations._local import run_cli
 from shardnet.simulations._scenario import ScenarioError, parse_params, run_scenario
 from shardnet.simulations._scenarios import SCENARIOS
@@ -31,6 +33,34 @@ def test_custodians_down_up_to_n_minus_t_and_one_past() -> None:
     assert "fails cleanly" in next(o["name"] for o in r["outcomes"] if "past n-t" in o["name"])
     assert all(m["ratio"] >= 1.0 for m in r["measurements"] if m["ratio"] is not None)  # never under its bound
 
+
+def test_lossy_links_cost_retransmissions_and_the_key_still_comes_back() -> None:
+    r = run_scenario(SCENARIOS["links"], nodes=12, seed=1, params={**SCENARIOS["links"].params, "loss": "0;0.4"})
+    assert r["ok"], r["outcomes"]
+    median = {row["loss"]: row["median_s"] for row in r["summary"]}
+    bound = {row["loss"]: row["median_bound_s"] for row in r["summary"]}
+    assert bound[0.4] == bound[0.0]  # a loss is not a physical delay: the bound stays
+    assert median[0.4] > median[0.0] + linkfaults.RTO_MIN  # at least one retransmission on the way
+
+
+def test_link_faults_draw_retransmissions_with_backoff() -> None:
+    f = linkfaults.LinkFaults(random.Random(1))
+    assert f.penalty("a", "b", 0.05) == 0.0
+    f.degrade([("a", "b")], extra_s=0.01, loss=0.999999)
+    rto = max(linkfaults.RTO_MIN, 4 * 0.06)
+    assert f.penalty("b", "a", 0.05) == pytest.approx(0.01 + rto * (2 ** linkfaults.MAX_TRIES - 1))
+    assert f.penalty("a", "c", 0.05) == 0.0  # another pair
+    with pytest.raises(ValueError):
+        f.degrade(loss=1.0)
+    f.restore()
+    assert f.penalty("a", "b", 0.05) == 0.0
+
+
+def test_churn_leaves_and_rejoins_and_every_reconstruction_succeeds() -> None:
+    r = run_scenario(SCENARIOS["churn"], nodes=12, seed=1)
+    assert r["ok"], r["outcomes"]
+    assert any(m["holders_away"] > 0 for m in r["measurements"])  # some asked with holders away
+    assert "rejoined" in {s["state"] for s in r["sites"]} or "left" in {s["state"] for s in r["sites"]}
 
 def test_a_revocation_reaches_every_node_even_those_down_when_it_was_made() -> None:
     r = run_scenario(SCENARIOS["revocation"], nodes=20, seed=3, params={"offline": 2})
@@ -116,3 +146,5 @@ def test_a_scenario_on_real_libp2p_hosts_with_the_delay_layer() -> None:
     assert r["ok"], r["outcomes"]
     done = [m for m in r["measurements"] if m["seconds"] is not None]
     assert done and all(m["seconds"] >= m["bound_s"] for m in done)  # the delays are really there
+    # Every node's processing shares this process: each reconstruction says how much CPU it took.
+    assert all(0 < m["cpu_s"] <= m["seconds"] * 1.5 for m in done), done
