@@ -1,8 +1,10 @@
 """Byzantine custodians for scenarios: nodes of this process made to lie.
 
 Only a runtime object in a simulation's own process can be made to lie, by
-replacing one of its methods on that instance; no flag, config or wire record
-makes a running node do it.
+replacing one of its methods on that instance or by signing with its key what
+an honest node would not sign; no flag, config or wire record makes a running
+node do it. The faults: a wrong partial (``lie_in_releases``), a double vote
+(``contradict``) and a forged gossip record (``forge_revocation``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from shardnet import protocol as p
 from shardnet.node._services import Releaser
-from shardnet.protocol import Request, hazmat
+from shardnet.protocol import Request, hazmat, wire
 
 if TYPE_CHECKING:
     from shardnet.node._runtime import NodeRuntime
@@ -28,3 +30,18 @@ def lie_in_releases(node: NodeRuntime) -> None:
     """From now on, ``node`` releases a partial (or share) computed from a wrong share,
     with a proof that cannot match its commitment."""
     node.releaser._payload = types.MethodType(_wrong, node.releaser)  # type: ignore[method-assign]
+
+
+async def contradict(node: NodeRuntime, request_id: str) -> None:
+    """``node``, an approver that approved ``request_id``, also denies it: two signed votes
+    that disagree (an equivocation), on the vote topic."""
+    vote = p.Vote.make(node.key, node.approvals.request(request_id), "deny", node.now())
+    await node.links.publish(wire.VOTE_TOPIC, vote.signed)
+
+
+async def forge_revocation(node: NodeRuntime, victim: str) -> None:
+    """``node``, no admission authority, publishes a revocation of ``victim`` that only it
+    signed: well formed, validly signed, and not the network's to act on."""
+    body = p.MemberRevocation.make_body(network_id=node.members.genesis.network_id, peer_id=victim,
+                                        reason="forged", time=node.now())
+    await node.membership.publish(p.CoSigned.propose(node.key, body))

@@ -33,6 +33,7 @@ from shardnet import protocol as p
 from shardnet.node._control_server import ControlError
 from shardnet.protocol import wire
 
+from ._byzantine import contradict
 from ._geo_placement import Placement, choose
 from ._linkfaults import LinkFaults
 from ._topology import Topology
@@ -72,6 +73,7 @@ class Reconstruction:
     error: str = ""
     liars: tuple[str, ...] = ()
     cpu_s: float | None = None  # this process's CPU time meanwhile: every node's processing, when they share it
+    request: str = ""  # the request's id, when the round got as far as making one
 
 
 class Cluster:
@@ -218,9 +220,21 @@ class Cluster:
             return float("nan")  # no quorum or too few holders up: no bound to speak of
         return trips[rule.quorum - 1] + rtts[ks.threshold - 1]
 
-    async def reconstruct(self, requester: int, keyset: str, *, within: float = 60.0) -> Reconstruction:
+    def approval_rule(self, keyset: str) -> tuple[list[int], int]:
+        """The keyset's approvers (node indices) and its quorum."""
+        rule = p.ApprovalRule.of(self._keyset(keyset))
+        return sorted(self._site_of[a] for a in rule.approvers), rule.quorum
+
+    def voided(self, i: int, request_id: str) -> set[int]:
+        """The approvers node ``i`` holds a double vote of on that request (void, as evidence)."""
+        node = self.nodes[i]
+        return {self._site_of[a] for a in node.approvals.tally(node.approvals.request(request_id)).equivocations}
+
+    async def reconstruct(self, requester: int, keyset: str, *, within: float = 60.0,
+                          double_voters: frozenset[int] = frozenset()) -> Reconstruction:
         """Ask for the key from node ``requester``; every approver that is up approves as soon
-        as the request reaches it (a scenario's approvers answer at once)."""
+        as the request reaches it (a scenario's approvers answer at once), and each of
+        ``double_voters`` denies it too (``_byzantine.contradict``)."""
         if not self.up(requester):
             raise RuntimeError(f"node {requester} is down: it cannot ask for a key")
         holders = self._holders_anywhere(keyset)
@@ -249,6 +263,8 @@ class Cluster:
                         if (row["keyset"] == keyset and row["approver"] and row["my_vote"] is None
                                 and row["requester"] == asker.peer_id and row["state"] == "pending"):
                             await node.commands()["approve"]({"request": row["request"]}, _quiet)
+                            if i in double_voters:
+                                await contradict(node, row["request"])
                             return
                 await trio.sleep(POLL)
 
@@ -262,7 +278,8 @@ class Cluster:
             return Reconstruction(False, took, bound, result["error"], cpu_s=cpu)
         if base64.b64decode(result["key"]) != self._keys[keyset]:
             return Reconstruction(False, took, bound, "the key that came back is not the one imported", cpu_s=cpu)
-        return Reconstruction(True, took, bound, liars=tuple(b["custodian"] for b in result["invalid"]), cpu_s=cpu)
+        return Reconstruction(True, took, bound, liars=tuple(b["custodian"] for b in result["invalid"]), cpu_s=cpu,
+                              request=result["request"])
 
     def _holders_anywhere(self, keyset: str) -> list[int]:
         return self.holders(self._owners[keyset], keyset)

@@ -45,7 +45,7 @@ from ._topology import Topology, resolve, summary
 
 MODES = ("virtual", "inprocess", "multiprocess")
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
-ZERO_OK = ("offline", "liars", "extra_ms")  # the numeric parameters that may be 0; the others are above 0
+ZERO_OK = ("offline", "liars", "extra_ms", "double_voters", "forgers")  # the numeric parameters that may be 0; the others are above 0
 ROLE_RANK = {"custodian": 0, "holder": 1, "owner": 2, "requester": 2, "revoked": 3, "liar": 3}
 
 

@@ -11,7 +11,7 @@ import trio
 from shardnet.protocol import placement as node_placement
 
 from . import _geo_placement as gp
-from ._byzantine import lie_in_releases
+from ._byzantine import forge_revocation, lie_in_releases
 from ._cluster import Cluster, Reconstruction
 from ._scenario import Run, Scenario, ScenarioError
 
@@ -188,7 +188,11 @@ async def revocation(run: Run) -> None:
 
 
 async def byzantine(run: Run) -> None:
-    """Up to n-t holders answer with wrong partials: every one is named and the key comes back."""
+    """Byzantine custodians, each fault up to what the keyset tolerates: holders answer with
+    wrong partials (``liars``, up to n-t), approvers vote both ways (``double_voters``, up to
+    the approvers past the quorum), and a custodian forges a revocation of a holder
+    (``forgers``). Every liar and double voter is named, the forgery takes hold nowhere,
+    and the key comes back."""
     c = run.cluster
     t, n = run.params["t"], run.params["n"]
     owner, ks, holders = await _imported(run, "byzantine")
@@ -197,13 +201,33 @@ async def byzantine(run: Run) -> None:
     for i in liars:
         lie_in_releases(c.nodes[i])
         run.mark(i, role="liar")
-    got = await c.reconstruct(owner, ks, within=run.params["wait"])
-    run.reconstruction(got, liars=len(liars))
-    run.outcome(f"the key comes back with {len(liars)} lying holders", got.ok, got.error)
+    approvers, quorum = c.approval_rule(ks)
+    voters = [a for a in approvers if a != owner]
+    double = sorted(run.rng.sample(voters, min(run.params["double_voters"], len(approvers) - quorum, len(voters))))
+    for i in double:
+        run.mark(i, role="liar")
+    forgers = [i for i in range(1, len(c.nodes)) if i != owner and i not in holders][:run.params["forgers"]]
+    victim = others[0] if others else owner
+    for i in forgers:
+        await forge_revocation(c.nodes[i], c.peers[victim])
+        run.mark(i, role="liar")
+    got = await c.reconstruct(owner, ks, within=run.params["wait"], double_voters=frozenset(double))
+    run.reconstruction(got, liars=len(liars), double_voters=len(double))
+    run.outcome(f"the key comes back with {len(liars)} lying holders and {len(double)} double voters",
+                got.ok, got.error)
     named = {c.index(p) for p in got.liars}
     run.outcome("every liar is named, and no one else", named == set(liars),
                 f"named {sorted(named)}, lying {liars}")
-
+    if got.ok and double:
+        seen = await c.spread(owner, lambda i: c.voided(i, got.request) >= set(double), targets=[owner],
+                              within=run.params["wait"])
+        void = c.voided(owner, got.request)
+        run.outcome("every double voter is void at the requester, with both votes as evidence, and no one else",
+                    bool(seen) and void == set(double), f"void {sorted(void)}, double voters {double}")
+    if forgers:
+        took = [i for i in range(len(c.nodes)) if c.up(i) and c.revoked_on(i, c.peers[victim])]
+        run.outcome(f"a revocation forged by {len(forgers)} custodian(s) who are no authority took hold on no node",
+                    not took, f"node(s) {took} took it" if took else "")
 
 def _rates(text: str) -> list[float]:
     try:
@@ -290,9 +314,10 @@ SCENARIOS = {s.name: s for s in (
              continent, nodes=20, params={"t": 3, "n": 5, "placement": "distinct:continent", "wait": 30.0}),
     Scenario("revocation", "a membership revocation reaches every node, and nodes that were down learn it "
              "when they restart", revocation, nodes=30, params={"offline": 3}),
-    Scenario("byzantine", "up to n-t holders send wrong partials: each is named and the key comes back",
-             byzantine, nodes=12, params={"t": 3, "n": 5, "liars": 2, "placement": "distinct:country",
-                                          "wait": 30.0}),
+    Scenario("byzantine", "wrong partials, double votes and a forged revocation: each liar named, the forgery "
+             "refused, the key back",
+             byzantine, nodes=12, params={"t": 3, "n": 5, "liars": 2, "double_voters": 1, "forgers": 1,
+                                          "placement": "distinct:country", "wait": 30.0}),
     Scenario("links", "reconstructions over slow and lossy links (TCP retransmits a lost segment after a timeout)",
              links, nodes=12, params={"t": 3, "n": 5, "reps": 3, "loss": "0;0.1;0.3", "extra_ms": 0.0,
                                       "placement": "distinct:country", "wait": 60.0}),
