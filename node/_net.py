@@ -19,10 +19,13 @@ Choices made here (see ../shared/LIBP2P_NOTES.md for the measurements):
   records would otherwise make the node dial any address a peer names, whatever
   our own ``do_px`` setting.
 * GossipSub keeps ``strict_signing=True`` and a 1 s heartbeat. It sends IDONTWANT
-  only for messages of 1 KiB or more, as go-libp2p does (``_Router``).
-* Yamux sends a WINDOW_UPDATE once half a stream's window is read, as go-yamux
-  does, not after every read (py-libp2p's default): that doubled the frames of every
-  small gossip RPC.
+  only for received messages of 1 KiB or more, as go-libp2p does (``_Router``).
+* Yamux runs with ``PY_YAMUX_RELEASE_ON_READ=0`` (unless the environment says
+  otherwise; child processes inherit it): py-libp2p's default sends a WINDOW_UPDATE
+  for every read call, three per small gossip RPC (its length, then its body, ...);
+  with 0 it sends about one per RPC. py-libp2p then credits a window up to about
+  half a window over its 256 KiB, which ``BoundedYamux``'s cap on the bytes
+  unread per connection still bounds.
 * A host is always closed with ``host.close()`` before its ``run()`` context ends;
   otherwise every outbound socket leaks (py-libp2p issue #1485). Its whole life runs
   in a task shielded from the caller's cancellation, so that a cancelled caller
@@ -134,8 +137,9 @@ __all__ = [
     "write_frame",
 ]
 
-# py-libp2p reads this on every yamux read; "1" (its default) sends a WINDOW_UPDATE
-# for each read, "0" keeps go-yamux's half-window rule. An operator's own value wins.
+# py-libp2p reads this on every yamux read; "1" (its default) sends a WINDOW_UPDATE for
+# each read call, "0" only when its hysteresis asks (see the module docstring). An
+# operator's own value wins.
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 logger = logging.getLogger(__name__)
@@ -288,27 +292,31 @@ def make_host(
 
 
 IDONTWANT_MIN = 1024  # bytes: go-libp2p's GossipSubIDontWantMessageThreshold
-_small_message: contextvars.ContextVar[bool] = contextvars.ContextVar("small_message", default=False)
+_no_idontwant: contextvars.ContextVar[bool] = contextvars.ContextVar("no_idontwant", default=False)
 
 
 class _Router(GossipSub):
-    """GossipSub that sends IDONTWANT only for a message of ``IDONTWANT_MIN`` bytes or more.
+    """GossipSub that sends IDONTWANT only for a received message of ``IDONTWANT_MIN``
+    bytes or more.
 
     IDONTWANT (v1.2) saves a mesh peer from sending a duplicate of a large message.
-    py-libp2p 0.8.1 sends one to every mesh peer for every message, however small:
-    for our records (most under 1 KiB) that doubles the RPCs a message costs and
-    saves next to nothing. go-libp2p skips messages under 1 KiB; so do we.
+    py-libp2p 0.8.1 sends one to every mesh peer for every message, however small,
+    our own included: for our records (most under 1 KiB) that doubles the RPCs a
+    message costs and saves next to nothing. go-libp2p sends it only for a received
+    message of 1 KiB or more; so do we. (py-libp2p's one caller of the hook below is
+    ``publish``, in the same task, which is what the context variable relies on.)
     """
 
     async def publish(self, msg_forwarder: Any, pubsub_msg: Any) -> None:
-        token = _small_message.set(len(pubsub_msg.data) < IDONTWANT_MIN)
+        ours = self.pubsub is not None and msg_forwarder == self.pubsub.my_id
+        token = _no_idontwant.set(ours or len(pubsub_msg.data) < IDONTWANT_MIN)
         try:
             await super().publish(msg_forwarder, pubsub_msg)
         finally:
-            _small_message.reset(token)
+            _no_idontwant.reset(token)
 
     async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Any) -> None:
-        if not _small_message.get():
+        if not _no_idontwant.get():
             await super()._emit_idontwant_for_message(msg_id, topic_ids)
 
 
@@ -608,7 +616,7 @@ async def _early_reply(stream: INetStream, frame_cap: int, peer_id: str, protoco
 
 MULTISTREAM = "/multistream/1.0.0"
 MAX_NEGOTIATION_LINE = 1024
-LAZY_MAX = 64 * 1024  # bytes: a request up to this size goes out with its negotiation
+LAZY_MAX = 192 * 1024  # bytes: a request this size fits a new yamux stream's 256 KiB window
 
 
 def _negotiation(protocol: str) -> bytes:
@@ -671,9 +679,10 @@ async def request(
             try:
                 # Lazy negotiation: the protocol and the request go out in one write,
                 # and the peer's answers to the negotiation are read with the reply. A
-                # large request waits for the protocol's acceptance first (it waits for
-                # window updates anyway): a peer that refuses the protocol resets the
-                # stream while we write, and py-libp2p drops its "na" with the stream.
+                # request larger than a stream's first window waits for the protocol's
+                # acceptance first (it waits for window updates anyway): a peer that
+                # refuses the protocol resets the stream while such a write is blocked,
+                # and py-libp2p drops its "na" with the stream.
                 body = len(payload).to_bytes(FRAME_HEADER_LEN, "big") + bytes(payload)
                 lazy = len(payload) <= LAZY_MAX
                 if not lazy:

@@ -84,7 +84,8 @@ class Cluster:
 
     def __init__(self, topology: Topology, *, seed: int = 0) -> None:
         self.topology = topology
-        self.faults = LinkFaults(random.Random(seed))
+        self.faults = LinkFaults(random.Random(f"shardnet-linkfaults-{seed}"))  # not the run's own stream
+        self._busy: dict[tuple[str, str], float] = {}  # a faulty link's last byte due: TCP keeps the order
         self.nodes: list[NodeRuntime] = []
         self.peers: list[str] = []
         self._site_of: dict[str, int] = {}
@@ -152,19 +153,25 @@ class Cluster:
         return self.one_way(self._site_of[a], self._site_of[b]) + self.faults.extra(a, b)
 
     def transit(self, a: str, b: str) -> float:
-        """What one send from a to b takes now: ``peer_latency`` and what its losses cost
-        (drawn: see ``_linkfaults``). The modes' transports delay by this."""
+        """What one send from a to b (a write on the connection, a gossip hop, a request's leg)
+        takes if it starts now: ``peer_latency`` and what its losses cost (drawn: see
+        ``_linkfaults``). On a faulty link nothing overtakes a send held back by a loss, as
+        on one TCP connection. The modes' transports delay by this."""
         base = self.one_way(self._site_of[a], self._site_of[b])
-        return base + self.faults.penalty(a, b, base)
+        if not self.faults.active(a, b):
+            return base
+        now = self.now()
+        due = max(now + base + self.faults.penalty(a, b, base), self._busy.get((a, b), 0.0))
+        self._busy[(a, b)] = due
+        return due - now
 
-    def degrade(self, nodes: set[int] | None = None, *, extra_s: float = 0.0, loss: float = 0.0) -> None:
-        """Slow (``extra_s`` more each way) and lossy links: between every pair, or between
-        ``nodes`` and every other node; :meth:`restore` undoes it."""
-        pairs = None if nodes is None else [(self.peers[i], peer) for i in nodes for peer in self.peers]
-        self.faults.degrade(pairs, extra_s=extra_s, loss=loss)
+    def degrade(self, *, extra_s: float = 0.0, loss: float = 0.0) -> None:
+        """Every link slow (``extra_s`` more each way) and lossy; :meth:`restore` undoes it."""
+        self.faults.degrade(extra_s=extra_s, loss=loss)
 
     def restore(self) -> None:
         self.faults.restore()
+        self._busy.clear()
 
     def gossip_bounds(self, source: int, mesh: dict[str, list[str]] | None = None) -> dict[int, float]:
         """The overlay's shortest-path delay from ``source`` to every node it reaches."""
@@ -215,7 +222,9 @@ class Cluster:
             if a in there and back is not None:
                 trips.append(there[a] + back)
         trips.sort()
-        rtts = sorted(2 * self.one_way(requester, h) for h in holders if self.up(h))
+        me = self.peers[requester]
+        rtts = sorted(self.peer_latency(me, self.peers[h]) + self.peer_latency(self.peers[h], me)
+                      for h in holders if self.up(h))
         if len(trips) < rule.quorum or len(rtts) < ks.threshold:
             return float("nan")  # no quorum or too few holders up: no bound to speak of
         return trips[rule.quorum - 1] + rtts[ks.threshold - 1]
@@ -259,13 +268,18 @@ class Cluster:
             for _ in range(int(within / POLL) + 1):
                 if self.up(i):
                     node = self.nodes[i]
-                    for row in node.approvals.listing(node.now()):
-                        if (row["keyset"] == keyset and row["approver"] and row["my_vote"] is None
-                                and row["requester"] == asker.peer_id and row["state"] == "pending"):
-                            await node.commands()["approve"]({"request": row["request"]}, _quiet)
-                            if i in double_voters:
-                                await contradict(node, row["request"])
-                            return
+                    try:
+                        for row in node.approvals.listing(node.now()):
+                            if (row["keyset"] == keyset and row["approver"] and row["my_vote"] is None
+                                    and row["requester"] == asker.peer_id and row["state"] == "pending"):
+                                await node.commands()["approve"]({"request": row["request"]}, _quiet)
+                                if i in double_voters:
+                                    await contradict(node, row["request"])
+                                return
+                    except Exception:
+                        if self.up(i) and node is self.nodes[i]:
+                            raise
+                        # it crashed while voting (a scenario's churn): it votes again if it comes back
                 await trio.sleep(POLL)
 
         async with trio.open_nursery() as nursery:

@@ -42,6 +42,14 @@ class Links:
         self.latency = latency
         self._cuts: set[frozenset[str]] = set()
         self._healed = trio.Event()
+        self._dialed: dict[str, set[DelayedStream]] = {}  # each host's delayed connections
+
+    async def close_dialed(self, local: str) -> None:
+        """Close what ``local`` dialed and still holds open: a host that stopped without
+        closing a connection (py-libp2p closes them one by one, within a time limit) would
+        otherwise leave it open to its peer, and its pumps running."""
+        for stream in list(self._dialed.pop(local, ())):
+            await stream.close()
 
     def partition(self, side_a: set[str], side_b: set[str]) -> None:
         self._cuts |= {frozenset((a, b)) for a in side_a for b in side_b}
@@ -72,6 +80,7 @@ class DelayedStream(ReadWriteCloser):
         self._closed = False
         self._error: BaseException | None = None
         self._scope = trio.CancelScope()
+        links._dialed.setdefault(local, set()).add(self)
         nursery.start_soon(self._pumps)
 
     async def _pumps(self) -> None:
@@ -115,8 +124,11 @@ class DelayedStream(ReadWriteCloser):
             return
         due = trio.current_time() + self.links.latency(self.local, self.remote)
         view = bytes(data)
-        for at in range(0, len(view), CHUNK):
-            await self._out_send.send((due, view[at:at + CHUNK]))
+        try:
+            for at in range(0, len(view), CHUNK):
+                await self._out_send.send((due, view[at:at + CHUNK]))
+        except trio.ClosedResourceError:
+            return  # closed while this write waited for room: dropped, as after a close
 
     async def read(self, n: int | None = None) -> bytes:
         if n == 0 or self._closed:
@@ -142,6 +154,7 @@ class DelayedStream(ReadWriteCloser):
         """The socket closes at once; bytes still held are dropped, as a reset drops them
         (libp2p closes a connection only when it is done with it, or going away)."""
         self._closed = True
+        self.links._dialed.get(self.local, set()).discard(self)
         self._out_send.close()
         self._scope.cancel()
         await self.inner.close()

@@ -1,11 +1,14 @@
 """Slow and lossy links, for both modes that carry bytes (``virtual`` and ``inprocess``).
 
-A slow link adds a fixed one-way delay. A lossy link loses each segment with a
+A slow link adds a fixed one-way delay. A lossy link loses sends with a
 probability; over TCP (libp2p's transport) nothing is lost for good, but a lost
 segment waits a retransmission timeout, and everything behind it on the
-connection waits with it. :meth:`LinkFaults.penalty` draws that cost for one
-send: an RTO (Linux's floor of 200 ms, or two round trips if longer) per loss,
-doubling on each loss in a row as TCP backs off, at most ``MAX_TRIES`` of them.
+connection waits with it (``Cluster.transit`` keeps that order). The loss is
+drawn per send, not per segment: a write on the connection (inprocess: one
+Noise frame out, one socket read in) or a gossip hop or a request's leg
+(virtual). :meth:`LinkFaults.penalty` draws that cost for one send: an RTO
+(Linux's floor of 200 ms, or two round trips if longer) per loss, doubling on
+each loss in a row as TCP backs off, at most ``MAX_TRIES`` of them.
 
 A scenario's bound counts a slow link's extra delay (it is the physical
 delay) and not the losses (their cost is what a lossy scenario measures).
@@ -48,6 +51,9 @@ class LinkFaults:
 
     def extra(self, a: str, b: str) -> float:
         return self._of(a, b)[0]
+
+    def active(self, a: str, b: str) -> bool:
+        return self._of(a, b) != (0.0, 0.0)
 
     def penalty(self, a: str, b: str, one_way: float) -> float:
         """The delay one send from a to b takes beyond ``one_way``: the extra, then the

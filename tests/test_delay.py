@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from shardnet.node import _net as net
-from shardnet.simulations._delay import DelayedStream, Links, delay_connections
+from shardnet.simulations._delay import CHUNK, QUEUE, DelayedStream, Links, delay_connections
 from shardnet.simulations._linkfaults import RTO_MIN, LinkFaults
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -148,14 +148,17 @@ async def test_a_read_cancelled_while_its_bytes_are_held_loses_none_of_them() ->
 
 async def _cancelled_read(near: trio.abc.Stream, far: trio.abc.Stream) -> None:
     async with trio.open_nursery() as nursery:
-        d = DelayedStream(_Socket(near), local="a", remote="b", links=Links(lambda x, y: 0.2), nursery=nursery)
+        d = DelayedStream(_Socket(near), local="a", remote="b", links=Links(lambda x, y: 0.5), nursery=nursery)
         await far.send_all(b"abc")
+        for _ in range(500):  # until the pump has the chunk, held for its 0.5 s
+            if d._in_recv.statistics().current_buffer_used:
+                break
+            await trio.sleep(0.01)
         with trio.move_on_after(0.05) as scope:
             await d.read(10)
-        assert scope.cancelled_caught  # the chunk is in, its time not yet come
-        t0 = trio.current_time()
+        assert scope.cancelled_caught  # the read took the chunk and was cancelled waiting for its time
+        assert not d._in_recv.statistics().current_buffer_used
         assert await d.read(10) == b"abc"
-        assert 0.1 < trio.current_time() - t0 < 0.5
         assert await d.read(0) == b""  # at once, as a socket's
         await d.close()
         await d.write(b"after")  # dropped, as py-libp2p's TCP stream drops a write after close
@@ -164,7 +167,7 @@ async def _cancelled_read(near: trio.abc.Stream, far: trio.abc.Stream) -> None:
 
 async def test_a_large_write_goes_out_whole_and_in_order() -> None:
     near, far = trio.testing.memory_stream_pair()
-    data = os.urandom(5 * 64 * 1024 + 7)
+    data = os.urandom(5 * CHUNK + 7)
     got = bytearray()
     async with trio.open_nursery() as nursery:
         d = DelayedStream(_Socket(near), local="a", remote="b", links=Links(lambda x, y: 0.01), nursery=nursery)
@@ -173,4 +176,15 @@ async def test_a_large_write_goes_out_whole_and_in_order() -> None:
             while len(got) < len(data):
                 got += await far.receive_some()
         assert bytes(got) == data
+        await d.close()
+
+
+async def test_a_writer_far_ahead_of_the_link_waits() -> None:
+    # At most QUEUE chunks of CHUNK bytes are held per direction: one write of more waits.
+    near, _far = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        d = DelayedStream(_Socket(near), local="a", remote="b", links=Links(lambda x, y: 30.0), nursery=nursery)
+        with trio.move_on_after(1.0) as scope:
+            await d.write(bytes((QUEUE + 2) * CHUNK))
+        assert scope.cancelled_caught
         await d.close()

@@ -431,10 +431,11 @@ async def test_unknown_protocol_with_a_large_request_still_says_so() -> None:
     # written: its "na" is in our buffer, and says more than "stream failed".
     with trio.fail_after(TEST_DEADLINE):
         async with hosts(2) as (a, b):
-            with pytest.raises(net.StreamOpenError, match="does not speak /shardnet/nope/1"):
-                await net.request(
-                    b.host, a.peer_id, "/shardnet/nope/1", b"x" * (4 << 20), max_reply=64, timeout=5.0
-                )
+            for size in (net.LAZY_MAX, 4 << 20):  # the largest lazy request, and one past a window
+                with pytest.raises(net.StreamOpenError, match="does not speak /shardnet/nope/1"):
+                    await net.request(
+                        b.host, a.peer_id, "/shardnet/nope/1", b"x" * size, max_reply=64, timeout=5.0
+                    )
 
 async def test_per_peer_concurrency_is_bounded() -> None:
     inside = 0
@@ -607,13 +608,42 @@ async def test_idontwant_only_for_messages_of_a_kib_or_more() -> None:
                 with trio.fail_after(2.0):
                     assert (await sub.get()).data == data
             assert len(told) == 1
+            await b.pubsub.publish(topic, b"z" * net.IDONTWANT_MIN)  # b's own: a never sends it back
+            await trio.sleep(0.2)
+            assert len(told) == 1
 
 
-def test_yamux_acknowledges_by_half_windows() -> None:
-    # go-yamux's rule: one WINDOW_UPDATE per half window read, not one per read.
-    from libp2p.stream_muxer.yamux import yamux
+async def test_yamux_sends_about_one_window_update_per_small_rpc() -> None:
+    # py-libp2p's default sent one per read call: three for each small gossip RPC.
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
-    assert not yamux._yamux_release_on_read()
+    topic = "shardnet/test"
+    sent = 0
+    original = YamuxStream.send_window_update
+
+    async def counted(self: YamuxStream, increment: int, skip_lock: bool = False) -> None:
+        nonlocal sent
+        sent += 1
+        await original(self, increment, skip_lock)
+
+    with trio.fail_after(TEST_DEADLINE):
+        async with hosts(2, enable_pubsub=True, connect=False) as (a, b):
+            assert a.pubsub is not None and b.pubsub is not None
+            sub = await b.pubsub.subscribe(topic)
+            await a.pubsub.subscribe(topic)
+            await net.connect(a.host, b.listen_addrs[0], timeout=2.0)
+            await a.pubsub.wait_for_mesh(ID.from_base58(b.peer_id), topic, timeout=3.0)
+            await trio.sleep(0.5)
+            YamuxStream.send_window_update = counted  # type: ignore[method-assign]
+            try:
+                for i in range(15):
+                    await trio.sleep(0.2)  # under py-libp2p's per-peer rate limit on a topic
+                    await a.pubsub.publish(topic, b"record %d" % i)
+                    with trio.fail_after(2.0):
+                        await sub.get()
+            finally:
+                YamuxStream.send_window_update = original  # type: ignore[method-assign]
+    assert sent <= 1.5 * 15, sent
 
 async def test_host_never_dials_on_its_own() -> None:
     # py-libp2p's AutoConnector would dial every peer in the peerstore that has an

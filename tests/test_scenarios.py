@@ -60,7 +60,7 @@ def test_churn_leaves_and_rejoins_and_every_reconstruction_succeeds() -> None:
     r = run_scenario(SCENARIOS["churn"], nodes=12, seed=1)
     assert r["ok"], r["outcomes"]
     assert any(m["holders_away"] > 0 for m in r["measurements"])  # some asked with holders away
-    assert "rejoined" in {s["state"] for s in r["sites"]} or "left" in {s["state"] for s in r["sites"]}
+    assert "rejoined" in {s["state"] for s in r["sites"]}  # someone left and came back
 
 def test_a_revocation_reaches_every_node_even_those_down_when_it_was_made() -> None:
     r = run_scenario(SCENARIOS["revocation"], nodes=20, seed=3, params={"offline": 2})
