@@ -45,7 +45,7 @@ POLL = 0.005  # seconds between two looks at the nodes: the resolution of arriva
 DELIVER_WAIT = 120.0  # seconds an import may take to deliver every shard (one process runs every node)
 
 
-async def _quiet(event: dict[str, Any]) -> None:
+async def silent(event: dict[str, Any]) -> None:
     return None
 
 
@@ -190,7 +190,7 @@ class Cluster:
                            candidates=candidates, seed=seed)
             by_name = {s.name: i for i, s in enumerate(sites)}
             args["custodians"] = [self.peers[by_name[n]] for n in names]
-        res = await self.nodes[owner].commands()["key-import"](args, _quiet)
+        res = await self.nodes[owner].commands()["key-import"](args, silent)
         states = [s["state"] for s in res["shards"]]
         if states != ["delivered"] * len(states):
             raise RuntimeError(f"import did not deliver every shard: {states}")
@@ -257,7 +257,7 @@ class Cluster:
         async def ask() -> None:
             try:
                 result.update(await asker.commands()["key-reconstruct"](
-                    {"keyset": keyset, "timeout": within, "reason": "scenario", "mode": "unwrap"}, _quiet))
+                    {"keyset": keyset, "timeout": within, "reason": "scenario", "mode": "unwrap"}, silent))
             except ControlError as exc:
                 result["error"] = str(exc)
             result["seconds"] = self.now() - t0
@@ -272,7 +272,7 @@ class Cluster:
                         for row in node.approvals.listing(node.now()):
                             if (row["keyset"] == keyset and row["approver"] and row["my_vote"] is None
                                     and row["requester"] == asker.peer_id and row["state"] == "pending"):
-                                await node.commands()["approve"]({"request": row["request"]}, _quiet)
+                                await node.commands()["approve"]({"request": row["request"]}, silent)
                                 if i in double_voters:
                                     await contradict(node, row["request"])
                                 return
@@ -323,4 +323,4 @@ class Cluster:
 
     async def revoke_member(self, by: int, victim: int) -> None:
         await self.nodes[by].commands()["member-revoke"]({"peer": self.peers[victim], "reason": "scenario"},
-                                                         _quiet)
+                                                         silent)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import trio
 
+from shardnet.node._control_server import ControlError
 from shardnet.protocol import placement as node_placement
 
 from . import _geo_placement as gp
 from ._byzantine import forge_revocation, lie_in_releases
-from ._cluster import Cluster, Reconstruction
+from ._cluster import Cluster, Reconstruction, silent
 from ._scenario import Run, Scenario, ScenarioError
 
 WAIT = 60.0  # seconds a reconstruction or a spread may take before it counts as missed
@@ -261,56 +262,111 @@ async def links(run: Run) -> None:
     c.restore()
 
 
-async def churn(run: Run) -> None:
-    """Custodians leave (crash) and come back (restart, with their disk) while the owner asks
-    for its key again and again: an attempt every ``60/rate`` s on average (exponential gaps),
-    each picking a node; at most n-t holders are away at once, so every reconstruction must
-    succeed (a holder back from away may still be reconnecting: the round waits for it)."""
-    c = run.cluster
-    t, n, reps = run.params["t"], run.params["n"], run.params["reps"]
-    owner, ks, holders = await _imported(run, "churn")
-    pool = [i for i in range(1, len(c.nodes)) if i != owner]
-    away: set[int] = set()
-    events = {"left": 0, "rejoined": 0}
-    stop = trio.Event()
+class _Churn:
+    """Nodes leave (crash) and come back (restart, with their disk): every ``60/rate`` s on
+    average (exponential gaps) a node is picked, and leaves, or comes back if it was away;
+    never more than n-t of the keyset's holders of the moment away at once."""
 
-    async def churner() -> None:
-        for _ in range(100_000):  # bounded; ends when the reconstructions are done
-            with trio.move_on_after(run.rng.expovariate(run.params["rate"] / 60)):
-                await stop.wait()
-            if stop.is_set():
-                return
-            i = run.rng.choice(pool)
+    def __init__(self, run: Run, owner: int, keyset: str) -> None:
+        self.run, self.c, self.owner, self.keyset = run, run.cluster, owner, keyset
+        self.pool = [i for i in range(1, len(self.c.nodes)) if i != owner]
+        self.away: set[int] = set()
+        self.left = self.rejoined = 0
+        self.stop = trio.Event()
+
+    def holders_away(self) -> int:
+        return len(self.away & set(self.c.holders(self.owner, self.keyset)))
+
+    async def churning(self) -> None:
+        """Until :attr:`stop` is set; then every node away comes back."""
+        t, n = self.run.params["t"], self.run.params["n"]
+        for _ in range(100_000):  # bounded; ends when stop is set
+            with trio.move_on_after(self.run.rng.expovariate(self.run.params["rate"] / 60)):
+                await self.stop.wait()
+            if self.stop.is_set():
+                break
+            i = self.run.rng.choice(self.pool)
             with trio.CancelScope(shield=True):  # a crash or restart is never left half done
-                if i in away:
-                    await c.restart(i)
-                    away.discard(i)
-                    events["rejoined"] += 1
-                    run.mark(i, state="rejoined")
-                elif i not in holders or len(away & set(holders)) < n - t:
-                    await c.crash(i)
-                    away.add(i)
-                    events["left"] += 1
-                    run.mark(i, state="left")
+                if i in self.away:
+                    await self.c.restart(i)
+                    self.away.discard(i)
+                    self.rejoined += 1
+                    self.run.mark(i, state="rejoined")
+                elif i not in self.c.holders(self.owner, self.keyset) or self.holders_away() < n - t:
+                    await self.c.crash(i)
+                    self.away.add(i)
+                    self.left += 1
+                    self.run.mark(i, state="left")
+        for i in sorted(self.away):
+            await self.c.restart(i)
+        self.away.clear()
 
+    def summary(self) -> str:
+        return f"{self.left} left, {self.rejoined} rejoined"
+
+
+async def churn(run: Run) -> None:
+    """Custodians leave and come back (``_Churn``) while the owner asks for its key again and
+    again; with at most n-t holders away, every reconstruction must succeed (a holder back
+    from away may still be reconnecting: the round waits for it)."""
+    c = run.cluster
+    reps = run.params["reps"]
+    owner, ks, _ = await _imported(run, "churn")
+    ch = _Churn(run, owner, ks)
     failed = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(churner)
+        nursery.start_soon(ch.churning)
         for rep in range(reps):
-            down = len(away & set(holders))
+            down = ch.holders_away()
             got = await c.reconstruct(owner, ks, within=run.params["wait"])
             run.reconstruction(got, holders_away=down)
             if not got.ok:
                 failed.append(got.error)
             run.progress("reconstructions", rep + 1, reps)
             await trio.sleep(run.params["gap"])
-        stop.set()
-    for i in sorted(away):
-        await c.restart(i)
-    moved = events["left"] + events["rejoined"]
-    run.outcome(f"every reconstruction succeeded under churn ({events['left']} left, {events['rejoined']} rejoined)",
-                not failed and moved > 0,
+        ch.stop.set()
+    moved = ch.left + ch.rejoined
+    run.outcome(f"every reconstruction succeeded under churn ({ch.summary()})", not failed and moved > 0,
                 f"{len(failed)} of {reps} failed: {failed[0]}" if failed else "" if moved else "no one moved")
+
+
+async def epochs(run: Run) -> None:
+    """Refresh and reshare under churn (``_Churn``): the owner, the keyset's authority, runs
+    each round ``reps`` times while custodians leave and come back. A round either finishes
+    (a new epoch) or aborts with the old epoch still standing; the key must come back after
+    every one, so it is never orphaned."""
+    c = run.cluster
+    reps = run.params["reps"]
+    owner, ks, _ = await _imported(run, "epochs")
+    ch = _Churn(run, owner, ks)
+    failed: list[str] = []
+    aborts: list[str] = []
+    ends = {"done": 0, "aborted": 0}
+    actions = [a for a in ("refresh", "reshare") for _ in range(reps)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ch.churning)
+        for k, action in enumerate(actions):
+            down = ch.holders_away()
+            t0 = c.now()
+            try:
+                await c.nodes[owner].commands()[action]({"keyset": ks, "timeout": run.params["wait"]}, silent)
+                ends["done"] += 1
+                run.measure("epoch round", c.now() - t0, None, action=action, holders_away=down)
+            except ControlError as exc:  # aborted: the old epoch stands (a "missed" round in the table)
+                ends["aborted"] += 1
+                aborts.append(str(exc))
+                run.measure("epoch round", None, None, action=action, holders_away=down)
+            got = await c.reconstruct(owner, ks, within=run.params["wait"])
+            run.reconstruction(got, after=action)
+            if not got.ok:
+                failed.append(f"after a {action}: {got.error}")
+            run.progress("epoch rounds", k + 1, len(actions))
+        ch.stop.set()
+    run.outcome(f"the key came back after every refresh and reshare under churn ({ch.summary()}; "
+                f"{ends['done']} rounds finished, {ends['aborted']} aborted)", not failed and ch.left > 0,
+                failed[0] if failed else "" if ch.left else "no one left")
+    run.outcome("at least one round finished under churn", ends["done"] > 0,
+                f"first abort: {aborts[0]}" if aborts else "")
 
 SCENARIOS = {s.name: s for s in (
     Scenario("latency", "reconstruction latency against its bound, across placements (random, distinct:country, "
@@ -333,4 +389,7 @@ SCENARIOS = {s.name: s for s in (
     Scenario("churn", "custodians leave and rejoin at a rate while the key is asked for, at most n-t holders away",
              churn, nodes=12, params={"t": 3, "n": 5, "reps": 8, "rate": 20.0, "gap": 2.0,
                                       "placement": "distinct:country", "wait": 60.0}),
+    Scenario("epochs", "refresh and reshare rounds under churn: each finishes or aborts, the key always comes back",
+             epochs, nodes=12, params={"t": 3, "n": 5, "reps": 3, "rate": 60.0,
+                                       "placement": "distinct:country", "wait": 60.0}),
 )}

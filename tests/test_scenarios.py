@@ -62,6 +62,22 @@ def test_churn_leaves_and_rejoins_and_every_reconstruction_succeeds() -> None:
     assert any(m["holders_away"] > 0 for m in r["measurements"])  # some asked with holders away
     assert "rejoined" in {s["state"] for s in r["sites"]}  # someone left and came back
 
+def test_refresh_and_reshare_under_churn_never_orphan_the_key() -> None:
+    # Seed 2 has reshares that place new holders on custodians that are away: those rounds
+    # abort, the old epoch stands, and the key still comes back after each.
+    r = run_scenario(SCENARIOS["epochs"], nodes=12, seed=2)
+    assert r["ok"], r["outcomes"]
+    rounds = [m for m in r["measurements"] if m["kind"] == "epoch round"]
+    assert len(rounds) == 6 and any(m["seconds"] is None for m in rounds) and any(m["seconds"] for m in rounds)
+    assert all(m["seconds"] is not None for m in r["measurements"] if m["kind"] == "reconstruction")
+
+
+def test_refresh_and_reshare_under_churn_on_real_hosts() -> None:
+    r = run_scenario(SCENARIOS["epochs"], mode="inprocess", nodes=8, seed=3,
+                     params={**SCENARIOS["epochs"].params, "reps": 1, "wait": 30.0})
+    assert r["ok"], r["outcomes"]
+    assert {m.get("action") for m in r["measurements"]} >= {"refresh", "reshare"}
+
 def test_a_revocation_reaches_every_node_even_those_down_when_it_was_made() -> None:
     r = run_scenario(SCENARIOS["revocation"], nodes=20, seed=3, params={"offline": 2})
     assert r["ok"], r["outcomes"]
