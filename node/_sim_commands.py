@@ -17,7 +17,6 @@ from typing import Any
 
 from ._cli_base import EXIT_FAIL, EXIT_OK, Parser, emit, positive
 
-SCENARIOS = ("survive",)  # simulations/_sweep.py runs them (imported lazily: node/ needs it only here)
 SWEEP_DEFAULTS = {"topology": "continents:100:5", "placement": "", "t": 3, "n": 5, "trials": 100_000,
                   "fail": "country:0.01,org:0.02,node:0.05"}
 
@@ -52,6 +51,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ValueError("--workers is for the local pool: a Dask cluster has its own")
     if args.workers and args.workers > sw.MAX_WORKERS:
         raise ValueError(f"--workers: at most {sw.MAX_WORKERS} local processes")
+    if args.scenario != "survive":
+        return _network_sweep(args)
     varied = sw.parse_params(args.param or [], sw.SURVIVE_PARAMS)
     given = {"topology": args.topology, "t": args.threshold, "n": args.shares, "trials": args.trials,
              "fail": args.fail, "placement": args.placement}
@@ -80,6 +81,43 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             "failed": sum("error" in r for r in rows)}
     emit(args, data, sw.format_table(rows, sorted(varied) or ["placement"]))
     return EXIT_FAIL if data["failed"] else EXIT_OK
+
+
+def _network_sweep(args: argparse.Namespace) -> int:
+    """A sweep of a network scenario (``sim list``), each run in virtual mode."""
+    from shardnet.simulations import _scenario as sc
+    from shardnet.simulations import _sweep as sw
+    from shardnet.simulations._scenarios import SCENARIOS as RUNNABLE
+
+    scenario = RUNNABLE.get(args.scenario)
+    if scenario is None:
+        raise ValueError(f"no scenario {args.scenario!r}: survive, or one of {', '.join(sorted(RUNNABLE))} "
+                         "(sim list)")
+    extra = [f"--{k}" for k in ("topology", "placement", "threshold", "shares", "trials", "fail")
+             if getattr(args, k) is not None]
+    if extra:
+        raise ValueError(f"{extra[0]} is for survive; vary {args.scenario}'s own parameters with --param")
+    known = sw.scenario_params(args.scenario)
+    varied = sw.parse_params(args.param or [], known)
+    for name, values in varied.items():  # every value checked once, before any run
+        for v in values:
+            if name == "nodes":
+                if not 3 <= v <= 5000:
+                    raise ValueError(f"--param nodes: from 3 to 5000, got {v}")
+            else:
+                sc.parse_params(scenario, [f"{name}={v}"])
+    runs = sw.grid({"scenario": args.scenario}, varied, sw.parse_seeds(args.seeds))
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\r... {done} of {total} runs", end="\n" if done == total else "", file=sys.stderr, flush=True)
+    rows = sw.run_sweep(runs, scheduler=args.scheduler, workers=args.workers, progress=progress)
+    failed = sum("error" in r or not r.get("ok") for r in rows)
+    data = {"scenario": args.scenario, "mode": "virtual", "cpu_model": False,
+            "engine": "dask" if args.scheduler else "local", "scheduler": args.scheduler, "varied": sorted(varied),
+            "runs": rows, "failed": failed}
+    emit(args, data, sw.format_network_table(rows, sorted(varied)))
+    return EXIT_FAIL if failed else EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -192,7 +230,8 @@ def register(sub: Any) -> None:
     sv.add_argument("--json", action="store_true")
     sv.set_defaults(func=cmd_survive)
     sw = ssub.add_parser("sweep", help="a grid of seeded runs of a scenario, on local processes or a Dask cluster")
-    sw.add_argument("scenario", choices=SCENARIOS, metavar="SCENARIO", help=", ".join(SCENARIOS))
+    sw.add_argument("scenario", metavar="SCENARIO", help="survive, or a network scenario of `sim list` (run in "
+                                                           "virtual mode, CPU model off)")
     d = SWEEP_DEFAULTS
     sw.add_argument("--topology", metavar="T", help=f"default {d['topology']}")
     sw.add_argument("--placement", metavar="EXPR", help="default random (vary it with --param placement=A;B)")
@@ -202,8 +241,9 @@ def register(sub: Any) -> None:
     sw.add_argument("--fail", metavar="LEVEL:P,...", help=f"default {d['fail']}")
     sw.add_argument("--seeds", default="1-10", metavar="SEEDS", help="e.g. 1-50 or 1,4,9")
     sw.add_argument("--param", action="append", metavar="NAME=V1,V2",
-                    help="vary one of t, n, trials, topology, placement, fail (placements and fails split "
-                         "by ';'); repeat for a grid")
+                    help="vary one of t, n, trials, topology, placement, fail for survive (placements and "
+                         "fails split by ';'); a network scenario's numeric parameters, placement or nodes; "
+                         "repeat for a grid")
     sw.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="a Dask distributed scheduler (default: "
                                                                    "a local process pool)")
     sw.add_argument("--workers", type=positive, metavar="N", help="local processes (default: the cores)")

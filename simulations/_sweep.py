@@ -12,8 +12,13 @@ engine. A Dask cluster's workers need this project installed, with the same
 shardnet and numpy versions as the machine that sends the runs (checked before
 anything is sent). A run whose seed makes it impossible comes back as a row
 with its error, and the others go on. Ctrl-C or a lost cluster ends the sweep
-at once: the local workers are terminated. Today's sweepable scenario is
-``survive`` (``_survive``).
+at once: the local workers are terminated.
+
+Two kinds of scenario sweep: ``survive`` (``_survive``, pure computation), and
+every network scenario of ``_scenarios`` (``sim list``), each run in
+``virtual`` mode with the CPU model off, so that a seed gives the same
+measurements on any machine; a network run's row keeps its summary
+(``_scenario.summarise``) and the outcomes it failed.
 """
 
 from __future__ import annotations
@@ -93,10 +98,23 @@ def grid(fixed: dict[str, Any], varied: dict[str, list[Any]], seeds: Sequence[in
             for combo in itertools.product(*(varied[k] for k in names)) for seed in seeds]
 
 
+def scenario_params(name: str) -> dict[str, Callable[[str], Any]]:
+    """What a sweep of the network scenario ``name`` may vary: its numeric parameters and its
+    ``placement`` (values split by ``;``), typed as its defaults are, and ``nodes``. KeyError
+    for a name that is no scenario."""
+    from ._scenarios import SCENARIOS
+
+    known: dict[str, Callable[[str], Any]] = {k: type(v) for k, v in SCENARIOS[name].params.items()
+                                              if type(v) in (int, float) or k == "placement"}
+    return {**known, "nodes": int}
+
+
 def run_one(run: dict[str, Any]) -> dict[str, Any]:
-    """One ``survive`` run (a worker's job: it imports what it needs itself). A run its
-    seed makes impossible (a placement this seed's topology cannot meet) comes back as a
-    row with its ``error``: the other runs go on."""
+    """One run (a worker's job: it imports what it needs itself). A run its seed makes
+    impossible (a placement this seed's topology cannot meet) comes back as a row with its
+    ``error``: the other runs go on."""
+    if run.get("scenario", "survive") != "survive":
+        return _network_run(run)
     from . import _survive as sv
     from . import _topology as topo
 
@@ -108,6 +126,22 @@ def run_one(run: dict[str, Any]) -> dict[str, Any]:
         return {**run, "error": str(exc)}
     lo, hi = est.interval
     return {**run, "survival": est.p, "ci95": [lo, hi], "seconds": round(est.seconds, 3)}
+
+
+def _network_run(run: dict[str, Any]) -> dict[str, Any]:
+    from ._scenario import ScenarioError, run_scenario
+    from ._scenarios import SCENARIOS
+
+    scenario = SCENARIOS[run["scenario"]]
+    params = {**scenario.params, **{k: v for k, v in run.items() if k in scenario.params}}
+    try:
+        record = run_scenario(scenario, mode="virtual", nodes=run.get("nodes"), seed=run["seed"], params=params,
+                              cpu_model=False)
+    except (ScenarioError, ValueError, RuntimeError) as exc:
+        return {**run, "error": str(exc)}
+    failed = [o["name"] + (f": {o['detail']}" if o["detail"] else "") for o in record["outcomes"] if not o["ok"]]
+    return {**run, "ok": record["ok"], "summary": record["summary"], "failed_outcomes": failed,
+            "wall_s": record["wall_s"]}
 
 
 def _indexed(job: tuple[int, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
@@ -204,6 +238,45 @@ def _check_workers(client: Any, scheduler: str) -> None:
         if other:
             raise OSError(f"Dask workers at {scheduler} run {dist} {', '.join(other)}, this machine {mine}: "
                           f"install the same versions on every worker")
+
+
+def format_network_table(rows: Sequence[dict[str, Any]], varied: Sequence[str]) -> str:
+    """One row per combination and measurement group (kind and labels): over the seeds,
+    the mean of each run's median latency and of its median ratio to the bound, the
+    ratio's range, and the runs that failed (an error or an outcome; the first below)."""
+    keys = sorted(varied)
+    groups: dict[tuple[Any, ...], list[tuple[dict[str, Any], dict[str, Any] | None]]] = {}
+    for r in rows:
+        combo = tuple(r.get(k) for k in keys)
+        for m in r.get("summary") or [None]:
+            labels = () if m is None else tuple(sorted((k, v) for k, v in m.items() if not _statistic(k)))
+            groups.setdefault((*combo, labels), []).append((r, m))
+    head = " ".join(f"{k.upper():<12}" for k in keys)
+    lines = [f"{head} {'MEASUREMENT':<36} {'SEEDS':>5} {'FAILED':>6} {'MEAN S':>9} {'MEAN RATIO':>10} "
+             f"{'MIN':>6} {'MAX':>6}"]
+    for key, pairs in groups.items():
+        combo, labels = key[:-1], key[-1]
+        runs = {id(r): r for r, _ in pairs}
+        bad = sum(1 for r in runs.values() if "error" in r or not r.get("ok"))
+        secs = [m["median_s"] for _, m in pairs if m and m.get("median_s") is not None]
+        ratios = [m["median_ratio"] for _, m in pairs if m and m.get("median_ratio") is not None]
+        named = dict(labels)
+        what = " ".join([str(named.pop("kind", "-")), *(f"{k}={v}" for k, v in named.items())])
+        cells = " ".join(f"{str(v):<12}" for v in combo)
+        mean_s = f"{sum(secs) / len(secs):>9.3f}" if secs else f"{'-':>9}"
+        stats = (f"{sum(ratios) / len(ratios):>10.3f} {min(ratios):>6.2f} {max(ratios):>6.2f}" if ratios
+                 else f"{'-':>10} {'-':>6} {'-':>6}")
+        lines.append(f"{cells} {what[:36]:<36} {len(runs):>5} {bad:>6} {mean_s} {stats}")
+    failed = [r for r in rows if "error" in r or not r.get("ok")]
+    if failed:
+        first = failed[0]
+        why = first.get("error") or "; ".join(first.get("failed_outcomes") or [])
+        lines.append(f"{len(failed)} of {len(rows)} runs failed; the first (seed {first['seed']}): {why}")
+    return "\n".join(lines)
+
+
+def _statistic(key: str) -> bool:
+    return key in ("count", "missing", "median_s", "max_s", "median_bound_s", "median_ratio", "median_cpu_s")
 
 
 def format_table(rows: Sequence[dict[str, Any]], varied: Sequence[str]) -> str:

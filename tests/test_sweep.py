@@ -111,3 +111,35 @@ def test_ctrl_c_ends_a_local_sweep_and_its_workers() -> None:
     assert proc.returncode == 130 and err.strip() == "shardnet: interrupted", (proc.returncode, err)
     time.sleep(0.5)
     assert subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).returncode == 1  # none left
+
+
+def test_a_network_scenario_sweep_gives_each_runs_own_measurements() -> None:
+    # Each run is `sim run loss --mode virtual --cpu-model off` with that seed and t: the
+    # sweep's rows carry exactly those runs' summaries, merged by t and measurement.
+    r = run_cli("sim", "sweep", "loss", "--seeds", "1-2", "--param", "t=2,3", "--param", "nodes=10",
+                "--workers", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["mode"] == "virtual" and data["cpu_model"] is False and data["failed"] == 0
+    assert [(row["t"], row["seed"]) for row in data["runs"]] == [(2, 1), (2, 2), (3, 1), (3, 2)]
+    one = run_cli("sim", "run", "loss", "--nodes", "10", "--seed", "2", "--param", "t=3", "--cpu-model", "off",
+                  "--json")
+    assert one.returncode == 0, one.stderr
+    assert data["runs"][3]["summary"] == json.loads(one.stdout)["summary"]
+    table = run_cli("sim", "sweep", "loss", "--seeds", "1-2", "--param", "t=2,3", "--param", "nodes=10",
+                    "--workers", "2")
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:4] == ["NODES", "T", "MEASUREMENT", "SEEDS"]
+    assert any(line.split()[:4] == ["10", "3", "reconstruction", "down=0"] for line in lines), lines
+
+
+@pytest.mark.parametrize("args, says", [
+    (("nope",), "no scenario 'nope'"),
+    (("loss", "--topology", "g20"), "--topology is for survive"),
+    (("loss", "--param", "reps=2"), "NAME one of"),
+    (("loss", "--param", "t=0"), "t is a number"),
+    (("loss", "--param", "nodes=2"), "nodes: from 3"),
+])
+def test_a_network_sweep_refuses_what_no_run_can_take(args: tuple[str, ...], says: str) -> None:
+    r = run_cli("sim", "sweep", *args, "--seeds", "1")
+    assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
