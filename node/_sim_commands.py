@@ -85,6 +85,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _network_sweep(args: argparse.Namespace) -> int:
     """A sweep of a network scenario (``sim list``), each run in virtual mode."""
+    from shardnet.simulations import _geo_placement as gp
     from shardnet.simulations import _scenario as sc
     from shardnet.simulations import _sweep as sw
     from shardnet.simulations._scenarios import SCENARIOS as RUNNABLE
@@ -106,7 +107,13 @@ def _network_sweep(args: argparse.Namespace) -> int:
                     raise ValueError(f"--param nodes: from 3 to 5000, got {v}")
             else:
                 sc.parse_params(scenario, [f"{name}={v}"])
+            if name == "placement":
+                gp.parse(v)
     runs = sw.grid({"scenario": args.scenario}, varied, sw.parse_seeds(args.seeds))
+    for run in runs:
+        t, n = run.get("t", scenario.params.get("t")), run.get("n", scenario.params.get("n"))
+        if t is not None and n is not None and t > n:
+            raise ValueError(f"--param: t={t} is more than n={n}; a threshold is at most the shares")
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():

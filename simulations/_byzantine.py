@@ -39,9 +39,11 @@ async def contradict(node: NodeRuntime, request_id: str) -> None:
     await node.links.publish(wire.VOTE_TOPIC, vote.signed)
 
 
-async def forge_revocation(node: NodeRuntime, victim: str) -> None:
+async def forge_revocation(node: NodeRuntime, victim: str) -> bytes:
     """``node``, no admission authority, publishes a revocation of ``victim`` that only it
-    signed: well formed, validly signed, and not the network's to act on."""
+    signed: well formed, validly signed, and not the network's to act on. Its bytes."""
     body = p.MemberRevocation.make_body(network_id=node.members.genesis.network_id, peer_id=victim,
                                         reason="forged", time=node.now())
-    await node.membership.publish(p.CoSigned.propose(node.key, body))
+    forged = p.CoSigned.propose(node.key, body)
+    await node.membership.publish(forged)
+    return forged.to_bytes()

@@ -234,6 +234,13 @@ class Cluster:
         rule = p.ApprovalRule.of(self._keyset(keyset))
         return sorted(self._site_of[a] for a in rule.approvers), rule.quorum
 
+    def epoch(self, i: int, keyset: str) -> int:
+        """The keyset's current epoch in node ``i``'s view (0 before any round committed)."""
+        state = self.nodes[i].epochs.state(keyset)
+        if state is None:
+            raise LookupError(f"node {i} holds no record of keyset {keyset}")
+        return 0 if state[1] is None else state[1].epoch
+
     def voided(self, i: int, request_id: str) -> set[int]:
         """The approvers node ``i`` holds a double vote of on that request (void, as evidence)."""
         node = self.nodes[i]

@@ -44,11 +44,12 @@ class Links:
         self._healed = trio.Event()
         self._dialed: dict[str, set[DelayedStream]] = {}  # each host's delayed connections
 
-    async def close_dialed(self, local: str) -> None:
-        """Close what ``local`` dialed and still holds open: a host that stopped without
-        closing a connection (py-libp2p closes them one by one, within a time limit) would
-        otherwise leave it open to its peer, and its pumps running."""
-        for stream in list(self._dialed.pop(local, ())):
+    async def close_all(self, peer: str) -> None:
+        """Close every delayed connection of ``peer``'s, dialed by it or to it, as the kernel
+        closes a dead process's sockets: a host that stopped without closing one (py-libp2p
+        closes them one by one, within a time limit) would otherwise leave it open to the
+        other side, and its pumps running."""
+        for stream in [s for group in self._dialed.values() for s in group if peer in (s.local, s.remote)]:
             await stream.close()
 
     def partition(self, side_a: set[str], side_b: set[str]) -> None:
@@ -91,6 +92,7 @@ class DelayedStream(ReadWriteCloser):
                     n.start_soon(self._pump_in)
         finally:
             self._in_send.close()  # a reader waiting for bytes sees the end of the stream
+            self.links._dialed.get(self.local, set()).discard(self)
 
     async def _until(self, due: float) -> None:
         await self.links.until_linked(self.local, self.remote)

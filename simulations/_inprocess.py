@@ -224,7 +224,7 @@ class InprocessCluster(Cluster):
         self.nodes[i].stop()
         for _ in range(6000):
             if not self.up(i):
-                await self.links.close_dialed(self.peers[i])  # as the kernel closes a dead process's sockets
+                await self.links.close_all(self.peers[i])  # as the kernel closes a dead process's sockets
                 return
             await trio.sleep(0.01)
         raise RuntimeError(f"node {i} did not stop within 60 s")

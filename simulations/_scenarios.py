@@ -51,10 +51,11 @@ async def latency(run: Run) -> None:
     requester = _pick(run)
     run.mark(requester, role="requester")
     city = c.topology.sites[requester].city
-    texts = [x.strip().replace("{city}", city) for x in run.params["placements"].split(";") if x.strip()]
-    total = len(texts) * reps
+    templates = [x.strip() for x in run.params["placements"].split(";") if x.strip()]
+    total = len(templates) * reps
     done = 0
-    for text in texts:
+    for template in templates:  # labelled with the template: near:{city} is one group across seeds
+        text = template.replace("{city}", city)
         pl = gp.parse(text)
         for rep in range(reps):
             try:
@@ -67,7 +68,7 @@ async def latency(run: Run) -> None:
             for h in c.holders(requester, ks):
                 run.mark(h, role="holder")
             got = await c.reconstruct(requester, ks, within=WAIT)
-            run.reconstruction(got, placement=text)
+            run.reconstruction(got, placement=template)
             if not got.ok:
                 run.outcome(f"reconstruction under {text}", False, got.error)
             done += 1
@@ -198,19 +199,26 @@ async def byzantine(run: Run) -> None:
     t, n = run.params["t"], run.params["n"]
     owner, ks, holders = await _imported(run, "byzantine")
     others = [h for h in holders if h != owner]  # the owner asks: it does not lie to itself
-    liars = sorted(run.rng.sample(others, min(run.params["liars"], n - t, len(others))))
+    approvers, quorum = c.approval_rule(ks)
+    voters = [a for a in approvers if a != owner]
+    if run.params["liars"] > min(n - t, len(others)) or run.params["double_voters"] > min(
+            len(approvers) - quorum, len(voters)):
+        raise ScenarioError(f"at most {min(n - t, len(others))} liars and {min(len(approvers) - quorum, len(voters))} "
+                            f"double voters here (n-t, and the approvers past the quorum)")
+    liars = sorted(run.rng.sample(others, run.params["liars"]))
     for i in liars:
         lie_in_releases(c.nodes[i])
         run.mark(i, role="liar")
-    approvers, quorum = c.approval_rule(ks)
-    voters = [a for a in approvers if a != owner]
-    double = sorted(run.rng.sample(voters, min(run.params["double_voters"], len(approvers) - quorum, len(voters))))
+    double = sorted(run.rng.sample(voters, run.params["double_voters"]))
     for i in double:
         run.mark(i, role="liar")
     forgers = [i for i in range(1, len(c.nodes)) if i != owner and i not in holders][:run.params["forgers"]]
+    if len(forgers) < run.params["forgers"]:
+        raise ScenarioError(f"at most {len(forgers)} forgers here (custodians that are neither owner nor holder)")
     victim = others[0] if others else owner
+    forged = []
     for i in forgers:
-        await forge_revocation(c.nodes[i], c.peers[victim])
+        forged.append((i, await forge_revocation(c.nodes[i], c.peers[victim])))
         run.mark(i, role="liar")
     got = await c.reconstruct(owner, ks, within=run.params["wait"], double_voters=frozenset(double))
     run.reconstruction(got, liars=len(liars), double_voters=len(double))
@@ -227,8 +235,13 @@ async def byzantine(run: Run) -> None:
                     bool(seen) and void == set(double), f"void {sorted(void)}, double voters {double}")
     if forgers:
         took = [i for i in range(len(c.nodes)) if c.up(i) and c.revoked_on(i, c.peers[victim])]
-        run.outcome(f"a revocation forged by {len(forgers)} custodian(s) who are no authority took hold on no node",
-                    not took, f"node(s) {took} took it" if took else "")
+        # What the gossip's validators say of it, asked directly (a forgery that never left
+        # its forger would pass the first check alone):
+        passed = [i for i in range(len(c.nodes)) for f, data in forged
+                  if c.up(i) and i != f and c.nodes[i].membership.validate(c.peers[f], data)]
+        run.outcome(f"a revocation forged by {len(forgers)} custodian(s) who are no authority took hold on no node, "
+                    "and every node's gossip validator refuses it", not took and not passed,
+                    f"node(s) {took} took it, {passed} would pass it on" if took or passed else "")
 
 def _rates(text: str) -> list[float]:
     try:
@@ -264,8 +277,9 @@ async def links(run: Run) -> None:
 
 class _Churn:
     """Nodes leave (crash) and come back (restart, with their disk): every ``60/rate`` s on
-    average (exponential gaps) a node is picked, and leaves, or comes back if it was away;
-    never more than n-t of the keyset's holders of the moment away at once."""
+    average (exponential gaps) a node is picked, and leaves, or comes back if it was away,
+    within :meth:`may_leave`. A reshare's incoming holders count as holders once it commits:
+    one that left during the round may make the round abort, which ``epochs`` allows."""
 
     def __init__(self, run: Run, owner: int, keyset: str) -> None:
         self.run, self.c, self.owner, self.keyset = run, run.cluster, owner, keyset
@@ -277,9 +291,18 @@ class _Churn:
     def holders_away(self) -> int:
         return len(self.away & set(self.c.holders(self.owner, self.keyset)))
 
+    def may_leave(self, i: int) -> bool:
+        """Whether ``i`` may leave now: never more than n-t holders away, nor more approvers
+        than those past the quorum (the approvers stay the first epoch's: a reshare moves
+        the holders, not them)."""
+        t, n = self.run.params["t"], self.run.params["n"]
+        approvers, quorum = self.c.approval_rule(self.keyset)
+        if i in self.c.holders(self.owner, self.keyset) and self.holders_away() >= n - t:
+            return False
+        return i not in approvers or len(self.away & set(approvers)) < len(approvers) - quorum
+
     async def churning(self) -> None:
         """Until :attr:`stop` is set; then every node away comes back."""
-        t, n = self.run.params["t"], self.run.params["n"]
         for _ in range(100_000):  # bounded; ends when stop is set
             with trio.move_on_after(self.run.rng.expovariate(self.run.params["rate"] / 60)):
                 await self.stop.wait()
@@ -292,7 +315,7 @@ class _Churn:
                     self.away.discard(i)
                     self.rejoined += 1
                     self.run.mark(i, state="rejoined")
-                elif i not in self.c.holders(self.owner, self.keyset) or self.holders_away() < n - t:
+                elif self.may_leave(i):
                     await self.c.crash(i)
                     self.away.add(i)
                     self.left += 1
@@ -347,15 +370,21 @@ async def epochs(run: Run) -> None:
         nursery.start_soon(ch.churning)
         for k, action in enumerate(actions):
             down = ch.holders_away()
+            before, done_before = c.epoch(owner, ks), ends["done"]
             t0 = c.now()
             try:
                 await c.nodes[owner].commands()[action]({"keyset": ks, "timeout": run.params["wait"]}, silent)
                 ends["done"] += 1
                 run.measure("epoch round", c.now() - t0, None, action=action, holders_away=down)
-            except ControlError as exc:  # aborted: the old epoch stands (a "missed" round in the table)
-                ends["aborted"] += 1
+            except ControlError as exc:
+                if "aborted" not in str(exc):  # a usage error, not the round's end
+                    raise ScenarioError(f"{action}: {exc}") from None
+                ends["aborted"] += 1  # the old epoch stands (a "missed" round in the table)
                 aborts.append(str(exc))
                 run.measure("epoch round", None, None, action=action, holders_away=down)
+            want = before + 1 if ends["done"] > done_before else before  # a new epoch, or the old one stands
+            if c.epoch(owner, ks) != want:
+                failed.append(f"after a {action}: epoch {c.epoch(owner, ks)}, was {before}")
             got = await c.reconstruct(owner, ks, within=run.params["wait"])
             run.reconstruction(got, after=action)
             if not got.ok:

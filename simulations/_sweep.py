@@ -17,8 +17,10 @@ at once: the local workers are terminated.
 Two kinds of scenario sweep: ``survive`` (``_survive``, pure computation), and
 every network scenario of ``_scenarios`` (``sim list``), each run in
 ``virtual`` mode with the CPU model off, so that a seed gives the same
-measurements on any machine; a network run's row keeps its summary
-(``_scenario.summarise``) and the outcomes it failed.
+measurements as ``sim run`` (on the local pool, whose workers run one at a
+time, and on Dask workers of one thread each, which is checked); a network
+run's row keeps its summary (``_scenario.summarise``) and the outcomes it
+failed.
 """
 
 from __future__ import annotations
@@ -137,8 +139,10 @@ def _network_run(run: dict[str, Any]) -> dict[str, Any]:
     try:
         record = run_scenario(scenario, mode="virtual", nodes=run.get("nodes"), seed=run["seed"], params=params,
                               cpu_model=False)
-    except (ScenarioError, ValueError, RuntimeError) as exc:
+    except ScenarioError as exc:
         return {**run, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - one run's failure, whatever it is, is its row's; the others go on
+        return {**run, "error": f"{type(exc).__name__}: {exc}"}
     failed = [o["name"] + (f": {o['detail']}" if o["detail"] else "") for o in record["outcomes"] if not o["ok"]]
     return {**run, "ok": record["ok"], "summary": record["summary"], "failed_outcomes": failed,
             "wall_s": record["wall_s"]}
@@ -188,7 +192,7 @@ def _on_dask(scheduler: str, runs: list[dict[str, Any]], out: list[dict[str, Any
     with client:
         done = 0
         try:
-            _check_workers(client, scheduler)
+            _check_workers(client, scheduler, network=any(r.get("scenario", "survive") != "survive" for r in runs))
             futures = [client.submit(run_one, r, pure=False) for r in runs]
             where = {f.key: i for i, f in enumerate(futures)}
             pending, idle = set(futures), time.monotonic()
@@ -220,14 +224,22 @@ def _quiet_dask() -> None:
             logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
-def _check_workers(client: Any, scheduler: str) -> None:
-    """At least one worker, each with this machine's shardnet and numpy: run_one is sent by
-    reference and the same versions give the same results."""
+def _check_workers(client: Any, scheduler: str, *, network: bool = False) -> None:
+    """At least one worker, each with this machine's shardnet and numpy (and trio, for a
+    network scenario): run_one is sent by reference and the same versions give the same
+    results. A network scenario also needs one thread a worker: a virtual run seeds trio's
+    scheduler for the whole process while it runs (``grid``), so two at once in one worker
+    would spoil each other's determinism."""
     try:
         client.wait_for_workers(1, timeout=WORKER_WAIT)
     except TimeoutError:
         raise OSError(f"the Dask scheduler at {scheduler} has no worker (waited {WORKER_WAIT:.0f} s)") from None
-    for dist in ("shardnet", "numpy"):
+    if network:
+        threads = sorted({w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values()})
+        if threads != [1]:
+            raise OSError(f"Dask workers at {scheduler} run {', '.join(map(str, threads))} threads: a network "
+                          "scenario needs one thread a worker (dask worker --nthreads 1)")
+    for dist in ("shardnet", "numpy", *(("trio",) if network else ())):
         mine = importlib.metadata.version(dist)
         try:
             theirs = client.run(importlib.metadata.version, dist)
@@ -243,7 +255,8 @@ def _check_workers(client: Any, scheduler: str) -> None:
 def format_network_table(rows: Sequence[dict[str, Any]], varied: Sequence[str]) -> str:
     """One row per combination and measurement group (kind and labels): over the seeds,
     the mean of each run's median latency and of its median ratio to the bound, the
-    ratio's range, and the runs that failed (an error or an outcome; the first below)."""
+    ratio's range, the measurements that never happened (MISSED: the means leave them
+    out), and the runs that failed (an error or an outcome; the first below)."""
     keys = sorted(varied)
     groups: dict[tuple[Any, ...], list[tuple[dict[str, Any], dict[str, Any] | None]]] = {}
     for r in rows:
@@ -252,8 +265,8 @@ def format_network_table(rows: Sequence[dict[str, Any]], varied: Sequence[str]) 
             labels = () if m is None else tuple(sorted((k, v) for k, v in m.items() if not _statistic(k)))
             groups.setdefault((*combo, labels), []).append((r, m))
     head = " ".join(f"{k.upper():<12}" for k in keys)
-    lines = [f"{head} {'MEASUREMENT':<36} {'SEEDS':>5} {'FAILED':>6} {'MEAN S':>9} {'MEAN RATIO':>10} "
-             f"{'MIN':>6} {'MAX':>6}"]
+    lines = [f"{head} {'MEASUREMENT':<36} {'SEEDS':>5} {'FAILED':>6} {'MISSED':>6} {'MEAN S':>9} "
+             f"{'MEAN RATIO':>10} {'MIN':>6} {'MAX':>6}"]
     for key, pairs in groups.items():
         combo, labels = key[:-1], key[-1]
         runs = {id(r): r for r, _ in pairs}
@@ -266,7 +279,8 @@ def format_network_table(rows: Sequence[dict[str, Any]], varied: Sequence[str]) 
         mean_s = f"{sum(secs) / len(secs):>9.3f}" if secs else f"{'-':>9}"
         stats = (f"{sum(ratios) / len(ratios):>10.3f} {min(ratios):>6.2f} {max(ratios):>6.2f}" if ratios
                  else f"{'-':>10} {'-':>6} {'-':>6}")
-        lines.append(f"{cells} {what[:36]:<36} {len(runs):>5} {bad:>6} {mean_s} {stats}")
+        missed = sum(m.get("missing", 0) for _, m in pairs if m)
+        lines.append(f"{cells} {what[:36]:<36} {len(runs):>5} {bad:>6} {missed:>6} {mean_s} {stats}")
     failed = [r for r in rows if "error" in r or not r.get("ok")]
     if failed:
         first = failed[0]

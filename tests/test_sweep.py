@@ -126,9 +126,7 @@ def test_a_network_scenario_sweep_gives_each_runs_own_measurements() -> None:
                   "--json")
     assert one.returncode == 0, one.stderr
     assert data["runs"][3]["summary"] == json.loads(one.stdout)["summary"]
-    table = run_cli("sim", "sweep", "loss", "--seeds", "1-2", "--param", "t=2,3", "--param", "nodes=10",
-                    "--workers", "2")
-    lines = table.stdout.splitlines()
+    lines = sw.format_network_table(data["runs"], data["varied"]).splitlines()  # what the CLI prints
     assert lines[0].split()[:4] == ["NODES", "T", "MEASUREMENT", "SEEDS"]
     assert any(line.split()[:4] == ["10", "3", "reconstruction", "down=0"] for line in lines), lines
 
@@ -139,7 +137,34 @@ def test_a_network_scenario_sweep_gives_each_runs_own_measurements() -> None:
     (("loss", "--param", "reps=2"), "NAME one of"),
     (("loss", "--param", "t=0"), "t is a number"),
     (("loss", "--param", "nodes=2"), "nodes: from 3"),
+    (("loss", "--param", "placement=distinct:planet"), "planet"),
+    (("loss", "--param", "t=6"), "t=6 is more than n=5"),
 ])
 def test_a_network_sweep_refuses_what_no_run_can_take(args: tuple[str, ...], says: str) -> None:
     r = run_cli("sim", "sweep", *args, "--seeds", "1")
     assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_network_run_its_scenario_refuses_fails_alone_with_the_reason() -> None:
+    # Past what the keyset tolerates (n-t = 2 liars): the scenario refuses that run, and the
+    # sweep says why, in the table's last line, and exits 1.
+    r = run_cli("sim", "sweep", "byzantine", "--seeds", "1", "--param", "liars=2,3", "--workers", "2")
+    assert r.returncode == 1, r.stderr
+    assert r.stdout.splitlines()[-1].startswith("1 of 2 runs failed") and "at most 2 liars" in r.stdout
+
+
+def test_a_network_sweep_on_dask_needs_single_threaded_workers_and_matches_the_local_pool() -> None:
+    distributed = pytest.importorskip("distributed", reason="Dask distributed is installed by the set-up")
+    sweep = ("sim", "sweep", "byzantine", "--seeds", "1-2", "--param", "nodes=10", "--json")
+    local = run_cli(*sweep, "--workers", "2", timeout=300)
+    assert local.returncode == 0, local.stderr
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address="127.0.0.1:0") as cluster:
+        remote = run_cli(*sweep, "--scheduler", cluster.scheduler_address, timeout=300)
+    assert remote.returncode == 0, remote.stderr
+    assert [r["summary"] for r in json.loads(local.stdout)["runs"]] == \
+        [r["summary"] for r in json.loads(remote.stdout)["runs"]]
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                                  dashboard_address="127.0.0.1:0") as cluster:
+        r = run_cli(*sweep, "--scheduler", cluster.scheduler_address, timeout=120)
+    assert r.returncode == 1 and "one thread a worker" in r.stderr and r.stderr.count("\n") == 1, r.stderr
