@@ -19,7 +19,9 @@ Choices made here (see ../shared/LIBP2P_NOTES.md for the measurements):
   records would otherwise make the node dial any address a peer names, whatever
   our own ``do_px`` setting.
 * GossipSub keeps ``strict_signing=True`` and a 1 s heartbeat. It sends IDONTWANT
-  only for received messages of 1 KiB or more, as go-libp2p does (``_Router``).
+  only for received messages of 1 KiB or more, as go-libp2p does (``_Router``). A
+  sender's signed peer record, which py-libp2p checks on every RPC, is checked in
+  full only when it changes (``_SenderRecords``).
 * Yamux runs with ``PY_YAMUX_RELEASE_ON_READ=0`` (unless the environment says
   otherwise; child processes inherit it): py-libp2p's default sends a WINDOW_UPDATE
   for every read call, three per small gossip RPC (its length, then its body, ...);
@@ -51,12 +53,15 @@ import logging
 import math
 import os
 import socket
+import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import libp2p.pubsub.gossipsub as _gossipsub_module
+import libp2p.pubsub.pubsub as _pubsub_module
 import multiaddr
 import trio
 from libp2p import new_host
@@ -290,6 +295,44 @@ def make_host(
     )
     return host, maddrs
 
+
+RECORD_RECHECK = 600.0  # seconds: a peer's unchanged signed peer record is taken in again this often
+MAX_RECORDS_KEPT = 4096  # peers per host whose last record is remembered
+
+
+class _SenderRecords:
+    """py-libp2p's pubsub takes in the sender's signed peer record carried by every RPC:
+    it parses the envelope, checks its Ed25519 signature and updates the peerstore, once
+    for the RPC and again for its control part; about a fifth of the CPU a small gossip
+    message costs. The record is the same bytes RPC after RPC, and the same bytes check
+    the same way: a host remembers each peer's last accepted record and lets identical
+    bytes through, taking them in again every ``RECORD_RECHECK`` s (the peerstore keeps
+    them for two hours). A new or refused record is checked in full, as before."""
+
+    def __init__(self, consume: Any) -> None:
+        self._consume = consume
+        self._kept: weakref.WeakKeyDictionary[Any, dict[str, tuple[bytes, float]]] = weakref.WeakKeyDictionary()
+
+    def __call__(self, msg: Any, host: Any, peer_id: Any) -> bool:
+        if not msg.HasField("senderRecord"):
+            return True
+        data, key, now = msg.senderRecord, str(peer_id), time.monotonic()
+        kept = self._kept.setdefault(host, {})
+        seen = kept.get(key)
+        if seen is not None and seen[0] == data and now - seen[1] < RECORD_RECHECK:
+            return True
+        ok: bool = self._consume(msg, host, peer_id)
+        if ok:
+            kept.pop(key, None)
+            if len(kept) >= MAX_RECORDS_KEPT:
+                kept.pop(next(iter(kept)))
+            kept[key] = (bytes(data), now)
+        return ok
+
+
+_sender_records = _SenderRecords(_pubsub_module.maybe_consume_signed_record)
+_pubsub_module.maybe_consume_signed_record = _sender_records  # both of py-libp2p's callers
+_gossipsub_module.maybe_consume_signed_record = _sender_records
 
 IDONTWANT_MIN = 1024  # bytes: go-libp2p's GossipSubIDontWantMessageThreshold
 _no_idontwant: contextvars.ContextVar[bool] = contextvars.ContextVar("no_idontwant", default=False)

@@ -6,7 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import cast
+from typing import Any, cast
 
 import multiaddr
 import pytest
@@ -617,6 +617,34 @@ async def test_idontwant_only_for_messages_of_a_kib_or_more() -> None:
                     pass
             assert len(told) == 1
 
+
+async def test_a_peers_unchanged_record_is_checked_once_not_per_rpc(monkeypatch: pytest.MonkeyPatch) -> None:
+    # py-libp2p checks the signed peer record every RPC carries (twice for one with control
+    # messages): the same bytes from the same peer are now checked once.
+    checked: list[str] = []
+    consume = net._sender_records._consume
+
+    def counted(msg: Any, host: Any, peer_id: Any) -> bool:
+        checked.append(str(peer_id))
+        return bool(consume(msg, host, peer_id))
+
+    monkeypatch.setattr(net._sender_records, "_consume", counted)
+    topic = "shardnet/test"
+    with trio.fail_after(TEST_DEADLINE):
+        async with hosts(2, enable_pubsub=True, connect=False) as (a, b):
+            assert a.pubsub is not None and b.pubsub is not None
+            sub = await b.pubsub.subscribe(topic)
+            await a.pubsub.subscribe(topic)
+            await net.connect(a.host, b.listen_addrs[0], timeout=2.0)
+            await a.pubsub.wait_for_mesh(ID.from_base58(b.peer_id), topic, timeout=3.0)
+            before = checked.count(a.peer_id)
+            for i in range(10):
+                await trio.sleep(0.2)  # under py-libp2p's per-peer rate limit on a topic
+                await a.pubsub.publish(topic, b"record %d" % i)
+                with trio.fail_after(2.0):
+                    assert (await sub.get()).data == b"record %d" % i
+            assert checked.count(a.peer_id) - before == 0, checked  # each of the 10 RPCs carried a's record
+            assert a.peer_id in checked  # it was checked in full the first time
 
 async def test_yamux_sends_about_one_window_update_per_small_rpc() -> None:
     # py-libp2p's default sent one per read call: three for each small gossip RPC.
