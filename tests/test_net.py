@@ -582,14 +582,38 @@ async def test_gossipsub_delivers_signed_messages_to_all() -> None:
 
 
 
+@asynccontextmanager
+async def meshed(topic: str) -> AsyncIterator[tuple[net.NetHost, net.NetHost, Any, Any]]:
+    """Two pubsub hosts, a dialed b, each in the other's mesh on ``topic``: (a, b, a's
+    subscription, b's subscription)."""
+    async with hosts(2, enable_pubsub=True, connect=False) as (a, b):
+        assert a.pubsub is not None and b.pubsub is not None
+        at_b = await b.pubsub.subscribe(topic)
+        at_a = await a.pubsub.subscribe(topic)
+        await net.connect(a.host, b.listen_addrs[0], timeout=2.0)
+        await a.pubsub.wait_for_mesh(ID.from_base58(b.peer_id), topic, timeout=3.0)
+        await b.pubsub.wait_for_mesh(ID.from_base58(a.peer_id), topic, timeout=3.0)
+        yield a, b, at_a, at_b
+
+
+async def gossip(sender: net.NetHost, sub: Any, topic: str, messages: list[bytes]) -> None:
+    """Publish each message and wait for ``sub`` to get it."""
+    assert sender.pubsub is not None
+    for data in messages:
+        await trio.sleep(0.2)  # under py-libp2p's per-peer rate limit on a topic
+        await sender.pubsub.publish(topic, data)
+        with trio.fail_after(2.0):
+            while (await sub.get()).data != data:
+                pass
+
+
 async def test_idontwant_only_for_messages_of_a_kib_or_more() -> None:
     # b gets every message from a, its mesh peer, and tells a "don't send me a copy"
     # (IDONTWANT) only for the large one, as go-libp2p does: for a small record the
     # extra RPC costs more than the duplicate it might save.
-    topic = "shardnet/test"
     with trio.fail_after(TEST_DEADLINE):
-        async with hosts(2, enable_pubsub=True, connect=False) as (a, b):
-            assert a.pubsub is not None and b.pubsub is not None and b.router is not None
+        async with meshed("shardnet/test") as (a, b, at_a, at_b):
+            assert b.router is not None
             told: list[bytes] = []
             emit = b.router.emit_idontwant
 
@@ -598,23 +622,11 @@ async def test_idontwant_only_for_messages_of_a_kib_or_more() -> None:
                 await emit(msg_ids, to_peer)
 
             b.router.emit_idontwant = counted  # type: ignore[method-assign]
-            sub = await b.pubsub.subscribe(topic)
-            at_a = await a.pubsub.subscribe(topic)
-            await net.connect(a.host, b.listen_addrs[0], timeout=2.0)
-            await a.pubsub.wait_for_mesh(ID.from_base58(b.peer_id), topic, timeout=3.0)
-            await b.pubsub.wait_for_mesh(ID.from_base58(a.peer_id), topic, timeout=3.0)
-            for data in (b"x" * (net.IDONTWANT_MIN - 1), b"y" * net.IDONTWANT_MIN):
-                await a.pubsub.publish(topic, data)
-                with trio.fail_after(2.0):
-                    assert (await sub.get()).data == data
+            await gossip(a, at_b, "shardnet/test", [b"x" * (net.IDONTWANT_MIN - 1), b"y" * net.IDONTWANT_MIN])
             assert len(told) == 1
             # b's own large message: a never sends it back, so b tells a nothing (and would
             # have before a got it: the IDONTWANT goes out before the message does).
-            own = b"z" * net.IDONTWANT_MIN
-            await b.pubsub.publish(topic, own)
-            with trio.fail_after(2.0):
-                while (await at_a.get()).data != own:
-                    pass
+            await gossip(b, at_a, "shardnet/test", [b"z" * net.IDONTWANT_MIN])
             assert len(told) == 1
 
 
@@ -629,28 +641,18 @@ async def test_a_peers_unchanged_record_is_checked_once_not_per_rpc(monkeypatch:
         return bool(consume(msg, host, peer_id))
 
     monkeypatch.setattr(net._sender_records, "_consume", counted)
-    topic = "shardnet/test"
     with trio.fail_after(TEST_DEADLINE):
-        async with hosts(2, enable_pubsub=True, connect=False) as (a, b):
-            assert a.pubsub is not None and b.pubsub is not None
-            sub = await b.pubsub.subscribe(topic)
-            await a.pubsub.subscribe(topic)
-            await net.connect(a.host, b.listen_addrs[0], timeout=2.0)
-            await a.pubsub.wait_for_mesh(ID.from_base58(b.peer_id), topic, timeout=3.0)
+        async with meshed("shardnet/test") as (a, _, _, at_b):
             before = checked.count(a.peer_id)
-            for i in range(10):
-                await trio.sleep(0.2)  # under py-libp2p's per-peer rate limit on a topic
-                await a.pubsub.publish(topic, b"record %d" % i)
-                with trio.fail_after(2.0):
-                    assert (await sub.get()).data == b"record %d" % i
-            assert checked.count(a.peer_id) - before == 0, checked  # each of the 10 RPCs carried a's record
-            assert a.peer_id in checked  # it was checked in full the first time
+            await gossip(a, at_b, "shardnet/test", [b"record %d" % i for i in range(10)])
+    assert checked.count(a.peer_id) - before == 0, checked  # each of the 10 RPCs carried a's record
+    assert a.peer_id in checked  # it was checked in full the first time
 
-async def test_yamux_sends_about_one_window_update_per_small_rpc() -> None:
+
+async def test_yamux_sends_about_one_window_update_per_small_rpc(monkeypatch: pytest.MonkeyPatch) -> None:
     # py-libp2p's default sent one per read call: three for each small gossip RPC.
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
-    topic = "shardnet/test"
     sent = 0
     original = YamuxStream.send_window_update
 
@@ -660,22 +662,11 @@ async def test_yamux_sends_about_one_window_update_per_small_rpc() -> None:
         await original(self, increment, skip_lock)
 
     with trio.fail_after(TEST_DEADLINE):
-        async with hosts(2, enable_pubsub=True, connect=False) as (a, b):
-            assert a.pubsub is not None and b.pubsub is not None
-            sub = await b.pubsub.subscribe(topic)
-            await a.pubsub.subscribe(topic)
-            await net.connect(a.host, b.listen_addrs[0], timeout=2.0)
-            await a.pubsub.wait_for_mesh(ID.from_base58(b.peer_id), topic, timeout=3.0)
+        async with meshed("shardnet/test") as (a, _, _, at_b):
             await trio.sleep(0.5)
-            YamuxStream.send_window_update = counted  # type: ignore[method-assign]
-            try:
-                for i in range(15):
-                    await trio.sleep(0.2)  # under py-libp2p's per-peer rate limit on a topic
-                    await a.pubsub.publish(topic, b"record %d" % i)
-                    with trio.fail_after(2.0):
-                        await sub.get()
-            finally:
-                YamuxStream.send_window_update = original  # type: ignore[method-assign]
+            monkeypatch.setattr(YamuxStream, "send_window_update", counted)
+            await gossip(a, at_b, "shardnet/test", [b"record %d" % i for i in range(15)])
+            monkeypatch.undo()
     assert sent <= 1.5 * 15, sent
 
 async def test_host_never_dials_on_its_own() -> None:
