@@ -53,7 +53,6 @@ import logging
 import math
 import os
 import socket
-import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -316,7 +315,7 @@ class _SenderRecords:
     def __call__(self, msg: Any, host: Any, peer_id: Any) -> bool:
         if not msg.HasField("senderRecord"):
             return True
-        data, key, now = msg.senderRecord, str(peer_id), time.monotonic()
+        data, key, now = msg.senderRecord, str(peer_id), trio.current_time()
         kept = self._kept.setdefault(host, {})
         seen = kept.get(key)
         if seen is not None and seen[0] == data and now - seen[1] < RECORD_RECHECK:
