@@ -46,6 +46,8 @@ from ._topology import Topology, resolve, summary
 MODES = ("virtual", "inprocess", "multiprocess")
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 ZERO_OK = ("offline", "liars", "extra_ms", "double_voters", "forgers")  # the numeric parameters that may be 0; the others are above 0
+#: The figures :func:`summarise` adds to a group's labels (the rest of a summary row names the group).
+STATISTICS = ("count", "missing", "median_s", "max_s", "median_bound_s", "median_ratio", "median_cpu_s")
 ROLE_RANK = {"custodian": 0, "holder": 1, "owner": 2, "requester": 2, "revoked": 3, "liar": 3}
 
 
@@ -270,8 +272,7 @@ def format_summary(record: dict[str, Any]) -> str:
              f"{record['peak_rss_mib']:.0f} MiB"]
     rows = record["summary"]
     if rows:
-        keys = sorted({k for r in rows for k in r} - {"kind", "count", "missing", "median_s", "max_s",
-                                                       "median_bound_s", "median_ratio", "median_cpu_s"})
+        keys = sorted({k for r in rows for k in r} - {"kind", *STATISTICS})
         cpu = any("median_cpu_s" in r for r in rows)
         head = ["kind", *keys, "count", "missed", "median s", "max s", "bound s", "ratio", *(["cpu s"] if cpu else [])]
         table = [[str(r.get("kind")), *[str(r.get(k, "")) for k in keys], str(r["count"]), str(r["missing"]),

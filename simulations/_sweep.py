@@ -257,12 +257,14 @@ def format_network_table(rows: Sequence[dict[str, Any]], varied: Sequence[str]) 
     the mean of each run's median latency and of its median ratio to the bound, the
     ratio's range, the measurements that never happened (MISSED: the means leave them
     out), and the runs that failed (an error or an outcome; the first below)."""
+    from ._scenario import STATISTICS
+
     keys = sorted(varied)
     groups: dict[tuple[Any, ...], list[tuple[dict[str, Any], dict[str, Any] | None]]] = {}
     for r in rows:
         combo = tuple(r.get(k) for k in keys)
         for m in r.get("summary") or [None]:
-            labels = () if m is None else tuple(sorted((k, v) for k, v in m.items() if not _statistic(k)))
+            labels = () if m is None else tuple(sorted((k, v) for k, v in m.items() if k not in STATISTICS))
             groups.setdefault((*combo, labels), []).append((r, m))
     head = " ".join(f"{k.upper():<12}" for k in keys)
     lines = [f"{head} {'MEASUREMENT':<36} {'SEEDS':>5} {'FAILED':>6} {'MISSED':>6} {'MEAN S':>9} "
@@ -287,10 +289,6 @@ def format_network_table(rows: Sequence[dict[str, Any]], varied: Sequence[str]) 
         why = first.get("error") or "; ".join(first.get("failed_outcomes") or [])
         lines.append(f"{len(failed)} of {len(rows)} runs failed; the first (seed {first['seed']}): {why}")
     return "\n".join(lines)
-
-
-def _statistic(key: str) -> bool:
-    return key in ("count", "missing", "median_s", "max_s", "median_bound_s", "median_ratio", "median_cpu_s")
 
 
 def format_table(rows: Sequence[dict[str, Any]], varied: Sequence[str]) -> str:

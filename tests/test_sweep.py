@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import time
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,11 @@ SWEEP = ("sim", "sweep", "survive", "--topology", "continents:60:5", "--seeds", 
          "--param", "placement=;distinct:continent", "--trials", "20000", "--fail", "continent:0.1,node:0.05",
          "--json")
 
+
+def loopback_cluster(distributed: Any, *, workers: int, threads: int = 1) -> Any:
+    """A real Dask cluster of worker processes, on loopback only."""
+    return distributed.LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
+                                    dashboard_address="127.0.0.1:0")
 
 def test_seeds_params_and_the_grid() -> None:
     assert sw.parse_seeds("1-3,7") == [1, 2, 3, 7]
@@ -53,8 +59,7 @@ def test_a_sweep_on_a_dask_cluster_matches_the_local_pool_and_sim_survive() -> N
     distributed = pytest.importorskip("distributed", reason="Dask distributed is installed by the set-up")
     local = run_cli(*SWEEP, "--workers", "2", timeout=300)
     assert local.returncode == 0, local.stderr
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address="127.0.0.1:0") as cluster:
+    with loopback_cluster(distributed, workers=2) as cluster:
         remote = run_cli(*SWEEP, "--scheduler", cluster.scheduler_address, timeout=300)
         assert remote.returncode == 0, remote.stderr
         with distributed.Client(cluster) as client:  # the 12 runs went through this cluster's scheduler
@@ -158,13 +163,11 @@ def test_a_network_sweep_on_dask_needs_single_threaded_workers_and_matches_the_l
     sweep = ("sim", "sweep", "byzantine", "--seeds", "1-2", "--param", "nodes=10", "--json")
     local = run_cli(*sweep, "--workers", "2", timeout=300)
     assert local.returncode == 0, local.stderr
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address="127.0.0.1:0") as cluster:
+    with loopback_cluster(distributed, workers=2) as cluster:
         remote = run_cli(*sweep, "--scheduler", cluster.scheduler_address, timeout=300)
     assert remote.returncode == 0, remote.stderr
     assert [r["summary"] for r in json.loads(local.stdout)["runs"]] == \
         [r["summary"] for r in json.loads(remote.stdout)["runs"]]
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
-                                  dashboard_address="127.0.0.1:0") as cluster:
+    with loopback_cluster(distributed, workers=1, threads=2) as cluster:
         r = run_cli(*sweep, "--scheduler", cluster.scheduler_address, timeout=120)
     assert r.returncode == 1 and "one thread a worker" in r.stderr and r.stderr.count("\n") == 1, r.stderr
