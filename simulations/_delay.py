@@ -42,14 +42,14 @@ class Links:
         self.latency = latency
         self._cuts: set[frozenset[str]] = set()
         self._healed = trio.Event()
-        self._dialed: dict[str, set[DelayedStream]] = {}  # each host's delayed connections
+        self._open: set[DelayedStream] = set()  # the delayed connections not closed yet
 
     async def close_all(self, peer: str) -> None:
         """Close every delayed connection of ``peer``'s, dialed by it or to it, as the kernel
         closes a dead process's sockets: a host that stopped without closing one (py-libp2p
         closes them one by one, within a time limit) would otherwise leave it open to the
         other side, and its pumps running."""
-        for stream in [s for group in self._dialed.values() for s in group if peer in (s.local, s.remote)]:
+        for stream in [s for s in self._open if peer in (s.local, s.remote)]:
             await stream.close()
 
     def partition(self, side_a: set[str], side_b: set[str]) -> None:
@@ -81,7 +81,7 @@ class DelayedStream(ReadWriteCloser):
         self._closed = False
         self._error: BaseException | None = None
         self._scope = trio.CancelScope()
-        links._dialed.setdefault(local, set()).add(self)
+        links._open.add(self)
         nursery.start_soon(self._pumps)
 
     async def _pumps(self) -> None:
@@ -92,7 +92,7 @@ class DelayedStream(ReadWriteCloser):
                     n.start_soon(self._pump_in)
         finally:
             self._in_send.close()  # a reader waiting for bytes sees the end of the stream
-            self.links._dialed.get(self.local, set()).discard(self)
+            self.links._open.discard(self)
 
     async def _until(self, due: float) -> None:
         await self.links.until_linked(self.local, self.remote)
@@ -156,7 +156,7 @@ class DelayedStream(ReadWriteCloser):
         """The socket closes at once; bytes still held are dropped, as a reset drops them
         (libp2p closes a connection only when it is done with it, or going away)."""
         self._closed = True
-        self.links._dialed.get(self.local, set()).discard(self)
+        self.links._open.discard(self)
         self._out_send.close()
         self._scope.cancel()
         await self.inner.close()
