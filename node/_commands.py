@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import functools
 import logging
 import os
 import pathlib
@@ -130,18 +131,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ._members import NoNetwork
     from ._runtime import NodeRuntime
 
+    announce = [_announced(a) for a in args.announce or []]
     _net.route_libp2p_logging(logging.getLogger("shardnet.libp2p"), logging.WARNING)
     # A custodian that is down fails our dials; the node logs that once per
     # attempt itself, so libp2p's per-address errors are noise.
     logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
     try:
-        runtime = NodeRuntime(home, keystore=FileKeystore.from_home(home), transport=running_libp2p_transport,
+        transport = functools.partial(running_libp2p_transport, announce=announce)
+        runtime = NodeRuntime(home, keystore=FileKeystore.from_home(home), transport=transport,
                               bootstrap=args.bootstrap or [], clock=system_clock, rng=system_rng,
                               autopilot=not args.no_autopilot)
         trio.run(runtime.run)
     except (ControlError, NoNetwork) as exc:
         raise Failure(str(exc)) from None
     return EXIT_OK
+
+
+def _announced(text: str) -> str:
+    from ._net import parse_listen_addr
+
+    try:
+        maddr = parse_listen_addr(text)
+    except ValueError:
+        raise Failure(f"--announce {text!r}: an address peers can dial, /ip4|ip6/<addr>/tcp/<port>") from None
+    if maddr.value_for_protocol("tcp") == "0":
+        raise Failure(f"--announce {text!r}: give the port peers reach, not 0")
+    return text
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -446,6 +461,9 @@ def register(sub: Any) -> None:
     home_arg(sp)
     sp.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="peer to dial; repeatable")
     sp.add_argument("--quiet", action="store_true", help="log only to DIR/node.log")
+    sp.add_argument("--announce", action="append", metavar="MULTIADDR",
+                    help="address peers are told to dial instead of the listen addresses (a port forward "
+                         "or relay in front of the node); repeatable")
     sp.add_argument("--no-autopilot", action="store_true",
                     help="run no epoch action by itself (triggers: revocations, membership, placement, schedule)")
     sp.set_defaults(func=cmd_run)

@@ -27,9 +27,12 @@ class _Libp2pSubscription:
 
 
 class Libp2pTransport:
-    def __init__(self, net: _net.NetHost, network: str) -> None:
+    def __init__(self, net: _net.NetHost, network: str, announce: list[str] | None = None) -> None:
         self.net = net
         self.network = network  # the prefix every protocol id and topic carries
+        # What peers are told to dial instead of the bound addresses (a port forward,
+        # a relay in front of the node): each parsed like a listen address.
+        self._announce = [f"{_net.parse_listen_addr(a)}/p2p/{net.peer_id}" for a in announce or []]
 
     @property
     def peer_id(self) -> str:
@@ -37,7 +40,9 @@ class Libp2pTransport:
 
     @property
     def listen_addrs(self) -> list[str]:
-        return list(self.net.listen_addrs)
+        """The addresses this node tells its peers (descriptor, status): the announced
+        ones if any, else those it is bound to."""
+        return list(self._announce or self.net.listen_addrs)
 
     def connected(self) -> list[str]:
         return sorted(str(pid) for pid in self.net.host.get_network().connections)
@@ -84,6 +89,7 @@ class Libp2pTransport:
 
 
 @asynccontextmanager
-async def running_libp2p_transport(seed: bytes, listen: list[str], network: str) -> AsyncIterator[Libp2pTransport]:
+async def running_libp2p_transport(seed: bytes, listen: list[str], network: str, *,
+                                   announce: list[str] | None = None) -> AsyncIterator[Libp2pTransport]:
     async with _net.running_node_host(seed, listen) as net:
-        yield Libp2pTransport(net, network)
+        yield Libp2pTransport(net, network, announce)

@@ -240,7 +240,7 @@ def _parse_peer_id(peer_id: str) -> ID:
 # --------------------------------------------------------------------------- hosts
 
 
-def _parse_listen_addr(text: str) -> multiaddr.Multiaddr:
+def parse_listen_addr(text: str) -> multiaddr.Multiaddr:
     try:
         maddr = multiaddr.Multiaddr(text)
         names = [p.name for p in maddr.protocols()]
@@ -268,7 +268,7 @@ def make_host(
     Prefer :func:`running_node_host`, which also starts and closes it properly.
     """
     key_pair = _key_pair_from_seed(identity_seed)
-    maddrs = [_parse_listen_addr(a) for a in listen_addrs]
+    maddrs = [parse_listen_addr(a) for a in listen_addrs]
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
     host = new_host(
         key_pair=key_pair,

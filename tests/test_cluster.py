@@ -155,6 +155,14 @@ def test_second_node_in_same_home_is_refused(cluster: LocalCluster) -> None:
     assert "already running" in r.stderr
 
 
+def test_run_refuses_an_address_peers_cannot_dial(cluster: LocalCluster) -> None:
+    home = str(cluster.nodes["tokyo"].home.path)
+    for bad, why in (("/ip4/10.0.0.7/tcp/0", "not 0"), ("/dns4/example/tcp/4001", "/ip4|ip6/<addr>/tcp/<port>"),
+                     ("10.0.0.7:4001", "/ip4|ip6/<addr>/tcp/<port>")):
+        r = run_cli("run", "--home", home, "--quiet", "--announce", bad, timeout=60)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and why in r.stderr, (bad, r.stderr)
+
+
 def test_new_node_appears_in_every_directory(cluster: LocalCluster) -> None:
     before = len(cluster.control("frankfurt", "custodians"))
     cluster.add(NodeSpec("nairobi", "KE", "Nairobi", "Rift Custody"))
