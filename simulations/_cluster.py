@@ -1,11 +1,14 @@
 """What a scenario does to a network of real nodes, whatever runs them.
 
-Both the ``virtual`` mode (the grid, in virtual time) and the ``inprocess``
-mode (real libp2p hosts on loopback) hold real :class:`NodeRuntime` objects
-in this process, so everything a scenario asks (import, reconstruct with the
-approvers answering at once, revoke, watch a record spread) is written once
-here, over each node's own commands. A mode supplies the clock, the gossip
-mesh, the latency between two nodes and the faults.
+Everything a scenario asks (import, reconstruct with the approvers answering
+at once, revoke, watch a record spread) is written once here, over each node's
+control commands (:meth:`Cluster.command`: the table ``shardnet`` calls over the
+control socket). The ``virtual`` mode (the grid, in virtual time) and the
+``inprocess`` mode (real libp2p hosts on loopback) hold the real
+:class:`NodeRuntime` objects in this process and call them directly; the
+``multiprocess`` mode asks each node process over its control socket. A mode
+supplies the commands, the clock, the gossip mesh, the latency between two
+nodes and the faults.
 
 The bounds are the network's physical delays, from the topology:
 
@@ -22,14 +25,13 @@ import base64
 import heapq
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from shardnet import protocol as p
 from shardnet.node._control_server import ControlError
 from shardnet.protocol import wire
 
@@ -41,7 +43,7 @@ from ._topology import Topology
 if TYPE_CHECKING:
     from shardnet.node._runtime import NodeRuntime
 
-POLL = 0.005  # seconds between two looks at the nodes: the resolution of arrival times
+POLL = 0.005  # seconds between two looks at the nodes: the resolution of arrival times (in this process)
 DELIVER_WAIT = 120.0  # seconds an import may take to deliver every shard (one process runs every node)
 
 
@@ -81,6 +83,8 @@ class Cluster:
 
     mode = ""
     wall_clock = False  # times are the wall clock's, every node's processing in them (see Run.reconstruction)
+    in_this_process = True  # the nodes' runtimes are objects here (a scenario may tamper with them)
+    poll = POLL
 
     def __init__(self, topology: Topology, *, seed: int = 0) -> None:
         self.topology = topology
@@ -98,9 +102,29 @@ class Cluster:
     def now(self) -> float:
         raise NotImplementedError
 
-    def mesh(self, topic: wire.Topic = wire.MEMBERSHIP_TOPIC) -> dict[str, list[str]]:
+    async def mesh(self, topic: wire.Topic = wire.MEMBERSHIP_TOPIC) -> dict[str, list[str]]:
         """Each running node's gossip mesh peers on ``topic`` now."""
         raise NotImplementedError
+
+    async def command(self, i: int, name: str, args: dict[str, Any]) -> Any:
+        """Node ``i``'s control command ``name`` (what ``shardnet`` would ask it)."""
+        return await self.nodes[i].commands()[name](args, silent)
+
+    def incarnation(self, i: int) -> object:
+        """What tells node ``i``'s runs apart: a restart makes a new one."""
+        return self.nodes[i]
+
+    def cpu_time(self) -> float:
+        """CPU seconds spent so far by every node (and this process's share of their work)."""
+        return time.process_time()
+
+    async def revoked_on(self, i: int, peer: str) -> bool:
+        node = self.nodes[i]
+        return node.members.view.state(peer, int(node.now())) == "revoked"
+
+    async def knows(self, i: int) -> int:
+        """How many custodians node ``i``'s directory holds."""
+        return len(self.nodes[i].directory)
 
     def up(self, i: int) -> bool:
         raise NotImplementedError
@@ -173,9 +197,9 @@ class Cluster:
         self.faults.restore()
         self._busy.clear()
 
-    def gossip_bounds(self, source: int, mesh: dict[str, list[str]] | None = None) -> dict[int, float]:
-        """The overlay's shortest-path delay from ``source`` to every node it reaches."""
-        got = shortest_paths(mesh if mesh is not None else self.mesh(), self.peers[source], self.peer_latency)
+    def gossip_bounds(self, source: int, mesh: dict[str, list[str]]) -> dict[int, float]:
+        """The overlay's shortest-path delay from ``source`` to every node it reaches over ``mesh``."""
+        got = shortest_paths(mesh, self.peers[source], self.peer_latency)
         return {self._site_of[peer]: d for peer, d in got.items()}
 
     async def import_key(self, owner: int, key: bytes, threshold: int, shares: int, pl: Placement, *,
@@ -190,7 +214,7 @@ class Cluster:
                            candidates=candidates, seed=seed)
             by_name = {s.name: i for i, s in enumerate(sites)}
             args["custodians"] = [self.peers[by_name[n]] for n in names]
-        res = await self.nodes[owner].commands()["key-import"](args, silent)
+        res = await self.command(owner, "key-import", args)
         states = [s["state"] for s in res["shards"]]
         if states != ["delivered"] * len(states):
             raise RuntimeError(f"import did not deliver every shard: {states}")
@@ -198,23 +222,28 @@ class Cluster:
         self._keys[str(res["keyset"])] = key
         return str(res["keyset"])
 
-    def holders(self, owner: int, keyset: str) -> list[int]:
-        from shardnet.node import _api
+    async def holders(self, owner: int, keyset: str) -> list[int]:
+        """The keyset's holders now, as its owner's node lists them."""
+        detail = await self.command(owner, "key-show", {"keyset": keyset})
+        return [self._site_of[s["custodian"]] for s in detail["shards"]]
 
-        return [self._site_of[s["custodian"]] for s in _api.keyset_detail(self.nodes[owner].store, keyset)["shards"]]
+    async def _detail(self, keyset: str) -> dict[str, Any]:
+        """``key show`` of the keyset, from its owner or else any node up that holds it."""
+        owner = self._owners.get(keyset, 0)
+        for i in [owner, *range(len(self.peers))]:
+            if self.up(i):
+                try:
+                    return dict(await self.command(i, "key-show", {"keyset": keyset}))
+                except (LookupError, ControlError):
+                    continue
+        raise LookupError(f"no node up holds keyset {keyset}")
 
-    def _keyset(self, keyset: str) -> p.Keyset:
-        record = next(held["record"] for i, node in enumerate(self.nodes)
-                      if self.up(i) and (held := node.store.keyset(keyset)))  # a crashed node's store is shut
-        return p.Keyset.from_bytes(record)
-
-    def reconstruct_bound(self, requester: int, keyset: str, holders: Sequence[int]) -> float:
-        ks = self._keyset(keyset)
-        rule = p.ApprovalRule.of(ks)
-        there = self.gossip_bounds(requester, self.mesh(wire.REQUEST_TOPIC))
-        back_mesh = self.mesh(wire.VOTE_TOPIC)
+    async def reconstruct_bound(self, requester: int, keyset: str, holders: Sequence[int]) -> float:
+        detail = await self._detail(keyset)
+        there = self.gossip_bounds(requester, await self.mesh(wire.REQUEST_TOPIC))
+        back_mesh = await self.mesh(wire.VOTE_TOPIC)
         trips = []
-        for peer in rule.approvers:
+        for peer in detail["approvers"]:
             a = self._site_of[peer]
             if not self.up(a):
                 continue
@@ -225,26 +254,27 @@ class Cluster:
         me = self.peers[requester]
         rtts = sorted(self.peer_latency(me, self.peers[h]) + self.peer_latency(self.peers[h], me)
                       for h in holders if self.up(h))
-        if len(trips) < rule.quorum or len(rtts) < ks.threshold:
+        if len(trips) < detail["quorum"] or len(rtts) < detail["threshold"]:
             return float("nan")  # no quorum or too few holders up: no bound to speak of
-        return trips[rule.quorum - 1] + rtts[ks.threshold - 1]
+        return trips[detail["quorum"] - 1] + rtts[detail["threshold"] - 1]
 
-    def approval_rule(self, keyset: str) -> tuple[list[int], int]:
+    async def approval_rule(self, keyset: str) -> tuple[list[int], int]:
         """The keyset's approvers (node indices) and its quorum."""
-        rule = p.ApprovalRule.of(self._keyset(keyset))
-        return sorted(self._site_of[a] for a in rule.approvers), rule.quorum
+        detail = await self._detail(keyset)
+        return sorted(self._site_of[a] for a in detail["approvers"]), int(detail["quorum"])
 
-    def epoch(self, i: int, keyset: str) -> int:
+    async def epoch(self, i: int, keyset: str) -> int:
         """The keyset's current epoch in node ``i``'s view (0 before any round committed)."""
-        state = self.nodes[i].epochs.state(keyset)
-        if state is None:
-            raise LookupError(f"node {i} holds no record of keyset {keyset}")
-        return 0 if state[1] is None else state[1].epoch
+        return int((await self.command(i, "key-show", {"keyset": keyset}))["epoch"])
 
-    def voided(self, i: int, request_id: str) -> set[int]:
+    async def voided(self, i: int, request_id: str) -> set[int]:
         """The approvers node ``i`` holds a double vote of on that request (void, as evidence)."""
-        node = self.nodes[i]
-        return {self._site_of[a] for a in node.approvals.tally(node.approvals.request(request_id)).equivocations}
+        rows = [r for r in await self.command(i, "requests", {}) if r["request"] == request_id]
+        return {self._site_of[a] for r in rows for a in r["void"]}
+
+    async def double_vote(self, i: int, request_id: str) -> None:
+        """Approver ``i``, having approved, denies too (``_byzantine.contradict``)."""
+        await contradict(self.nodes[i], request_id)
 
     async def reconstruct(self, requester: int, keyset: str, *, within: float = 60.0,
                           double_voters: frozenset[int] = frozenset()) -> Reconstruction:
@@ -253,44 +283,44 @@ class Cluster:
         ``double_voters`` denies it too (``_byzantine.contradict``)."""
         if not self.up(requester):
             raise RuntimeError(f"node {requester} is down: it cannot ask for a key")
-        holders = self._holders_anywhere(keyset)
-        bound = self.reconstruct_bound(requester, keyset, holders)
-        asker = self.nodes[requester]
-        approvers = p.ApprovalRule.of(self._keyset(keyset)).approvers
+        holders = await self.holders(self._owners[keyset], keyset)
+        bound = await self.reconstruct_bound(requester, keyset, holders)
+        approvers, _ = await self.approval_rule(keyset)
+        asker = self.peers[requester]
         result: dict[str, Any] = {}
-        c0 = time.process_time()
+        c0 = self.cpu_time()
         t0 = self.now()
 
         async def ask() -> None:
             try:
-                result.update(await asker.commands()["key-reconstruct"](
-                    {"keyset": keyset, "timeout": within, "reason": "scenario", "mode": "unwrap"}, silent))
+                result.update(await self.command(requester, "key-reconstruct", {
+                    "keyset": keyset, "timeout": within, "reason": "scenario", "mode": "unwrap"}))
             except ControlError as exc:
                 result["error"] = str(exc)
             result["seconds"] = self.now() - t0
-            result["cpu_s"] = time.process_time() - c0 if self.wall_clock else None
+            result["cpu_s"] = self.cpu_time() - c0 if self.wall_clock else None
 
         async def approve(i: int) -> None:
             """Approver i votes as soon as it sees the request (each on its own, at once)."""
-            for _ in range(int(within / POLL) + 1):
+            for _ in range(int(within / self.poll) + 1):
                 if self.up(i):
-                    node = self.nodes[i]
+                    life = self.incarnation(i)
                     try:
-                        for row in node.approvals.listing(node.now()):
+                        for row in await self.command(i, "requests", {}):
                             if (row["keyset"] == keyset and row["approver"] and row["my_vote"] is None
-                                    and row["requester"] == asker.peer_id and row["state"] == "pending"):
-                                await node.commands()["approve"]({"request": row["request"]}, silent)
+                                    and row["requester"] == asker and row["state"] == "pending"):
+                                await self.command(i, "approve", {"request": row["request"]})
                                 if i in double_voters:
-                                    await contradict(node, row["request"])
+                                    await self.double_vote(i, row["request"])
                                 return
                     except Exception:
-                        if self.up(i) and node is self.nodes[i]:
+                        if self.up(i) and life is self.incarnation(i):
                             raise
                         # it crashed while voting (a scenario's churn): it votes again if it comes back
-                await trio.sleep(POLL)
+                await trio.sleep(self.poll)
 
         async with trio.open_nursery() as nursery:
-            for i in sorted({self._site_of[a] for a in approvers}):
+            for i in approvers:
                 nursery.start_soon(approve, i)
             await ask()
             nursery.cancel_scope.cancel()  # approvers that never saw the request
@@ -302,32 +332,26 @@ class Cluster:
         return Reconstruction(True, took, bound, liars=tuple(b["custodian"] for b in result["invalid"]), cpu_s=cpu,
                               request=result["request"])
 
-    def _holders_anywhere(self, keyset: str) -> list[int]:
-        return self.holders(self._owners[keyset], keyset)
-
-    async def spread(self, source: int, knows: Callable[[int], bool], *, targets: Sequence[int],
+    async def spread(self, source: int, knows: Callable[[int], Awaitable[bool]], *, targets: Sequence[int],
                      within: float) -> dict[int, float]:
         """Seconds from now until each of ``targets`` ``knows``; those that never do within
-        ``within`` are missing from the result."""
+        ``within`` are missing from the result. Each look asks every node left at once."""
         t0 = self.now()
         arrived: dict[int, float] = {}
         left = list(targets)
+
+        async def look(i: int) -> None:
+            if self.up(i) and await knows(i):
+                arrived.setdefault(i, self.now() - t0)
+
         while left and self.now() - t0 < within:
-            still = []
-            for i in left:
-                if self.up(i) and knows(i):
-                    arrived[i] = self.now() - t0
-                else:
-                    still.append(i)
-            left = still
+            async with trio.open_nursery() as nursery:
+                for i in left:
+                    nursery.start_soon(look, i)
+            left = [i for i in left if i not in arrived]
             if left:
-                await trio.sleep(POLL)
+                await trio.sleep(self.poll)
         return arrived
 
-    def revoked_on(self, i: int, peer: str) -> bool:
-        node = self.nodes[i]
-        return node.members.view.state(peer, int(node.now())) == "revoked"
-
     async def revoke_member(self, by: int, victim: int) -> None:
-        await self.nodes[by].commands()["member-revoke"]({"peer": self.peers[victim], "reason": "scenario"},
-                                                         silent)
+        await self.command(by, "member-revoke", {"peer": self.peers[victim], "reason": "scenario"})

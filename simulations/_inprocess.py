@@ -176,7 +176,7 @@ class InprocessCluster(Cluster):
     def logged(self) -> dict[str, int]:
         return dict(sorted(self.log_counter.counts.items()))
 
-    def mesh(self, topic: wire.Topic = wire.MEMBERSHIP_TOPIC) -> dict[str, list[str]]:
+    async def mesh(self, topic: wire.Topic = wire.MEMBERSHIP_TOPIC) -> dict[str, list[str]]:
         name = wire.scoped(topic.name, self._prefix)
         return {peer: sorted(p.to_base58() for p in net.router.mesh.get(name, ()))
                 for peer, net in self._nets.items() if net.router is not None}

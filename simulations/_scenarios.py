@@ -13,7 +13,7 @@ from shardnet.protocol import placement as node_placement
 
 from . import _geo_placement as gp
 from ._byzantine import forge_revocation, lie_in_releases
-from ._cluster import Cluster, Reconstruction, silent
+from ._cluster import Cluster, Reconstruction
 from ._scenario import Run, Scenario, ScenarioError
 
 WAIT = 60.0  # seconds a reconstruction or a spread may take before it counts as missed
@@ -25,7 +25,7 @@ def _key(run: Run, label: str) -> bytes:
 
 def _pick(run: Run, avoid: frozenset[int] = frozenset()) -> int:
     """A node other than the authority (node 0) and ``avoid``, drawn from the run's RNG."""
-    pool = [i for i in range(1, len(run.cluster.nodes)) if i not in avoid]
+    pool = [i for i in range(1, len(run.cluster.peers)) if i not in avoid]
     if not pool:
         raise ScenarioError("the topology is too small for this scenario")
     return run.rng.choice(pool)
@@ -38,7 +38,7 @@ async def _imported(run: Run, label: str) -> tuple[int, str, list[int]]:
     run.mark(owner, role="owner")
     ks = await run.cluster.import_key(owner, _key(run, label), run.params["t"], run.params["n"],
                                       gp.parse(run.params["placement"]))
-    holders = run.cluster.holders(owner, ks)
+    holders = await run.cluster.holders(owner, ks)
     for h in holders:
         run.mark(h, role="holder")
     return owner, ks, holders
@@ -60,12 +60,12 @@ async def latency(run: Run) -> None:
         for rep in range(reps):
             try:
                 ks = await c.import_key(requester, _key(run, text), t, n, pl, seed=run.seed * 1000 + rep)
-            except node_placement.PlacementError as exc:
+            except (node_placement.PlacementError, ControlError) as exc:  # ControlError: from a node process
                 run.outcome(f"placement {text} can be met", False, str(exc))
                 done += reps - rep
                 run.progress("reconstructions", done, total)
                 break
-            for h in c.holders(requester, ks):
+            for h in await c.holders(requester, ks):
                 run.mark(h, role="holder")
             got = await c.reconstruct(requester, ks, within=WAIT)
             run.reconstruction(got, placement=template)
@@ -154,7 +154,7 @@ async def revocation(run: Run) -> None:
     """A membership revocation reaches every node, including nodes that were down when it
     was made."""
     c = run.cluster
-    nodes = len(c.nodes)
+    nodes = len(c.peers)
     victim = _pick(run)
     run.mark(victim, role="revoked")
     offline = sorted(run.rng.sample([i for i in range(1, nodes) if i != victim],
@@ -163,8 +163,7 @@ async def revocation(run: Run) -> None:
         await c.crash(i)
         run.mark(i, state="down at the revocation")
     online = [i for i in range(1, nodes) if i != victim and i not in offline]
-    mesh = c.mesh()
-    bounds = c.gossip_bounds(0, mesh)
+    bounds = c.gossip_bounds(0, await c.mesh())
     await c.revoke_member(0, victim)
     arrived = await c.spread(0, lambda i: c.revoked_on(i, c.peers[victim]), targets=online, within=WAIT)
     for i in online:
@@ -196,10 +195,13 @@ async def byzantine(run: Run) -> None:
     (``forgers``). Every liar and double voter is named, the forgery takes hold nowhere,
     and the key comes back."""
     c = run.cluster
+    if not c.in_this_process:
+        raise ScenarioError(f"byzantine tampers with node runtimes in this process: run it in virtual or inprocess "
+                            f"mode, not {c.mode}")
     t, n = run.params["t"], run.params["n"]
     owner, ks, holders = await _imported(run, "byzantine")
     others = [h for h in holders if h != owner]  # the owner asks: it does not lie to itself
-    approvers, quorum = c.approval_rule(ks)
+    approvers, quorum = await c.approval_rule(ks)
     voters = [a for a in approvers if a != owner]
     if run.params["liars"] > min(n - t, len(others)) or run.params["double_voters"] > min(
             len(approvers) - quorum, len(voters)):
@@ -212,7 +214,7 @@ async def byzantine(run: Run) -> None:
     double = sorted(run.rng.sample(voters, run.params["double_voters"]))
     for i in double:
         run.mark(i, role="liar")
-    forgers = [i for i in range(1, len(c.nodes)) if i != owner and i not in holders][:run.params["forgers"]]
+    forgers = [i for i in range(1, len(c.peers)) if i != owner and i not in holders][:run.params["forgers"]]
     if len(forgers) < run.params["forgers"]:
         raise ScenarioError(f"at most {len(forgers)} forgers here (custodians that are neither owner nor holder)")
     victim = others[0] if others else owner
@@ -228,16 +230,18 @@ async def byzantine(run: Run) -> None:
     run.outcome("every liar is named, and no one else", named == set(liars),
                 f"named {sorted(named)}, lying {liars}")
     if got.ok and double:
-        seen = await c.spread(owner, lambda i: c.voided(i, got.request) >= set(double), targets=[owner],
-                              within=run.params["wait"])
-        void = c.voided(owner, got.request)
+        async def void_at(i: int) -> bool:
+            return await c.voided(i, got.request) >= set(double)
+
+        seen = await c.spread(owner, void_at, targets=[owner], within=run.params["wait"])
+        void = await c.voided(owner, got.request)
         run.outcome("every double voter is void at the requester, with both votes as evidence, and no one else",
                     bool(seen) and void == set(double), f"void {sorted(void)}, double voters {double}")
     if forgers:
-        took = [i for i in range(len(c.nodes)) if c.up(i) and c.revoked_on(i, c.peers[victim])]
+        took = [i for i in range(len(c.peers)) if c.up(i) and await c.revoked_on(i, c.peers[victim])]
         # What the gossip's validators say of it, asked directly (a forgery that never left
         # its forger would pass the first check alone):
-        passed = [i for i in range(len(c.nodes)) for f, data in forged
+        passed = [i for i in range(len(c.peers)) for f, data in forged
                   if c.up(i) and i != f and c.nodes[i].membership.validate(c.peers[f], data)]
         run.outcome(f"a revocation forged by {len(forgers)} custodian(s) who are no authority took hold on no node, "
                     "and every node's gossip validator refuses it", not took and not passed,
@@ -283,21 +287,21 @@ class _Churn:
 
     def __init__(self, run: Run, owner: int, keyset: str) -> None:
         self.run, self.c, self.owner, self.keyset = run, run.cluster, owner, keyset
-        self.pool = [i for i in range(1, len(self.c.nodes)) if i != owner]
+        self.pool = [i for i in range(1, len(self.c.peers)) if i != owner]
         self.away: set[int] = set()
         self.left = self.rejoined = 0
         self.stop = trio.Event()
 
-    def holders_away(self) -> int:
-        return len(self.away & set(self.c.holders(self.owner, self.keyset)))
+    async def holders_away(self) -> int:
+        return len(self.away & set(await self.c.holders(self.owner, self.keyset)))
 
-    def may_leave(self, i: int) -> bool:
+    async def may_leave(self, i: int) -> bool:
         """Whether ``i`` may leave now: never more than n-t holders away, nor more approvers
         than those past the quorum (the approvers stay the first epoch's: a reshare moves
         the holders, not them)."""
         t, n = self.run.params["t"], self.run.params["n"]
-        approvers, quorum = self.c.approval_rule(self.keyset)
-        if i in self.c.holders(self.owner, self.keyset) and self.holders_away() >= n - t:
+        approvers, quorum = await self.c.approval_rule(self.keyset)
+        if i in await self.c.holders(self.owner, self.keyset) and await self.holders_away() >= n - t:
             return False
         return i not in approvers or len(self.away & set(approvers)) < len(approvers) - quorum
 
@@ -315,7 +319,7 @@ class _Churn:
                     self.away.discard(i)
                     self.rejoined += 1
                     self.run.mark(i, state="rejoined")
-                elif self.may_leave(i):
+                elif await self.may_leave(i):
                     await self.c.crash(i)
                     self.away.add(i)
                     self.left += 1
@@ -340,7 +344,7 @@ async def churn(run: Run) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ch.churning)
         for rep in range(reps):
-            down = ch.holders_away()
+            down = await ch.holders_away()
             got = await c.reconstruct(owner, ks, within=run.params["wait"])
             run.reconstruction(got, holders_away=down)
             if not got.ok:
@@ -369,11 +373,11 @@ async def epochs(run: Run) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ch.churning)
         for k, action in enumerate(actions):
-            down = ch.holders_away()
-            before, done_before = c.epoch(owner, ks), ends["done"]
+            down = await ch.holders_away()
+            before, done_before = await c.epoch(owner, ks), ends["done"]
             t0 = c.now()
             try:
-                await c.nodes[owner].commands()[action]({"keyset": ks, "timeout": run.params["wait"]}, silent)
+                await c.command(owner, action, {"keyset": ks, "timeout": run.params["wait"]})
                 ends["done"] += 1
                 run.measure("epoch round", c.now() - t0, None, action=action, holders_away=down)
             except ControlError as exc:
@@ -383,8 +387,9 @@ async def epochs(run: Run) -> None:
                 aborts.append(str(exc))
                 run.measure("epoch round", None, None, action=action, holders_away=down)
             want = before + 1 if ends["done"] > done_before else before  # a new epoch, or the old one stands
-            if c.epoch(owner, ks) != want:
-                failed.append(f"after a {action}: epoch {c.epoch(owner, ks)}, was {before}")
+            now_at = await c.epoch(owner, ks)
+            if now_at != want:
+                failed.append(f"after a {action}: epoch {now_at}, was {before}")
             got = await c.reconstruct(owner, ks, within=run.params["wait"])
             run.reconstruction(got, after=action)
             if not got.ok:

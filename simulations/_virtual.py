@@ -54,7 +54,7 @@ class VirtualCluster(Cluster):
     def now(self) -> float:
         return trio.current_time()
 
-    def mesh(self, topic: wire.Topic = wire.MEMBERSHIP_TOPIC) -> dict[str, list[str]]:
+    async def mesh(self, topic: wire.Topic = wire.MEMBERSHIP_TOPIC) -> dict[str, list[str]]:
         return self.grid.network.mesh()  # one overlay carries every topic
 
     def up(self, i: int) -> bool:
