@@ -64,8 +64,9 @@ def test_churn_leaves_and_rejoins_and_every_reconstruction_succeeds() -> None:
 
 def test_refresh_and_reshare_under_churn_never_orphan_the_key() -> None:
     # Seed 2 has reshares that place new holders on custodians that are away: those rounds
-    # abort, the old epoch stands, and the key still comes back after each.
-    r = run_scenario(SCENARIOS["epochs"], nodes=12, seed=2)
+    # abort, the old epoch stands, and the key still comes back after each. The CPU model is
+    # off: with it, the machine's load moves the rounds' timings, and with them which ones abort.
+    r = run_scenario(SCENARIOS["epochs"], nodes=12, seed=2, cpu_model=False)
     assert r["ok"], r["outcomes"]
     rounds = [m for m in r["measurements"] if m["kind"] == "epoch round"]
     assert len(rounds) == 6 and any(m["seconds"] is None for m in rounds) and any(m["seconds"] for m in rounds)
