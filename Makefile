@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck pytest coverage clean
+.PHONY: test demo lint typecheck netns-tools pytest coverage clean
 
 # constraints.txt pins every transitive dependency too (pip freeze of a working venv).
 $(STAMP): pyproject.toml constraints.txt
@@ -31,7 +31,14 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# The multiprocess simulation's tests give each node a network namespace: that needs
+# root and iproute2's ip (Debian package iproute2), installed here when it is missing.
+netns-tools:
+	@if [ "$$(id -u)" = 0 ] && ! command -v ip >/dev/null; then \
+		apt-get install -y -q iproute2 >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && apt-get install -y -q iproute2 >/dev/null); fi
+
+test: lint typecheck netns-tools pytest
 
 demo: $(STAMP)
 	$(BIN)/shardnet demo

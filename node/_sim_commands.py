@@ -187,13 +187,15 @@ def cmd_list(args: argparse.Namespace) -> int:
              "one custodian per G20 member", "K orgs with M sites each, in different cities")
     kinds = [{"spec": g, "about": a} for g, a in zip(topo.GENERATORS, about, strict=True)]
     scenarios: list[dict[str, Any]] = [{"name": sc.name, "about": sc.about, "nodes": sc.nodes,
-                                        "topology": sc.topology, "params": sc.params} for sc in RUNNABLE.values()]
+                                        "topology": sc.topology, "params": sc.params, "modes": list(sc.modes)}
+                                       for sc in RUNNABLE.values()]
     data = {"scenarios": scenarios, "topologies": kinds, "cities": len(topo.cities())}
     lines = ["scenarios (sim run NAME; --param NAME=VALUE overrides a parameter):"]
     for sc in scenarios:
         lines.append(f"  {sc['name']:<16} {sc['about']}")
         lines.append(f"  {'':<16} {sc['nodes']} nodes on {sc['topology']}; "
-                     + ", ".join(f"{k}={v}" for k, v in sc["params"].items()))
+                     + ", ".join(f"{k}={v}" for k, v in sc["params"].items())
+                     + ("" if len(sc["modes"]) == 3 else f"; modes {', '.join(sc['modes'])} only"))
     lines.append("topologies (or a TOML file, see simulations/_topology.py):")
     lines += [f"  {t['spec']:<16} {t['about']}" for t in kinds]
     lines.append(f"cities in the bundled table: {len(topo.cities())}")
@@ -208,7 +210,9 @@ def register(sub: Any) -> None:
     rn = ssub.add_parser("run", help="run a scenario on real nodes over a simulated geography")
     rn.add_argument("scenario", metavar="SCENARIO", help="a bundled scenario (sim list shows them)")
     rn.add_argument("--mode", default="virtual", metavar="MODE",
-                    help="virtual: the grid in virtual time (default); inprocess: real libp2p hosts on loopback")
+                    help="virtual: the grid in virtual time (default); inprocess: real libp2p hosts on loopback; "
+                         "multiprocess: a shardnet run process per node, each in its own network namespace "
+                         "(root), through a delay relay")
     rn.add_argument("--nodes", type=positive, metavar="N", help="the scenario's size (default: its own)")
     rn.add_argument("--topology", metavar="T", help="a TOML file or a generator; {nodes} stands for --nodes "
                                                     "(default: the scenario's)")

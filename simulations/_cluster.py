@@ -83,8 +83,8 @@ class Cluster:
 
     mode = ""
     wall_clock = False  # times are the wall clock's, every node's processing in them (see Run.reconstruction)
-    in_this_process = True  # the nodes' runtimes are objects here (a scenario may tamper with them)
     poll = POLL
+    nodes_peak_rss_mib: float | None = None  # the node processes' peak, where they are not this process
 
     def __init__(self, topology: Topology, *, seed: int = 0) -> None:
         self.topology = topology
@@ -314,7 +314,7 @@ class Cluster:
                                     await self.double_vote(i, row["request"])
                                 return
                     except Exception:
-                        if self.up(i) and life is self.incarnation(i):
+                        if self.up(i) and life == self.incarnation(i):
                             raise
                         # it crashed while voting (a scenario's churn): it votes again if it comes back
                 await trio.sleep(self.poll)

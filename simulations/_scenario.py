@@ -63,6 +63,7 @@ class Scenario:
     topology: str = "continents:{nodes}:5"  # a generator or file; {nodes} is the run's size
     nodes: int = 20
     params: dict[str, Any] = field(default_factory=dict)  # defaults; their types parse --param
+    modes: tuple[str, ...] = MODES  # where it can run
 
 
 @dataclass
@@ -176,7 +177,14 @@ def _cluster(mode: str, root: pathlib.Path, topology: Topology, seed: int, cpu_m
         from ._inprocess import InprocessCluster
 
         return InprocessCluster(root, topology, seed=seed)
-    raise ScenarioError(f"mode {mode} is not built yet: use --mode virtual or inprocess")
+    from ._netns import unavailable
+
+    why = unavailable()
+    if why is not None:
+        raise ScenarioError(f"--mode multiprocess: {why}; use --mode inprocess or virtual here")
+    from ._multiprocess import MultiprocessCluster
+
+    return MultiprocessCluster(root, topology, seed=seed)
 
 
 def summarise(measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -209,6 +217,8 @@ def run_scenario(scenario: Scenario, *, mode: str = "virtual", nodes: int | None
     """Run ``scenario`` once; the record of the run (see the module docstring)."""
     if mode not in MODES:
         raise ScenarioError(f"--mode {mode!r}: one of {', '.join(MODES)}")
+    if mode not in scenario.modes:
+        raise ScenarioError(f"{scenario.name} runs in {' or '.join(scenario.modes)} mode, not {mode}")
     size = nodes or scenario.nodes
     ref = (topology or scenario.topology).replace("{nodes}", str(size))
     topo = resolve(ref, seed=seed)
@@ -254,6 +264,7 @@ def run_scenario(scenario: Scenario, *, mode: str = "virtual", nodes: int | None
         "sites": sites, "logged": cluster.logged(), "scenario_s": round(scenario_s, 3),
         "wall_s": round(time.perf_counter() - w0, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **({} if cluster.nodes_peak_rss_mib is None else {"nodes_peak_rss_mib": round(cluster.nodes_peak_rss_mib, 1)}),
     }
 
 
@@ -269,7 +280,9 @@ def format_summary(record: dict[str, Any]) -> str:
     lines = [f"{record['scenario']} ({record['mode']}, {record['nodes']} nodes over "
              f"{len(record['topology']['continents'])} continents, seed {record['seed']}): "
              f"scenario {record['scenario_s']:.1f} s ({clock} clock), run {record['wall_s']:.1f} s wall, peak RSS "
-             f"{record['peak_rss_mib']:.0f} MiB"]
+             f"{record['peak_rss_mib']:.0f} MiB"
+             + (f", node processes {record['nodes_peak_rss_mib']:.0f} MiB together" if "nodes_peak_rss_mib" in record
+                else "")]
     rows = record["summary"]
     if rows:
         keys = sorted({k for r in rows for k in r} - {"kind", *STATISTICS})

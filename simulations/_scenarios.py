@@ -195,9 +195,6 @@ async def byzantine(run: Run) -> None:
     (``forgers``). Every liar and double voter is named, the forgery takes hold nowhere,
     and the key comes back."""
     c = run.cluster
-    if not c.in_this_process:
-        raise ScenarioError(f"byzantine tampers with node runtimes in this process: run it in virtual or inprocess "
-                            f"mode, not {c.mode}")
     t, n = run.params["t"], run.params["n"]
     owner, ks, holders = await _imported(run, "byzantine")
     others = [h for h in holders if h != owner]  # the owner asks: it does not lie to itself
@@ -416,7 +413,8 @@ SCENARIOS = {s.name: s for s in (
     Scenario("byzantine", "wrong partials, double votes and a forged revocation: each liar named, the forgery "
              "refused, the key back",
              byzantine, nodes=12, params={"t": 3, "n": 5, "liars": 2, "double_voters": 1, "forgers": 1,
-                                          "placement": "distinct:country", "wait": 30.0}),
+                                          "placement": "distinct:country", "wait": 30.0},
+             modes=("virtual", "inprocess")),  # it tampers with node runtimes in this process
     Scenario("links", "reconstructions over slow and lossy links (TCP retransmits a lost segment after a timeout)",
              links, nodes=12, params={"t": 3, "n": 5, "reps": 3, "loss": "0;0.1;0.3", "extra_ms": 0.0,
                                       "placement": "distinct:country", "wait": 60.0}),

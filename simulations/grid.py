@@ -280,20 +280,21 @@ class Grid:
 
 
 def admission_body(g: p.Genesis, peer: str, hpke: dict[str, bytes], *, name: str, org: str,
-                   country: str, city: str = "") -> bytes:
+                   country: str, city: str = "", at: int = EPOCH) -> bytes:
     return p.Admission.make_body(network_id=g.network_id, peer_id=peer, hpke=hpke, roles=["approver", "custodian"],
-                                 name=name, org=org, country=country, city=city, issued=EPOCH,
-                                 not_after=EPOCH + 365 * 86400)
+                                 name=name, org=org, country=country, city=city, issued=at,
+                                 not_after=at + 365 * 86400)
 
 
 def network_of(homes: list[Home], admitted: Callable[[int], bool] = lambda i: True,
-               kems: tuple[str, ...] = ("x25519",)) -> tuple[p.Genesis, list[p.CoSigned]]:
+               kems: tuple[str, ...] = ("x25519",), at: int = EPOCH) -> tuple[p.Genesis, list[p.CoSigned]]:
     """A network whose sole authority is the first home (K = 1), and the admission of
     every home ``admitted(i)``, with its config's attributes and its HPKE keys for
     ``kems``. Each node holds every admission: certifying an ML-KEM-768 key (1,216
-    bytes) that a scenario never seals to would cost a 1,000-node grid gigabytes."""
+    bytes) that a scenario never seals to would cost a 1,000-node grid gigabytes. ``at``: when
+    it is made (the grid's virtual time; real processes read the system clock)."""
     authority = homes[0].identity()
-    g = p.Genesis.make(authority, name="grid", authorities=[], quorum=1, created=EPOCH)
+    g = p.Genesis.make(authority, name="grid", authorities=[], quorum=1, created=at)
     records = []
     for i, h in enumerate(homes):
         if admitted(i):
@@ -301,18 +302,18 @@ def network_of(homes: list[Home], admitted: Callable[[int], bool] = lambda i: Tr
             keys = {k: v for k, v in FileKeystore.from_home(h).hpke_public().items() if k in kems}
             body = admission_body(g, h.peer_id(), keys, name=cfg["name"],
                                   org=cfg.get("org") or f"org-{i:04d}", country=cfg["country"],
-                                  city=cfg.get("city") or "")
+                                  city=cfg.get("city") or "", at=at)
             records.append(p.CoSigned.propose(authority, body))
     return g, records
 
 
-def seeded(store: Store, g: p.Genesis, records: list[p.CoSigned]) -> Store:
-    """``store``, joined to ``g`` and holding ``records``, as if it had pulled them."""
-    store.set_network(g.network_id, g.signed, now=EPOCH)
+def seeded(store: Store, g: p.Genesis, records: list[p.CoSigned], at: int = EPOCH) -> Store:
+    """``store``, joined to ``g`` and holding ``records``, as if it had pulled them at ``at``."""
+    store.set_network(g.network_id, g.signed, now=at)
     with store.transaction():
         for cs in records:
             rec = p.Admission.from_body(cs.body)
-            store.put_membership(rec.peer_id, "admission", cs.id, cs.to_bytes(), time=rec.issued, now=EPOCH)
+            store.put_membership(rec.peer_id, "admission", cs.id, cs.to_bytes(), time=rec.issued, now=at)
     return store
 
 
