@@ -15,6 +15,10 @@ A topology comes from a TOML file (:func:`load`) or from a generator spec
 * ``g20``: one custodian per G20 member (the EU's in Brussels);
 * ``orgs:K:M``: K orgs with M sites each, the sites of one org in different cities.
 
+Any generator may end in ``+access=MS``: every custodian's one-way access delay
+(a last mile, a data centre's ingress). With 12.5 ms, no two custodians are
+under 50 ms apart, however close their cities.
+
 The TOML file::
 
     inflation = 1.5                 # optional, the route-inflation factor
@@ -34,6 +38,7 @@ The city table (``data/cities.csv``) names its source.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import math
 import pathlib
@@ -210,8 +215,11 @@ def _cap(spec: str, sites: int) -> None:
 
 
 def generate(spec: str, *, seed: int = 0, inflation: float = DEFAULT_INFLATION) -> Topology:
-    """A topology from a generator spec (:data:`GENERATORS`), the same for the same seed."""
-    kind, *parts = spec.strip().split(":")
+    """A topology from a generator spec (:data:`GENERATORS`, ``+access=MS`` optional), the same
+    for the same seed."""
+    main, plus, extra = spec.strip().partition("+")
+    access = _access(spec, extra) if plus else 0.0
+    kind, *parts = main.split(":")
     rng = random.Random(seed)
     table = list(cities())
     sites: list[Site] = []
@@ -250,7 +258,20 @@ def generate(spec: str, *, seed: int = 0, inflation: float = DEFAULT_INFLATION) 
                 sites.append(_site(f"o{o:03d}-s{j:03d}", c, org=f"org-{o:03d}"))
     else:
         raise TopologyError(f"unknown topology {spec!r}: a TOML file or one of {', '.join(GENERATORS)}")
+    if access:
+        sites = [dataclasses.replace(s, access_ms=access) for s in sites]
     return Topology(tuple(sites), inflation, source=spec)
+
+
+def _access(spec: str, extra: str) -> float:
+    key, _, value = extra.partition("=")
+    try:
+        ms = float(value) if key.strip() == "access" else -1.0
+    except ValueError:
+        ms = -1.0
+    if not 0 <= ms < 10_000:
+        raise TopologyError(f"{spec!r}: a generator may end in +access=MS, a one-way delay of 0 to 10000 ms")
+    return ms
 
 
 def resolve(ref: str, *, seed: int = 0) -> Topology:

@@ -57,6 +57,18 @@ def test_generators_and_a_toml_file(tmp_path: pathlib.Path) -> None:
         topo.resolve("ring:5")
 
 
+def test_a_generator_with_an_access_delay_keeps_every_pair_50_ms_apart() -> None:
+    plain, far = topo.generate("continents:40:5", seed=3), topo.generate("continents:40:5+access=12.5", seed=3)
+    pairs = [(i, j) for i in range(40) for j in range(i + 1, 40)]
+    assert min(plain.rtt_ms(plain.sites[i], plain.sites[j]) for i, j in pairs) < 50  # neighbours in one city
+    assert min(far.rtt_ms(far.sites[i], far.sites[j]) for i, j in pairs) >= 50
+    assert all(far.rtt_ms(far.sites[i], far.sites[j]) == pytest.approx(plain.rtt_ms(plain.sites[i], plain.sites[j]) + 50)
+               for i, j in pairs)  # the same cities, 12.5 ms at each end, both ways
+    for bad in ("continents:4:2+access=-1", "continents:4:2+access=x", "continents:4:2+delay=5", "g20+access="):
+        with pytest.raises(topo.TopologyError, match=r"\+access=MS"):
+            topo.generate(bad)
+
+
 def test_independent_node_failures_match_the_binomial() -> None:
     t = topo.generate("continents:40:4", seed=2)
     got = sv.survive(t, "", threshold=3, shares=5, trials=400_000, failures={"node": 0.2}, seed=7)
