@@ -156,6 +156,9 @@ def _announced(text: str) -> str:
         raise Failure(f"--announce {text!r}: an address peers can dial, /ip4|ip6/<addr>/tcp/<port>") from None
     if maddr.value_for_protocol("tcp") == "0":
         raise Failure(f"--announce {text!r}: give the port peers reach, not 0")
+    host = maddr.value_for_protocol("ip4" if "/ip4/" in text else "ip6")
+    if host in ("0.0.0.0", "::"):
+        raise Failure(f"--announce {text!r}: give an address peers can dial, not the unspecified {host}")
     return text
 
 

@@ -7,6 +7,7 @@ topic validators that see the message's author as a peer id.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,6 +16,8 @@ from shardnet.protocol import b58encode, wire
 
 from . import _net
 from ._transport import Handler, Subscription, Validator
+
+log = logging.getLogger("shardnet.node")
 
 
 class _Libp2pSubscription:
@@ -33,6 +36,8 @@ class Libp2pTransport:
         # What peers are told to dial instead of the bound addresses (a port forward,
         # a relay in front of the node): each parsed like a listen address.
         self._announce = [f"{_net.parse_listen_addr(a)}/p2p/{net.peer_id}" for a in announce or []]
+        if self._announce:
+            log.info("bound to %s; announcing %s", ", ".join(net.listen_addrs), ", ".join(self._announce))
 
     @property
     def peer_id(self) -> str:

@@ -5,9 +5,11 @@ Node i runs in the namespace ``shardnet-PID-i``, bound to its node address
 process runs in, at its relay address ``10.K.(128+a).b``. A veth pair joins the
 two namespaces, and only these routes exist:
 
-* in node i's namespace, the relay range ``10.K.128.0/17`` through its veth,
-  with its node address as the source: a node reaches another only through the
-  relay, and the relay tells who dialed by the source address;
+* in node i's namespace, the relay range ``10.K.128.0/17`` through its veth, by
+  way of its own relay address (so it resolves one neighbour only, whatever this
+  host's ARP settings), with its node address as the source: a node reaches
+  another only through the relay, and the relay tells who dialed by the source
+  address;
 * here, node i's address through its veth, so that the relay can reach it.
 
 There is no default route in a node's namespace and forwarding is left as it
@@ -21,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 
 PREFIX = "shardnet-"
@@ -65,6 +68,12 @@ def remove_stale() -> int:
         m = re.match(rf"{PREFIX}(\d+)-\d+\b", line)
         if m and not _alive(int(m.group(1))):
             stale.append(line.split()[0])
+    for name in stale:  # a process left inside would keep the namespace alive once unnamed
+        for pid in _ip("netns", "pids", name).split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
     if stale:
         _ip("-force", "-batch", "-", batch="".join(f"netns del {name}\n" for name in stale))
     return len(stale)
@@ -130,7 +139,8 @@ class Namespaces:
                 inner = f"sn{self.octet}n{i}"
                 _ip("-n", self.name(i), "-batch", "-", batch=(
                     f"link set lo up\naddr add {self.node_addr(i)}/32 dev {inner}\nlink set {inner} up\n"
-                    f"route add 10.{self.octet}.128.0/17 dev {inner} src {self.node_addr(i)}\n"))
+                    f"route add 10.{self.octet}.128.0/17 via {self.relay_addr(i)} dev {inner} onlink "
+                    f"src {self.node_addr(i)}\n"))
         except BaseException:
             self.close()
             raise

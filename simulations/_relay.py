@@ -9,15 +9,20 @@ node and pumps the bytes both ways, each chunk held until ``now +
 latency(from, to)`` (``Links``: the topology's latency with its link faults,
 and partitions that hold the bytes until they heal), in order, as the
 inprocess delay layer does beneath Noise. The TCP handshake takes its round
-trip: nothing is forwarded before one RTT has passed. A half-close is passed on
-as a half-close, a reset or error as the end of both directions, each after its
-delay. While a node is down its relay address refuses connections, as the
-kernel of a machine with no process on the port would.
+trip: nothing is forwarded before one RTT has passed (after a partition heals,
+for a connection dialed across it). A half-close is passed on as a half-close,
+after its delay; a reset or a read error likewise as a reset, behind the bytes
+sent before it, and it ends the connection. A write that fails ends only its
+own direction: the other side's bytes still arrive, then its close. While a
+node is down its relay address refuses connections, as the kernel of a machine
+with no process on the port would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+import struct
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import trio
@@ -33,7 +38,7 @@ class Relay:
                  nursery: trio.Nursery) -> None:
         self.ns, self.port, self.links, self.peer = ns, port, links, peer
         self._nursery = nursery  # the connections live here, past their listener
-        self._listening: dict[int, trio.CancelScope] = {}
+        self._listening: dict[int, tuple[trio.CancelScope, Sequence[trio.SocketListener]]] = {}
         self.connections = 0  # accepted so far
 
     async def listen(self, i: int) -> None:
@@ -41,41 +46,53 @@ class Relay:
         if i in self._listening:
             return
         listeners = await trio.open_tcp_listeners(self.port, host=self.ns.relay_addr(i))
-        scope = self._listening[i] = trio.CancelScope()
+        scope = trio.CancelScope()
+        self._listening[i] = (scope, listeners)
         self._nursery.start_soon(self._serve, scope, listeners, i)
 
     def refuse(self, i: int) -> None:
-        """Stop accepting for node ``i`` (it is down): its listener closes, open connections stay."""
-        scope = self._listening.pop(i, None)
+        """Stop accepting for node ``i`` (it is down): its listener closes now, so that the port
+        is free for the next :meth:`listen`; open connections stay."""
+        scope, listeners = self._listening.pop(i, (None, ()))
         if scope is not None:
             scope.cancel()
-
-    async def _serve(self, scope: trio.CancelScope, listeners: list[trio.SocketListener], i: int) -> None:
-        with scope:
-            await trio.serve_listeners(partial(self._connection, i), listeners, handler_nursery=self._nursery)
         for listener in listeners:
-            await listener.aclose()
+            listener.socket.close()
+
+    async def _serve(self, scope: trio.CancelScope, listeners: Sequence[trio.SocketListener], i: int) -> None:
+        with scope:
+            try:
+                await trio.serve_listeners(partial(self._connection, i), listeners, handler_nursery=self._nursery)
+            except trio.ClosedResourceError:
+                pass  # refused: closed under the accept
 
     async def _connection(self, i: int, client: trio.SocketStream) -> None:
-        async with client:
-            source = self.ns.index_of(client.socket.getpeername()[0])
-            if source is None:
-                return  # not one of the nodes
-            self.connections += 1
-            a, b = self.peer(source), self.peer(i)
-            t0 = trio.current_time()
-            await self.links.until_linked(a, b)
-            rtt = self.links.latency(a, b) + self.links.latency(b, a)
-            try:
-                upstream = await trio.open_tcp_stream(self.ns.node_addr(i), self.port)
-            except OSError:
-                return  # the node is not listening (yet): the dialer sees the connection close
-            async with upstream:
-                await trio.sleep_until(t0 + rtt)  # SYN there, SYN-ACK back
-                with trio.CancelScope() as conn:
-                    async with trio.open_nursery() as n:
-                        n.start_soon(self._pump, client, upstream, a, b, conn)
-                        n.start_soon(self._pump, upstream, client, b, a, conn)
+        """One dialed connection; whatever goes wrong with its sockets ends it alone."""
+        try:
+            async with client:
+                await self._relay(i, client)
+        except OSError:
+            pass  # reset before we looked, or an error closing: the connection is gone either way
+
+    async def _relay(self, i: int, client: trio.SocketStream) -> None:
+        source = self.ns.index_of(client.socket.getpeername()[0])
+        if source is None:
+            return  # not one of the nodes
+        self.connections += 1
+        a, b = self.peer(source), self.peer(i)
+        await self.links.until_linked(a, b)
+        t0 = trio.current_time()
+        rtt = self.links.latency(a, b) + self.links.latency(b, a)
+        try:
+            upstream = await trio.open_tcp_stream(self.ns.node_addr(i), self.port)
+        except OSError:
+            return  # the node is not listening (yet): the dialer sees the connection close
+        async with upstream:
+            await trio.sleep_until(t0 + rtt)  # SYN there, SYN-ACK back
+            with trio.CancelScope() as conn:
+                async with trio.open_nursery() as n:
+                    n.start_soon(self._pump, client, upstream, a, b, conn)
+                    n.start_soon(self._pump, upstream, client, b, a, conn)
 
     async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream, a: str, b: str,
                     conn: trio.CancelScope) -> None:
@@ -102,14 +119,17 @@ class Relay:
                     await self.links.until_linked(a, b)
                     try:
                         if data is _RESET:
+                            # A reset, passed on as one: closing with a zero linger sends RST.
+                            dst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                             conn.cancel()  # both sockets close on the way out
                         elif not data:
                             await dst.send_eof()  # a half-close, passed on
                         else:
                             await dst.send_all(data)
                             continue
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        conn.cancel()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        # dst is gone: this direction ends; the other reads dst's end itself
+                        n.cancel_scope.cancel()
                     return
 
 

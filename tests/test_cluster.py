@@ -6,12 +6,14 @@ import json
 import os
 import pathlib
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from shardnet.simulations._local import FIVE_CONTINENTS, LocalCluster, NodeSpec, run_cli
+from shardnet.node._control import ControlFailed, NotRunning, call
+from shardnet.simulations._local import CLI, FIVE_CONTINENTS, LocalCluster, NodeSpec, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -161,6 +163,36 @@ def test_run_refuses_an_address_peers_cannot_dial(cluster: LocalCluster) -> None
                      ("10.0.0.7:4001", "/ip4|ip6/<addr>/tcp/<port>")):
         r = run_cli("run", "--home", home, "--quiet", "--announce", bad, timeout=60)
         assert r.returncode == 1 and r.stderr.count("\n") == 1 and why in r.stderr, (bad, r.stderr)
+
+
+def test_a_node_announces_the_address_peers_are_told_to_dial(cluster: LocalCluster) -> None:
+    """What a relay or port forward in front of the node needs: the descriptor, status and the
+    addrs file carry the announced address, not the bound one."""
+    cluster.add(NodeSpec("lima", "PE", "Lima", "Andes Keys"))
+    n = cluster.nodes["lima"]
+    announced = "/ip4/127.0.0.1/tcp/4999"
+    proc = subprocess.Popen([*CLI, "run", "--home", str(n.home.path), "--quiet", "--announce", announced,
+                             *[a for b in cluster.bootstrap_for("lima") for a in ("--bootstrap", b)]],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                st = call(n.home, "status", timeout=5)
+                break
+            except (NotRunning, ControlFailed, OSError):
+                time.sleep(0.1)
+        assert st["addrs"] == [f"{announced}/p2p/{n.peer_id}"]
+        assert json.loads(n.home.addrs_file.read_text())["addrs"] == st["addrs"]
+        for _ in range(300):  # its descriptor reaches the others with the announced address
+            seen = {c["peer_id"]: c["addrs"] for c in cluster.control("frankfurt", "custodians")}
+            if n.peer_id in seen:
+                break
+            time.sleep(0.1)
+        assert seen[n.peer_id] == [f"{announced}/p2p/{n.peer_id}"]
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        cluster.remove("lima")
 
 
 def test_new_node_appears_in_every_directory(cluster: LocalCluster) -> None:
