@@ -203,11 +203,14 @@ class Cluster:
         return {self._site_of[peer]: d for peer, d in got.items()}
 
     async def import_key(self, owner: int, key: bytes, threshold: int, shares: int, pl: Placement, *,
-                         requester: int | None = None, seed: int = 0) -> str:
-        """Import from node ``owner`` with a scenario placement; every shard delivered."""
+                         requester: int | None = None, seed: int = 0, custodians: Sequence[int] = ()) -> str:
+        """Import from node ``owner`` with a scenario placement, or onto exactly ``custodians``;
+        every shard delivered."""
         args: dict[str, Any] = {"key": base64.b64encode(key).decode(), "threshold": threshold, "shares": shares,
                                 "placement": pl.node_expr or None, "wait": DELIVER_WAIT}
-        if pl.latency_aware:
+        if custodians:
+            args["custodians"] = [self.peers[i] for i in custodians]
+        elif pl.latency_aware:
             sites = self.topology.sites
             candidates = [s for i, s in enumerate(sites) if i != owner]
             names = choose(self.topology, pl, shares, requester=sites[owner if requester is None else requester],

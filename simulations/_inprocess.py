@@ -60,8 +60,9 @@ class InprocessCluster(Cluster):
     mode = "inprocess"
     wall_clock = True
 
-    def __init__(self, root: pathlib.Path, topology: Topology, *, seed: int) -> None:
+    def __init__(self, root: pathlib.Path, topology: Topology, *, seed: int, autopilot: bool = False) -> None:
         super().__init__(topology, seed=seed)
+        self.autopilot = autopilot
         self.rng = Drbg(b"shardnet-inprocess" + seed.to_bytes(8, "big"))
         self.homes: list[Home] = [
             init_home(root / f"node-{i:04d}", name=s.name, country=s.country, city=s.city, org=s.org,
@@ -103,7 +104,7 @@ class InprocessCluster(Cluster):
     def _runtime(self, i: int, bootstrap: list[str]) -> NodeRuntime:
         h = self.homes[i]
         return NodeRuntime(h, keystore=FileKeystore.from_home(h), transport=self._transport(), bootstrap=bootstrap,
-                           clock=self._clock, rng=self.rng, operator_io=False, autopilot=False)
+                           clock=self._clock, rng=self.rng, operator_io=False, autopilot=self.autopilot)
 
     def _bootstrap(self, avoid: int) -> list[str]:
         for i, peer in enumerate(self.peers):

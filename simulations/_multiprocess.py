@@ -19,9 +19,12 @@ other modes' do, issued at the system clock's time.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import pathlib
+import resource
 import signal
 import subprocess
 import sys
@@ -33,6 +36,7 @@ from typing import Any
 import trio
 
 from shardnet.node._control_server import ControlError
+from shardnet.node._directory_loops import MAX_PEERS
 from shardnet.node._home import Home, init_home
 from shardnet.protocol import wire
 
@@ -49,9 +53,11 @@ START = 120.0  # seconds a node process may take to answer on its control socket
 SETTLE = 300.0
 QUIESCE = 240.0
 QUIET_WINDOW = 2.0
-QUIET_CPU = 0.5  # of a core, all the node processes together
+QUIET_CPU = 0.5  # of a core, all the node processes together, and QUIET_CPU_PER_NODE more each
+QUIET_CPU_PER_NODE = 0.03  # idle: 10 nodes used 0.2 of a core, the relay's share included
 MAX_REPLY = 64 * 1024 * 1024  # bytes of one control answer
 TICK = os.sysconf("SC_CLK_TCK")
+log = logging.getLogger("shardnet.simulations")
 
 
 async def control(home: Home, cmd: str, args: dict[str, Any], *, timeout: float = 900.0) -> Any:  # noqa: ASYNC109
@@ -60,7 +66,9 @@ async def control(home: Home, cmd: str, args: dict[str, Any], *, timeout: float 
     with trio.fail_after(timeout):
         try:
             stream = await trio.open_unix_socket(str(home.control_socket))
-        except OSError:
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise  # this process is out of descriptors: not the node's doing
             raise ControlError(f"no node is running in {home.path}") from None
         async with stream:
             await stream.send_all((json.dumps({"cmd": cmd, "args": args}) + "\n").encode())
@@ -96,6 +104,21 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _enough_descriptors(nodes: int) -> None:
+    """Raise this process's open-file limit to what the relay needs: two descriptors per
+    relayed connection (every pair connects, up to the nodes' peer cap), and the control
+    sockets and pidfds of every node."""
+    need = 2 * nodes * min(nodes - 1, MAX_PEERS) + 8 * nodes + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    want = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < need:
+        raise RuntimeError(f"{nodes} node processes need {need} open files here; the limit is {hard} "
+                           "(ulimit -n)")
+
+
 def _cpu_s(pid: int) -> float:
     """A process's user and system CPU seconds so far (0 once it is gone)."""
     try:
@@ -111,8 +134,9 @@ class MultiprocessCluster(Cluster):
     wall_clock = True
     poll = 0.02  # a look is a control command to every node left
 
-    def __init__(self, root: pathlib.Path, topology: Topology, *, seed: int) -> None:
+    def __init__(self, root: pathlib.Path, topology: Topology, *, seed: int, autopilot: bool = False) -> None:
         super().__init__(topology, seed=seed)
+        self.autopilot = autopilot
         self.ns = Namespaces(len(topology.sites))
         rng = Drbg(b"shardnet-multiprocess" + seed.to_bytes(8, "big"))
         self.homes: list[Home] = [
@@ -128,9 +152,8 @@ class MultiprocessCluster(Cluster):
         self.links = Links(self.transit)
         self.procs: dict[int, trio.Process] = {}
         self._ready: set[int] = set()  # answered on their control socket since they last started
-        self._killed: set[int] = set()  # pids we stopped: any other exit is a failure
+        self._killed: set[trio.Process] = set()  # stopped by us: any other exit is a failure
         self._exits: dict[str, int] = {}
-        self._cpu_gone = 0.0  # CPU seconds of node processes that have exited
         self.relay: Relay | None = None
         self._nursery: trio.Nursery | None = None
         self.nodes_peak_rss_mib = 0.0  # the most the node processes held together, sampled each second
@@ -140,7 +163,7 @@ class MultiprocessCluster(Cluster):
     def _args(self, i: int) -> list[str]:
         boot = next((j for j in sorted(self.procs) if j != i and self.up(j)), None)
         args = [*self.ns.exec_prefix(i), sys.executable, "-m", "shardnet.node.cli", "run",
-                "--home", str(self.homes[i].path), "--quiet", "--no-autopilot",
+                "--home", str(self.homes[i].path), "--quiet", *([] if self.autopilot else ["--no-autopilot"]),
                 "--announce", f"/ip4/{self.ns.relay_addr(i)}/tcp/{PORT}"]
         if boot is not None:
             args += ["--bootstrap", f"/ip4/{self.ns.relay_addr(boot)}/tcp/{PORT}/p2p/{self.peers[boot]}"]
@@ -167,18 +190,20 @@ class MultiprocessCluster(Cluster):
                     await control(self.homes[i], "status", {}, timeout=10)
                     self._ready.add(i)
                     return
-                except ControlError:
+                except (ControlError, trio.TooSlowError):  # its socket is bound before its host runs
                     await trio.sleep(0.1)
         raise RuntimeError(f"node {i} did not answer on its control socket within {START:.0f} s")
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Cluster]:
+        _enough_descriptors(len(self.homes))
         self.ns.create()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.relay = Relay(self.ns, PORT, self.links, lambda i: self.peers[i], nursery)
                 nursery.start_soon(self._sample_rss)
+                nursery.start_soon(self._stop_on_signals)
                 try:
                     await self._spawn(0)
                     await self._started(0)
@@ -188,12 +213,31 @@ class MultiprocessCluster(Cluster):
                         await self._started(i)
                     yield self
                 finally:
+                    for proc in self.procs.values():  # all at once, before any wait a second Ctrl-C could cut
+                        if proc.returncode is None:
+                            self._killed.add(proc)
+                            proc.kill()
                     with trio.CancelScope(shield=True):
                         for i in list(self.procs):
                             await self._kill(i)
                     nursery.cancel_scope.cancel()
         finally:
-            self.ns.close()
+            try:
+                self.ns.close()
+            except Exception as exc:
+                if sys.exc_info()[1] is None:
+                    raise
+                log.warning("while stopping after an error: %s", exc)  # the first error is the one to see
+
+    async def _stop_on_signals(self) -> None:
+        """SIGTERM or SIGHUP (a timeout, a closed terminal) stop the run as Ctrl-C does, so that
+        the processes and namespaces go with it. After a SIGKILL of this process nothing can:
+        the next run's ``_netns.remove_stale`` kills what its namespaces still hold, and deletes
+        them. (prctl's parent-death signal would not do: trio forks from a worker thread, and
+        the signal comes when that thread ends.)"""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+            async for _ in signals:
+                raise KeyboardInterrupt  # through the cleanup, to the CLI's "interrupted"
 
     async def _sample_rss(self) -> None:
         for _ in range(10**7):  # until the cluster stops (every second: bounded by the run's length)
@@ -208,12 +252,11 @@ class MultiprocessCluster(Cluster):
             self.relay.refuse(i)
         if proc is None:
             return
-        self._cpu_gone += _cpu_s(proc.pid)
-        if proc.poll() is None:
-            self._killed.add(proc.pid)
-            proc.send_signal(signal.SIGKILL)
+        if proc.returncode is None:
+            self._killed.add(proc)
+            proc.kill()
         await proc.wait()
-        if proc.pid not in self._killed:
+        if proc not in self._killed:
             key = f"node process exited by itself with {proc.returncode}"
             self._exits[key] = self._exits.get(key, 0) + 1
 
@@ -230,7 +273,11 @@ class MultiprocessCluster(Cluster):
         return None if proc is None else proc.pid
 
     def cpu_time(self) -> float:
-        return self._cpu_gone + sum(_cpu_s(p.pid) for p in self.procs.values()) + time.process_time()
+        """Every node process's CPU seconds (those reaped, through the kernel's count of waited-for
+        children; those not, from /proc), and this process's (the relay's)."""
+        gone = resource.getrusage(resource.RUSAGE_CHILDREN)
+        live = sum(_cpu_s(p.pid) for p in self.procs.values() if p.returncode is None)
+        return gone.ru_utime + gone.ru_stime + live + time.process_time()
 
     def up(self, i: int) -> bool:
         """Started (it answers commands) and not exited since."""
@@ -239,14 +286,14 @@ class MultiprocessCluster(Cluster):
 
     async def mesh(self, topic: wire.Topic = wire.MEMBERSHIP_TOPIC) -> dict[str, list[str]]:
         """Each node's connected peers (``status``): a superset of its mesh on any topic, so
-        a bound over it is never looser than one over the mesh."""
+        a bound over it is never above one over the mesh (a floor, if a loose one)."""
         out: dict[str, list[str]] = {}
 
         async def ask(i: int) -> None:
             try:
                 out[self.peers[i]] = sorted((await self.command(i, "status", {}))["peers"])
-            except ControlError:
-                pass  # went down meanwhile
+            except (ControlError, trio.TooSlowError):
+                pass  # went down meanwhile: no edges of its own
 
         async with trio.open_nursery() as n:
             for i in range(len(self.peers)):
@@ -271,7 +318,10 @@ class MultiprocessCluster(Cluster):
         counts: dict[int, int] = {}
 
         async def count(i: int) -> None:
-            counts[i] = await self.knows(i)
+            try:
+                counts[i] = await self.knows(i)
+            except (ControlError, trio.TooSlowError):
+                counts[i] = 0  # gone, or not answering yet: asked again
 
         for _ in range(int(SETTLE / 0.5)):
             counts.clear()
@@ -296,7 +346,7 @@ class MultiprocessCluster(Cluster):
         for _ in range(int(QUIESCE / QUIET_WINDOW)):
             c0, t0 = self.cpu_time(), time.perf_counter()
             await trio.sleep(QUIET_WINDOW)
-            if (self.cpu_time() - c0) / (time.perf_counter() - t0) < QUIET_CPU:
+            if (self.cpu_time() - c0) / (time.perf_counter() - t0) < QUIET_CPU + QUIET_CPU_PER_NODE * len(self.peers):
                 return
         self._exits["still busy after the quiet wait"] = 1
 
@@ -307,6 +357,7 @@ class MultiprocessCluster(Cluster):
     async def restart(self, i: int) -> None:
         if self._nursery is None or self.up(i):
             raise RuntimeError(f"node {i} is running, or the cluster is not")
+        await self._kill(i)  # one that exited by itself: reaped and counted first
         await self._spawn(i)
         await self._started(i)
 

@@ -64,6 +64,7 @@ class Scenario:
     nodes: int = 20
     params: dict[str, Any] = field(default_factory=dict)  # defaults; their types parse --param
     modes: tuple[str, ...] = MODES  # where it can run
+    autopilot: bool = False  # the nodes run the epoch actions triggers call for (off: the body drives them)
 
 
 @dataclass
@@ -168,15 +169,16 @@ def _versions() -> dict[str, str]:
     return got
 
 
-def _cluster(mode: str, root: pathlib.Path, topology: Topology, seed: int, cpu_model: bool) -> Cluster:
+def _cluster(mode: str, root: pathlib.Path, topology: Topology, seed: int, cpu_model: bool,
+             autopilot: bool) -> Cluster:
     if mode == "virtual":
         from ._virtual import VirtualCluster
 
-        return VirtualCluster(root, topology, seed=seed, cpu_model=cpu_model)
+        return VirtualCluster(root, topology, seed=seed, cpu_model=cpu_model, autopilot=autopilot)
     if mode == "inprocess":
         from ._inprocess import InprocessCluster
 
-        return InprocessCluster(root, topology, seed=seed)
+        return InprocessCluster(root, topology, seed=seed, autopilot=autopilot)
     from ._netns import unavailable
 
     why = unavailable()
@@ -184,7 +186,7 @@ def _cluster(mode: str, root: pathlib.Path, topology: Topology, seed: int, cpu_m
         raise ScenarioError(f"--mode multiprocess: {why}; use --mode inprocess or virtual here")
     from ._multiprocess import MultiprocessCluster
 
-    return MultiprocessCluster(root, topology, seed=seed)
+    return MultiprocessCluster(root, topology, seed=seed, autopilot=autopilot)
 
 
 def summarise(measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -230,7 +232,7 @@ def run_scenario(scenario: Scenario, *, mode: str = "virtual", nodes: int | None
     w0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"shardnet-sim-{scenario.name}-") as root:
         say("homes", 0, len(topo.sites))
-        cluster = _cluster(mode, pathlib.Path(root), topo, seed, cpu_model)
+        cluster = _cluster(mode, pathlib.Path(root), topo, seed, cpu_model, scenario.autopilot)
         say("homes", len(topo.sites), len(topo.sites))
         run = holder["run"] = Run(cluster, seed=seed, params=args, progress=say)
 

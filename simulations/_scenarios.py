@@ -60,7 +60,9 @@ async def latency(run: Run) -> None:
         for rep in range(reps):
             try:
                 ks = await c.import_key(requester, _key(run, text), t, n, pl, seed=run.seed * 1000 + rep)
-            except (node_placement.PlacementError, ControlError) as exc:  # ControlError: from a node process
+            except (node_placement.PlacementError, ControlError) as exc:
+                if isinstance(exc, ControlError) and exc.exit_code != 2:  # a node process's usage error is 2
+                    raise
                 run.outcome(f"placement {text} can be met", False, str(exc))
                 done += reps - rep
                 run.progress("reconstructions", done, total)
@@ -399,6 +401,50 @@ async def epochs(run: Run) -> None:
     run.outcome("at least one round finished under churn", ends["done"] > 0,
                 f"first abort: {aborts[0]}" if aborts else "")
 
+async def bulk(run: Run) -> None:
+    """Bulk re-encryption after a revocation. Node 0, the network's authority, owns ``keysets``
+    t-of-n keysets and is their sole policy authority; a custodian (drawn) holds a share of
+    every one. One ``revoke`` of that custodian, for all of them, makes node 0's autopilot
+    reshare each keyset away from it, in batched, pipelined rounds. Each keyset's time is from
+    the revoke until its owner lists holders without the revoked custodian; the first and the
+    last keyset to move must still give their key back."""
+    c = run.cluster
+    t, n, k = run.params["t"], run.params["n"], run.params["keysets"]
+    victim = _pick(run)
+    run.mark(0, role="owner")
+    run.mark(victim, role="revoked")
+    others = [i for i in range(1, len(c.peers)) if i != victim]
+    if len(others) < n:
+        raise ScenarioError(f"bulk needs {n + 2} custodians at least: the owner, the revoked one, and "
+                            f"{n} to reshare onto")
+    keysets = []
+    for j in range(k):
+        holders = [victim, *run.rng.sample(others, n - 1)]
+        keysets.append(await c.import_key(0, _key(run, f"bulk {j}"), t, n, gp.parse(""), custodians=holders))
+        run.progress("imports", j + 1, k)
+    t0 = c.now()
+    await c.command(0, "revoke", {"subject": "custodian", "value": c.peers[victim], "reason": "scenario"})
+    moved: dict[str, float] = {}
+    for _ in range(int(run.params["wait"] / 0.1) + 1):
+        for ks in keysets:
+            if ks not in moved and victim not in await c.holders(0, ks):
+                moved[ks] = c.now() - t0
+        run.progress("keysets resharded", len(moved), k)
+        if len(moved) == k or c.now() - t0 > run.params["wait"]:
+            break
+        await trio.sleep(0.1)
+    for ks in keysets:
+        run.measure("keyset resharded", moved.get(ks), None)
+    run.measure("last keyset resharded", max(moved.values()) if len(moved) == k else None, None)
+    run.outcome(f"every keyset was resharded away from the revoked custodian ({len(moved)} of {k} within "
+                f"{run.params['wait']:g} s)", len(moved) == k)
+    ends = sorted(moved, key=moved.__getitem__)
+    for ks in dict.fromkeys([*ends[:1], *ends[-1:]]):
+        got = await c.reconstruct(0, ks, within=WAIT)
+        run.reconstruction(got, after="bulk reshare")
+        run.outcome(f"keyset {ks[:12]}, resharded after {moved[ks]:.2f} s: the key comes back", got.ok, got.error)
+
+
 SCENARIOS = {s.name: s for s in (
     Scenario("latency", "reconstruction latency against its bound, across placements (random, distinct:country, "
              "near:CITY, max-rtt:MS)", latency, nodes=20,
@@ -424,4 +470,7 @@ SCENARIOS = {s.name: s for s in (
     Scenario("epochs", "refresh and reshare rounds under churn: each finishes or aborts, the key always comes back",
              epochs, nodes=12, params={"t": 3, "n": 5, "reps": 3, "rate": 60.0,
                                        "placement": "distinct:country", "wait": 60.0}),
+    Scenario("bulk", "a custodian holding a share of many keysets is revoked: the autopilot reshares every one "
+             "away from it, batched and pipelined, and the keys still come back", bulk, nodes=12,
+             params={"t": 2, "n": 3, "keysets": 20, "wait": 300.0}, autopilot=True),
 )}

@@ -32,7 +32,8 @@ from .grid import Grid
 class VirtualCluster(Cluster):
     mode = "virtual"
 
-    def __init__(self, root: pathlib.Path, topology: Topology, *, seed: int, cpu_model: bool = True) -> None:
+    def __init__(self, root: pathlib.Path, topology: Topology, *, seed: int, cpu_model: bool = True,
+                 autopilot: bool = False) -> None:
         super().__init__(topology, seed=seed)
         self.cpu_model = cpu_model
 
@@ -42,7 +43,7 @@ class VirtualCluster(Cluster):
         self.grid = Grid(root, len(topology.sites), latency=latency, seed=seed, trace=False, republish=60.0,
                          sites=topology.sites, cpu_clock=time.process_time if cpu_model else None,
                          charge=frozenset(x.id for x in wire.STREAM_PROTOCOLS) if cpu_model else frozenset(),
-                         charge_gossip=cpu_model)
+                         charge_gossip=cpu_model, autopilot=autopilot)
         self._named([h.peer_id() for h in self.grid.homes])
 
     @asynccontextmanager

@@ -79,6 +79,23 @@ def test_refresh_and_reshare_under_churn_on_real_hosts() -> None:
     assert r["ok"], r["outcomes"]
     assert {m.get("action") for m in r["measurements"]} >= {"refresh", "reshare"}
 
+def test_bulk_reencryption_after_a_revocation_moves_every_keyset() -> None:
+    r = run_scenario(SCENARIOS["bulk"], nodes=12, seed=1, cpu_model=False)
+    assert r["ok"], r["outcomes"]
+    moved = [m for m in r["measurements"] if m["kind"] == "keyset resharded"]
+    assert len(moved) == 20 and all(m["seconds"] is not None for m in moved)
+    assert len([m for m in r["measurements"] if m["kind"] == "reconstruction" and m["seconds"]]) == 2
+    victim = next(i for i, s in enumerate(r["sites"]) if s["role"] == "revoked")
+    assert victim != 0
+
+
+def test_bulk_reencryption_on_real_hosts() -> None:
+    r = run_scenario(SCENARIOS["bulk"], mode="inprocess", nodes=7, seed=2,
+                     params={**SCENARIOS["bulk"].params, "keysets": 6, "wait": 120.0})
+    assert r["ok"], r["outcomes"]
+    assert len([m for m in r["measurements"] if m["kind"] == "keyset resharded" and m["seconds"]]) == 6
+
+
 def test_a_revocation_reaches_every_node_even_those_down_when_it_was_made() -> None:
     r = run_scenario(SCENARIOS["revocation"], nodes=20, seed=3, params={"offline": 2})
     assert r["ok"], r["outcomes"]
