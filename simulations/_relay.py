@@ -63,8 +63,8 @@ class Relay:
         with scope:
             try:
                 await trio.serve_listeners(partial(self._connection, i), listeners, handler_nursery=self._nursery)
-            except trio.ClosedResourceError:
-                pass  # refused: closed under the accept
+            except* trio.ClosedResourceError:
+                pass  # refused: closed under the accept (its accept loops raise it grouped)
 
     async def _connection(self, i: int, client: trio.SocketStream) -> None:
         """One dialed connection; whatever goes wrong with its sockets ends it alone."""
