@@ -198,6 +198,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                      + ("" if len(sc["modes"]) == 3 else f"; modes {', '.join(sc['modes'])} only"))
     lines.append("topologies (or a TOML file, see simulations/_topology.py):")
     lines += [f"  {t['spec']:<16} {t['about']}" for t in kinds]
+    lines.append(f"  {'...+access=MS':<16} after any generator: every custodian's one-way access delay")
     lines.append(f"cities in the bundled table: {len(topo.cities())}")
     emit(args, data, "\n".join(lines))
     return EXIT_OK
