@@ -51,7 +51,7 @@ CLIENT = textwrap.dedent("""
             got += s.recv(64)
         trips.append(time.perf_counter() - t)
     print(json.dumps({"trips": trips}), flush=True)
-    # then one message, left for the partition test: it must wait for the heal
+    # then one message, timed alone: across a partition it must wait for the heal
     sys.stdin.readline(); t = time.perf_counter(); s.sendall(b"held"); got = b""
     while len(got) < 4:
         got += s.recv(64)
@@ -96,15 +96,16 @@ async def _through_relay(one_way: Callable[[str, str], float], *, partition: boo
                     buf: list[bytes] = []
                     got = json.loads(await _line(client, buf))
                     assert relay.connections == 1
+                    # One more message, across a partition that heals after 1 s, or with none.
                     if partition:
                         links.partition({"node-0"}, {"node-1"})
-                        assert client.stdin is not None
-                        await client.stdin.send_all(b"go\n")
+                    assert client.stdin is not None
+                    await client.stdin.send_all(b"go\n")
+                    if partition:
                         await trio.sleep(1.0)
                         links.heal()
-                        got |= json.loads(await _line(client, buf))
-                return {"trip": min(got["trips"]), "first": got["trips"][0],
-                        **({"held": got["held"]} if partition else {})}
+                    got |= json.loads(await _line(client, buf))
+                return {"trip": min(got["trips"]), "first": got["trips"][0], "held": got["held"]}
             finally:
                 for proc in (echo, client):
                     if proc is not None:
@@ -125,8 +126,10 @@ async def test_the_relay_reproduces_the_configured_rtts_within_10_percent() -> N
 
 
 async def test_a_partition_holds_the_bytes_until_it_heals() -> None:
-    got = await _through_relay(lambda a, b: 0.01, partition=True)
-    assert 1.0 <= got["held"] < 3.0, got
+    held = await _through_relay(lambda a, b: 0.01, partition=True)
+    free = await _through_relay(lambda a, b: 0.01)  # the same message with no partition: the control
+    assert free["held"] < 0.5, free
+    assert 1.0 <= held["held"] < 3.0, held  # the 1 s the cut lasted, then the trip
 
 
 def test_a_node_address_is_out_of_reach_from_another_namespace() -> None:
