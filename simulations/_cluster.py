@@ -43,6 +43,9 @@ from ._topology import Topology
 if TYPE_CHECKING:
     from shardnet.node._runtime import NodeRuntime
 
+QUIESCE = 240.0  # seconds the start's gossip may take to die down (wall-clock modes)
+QUIET_WINDOW = 2.0
+BUSY = "still busy after the quiet wait"  # what a mode logs when the wait ran out
 POLL = 0.005  # seconds between two looks at the nodes: the resolution of arrival times (in this process)
 DELIVER_WAIT = 120.0  # seconds an import may take to deliver every shard (one process runs every node)
 
@@ -154,7 +157,26 @@ class Cluster:
         """Warnings the nodes and their network logged during the run, counted by logger."""
         return {}
 
+    def quiet_cores(self) -> float:
+        """The CPU (in cores, by :meth:`cpu_time`) under which the nodes count as idle."""
+        return 0.5
+
     # -- shared ----------------------------------------------------------------------
+
+    async def _meshes_and_quiet(self) -> bool:
+        """After the directory converged, in a wall-clock mode: a few GossipSub heartbeats (1 s)
+        for the meshes to fill, then until the nodes are no longer busy with the start's
+        gossip (a window of ``QUIET_WINDOW`` s under :meth:`quiet_cores`), for at most
+        ``QUIESCE`` s; False if they still were. The nodes share this machine's cores, so a
+        measurement made during that storm measures the storm; tens of nodes take a minute
+        or more."""
+        await trio.sleep(3)
+        for _ in range(int(QUIESCE / QUIET_WINDOW)):
+            c0, t0 = self.cpu_time(), time.perf_counter()
+            await trio.sleep(QUIET_WINDOW)
+            if (self.cpu_time() - c0) / (time.perf_counter() - t0) < self.quiet_cores():
+                return True
+        return False
 
     def _named(self, peers: list[str]) -> None:
         self.peers = peers

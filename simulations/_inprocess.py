@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import pathlib
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,7 +30,7 @@ from shardnet.node._runtime import NodeRuntime
 from shardnet.node._transport import TransportFactory
 from shardnet.protocol import wire
 
-from ._cluster import Cluster
+from ._cluster import BUSY, Cluster
 from ._delay import Links, delay_connections
 from ._drbg import Drbg
 from ._topology import Topology
@@ -39,9 +38,6 @@ from .grid import EPOCH, network_of, seeded
 
 START = 120.0  # seconds a node may take to start
 SETTLE = 300.0  # seconds every node may take to know every node
-QUIESCE = 240.0  # seconds the start's gossip may take to die down
-QUIET_WINDOW = 2.0
-QUIET_CPU = 0.5  # of a core
 
 
 class Counter(logging.Handler):
@@ -196,21 +192,9 @@ class InprocessCluster(Cluster):
         short = {i: len(node.directory) for i, node in enumerate(self.nodes) if self.up(i) and len(node.directory) < n}
         if short:
             raise RuntimeError(f"the directory did not converge within {SETTLE:.0f} s: nodes (custodians known) {short}")
-        await trio.sleep(3)  # a few GossipSub heartbeats (1 s): the meshes fill
-        await self._quiet()
+        if not await self._meshes_and_quiet():
+            self.log_counter.counts[BUSY] = 1
         return took
-
-    async def _quiet(self) -> None:
-        """Until the process is no longer busy with the start's gossip (a window of
-        ``QUIET_WINDOW`` s below ``QUIET_CPU`` of a core), for at most ``QUIESCE`` s: every
-        node shares this process, so a measurement made during that storm measures the
-        storm. Tens of nodes take a minute or more."""
-        for _ in range(int(QUIESCE / QUIET_WINDOW)):
-            c0, t0 = time.process_time(), time.perf_counter()
-            await trio.sleep(QUIET_WINDOW)
-            if (time.process_time() - c0) / (time.perf_counter() - t0) < QUIET_CPU:
-                return
-        self.log_counter.counts["still busy after the quiet wait"] = 1
 
     async def crash(self, i: int) -> None:
         """As a killed process: its listener goes at once (the kernel refuses new

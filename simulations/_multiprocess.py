@@ -40,7 +40,7 @@ from shardnet.node._directory_loops import MAX_PEERS
 from shardnet.node._home import Home, init_home
 from shardnet.protocol import wire
 
-from ._cluster import Cluster
+from ._cluster import BUSY, Cluster
 from ._delay import Links
 from ._drbg import Drbg
 from ._netns import Namespaces
@@ -51,8 +51,6 @@ from .grid import network_of, seeded
 PORT = 4001  # every node's, each in its own namespace
 START = 120.0  # seconds a node process may take to answer on its control socket
 SETTLE = 300.0
-QUIESCE = 240.0
-QUIET_WINDOW = 2.0
 QUIET_CPU = 0.5  # of a core, all the node processes together, and QUIET_CPU_PER_NODE more each
 QUIET_CPU_PER_NODE = 0.03  # idle: 10 nodes used 0.2 of a core, the relay's share included
 MAX_REPLY = 64 * 1024 * 1024  # bytes of one control answer
@@ -336,19 +334,12 @@ class MultiprocessCluster(Cluster):
         took = trio.current_time() - t0
         if short:
             raise RuntimeError(f"the directory did not converge within {SETTLE:.0f} s: nodes (custodians known) {short}")
-        await trio.sleep(3)  # a few GossipSub heartbeats (1 s): the meshes fill
-        await self._quiet()
+        if not await self._meshes_and_quiet():
+            self._exits[BUSY] = 1
         return took
 
-    async def _quiet(self) -> None:
-        """Until the node processes together use under ``QUIET_CPU`` of a core over
-        ``QUIET_WINDOW`` s (the start's gossip has died down), for at most ``QUIESCE`` s."""
-        for _ in range(int(QUIESCE / QUIET_WINDOW)):
-            c0, t0 = self.cpu_time(), time.perf_counter()
-            await trio.sleep(QUIET_WINDOW)
-            if (self.cpu_time() - c0) / (time.perf_counter() - t0) < QUIET_CPU + QUIET_CPU_PER_NODE * len(self.peers):
-                return
-        self._exits["still busy after the quiet wait"] = 1
+    def quiet_cores(self) -> float:
+        return QUIET_CPU + QUIET_CPU_PER_NODE * len(self.peers)
 
     async def crash(self, i: int) -> None:
         """SIGKILL: the kernel closes the process's sockets, and its relay address refuses."""
