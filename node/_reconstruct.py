@@ -104,6 +104,14 @@ async def _newest(node: NodeRuntime, view: p.Keyset, status: str,
     return fetched.keyset, status, source
 
 
+def _receipts(node: NodeRuntime, keyset: p.Keyset) -> list[p.Receipt]:
+    """The holders' receipts this node keeps for the keyset's epoch: an owner's outbox has
+    one for each delivery (verified when it came); a holder that says it holds no share
+    beside one of these is named."""
+    return [p.Receipt.from_bytes(o["receipt"], custodian=o["custodian"]) for o in node.store.outbox(keyset.id_hex)
+            if o["receipt"] is not None and o["epoch"] == keyset.epoch]
+
+
 async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> dict[str, Any]:
     keyset, status, fetched = await _keyset(node, str(args["keyset"]).strip().lower(), emit)
     mode = str(args.get("mode") or "unwrap")
@@ -118,7 +126,8 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
                                         "reason": request.reason}, now, node.key)
     names = {d.peer_id: d.name for d in node.directory.all()}
     start = trio.current_time()
-    machine = rr.ReleaseRound(keyset, request, ephemeral, deadline=start + timeout, timeout=timeout, names=names)
+    machine = rr.ReleaseRound(keyset, request, ephemeral, deadline=start + timeout, timeout=timeout, names=names,
+                              receipts=_receipts(node, keyset))
     await emit({"kind": "request", "request": request.id, "keyset": keyset.id_hex, "mode": mode})
     try:
         end, verify_s = await _drive(node, machine, request, emit)

@@ -268,7 +268,7 @@ class NodeRuntime:
 
     async def ask_release(self, peer: str, request: Request, votes: list[bytes]) -> bytes:
         """One release round trip to ``peer`` (or to ourselves, locally)."""
-        frame = p.encode([wire.RELEASE_ASK_TAG, 1, request.signed, votes])
+        frame = p.encode([wire.RELEASE_ASK_TAG, 2, request.signed, votes])  # 2: a no-shard answer is understood
         if peer == self.peer_id:
             return self.releaser.handle(self.peer_id, frame, self.now())
         return await self.links.reach_and_request(peer, wire.RELEASE, frame)

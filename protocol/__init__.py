@@ -67,7 +67,7 @@ from ._quorum import State as TallyState
 from ._reconstruct import ReconstructionFailed, Session
 from ._records import Delivery, Descriptor, Receipt, b58decode, b58encode, peer_id_of, public_key_of
 from ._release_round import ReleaseRound
-from ._requests import Release, Request, Vote, partial_payload, share_payload
+from ._requests import NoShard, Release, Request, Vote, partial_payload, share_payload
 from ._shard import (
     HpkeOpener,
     HpkePrivateKey,
@@ -101,7 +101,7 @@ __all__ = [
     "PolicyError", "ReconstructionFailed", "ReleaseDenied", "RemoteProtocolError", "ShardExpired",
     "ShardnetError", "TooFewPartials", "TooFewShares", "WrongRecipient",
     "Added", "Admission", "ApprovalRule", "CoSigned", "Genesis", "JoinRequest", "MemberRevocation", "Membership", "AuditEntry", "Delivery", "Descriptor", "Equivocation", "HpkeOpener", "HpkePrivateKey",
-    "Keyset", "Partial", "Policy", "Receipt", "Recovered", "RefreshDeal", "Release", "Request",
+    "Keyset", "NoShard", "Partial", "Policy", "Receipt", "Recovered", "RefreshDeal", "Release", "Request",
     "ReleaseRound", "ReshareDeal", "Session", "Signer", "Share", "ShardMeta", "Tally", "TallyState", "Vote",
     "b58decode", "b58encode", "batch_verify_shares", "check_params", "combine_key", "combine_partials",
     "continent_of", "decide_release", "decode", "decode_audit_body", "decode_record", "encode",

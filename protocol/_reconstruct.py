@@ -5,7 +5,10 @@ The node asks holders (over the network, not here) and feeds every outcome in:
 :meth:`Session.on_unreachable`. Every release is verified on arrival (its
 signature, that it answers this request for an index that custodian holds,
 and the DLEQ proof or the share against the commitments). A bad one names its
-custodian and is never used. :meth:`Session.targets` says whom to ask next,
+custodian and is never used. A holder may answer instead that it holds no share
+(a signed :class:`~._requests.NoShard`): from a holder whose receipt for a share of
+this epoch the requester keeps (the owner keeps them all), that is a lie in one of
+the two, and names it too; without such a receipt it is a refusal. :meth:`Session.targets` says whom to ask next,
 redundant replicas included; :meth:`Session.result` opens the key from t valid
 answers, and :meth:`Session.failure` says in one line what was missing.
 
@@ -22,12 +25,13 @@ Any other move raises :class:`IllegalHolderMove`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ._errors import InvalidPartial, InvalidShare, ShardnetError, TooFewShares
 from ._keyset import Keyset, Share, combine_key, verify_share
-from ._requests import Release, Request, share_from_payload
+from ._records import Receipt
+from ._requests import NoShard, Release, Request, is_no_shard, share_from_payload
 from ._shard import HpkePrivateKey
 from ._unwrap import Partial, combine_partials, verify_partial
 
@@ -83,8 +87,10 @@ class Holder:
 class Session:
     def __init__(
         self, keyset: Keyset, request: Request, ephemeral: HpkePrivateKey,
-        names: Mapping[str, str] | None = None,
+        names: Mapping[str, str] | None = None, receipts: Iterable[Receipt] = (),
     ) -> None:
+        """``receipts``: the holders' receipts the requester keeps (verified records); those
+        that say a holder took a share of this keyset at its epoch count against a denial."""
         if request.keyset_id != keyset.keyset_id:
             raise ValueError("request and keyset differ")
         self.keyset = keyset
@@ -95,6 +101,12 @@ class Session:
         for i, peers in keyset.attrs.get("holders", {}).items():
             for peer in peers:
                 self.holders.setdefault(peer, Holder(peer, [])).indices.append(int(i))
+        self.receipted: dict[str, list[int]] = {}  # holder -> the indices it signed for, at this epoch
+        for r in receipts:
+            h = self.holders.get(r.custodian)
+            if (r.keyset_id, r.epoch) == (keyset.keyset_id, keyset.epoch) and r.status != "refused" and (
+                    h is not None and r.index in h.indices):
+                self.receipted.setdefault(r.custodian, []).append(r.index)
         self.partials: dict[int, Partial] = {}
         self.shares: dict[int, Share] = {}
         self.bad: list[tuple[str, str]] = []
@@ -154,6 +166,9 @@ class Session:
         h = self._answer(peer)
         if h.state is _H.INVALID:
             return  # nothing more from a custodian that already lied
+        if is_no_shard(data):
+            self._on_no_shard(h, data)
+            return
         try:
             rel = Release.from_bytes(data, custodian=peer)
             if (rel.request_id, rel.keyset_id, rel.epoch, rel.mode) != (
@@ -180,6 +195,27 @@ class Session:
             return
         if h.state is _H.ASKED:  # a holder with two indices answers twice; it is OK after the first
             h.move(_H.OK)
+
+    def _on_no_shard(self, h: Holder, data: bytes) -> None:
+        """``h`` says it holds no share: a lie beside its own receipt, else a refusal."""
+        try:
+            d = NoShard.from_bytes(data, custodian=h.peer)
+        except ShardnetError as exc:
+            self._invalid(h.peer, f"an invalid no-shard answer: {exc}")
+            return
+        if (d.request_id, d.keyset_id) != (self.request.id, self.keyset.keyset_id):
+            self._invalid(h.peer, "its no-shard answer answers another request or keyset")
+            return
+        said = "knows no such keyset" if d.epoch is None else f"holds no share of this keyset at epoch {d.epoch}"
+        signed_for = self.receipted.get(h.peer)
+        if h.state is _H.OK:
+            self._invalid(h.peer, f"released a share, and also says it {said}")
+        elif signed_for and (d.epoch is None or d.epoch <= self.keyset.epoch):
+            said = "knows no such keyset" if d.epoch is None else f"holds none at epoch {d.epoch}"
+            self._invalid(h.peer, f"signed a receipt for index {signed_for[0]} at epoch {self.keyset.epoch}, "
+                                  f"and now says it {said}")
+        else:  # no receipt of its to hold against it, or its view is newer than this request's
+            h.move(_H.REFUSED, f"says it {said}")
 
     def result(self) -> bytes:
         if not self.complete():

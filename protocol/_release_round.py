@@ -28,7 +28,7 @@ invalid for good (see its holder machine).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ from ._keyset import Keyset
 from ._quorum import ApprovalRule, Tally
 from ._quorum import State as TallyState
 from ._reconstruct import ReconstructionFailed, Session
+from ._records import Receipt
 from ._requests import Request
 from ._shard import HpkePrivateKey
 
@@ -163,8 +164,8 @@ class ReleaseRound:
     """One reconstruction request, from the requester's side."""
 
     def __init__(self, keyset: Keyset, request: Request, ephemeral: HpkePrivateKey, *, deadline: float,
-                 timeout: float, names: Mapping[str, str] | None = None) -> None:
-        self.session = Session(keyset, request, ephemeral, names)
+                 timeout: float, names: Mapping[str, str] | None = None, receipts: Iterable[Receipt] = ()) -> None:
+        self.session = Session(keyset, request, ephemeral, names, receipts)
         self.request = request
         self.deadline = deadline
         self.timeout = timeout

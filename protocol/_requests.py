@@ -8,6 +8,10 @@
   decryption for one request, HPKE-sealed to the request's ephemeral key,
   so only the requester can read it and a wrong one is evidence against
   the custodian that signed it.
+* :class:`NoShard` — signed by a custodian asked for a release: it holds no
+  share of the keyset, at the newest epoch it knows or knowing no such keyset.
+  Beside its own receipt for a share of that epoch, it is evidence that the
+  custodian lied in one of the two.
 """
 
 from __future__ import annotations
@@ -16,18 +20,19 @@ import hashlib
 from dataclasses import dataclass, field
 
 from . import _group as g
-from ._codec import decode_record, encode, want, want_bytes, want_int
+from ._codec import decode, decode_record, encode, want, want_bytes, want_int
 from ._errors import InvalidSignature, MalformedEncoding
 from ._keyset import Share
 from ._records import peer_id_of, signed_by
 from ._shard import HpkePrivateKey, hpke_seal
-from ._sign import Signer, open_signed, public_bytes, sign_body
+from ._sign import SIGNED_TAG, Signer, open_signed, public_bytes, sign_body
 from ._unwrap import Partial
 from ._wire import REQUEST_TOPIC, VOTE_TOPIC
 
 REQUEST_TAG = "shardnet/request"
 VOTE_TAG = "shardnet/vote"
 RELEASE_TAG = "shardnet/release"
+NO_SHARD_TAG = "shardnet/no-shard"
 RELEASE_INFO = b"shardnet/release/v1\x00"
 MODES = ("unwrap", "shares")
 DECISIONS = ("approve", "deny")
@@ -158,6 +163,43 @@ class Release:
 
     def open(self, ephemeral: HpkePrivateKey) -> bytes:
         return ephemeral.open(self.sealed, self._info())
+
+
+@dataclass(frozen=True)
+class NoShard:
+    """A custodian's answer to one request: it holds no share of the keyset, at ``epoch``
+    (the newest it knows of that keyset), or ``epoch`` None when it knows no such keyset."""
+
+    request_id: str
+    keyset_id: bytes
+    custodian: str
+    epoch: int | None
+    signed: bytes = field(default=b"", repr=False, compare=False)
+
+    @classmethod
+    def make(cls, key: Signer, request: Request, *, epoch: int | None) -> NoShard:
+        body = encode([NO_SHARD_TAG, 1, request.id, request.keyset_id, peer_id_of(public_bytes(key)), epoch])
+        return cls.from_bytes(sign_body(key, body))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, custodian: str | None = None) -> NoShard:
+        f, signer, _ = open_signed(data, tag=NO_SHARD_TAG, version=1, fields=4, max_size=1024)
+        who = signed_by(f[2], signer, "no-shard answer", "custodian")
+        if custodian is not None and who != custodian:
+            raise InvalidSignature("no-shard answer is not signed by the custodian that sent it")
+        epoch = None if f[3] is None else want_int(f[3], "epoch", 0, 2**32 - 1)
+        return cls(want(f[0], str, "request id"), want_bytes(f[1], "keyset id", 16), who, epoch, bytes(data))
+
+
+def is_no_shard(data: bytes) -> bool:
+    """Whether ``data`` calls itself a no-shard answer, unverified: which parser to use
+    (:meth:`NoShard.from_bytes` verifies), without checking a release's signature twice."""
+    try:
+        body = decode_record(data, SIGNED_TAG, 1, 3, max_size=8192)[0]
+        head = decode(want_bytes(body, "body"), max_size=8192)
+    except MalformedEncoding:
+        return False
+    return isinstance(head, list) and bool(head) and head[0] == NO_SHARD_TAG
 
 
 SHARE_PAYLOAD = "shardnet/released-share"

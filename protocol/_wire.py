@@ -55,7 +55,8 @@ DIRECTORY = StreamProtocol("/shardnet/directory/1", 1024, 4 * 1024 * 1024, 4)
 #: Anti-entropy pull of the descriptors the puller lacks: the request is a summary of
 #: what it holds (``protocol/_directory_pull.py``).
 DIRECTORY_DELTA = StreamProtocol("/shardnet/directory/2", 128 * 1024, 4 * 1024 * 1024, 4)
-#: Release ask (a request and its approvals); the reply is a list of signed releases.
+#: Release ask (a request and its approvals); the reply is a list of signed releases, or, to
+#: an ask of version 2, one signed no-shard answer (``protocol/_requests.py``).
 RELEASE = StreamProtocol("/shardnet/release/1", 64 * 1024, 64 * 1024, 4)
 #: Anti-entropy pull of the live requests and their votes.
 SYNC = StreamProtocol("/shardnet/sync/1", 1024, 2 * 1024 * 1024, 4)

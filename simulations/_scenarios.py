@@ -12,7 +12,7 @@ from shardnet.node._control_server import ControlError
 from shardnet.protocol import placement as node_placement
 
 from . import _geo_placement as gp
-from ._byzantine import forge_revocation, lie_in_releases
+from ._byzantine import forge_revocation, lie_in_receipts, lie_in_releases
 from ._cluster import Cluster, Reconstruction
 from ._scenario import Run, Scenario, ScenarioError
 
@@ -192,23 +192,45 @@ async def revocation(run: Run) -> None:
 
 async def byzantine(run: Run) -> None:
     """Byzantine custodians, each fault up to what the keyset tolerates: holders answer with
-    wrong partials (``liars``, up to n-t), approvers vote both ways (``double_voters``, up to
-    the approvers past the quorum), and a custodian forges a revocation of a holder
+    wrong partials (``liars``) or sign receipts for shards they do not keep
+    (``receipt_liars``), up to n-t of both; approvers vote both ways (``double_voters``, up
+    to the approvers past the quorum), and a custodian forges a revocation of a holder
     (``forgers``). Every liar and double voter is named, the forgery takes hold nowhere,
-    and the key comes back."""
+    and the key comes back. The holders are placed here, with the node's own solver, so
+    that the receipt liars can be among them before their shards arrive."""
     c = run.cluster
     t, n = run.params["t"], run.params["n"]
-    owner, ks, holders = await _imported(run, "byzantine")
-    others = [h for h in holders if h != owner]  # the owner asks: it does not lie to itself
+    lying, lost = run.params["liars"], run.params["receipt_liars"]
+    if lying + lost > n - t:
+        raise ScenarioError(f"at most {n - t} liars and receipt liars together (n-t)")
+    owner = _pick(run)
+    run.mark(owner, role="owner")
+    sites = c.topology.sites
+    try:
+        names = gp.choose(c.topology, gp.parse(run.params["placement"]), n, requester=sites[owner],
+                       candidates=[s for i, s in enumerate(sites) if i != owner], seed=run.seed)
+    except node_placement.PlacementError as exc:
+        raise ScenarioError(f"--param placement: {exc}") from None
+    by_name = {s.name: i for i, s in enumerate(sites)}
+    chosen = [by_name[name] for name in names]
+    lost_receipts = sorted(run.rng.sample(chosen, lost))
+    for i in lost_receipts:
+        lie_in_receipts(c.nodes[i])
+    ks = await c.import_key(owner, _key(run, "byzantine"), t, n, gp.parse(run.params["placement"]),
+                            custodians=chosen)
+    holders = await c.holders(owner, ks)
+    for h in holders:
+        run.mark(h, role="holder")
+    others = [h for h in holders if h not in lost_receipts]
     approvers, quorum = await c.approval_rule(ks)
     voters = [a for a in approvers if a != owner]
-    if run.params["liars"] > min(n - t, len(others)) or run.params["double_voters"] > min(
-            len(approvers) - quorum, len(voters)):
-        raise ScenarioError(f"at most {min(n - t, len(others))} liars and {min(len(approvers) - quorum, len(voters))} "
-                            f"double voters here (n-t, and the approvers past the quorum)")
-    liars = sorted(run.rng.sample(others, run.params["liars"]))
+    if run.params["double_voters"] > min(len(approvers) - quorum, len(voters)):
+        raise ScenarioError(f"at most {min(len(approvers) - quorum, len(voters))} double voters here "
+                            f"(the approvers past the quorum)")
+    liars = sorted(run.rng.sample(others, lying))
     for i in liars:
         lie_in_releases(c.nodes[i])
+    for i in liars + lost_receipts:
         run.mark(i, role="liar")
     double = sorted(run.rng.sample(voters, run.params["double_voters"]))
     for i in double:
@@ -222,12 +244,12 @@ async def byzantine(run: Run) -> None:
         forged.append((i, await forge_revocation(c.nodes[i], c.peers[victim])))
         run.mark(i, role="liar")
     got = await c.reconstruct(owner, ks, within=run.params["wait"], double_voters=frozenset(double))
-    run.reconstruction(got, liars=len(liars), double_voters=len(double))
-    run.outcome(f"the key comes back with {len(liars)} lying holders and {len(double)} double voters",
-                got.ok, got.error)
+    run.reconstruction(got, liars=len(liars), receipt_liars=len(lost_receipts), double_voters=len(double))
+    run.outcome(f"the key comes back with {len(liars)} holders lying in releases, {len(lost_receipts)} in receipts "
+                f"and {len(double)} double voters", got.ok, got.error)
     named = {c.index(p) for p in got.liars}
-    run.outcome("every liar is named, and no one else", named == set(liars),
-                f"named {sorted(named)}, lying {liars}")
+    run.outcome("every liar is named, and no one else", named == set(liars) | set(lost_receipts),
+                f"named {sorted(named)}, lying {sorted(liars + lost_receipts)}")
     if got.ok and double:
         async def void_at(i: int) -> bool:
             return await c.voided(i, got.request) >= set(double)
@@ -456,9 +478,10 @@ SCENARIOS = {s.name: s for s in (
              continent, nodes=20, params={"t": 3, "n": 5, "placement": "distinct:continent", "wait": 30.0}),
     Scenario("revocation", "a membership revocation reaches every node, and nodes that were down learn it "
              "when they restart", revocation, nodes=30, params={"offline": 3}),
-    Scenario("byzantine", "wrong partials, double votes and a forged revocation: each liar named, the forgery "
-             "refused, the key back",
-             byzantine, nodes=12, params={"t": 3, "n": 5, "liars": 2, "double_voters": 1, "forgers": 1,
+    Scenario("byzantine", "wrong partials, receipts for shards not kept, double votes and a forged revocation: "
+             "each liar named, the forgery refused, the key back",
+             byzantine, nodes=12, params={"t": 3, "n": 5, "liars": 1, "receipt_liars": 1, "double_voters": 1,
+                                          "forgers": 1,
                                           "placement": "distinct:country", "wait": 30.0},
              modes=("virtual", "inprocess")),  # it tampers with node runtimes in this process
     Scenario("links", "reconstructions over slow and lossy links (TCP retransmits a lost segment after a timeout)",

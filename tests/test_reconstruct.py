@@ -23,6 +23,7 @@ from shardnet.simulations._local import CLI, FIVE_CONTINENTS, LocalCluster, run_
 
 pytestmark = pytest.mark.slow
 LIAR = [sys.executable, str(pathlib.Path(__file__).with_name("liar_node.py"))]
+RECEIPT_LIAR = [sys.executable, str(pathlib.Path(__file__).with_name("receipt_liar_node.py"))]
 FORGER = [sys.executable, str(pathlib.Path(__file__).with_name("forger_node.py"))]
 KEY = os.urandom(48)
 DENY_POLICY = '''
@@ -179,6 +180,35 @@ def test_a_lying_custodian_is_named_and_the_key_still_comes_back(
         c.wait_directory()
 
 
+def test_a_custodian_that_signed_for_a_shard_it_dropped_is_named_by_the_owner(
+    net: tuple[LocalCluster, pathlib.Path]
+) -> None:
+    """A lying receipt over real libp2p: sydney signs "stored" and keeps nothing. Asked for
+    its release, it answers (signed) that it holds no share; beside its receipt, which the
+    owner keeps, that names it."""
+    c, root = net
+    c.stop("sydney")
+    c.start("sydney", command=RECEIPT_LIAR)
+    try:
+        c.wait_directory()
+        ks = import_keyset(c, root)
+        with c.nodes["sydney"].home.open_store() as store:
+            assert store.keyset(ks) is not None and store.held_shards(ks) == []
+        code, res, err, _ = reconstruct(c, root, ks)
+        assert code == 0, err
+        sydney = c.nodes["sydney"].peer_id
+        [bad] = res["invalid"]
+        assert bad["custodian"] == sydney, res["invalid"]
+        assert "signed a receipt for index" in bad["detail"] and "holds none at epoch 0" in bad["detail"], bad
+        with c.nodes["frankfurt"].home.open_store() as store:
+            named = [e.body for e in store.audit_entries() if e.kind == "cheater"]
+        assert named[-1]["custodian"] == sydney and named[-1]["request"] == res["request"]
+    finally:
+        c.stop("sydney")
+        c.start("sydney")
+        c.wait_directory()
+
+
 def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pathlib.Path]) -> None:
     """A rogue requester asks every custodian directly, with each kind of bad evidence."""
     c, root = net
@@ -219,6 +249,9 @@ def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pa
     outsider_seed = os.urandom(32)
     release_id = c.scoped(wire.RELEASE.id)
 
+    unknown = request(os.urandom(16).hex())
+    no_shard: dict[int, bytes | str] = {}
+
     async def main() -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {}
         async with _net.running_node_host(rogue_seed, ["/ip4/127.0.0.1/tcp/0"], enable_pubsub=False) as h:
@@ -233,6 +266,13 @@ def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pa
                         out[case][name] = "RELEASED"
                     except _net.RemoteError as exc:
                         out[case][name] = exc.reason
+            for version in (1, 2):  # 2: the asker understands a signed no-shard answer
+                try:
+                    no_shard[version] = await _net.request(
+                        h.host, c.nodes["tokyo"].peer_id, release_id,
+                        p.encode([wire.RELEASE_ASK_TAG, version, unknown.signed, []]), max_reply=65536, timeout=10)
+                except _net.RemoteError as exc:
+                    no_shard[version] = exc.reason
         async with _net.running_node_host(outsider_seed, ["/ip4/127.0.0.1/tcp/0"], enable_pubsub=False) as h:
             out["outsider"] = {}
             node = c.nodes["tokyo"]
@@ -260,6 +300,12 @@ def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pa
                 continue  # refused at the door either way: its stream was reset, nothing came back
             assert expect[case] in answer, (case, name, answer)
     assert {n: len(releases(c, n)) for n in c.nodes} == before
+    # A keyset the custodian does not know: the refusal to an older asker, a signed answer to a newer.
+    assert isinstance(no_shard[1], str) and "does not know that keyset" in no_shard[1]
+    assert isinstance(no_shard[2], bytes)
+    [answer] = p.decode(no_shard[2])
+    denial = p.NoShard.from_bytes(answer, custodian=c.nodes["tokyo"].peer_id)
+    assert (denial.request_id, denial.keyset_id, denial.epoch) == (unknown.id, unknown.keyset_id, None)
     with c.nodes["tokyo"].home.open_store() as store:
         refused = [e.body["reason"] for e in store.audit_entries() if e.kind == "release-refused"]
     assert any("policy denies" in r for r in refused) and any("no quorum" in r for r in refused)

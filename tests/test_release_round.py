@@ -29,8 +29,9 @@ from shardnet.protocol._release_round import (
     VotesSeen,
     WakeAt,
 )
+from shardnet.protocol._requests import NoShard
 
-from .test_quorum import PEER, make_keyset, make_request, releases, tally_of, vote
+from .test_quorum import KEYS, PEER, make_keyset, make_request, releases, tally_of, vote
 
 T0 = 1000.0  # the node's monotonic time base
 
@@ -140,7 +141,12 @@ class RoundMachine(RuleBasedStateMachine):
 
     @initialize(mode=st.sampled_from(["unwrap", "shares"]))
     def start(self, mode: str) -> None:
-        self.keyset, shares, self.req, self.rnd = setup(mode, timeout=20)
+        self.keyset, shares, _, _ = setup(mode, timeout=20)
+        self.req, eph = make_request(self.keyset, mode)
+        # a and b's receipts are kept: their no-shard answers are lies; c, d and e's refusals.
+        self.receipted = {PEER["a"], PEER["b"]}
+        self.rnd = ReleaseRound(self.keyset, self.req, eph, deadline=T0 + 20, timeout=20,
+                                receipts=(receipt(self.keyset, "a", 1), receipt(self.keyset, "b", 2)))
         self.good = releases(self.keyset, shares, self.req)
         wrong = [dataclasses.replace(s, value=s.value + 1) for s in shares]
         self.lies = releases(self.keyset, wrong, self.req)
@@ -164,13 +170,15 @@ class RoundMachine(RuleBasedStateMachine):
         return self.rnd.state is RoundState.ASKING
 
     @precondition(lambda self: self.live() and self.rnd.in_flight)
-    @rule(data=st.data(), what=st.sampled_from(["good", "lie", "refused", "unreachable"]))
+    @rule(data=st.data(), what=st.sampled_from(["good", "lie", "refused", "unreachable", "none"]))
     def answer(self, data: st.DataObject, what: str) -> None:
         peer = data.draw(st.sampled_from(sorted(self.rnd.in_flight)))
         name = next(n for n, pid in PEER.items() if pid == peer)
+        none = NoShard.make(KEYS[name], self.req, epoch=data.draw(st.sampled_from([None, 0, 1]))).signed
         event = {"good": Released(peer, (self.good[name],)), "lie": Released(peer, (self.lies[name],)),
-                 "refused": Refused(peer, "not yet"), "unreachable": Unreachable(peer, "down")}[what]
-        if what == "lie":
+                 "refused": Refused(peer, "not yet"), "unreachable": Unreachable(peer, "down"),
+                 "none": Released(peer, (none,))}[what]
+        if what == "lie" or what == "none" and peer in self.receipted and NoShard.from_bytes(none).epoch != 1:
             self.ever_invalid.add(peer)
         self.feed(event)
 
@@ -216,3 +224,78 @@ def test_t_answers_and_the_deadline_succeed_without_the_silent_rest() -> None:
         rnd.handle(Released(PEER[n], (good[n],)), T0 + 2)
     out = rnd.handle(Tick(), T0 + 10)
     assert isinstance(out[-1], Succeeded) and out[-1].master == b"the master key"
+
+
+# -- a lying receipt: a holder that signed for its shard and then says it holds none --------
+
+
+def receipt(keyset: p.Keyset, name: str, index: int, status: str = "stored", *,
+            keyset_id: bytes | None = None) -> p.Receipt:
+    return p.Receipt.make(KEYS[name], keyset_id=keyset_id or keyset.keyset_id, epoch=keyset.epoch,
+                          index=index, shard_digest=b"s" * 32, delivery_digest=b"d" * 32, status=status,
+                          reason="", time=1)
+
+
+def asking(receipts: tuple[p.Receipt, ...]) -> tuple:
+    keyset, shares = make_keyset(approvers=["a", "b", "c"], quorum=2)
+    req, eph = make_request(keyset)
+    rnd = ReleaseRound(keyset, req, eph, deadline=T0 + 30, timeout=30, receipts=receipts)
+    rnd.handle(Start(), T0)
+    rnd.handle(VotesSeen(tally_of(keyset, req, [vote("a", req), vote("b", req)])), T0 + 1)
+    return keyset, shares, req, rnd
+
+
+def test_a_no_shard_answer_is_signed_and_bound_to_its_request() -> None:
+    keyset, _ = make_keyset()
+    req, _ = make_request(keyset)
+    d = NoShard.make(KEYS["a"], req, epoch=None)
+    assert NoShard.from_bytes(d.signed, custodian=PEER["a"]) == d and d.epoch is None
+    assert (d.request_id, d.keyset_id, d.custodian) == (req.id, keyset.keyset_id, PEER["a"])
+    assert NoShard.from_bytes(NoShard.make(KEYS["a"], req, epoch=4).signed).epoch == 4
+    with pytest.raises(p.InvalidSignature):  # a no-shard answer speaks for the custodian that signed it
+        NoShard.from_bytes(d.signed, custodian=PEER["b"])
+    tampered = bytearray(d.signed)
+    tampered[-1] ^= 1
+    with pytest.raises(p.InvalidSignature):
+        NoShard.from_bytes(bytes(tampered))
+
+
+def test_a_holder_whose_receipt_the_requester_keeps_and_that_denies_its_shard_is_named() -> None:
+    keyset = make_keyset()[0]
+    keyset, shares, req, rnd = asking((receipt(keyset, "a", 1), receipt(keyset, "b", 2, "already-held")))
+    good = releases(keyset, shares, req)
+    rnd.handle(Released(PEER["a"], (NoShard.make(KEYS["a"], req, epoch=keyset.epoch).signed,)), T0 + 2)
+    rnd.handle(Released(PEER["b"], (NoShard.make(KEYS["b"], req, epoch=None).signed,)), T0 + 2)
+    for n in "cde":
+        out = rnd.handle(Released(PEER[n], (good[n],)), T0 + 3)
+    done = out[-1]
+    assert isinstance(done, Succeeded) and done.master == b"the master key"
+    assert [b[0] for b in done.bad] == [PEER["a"], PEER["b"]]
+    assert "signed a receipt for index 1 at epoch 0" in done.bad[0][1] and "holds none" in done.bad[0][1]
+    assert "knows no such keyset" in done.bad[1][1]
+    assert rnd.session.holders[PEER["a"]].state is HolderState.INVALID
+
+
+def test_a_no_shard_answer_without_a_receipt_or_from_a_newer_epoch_is_a_refusal() -> None:
+    keyset = make_keyset()[0]
+    keyset, shares, req, rnd = asking((receipt(keyset, "a", 1, keyset_id=b"x" * 16), receipt(keyset, "b", 2, "refused"),
+                                       receipt(keyset, "c", 3)))
+    # a's receipt is for another keyset
+    rnd.handle(Released(PEER["a"], (NoShard.make(KEYS["a"], req, epoch=0).signed,)), T0 + 2)
+    rnd.handle(Released(PEER["b"], (NoShard.make(KEYS["b"], req, epoch=0).signed,)), T0 + 2)  # it refused
+    # c's view is newer than this request's record: it may have handed its share on.
+    out = rnd.handle(Released(PEER["c"], (NoShard.make(KEYS["c"], req, epoch=1).signed,)), T0 + 2)
+    for n in "abc":
+        assert rnd.session.holders[PEER[n]].state is HolderState.REFUSED, n
+    assert rnd.session.bad == []
+    assert "holds no share of this keyset at epoch 1" in rnd.session.holders[PEER["c"]].detail
+    assert not [e for e in out if isinstance(e, Failed)]
+
+
+def test_a_no_shard_answer_for_another_request_or_signed_by_another_is_a_lie() -> None:
+    keyset, shares, req, rnd = asking(())
+    other, _ = make_request(keyset)
+    rnd.handle(Released(PEER["a"], (NoShard.make(KEYS["a"], other, epoch=0).signed,)), T0 + 2)
+    rnd.handle(Released(PEER["b"], (NoShard.make(KEYS["c"], req, epoch=0).signed,)), T0 + 2)
+    assert [b[0] for b in rnd.session.bad] == [PEER["a"], PEER["b"]]
+    assert "answers another request" in rnd.session.bad[0][1]

@@ -151,9 +151,9 @@ def test_a_network_sweep_refuses_what_no_run_can_take(args: tuple[str, ...], say
 
 
 def test_a_network_run_its_scenario_refuses_fails_alone_with_the_reason() -> None:
-    # Past what the keyset tolerates (n-t = 2 liars): the scenario refuses that run, and the
-    # sweep says why, in the table's last line, and exits 1.
-    r = run_cli("sim", "sweep", "byzantine", "--seeds", "1", "--param", "liars=2,3", "--workers", "2")
+    # Past what the keyset tolerates (n-t = 2 liars, the receipt liar included): the scenario
+    # refuses that run, and the sweep says why, in the table's last line, and exits 1.
+    r = run_cli("sim", "sweep", "byzantine", "--seeds", "1", "--param", "liars=1,2", "--workers", "2")
     assert r.returncode == 1, r.stderr
     assert r.stdout.splitlines()[-1].startswith("1 of 2 runs failed") and "at most 2 liars" in r.stdout
 
