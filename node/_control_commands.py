@@ -137,13 +137,16 @@ async def _import(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> Any:
     loop.wake()
     deadline = trio.current_time() + float(args.get("wait") or 30)
     while True:
+        # The event is taken before the rows are read: a delivery that lands after the read
+        # (while the progress line goes out, say) sets this one, not the loop's next.
+        progressed = loop.progress
         rows = [r for r in node.store.outbox(ks.id_hex) if r["state"] != "moved"]  # a move queues another
         done = [r for r in rows if r["state"] != "pending"]
         await emit({"kind": "progress", "done": len(done), "total": total})
         if len(done) == total or trio.current_time() >= deadline:
             break
         with trio.move_on_at(deadline):
-            await loop.progress.wait()
+            await progressed.wait()
     detail = _api.keyset_detail(node.store, ks.id_hex)
     detail["note"] = res.note
     return detail

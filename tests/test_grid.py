@@ -92,3 +92,26 @@ def test_the_gossip_mesh_is_bounded_symmetric_and_repaired(tmp_path: pathlib.Pat
                 assert gone.peer_id not in after[q]
                 assert len(after[q]) >= min(_memory.MESH_LOW, len(net.nodes[q].connections)), q
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_an_import_returns_once_its_last_shard_lands_even_while_it_reports(tmp_path: pathlib.Path) -> None:
+    # A user's terminal can be slow to take a progress line. The shards delivered meanwhile
+    # used to wake an event the import no longer waited on, and it sat out its whole wait
+    # (30 s; 120 s in the simulation harness) with every shard delivered.
+    import base64
+
+    async def slow_terminal(_: Any) -> None:
+        await trio.sleep(2.0)
+
+    async def main() -> float:
+        grid = Grid(tmp_path, 6, seed=3)
+        async with grid.running():
+            await grid.wait_directory()
+            t0 = trio.current_time()
+            res = await grid.nodes[0].commands()["key-import"](
+                {"key": base64.b64encode(b"k" * 32).decode(), "threshold": 2, "shares": 4, "wait": 30}, slow_terminal)
+            assert [s["state"] for s in res["shards"]] == ["delivered"] * 4
+            return trio.current_time() - t0
+
+    took = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert took < 10, took  # two progress lines and the deliveries' round trips, not the 30 s wait
