@@ -18,11 +18,7 @@ Choices made here (see ../shared/LIBP2P_NOTES.md for the measurements):
   never starts. GossipSub peer exchange (PX) is refused too: a PRUNE carrying PX
   records would otherwise make the node dial any address a peer names, whatever
   our own ``do_px`` setting.
-* GossipSub keeps ``strict_signing=True`` and a 1 s heartbeat, and a mesh of D = 6
-  with D_high = 8 (``MESH_DEGREE``), not go-libp2p's 12: every copy of a message a
-  node receives costs it about a millisecond of py-libp2p's CPU, duplicates
-  included, and with 12 the meshes of a network of ten grew to every peer (each
-  record reached each node nine times). It sends IDONTWANT
+* GossipSub keeps ``strict_signing=True`` and a 1 s heartbeat. It sends IDONTWANT
   only for received messages of 1 KiB or more, as go-libp2p does (``_Router``). A
   sender's signed peer record, which py-libp2p checks on every RPC, is checked in
   full only when it changes (``_SenderRecords``).
@@ -338,7 +334,6 @@ _pubsub_module.maybe_consume_signed_record = _sender_records  # both of py-libp2
 _gossipsub_module.maybe_consume_signed_record = _sender_records
 
 IDONTWANT_MIN = 1024  # bytes: go-libp2p's GossipSubIDontWantMessageThreshold
-MESH_DEGREE = (6, 4, 8)  # GossipSub's D, D_low, D_high: a node prunes its mesh to D past D_high
 _no_idontwant: contextvars.ContextVar[bool] = contextvars.ContextVar("no_idontwant", default=False)
 
 
@@ -375,9 +370,9 @@ def make_pubsub(host: IHost) -> tuple[Pubsub, GossipSub]:
     """
     router = _Router(
         protocols=list(GOSSIPSUB_PROTOCOLS),
-        degree=MESH_DEGREE[0],
-        degree_low=MESH_DEGREE[1],
-        degree_high=MESH_DEGREE[2],
+        degree=6,
+        degree_low=4,
+        degree_high=12,
         heartbeat_interval=1,
         # Refuse peer exchange: no score reaches +inf, so PX records in a PRUNE are
         # never dialed. We only dial peers we chose.

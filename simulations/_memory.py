@@ -13,8 +13,7 @@ node can observe:
   cap fail, as on libp2p;
 * **a gossip overlay of bounded degree**, a mesh as GossipSub keeps one: a node
   grafts the peers it connects to into its mesh until it holds ``degree`` (D = 6
-  by default), and takes grafts from others up to D_high (D + 2: the node's 8 for
-  6, ``node/_net.py``'s ``MESH_DEGREE``), past it
+  by default), and takes grafts from others up to twice that (D_high), past it
   only from a node that has fewer than ``MESH_LOW`` (D_low = 4); every
   ``HEARTBEAT`` a node over D_high prunes down to D, and one under D grafts more;
   a peer that goes away is replaced from the node's other connections. A message goes
@@ -212,7 +211,6 @@ class MemoryNetwork:
         self.latency: Pair = latency or (lambda a, b: 0.0)
         self.lose: Callable[[str, str], bool] = lose or (lambda a, b: False)
         self.degree = degree
-        self.degree_high = degree + 2  # D_high (see the module docstring)
         self.rng = random.Random(seed)
         self._cuts: set[frozenset[str]] = set()
         self._nursery: trio.Nursery | None = None
@@ -279,12 +277,12 @@ class MemoryNetwork:
 
     def graft(self, node: _Node, other: _Node) -> None:
         """``node`` takes ``other`` into its mesh if it holds fewer than ``degree`` and
-        ``other`` fewer than D_high, or ``node`` fewer than ``MESH_LOW`` (GossipSub's D_low:
+        ``other`` fewer than twice that, or ``node`` fewer than ``MESH_LOW`` (GossipSub's D_low:
         no node is left out of the mesh because its peers' meshes are full). Mesh links go
         both ways."""
         if other.peer_id in node.mesh or len(node.mesh) >= self.degree:
             return
-        if len(other.mesh) >= self.degree_high and len(node.mesh) >= min(MESH_LOW, self.degree):
+        if len(other.mesh) >= 2 * self.degree and len(node.mesh) >= min(MESH_LOW, self.degree):
             return
         node.mesh[other.peer_id] = None
         other.mesh[node.peer_id] = None
@@ -315,7 +313,7 @@ class MemoryNetwork:
             for node in self.nodes.values():
                 if not node.up:
                     continue
-                if len(node.mesh) > self.degree_high:
+                if len(node.mesh) > 2 * self.degree:
                     for peer in sorted(node.mesh, key=lambda q: -len(self.nodes[q].mesh))[:len(node.mesh) - self.degree]:
                         node.mesh.pop(peer, None)
                         self.nodes[peer].mesh.pop(node.peer_id, None)
