@@ -169,7 +169,8 @@ class NodeRuntime:
                         0o644, overwrite=True)
                 handlers = {wire.DELIVER: self._on_deliver, wire.DIRECTORY: self._on_directory_pull,
                             wire.DIRECTORY_DELTA: self._on_directory_delta,
-                            wire.RELEASE: self._on_release, wire.KEYSET: self._on_keyset_notice,
+                            wire.RELEASE: self._on_release, wire.RELEASE_V1: self._on_release_v1,
+                            wire.KEYSET: self._on_keyset_notice,
                             wire.SYNC: self._on_sync, wire.POSSESSION: self._on_possession,
                             wire.KEYSET_FETCH: self._on_keyset_fetch, wire.EPOCH: self._on_epoch,
                             wire.RULES: self.rules_loops.serve}
@@ -268,10 +269,13 @@ class NodeRuntime:
 
     async def ask_release(self, peer: str, request: Request, votes: list[bytes]) -> bytes:
         """One release round trip to ``peer`` (or to ourselves, locally)."""
-        frame = p.encode([wire.RELEASE_ASK_TAG, 2, request.signed, votes])  # 2: a no-shard answer is understood
+        frame = p.encode([wire.RELEASE_ASK_TAG, 1, request.signed, votes])
         if peer == self.peer_id:
-            return self.releaser.handle(self.peer_id, frame, self.now())
-        return await self.links.reach_and_request(peer, wire.RELEASE, frame)
+            return self.releaser.handle(self.peer_id, frame, self.now(), no_shard=True)
+        try:
+            return await self.links.reach_and_request(peer, wire.RELEASE, frame)
+        except tx.StreamOpenError:  # a custodian from before signed no-shard answers
+            return await self.links.reach_and_request(peer, wire.RELEASE_V1, frame)
 
     # -- stream handlers: one service call each ----------------------------------------
 
@@ -336,9 +340,13 @@ class NodeRuntime:
             log.info("epoch ask from %s refused: %s", remote, exc)
             raise tx.RequestRejected(str(exc)) from None
 
-    async def _on_release(self, remote: str, frame: bytes) -> bytes:
+    async def _on_release(self, remote: str, frame: bytes, *, no_shard: bool = True) -> bytes:
         try:
-            return self.releaser.handle(remote, frame, self.now())
+            return self.releaser.handle(remote, frame, self.now(), no_shard=no_shard)
         except Rejected as exc:
             log.info("release to %s refused: %s", remote, exc)
             raise tx.RequestRejected(str(exc)) from None
+
+    async def _on_release_v1(self, remote: str, frame: bytes) -> bytes:
+        """An asker from before signed no-shard answers: it gets the refusal it knows."""
+        return await self._on_release(remote, frame, no_shard=False)

@@ -956,12 +956,11 @@ class Releaser:
             self._policies[key] = pol
         return pol
 
-    def handle(self, remote: str, frame: bytes, now: int) -> bytes:
+    def handle(self, remote: str, frame: bytes, now: int, *, no_shard: bool) -> bytes:
+        """Answer one release ask. ``no_shard``: the asker (on ``wire.RELEASE``, version 2)
+        understands a signed no-shard answer; one on version 1 gets a refusal instead."""
         try:
-            head = p.decode(frame, max_size=wire.RELEASE.max_request)
-            version = 2 if isinstance(head, list) and len(head) > 1 and head[1] == 2 else 1
-            req_b, votes_b = p.decode_record(frame, wire.RELEASE_ASK_TAG, version, 2,
-                                             max_size=wire.RELEASE.max_request)
+            req_b, votes_b = p.decode_record(frame, wire.RELEASE_ASK_TAG, 1, 2, max_size=wire.RELEASE.max_request)
             req = self.approvals.parse_request(p.want_bytes(req_b, "request"))
             votes = [self.approvals.parse_vote(p.want_bytes(v, "vote")) for v in p.want(votes_b, list, "votes")]
         except p.ShardnetError as exc:
@@ -975,13 +974,13 @@ class Releaser:
                            f"({self.members.view.state(req.requester, now)})")
         row = self.store.keyset(req.keyset_id.hex())
         if row is None:
-            return self._no_shard(version, req, None, "this custodian does not know that keyset")
+            return self._no_shard(no_shard, req, None, "this custodian does not know that keyset")
         keyset = record_view(self.store, row["record"])  # at its current epoch
         if self.rules.revoked_requester(keyset.id_hex, req.requester):
             raise Rejected(f"the keyset's authorities revoked {req.requester} as a requester")
         held = [h for h in self.store.held_shards(keyset.id_hex) if h["epoch"] == keyset.epoch]
         if not held:
-            return self._no_shard(version, req, keyset.epoch, "this custodian holds no shard of that keyset")
+            return self._no_shard(no_shard, req, keyset.epoch, "this custodian holds no shard of that keyset")
         try:
             self.approvals.accept_request(req.signed, now)
         except p.ShardnetError:
@@ -1025,10 +1024,8 @@ class Releaser:
             out.append(rel.signed)
         return p.encode(out)
 
-    def _no_shard(self, version: int, req: Request, epoch: int | None, reason: str) -> bytes:
-        """A signed no-shard answer, to an ask that understands one (version 2); an older
-        requester gets the refusal it knows."""
-        if version == 1:
+    def _no_shard(self, signed: bool, req: Request, epoch: int | None, reason: str) -> bytes:
+        if not signed:
             raise Rejected(reason)
         return p.encode([p.NoShard.make(self.key, req, epoch=epoch).signed])
 

@@ -110,6 +110,7 @@ class Session:
         self.partials: dict[int, Partial] = {}
         self.shares: dict[int, Share] = {}
         self.bad: list[tuple[str, str]] = []
+        self.denied: set[str] = set()  # the invalid that denied a share they signed for
 
     @property
     def needed(self) -> int:
@@ -214,7 +215,8 @@ class Session:
             said = "knows no such keyset" if d.epoch is None else f"holds none at epoch {d.epoch}"
             self._invalid(h.peer, f"signed a receipt for index {signed_for[0]} at epoch {self.keyset.epoch}, "
                                   f"and now says it {said}")
-        else:  # no receipt of its to hold against it, or its view is newer than this request's
+            self.denied.add(h.peer)
+        elif h.state is _H.ASKED:  # no receipt of its to hold against it, or its view is newer
             h.move(_H.REFUSED, f"says it {said}")
 
     def result(self) -> bytes:
@@ -238,7 +240,9 @@ class Session:
         if unreachable:
             details.append(f"custodians {', '.join(unreachable)} unreachable")
         for h in self.holders.values():
-            if h.state is _H.INVALID:
+            if h.peer in self.denied:
+                details.append(f"{self.name(h.peer)} denies holding the share it signed for")
+            elif h.state is _H.INVALID:
                 details.append(f"{self.name(h.peer)} sent an invalid {'share' if unit == 'shares' else 'partial'}")
             elif h.state is _H.REFUSED:
                 details.append(f"{self.name(h.peer)} refused: {h.detail}")

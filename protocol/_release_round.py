@@ -36,7 +36,7 @@ from ._errors import ShardnetError
 from ._keyset import Keyset
 from ._quorum import ApprovalRule, Tally
 from ._quorum import State as TallyState
-from ._reconstruct import ReconstructionFailed, Session
+from ._reconstruct import HolderState, ReconstructionFailed, Session
 from ._records import Receipt
 from ._requests import Request
 from ._shard import HpkePrivateKey
@@ -239,8 +239,10 @@ class ReleaseRound:
             raise ValueError(f"an answer from {event.peer}, which was not asked")
         self.in_flight.discard(event.peer)
         if isinstance(event, Released):
-            held = len(self.session.holders[event.peer].indices)
-            for item in (event.items or (b"",))[:held]:
+            holder = self.session.holders[event.peer]
+            for item in (event.items or (b"",))[:len(holder.indices)]:
+                if holder.state not in (HolderState.ASKED, HolderState.OK):
+                    break  # it said it holds none, or lied: the rest of its answer is not read
                 self.session.on_release(event.peer, item)
         elif isinstance(event, Refused):
             self.session.on_refused(event.peer, event.reason)

@@ -55,9 +55,11 @@ DIRECTORY = StreamProtocol("/shardnet/directory/1", 1024, 4 * 1024 * 1024, 4)
 #: Anti-entropy pull of the descriptors the puller lacks: the request is a summary of
 #: what it holds (``protocol/_directory_pull.py``).
 DIRECTORY_DELTA = StreamProtocol("/shardnet/directory/2", 128 * 1024, 4 * 1024 * 1024, 4)
-#: Release ask (a request and its approvals); the reply is a list of signed releases, or, to
-#: an ask of version 2, one signed no-shard answer (``protocol/_requests.py``).
-RELEASE = StreamProtocol("/shardnet/release/1", 64 * 1024, 64 * 1024, 4)
+#: Release ask (a request and its approvals); the reply is a list of signed releases. On
+#: version 2 the same ask, from a requester that understands a signed no-shard answer
+#: (``protocol/_requests.py``): a custodian holding none replies with one.
+RELEASE_V1 = StreamProtocol("/shardnet/release/1", 64 * 1024, 64 * 1024, 4)
+RELEASE = StreamProtocol("/shardnet/release/2", 64 * 1024, 64 * 1024, 4)
 #: Anti-entropy pull of the live requests and their votes.
 SYNC = StreamProtocol("/shardnet/sync/1", 1024, 2 * 1024 * 1024, 4)
 #: An owner hands a keyset record to an approver that holds no shard.
@@ -91,7 +93,7 @@ EPOCH = StreamProtocol("/shardnet/epoch/1", 1024 * 1024, 256 * 1024, 4)
 #: of keysets it is an authority of, within the reply size.
 RULES = StreamProtocol("/shardnet/rules/1", 128 * 1024, 4 * 1024 * 1024, 4)
 
-STREAM_PROTOCOLS = (DELIVER, DIRECTORY, DIRECTORY_DELTA, RELEASE, SYNC, KEYSET, MEMBERSHIP, POSSESSION,
+STREAM_PROTOCOLS = (DELIVER, DIRECTORY, DIRECTORY_DELTA, RELEASE_V1, RELEASE, SYNC, KEYSET, MEMBERSHIP, POSSESSION,
                     KEYSET_FETCH, EPOCH, RULES)
 
 #: Signed custodian descriptors.

@@ -80,7 +80,7 @@ async def test_admitted_late_becomes_a_candidate_and_revoked_never_is(tmp_path: 
         frame = p.encode([p.wire.RELEASE_ASK_TAG, 1, req.signed, []])
         for holder in holders:
             with pytest.raises(Rejected, match=r"the requester is not admitted to network \w+ \(revoked\)"):
-                g.nodes[g.index(holder)].releaser.handle(revoked.peer_id, frame, now)
+                g.nodes[g.index(holder)].releaser.handle(revoked.peer_id, frame, now, no_shard=True)
         # A revoked approver's vote counts nowhere, even carried as evidence by a member.
         keyset = await g.import_key(1, b"v" * 32, 2, 5, approvers=[revoked.peer_id, g.nodes[4].peer_id], quorum=2)
         asker = g.nodes[2]
@@ -91,7 +91,7 @@ async def test_admitted_late_becomes_a_candidate_and_revoked_never_is(tmp_path: 
         frame = p.encode([p.wire.RELEASE_ASK_TAG, 1, req.signed, votes])
         for holder in {s["custodian"] for s in g.shards(1, keyset)}:
             with pytest.raises(Rejected, match=r"no quorum: 1 of 2"):
-                g.nodes[g.index(holder)].releaser.handle(asker.peer_id, frame, now)
+                g.nodes[g.index(holder)].releaser.handle(asker.peer_id, frame, now, no_shard=True)
 
 
 @pytest.mark.trio

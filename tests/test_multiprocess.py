@@ -150,7 +150,7 @@ def test_a_node_address_is_out_of_reach_from_another_namespace() -> None:
 def test_a_scenario_on_node_processes_through_the_relay() -> None:
     """Six `shardnet run` processes: custodians killed up to n-t and one past, then restarted."""
     r = run_scenario(SCENARIOS["loss"], mode="multiprocess", nodes=6, seed=2,
-                     params={**SCENARIOS["loss"].params, "t": 2, "n": 4, "wait": 20.0})
+                     params={**SCENARIOS["loss"].params, "t": 2, "n": 4, "wait": 12.0})
     assert r["ok"], r["outcomes"]
     assert len(r["outcomes"]) == 5
     done = [m for m in r["measurements"] if m["seconds"] is not None]

@@ -24,6 +24,7 @@ from shardnet.simulations._local import CLI, FIVE_CONTINENTS, LocalCluster, run_
 pytestmark = pytest.mark.slow
 LIAR = [sys.executable, str(pathlib.Path(__file__).with_name("liar_node.py"))]
 RECEIPT_LIAR = [sys.executable, str(pathlib.Path(__file__).with_name("receipt_liar_node.py"))]
+V1_NODE = [sys.executable, str(pathlib.Path(__file__).with_name("v1_release_node.py"))]
 FORGER = [sys.executable, str(pathlib.Path(__file__).with_name("forger_node.py"))]
 KEY = os.urandom(48)
 DENY_POLICY = '''
@@ -209,6 +210,26 @@ def test_a_custodian_that_signed_for_a_shard_it_dropped_is_named_by_the_owner(
         c.wait_directory()
 
 
+def test_a_custodian_from_before_no_shard_answers_is_asked_on_release_1(
+    net: tuple[LocalCluster, pathlib.Path], keyset: str
+) -> None:
+    """A node of an older release speaks /shardnet/release/1 alone: the requester falls back
+    to it, and the old node's release counts like any other."""
+    c, root = net
+    c.stop("sydney")
+    c.start("sydney", command=V1_NODE)
+    try:
+        c.wait_directory()
+        code, res, err, _ = reconstruct(c, root, keyset)
+        assert code == 0, err
+        assert res["invalid"] == []
+        assert [r["request"] for r in releases(c, "sydney")].count(res["request"]) == 1
+    finally:
+        c.stop("sydney")
+        c.start("sydney")
+        c.wait_directory()
+
+
 def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pathlib.Path]) -> None:
     """A rogue requester asks every custodian directly, with each kind of bad evidence."""
     c, root = net
@@ -266,11 +287,11 @@ def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pa
                         out[case][name] = "RELEASED"
                     except _net.RemoteError as exc:
                         out[case][name] = exc.reason
-            for version in (1, 2):  # 2: the asker understands a signed no-shard answer
+            for version, proto in ((1, wire.RELEASE_V1), (2, wire.RELEASE)):  # 2: a signed no-shard answer
                 try:
                     no_shard[version] = await _net.request(
-                        h.host, c.nodes["tokyo"].peer_id, release_id,
-                        p.encode([wire.RELEASE_ASK_TAG, version, unknown.signed, []]), max_reply=65536, timeout=10)
+                        h.host, c.nodes["tokyo"].peer_id, c.scoped(proto.id),
+                        p.encode([wire.RELEASE_ASK_TAG, 1, unknown.signed, []]), max_reply=65536, timeout=10)
                 except _net.RemoteError as exc:
                     no_shard[version] = exc.reason
         async with _net.running_node_host(outsider_seed, ["/ip4/127.0.0.1/tcp/0"], enable_pubsub=False) as h:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 from hypothesis import settings
@@ -31,7 +32,18 @@ from shardnet.protocol._release_round import (
 )
 from shardnet.protocol._requests import NoShard
 
-from .test_quorum import KEYS, PEER, make_keyset, make_request, releases, tally_of, vote
+from .drbg import Drbg
+from .test_quorum import (
+    KEYS,
+    NOW,
+    PEER,
+    POLICY,
+    make_keyset,
+    make_request,
+    releases,
+    tally_of,
+    vote,
+)
 
 T0 = 1000.0  # the node's monotonic time base
 
@@ -163,6 +175,7 @@ class RoundMachine(RuleBasedStateMachine):
         for e in out:
             if isinstance(e, Succeeded):
                 assert e.master == b"the master key"
+            if isinstance(e, Succeeded | Failed):
                 assert {b[0] for b in e.bad} <= self.ever_invalid  # only a holder that lied is named
         self.effects += out
 
@@ -236,10 +249,10 @@ def receipt(keyset: p.Keyset, name: str, index: int, status: str = "stored", *,
                           reason="", time=1)
 
 
-def asking(receipts: tuple[p.Receipt, ...]) -> tuple:
-    keyset, shares = make_keyset(approvers=["a", "b", "c"], quorum=2)
+def asking(receipts: Callable[[p.Keyset], tuple[p.Receipt, ...]], keyset_and_shares: tuple | None = None) -> tuple:
+    keyset, shares = keyset_and_shares or make_keyset(approvers=["a", "b", "c"], quorum=2)
     req, eph = make_request(keyset)
-    rnd = ReleaseRound(keyset, req, eph, deadline=T0 + 30, timeout=30, receipts=receipts)
+    rnd = ReleaseRound(keyset, req, eph, deadline=T0 + 30, timeout=30, receipts=receipts(keyset))
     rnd.handle(Start(), T0)
     rnd.handle(VotesSeen(tally_of(keyset, req, [vote("a", req), vote("b", req)])), T0 + 1)
     return keyset, shares, req, rnd
@@ -261,8 +274,7 @@ def test_a_no_shard_answer_is_signed_and_bound_to_its_request() -> None:
 
 
 def test_a_holder_whose_receipt_the_requester_keeps_and_that_denies_its_shard_is_named() -> None:
-    keyset = make_keyset()[0]
-    keyset, shares, req, rnd = asking((receipt(keyset, "a", 1), receipt(keyset, "b", 2, "already-held")))
+    keyset, shares, req, rnd = asking(lambda ks: (receipt(ks, "a", 1), receipt(ks, "b", 2, "already-held")))
     good = releases(keyset, shares, req)
     rnd.handle(Released(PEER["a"], (NoShard.make(KEYS["a"], req, epoch=keyset.epoch).signed,)), T0 + 2)
     rnd.handle(Released(PEER["b"], (NoShard.make(KEYS["b"], req, epoch=None).signed,)), T0 + 2)
@@ -277,9 +289,8 @@ def test_a_holder_whose_receipt_the_requester_keeps_and_that_denies_its_shard_is
 
 
 def test_a_no_shard_answer_without_a_receipt_or_from_a_newer_epoch_is_a_refusal() -> None:
-    keyset = make_keyset()[0]
-    keyset, shares, req, rnd = asking((receipt(keyset, "a", 1, keyset_id=b"x" * 16), receipt(keyset, "b", 2, "refused"),
-                                       receipt(keyset, "c", 3)))
+    keyset, shares, req, rnd = asking(lambda ks: (receipt(ks, "a", 1, keyset_id=b"x" * 16),
+                                                  receipt(ks, "b", 2, "refused"), receipt(ks, "c", 3)))
     # a's receipt is for another keyset
     rnd.handle(Released(PEER["a"], (NoShard.make(KEYS["a"], req, epoch=0).signed,)), T0 + 2)
     rnd.handle(Released(PEER["b"], (NoShard.make(KEYS["b"], req, epoch=0).signed,)), T0 + 2)  # it refused
@@ -293,9 +304,30 @@ def test_a_no_shard_answer_without_a_receipt_or_from_a_newer_epoch_is_a_refusal(
 
 
 def test_a_no_shard_answer_for_another_request_or_signed_by_another_is_a_lie() -> None:
-    keyset, shares, req, rnd = asking(())
+    keyset, shares, req, rnd = asking(lambda ks: ())
     other, _ = make_request(keyset)
     rnd.handle(Released(PEER["a"], (NoShard.make(KEYS["a"], other, epoch=0).signed,)), T0 + 2)
     rnd.handle(Released(PEER["b"], (NoShard.make(KEYS["c"], req, epoch=0).signed,)), T0 + 2)
     assert [b[0] for b in rnd.session.bad] == [PEER["a"], PEER["b"]]
     assert "answers another request" in rnd.session.bad[0][1]
+
+
+def test_a_holder_of_two_indices_that_denies_both_is_named_once_and_the_round_goes_on() -> None:
+    holders = {"1": [PEER["a"]], "2": [PEER["a"]], "3": [PEER["b"]], "4": [PEER["c"]], "5": [PEER["d"]]}
+    attrs = {"holders": holders, "policy": POLICY.text, "approvers": [PEER[n] for n in "abc"], "quorum": 2}
+    made = p.split_key(b"the master key", 3, 5, owner=KEYS["owner"], now=NOW, policy_hash=POLICY.digest,
+                       attrs=attrs, rng=Drbg(b"two"))
+    keyset, shares, req, rnd = asking(lambda ks: (receipt(ks, "a", 1), receipt(ks, "a", 2)), made)
+    no = NoShard.make(KEYS["a"], req, epoch=0).signed
+    rnd.handle(Released(PEER["a"], (no, no)), T0 + 2)  # once named, the rest of its answer is not read
+    assert rnd.session.bad == [(PEER["a"], "signed a receipt for index 1 at epoch 0, and now says it holds none "
+                                           "at epoch 0")]
+    rnd.handle(Released(PEER["b"], (NoShard.make(KEYS["b"], req, epoch=0).signed, b"junk")), T0 + 2)
+    assert rnd.session.holders[PEER["b"]].state is HolderState.REFUSED  # no receipt: a refusal, junk unread
+    good = releases(keyset, shares, req, names="aabcd")
+    out = rnd.handle(Released(PEER["c"], (good["c"],)), T0 + 3)
+    out = rnd.handle(Released(PEER["d"], (good["d"],)), T0 + 3)
+    assert not [e for e in out if isinstance(e, Succeeded)]  # 2 of 3: a is a liar, b holds none
+    out = rnd.handle(Tick(), T0 + 30)
+    assert isinstance(out[-1], Failed), out
+    assert "a denies holding the share it signed for" in out[-1].message.replace(PEER["a"], "a")

@@ -193,7 +193,7 @@ def test_sim_run_writes_the_record_and_the_plots(tmp_path: pathlib.Path) -> None
 def test_a_scenario_on_real_libp2p_hosts_with_the_delay_layer() -> None:
     """The inprocess mode: 8 real hosts on loopback, each pair's topology latency beneath Noise."""
     r = run_scenario(SCENARIOS["loss"], mode="inprocess", nodes=8, seed=2, params={**SCENARIOS["loss"].params,
-                                                                                     "wait": 20.0})
+                                                                                     "wait": 12.0})
     assert r["ok"], r["outcomes"]
     done = [m for m in r["measurements"] if m["seconds"] is not None]
     assert done and all(m["seconds"] >= m["bound_s"] for m in done)  # the delays are really there
