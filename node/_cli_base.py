@@ -12,6 +12,8 @@ import json
 import re
 from typing import Any, NoReturn
 
+from ._clock import MAX_DURATION
+
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
@@ -53,7 +55,10 @@ def parse_duration(text: str) -> int:
     m = _DURATION.match(text.strip())
     if not m or int(m.group(1)) == 0:
         raise argparse.ArgumentTypeError(f"expected a duration like 90d, 12h, 30m or 3600s, got {text!r}")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+    seconds = int(m.group(1)) * _UNITS[m.group(2)]
+    if seconds > MAX_DURATION:
+        raise argparse.ArgumentTypeError(f"{text.strip()} is longer than the 100y a duration may be")
+    return seconds
 
 
 def parse_within(text: str) -> int | None:

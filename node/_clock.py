@@ -20,6 +20,9 @@ from collections.abc import Callable
 Clock = Callable[[], float]
 #: ``rng(n)`` returns n random bytes.
 Rng = Callable[[int], bytes]
+#: The longest duration an expiry or a schedule may be: 100 years, so that every date it
+#: makes is one Python's datetime can print.
+MAX_DURATION = 100 * 365 * 86400
 
 
 def system_clock() -> float:

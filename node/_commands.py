@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shardnet import protocol as p
+from shardnet.protocol._requests import MAX_LIFETIME
 
 from ._cli_base import (
     EXIT_FAIL,
@@ -89,6 +90,8 @@ def _short(peer: str) -> str:
 
 def cmd_init(args: argparse.Namespace) -> int:
     os.umask(0o077)  # the database and its WAL hold sealed shards and the audit log
+    for text in args.listen or []:  # before the home exists: a bad address leaves none
+        _listen_addr(text)
     genesis = None
     if args.network:
         from ._network_commands import read_network_file
@@ -145,6 +148,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ControlError, NoNetwork) as exc:
         raise Failure(str(exc)) from None
     return EXIT_OK
+
+
+def _round_timeout(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 1 <= v <= MAX_LIFETIME:  # NaN too
+        raise argparse.ArgumentTypeError(f"from 1 to {MAX_LIFETIME} seconds (a day, a request's lifetime), got {text}")
+    return v
+
+
+def _listen_addr(text: str) -> None:
+    from ._net import parse_listen_addr
+
+    try:
+        parse_listen_addr(text)
+    except ValueError:
+        raise UsageError(f"--listen {text!r}: an address to listen on, /ip4|ip6/<addr>/tcp/<port> "
+                         f"(for example /ip4/127.0.0.1/tcp/0)") from None
 
 
 def _announced(text: str) -> str:
@@ -527,7 +550,8 @@ def register(sub: Any) -> None:
                     help="unwrap: custodians send partial decryptions, shares never leave them (default); "
                     "shares: custodians send their shares (the keyset is then marked exposed)")
     sp.add_argument("--reason", default="", metavar="TEXT")
-    sp.add_argument("--timeout", type=float, default=120.0, metavar="S")
+    sp.add_argument("--timeout", type=_round_timeout, default=120.0, metavar="S",
+                    help="how long the round may take, up to a day (a request's lifetime); default 120")
     sp.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_key_reconstruct)

@@ -71,8 +71,19 @@ class Home:
             raise HomeError(f"{self.path} is not a shardnet home (run 'shardnet init --home {self.path}')") from None
         except (OSError, ValueError) as exc:
             raise HomeError(f"{self.config_file}: unreadable ({exc})") from None
-        if cfg.get("version") != CONFIG_VERSION:
-            raise HomeError(f"{self.config_file}: unsupported config version {cfg.get('version')!r}")
+        if not isinstance(cfg, dict) or cfg.get("version") != CONFIG_VERSION:
+            got = cfg.get("version") if isinstance(cfg, dict) else None
+            raise HomeError(f"{self.config_file}: unsupported config version {got!r}")
+        for key, typ, what in (("name", str, "a name"), ("country", str, "a country code"),
+                               ("listen", list, "a list of listen addresses"),
+                               ("city", str, "a city, if given"), ("org", str, "an org, if given")):
+            optional = key in ("city", "org")
+            if optional and key not in cfg:
+                continue
+            if not isinstance(cfg.get(key), typ) or (not optional and not cfg[key]):
+                raise HomeError(f"{self.config_file}: {key!r} must be {what} (as 'shardnet init' writes it)")
+        if not all(isinstance(a, str) for a in cfg["listen"]):
+            raise HomeError(f"{self.config_file}: 'listen' must be a list of listen addresses")
         return dict(cfg)
 
     def identity(self) -> Ed25519PrivateKey:

@@ -65,28 +65,60 @@ class CombineResult:
     out: pathlib.Path
     size: int
     used: list[str]
-    bad: list[p.InvalidShare]
+    bad: list[p.InvalidShare]  # parsed, but not matching the keyset's commitments
+    skipped: list[tuple[str, str]]  # (file, why): damaged, of another keyset, or a second copy
 
     def to_json(self) -> dict[str, Any]:
         return {
             "keyset": self.keyset.id_hex, "out": str(self.out), "bytes": self.size,
             "used": self.used,
             "invalid": [{"file": b.source, "index": b.index} for b in self.bad],
+            "skipped": [{"file": f, "reason": why} for f, why in self.skipped],
         }
 
 
+class TooFewGoodFiles(p.ShardnetError):
+    """Fewer good share files than the threshold; the message names the rest and why."""
+
+
 def combine_files(keyset_path: str, share_paths: list[str], out_path: str, *, force: bool = False) -> CombineResult:
+    """Recover the key from the share files that are good. A damaged file, one of another
+    keyset and a second file of one index are skipped and named; nothing is written unless
+    t good ones remain."""
     keyset = p.keyset_from_text(read_input(keyset_path, p.MAX_ARMOR_FILE).decode("utf-8", "replace"))
-    shares = []
+    out = pathlib.Path(out_path)
+    if not out.parent.is_dir():
+        raise ValueError(f"{out.parent}: no such directory (for --out)")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists (use --force to overwrite)")
+    shares: list[p.Share] = []
+    sources: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    first: dict[int, str] = {}
     for path in share_paths:
         try:
             share, _, _ = p.share_from_text(read_input(path, 64 * 1024).decode("utf-8", "replace"))
         except p.MalformedEncoding as exc:
-            raise p.MalformedEncoding(f"{path}: {exc}") from None
+            skipped.append((path, str(exc)))
+            continue
+        if (share.keyset_id, share.epoch) != (keyset.keyset_id, keyset.epoch):
+            skipped.append((path, f"belongs to keyset {share.keyset_id.hex()[:12]}… at epoch {share.epoch}, "
+                                  f"not {keyset.id_hex[:12]}… at epoch {keyset.epoch}"))
+            continue
+        if share.index in first:
+            skipped.append((path, f"index {share.index} supplied more than once (also {first[share.index]})"))
+            continue
+        first[share.index] = path
         shares.append(share)
-    got = p.combine_key(keyset, shares, share_paths)
-    out = pathlib.Path(out_path)
+        sources.append(path)
+    try:
+        got = p.combine_key(keyset, shares, sources)
+    except p.TooFewShares as exc:
+        if not skipped:
+            raise
+        why = "; ".join(f"{f}: {reason}" for f, reason in skipped)
+        raise TooFewGoodFiles(f"{exc}; skipped {why}") from None
     write_atomic(out, got.master, 0o600, overwrite=force)
-    by_index = {s.index: path for s, path in zip(shares, share_paths, strict=True)}
-    return CombineResult(keyset, out, len(got.master), [by_index[i] for i in got.used], got.bad)
+    by_index = dict(zip((s.index for s in shares), sources, strict=True))
+    return CombineResult(keyset, out, len(got.master), [by_index[i] for i in got.used], got.bad, skipped)
 

@@ -42,7 +42,7 @@ from shardnet.protocol import (
     wire,
 )
 
-from ._clock import Rng
+from ._clock import MAX_DURATION, Rng
 from ._epoch_view import current_record, record_view
 from ._keystore import Keystore
 from ._members import Members
@@ -425,6 +425,8 @@ class Owner:
         policy = Policy(policy_text if policy_text is not None else DEFAULT_POLICY)
         if kem not in p.KEMS:
             raise ValueError(f"unknown kem {kem!r}; choose one of {', '.join(p.KEMS)}")
+        if expires is not None and not (isinstance(expires, int) and 0 < expires <= MAX_DURATION):
+            raise ValueError(f"--expires: a duration from 1s to 100y, got {expires!r}")
         p.check_params(threshold, shares)
         admitted = self.candidates(kem, now, custodians)
         cands = [self._candidate(a) for a in admitted.values()]

@@ -43,6 +43,8 @@ def cmd_combine(args: argparse.Namespace) -> int:
     from ._offline import combine_files
 
     res = combine_files(args.keyset, args.share, args.out, force=args.force)
+    for path, why in res.skipped:
+        print(f"shardnet: warning: {path}: {why}; skipped", file=sys.stderr)
     for b in res.bad:
         print(f"shardnet: warning: {b.source}: invalid share (index {b.index}), skipped", file=sys.stderr)
     emit(args, res.to_json(),
@@ -167,8 +169,18 @@ def cmd_bench_rewrap(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------
 
 
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("shardnet")
+    except importlib.metadata.PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="shardnet", description="Peer-to-peer custodian network for master keys.")
+    parser.add_argument("--version", action="version", version=f"shardnet {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
@@ -252,6 +264,10 @@ def _classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_USAGE, str(exc)
     if isinstance(exc, FileNotFoundError):
         return EXIT_USAGE, f"{exc.filename}: no such file"
+    if isinstance(exc, IsADirectoryError):
+        return EXIT_USAGE, f"{exc.filename}: is a directory, not a file"
+    if isinstance(exc, NotADirectoryError):
+        return EXIT_USAGE, f"{exc.filename}: a part of this path is not a directory"
     if isinstance(exc, PermissionError):
         return EXIT_USAGE, f"{exc.filename}: permission denied"
     from ._control import NotRunning

@@ -129,9 +129,51 @@ def test_bad_input_exits_2(
     elif case == "missing":
         files[1] = str(tmp_path / "nope.txt")
     code, _, err = run("combine", "--keyset", keyset, *files, "--out", str(tmp_path / "k.bin"), capsys=capsys)
-    assert code == 2, err
-    assert expect in err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "Traceback" not in err and expect in err, err
+    assert not (tmp_path / "k.bin").exists()
+    if case in ("forged-keyset", "missing"):  # the keyset itself, or a file that is not there
+        assert code == 2 and err.count("\n") == 1, err
+        return
+    # A share file that is damaged, of another keyset, or a second copy is skipped and named:
+    # with 2 good of 3 required, a clean refusal, one line of error after the warning...
+    assert code == 1, err
+    assert err.splitlines()[-1].startswith("shardnet: error: 2 of 3 required shares; skipped ")
+    # ...and with one good file more, the key.
+    code, _, err = run("combine", "--keyset", keyset, *files, *shares(split_dir, 4), "--out", str(tmp_path / "k.bin"),
+                       capsys=capsys)
+    assert code == 0 and (tmp_path / "k.bin").read_bytes() == KEY, err
+    assert "skipped" in err and expect in err
+
+
+def test_any_one_character_changed_in_a_share_file_gives_the_key_or_a_clean_refusal(
+    split_dir: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import random
+
+    keyset = str(split_dir / "keyset.txt")
+    victim = pathlib.Path(shares(split_dir, 1)[0])
+    text = victim.read_text()
+    rng = random.Random(7)
+    for trial in range(60):
+        at = rng.randrange(len(text))
+        swap = rng.choice([c for c in "AZaz09+/=:- \nX" if c != text[at]])
+        victim.write_text(text[:at] + swap + text[at + 1:])
+        out = tmp_path / f"k{trial}.bin"
+        # Enough good files besides it: always the key.
+        code, _, err = run("combine", "--keyset", keyset, str(victim), *shares(split_dir, 2, 3, 4), "--out", str(out),
+                           capsys=capsys)
+        assert code == 0 and out.read_bytes() == KEY, (at, swap, err)
+        # Exactly t with it: the key (the change was harmless) or one clean line, nothing written.
+        out.unlink()
+        code, _, err = run("combine", "--keyset", keyset, str(victim), *shares(split_dir, 2, 3), "--out", str(out),
+                           capsys=capsys)
+        if code == 0:
+            assert out.read_bytes() == KEY, (at, swap)
+        else:
+            assert code in (1, 2) and not out.exists() and "Traceback" not in err, (at, swap, err)
+            assert err.splitlines()[-1].startswith("shardnet: error: "), err
+        out.unlink(missing_ok=True)
+    victim.write_text(text)
 
 
 @pytest.mark.parametrize(
@@ -143,13 +185,40 @@ def test_bad_input_exits_2(
         (["split", "--in", "KEY", "-t", "2", "-n", "1001", "--out-dir", "d"], "1000"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
+        (["init", "--home", "HOME", "--name", "x", "--country", "CH", "--listen", "garbage"], "--listen 'garbage'"),
+        (["key", "reconstruct", "--home", "HOME", "abc", "--out", "x", "--timeout", "0"], "from 1 to 86400 seconds"),
+        (["key", "reconstruct", "--home", "HOME", "abc", "--out", "x", "--timeout", "-5"], "from 1 to 86400 seconds"),
+        (["key", "reconstruct", "--home", "HOME", "abc", "--out", "x", "--timeout", "nan"], "from 1 to 86400 seconds"),
+        (["key", "import", "--home", "HOME", "--in", "KEY", "-t", "2", "-n", "3", "--expires", "9000y"],
+         "9000y is longer than the 100y a duration may be"),
+        (["combine", "--keyset", "DIR", "--out", "x", "KEY"], "is a directory, not a file"),
+        (["combine", "--keyset", "KEYSET", "--out", "DIR/no/such/x", "SHARE"], "no/such: no such directory (for --out)"),
     ],
 )
 def test_usage_errors(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], argv: list[str], expect: str) -> None:
     (tmp_path / "key").write_bytes(b"k")
-    argv = [a.replace("KEY", str(tmp_path / "key")) for a in argv]
+    main(["split", "--in", str(tmp_path / "key"), "-t", "2", "-n", "2", "--out-dir", str(tmp_path / "s")])
+    capsys.readouterr()
+    subs = {"KEYSET": tmp_path / "s" / "keyset.txt", "SHARE": tmp_path / "s" / "share-1-of-2.txt",
+            "KEY": tmp_path / "key", "HOME": tmp_path / "home", "DIR": tmp_path}
+    argv = [subs[a] if a in subs else a for a in argv]
+    argv = [str(a).replace("DIR/", f"{tmp_path}/") for a in argv]
     code, _, err = run(*argv, capsys=capsys)
-    assert code == 2 and expect in err and err.count("\n") == 1
+    assert code == 2 and expect in err and err.count("\n") == 1, err
+    assert not (tmp_path / "home").exists()  # a refused init leaves no home behind
+
+
+def test_version_and_a_damaged_config_say_what_they_are(tmp_path: pathlib.Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("shardnet 0.")
+    assert main(["init", "--home", str(tmp_path / "h"), "--name", "x", "--country", "CH"]) == 0
+    cfg = tmp_path / "h" / "config.json"
+    body = json.loads(cfg.read_text())
+    del body["name"]
+    cfg.write_text(json.dumps(body))
+    capsys.readouterr()
+    code, _, err = run("status", "--home", str(tmp_path / "h"), capsys=capsys)
+    assert code == 2 and err.strip() == f"shardnet: error: {cfg}: 'name' must be a name (as 'shardnet init' writes it)"
 
 
 def test_real_process_round_trip(tmp_path: pathlib.Path) -> None:
