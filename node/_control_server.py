@@ -86,7 +86,8 @@ async def _connection(stream: trio.SocketStream, commands: Mapping[str, Command]
                 buf += chunk
         try:
             req = json.loads(buf.split(b"\n", 1)[0])
-            cmd, args = str(req["cmd"]), dict(req.get("args") or {})
+            cmd, args = str(req["cmd"]), _Args(req.get("args") or {})
+            args.command = cmd
         except (ValueError, KeyError, TypeError):
             await _send(stream, {"ok": False, "error": "malformed control request", "exit": 2})
             return
@@ -114,6 +115,15 @@ async def _connection(stream: trio.SocketStream, commands: Mapping[str, Command]
             return
 
 
+class _Args(dict[str, Any]):
+    """A command's arguments: one it needs and was not given is a usage error that names it."""
+
+    command = ""
+
+    def __missing__(self, key: str) -> Any:
+        raise ControlError(f"{self.command}: the argument {key!r} is missing", 2)
+
+
 def _single(exc: BaseException) -> BaseException:
     """A command that ran tasks raises an exception group; one with a single leaf is that leaf."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -131,6 +141,9 @@ def _error_reply(cmd: str, exc: BaseException) -> dict[str, Any] | None:
         return {"ok": False, "error": str(exc), "exit": exc.exit_code}
     if isinstance(exc, ValueError | LookupError | p.MalformedEncoding):
         return {"ok": False, "error": _msg(exc), "exit": 2}
+    if isinstance(exc, TypeError):  # where a client's JSON meets the command's conversions
+        log.debug("control command %s: an argument of the wrong type", cmd, exc_info=exc)
+        return {"ok": False, "error": f"{cmd}: an argument has the wrong type ({exc})", "exit": 2}
     if isinstance(exc, p.ShardnetError | OSError):
         return {"ok": False, "error": _msg(exc), "exit": 1}
     log.error("control command %s failed", cmd, exc_info=exc)  # a bug: report it, keep the node up

@@ -621,7 +621,8 @@ def migrate(
                 ).fetchone()[0]
                 if tables:
                     raise SchemaVersionError(
-                        f"{label} is not a shardnet store (it already holds other tables)"
+                        f"{label} is not a shardnet store (it already holds other tables); "
+                        f"is --home the node's home?"
                     )
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             step = migrations[version]
@@ -713,7 +714,8 @@ class Store:
             migrate(self._db, where=self.path)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+            raise StoreError(f"cannot open {self.path}: {exc} (damaged? restore it from a backup, or move it "
+                             f"away and make a new home with 'shardnet init')") from exc
         except BaseException:
             conn.close()
             raise

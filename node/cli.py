@@ -271,8 +271,10 @@ def _classify(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, PermissionError):
         return EXIT_USAGE, f"{exc.filename}: permission denied"
     from ._control import NotRunning
+    from ._store import StoreError
 
-    if isinstance(exc, (p.ShardnetError, Failure, OSError, NotRunning)):  # NotRunning: says how to start it
+    # NotRunning says how to start the node; a StoreError what is wrong with the database.
+    if isinstance(exc, (p.ShardnetError, Failure, OSError, NotRunning, StoreError)):
         return EXIT_FAIL, str(exc)
     return EXIT_FAIL, f"internal error: {type(exc).__name__}: {exc}"
 

@@ -208,6 +208,26 @@ def test_usage_errors(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
     assert not (tmp_path / "home").exists()  # a refused init leaves no home behind
 
 
+def test_a_damaged_or_foreign_database_is_one_line_with_the_fix(tmp_path: pathlib.Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    home = tmp_path / "h"
+    assert main(["init", "--home", str(home), "--name", "x", "--country", "CH"]) == 0
+    (home / "node.db").write_bytes(b"not a database at all " * 100)
+    capsys.readouterr()
+    code, _, err = run("key", "list", "--home", str(home), capsys=capsys)
+    assert code == 1 and "internal error" not in err and err.count("\n") == 1, err
+    assert "file is not a database" in err and "restore it from a backup" in err
+    (home / "node.db").unlink()
+    with sqlite3.connect(home / "node.db") as db:
+        db.execute("CREATE TABLE other (a)")
+    db.close()
+    code, _, err = run("status", "--home", str(home), capsys=capsys)
+    assert code == 1 and "internal error" not in err and err.count("\n") == 1, err
+    assert "is not a shardnet store" in err and "is --home the node's home?" in err
+
+
 def test_version_and_a_damaged_config_say_what_they_are(tmp_path: pathlib.Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("shardnet 0.")

@@ -13,10 +13,11 @@ from shardnet.node._control_server import ControlError, bind_control, serve_cont
 from shardnet.node._home import Home
 
 
-def ask(path: str, cmd: str, read_one_then_hang_up: bool = False) -> list[dict[str, Any]]:
+def ask(path: str, cmd: str, read_one_then_hang_up: bool = False,
+        args: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(path)
-        s.sendall((json.dumps({"cmd": cmd, "args": {}}) + "\n").encode())
+        s.sendall((json.dumps({"cmd": cmd, "args": args or {}}) + "\n").encode())
         f = s.makefile("rb")
         lines = [json.loads(f.readline())]
         if read_one_then_hang_up:
@@ -51,7 +52,10 @@ async def test_table_errors_and_a_client_that_hangs_up_mid_command(tmp_path: pat
     async def ping(args: dict[str, Any], emit: Any) -> Any:
         return "pong"
 
-    table = {"chatty": chatty, "usage": usage, "fail": fail, "bug": bug, "ping": ping}
+    async def typed(args: dict[str, Any], emit: Any) -> Any:
+        return int(args["n"]) + 1
+
+    table = {"chatty": chatty, "usage": usage, "fail": fail, "bug": bug, "ping": ping, "typed": typed}
     listener = bind_control(home)
     path = str(home.control_socket)
     async with trio.open_nursery() as nursery:
@@ -64,6 +68,11 @@ async def test_table_errors_and_a_client_that_hangs_up_mid_command(tmp_path: pat
         assert (await trio.to_thread.run_sync(ask, path, "fail"))[-1]["exit"] == 1
         last = (await trio.to_thread.run_sync(ask, path, "bug"))[-1]
         assert last["exit"] == 1 and last["error"].startswith("internal error: ZeroDivisionError")
+        # A client's arguments: one missing, or of the wrong type, is a usage error that says so.
+        assert (await trio.to_thread.run_sync(ask, path, "typed"))[-1] == {
+            "ok": False, "error": "typed: the argument 'n' is missing", "exit": 2}
+        last = (await trio.to_thread.run_sync(ask, path, "typed", False, {"n": [1]}))[-1]
+        assert last["exit"] == 2 and last["error"].startswith("typed: an argument has the wrong type (")
         last = (await trio.to_thread.run_sync(ask, path, "nope"))[-1]
         assert last["exit"] == 2 and "unknown control command" in last["error"]
         nursery.cancel_scope.cancel()
