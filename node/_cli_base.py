@@ -25,6 +25,10 @@ class Failure(Exception):
     """The command could not do its job: exit 1."""
 
 
+class Unanswered(Failure):
+    """The node went away before it answered: the command may or may not have taken effect."""
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see '{self.prog} --help')")

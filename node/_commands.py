@@ -27,6 +27,7 @@ from ._cli_base import (
     EXIT_OK,
     Failure,
     Parser,
+    Unanswered,
     UsageError,
     emit,
     parse_duration,
@@ -59,7 +60,7 @@ def _ask(args: argparse.Namespace, cmd: str, cargs: dict[str, Any] | None = None
     except ControlFailed as exc:
         if exc.exit_code == 2:
             raise UsageError(str(exc)) from None
-        raise Failure(str(exc)) from None
+        raise (Failure if exc.answered else Unanswered)(str(exc)) from None
 
 
 def _offline_store(fn: Callable[[Any, Home], Any]) -> Callable[[Home], Any]:
@@ -148,6 +149,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ControlError, NoNetwork) as exc:
         raise Failure(str(exc)) from None
     return EXIT_OK
+
+
+def _import_token(text: str) -> str:
+    from ._services import IMPORT_TOKEN
+
+    if not IMPORT_TOKEN.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"32 to 64 lowercase hex digits, as 'key import' prints them; got {text!r}")
+    return text.strip()
 
 
 def _round_timeout(text: str) -> float:
@@ -332,9 +341,13 @@ def cmd_key_import(args: argparse.Namespace) -> int:
     policy = None
     if args.policy:
         policy = read_input(args.policy, 64 * 1024).decode("utf-8", "replace")
+    token = args.token or system_rng(16).hex()
+    retry = f"run the same command with --token {token}: it finishes that import, never a second one"
+    if sys.stderr.isatty():  # before the key goes out: the terminal itself may be what closes
+        print(f"shardnet: import token {token} (if this is cut off, {retry})", file=sys.stderr)
     bar = _Bar()
     try:
-        d = _ask(args, "key-import", {
+        d = _ask(args, "key-import", {"token": token,
             "approvers": args.approvers, "quorum": args.quorum, "policy": policy,
             "key": base64.b64encode(master).decode(), "threshold": args.threshold, "shares": args.shares,
             "placement": args.placement, "redundancy": args.redundancy, "expires": args.expires,
@@ -343,8 +356,13 @@ def cmd_key_import(args: argparse.Namespace) -> int:
             "authority_quorum": args.authority_quorum, "refresh_every": args.refresh_every,
             "rewrap_every": args.rewrap_every, "renew": args.renew,
         }, on_event=bar)
+    except Unanswered as exc:  # it may have committed: the token is how to find out, without a duplicate
+        raise Failure(f"{exc}; the import may have been made: {retry}") from None
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"the import may have been made: {retry}") from None
     finally:
         bar.close()
+    d["token"] = token
     states = [s["state"] for s in d["shards"]]
     summary = (f"{states.count('delivered')} delivered, {states.count('pending')} pending, "
                f"{states.count('refused')} refused")
@@ -539,6 +557,8 @@ def register(sub: Any) -> None:
     sp.add_argument("--policy", metavar="FILE", help="Cedar policy for reconstruction (default: allow "
                     "any request that reached quorum, unless the custodian's threat level is critical)")
     sp.add_argument("--wait", type=float, default=30.0, metavar="S", help="seconds to wait for receipts")
+    sp.add_argument("--token", type=_import_token, metavar="HEX",
+                    help="the token an import that was cut off printed: finish that import, never a second one")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_key_import)
     sp = ksub.add_parser("reconstruct", help="get a key back: request, quorum approvals, releases")

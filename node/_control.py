@@ -20,9 +20,13 @@ class NotRunning(Exception):
 
 
 class ControlFailed(Exception):
-    def __init__(self, message: str, exit_code: int) -> None:
+    """A command failed. ``answered``: the node said so; otherwise the connection was lost
+    (the node died, or took too long), and whether the command took effect is unknown."""
+
+    def __init__(self, message: str, exit_code: int, *, answered: bool = True) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.answered = answered
 
 
 def call(
@@ -49,8 +53,10 @@ def call(
                 if msg.get("ok"):
                     return msg.get("result")
                 raise ControlFailed(str(msg.get("error")), int(msg.get("exit", 1)))
-        raise ControlFailed("the node closed the control connection without an answer", 1)
+        raise ControlFailed("the node closed the control connection without an answer", 1, answered=False)
     except TimeoutError:
-        raise ControlFailed(f"no answer from the node within {timeout:.0f} s", 1) from None
+        raise ControlFailed(f"no answer from the node within {timeout:.0f} s", 1, answered=False) from None
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        raise ControlFailed(f"the control connection broke: {exc}", 1, answered=False) from None
     finally:
         sock.close()

@@ -21,6 +21,7 @@ from . import _rules_ops as rules_ops
 from ._control_server import Command, Emit
 from ._epoch_round import change_epoch, rewrap
 from ._reconstruct import reconstruct
+from ._services import IMPORT_TOKEN
 
 if TYPE_CHECKING:
     from ._runtime import NodeRuntime
@@ -117,9 +118,20 @@ def _threat_level(node: NodeRuntime, args: dict[str, Any]) -> Any:
 
 
 async def _import(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> Any:
+    token = args.get("token")
+    if token is not None and not (isinstance(token, str) and IMPORT_TOKEN.fullmatch(token)):
+        raise ValueError("--token: 32 to 64 lowercase hex digits, as 'key import' prints them")
+    done_before = node.owner.imported_with(token) if token else None
+    if done_before is not None:  # a retry of an import that was cut off: its keyset, never a second one
+        row = node.store.keyset(done_before)
+        if row is None or (row["threshold"], row["shares"]) != (int(args["threshold"]), int(args["shares"])):
+            raise ValueError(f"--token {token} made keyset {done_before} with other parameters; "
+                             "a new import takes a new token")
+        return await _delivered(node, done_before, float(args.get("wait") or 30), emit,
+                                note=f"already imported with token {token}: this is that keyset")
     master = base64.b64decode(args["key"])
     res = node.owner.import_key(
-        master, int(args["threshold"]), int(args["shares"]), now=node.now(),
+        master, int(args["threshold"]), int(args["shares"]), now=node.now(), token=token,
         placement_expr=args.get("placement"), redundancy=int(args.get("redundancy") or 1),
         expires=args.get("expires"), kem=str(args.get("kem") or "x25519"),
         approvers=args.get("approvers"), quorum=args.get("quorum"), policy_text=args.get("policy"),
@@ -133,20 +145,25 @@ async def _import(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> Any:
     total = sum(len(h) for h in res.holders.values())
     await emit({"kind": "placed", "keyset": ks.id_hex, "total": total,
                 "holders": {str(k): v for k, v in res.holders.items()}, "note": res.note})
+    return await _delivered(node, ks.id_hex, float(args.get("wait") or 30), emit, note=res.note)
+
+
+async def _delivered(node: NodeRuntime, keyset_id: str, wait: float, emit: Emit, *, note: str) -> Any:
+    """Wait up to ``wait`` seconds for the keyset's deliveries; its detail."""
     loop = node.outbox
     loop.wake()
-    deadline = trio.current_time() + float(args.get("wait") or 30)
+    deadline = trio.current_time() + wait
     while True:
         # The event is taken before the rows are read: a delivery that lands after the read
         # (while the progress line goes out, say) sets this one, not the loop's next.
         progressed = loop.progress
-        rows = [r for r in node.store.outbox(ks.id_hex) if r["state"] != "moved"]  # a move queues another
+        rows = [r for r in node.store.outbox(keyset_id) if r["state"] != "moved"]  # a move queues another
         done = [r for r in rows if r["state"] != "pending"]
-        await emit({"kind": "progress", "done": len(done), "total": total})
-        if len(done) == total or trio.current_time() >= deadline:
+        await emit({"kind": "progress", "done": len(done), "total": len(rows)})
+        if len(done) == len(rows) or trio.current_time() >= deadline:
             break
         with trio.move_on_at(deadline):
             await progressed.wait()
-    detail = _api.keyset_detail(node.store, ks.id_hex)
-    detail["note"] = res.note
+    detail = _api.keyset_detail(node.store, keyset_id)
+    detail["note"] = note
     return detail

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -378,6 +379,11 @@ def _keyset_row(keyset: p.Keyset, role: str) -> Any:
 # -- owner side ---------------------------------------------------------------------
 
 
+#: An import's idempotency token: 32 to 64 hex digits, random (never derived from the key:
+#: a hash of it would let anyone holding the token test a guessed key).
+IMPORT_TOKEN = re.compile(r"[0-9a-f]{32,64}")
+IMPORT_TOKEN_KEY = "import-token:"
+
 #: A keyset's reserves (its undelivered shares, sealed to the owner) are kept at most this
 #: long past the keyset's deliver-within: then they are erased, re-placed or not.
 RESERVE_KEEP = 86400
@@ -411,7 +417,7 @@ class Owner:
 
     def import_key(
         self, master: bytes, threshold: int, shares: int, *, now: int, placement_expr: str | None = None,
-        redundancy: int = 1, expires: int | None = None, kem: str = "x25519",
+        redundancy: int = 1, expires: int | None = None, kem: str = "x25519", token: str | None = None,
         approvers: list[str] | None = None, quorum: int | None = None, policy_text: str | None = None,
         custodians: list[str] | None = None, deliver_within: int | None = p.outbox.DELIVER_WITHIN,
         authorities: list[str] | None = None, authority_quorum: int | None = None,
@@ -421,7 +427,8 @@ class Owner:
         another admitted custodian (None: never). Until then each slot keeps its share
         sealed to this node's own HPKE key, and erases it when the shard is delivered.
         ``schedule``: ``refresh_every`` and ``rewrap_every`` seconds (``_autopilot``).
-        ``renew``: the authorities refresh it with a new not-after before it expires."""
+        ``renew``: the authorities refresh it with a new not-after before it expires.
+        ``token``: the import's idempotency token (:meth:`imported_with`), stored with it."""
         policy = Policy(policy_text if policy_text is not None else DEFAULT_POLICY)
         if kem not in p.KEMS:
             raise ValueError(f"unknown kem {kem!r}; choose one of {', '.join(p.KEMS)}")
@@ -513,9 +520,16 @@ class Owner:
             AuditEvent("import", {"keyset": keyset.id_hex, "threshold": threshold, "shares": shares,
                                   "kem": kem, "placement": placement_expr, "redundancy": redundancy,
                                   "holders": attrs["holders"]}, self.key),
-            now=now, notices=notices,
+            now=now, notices=notices, token_key=IMPORT_TOKEN_KEY + token if token else None,
         )
         return ImportResult(keyset, holders, placement_expr, note)
+
+    def imported_with(self, token: str) -> str | None:
+        """The keyset an import with this idempotency token made, if one did. The CLI draws
+        the token at random and prints it before it sends the key: a retry of an import cut
+        off by a crash reports that keyset instead of making a second one."""
+        got = self.store.get_kv(IMPORT_TOKEN_KEY + token)
+        return got.decode() if got is not None else None
 
     def candidates(self, kem: str, now: int, pinned: list[str] | None = None) -> dict[str, Admission]:
         """Who may hold a shard now: custodians the network admits (with their vouched

@@ -1002,9 +1002,12 @@ class Store:
         *,
         now: int,
         notices: Iterable[str] = (),
+        token_key: str | None = None,
     ) -> AuditEntry:
         """Store a newly imported keyset, its pending deliveries and its audit
-        entry in ONE transaction; return the audit entry.
+        entry in ONE transaction; return the audit entry. ``token_key``: a kv key
+        (the import's idempotency token) that maps to the keyset, in the same
+        transaction, and must be new.
 
         ``keyset`` must have role 'owner' and a new id; every outbox item must
         belong to it (same id and epoch, 1 <= idx <= shares). Raises ValueError
@@ -1015,6 +1018,12 @@ class Store:
         with self.transaction():
             if self.keyset(keyset["keyset_id"]) is not None:
                 raise ValueError(f"keyset {keyset['keyset_id']} already exists")
+            if token_key is not None:
+                made = self.get_kv(token_key)
+                if made is not None:
+                    raise ValueError(f"this import token already made keyset {made.decode()}")
+                self._db.execute("INSERT INTO kv (key, value) VALUES (?, ?)",
+                                 [token_key, keyset["keyset_id"].encode()])
             self._db.table("keysets").insert(_keyset_record(keyset))
             for item in outbox:
                 if item["keyset_id"] != keyset["keyset_id"] or item["epoch"] != keyset["epoch"]:

@@ -283,8 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args))
-    except KeyboardInterrupt:
-        print("shardnet: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"shardnet: interrupted{'; ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
     except BaseException as exc:
         if isinstance(exc, SystemExit):

@@ -104,6 +104,41 @@ def test_offline_custodian_gets_its_shard_later_even_after_owner_restart(
     cluster.wait_directory()
 
 
+def test_an_import_cut_off_by_a_crash_is_finished_by_its_token_never_made_twice(
+    cluster: LocalCluster, tmp_path: pathlib.Path
+) -> None:
+    key = key_file(tmp_path)
+    home = str(cluster.nodes["frankfurt"].home.path)
+    before = {k["keyset"] for k in cluster.control("frankfurt", "key-list")}
+    cluster.stop("sydney")  # its delivery waits: the import is still waiting when the owner dies
+    proc = subprocess.Popen([*CLI, "key", "import", "--home", home, "--in", str(key), "-t", "3", "-n", "5",
+                             "--wait", "60", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while {k["keyset"] for k in cluster.control("frankfurt", "key-list")} == before:
+            assert time.monotonic() < deadline and proc.poll() is None, "the import never committed"
+            time.sleep(0.05)
+        cluster.stop("frankfurt", sig=signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and err.count("\n") == 1, err  # one line, which says how to finish it
+    assert "the import may have been made: run the same command with --token " in err, err
+    token = err.split("--token ", 1)[1].split(":")[0]
+    cluster.start("sydney")
+    cluster.start("frankfurt")
+    r = run_cli("key", "import", "--home", home, "--in", str(key), "-t", "3", "-n", "5", "--json", "--token", token)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["token"] == token and "already imported with token" in d["note"]
+    assert [s["state"] for s in d["shards"]] == ["delivered"] * 5
+    after = {k["keyset"] for k in cluster.control("frankfurt", "key-list")}
+    assert after - before == {d["keyset"]}  # one keyset, not two
+    r = run_cli("key", "import", "--home", home, "--in", str(key), "-t", "2", "-n", "5", "--token", token)
+    assert r.returncode == 2 and f"made keyset {d['keyset']} with other parameters" in r.stderr, r.stderr
+    cluster.wait_directory()
+
+
 def test_infeasible_placement_fails_before_sending(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
     before = cluster.control("frankfurt", "key-list")
     r = run_cli("key", "import", "--home", str(cluster.nodes["frankfurt"].home.path),
