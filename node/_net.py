@@ -930,15 +930,29 @@ def serve_protocol(
 # --------------------------------------------------------------------------- logging
 
 
+#: What py-libp2p logs as an ERROR when a peer behaves as peers may: it does not speak a
+#: protocol, or its connection went away. The caller gets the failure (StreamOpenError and
+#: the like) and says what matters once; these reach our log at debug level only.
+_EXPECTED = (
+    ("libp2p.host.basic_host", "Failed to open stream to peer"),  # seven lines, on every refused pull
+    ("libp2p.protocol_muxer.multiselect_client", "MultiselectClient"),
+    ("libp2p.stream_muxer.yamux.yamux", "Error in handle_incoming"),
+)
+
+
 class _ForwardHandler(logging.Handler):
-    """Hands libp2p's records to one of our loggers."""
+    """Hands libp2p's records to one of our loggers, the expected failures at debug level."""
 
     def __init__(self, target: logging.Logger, level: int) -> None:
-        super().__init__(level)
+        super().__init__(logging.DEBUG)
         self.target = target
+        self.floor = level
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.target.isEnabledFor(record.levelno):
+        if record.levelno > logging.DEBUG and any(
+                record.name == name and str(record.msg).startswith(head) for name, head in _EXPECTED):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        if record.levelno >= self.floor and self.target.isEnabledFor(record.levelno):
             self.target.handle(record)
 
 
