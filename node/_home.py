@@ -26,6 +26,7 @@ from shardnet.protocol import continent_of, peer_id_of
 
 from ._clock import Rng
 from ._files import write_atomic
+from ._limits import Limits
 from ._store import Store
 
 CONFIG_VERSION = 1
@@ -84,7 +85,15 @@ class Home:
                 raise HomeError(f"{self.config_file}: {key!r} must be {what} (as 'shardnet init' writes it)")
         if not all(isinstance(a, str) for a in cfg["listen"]):
             raise HomeError(f"{self.config_file}: 'listen' must be a list of listen addresses")
+        try:
+            Limits.from_config(cfg.get("limits"))
+        except ValueError as exc:
+            raise HomeError(f"{self.config_file}: {exc}") from None
         return dict(cfg)
+
+    def limits(self) -> Limits:
+        """The operator's quotas (``_limits.py``), their defaults where the config is silent."""
+        return Limits.from_config(self.config().get("limits"))
 
     def identity(self) -> Ed25519PrivateKey:
         seed = self._secret("identity.key")

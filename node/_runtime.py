@@ -57,6 +57,8 @@ from ._store import Store
 from ._transport import Transport, TransportFactory
 
 log = logging.getLogger("shardnet.node")
+REQUEST_KEEP = 7 * 86400  # how long past its expiry a request (and its votes) is kept
+PRUNE_EVERY = 3600.0
 
 
 class NodeRuntime:
@@ -89,11 +91,12 @@ class NodeRuntime:
                 self.store.close()
             raise
         self.directory = Directory(self.store, self.peer_id, admits=self.admits)
-        self.custodian = Custodian(self.store, keystore)
+        self.limits = home.limits()
+        self.custodian = Custodian(self.store, keystore, self.limits)
         self.rules = Rules(self.store, self.key)
         self.owner = Owner(self.store, keystore, self.directory, self.members, rng, self.rules)
         self.approvals = Approvals(self.store, self.key, eligible=self.admits_member,
-                                   revoked=self.rules.revoked_requester)
+                                   revoked=self.rules.revoked_requester, limits=self.limits)
         self.records = RecordService(self.store, keystore, self.members, clock, rng)
         self.epochs = EpochService(self.store, keystore, self.members, rng, self.rules)
         self.epoch_rounds: set[str] = set()  # keysets this node coordinates a round of now
@@ -205,6 +208,7 @@ class NodeRuntime:
                         nursery.start_soon(self.autopilot.run)
                     nursery.start_soon(self.feeds.run, self.clock)
                     nursery.start_soon(notice_loop, self)
+                    nursery.start_soon(self._prune_loop)
                     if control is not None:
                         nursery.start_soon(serve_control, control, self.commands(), nursery)
                         nursery.start_soon(self._signals)
@@ -339,6 +343,15 @@ class NodeRuntime:
         except Rejected as exc:
             log.info("epoch ask from %s refused: %s", remote, exc)
             raise tx.RequestRejected(str(exc)) from None
+
+    async def _prune_loop(self) -> None:
+        """Forget requests (and their votes) a week after they expired, once an hour: a
+        node's request table holds what is live and what it saw lately, not all of history."""
+        while True:
+            gone = self.store.prune_requests(int(self.clock()) - REQUEST_KEEP)
+            if gone:
+                log.info("forgot %d requests that expired over %d days ago", gone, REQUEST_KEEP // 86400)
+            await trio.sleep(PRUNE_EVERY)
 
     async def _on_release(self, remote: str, frame: bytes, *, no_shard: bool = True) -> bytes:
         try:

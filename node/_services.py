@@ -46,6 +46,7 @@ from shardnet.protocol import (
 from ._clock import MAX_DURATION, Rng
 from ._epoch_view import current_record, record_view
 from ._keystore import Keystore
+from ._limits import DEFAULT_LIMITS, Limits
 from ._members import Members
 from ._rules import Rules
 from ._store import AuditEvent, NewOutboxItem, OutboxRow, ShardConflict, Store
@@ -65,6 +66,10 @@ def possession_mark(peer: str, admission: Admission) -> str:
     """The store key of a custodian's proof of possession under one admission: ``ok`` or
     the reason it failed (``_possession``)."""
     return f"{POSSESSION_PREFIX}{peer}:{admission.id.hex()}"
+
+
+class QuotaExceeded(p.ShardnetError):
+    """A peer would pass one of this node's quotas (``_limits.Limits``): refused, nothing kept."""
 
 
 class NotAdmitted(p.ShardnetError):
@@ -230,9 +235,10 @@ class Directory:
 class Custodian:
     """Receives shards: verifies everything, stores the sealed shard, signs a receipt."""
 
-    def __init__(self, store: Store, keystore: Keystore) -> None:
+    def __init__(self, store: Store, keystore: Keystore, limits: Limits = DEFAULT_LIMITS) -> None:
         self.store = store
         self.keystore = keystore
+        self.limits = limits
         self.key = keystore.signer
         self.hpke = keystore.openers()
         self.peer_id = keystore.peer_id
@@ -322,6 +328,9 @@ class Custodian:
             raise p.MalformedEncoding("shard metadata and keyset disagree on t, n or the policy")
         value = share.value  # verified; only the sealed form is ever stored
         current = self.store.keyset(keyset.id_hex)
+        if current is None or self.store.held_shard(keyset.id_hex, meta.epoch, meta.index) is None:
+            self._within_quota(peer_id_of(cover.owner), adding=len(sealed) + len(meta.signed)
+                               + (len(keyset.signed) if current is None else 0), new_keyset=current is None)
         rec = current_record(self.store, keyset.id_hex)  # the epoch alone: no second signature check
         now_at = rec.epoch if rec is not None else keyset.epoch
         if meta.epoch < now_at:  # an owner back from offline with a slot of an epoch that is over
@@ -342,6 +351,16 @@ class Custodian:
                 audit=AuditEvent("store", body, self.key),
             )
         return "stored"
+
+    def _within_quota(self, owner: str, *, adding: int, new_keyset: bool) -> None:
+        """Refuse what would take ``owner`` past this custodian's quotas (``Limits``)."""
+        count, size = self.store.owner_holdings(owner)
+        if new_keyset and count >= self.limits.keysets_per_owner:
+            raise QuotaExceeded(f"this custodian holds {count} keysets of this owner, its limit "
+                                f"(limits.keysets_per_owner)")
+        if size + adding > self.limits.bytes_per_owner:
+            raise QuotaExceeded(f"this custodian holds {size} bytes for this owner; {adding} more would pass "
+                                f"its limit of {self.limits.bytes_per_owner} (limits.bytes_per_owner)")
 
     def _same_share(self, stored: bytes, sealed: bytes, value: int, now: int) -> bool:
         """Whether the shard held for this slot is the one delivered again: the same bytes,
@@ -715,7 +734,8 @@ class Approvals:
     """Requests and votes this node has seen, and its own votes."""
 
     def __init__(self, store: Store, key: p.Signer, eligible: Callable[[str], bool] = lambda peer: True,
-                 revoked: Callable[[str, str], bool] = lambda keyset_id, peer: False) -> None:
+                 revoked: Callable[[str, str], bool] = lambda keyset_id, peer: False,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         """``eligible(peer)``: whether an approver named by a keyset may vote now (the network
         still admits it). ``revoked(keyset_id, peer)``: whether the keyset's authorities
         revoked ``peer`` as a requester. Votes of either count nowhere: not from gossip, not
@@ -724,6 +744,7 @@ class Approvals:
         self.key = key
         self.eligible = eligible
         self.revoked = revoked
+        self.limits = limits
         self.peer_id = peer_id_of(key.public_key().public_bytes_raw())
         self.verified = VerifiedRecords()
         # Records a coordinator fetched from the network for its own requests (newest last).
@@ -805,6 +826,10 @@ class Approvals:
             raise p.MalformedEncoding("request is dated in the future")
         if self.keyset(req.keyset_id) is None:
             return None
+        if self.store.request(req.id) is None and \
+                self.store.live_requests(req.requester, now) >= self.limits.live_requests_per_requester:
+            raise QuotaExceeded(f"{req.requester} has {self.limits.live_requests_per_requester} requests that have "
+                                f"not expired, this node's limit (limits.live_requests_per_requester)")
         if self.store.put_request(req.id, req.keyset_id.hex(), req.requester, req.signed,
                                   created=req.created, not_after=req.not_after, now=now):
             return req

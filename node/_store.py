@@ -1369,6 +1369,33 @@ class Store:
         return list(self._db.query(
             "SELECT * FROM requests WHERE not_after >= ? ORDER BY received_at", [active_at]))
 
+    def live_requests(self, requester: str, now: int) -> int:
+        """How many of ``requester``'s requests have not expired at ``now``."""
+        row = self._db.execute("SELECT count(*) FROM requests WHERE requester = ? AND not_after >= ?",
+                               [requester, now]).fetchone()
+        return int(row[0])
+
+    def prune_requests(self, before: int) -> int:
+        """Delete the requests that expired before ``before``, with their votes and any
+        recorded equivocation (its audit entry stays); how many requests went."""
+        with self.transaction():
+            old = "SELECT request_id FROM requests WHERE not_after < ?"
+            self._db.execute(f"DELETE FROM votes WHERE request_id IN ({old})", [before])
+            self._db.execute(f"DELETE FROM equivocations WHERE request_id IN ({old})", [before])
+            return int(self._db.execute("DELETE FROM requests WHERE not_after < ?", [before]).rowcount)
+
+    def owner_holdings(self, owner: str) -> tuple[int, int]:
+        """What a custodian keeps for ``owner``: its keysets here (as custodian), and the
+        bytes of their records and sealed shards."""
+        row = self._db.execute(
+            "SELECT count(*), coalesce(sum(length(record)), 0) FROM keysets WHERE owner = ? AND role = 'custodian'",
+            [owner]).fetchone()
+        shards = self._db.execute(
+            "SELECT coalesce(sum(length(h.sealed) + length(h.meta)), 0) FROM held_shards h "
+            "JOIN keysets k ON k.keyset_id = h.keyset_id WHERE k.owner = ? AND k.role = 'custodian'",
+            [owner]).fetchone()
+        return int(row[0]), int(row[1]) + int(shards[0])
+
     def set_request_outcome(self, request_id: str, outcome: str) -> None:
         with self.transaction():
             self._db.execute("UPDATE requests SET outcome = ? WHERE request_id = ?", [outcome, request_id])

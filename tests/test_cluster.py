@@ -139,6 +139,38 @@ def test_an_import_cut_off_by_a_crash_is_finished_by_its_token_never_made_twice(
     cluster.wait_directory()
 
 
+def test_a_custodian_refuses_an_owner_past_the_quota_its_config_sets(
+    cluster: LocalCluster, tmp_path: pathlib.Path
+) -> None:
+    sydney = cluster.nodes["sydney"]
+    cluster.stop("sydney")
+    with sydney.home.open_store() as store:
+        held, _ = store.owner_holdings(cluster.nodes["frankfurt"].peer_id)
+    cfg_file = sydney.home.config_file
+    original = cfg_file.read_text()
+    cfg_file.write_text(json.dumps({**json.loads(original), "limits": {"keysets_per_owner": held + 1}}))
+    try:
+        cluster.start("sydney")
+        cluster.wait_directory()
+        custodians = ",".join(cluster.nodes[n].peer_id for n in ("sydney", "tokyo", "new-york"))
+        code, first, err = import_key(cluster, tmp_path, "--custodians", custodians, t=2, n=3)
+        assert code == 0, err
+        code, second, err = import_key(cluster, tmp_path, "--custodians", custodians, t=2, n=3)
+        assert code == 1, err
+        [mine] = [s for s in second["shards"] if s["name"] == "sydney"]
+        assert mine["state"] == "refused" and "limits.keysets_per_owner" in mine["last_error"], mine
+        assert held_by(cluster, "sydney", second["keyset"]) == []
+        cfg_file.write_text(json.dumps({**json.loads(original), "limits": {"keysets_per_owner": 0}}))
+        cluster.stop("sydney")
+        r = run_cli("status", "--home", str(sydney.home.path))
+        assert r.returncode == 2 and "keysets_per_owner must be a whole number of at least 1" in r.stderr, r.stderr
+    finally:
+        cfg_file.write_text(original)
+        if not sydney.running:
+            cluster.start("sydney")
+        cluster.wait_directory()
+
+
 def test_infeasible_placement_fails_before_sending(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
     before = cluster.control("frankfurt", "key-list")
     r = run_cli("key", "import", "--home", str(cluster.nodes["frankfurt"].home.path),

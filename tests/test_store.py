@@ -729,3 +729,15 @@ def test_epoch_locks_an_echo_lock_lapses_at_its_deadline_a_sign_lock_never(tmp_p
         assert s.take_epoch_lock("k", 1, "sign", b"record-a", until=None, now=10) == b"record-a"
         assert s.take_epoch_lock("k", 1, "sign", b"record-b", until=None, now=10**9) == b"record-a"
         assert s.take_epoch_lock("k", 2, "sign", b"record-b", until=None, now=10) == b"record-b"  # next epoch
+
+
+def test_expired_requests_are_pruned_with_their_votes_and_live_ones_counted(store: Store) -> None:
+    for i, (requester, not_after) in enumerate([("r1", 100), ("r1", 200), ("r1", 300), ("r2", 300)]):
+        rid = f"{i:032x}"
+        assert store.put_request(rid, "ab" * 16, requester, b"rec", created=1, not_after=not_after, now=1)
+        store.put_vote(rid, "approver", "approve", b"vote", now=1)
+    assert store.live_requests("r1", 150) == 2 and store.live_requests("r2", 150) == 1
+    assert store.prune_requests(before=201) == 2  # those that expired before 201
+    assert sorted(r["request_id"] for r in store.requests()) == [f"{2:032x}", f"{3:032x}"]
+    assert store.votes(f"{0:032x}") == [] and store.votes(f"{2:032x}") == [b"vote"]
+    assert store.prune_requests(before=201) == 0
