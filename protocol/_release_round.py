@@ -15,8 +15,10 @@ Round states, and the only moves allowed between them (:data:`ROUND_MOVES`)::
     ASKING  --deadline, or nobody left worth asking--------> FAILED
     SUCCEEDED, FAILED: final; a further event raises RoundOver
 
-While WAITING the request is published again every REPUBLISH seconds (gossip
-is lossy). While ASKING every holder that holds a missing index is asked at
+While WAITING the request is published again (gossip is lossy): REPUBLISH
+seconds after the first time, then at gaps that double up to REPUBLISH_MAX, so
+that a round waiting long on its approvers does not fill its peers' caches with
+copies. Once the quorum is in, it is not published again. While ASKING every holder that holds a missing index is asked at
 once, redundant replicas included, and every answer is heard before the round
 ends, so that a liar among them is named even when t honest answers came
 first. Once no ask is in flight, the refused and the unreachable are asked
@@ -41,7 +43,8 @@ from ._records import Receipt
 from ._requests import Request
 from ._shard import HpkePrivateKey
 
-REPUBLISH = 3.0
+REPUBLISH = 3.0  # the first gap before the request is published again; each gap doubles...
+REPUBLISH_MAX = 60.0  # ...up to this
 RETRY = 1.0
 TICK = 1.0  # the longest the machine sleeps while it waits for something
 
@@ -173,6 +176,7 @@ class ReleaseRound:
         self.in_flight: set[str] = set()
         self.votes: tuple[bytes, ...] = ()
         self._published = float("-inf")
+        self._gap = REPUBLISH
         self._retry_at = float("inf")
         self._started: float | None = None
         self._quorum_at: float | None = None
@@ -288,7 +292,9 @@ class ReleaseRound:
                 self._fail(self.session.failure(), out)
             return
         if self.state is _R.WAITING:
-            if now - self._published >= REPUBLISH:
+            if now - self._published >= self._gap:
+                if self._published != float("-inf"):
+                    self._gap = min(2 * self._gap, REPUBLISH_MAX)
                 self._published = now
                 out.append(Publish(self.request.signed))
         elif not self.in_flight:

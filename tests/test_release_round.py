@@ -331,3 +331,19 @@ def test_a_holder_of_two_indices_that_denies_both_is_named_once_and_the_round_go
     out = rnd.handle(Tick(), T0 + 30)
     assert isinstance(out[-1], Failed), out
     assert "a denies holding the share it signed for" in out[-1].message.replace(PEER["a"], "a")
+
+
+def test_a_waiting_round_publishes_again_at_doubling_gaps_and_stops_once_asking() -> None:
+    keyset, _, req, rnd = setup(timeout=600)
+    rnd.handle(Start(), T0)
+    published = []
+    now = T0
+    while now < T0 + 300:
+        now += 0.5
+        if any(isinstance(e, Publish) for e in rnd.handle(Tick(), now)):
+            published.append(now - T0)
+    gaps = [b - a for a, b in zip([0.0, *published], published, strict=False)]
+    assert gaps[:5] == [3.0, 6.0, 12.0, 24.0, 48.0] and set(gaps[5:]) == {60.0}, gaps
+    rnd.handle(VotesSeen(tally_of(keyset, req, [vote("a", req), vote("b", req)])), now)
+    assert rnd.state is RoundState.ASKING
+    assert not any(isinstance(e, Publish) for t in range(1, 200) for e in rnd.handle(Tick(), now + t * 0.25))
