@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ._cli_base import EXIT_FAIL, EXIT_OK, Parser, emit, positive
+from ._cli_base import EXIT_FAIL, EXIT_OK, Failure, Parser, emit, positive
 
 SWEEP_DEFAULTS = {"topology": "continents:100:5", "placement": "", "t": 3, "n": 5, "trials": 100_000,
                   "fail": "country:0.01,org:0.02,node:0.05"}
@@ -143,10 +143,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         _plots.check()
         out.mkdir(parents=True, exist_ok=True)
-    with _progress(enabled=sys.stderr.isatty()) as progress:
-        record = sc.run_scenario(scenario, mode=args.mode, nodes=args.nodes, seed=args.seed, topology=args.topology,
-                                 params=params, cpu_model=args.cpu_model == "on",
-                                 command=["shardnet", *sys.argv[1:]], progress=progress)
+    from shardnet.simulations._cluster import ClusterFailed
+
+    try:
+        with _progress(enabled=sys.stderr.isatty()) as progress:
+            record = sc.run_scenario(scenario, mode=args.mode, nodes=args.nodes, seed=args.seed,
+                                     topology=args.topology, params=params, cpu_model=args.cpu_model == "on",
+                                     command=["shardnet", *sys.argv[1:]], progress=progress)
+    except ClusterFailed as exc:
+        raise Failure(f"the run stopped: {exc}") from None
     text = sc.format_summary(record)
     if out is not None:
         path = out / "run.json"

@@ -70,6 +70,12 @@ def shortest_paths(graph: Mapping[str, Sequence[str]], source: str, weight: Call
     return dist
 
 
+class ClusterFailed(RuntimeError):
+    """The simulated network could not do what the run needed of it (an import that did not
+    deliver, a directory that did not converge, a node that would not start or stop): the
+    run stops there, and says why in one line."""
+
+
 @dataclass
 class Reconstruction:
     ok: bool
@@ -242,7 +248,8 @@ class Cluster:
         res = await self.command(owner, "key-import", args)
         states = [s["state"] for s in res["shards"]]
         if states != ["delivered"] * len(states):
-            raise RuntimeError(f"import did not deliver every shard: {states}")
+            raise ClusterFailed(f"an import from node {owner} did not deliver every shard within "
+                                f"{DELIVER_WAIT:.0f} s: {states}")
         self._owners[str(res["keyset"])] = owner
         self._keys[str(res["keyset"])] = key
         return str(res["keyset"])
@@ -307,7 +314,7 @@ class Cluster:
         as the request reaches it (a scenario's approvers answer at once), and each of
         ``double_voters`` denies it too (``_byzantine.contradict``)."""
         if not self.up(requester):
-            raise RuntimeError(f"node {requester} is down: it cannot ask for a key")
+            raise ClusterFailed(f"node {requester} is down: it cannot ask for a key")
         holders = await self.holders(self._owners[keyset], keyset)
         bound = await self.reconstruct_bound(requester, keyset, holders)
         approvers, _ = await self.approval_rule(keyset)

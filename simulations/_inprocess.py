@@ -30,7 +30,7 @@ from shardnet.node._runtime import NodeRuntime
 from shardnet.node._transport import TransportFactory
 from shardnet.protocol import wire
 
-from ._cluster import BUSY, Cluster
+from ._cluster import BUSY, Cluster, ClusterFailed
 from ._delay import Links, delay_connections
 from ._drbg import Drbg
 from ._topology import Topology
@@ -191,7 +191,7 @@ class InprocessCluster(Cluster):
         took = trio.current_time() - t0
         short = {i: len(node.directory) for i, node in enumerate(self.nodes) if self.up(i) and len(node.directory) < n}
         if short:
-            raise RuntimeError(f"the directory did not converge within {SETTLE:.0f} s: nodes (custodians known) {short}")
+            raise ClusterFailed(f"the directory did not converge within {SETTLE:.0f} s: nodes (custodians known) {short}")
         if not await self._meshes_and_quiet():
             self.log_counter.counts[BUSY] = 1
         return took
@@ -212,7 +212,7 @@ class InprocessCluster(Cluster):
                 await self.links.close_all(self.peers[i])  # as the kernel closes a dead process's sockets
                 return
             await trio.sleep(0.01)
-        raise RuntimeError(f"node {i} did not stop within 60 s")
+        raise ClusterFailed(f"node {i} did not stop within 60 s")
 
     async def restart(self, i: int) -> None:
         if self._nursery is None or self.up(i):

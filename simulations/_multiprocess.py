@@ -40,7 +40,7 @@ from shardnet.node._directory_loops import MAX_PEERS
 from shardnet.node._home import Home, init_home
 from shardnet.protocol import wire
 
-from ._cluster import BUSY, Cluster
+from ._cluster import BUSY, Cluster, ClusterFailed
 from ._delay import Links
 from ._drbg import Drbg
 from ._netns import Namespaces
@@ -183,14 +183,14 @@ class MultiprocessCluster(Cluster):
                 proc = self.procs[i]
                 if proc.poll() is not None:
                     tail = (self.homes[i].path / "stderr.log").read_text(errors="replace").strip().splitlines()[-3:]
-                    raise RuntimeError(f"node {i} exited with {proc.returncode}: {' / '.join(tail)}")
+                    raise ClusterFailed(f"node {i} exited with {proc.returncode}: {' / '.join(tail)}")
                 try:
                     await control(self.homes[i], "status", {}, timeout=10)
                     self._ready.add(i)
                     return
                 except (ControlError, trio.TooSlowError):  # its socket is bound before its host runs
                     await trio.sleep(0.1)
-        raise RuntimeError(f"node {i} did not answer on its control socket within {START:.0f} s")
+        raise ClusterFailed(f"node {i} did not answer on its control socket within {START:.0f} s")
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Cluster]:
@@ -333,7 +333,7 @@ class MultiprocessCluster(Cluster):
             await trio.sleep(0.5)
         took = trio.current_time() - t0
         if short:
-            raise RuntimeError(f"the directory did not converge within {SETTLE:.0f} s: nodes (custodians known) {short}")
+            raise ClusterFailed(f"the directory did not converge within {SETTLE:.0f} s: nodes (custodians known) {short}")
         if not await self._meshes_and_quiet():
             self._exits[BUSY] = 1
         return took

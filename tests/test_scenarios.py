@@ -9,6 +9,8 @@ import pathlib
 import random
 
 import pytest
+import trio
+import trio.testing
 
 from shardnet.protocol import placement
 from shardnet.simulations import _geo_placement as gp
@@ -199,3 +201,24 @@ def test_a_scenario_on_real_libp2p_hosts_with_the_delay_layer() -> None:
     assert done and all(m["seconds"] >= m["bound_s"] for m in done)  # the delays are really there
     # Every node's processing shares this process: each reconstruction says how much CPU it took.
     assert all(0 < m["cpu_s"] <= m["seconds"] * 1.5 for m in done), done
+
+
+def test_an_import_the_network_cannot_deliver_stops_the_run_with_one_line(tmp_path: pathlib.Path) -> None:
+    # The harness's own failure (here: a custodian down for the whole import wait) is a
+    # ClusterFailed that `sim run` prints as one line, not an internal error.
+    from shardnet.simulations._cluster import DELIVER_WAIT, ClusterFailed
+    from shardnet.simulations._virtual import VirtualCluster
+
+    cluster = VirtualCluster(tmp_path, resolve("continents:6:3", seed=1), seed=1, cpu_model=False)
+
+    async def main() -> float:
+        async with cluster.running():
+            await cluster.settle()
+            await cluster.crash(2)
+            t0 = trio.current_time()
+            with pytest.raises(ClusterFailed, match=r"an import from node 1 did not deliver every shard within 120 s"):
+                await cluster.import_key(1, b"k" * 32, 2, 3, gp.parse("random"), custodians=[2, 3, 4])
+            return trio.current_time() - t0
+
+    took = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert took >= DELIVER_WAIT - 0.01  # it waited the whole of it
