@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ._clock import MAX_DURATION
@@ -34,11 +35,12 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def emit(args: argparse.Namespace, data: Any, human: str) -> None:
+def emit(args: argparse.Namespace, data: Any, human: str | Callable[[], str]) -> None:
+    """``data`` as JSON with ``--json``, else the human text (built only then, when a callable)."""
     if getattr(args, "json", False):
         print(json.dumps(data, indent=1, sort_keys=True))
     else:
-        print(human)
+        print(human() if callable(human) else human)
 
 
 def positive(text: str) -> int:

@@ -73,7 +73,10 @@ def _offline_store(fn: Callable[[Any, Home], Any]) -> Callable[[Home], Any]:
 def _ts(t: int | None) -> str:
     if t is None:
         return "never"
-    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    try:
+        return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):  # past year 9999: a keyset from before durations were capped
+        return f"{t} (unix time)"
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -265,7 +268,7 @@ def cmd_key_show(args: argparse.Namespace) -> int:
     d = _ask(args, "key-show", {"keyset": args.keyset},
              offline=_offline_store(lambda s, h: _api.keyset_detail(
                  s, args.keyset, _api.stored_membership(s, int(system_clock())))))
-    emit(args, d, _format_keyset(d))
+    emit(args, d, lambda: _format_keyset(d))
     return EXIT_OK
 
 

@@ -270,3 +270,30 @@ def test_a_command_that_needs_the_node_says_it_is_not_running(tmp_path: pathlib.
     err = capsys.readouterr().err
     assert code == 1 and "no node is running" in err and "shardnet run --home" in err
     assert "internal error" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_key_show_of_a_keyset_past_year_9999_works_and_json_builds_no_text(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A home from before durations were capped may hold one (key import --expires 9000y).
+    import os
+
+    from shardnet import protocol as p
+    from shardnet.node._home import Home
+    from shardnet.node._services import _keyset_row
+    from shardnet.node._store import AuditEvent
+
+    home = tmp_path / "h"
+    assert main(["init", "--home", str(home), "--name", "x", "--country", "CH"]) == 0
+    h = Home(home)
+    key = h.identity()
+    far = 1_800_000_000 + 9000 * 365 * 86400
+    keyset, _ = p.split_key(b"k" * 32, 2, 3, owner=key, now=1_800_000_000, not_after=far, rng=os.urandom)
+    with h.open_store() as store:
+        store.import_keyset(_keyset_row(keyset, "owner"), [], AuditEvent("import", {"keyset": keyset.id_hex}, key),
+                            now=1_800_000_000)
+    capsys.readouterr()
+    code, out, err = run("key", "show", "--home", str(home), keyset.id_hex, "--json", capsys=capsys)
+    assert code == 0 and json.loads(out)["not_after"] == far, err
+    code, out, err = run("key", "show", "--home", str(home), keyset.id_hex, capsys=capsys)
+    assert code == 0 and f"{far} (unix time)" in out, err
