@@ -61,7 +61,8 @@ class DirectoryLoops:
                  on_new_peer: Callable[[str], Awaitable[None]],
                  first_pull: Callable[[str], Awaitable[None]] | None = None,
                  on_outsiders: Callable[[list[str]], None] | None = None,
-                 member: Callable[[], bool] = lambda: True) -> None:
+                 member: Callable[[], bool] = lambda: True,
+                 on_connected: Callable[[str], None] = lambda peer: None) -> None:
         """``describe(seq)`` signs our descriptor; ``on_readdressed(peer)`` is told when a
         custodian comes back at new addresses; ``on_new_peer(peer)`` is the other pulls
         to make of a peer along with its directory; ``first_pull(peer)`` the one to make
@@ -69,7 +70,9 @@ class DirectoryLoops:
         ``on_outsiders(peers)``, at every pass, the connected peers the network does not
         admit (the membership gate); ``member()``, whether the network admits us now: a
         node it does not only dials its bootstrap peers (every ``REBOOTSTRAP`` seconds
-        while alone), since custodians would drop it anyway."""
+        while alone), since custodians would drop it anyway. ``on_connected(peer)``: an
+        admitted peer we were not connected to is now (within the loop's half second),
+        so what waits for it need not wait out a back-off meant for a dead peer."""
         self.directory = directory
         self.member = member
         self.links = links
@@ -77,6 +80,7 @@ class DirectoryLoops:
         self.clock = clock
         self.rng = rng
         self.bootstrap = bootstrap
+        self.on_connected = on_connected
         self.on_readdressed = on_readdressed
         self.on_new_peer = on_new_peer
         self.first_pull = first_pull
@@ -217,6 +221,8 @@ class DirectoryLoops:
             # New peers over this window's quota are left to the random pulls below.
             new = sorted(connected - self._pulled)
             self._pulled |= set(new)
+            for peer in new:  # connected again (or for the first time)
+                self.on_connected(peer)
             for peer in pick(self.rng, new, NEW_PEER_PULLS - new_pulls):
                 new_pulls += 1
                 jobs.append((self._pull_all, peer))

@@ -149,7 +149,8 @@ class NodeRuntime:
         self.epoch_batcher = EpochBatcher(self.links)
         self.peering = DirectoryLoops(self.directory, self.links, describe=self._descriptor, clock=self.clock,
                                       rng=self.rng, bootstrap=self.bootstrap,
-                                      on_readdressed=self.outbox.peer_back, on_new_peer=self._new_peer,
+                                      on_readdressed=self.outbox.peer_back, on_connected=self.outbox.peer_back,
+                                      on_new_peer=self._new_peer,
                                       first_pull=self.membership.pull_from, on_outsiders=self.membership.gate,
                                       member=lambda: self.members.view.may_connect(self.peer_id, self.now()))
         if self.republish_every is not None:

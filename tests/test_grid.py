@@ -115,3 +115,37 @@ def test_an_import_returns_once_its_last_shard_lands_even_while_it_reports(tmp_p
 
     took = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert took < 10, took  # two progress lines and the deliveries' round trips, not the 30 s wait
+
+
+def test_a_custodian_that_comes_back_gets_its_shard_within_a_second_or_two(tmp_path: pathlib.Path) -> None:
+    # Its pending slot had backed off to BACKOFF_MAX (30 s) while it was down; it comes back
+    # at the same address (no new descriptor), and its reconnection makes the slot due.
+    import base64
+
+    from shardnet.node._api import keyset_detail
+
+    async def quiet(_: Any) -> None:
+        pass
+
+    async def main() -> float:
+        grid = Grid(tmp_path, 5, seed=4)
+        async with grid.running():
+            await grid.wait_directory()
+            await grid.crash(2)
+            peers = [grid.nodes[i].peer_id for i in (1, 2, 3)]
+            res = await grid.nodes[0].commands()["key-import"](
+                {"key": base64.b64encode(b"b" * 32).decode(), "threshold": 2, "shares": 3, "wait": 5,
+                 "custodians": peers, "deliver_within": None}, quiet)
+            keyset = res["keyset"]
+            await trio.sleep(200)  # long enough for the slot's back-off to reach its cap
+            await grid.restart(2)
+            t0 = trio.current_time()
+            while True:
+                states = {s["custodian"]: s["state"] for s in keyset_detail(grid.nodes[0].store, keyset)["shards"]}
+                if states[peers[1]] == "delivered":
+                    return trio.current_time() - t0
+                assert trio.current_time() - t0 < 60, states
+                await trio.sleep(0.1)
+
+    took = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert took < 2.5, took
