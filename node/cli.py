@@ -157,6 +157,16 @@ def cmd_bench_epoch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_fuzz(args: argparse.Namespace) -> int:
+    from shardnet.simulations._fuzz import format_fuzz_report, run_fuzz
+
+    result = run_fuzz(inputs=args.inputs, seed=args.seed, corpus=pathlib.Path(args.corpus) if args.corpus else None,
+                      say=lambda m: print(f"... {m}", file=sys.stderr))
+    _write_json(args.json, result)
+    print(format_fuzz_report(result))
+    return EXIT_FAIL if any(t["findings"] for t in result["targets"]) else EXIT_OK
+
+
 def cmd_bench_rewrap(args: argparse.Namespace) -> int:
     from shardnet.simulations._rewrap_bench import format_rewrap_report, run_rewrap_bench
 
@@ -239,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --bulk --processes: keysets on 10 real node processes (default 200)")
     be.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     be.set_defaults(func=cmd_bench_epoch)
+
+    bz = bsub.add_parser("fuzz", help="every decoder and stream handler, fed mutations of real inputs")
+    bz.add_argument("--inputs", type=positive, default=100_000, metavar="N", help="inputs per target")
+    bz.add_argument("--seed", type=int, default=1)
+    bz.add_argument("--corpus", metavar="DIR", help="keep each finding's input here (tests/fuzz-corpus replays it)")
+    bz.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bz.set_defaults(func=cmd_bench_fuzz)
 
     bw = bsub.add_parser("rewrap", help="rewrap throughput on one custodian against HPKE open + seal + sign alone")
     bw.add_argument("--shards", type=positive, default=10_000, metavar="N")

@@ -70,7 +70,8 @@ def _unframe(text: str, kind: str, fields: tuple[str, ...]) -> tuple[dict[str, s
     if name != "Checksum" or not sep:
         raise MalformedEncoding(f"{kind.lower()} file: missing Checksum line")
     canon = [f"{f}: {values[f]}" for f in fields]
-    if not hmac.compare_digest(got.strip().lower(), _checksum(canon)):
+    # compare_digest takes ASCII text only: a mistyped non-ASCII checksum is a mismatch, not a TypeError.
+    if not hmac.compare_digest(got.strip().lower().encode("utf-8", "replace"), _checksum(canon).encode()):
         raise MalformedEncoding(f"{kind.lower()} file: checksum mismatch (the file is damaged or mistyped)")
     return values, lines[2 + n : -1]
 

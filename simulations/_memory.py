@@ -211,6 +211,7 @@ class MemoryNetwork:
         self.latency: Pair = latency or (lambda a, b: 0.0)
         self.lose: Callable[[str, str], bool] = lose or (lambda a, b: False)
         self.degree = degree
+        self.taps: list[Callable[[str, bytes], None]] = []
         self.rng = random.Random(seed)
         self._cuts: set[frozenset[str]] = set()
         self._nursery: trio.Nursery | None = None
@@ -336,6 +337,8 @@ class MemoryNetwork:
     async def serve(self, node: _Node, remote: str, protocol: wire.StreamProtocol,
                     payload: bytes) -> tuple[tx.ReplyStatus, bytes]:
         self._log(node.peer_id, "request", remote, len(payload))
+        for tap in self.taps:  # who watches the requests (the fuzz campaign collects its seeds)
+            tap(protocol.id, payload)
         entry = node.handlers.get(protocol.id)
         if entry is None:
             return tx.ReplyStatus.REJECTED, b"protocol not supported"
