@@ -370,6 +370,8 @@ def cmd_key_import(args: argparse.Namespace) -> int:
     summary = (f"{states.count('delivered')} delivered, {states.count('pending')} pending, "
                f"{states.count('refused')} refused")
     text = _format_keyset(d) + f"\n\n{summary}"
+    if d.get("note"):
+        text += f"\n{d['note']}"
     if states.count("pending"):
         text += "\npending shards stay in the outbox and are delivered when their custodians come back"
     if args.expires and not args.renew:

@@ -45,7 +45,11 @@ def call(
         sock.sendall((json.dumps({"cmd": cmd, "args": args or {}}) + "\n").encode())
         with sock.makefile("rb") as f:  # closed on every path, so the socket really is closed below
             for line in f:
-                msg = json.loads(line)
+                try:
+                    msg = json.loads(line)
+                except ValueError:  # half a line: the node died while it wrote
+                    raise ControlFailed("the node closed the control connection mid-answer", 1,
+                                        answered=False) from None
                 if "event" in msg:
                     if on_event:
                         on_event(msg["event"])
@@ -56,7 +60,7 @@ def call(
         raise ControlFailed("the node closed the control connection without an answer", 1, answered=False)
     except TimeoutError:
         raise ControlFailed(f"no answer from the node within {timeout:.0f} s", 1, answered=False) from None
-    except (ConnectionResetError, BrokenPipeError) as exc:
+    except OSError as exc:  # reset, broken pipe, aborted: the node went away
         raise ControlFailed(f"the control connection broke: {exc}", 1, answered=False) from None
     finally:
         sock.close()

@@ -8,6 +8,8 @@ own module, ``_reconstruct``.
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -121,17 +123,18 @@ async def _import(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> Any:
     token = args.get("token")
     if token is not None and not (isinstance(token, str) and IMPORT_TOKEN.fullmatch(token)):
         raise ValueError("--token: 32 to 64 lowercase hex digits, as 'key import' prints them")
+    master = base64.b64decode(args["key"])
+    asked = _import_digest(args, len(master))
     done_before = node.owner.imported_with(token) if token else None
     if done_before is not None:  # a retry of an import that was cut off: its keyset, never a second one
-        row = node.store.keyset(done_before)
-        if row is None or (row["threshold"], row["shares"]) != (int(args["threshold"]), int(args["shares"])):
-            raise ValueError(f"--token {token} made keyset {done_before} with other parameters; "
-                             "a new import takes a new token")
-        return await _delivered(node, done_before, float(args.get("wait") or 30), emit,
+        keyset_id, digest = done_before
+        if digest != asked:
+            raise ValueError(f"--token {token} made keyset {keyset_id} with other options or a key of another "
+                             "length; a new import takes a new token")
+        return await _delivered(node, keyset_id, float(args.get("wait") or 30), emit,
                                 note=f"already imported with token {token}: this is that keyset")
-    master = base64.b64decode(args["key"])
     res = node.owner.import_key(
-        master, int(args["threshold"]), int(args["shares"]), now=node.now(), token=token,
+        master, int(args["threshold"]), int(args["shares"]), now=node.now(), token=(token, asked) if token else None,
         placement_expr=args.get("placement"), redundancy=int(args.get("redundancy") or 1),
         expires=args.get("expires"), kem=str(args.get("kem") or "x25519"),
         approvers=args.get("approvers"), quorum=args.get("quorum"), policy_text=args.get("policy"),
@@ -146,6 +149,14 @@ async def _import(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> Any:
     await emit({"kind": "placed", "keyset": ks.id_hex, "total": total,
                 "holders": {str(k): v for k, v in res.holders.items()}, "note": res.note})
     return await _delivered(node, ks.id_hex, float(args.get("wait") or 30), emit, note=res.note)
+
+
+def _import_digest(args: dict[str, Any], key_length: int) -> str:
+    """What a retry with the same token must repeat: every option of the import, and the
+    key's length (never the key itself: it is not kept, nor anything that could test it)."""
+    options = {k: v for k, v in args.items() if k not in ("key", "token", "wait")}
+    body = json.dumps({"options": options, "key_length": key_length}, sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 async def _delivered(node: NodeRuntime, keyset_id: str, wait: float, emit: Emit, *, note: str) -> Any:

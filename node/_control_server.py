@@ -24,6 +24,7 @@ import trio
 from shardnet import protocol as p
 
 from ._home import Home
+from ._store import StoreError
 
 log = logging.getLogger("shardnet.node")
 
@@ -144,7 +145,7 @@ def _error_reply(cmd: str, exc: BaseException) -> dict[str, Any] | None:
     if isinstance(exc, TypeError):  # where a client's JSON meets the command's conversions
         log.debug("control command %s: an argument of the wrong type", cmd, exc_info=exc)
         return {"ok": False, "error": f"{cmd}: an argument has the wrong type ({exc})", "exit": 2}
-    if isinstance(exc, p.ShardnetError | OSError):
+    if isinstance(exc, p.ShardnetError | OSError | StoreError):
         return {"ok": False, "error": _msg(exc), "exit": 1}
     log.error("control command %s failed", cmd, exc_info=exc)  # a bug: report it, keep the node up
     return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}", "exit": 1}

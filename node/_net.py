@@ -936,8 +936,9 @@ def serve_protocol(
 _EXPECTED = (
     ("libp2p.host.basic_host", "Failed to open stream to peer"),  # seven lines, on every refused pull
     ("libp2p.protocol_muxer.multiselect_client", "MultiselectClient"),
-    ("libp2p.stream_muxer.yamux.yamux", "Error in handle_incoming"),
+    ("libp2p.stream_muxer.yamux.yamux", "Error in handle_incoming"),  # only a connection's end, below
 )
+_ENDED = ("ClosedResourceError", "BrokenResourceError", "IncompleteReadError", "RawConnError", "EOF")
 
 
 class _ForwardHandler(logging.Handler):
@@ -950,7 +951,8 @@ class _ForwardHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno > logging.DEBUG and any(
-                record.name == name and str(record.msg).startswith(head) for name, head in _EXPECTED):
+                record.name == name and str(record.msg).startswith(head) for name, head in _EXPECTED) and (
+                not record.name.endswith(".yamux") or any(e in record.getMessage() for e in _ENDED)):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         if record.levelno >= self.floor and self.target.isEnabledFor(record.levelno):
             self.target.handle(record)

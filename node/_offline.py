@@ -77,6 +77,14 @@ class CombineResult:
         }
 
 
+def _verifies(keyset: p.Keyset, share: p.Share) -> bool:
+    try:
+        p.verify_share(keyset, share)
+    except p.ShardnetError:
+        return False
+    return True
+
+
 class TooFewGoodFiles(p.ShardnetError):
     """Fewer good share files than the threshold; the message names the rest and why."""
 
@@ -105,8 +113,14 @@ def combine_files(keyset_path: str, share_paths: list[str], out_path: str, *, fo
             skipped.append((path, f"belongs to keyset {share.keyset_id.hex()[:12]}… at epoch {share.epoch}, "
                                   f"not {keyset.id_hex[:12]}… at epoch {keyset.epoch}"))
             continue
-        if share.index in first:
-            skipped.append((path, f"index {share.index} supplied more than once (also {first[share.index]})"))
+        if share.index in first:  # two files of one index: the one that matches the commitments stays
+            k = sources.index(first[share.index])
+            if share.value != shares[k].value and not _verifies(keyset, shares[k]) and _verifies(keyset, share):
+                skipped.append((sources[k], f"does not match the keyset's commitments (index {share.index}; "
+                                            f"{path} does)"))
+                shares[k], sources[k], first[share.index] = share, path, path
+            else:
+                skipped.append((path, f"index {share.index} supplied more than once (also {first[share.index]})"))
             continue
         first[share.index] = path
         shares.append(share)

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 from typing import Any
 
 import trio
@@ -53,7 +54,7 @@ from ._possession import Possession
 from ._rules import Rules
 from ._rules_loops import RulesLoops
 from ._services import VERSION, Approvals, Custodian, Directory, Owner, Rejected, Releaser
-from ._store import Store
+from ._store import Store, StoreError
 from ._transport import Transport, TransportFactory
 
 log = logging.getLogger("shardnet.node")
@@ -349,7 +350,11 @@ class NodeRuntime:
         """Forget requests (and their votes) a week after they expired, once an hour: a
         node's request table holds what is live and what it saw lately, not all of history."""
         while True:
-            gone = self.store.prune_requests(int(self.clock()) - REQUEST_KEEP)
+            try:
+                gone = self.store.prune_requests(int(self.clock()) - REQUEST_KEEP)
+            except (StoreError, sqlite3.Error) as exc:  # a busy or damaged database: next hour, again
+                log.warning("could not forget expired requests: %s", exc)
+                gone = 0
             if gone:
                 log.info("forgot %d requests that expired over %d days ago", gone, REQUEST_KEEP // 86400)
             await trio.sleep(PRUNE_EVERY)

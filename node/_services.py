@@ -328,9 +328,10 @@ class Custodian:
             raise p.MalformedEncoding("shard metadata and keyset disagree on t, n or the policy")
         value = share.value  # verified; only the sealed form is ever stored
         current = self.store.keyset(keyset.id_hex)
-        if current is None or self.store.held_shard(keyset.id_hex, meta.epoch, meta.index) is None:
+        if self.store.held_shard(keyset.id_hex, meta.epoch, meta.index) is None:
+            holds_one = bool(self.store.held_shards(keyset.id_hex))
             self._within_quota(peer_id_of(cover.owner), adding=len(sealed) + len(meta.signed)
-                               + (len(keyset.signed) if current is None else 0), new_keyset=current is None)
+                               + (0 if holds_one else len(keyset.signed)), new_keyset=not holds_one)
         rec = current_record(self.store, keyset.id_hex)  # the epoch alone: no second signature check
         now_at = rec.epoch if rec is not None else keyset.epoch
         if meta.epoch < now_at:  # an owner back from offline with a slot of an epoch that is over
@@ -436,7 +437,8 @@ class Owner:
 
     def import_key(
         self, master: bytes, threshold: int, shares: int, *, now: int, placement_expr: str | None = None,
-        redundancy: int = 1, expires: int | None = None, kem: str = "x25519", token: str | None = None,
+        redundancy: int = 1, expires: int | None = None, kem: str = "x25519",
+        token: tuple[str, str] | None = None,
         approvers: list[str] | None = None, quorum: int | None = None, policy_text: str | None = None,
         custodians: list[str] | None = None, deliver_within: int | None = p.outbox.DELIVER_WITHIN,
         authorities: list[str] | None = None, authority_quorum: int | None = None,
@@ -447,7 +449,8 @@ class Owner:
         sealed to this node's own HPKE key, and erases it when the shard is delivered.
         ``schedule``: ``refresh_every`` and ``rewrap_every`` seconds (``_autopilot``).
         ``renew``: the authorities refresh it with a new not-after before it expires.
-        ``token``: the import's idempotency token (:meth:`imported_with`), stored with it."""
+        ``token``: the import's idempotency token and the digest of its options
+        (:meth:`imported_with`), stored with it."""
         policy = Policy(policy_text if policy_text is not None else DEFAULT_POLICY)
         if kem not in p.KEMS:
             raise ValueError(f"unknown kem {kem!r}; choose one of {', '.join(p.KEMS)}")
@@ -539,16 +542,21 @@ class Owner:
             AuditEvent("import", {"keyset": keyset.id_hex, "threshold": threshold, "shares": shares,
                                   "kem": kem, "placement": placement_expr, "redundancy": redundancy,
                                   "holders": attrs["holders"]}, self.key),
-            now=now, notices=notices, token_key=IMPORT_TOKEN_KEY + token if token else None,
+            now=now, notices=notices,
+            token=(IMPORT_TOKEN_KEY + token[0], f"{keyset.id_hex} {token[1]}".encode()) if token else None,
         )
         return ImportResult(keyset, holders, placement_expr, note)
 
-    def imported_with(self, token: str) -> str | None:
-        """The keyset an import with this idempotency token made, if one did. The CLI draws
-        the token at random and prints it before it sends the key: a retry of an import cut
-        off by a crash reports that keyset instead of making a second one."""
+    def imported_with(self, token: str) -> tuple[str, str] | None:
+        """The keyset an import with this idempotency token made, if one did, and the digest
+        of its options. The CLI draws the token at random and prints it before it sends the
+        key: a retry of an import cut off by a crash reports that keyset instead of making a
+        second one."""
         got = self.store.get_kv(IMPORT_TOKEN_KEY + token)
-        return got.decode() if got is not None else None
+        if got is None:
+            return None
+        keyset_id, _, digest = got.decode().partition(" ")
+        return keyset_id, digest
 
     def candidates(self, kem: str, now: int, pinned: list[str] | None = None) -> dict[str, Admission]:
         """Who may hold a shard now: custodians the network admits (with their vouched
@@ -826,7 +834,7 @@ class Approvals:
             raise p.MalformedEncoding("request is dated in the future")
         if self.keyset(req.keyset_id) is None:
             return None
-        if self.store.request(req.id) is None and \
+        if req.requester != self.peer_id and self.store.request(req.id) is None and \
                 self.store.live_requests(req.requester, now) >= self.limits.live_requests_per_requester:
             raise QuotaExceeded(f"{req.requester} has {self.limits.live_requests_per_requester} requests that have "
                                 f"not expired, this node's limit (limits.live_requests_per_requester)")

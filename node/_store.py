@@ -1002,12 +1002,12 @@ class Store:
         *,
         now: int,
         notices: Iterable[str] = (),
-        token_key: str | None = None,
+        token: tuple[str, bytes] | None = None,
     ) -> AuditEntry:
         """Store a newly imported keyset, its pending deliveries and its audit
-        entry in ONE transaction; return the audit entry. ``token_key``: a kv key
-        (the import's idempotency token) that maps to the keyset, in the same
-        transaction, and must be new.
+        entry in ONE transaction; return the audit entry. ``token``: a kv key (the
+        import's idempotency token) and its value, in the same transaction; the key
+        must be new.
 
         ``keyset`` must have role 'owner' and a new id; every outbox item must
         belong to it (same id and epoch, 1 <= idx <= shares). Raises ValueError
@@ -1018,12 +1018,11 @@ class Store:
         with self.transaction():
             if self.keyset(keyset["keyset_id"]) is not None:
                 raise ValueError(f"keyset {keyset['keyset_id']} already exists")
-            if token_key is not None:
-                made = self.get_kv(token_key)
+            if token is not None:
+                made = self.get_kv(token[0])
                 if made is not None:
-                    raise ValueError(f"this import token already made keyset {made.decode()}")
-                self._db.execute("INSERT INTO kv (key, value) VALUES (?, ?)",
-                                 [token_key, keyset["keyset_id"].encode()])
+                    raise ValueError(f"this import token already made keyset {made.decode().split()[0]}")
+                self._db.execute("INSERT INTO kv (key, value) VALUES (?, ?)", list(token))
             self._db.table("keysets").insert(_keyset_record(keyset))
             for item in outbox:
                 if item["keyset_id"] != keyset["keyset_id"] or item["epoch"] != keyset["epoch"]:
@@ -1370,9 +1369,11 @@ class Store:
             "SELECT * FROM requests WHERE not_after >= ? ORDER BY received_at", [active_at]))
 
     def live_requests(self, requester: str, now: int) -> int:
-        """How many of ``requester``'s requests have not expired at ``now``."""
-        row = self._db.execute("SELECT count(*) FROM requests WHERE requester = ? AND not_after >= ?",
-                               [requester, now]).fetchone()
+        """How many of ``requester``'s requests are open at ``now``: not expired, and with no
+        outcome recorded here."""
+        row = self._db.execute(
+            "SELECT count(*) FROM requests WHERE requester = ? AND not_after >= ? AND outcome IS NULL",
+            [requester, now]).fetchone()
         return int(row[0])
 
     def prune_requests(self, before: int) -> int:
@@ -1385,16 +1386,14 @@ class Store:
             return int(self._db.execute("DELETE FROM requests WHERE not_after < ?", [before]).rowcount)
 
     def owner_holdings(self, owner: str) -> tuple[int, int]:
-        """What a custodian keeps for ``owner``: its keysets here (as custodian), and the
-        bytes of their records and sealed shards."""
+        """What a custodian holds for ``owner`` now: the keysets of which it keeps a shard,
+        and the bytes of those shards and records. A keyset whose shards were erased (it
+        expired, or a reshare moved them) no longer counts."""
         row = self._db.execute(
-            "SELECT count(*), coalesce(sum(length(record)), 0) FROM keysets WHERE owner = ? AND role = 'custodian'",
-            [owner]).fetchone()
-        shards = self._db.execute(
-            "SELECT coalesce(sum(length(h.sealed) + length(h.meta)), 0) FROM held_shards h "
-            "JOIN keysets k ON k.keyset_id = h.keyset_id WHERE k.owner = ? AND k.role = 'custodian'",
-            [owner]).fetchone()
-        return int(row[0]), int(row[1]) + int(shards[0])
+            "SELECT count(*), coalesce(sum(length(k.record) + s.size), 0) FROM keysets k "
+            "JOIN (SELECT keyset_id, sum(length(sealed) + length(meta)) AS size FROM held_shards "
+            "GROUP BY keyset_id) s ON s.keyset_id = k.keyset_id WHERE k.owner = ?", [owner]).fetchone()
+        return int(row[0]), int(row[1])
 
     def set_request_outcome(self, request_id: str, outcome: str) -> None:
         with self.transaction():

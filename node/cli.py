@@ -287,8 +287,13 @@ def _classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_USAGE, f"{exc.filename}: a part of this path is not a directory"
     if isinstance(exc, PermissionError):
         return EXIT_USAGE, f"{exc.filename}: permission denied"
+    import sqlite3
+
     from ._control import NotRunning
     from ._store import StoreError
+
+    if isinstance(exc, sqlite3.DatabaseError):  # past the header: a page damaged deeper in the file
+        return EXIT_FAIL, f"the node's database is damaged ({exc}): restore it from a backup"
 
     # NotRunning says how to start the node; a StoreError what is wrong with the database.
     if isinstance(exc, (p.ShardnetError, Failure, OSError, NotRunning, StoreError)):

@@ -44,7 +44,7 @@ from ._requests import Request
 from ._shard import HpkePrivateKey
 
 REPUBLISH = 3.0  # the first gap before the request is published again; each gap doubles...
-REPUBLISH_MAX = 60.0  # ...up to this
+REPUBLISH_MAX = 15.0  # ...up to this (a connected approver that missed every copy waits for one)
 RETRY = 1.0
 TICK = 1.0  # the longest the machine sleeps while it waits for something
 

@@ -113,7 +113,7 @@ def _enough_descriptors(nodes: int) -> None:
     want = need if hard == resource.RLIM_INFINITY else min(need, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     if want < need:
-        raise RuntimeError(f"{nodes} node processes need {need} open files here; the limit is {hard} "
+        raise ClusterFailed(f"{nodes} node processes need {need} open files here; the limit is {hard} "
                            "(ulimit -n)")
 
 

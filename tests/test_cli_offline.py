@@ -297,3 +297,16 @@ def test_key_show_of_a_keyset_past_year_9999_works_and_json_builds_no_text(
     assert code == 0 and json.loads(out)["not_after"] == far, err
     code, out, err = run("key", "show", "--home", str(home), keyset.id_hex, capsys=capsys)
     assert code == 0 and f"{far} (unix time)" in out, err
+
+
+def test_of_two_files_of_one_index_the_one_that_matches_the_commitments_is_used(
+    split_dir: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "share-1-bad.txt"
+    bad.write_text(pathlib.Path(shares(split_dir, 1)[0]).read_text())
+    corrupt(str(bad))  # parses, checksum and all, but its value is off
+    out = tmp_path / "k.bin"
+    code, _, err = run("combine", "--keyset", str(split_dir / "keyset.txt"), str(bad), *shares(split_dir, 1, 2, 3),
+                       "--out", str(out), capsys=capsys)
+    assert code == 0 and out.read_bytes() == KEY, err  # exactly t good files, the bad copy first
+    assert f"{bad}: does not match the keyset's commitments (index 1" in err

@@ -135,7 +135,13 @@ def test_an_import_cut_off_by_a_crash_is_finished_by_its_token_never_made_twice(
     after = {k["keyset"] for k in cluster.control("frankfurt", "key-list")}
     assert after - before == {d["keyset"]}  # one keyset, not two
     r = run_cli("key", "import", "--home", home, "--in", str(key), "-t", "2", "-n", "5", "--token", token)
-    assert r.returncode == 2 and f"made keyset {d['keyset']} with other parameters" in r.stderr, r.stderr
+    assert r.returncode == 2 and f"made keyset {d['keyset']} with other options" in r.stderr, r.stderr
+    (tmp_path / "longer.key").write_bytes(key.read_bytes() + b"x")
+    r = run_cli("key", "import", "--home", home, "--in", str(tmp_path / "longer.key"), "-t", "3", "-n", "5",
+                "--token", token)
+    assert r.returncode == 2 and "a key of another length" in r.stderr, r.stderr
+    r = run_cli("key", "import", "--home", home, "--in", str(key), "-t", "3", "-n", "5", "--token", token)
+    assert r.returncode == 0 and "already imported with token" in r.stdout, r.stdout  # said in the text too
     cluster.wait_directory()
 
 

@@ -736,8 +736,23 @@ def test_expired_requests_are_pruned_with_their_votes_and_live_ones_counted(stor
         rid = f"{i:032x}"
         assert store.put_request(rid, "ab" * 16, requester, b"rec", created=1, not_after=not_after, now=1)
         store.put_vote(rid, "approver", "approve", b"vote", now=1)
-    assert store.live_requests("r1", 150) == 2 and store.live_requests("r2", 150) == 1
+        store.put_equivocation(rid, "liar", b"yes", b"no", now=1, audit=event("equivocation"))
+    store.set_request_outcome(f"{3:032x}", "reconstructed")
+    assert store.live_requests("r1", 150) == 2 and store.live_requests("r2", 150) == 0  # r2's is over
+    assert store.equivocations(f"{0:032x}") == [(b"yes", b"no")]
     assert store.prune_requests(before=201) == 2  # those that expired before 201
     assert sorted(r["request_id"] for r in store.requests()) == [f"{2:032x}", f"{3:032x}"]
     assert store.votes(f"{0:032x}") == [] and store.votes(f"{2:032x}") == [b"vote"]
+    assert store.equivocations(f"{0:032x}") == [] and store.equivocations(f"{2:032x}") == [(b"yes", b"no")]
     assert store.prune_requests(before=201) == 0
+
+
+def test_an_owners_holdings_count_the_keysets_whose_shards_are_still_here(store: Store) -> None:
+    for kid in ("ks-aaaa", "ks-bbbb"):
+        store.put_keyset(keyset(kid, role="custodian"), now=NOW)
+        store.put_held_shard(kid, 0, 1, sealed=b"s" * 100, meta=b"m" * 10, now=NOW, audit=event("store"))
+    count, size = store.owner_holdings("owner-peer")
+    assert count == 2 and size == 2 * (100 + 10) + len(b"record:ks-aaaa") + len(b"record:ks-bbbb")
+    store.erase_older("ks-aaaa", 1, [], now=NOW)  # its shards erased (a refresh, a reshare away)
+    assert store.owner_holdings("owner-peer") == (1, 110 + len(b"record:ks-bbbb"))
+    assert store.owner_holdings("someone-else") == (0, 0)
