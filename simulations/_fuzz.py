@@ -20,7 +20,7 @@ import pathlib
 import random
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,7 +190,7 @@ async def _handlers_campaign(root: pathlib.Path, per_target: int, seed: int,
                 out.inputs += 1
                 try:
                     with trio.fail_after(30):
-                        await _call(handler, remote, data)
+                        await handler(remote, data)
                 except tx.RequestRejected:
                     out.refused += 1
                 except Exception as exc:  # noqa: BLE001 - the finding itself
@@ -198,10 +198,6 @@ async def _handlers_campaign(root: pathlib.Path, per_target: int, seed: int,
             say(f"{name}: {out.inputs} inputs ({len(frames.get(protocol, []))} seeds), {len(out.findings)} findings")
             outcomes.append(out)
     return outcomes
-
-
-async def _call(handler: Callable[[str, bytes], Awaitable[bytes]], remote: str, data: bytes) -> None:
-    await handler(remote, data)
 
 
 async def _quiet(_: Any) -> None:

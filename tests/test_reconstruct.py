@@ -3,6 +3,7 @@ cheater identification, and custodians that refuse to release without quorum."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -116,6 +117,26 @@ def admit_everywhere(c: LocalCluster, key: Any, *, country: str, timeout: float 
             time.sleep(0.1)
 
 
+@contextlib.contextmanager
+def running_as(c: LocalCluster, name: str, command: list[str]) -> Iterator[None]:
+    """Node ``name`` runs ``command`` (a test-only entry point) meanwhile, then itself again."""
+    c.stop(name)
+    c.start(name, command=command)
+    try:
+        c.wait_directory()
+        yield
+    finally:
+        c.stop(name)
+        c.start(name)
+        c.wait_directory()
+
+
+def named_last(c: LocalCluster, name: str = "frankfurt") -> dict[str, Any]:
+    """The last cheater entry of ``name``'s audit log."""
+    with c.nodes[name].home.open_store() as store:
+        return [e.body for e in store.audit_entries() if e.kind == "cheater"][-1]
+
+
 def releases(c: LocalCluster, name: str) -> list[dict]:
     with c.nodes[name].home.open_store() as store:
         return [e.body for e in store.audit_entries() if e.kind == "release"]
@@ -163,22 +184,14 @@ def test_a_lying_custodian_is_named_and_the_key_still_comes_back(
 ) -> None:
     """A liar process over real libp2p (unwrap; both modes are on the grid)."""
     c, root = net
-    mode = "unwrap"
-    c.stop("sydney")
-    c.start("sydney", command=LIAR)
-    try:
-        code, res, err, _ = reconstruct(c, root, keyset, mode=mode)
+    with running_as(c, "sydney", LIAR):
+        code, res, err, _ = reconstruct(c, root, keyset, mode="unwrap")
         assert code == 0, err
         sydney = c.nodes["sydney"].peer_id
         assert [b["custodian"] for b in res["invalid"]] == [sydney]
         assert "custodian sydney" in err and "invalid" in err
-        with c.nodes["frankfurt"].home.open_store() as store:
-            named = [e.body for e in store.audit_entries() if e.kind == "cheater"]
-        assert named[-1]["custodian"] == sydney and named[-1]["request"] == res["request"]
-    finally:
-        c.stop("sydney")
-        c.start("sydney")
-        c.wait_directory()
+        last = named_last(c)
+        assert (last["custodian"], last["request"]) == (sydney, res["request"])
 
 
 def test_a_custodian_that_signed_for_a_shard_it_dropped_is_named_by_the_owner(
@@ -188,10 +201,7 @@ def test_a_custodian_that_signed_for_a_shard_it_dropped_is_named_by_the_owner(
     its release, it answers (signed) that it holds no share; beside its receipt, which the
     owner keeps, that names it."""
     c, root = net
-    c.stop("sydney")
-    c.start("sydney", command=RECEIPT_LIAR)
-    try:
-        c.wait_directory()
+    with running_as(c, "sydney", RECEIPT_LIAR):
         ks = import_keyset(c, root)
         with c.nodes["sydney"].home.open_store() as store:
             assert store.keyset(ks) is not None and store.held_shards(ks) == []
@@ -201,13 +211,8 @@ def test_a_custodian_that_signed_for_a_shard_it_dropped_is_named_by_the_owner(
         [bad] = res["invalid"]
         assert bad["custodian"] == sydney, res["invalid"]
         assert "signed a receipt for index" in bad["detail"] and "holds none at epoch 0" in bad["detail"], bad
-        with c.nodes["frankfurt"].home.open_store() as store:
-            named = [e.body for e in store.audit_entries() if e.kind == "cheater"]
-        assert named[-1]["custodian"] == sydney and named[-1]["request"] == res["request"]
-    finally:
-        c.stop("sydney")
-        c.start("sydney")
-        c.wait_directory()
+        last = named_last(c)
+        assert (last["custodian"], last["request"]) == (sydney, res["request"])
 
 
 def test_a_custodian_from_before_no_shard_answers_is_asked_on_release_1(
@@ -216,18 +221,11 @@ def test_a_custodian_from_before_no_shard_answers_is_asked_on_release_1(
     """A node of an older release speaks /shardnet/release/1 alone: the requester falls back
     to it, and the old node's release counts like any other."""
     c, root = net
-    c.stop("sydney")
-    c.start("sydney", command=V1_NODE)
-    try:
-        c.wait_directory()
+    with running_as(c, "sydney", V1_NODE):
         code, res, err, _ = reconstruct(c, root, keyset)
         assert code == 0, err
         assert res["invalid"] == []
         assert [r["request"] for r in releases(c, "sydney")].count(res["request"]) == 1
-    finally:
-        c.stop("sydney")
-        c.start("sydney")
-        c.wait_directory()
 
 
 def test_custodians_refuse_every_bad_release_request(net: tuple[LocalCluster, pathlib.Path]) -> None:
