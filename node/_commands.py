@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 from shardnet import protocol as p
-from shardnet.protocol._requests import MAX_LIFETIME
 
 from ._cli_base import (
     EXIT_FAIL,
@@ -167,8 +166,8 @@ def _round_timeout(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 1 <= v <= MAX_LIFETIME:  # NaN too
-        raise argparse.ArgumentTypeError(f"from 1 to {MAX_LIFETIME} seconds (a day, a request's lifetime), got {text}")
+    if not 1 <= v <= p.MAX_REQUEST_LIFETIME:  # NaN too
+        raise argparse.ArgumentTypeError(f"from 1 to {p.MAX_REQUEST_LIFETIME} seconds (a day, a request's lifetime), got {text}")
     return v
 
 

@@ -26,7 +26,6 @@ from shardnet import protocol as p
 from shardnet.protocol import Request, wire
 from shardnet.protocol import epoch_records as er
 from shardnet.protocol import release_round as rr
-from shardnet.protocol._requests import MAX_LIFETIME
 
 from . import _transport as tx
 from ._control_server import ControlError
@@ -117,8 +116,8 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
     keyset, status, fetched = await _keyset(node, str(args["keyset"]).strip().lower(), emit)
     mode = str(args.get("mode") or "unwrap")
     timeout = float(args.get("timeout", 60))
-    if not 1 <= timeout <= MAX_LIFETIME:  # a request lives a day at most
-        raise ValueError(f"timeout: from 1 to {MAX_LIFETIME} seconds, got {args.get('timeout')!r}")
+    if not 1 <= timeout <= p.MAX_REQUEST_LIFETIME:  # a request lives a day at most
+        raise ValueError(f"timeout: from 1 to {p.MAX_REQUEST_LIFETIME} seconds, got {args.get('timeout')!r}")
     now = node.now()
     ephemeral = p.HpkePrivateKey.generate("x25519", node.rng)
     request = Request.make(node.key, keyset_id=keyset.keyset_id, mode=mode, reason=str(args.get("reason") or ""),

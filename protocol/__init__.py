@@ -67,6 +67,7 @@ from ._quorum import State as TallyState
 from ._reconstruct import ReconstructionFailed, Session
 from ._records import Delivery, Descriptor, Receipt, b58decode, b58encode, peer_id_of, public_key_of
 from ._release_round import ReleaseRound
+from ._requests import MAX_LIFETIME as MAX_REQUEST_LIFETIME
 from ._requests import NoShard, Release, Request, Vote, partial_payload, share_payload
 from ._shard import (
     HpkeOpener,
@@ -95,7 +96,7 @@ from ._vss import (
 )
 
 __all__ = [
-    "DEFAULT_POLICY", "KEMS", "MAX_ARMOR_FILE", "MAX_MASTER", "MAX_SHARES",
+    "DEFAULT_POLICY", "KEMS", "MAX_ARMOR_FILE", "MAX_MASTER", "MAX_REQUEST_LIFETIME", "MAX_SHARES",
     "AuditChainBroken", "DecryptionFailed", "DuplicateShare", "InvalidPartial", "InvalidPoint",
     "InvalidShare", "InvalidShares", "InvalidSignature", "MalformedEncoding", "MixedShares",
     "PolicyError", "ReconstructionFailed", "ReleaseDenied", "RemoteProtocolError", "ShardExpired",
