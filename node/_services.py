@@ -328,7 +328,8 @@ class Custodian:
             raise p.MalformedEncoding("shard metadata and keyset disagree on t, n or the policy")
         value = share.value  # verified; only the sealed form is ever stored
         current = self.store.keyset(keyset.id_hex)
-        if self.store.held_shard(keyset.id_hex, meta.epoch, meta.index) is None:
+        held = self.store.held_shard(keyset.id_hex, meta.epoch, meta.index)
+        if held is None:
             holds_one = bool(self.store.held_shards(keyset.id_hex))
             self._within_quota(peer_id_of(cover.owner), adding=len(sealed) + len(meta.signed)
                                + (0 if holds_one else len(keyset.signed)), new_keyset=not holds_one)
@@ -338,7 +339,6 @@ class Custodian:
             raise p.MixedShares(f"the shard is of epoch {meta.epoch}; the keyset is at epoch {now_at}")
         if current is not None:  # the delivery may carry the owner's amendment (a shard re-placed)
             amend_record(self.store, self.key, p.Keyset.from_bytes(current["record"]), keyset, now)
-        held = self.store.held_shard(keyset.id_hex, meta.epoch, meta.index)
         if held is not None and self._same_share(held["sealed"], sealed, value, now):
             return "already-held"
         del share, value

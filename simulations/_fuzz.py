@@ -50,6 +50,10 @@ class Outcome:
     findings: list[Finding] = field(default_factory=list)
 
 
+def _finding(target: str, exc: BaseException, data: bytes) -> Finding:
+    return Finding(target, f"{type(exc).__name__}: {exc}"[:300], data)
+
+
 def mutate(rng: random.Random, seed: bytes, others: list[bytes]) -> bytes:
     """One seeded mutation of ``seed``."""
     data = bytearray(seed)
@@ -148,7 +152,7 @@ def fuzz_decoders(per_target: int, seed: int, say: Callable[[str], None] = lambd
             except (p.ShardnetError, ValueError):
                 out.refused += 1
             except Exception as exc:  # noqa: BLE001 - the finding itself
-                out.findings.append(Finding(name, f"{type(exc).__name__}: {exc}"[:300], data))
+                out.findings.append(_finding(name, exc, data))
         say(f"{name}: {out.inputs} inputs, {len(out.findings)} findings")
         outcomes.append(out)
     return outcomes
@@ -194,7 +198,7 @@ async def _handlers_campaign(root: pathlib.Path, per_target: int, seed: int,
                 except tx.RequestRejected:
                     out.refused += 1
                 except Exception as exc:  # noqa: BLE001 - the finding itself
-                    out.findings.append(Finding(name, f"{type(exc).__name__}: {exc}"[:300], data))
+                    out.findings.append(_finding(name, exc, data))
             say(f"{name}: {out.inputs} inputs ({len(frames.get(protocol, []))} seeds), {len(out.findings)} findings")
             outcomes.append(out)
     return outcomes
@@ -222,7 +226,7 @@ def replay(corpus: pathlib.Path = CORPUS) -> list[Finding]:
             except (p.ShardnetError, ValueError):
                 continue
             except Exception as exc:  # noqa: BLE001 - a regression
-                found.append(Finding(name, f"{type(exc).__name__}: {exc}"[:300], data))
+                found.append(_finding(name, exc, data))
     return found
 
 

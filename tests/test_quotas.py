@@ -22,6 +22,17 @@ def in_virtual_time(fn):  # type: ignore[no-untyped-def]
     return trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+async def flood(grid: Grid, victim: int, keys: list[bytes], others: tuple[int, int] = (2, 3)) -> list[dict]:
+    """Node 0 imports each key onto ``victim`` and two others; the victim's shard of each."""
+    custodians = [grid.nodes[i].peer_id for i in (victim, *others)]
+    mine = []
+    for key in keys:
+        res = await grid.nodes[0].commands()["key-import"](
+            {"key": base64.b64encode(key).decode(), "threshold": 2, "shares": 3, "custodians": custodians}, _quiet)
+        mine.append(next(s for s in res["shards"] if s["custodian"] == custodians[0]))
+    return mine
+
+
 def test_an_owner_flooding_a_custodian_stops_at_its_keyset_quota(tmp_path: pathlib.Path) -> None:
     async def main() -> None:
         grid = Grid(tmp_path, 5, seed=11)
@@ -30,13 +41,8 @@ def test_an_owner_flooding_a_custodian_stops_at_its_keyset_quota(tmp_path: pathl
             victim = grid.nodes[1]
             victim.custodian.limits = Limits(keysets_per_owner=4)
             owner = grid.nodes[0].peer_id
-            states = []
-            for i in range(7):
-                res = await grid.nodes[0].commands()["key-import"](
-                    {"key": base64.b64encode(b"flood %d" % i).decode(), "threshold": 2, "shares": 3,
-                     "custodians": [victim.peer_id, grid.nodes[2].peer_id, grid.nodes[3].peer_id]}, _quiet)
-                mine = next(s for s in res["shards"] if s["custodian"] == victim.peer_id)
-                states.append((mine["state"], mine["last_error"] or ""))
+            states = [(s["state"], s["last_error"] or "") for s in await flood(grid, 1, [b"flood %d" % i
+                                                                                      for i in range(7)])]
             assert [s for s, _ in states] == ["delivered"] * 4 + ["refused"] * 3, states
             assert all("limits.keysets_per_owner" in why for s, why in states if s == "refused")
             count, size = victim.store.owner_holdings(owner)
@@ -55,12 +61,7 @@ def test_an_owner_past_its_byte_quota_is_refused_too(tmp_path: pathlib.Path) -> 
             await grid.wait_directory()
             victim = grid.nodes[1]
             victim.custodian.limits = Limits(bytes_per_owner=6000)
-            states = []
-            for i in range(6):
-                res = await grid.nodes[0].commands()["key-import"](
-                    {"key": base64.b64encode(b"b" * 32 + bytes([i])).decode(), "threshold": 2, "shares": 3,
-                     "custodians": [victim.peer_id, grid.nodes[2].peer_id, grid.nodes[3].peer_id]}, _quiet)
-                states.append(next(s["state"] for s in res["shards"] if s["custodian"] == victim.peer_id))
+            states = [s["state"] for s in await flood(grid, 1, [b"b" * 32 + bytes([i]) for i in range(6)])]
             assert "refused" in states and states.index("refused") >= 1, states
             assert victim.store.owner_holdings(grid.nodes[0].peer_id)[1] <= 6000
     in_virtual_time(main)
