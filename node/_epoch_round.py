@@ -318,14 +318,40 @@ async def _drive(node: NodeRuntime, machine: ep.EpochRound, base: p.Keyset,
     return end
 
 
+class Returning:
+    """Peers that connected since :func:`notice_loop` last looked: the commits owed to
+    them go out at once, not at the next pass (a holder that missed a commit while it was
+    down would answer requests from the old epoch meanwhile)."""
+
+    def __init__(self) -> None:
+        self.peers: set[str] = set()
+        self.event = trio.Event()
+
+    def back(self, peer: str) -> None:
+        self.peers.add(peer)
+        self.event.set()
+
+    def take(self) -> set[str]:
+        peers, self.peers, self.event = self.peers, set(), trio.Event()
+        return peers
+
+
 async def notice_loop(node: NodeRuntime) -> None:
-    """Hand the commits still owed to participants that were away, and keep their receipts;
-    drop the shares kept for rounds that passed their deadline without a commit."""
+    """Hand the commits still owed to participants that were away, and keep their receipts:
+    a participant's as soon as it connects, every one each NOTICE_EVERY seconds; drop the
+    shares kept for rounds that passed their deadline without a commit."""
+    full_at = trio.current_time() + NOTICE_EVERY
     while True:
-        await trio.sleep(NOTICE_EVERY)
-        node.store.drop_pending_shares(deadline_before=node.now() - wire.MAX_CLOCK_SKEW)
+        with trio.move_on_at(full_at):
+            await node.returning.event.wait()
+        only: set[str] | None = node.returning.take()
+        if trio.current_time() >= full_at:
+            full_at, only = trio.current_time() + NOTICE_EVERY, None
+            node.store.drop_pending_shares(deadline_before=node.now() - wire.MAX_CLOCK_SKEW)
         for row in node.store.epoch_notices():
             peer, kid, epoch = row["peer"], row["keyset_id"], row["epoch"]
+            if only is not None and peer not in only:
+                continue
             record = next((bytes(r["record"]) for r in node.store.epochs(kid) if r["epoch"] == epoch), b"")
             rec = er.EpochRecord.parse(record) if record else None
             if row["attempts"] >= MAX_NOTICE_ATTEMPTS or rec is None or not rec.fresh(node.now()):

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 _VOTES = object()  # "the tally may have changed", on the round's inbox
+STALE_ROUNDS = 3  # rounds one request may take when each finds the holders at a newer epoch
 
 
 async def _keyset(node: NodeRuntime, ref: str, emit: Emit) -> tuple[p.Keyset, str | None, dict[str, Any] | None]:
@@ -85,7 +86,7 @@ def _told_of_epochs(node: NodeRuntime, view: p.Keyset) -> bool:
             or er.AuthorityRule.of(view).is_authority(me) or me == p.peer_id_of(view.owner))
 
 
-async def _newest(node: NodeRuntime, view: p.Keyset, status: str,
+async def _newest(node: NodeRuntime, view: p.Keyset, status: str | None,
                   emit: Emit) -> tuple[p.Keyset, str | None, dict[str, Any] | None]:
     """``view``, or the network's record if that is at a later epoch."""
     await emit({"kind": "fetch", "keyset": view.id_hex})
@@ -128,17 +129,32 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
                                         "reason": request.reason}, now, node.key)
     names = {d.peer_id: d.name for d in node.directory.all()}
     start = trio.current_time()
-    machine = rr.ReleaseRound(keyset, request, ephemeral, deadline=start + timeout, timeout=timeout, names=names,
-                              receipts=_receipts(node, keyset))
     await emit({"kind": "request", "request": request.id, "keyset": keyset.id_hex, "mode": mode})
+    named: list[tuple[str, str]] = []
     try:
-        end, verify_s = await _drive(node, machine, request, emit)
+        for _ in range(STALE_ROUNDS):
+            machine = rr.ReleaseRound(keyset, request, ephemeral, deadline=start + timeout, timeout=timeout,
+                                      names=names, receipts=_receipts(node, keyset))
+            end, verify_s = await _drive(node, machine, request, emit)
+            named += [b for b in end.bad if b not in named]
+            if not isinstance(end, rr.Stale):
+                break
+            # This node missed a commit (it was down, say): the holders are at a newer epoch.
+            # The same request and votes, asked again with the network's newer record.
+            newer, status, source = await _newest(node, keyset, status, emit)
+            if newer.epoch < end.epoch:
+                end = rr.Failed(f"holders answer at epoch {end.epoch}, newer than this node's record of the keyset "
+                                f"(epoch {keyset.epoch}), and no record of that epoch could be fetched", end.bad)
+                break
+            keyset, fetched = newer, source or fetched
+        else:
+            end = rr.Failed(f"the keyset's epoch kept moving during the request (now {keyset.epoch})", end.bad)
     except BaseException:
         # The CLI went away (Ctrl-C) or a bug: the request ends failed, on record.
         _finish(node, request, "failed", [], reason="the round was interrupted")
         raise
     finished = trio.current_time()
-    bad = [{"custodian": peer, "name": names.get(peer, ""), "detail": detail} for peer, detail in end.bad]
+    bad = [{"custodian": peer, "name": names.get(peer, ""), "detail": detail} for peer, detail in named]
     if isinstance(end, rr.Failed):
         _finish(node, request, "failed", bad, reason=end.message)
         _fail(end.message)
@@ -157,12 +173,12 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
 
 
 async def _drive(node: NodeRuntime, machine: rr.ReleaseRound, request: Request,
-                 emit: Emit) -> tuple[rr.Succeeded | rr.Failed, float]:
+                 emit: Emit) -> tuple[rr.Succeeded | rr.Failed | rr.Stale, float]:
     """Run the round to its end; return the final effect and the seconds spent verifying."""
     send, inbox = trio.open_memory_channel[Any](math.inf)
     verify_s = 0.0
     wake = trio.current_time()
-    end: rr.Succeeded | rr.Failed | None = None
+    end: rr.Succeeded | rr.Failed | rr.Stale | None = None
 
     async def ask(peer: str, votes: tuple[bytes, ...]) -> None:
         event: rr.Event

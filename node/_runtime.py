@@ -39,7 +39,7 @@ from ._control_commands import command_table
 from ._control_server import Command, bind_control, serve_control
 from ._directory_loops import DirectoryLoops
 from ._epoch_batcher import EpochBatcher
-from ._epoch_round import notice_loop
+from ._epoch_round import Returning, notice_loop
 from ._epochs import EpochService
 from ._feeds import Feeds
 from ._files import write_atomic
@@ -119,9 +119,15 @@ class NodeRuntime:
         self.membership: MembershipLoops
         self.rules_loops: RulesLoops
         self.epoch_batcher: EpochBatcher
+        self.returning: Returning
 
     def now(self) -> int:
         return int(self.clock())
+
+    def _connected(self, peer: str) -> None:
+        """``peer`` is reachable (again): what is owed to it goes out now."""
+        self.outbox.peer_back(peer)
+        self.returning.back(peer)
 
     def admits_member(self, peer: str) -> bool:
         """Whether ``peer`` holds an admission now (an authority alone does not)."""
@@ -148,9 +154,10 @@ class NodeRuntime:
         self.membership = MembershipLoops(self.members, self.links, self.clock, on_admitted=self.outbox.peer_back)
         self.rules_loops = RulesLoops(self.rules, self.links, self.clock, self.rng)
         self.epoch_batcher = EpochBatcher(self.links)
+        self.returning = Returning()
         self.peering = DirectoryLoops(self.directory, self.links, describe=self._descriptor, clock=self.clock,
                                       rng=self.rng, bootstrap=self.bootstrap,
-                                      on_readdressed=self.outbox.peer_back, on_connected=self.outbox.peer_back,
+                                      on_readdressed=self.outbox.peer_back, on_connected=self._connected,
                                       on_new_peer=self._new_peer,
                                       first_pull=self.membership.pull_from, on_outsiders=self.membership.gate,
                                       member=lambda: self.members.view.may_connect(self.peer_id, self.now()))

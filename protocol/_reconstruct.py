@@ -111,6 +111,7 @@ class Session:
         self.shares: dict[int, Share] = {}
         self.bad: list[tuple[str, str]] = []
         self.denied: set[str] = set()  # the invalid that denied a share they signed for
+        self.newer: int | None = None  # the newest epoch a holder answered at, if newer than the record's
 
     @property
     def needed(self) -> int:
@@ -172,6 +173,11 @@ class Session:
             return
         try:
             rel = Release.from_bytes(data, custodian=peer)
+            if (rel.request_id, rel.keyset_id, rel.mode) == (self.request.id, self.keyset.keyset_id,
+                                                             self.request.mode) and rel.epoch != self.keyset.epoch:
+                # Not a lie: one of the two missed a commit. That share cannot be checked here.
+                self._other_epoch(h, rel.epoch)
+                return
             if (rel.request_id, rel.keyset_id, rel.epoch, rel.mode) != (
                 self.request.id, self.keyset.keyset_id, self.keyset.epoch, self.request.mode
             ):
@@ -217,7 +223,30 @@ class Session:
                                   f"and now says it {said}")
             self.denied.add(h.peer)
         elif h.state is _H.ASKED:  # no receipt of its to hold against it, or its view is newer
-            h.move(_H.REFUSED, f"says it {said}")
+            if d.epoch is not None and d.epoch > self.keyset.epoch:
+                self._newer(h, d.epoch, f"says it {said}")
+            else:
+                h.move(_H.REFUSED, f"says it {said}")
+
+    def _other_epoch(self, h: Holder, epoch: int) -> None:
+        """``h`` released a share of another epoch: a refusal here. An older one: it has
+        not applied a commit yet. A newer one: this record has not, and the round ends
+        :class:`Stale` if it is short of t."""
+        if epoch > self.keyset.epoch:
+            self._newer(h, epoch, f"answers at epoch {epoch}, newer than this record's epoch {self.keyset.epoch}")
+        elif h.state is _H.ASKED:
+            h.move(_H.REFUSED, f"answers at epoch {epoch}: it has not applied epoch {self.keyset.epoch} yet")
+        else:
+            self._invalid(h.peer, f"released a share at epoch {self.keyset.epoch}, and one at epoch {epoch}")
+
+    def _newer(self, h: Holder, epoch: int, detail: str) -> None:
+        """``h`` answers from an epoch after this record's: a refusal here, and a sign that
+        the record is stale."""
+        self.newer = max(epoch, self.newer or 0)
+        if h.state is _H.ASKED:
+            h.move(_H.REFUSED, detail)
+        else:  # it released a share of this epoch, and now answers from another
+            self._invalid(h.peer, f"released a share at epoch {self.keyset.epoch}, and {detail}")
 
     def result(self) -> bytes:
         if not self.complete():

@@ -13,6 +13,8 @@ Round states, and the only moves allowed between them (:data:`ROUND_MOVES`)::
     ASKING  --t valid answers in, and every ask answered---> SUCCEEDED
     ASKING  --t valid answers in, deadline-----------------> SUCCEEDED
     ASKING  --deadline, or nobody left worth asking--------> FAILED
+    ASKING  --every ask answered, short of t, and a holder
+              answered at a newer epoch than the record's----> FAILED (Stale)
     SUCCEEDED, FAILED: final; a further event raises RoundOver
 
 While WAITING the request is published again (gossip is lossy): REPUBLISH
@@ -160,7 +162,17 @@ class Failed:
     bad: tuple[tuple[str, str], ...]
 
 
-Effect = Publish | Ask | Progress | WakeAt | Succeeded | Failed
+@dataclass(frozen=True)
+class Stale:
+    """Holders answered at ``epoch``, newer than the round's record, and t valid answers
+    at the record's epoch are out of reach: the node fetches the newer record and runs a
+    new round for the same request."""
+
+    epoch: int
+    bad: tuple[tuple[str, str], ...]
+
+
+Effect = Publish | Ask | Progress | WakeAt | Succeeded | Failed | Stale
 
 
 class ReleaseRound:
@@ -257,6 +269,9 @@ class ReleaseRound:
             return  # every answer asked for is heard, so that a liar among them is named
         if self.session.complete():
             self._succeed(now, out)
+        elif self.session.newer is not None:  # asking again at this epoch cannot help
+            self._move(_R.FAILED)
+            out.append(Stale(self.session.newer, tuple(self.session.bad)))
         else:
             self._retry_at = now + RETRY
 

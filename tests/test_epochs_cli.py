@@ -264,6 +264,37 @@ def test_sigkill_of_a_holder_mid_round_leaves_the_key_reconstructable(
     c.start(victim)
 
 
+def test_a_holder_that_missed_a_commit_coordinates_a_reconstruction_with_the_newer_record(
+        net: tuple[LocalCluster, pathlib.Path]) -> None:
+    """A holder away during a refresh still has the old epoch; with the owner (who owes it
+    the commit) down too, it asks the holders, hears them answer from the newer epoch, and
+    fetches that record instead of naming them cheaters."""
+    c, root = net
+    running = sorted(n for n in c.nodes if c.nodes[n].running and n != "frankfurt")
+    d = import_key(c, root, "--custodians", ",".join(c.nodes[n].peer_id for n in running[:5]))
+    ks = d["keyset"]
+    victim, *others = holders(c, d)
+    c.stop(victim)
+    try:
+        code, res, err = epoch_cli(c, "frankfurt", "refresh", ks, "--timeout", "20")
+        assert code == 0 and res["epoch"] == 1, err
+    finally:
+        c.stop("frankfurt")  # the commit it owes the victim stays with it
+        c.start(victim)
+    try:
+        with c.nodes[victim].home.open_store() as store:
+            assert store.latest_epoch(ks) is None and [h["epoch"] for h in store.held_shards(ks)] == [0]
+        code, out, err, _ = reconstruct(c, root, ks, approvers=(victim, *others[:2]), coordinator=victim)
+        assert code == 0 and out["invalid"] == [], err
+        assert out["fetched_record"] is not None  # the network's record, at epoch 1
+        with c.nodes[victim].home.open_store() as store:
+            fetched = [e.body for e in store.audit_entries() if e.kind == "fetched" and e.body["keyset"] == ks]
+        assert fetched and fetched[-1]["epoch"] == 1 and fetched[-1]["stale_epoch"] == 0
+    finally:
+        c.start("frankfurt")
+        c.wait_directory()
+
+
 def test_two_of_three_authorities_reshare_with_the_owner_stopped(net: tuple[LocalCluster, pathlib.Path]) -> None:
     c, root = net
     running = sorted(n for n in c.nodes if c.nodes[n].running and n != "frankfurt")

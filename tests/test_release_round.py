@@ -23,6 +23,7 @@ from shardnet.protocol._release_round import (
     ReleaseRound,
     RoundOver,
     RoundState,
+    Stale,
     Start,
     Succeeded,
     Tick,
@@ -162,6 +163,7 @@ class RoundMachine(RuleBasedStateMachine):
         self.good = releases(self.keyset, shares, self.req)
         wrong = [dataclasses.replace(s, value=s.value + 1) for s in shares]
         self.lies = releases(self.keyset, wrong, self.req)
+        self.newer = releases(*at_epoch(self.keyset, shares, 1), self.req)  # a commit this record missed
         self.now = T0
         self.effects = self.rnd.handle(Start(), self.now)
         self.effects += self.rnd.handle(VotesSeen(tally_of(self.keyset, self.req, [vote("a", self.req),
@@ -171,11 +173,13 @@ class RoundMachine(RuleBasedStateMachine):
 
     def feed(self, event: object) -> None:
         out = self.rnd.handle(event, self.now)  # type: ignore[arg-type]
-        self.finished += sum(isinstance(e, Succeeded | Failed) for e in out)
+        self.finished += sum(isinstance(e, Succeeded | Failed | Stale) for e in out)
         for e in out:
             if isinstance(e, Succeeded):
                 assert e.master == b"the master key"
-            if isinstance(e, Succeeded | Failed):
+            if isinstance(e, Stale):
+                assert e.epoch == 1 and self.rnd.session.newer == 1
+            if isinstance(e, Succeeded | Failed | Stale):
                 assert {b[0] for b in e.bad} <= self.ever_invalid  # only a holder that lied is named
         self.effects += out
 
@@ -183,14 +187,14 @@ class RoundMachine(RuleBasedStateMachine):
         return self.rnd.state is RoundState.ASKING
 
     @precondition(lambda self: self.live() and self.rnd.in_flight)
-    @rule(data=st.data(), what=st.sampled_from(["good", "lie", "refused", "unreachable", "none"]))
+    @rule(data=st.data(), what=st.sampled_from(["good", "lie", "refused", "unreachable", "none", "newer"]))
     def answer(self, data: st.DataObject, what: str) -> None:
         peer = data.draw(st.sampled_from(sorted(self.rnd.in_flight)))
         name = next(n for n, pid in PEER.items() if pid == peer)
         none = NoShard.make(KEYS[name], self.req, epoch=data.draw(st.sampled_from([None, 0, 1]))).signed
         event = {"good": Released(peer, (self.good[name],)), "lie": Released(peer, (self.lies[name],)),
                  "refused": Refused(peer, "not yet"), "unreachable": Unreachable(peer, "down"),
-                 "none": Released(peer, (none,))}[what]
+                 "none": Released(peer, (none,)), "newer": Released(peer, (self.newer[name],))}[what]
         if what == "lie" or what == "none" and peer in self.receipted and NoShard.from_bytes(none).epoch != 1:
             self.ever_invalid.add(peer)
         self.feed(event)
@@ -301,6 +305,52 @@ def test_a_no_shard_answer_without_a_receipt_or_from_a_newer_epoch_is_a_refusal(
     assert rnd.session.bad == []
     assert "holds no share of this keyset at epoch 1" in rnd.session.holders[PEER["c"]].detail
     assert not [e for e in out if isinstance(e, Failed)]
+
+
+def at_epoch(keyset: p.Keyset, shares: list[p.Share], epoch: int) -> tuple[p.Keyset, list[p.Share]]:
+    """The same polynomial, labelled ``epoch``: what a holder of a later epoch signs (it is
+    never verified: the round's record is of the earlier one)."""
+    return dataclasses.replace(keyset, epoch=epoch), [dataclasses.replace(s, epoch=epoch) for s in shares]
+
+
+def test_holders_at_a_newer_epoch_end_the_round_stale_and_are_never_named() -> None:
+    """A requester whose record missed a commit (it was down) hears the holders answer at a
+    newer epoch: not lies. The round ends so that the node fetches the newer record."""
+    keyset, shares, req, rnd = asking(lambda ks: (receipt(ks, "a", 1),))
+    newer = releases(*at_epoch(keyset, shares, 1), req)
+    for n in "abc":
+        assert rnd.handle(Released(PEER[n], (newer[n],)), T0 + 2)[-1:] != [Stale(1, ())]
+    rnd.handle(Released(PEER["d"], (NoShard.make(KEYS["d"], req, epoch=2).signed,)), T0 + 2)
+    assert rnd.session.bad == [] and rnd.session.newer == 2
+    assert "answers at epoch 1, newer than this record's epoch 0" in rnd.session.holders[PEER["a"]].detail
+    out = rnd.handle(Unreachable(PEER["e"], "gone"), T0 + 2)  # every answer in, and t are not
+    assert out[-1] == Stale(2, ()) and rnd.state is RoundState.FAILED
+
+
+def test_t_answers_at_the_round_s_epoch_succeed_beside_holders_at_a_newer_one() -> None:
+    keyset, shares, req, rnd = asking(lambda ks: ())
+    good, newer = releases(keyset, shares, req), releases(*at_epoch(keyset, shares, 1), req)
+    for n in "abc":
+        rnd.handle(Released(PEER[n], (good[n],)), T0 + 2)
+    rnd.handle(Released(PEER["d"], (newer["d"],)), T0 + 2)
+    out = rnd.handle(Released(PEER["e"], (good["e"],)), T0 + 2)
+    assert isinstance(out[-1], Succeeded) and out[-1].bad == () and out[-1].master == b"the master key"
+
+
+def test_a_release_at_an_older_epoch_is_a_refusal_and_one_at_two_epochs_a_lie() -> None:
+    """A holder that missed the commit answers from the old epoch: stale, not a cheat."""
+    holders = {"1": [PEER["a"]], "2": [PEER["a"]], "3": [PEER["b"]], "4": [PEER["c"]], "5": [PEER["d"]]}
+    attrs = {"holders": holders, "policy": POLICY.text, "approvers": [PEER[n] for n in "abc"], "quorum": 2}
+    made = p.split_key(b"the master key", 3, 5, owner=KEYS["owner"], now=NOW, policy_hash=POLICY.digest,
+                       attrs=attrs, rng=Drbg(b"epochs"))
+    keyset, shares, req, rnd = asking(lambda ks: (), at_epoch(*made, 1))
+    older = releases(*made, req, names="aabcd")  # epoch 0: shares their holders have not erased yet
+    now = releases(keyset, shares, req, names="aabcd")
+    rnd.handle(Released(PEER["b"], (older["b"],)), T0 + 2)
+    assert rnd.session.bad == [] and rnd.session.newer is None
+    assert "answers at epoch 0: it has not applied epoch 1 yet" in rnd.session.holders[PEER["b"]].detail
+    rnd.handle(Released(PEER["a"], (now["a"], older["a"])), T0 + 2)
+    assert rnd.session.bad == [(PEER["a"], "released a share at epoch 1, and one at epoch 0")]
 
 
 def test_a_no_shard_answer_for_another_request_or_signed_by_another_is_a_lie() -> None:
