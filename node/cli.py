@@ -94,6 +94,23 @@ def _seconds(text: str) -> float:
     return v
 
 
+def _minutes(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected minutes, got {text!r}") from None
+    if not 0 < v <= 24 * 60:
+        raise argparse.ArgumentTypeError(f"expected minutes above 0 and at most a day (1440), got {text}")
+    return v
+
+
+def _soak_nodes(text: str) -> int:
+    v = positive(text)
+    if not 5 <= v <= 10:
+        raise argparse.ArgumentTypeError(f"expected 5 to 10 nodes, got {v}")
+    return v
+
+
 def cmd_bench_grid(args: argparse.Namespace) -> int:
     from shardnet.simulations._grid_bench import format_grid_report, run_grid_bench
 
@@ -165,6 +182,16 @@ def cmd_bench_fuzz(args: argparse.Namespace) -> int:
     _write_json(args.json, result)
     print(format_fuzz_report(result))
     return EXIT_FAIL if any(t["findings"] for t in result["targets"]) else EXIT_OK
+
+
+def cmd_bench_soak(args: argparse.Namespace) -> int:
+    from shardnet.simulations._soak import format_soak_report, run_soak
+
+    result = run_soak(minutes=args.minutes, nodes=args.nodes, every=args.every, restart_every=args.restart_every,
+                      sample_every=args.sample_every, say=lambda m: print(f"... {m}", file=sys.stderr))
+    _write_json(args.json, result)
+    print(format_soak_report(result))
+    return EXIT_FAIL if result["errors"] or not result["audit_ok"] else EXIT_OK
 
 
 def cmd_bench_rewrap(args: argparse.Namespace) -> int:
@@ -256,6 +283,19 @@ def build_parser() -> argparse.ArgumentParser:
     bz.add_argument("--corpus", metavar="DIR", help="keep each finding's input here (tests/fuzz-corpus replays it)")
     bz.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bz.set_defaults(func=cmd_bench_fuzz)
+
+    bk = bsub.add_parser("soak", help="real nodes under a steady load for minutes, one restarted every minute: "
+                                      "RSS and fd slopes, errors, p50/p99")
+    bk.add_argument("--minutes", type=_minutes, default=10.0, metavar="M", help="how long (default 10)")
+    bk.add_argument("--nodes", type=_soak_nodes, default=10, metavar="N", help="node processes, 5 to 10 (default 10)")
+    bk.add_argument("--every", type=_seconds, default=2.0, metavar="S",
+                    help="seconds between operations, imports and reconstructions in turn (default 2)")
+    bk.add_argument("--restart-every", type=_seconds, default=60.0, metavar="S",
+                    help="seconds between node restarts, one node at a time (default 60)")
+    bk.add_argument("--sample-every", type=_seconds, default=10.0, metavar="S",
+                    help="seconds between RSS and fd samples (default 10)")
+    bk.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bk.set_defaults(func=cmd_bench_soak)
 
     bw = bsub.add_parser("rewrap", help="rewrap throughput on one custodian against HPKE open + seal + sign alone")
     bw.add_argument("--shards", type=positive, default=10_000, metavar="N")
