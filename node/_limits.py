@@ -18,6 +18,7 @@ class Limits:
     keysets_per_owner: int = 1000  # keysets one owner may have this custodian hold
     bytes_per_owner: int = 64 * MIB  # their records and sealed shards, together
     live_requests_per_requester: int = 32  # requests of one requester not yet expired
+    known_keysets_per_owner: int = 1000  # keyset records one owner sends an approver or authority
 
     @classmethod
     def from_config(cls, cfg: Any) -> Limits:

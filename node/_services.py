@@ -804,6 +804,10 @@ class Approvals:
         if known is not None:
             self._amend(p.Keyset.from_bytes(known), keyset, now, known=True)
             return b"ok"
+        kept = self.store.known_keysets_of(peer_id_of(keyset.owner))
+        if kept >= self.limits.known_keysets_per_owner:
+            raise Rejected(f"this node keeps {kept} keyset records of this owner, its limit "
+                           "(limits.known_keysets_per_owner)")
         self.store.put_known_keyset(
             keyset.id_hex, keyset.signed, peer_id_of(keyset.owner), now=now,
             audit=AuditEvent("approver-of" if self.peer_id in rule.approvers else "authority-of",

@@ -530,8 +530,17 @@ _SCHEMA_9 = """
 ALTER TABLE keyset_rules ADD COLUMN signers TEXT NOT NULL DEFAULT '';
 """
 
+# The quotas count per peer on every record a peer sends (``_limits``): without these an
+# owner's keysets, a requester's open requests and an owner's known keysets are full scans,
+# and a hostile peer's flood makes each next check slower.
+_SCHEMA_10 = """
+CREATE INDEX keysets_by_owner ON keysets (owner);
+CREATE INDEX requests_by_requester ON requests (requester, not_after);
+CREATE INDEX known_keysets_by_owner ON known_keysets (owner);
+"""
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2, _SCHEMA_3, _SCHEMA_4, _SCHEMA_5, _SCHEMA_6,
-                                            _SCHEMA_7, _SCHEMA_8, _SCHEMA_9)
+                                            _SCHEMA_7, _SCHEMA_8, _SCHEMA_9, _SCHEMA_10)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -1071,6 +1080,10 @@ class Store:
     def known_keyset(self, keyset_id: str) -> bytes | None:
         row = self._db.execute("SELECT record FROM known_keysets WHERE keyset_id = ?", [keyset_id]).fetchone()
         return None if row is None else bytes(row[0])
+
+    def known_keysets_of(self, owner: str) -> int:
+        """How many keyset records of ``owner`` this node keeps as an approver or authority."""
+        return int(self._db.execute("SELECT count(*) FROM known_keysets WHERE owner = ?", [owner]).fetchone()[0])
 
     def known_keysets(self) -> list[dict[str, Any]]:
         return list(self._db.query("SELECT * FROM known_keysets ORDER BY received_at"))

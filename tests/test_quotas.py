@@ -91,3 +91,35 @@ def test_two_thousand_requests_of_one_requester_leave_its_quota_behind(tmp_path:
             # Once they expire and are pruned, the table is empty again.
             assert approver.store.prune_requests(now + 3601) == limit and approver.store.requests() == []
     in_virtual_time(main)
+
+
+def test_an_owner_naming_an_approver_in_many_keysets_stops_at_its_known_keyset_quota(tmp_path: pathlib.Path) -> None:
+    """An approver that holds no shard keeps each keyset's record its owner sends: up to
+    ``known_keysets_per_owner`` per owner; past it the notice is refused and nothing kept."""
+    async def main() -> None:
+        grid = Grid(tmp_path, 5, seed=14)
+        async with grid.running():
+            await grid.wait_directory()
+            approver = grid.nodes[4]
+            approver.approvals.limits = Limits(known_keysets_per_owner=3)
+            owner = grid.nodes[0]
+            custodians = [grid.nodes[i].peer_id for i in (1, 2, 3)]
+            keysets = []
+            for i in range(5):
+                res = await owner.commands()["key-import"](
+                    {"key": base64.b64encode(b"known %d" % i).decode(), "threshold": 2, "shares": 3,
+                     "custodians": custodians, "approvers": [approver.peer_id, custodians[0]], "quorum": 1},
+                    _quiet)
+                keysets.append(res["keyset"])
+            def told() -> list[dict]:
+                return [next(n for n in owner.store.notices(k) if n["peer"] == approver.peer_id) for k in keysets]
+            for _ in range(600):  # a minute of virtual time, at most
+                if all(n["state"] != "pending" for n in told()):
+                    break
+                await trio.sleep(0.1)
+            notices = told()
+            assert [n["state"] for n in notices] == ["delivered"] * 3 + ["refused"] * 2, notices
+            assert all("limits.known_keysets_per_owner" in (n["last_error"] or "") for n in notices[3:])
+            assert approver.store.known_keysets_of(owner.peer_id) == 3
+            assert {k["keyset_id"] for k in approver.store.known_keysets()} == set(keysets[:3])
+    in_virtual_time(main)
