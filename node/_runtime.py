@@ -354,16 +354,20 @@ class NodeRuntime:
             raise tx.RequestRejected(str(exc)) from None
 
     async def _prune_loop(self) -> None:
-        """Forget requests (and their votes) a week after they expired, once an hour: a
-        node's request table holds what is live and what it saw lately, not all of history."""
+        """Forget requests (and their votes), and the records of keysets this node only
+        approves for, a week after they expired, once an hour: its tables hold what is live
+        and what it saw lately, not all of history."""
         while True:
+            before = int(self.clock()) - REQUEST_KEEP
             try:
-                gone = self.store.prune_requests(int(self.clock()) - REQUEST_KEEP)
+                requests = self.store.prune_requests(before)
+                keysets = self.approvals.forget_expired(before)
             except (StoreError, sqlite3.Error) as exc:  # a busy or damaged database: next hour, again
-                log.warning("could not forget expired requests: %s", exc)
-                gone = 0
-            if gone:
-                log.info("forgot %d requests that expired over %d days ago", gone, REQUEST_KEEP // 86400)
+                log.warning("could not forget expired requests and keysets: %s", exc)
+                requests = keysets = 0
+            if requests or keysets:
+                log.info("forgot %d requests and %d keyset records that expired over %d days ago", requests,
+                         keysets, REQUEST_KEEP // 86400)
             await trio.sleep(PRUNE_EVERY)
 
     async def _on_release(self, remote: str, frame: bytes, *, no_shard: bool = True) -> bytes:

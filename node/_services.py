@@ -816,6 +816,17 @@ class Approvals:
         )
         return b"ok"
 
+    def forget_expired(self, before: int) -> int:
+        """Forget the keyset records kept as an approver or authority of keysets that
+        expired before ``before`` (at the epoch this node knows): past its expiry no
+        custodian releases a shard of it. How many went."""
+        gone = []
+        for row in self.store.known_keysets():
+            not_after = record_view(self.store, row["record"]).not_after
+            if not_after is not None and not_after < before:
+                gone.append(row["keyset_id"])
+        return self.store.drop_known_keysets(gone)
+
     def _amend(self, current: p.Keyset, new: p.Keyset, now: int, *, known: bool) -> None:
         """Keep ``new`` if it is the owner's later amendment of ``current`` (holders moved,
         nothing else changed); ignore one that is the same or older."""

@@ -1088,6 +1088,20 @@ class Store:
     def known_keysets(self) -> list[dict[str, Any]]:
         return list(self._db.query("SELECT * FROM known_keysets ORDER BY received_at"))
 
+    def drop_known_keysets(self, keyset_ids: Sequence[str]) -> int:
+        """Forget the records of these keysets this node kept as an approver or authority,
+        with their epoch records and rules; a keyset it owns or holds a shard of is kept
+        whole. How many records went."""
+        gone = 0
+        with self.transaction():
+            for kid in keyset_ids:
+                if self.keyset(kid) is not None:
+                    continue
+                gone += self._db.execute("DELETE FROM known_keysets WHERE keyset_id = ?", [kid]).rowcount
+                self._db.execute("DELETE FROM epochs WHERE keyset_id = ?", [kid])
+                self._db.execute("DELETE FROM keyset_rules WHERE keyset_id = ?", [kid])
+        return gone
+
     def enqueue(
         self, items: Iterable[NewOutboxItem], *, now: int, audit: AuditEvent | None = None
     ) -> AuditEntry | None:

@@ -123,3 +123,31 @@ def test_an_owner_naming_an_approver_in_many_keysets_stops_at_its_known_keyset_q
             assert approver.store.known_keysets_of(owner.peer_id) == 3
             assert {k["keyset_id"] for k in approver.store.known_keysets()} == set(keysets[:3])
     in_virtual_time(main)
+
+
+def test_an_approver_forgets_the_records_of_keysets_that_expired(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        grid = Grid(tmp_path, 5, seed=15)
+        async with grid.running():
+            await grid.wait_directory()
+            owner, approver = grid.nodes[0], grid.nodes[4]
+            custodians = [grid.nodes[i].peer_id for i in (1, 2, 3)]
+            made = {}
+            for expires in (86400, None):
+                res = await owner.commands()["key-import"](
+                    {"key": base64.b64encode(b"expiring").decode(), "threshold": 2, "shares": 3,
+                     "custodians": custodians, "approvers": [approver.peer_id, custodians[0]], "quorum": 1,
+                     "expires": expires}, _quiet)
+                made[expires] = res["keyset"]
+            for _ in range(600):
+                if approver.store.known_keysets_of(owner.peer_id) == 2:
+                    break
+                await trio.sleep(0.1)
+            now = approver.now()
+            assert approver.approvals.forget_expired(now) == 0  # nothing expired yet
+            assert approver.approvals.forget_expired(now + 2 * 86400) == 1
+            assert [k["keyset_id"] for k in approver.store.known_keysets()] == [made[None]]
+            # A holder never drops its own keyset this way.
+            holder = grid.nodes[1]
+            assert holder.store.drop_known_keysets([made[86400]]) == 0 and holder.store.keyset(made[86400])
+    in_virtual_time(main)
