@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 #: Seconds between passes over the commits still owed to participants, and passes at most.
 NOTICE_EVERY = 30.0
-MAX_NOTICE_ATTEMPTS = 2880  # a day of passes: the record's COMMIT_WINDOW
+MAX_NOTICE_ATTEMPTS = 2880  # a day of timed passes (the record's COMMIT_WINDOW); on-connect tries don't count
 #: The kv key (then the keyset id) of when a keyset's last complete rewrap ended: a
 #: ``rewrap_every`` schedule counts from it (the name is from when only the autopilot set it).
 LAST_REWRAP = "autopilot-rewrap:"
@@ -364,7 +364,8 @@ async def notice_loop(node: NodeRuntime) -> None:
                 reply = await node.links.reach_and_request(peer, wire.EPOCH, bytes(row["frame"]))
                 items = p.decode(reply, max_size=wire.EPOCH.max_reply)
             except (tx.RequestError, p.ShardnetError) as exc:
-                node.store.epoch_notice_failed(kid, epoch, peer, str(exc), now=node.now())
+                if only is None:  # only the timed passes count toward MAX_NOTICE_ATTEMPTS
+                    node.store.epoch_notice_failed(kid, epoch, peer, str(exc), now=node.now())
                 continue
             digest = rec.digest
             keep = []

@@ -2,7 +2,8 @@
 
 Set in the home's ``config.json`` under ``"limits"`` (any of the keys below; the
 others keep their defaults). Past a quota the record is refused and nothing of it is
-stored: a delivery gets a signed "refused" receipt, a request is dropped.
+stored: a delivery gets a signed "refused" receipt, a request is dropped, a keyset
+notice is refused.
 """
 
 from __future__ import annotations

@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 _VOTES = object()  # "the tally may have changed", on the round's inbox
-STALE_ROUNDS = 3  # rounds one request may take when each finds the holders at a newer epoch
 
 
 async def _keyset(node: NodeRuntime, ref: str, emit: Emit) -> tuple[p.Keyset, str | None, dict[str, Any] | None]:
@@ -130,31 +129,42 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
     names = {d.peer_id: d.name for d in node.directory.all()}
     start = trio.current_time()
     await emit({"kind": "request", "request": request.id, "keyset": keyset.id_hex, "mode": mode})
-    named: list[tuple[str, str]] = []
+    deadline = start + timeout
+    named: dict[str, str] = {}  # custodian -> what it did, the first time it was named
+    quorum_at: float | None = None
+    verify_s = 0.0
+    newest = fetched is not None  # a record fetched just now is the network's newest
     try:
-        for _ in range(STALE_ROUNDS):
-            machine = rr.ReleaseRound(keyset, request, ephemeral, deadline=start + timeout, timeout=timeout,
-                                      names=names, receipts=_receipts(node, keyset))
-            end, verify_s = await _drive(node, machine, request, emit)
-            named += [b for b in end.bad if b not in named]
+        for _ in range(2):  # a Stale round fetches, and the next is never Stale: see Session
+            machine = rr.ReleaseRound(keyset, request, ephemeral, deadline=deadline, timeout=timeout, names=names,
+                                      receipts=_receipts(node, keyset), fetched=newest, invalid=named)
+            end, verified = await _drive(node, machine, request, emit)
+            verify_s += verified
+            quorum_at = machine.quorum_at if quorum_at is None else quorum_at
+            for peer, detail in end.bad:
+                named.setdefault(peer, detail)
             if not isinstance(end, rr.Stale):
                 break
-            # This node missed a commit (it was down, say): the holders are at a newer epoch.
-            # The same request and votes, asked again with the network's newer record.
-            newer, status, source = await _newest(node, keyset, status, emit)
-            if newer.epoch < end.epoch:
-                end = rr.Failed(f"holders answer at epoch {end.epoch}, newer than this node's record of the keyset "
-                                f"(epoch {keyset.epoch}), and no record of that epoch could be fetched", end.bad)
+            # This node missed a commit (it was down, say): holders answer from a newer epoch.
+            # The same request and votes are asked again with the network's newest record, or
+            # at this epoch if there is none newer (a holder's claim alone is not believed).
+            stale = end
+            end = rr.Failed(f"holders answer at epoch {stale.epoch}, newer than this node's record of the keyset "
+                            f"(epoch {keyset.epoch}), and fetching the network's record took past the timeout",
+                            stale.bad)
+            with trio.move_on_at(deadline):
+                newer, status, source = await _newest(node, keyset, status, emit)
+                keyset, fetched, newest = newer, source or fetched, True
+            if not newest:
                 break
-            keyset, fetched = newer, source or fetched
-        else:
-            end = rr.Failed(f"the keyset's epoch kept moving during the request (now {keyset.epoch})", end.bad)
     except BaseException:
         # The CLI went away (Ctrl-C) or a bug: the request ends failed, on record.
         _finish(node, request, "failed", [], reason="the round was interrupted")
         raise
+    if isinstance(end, rr.Stale):  # not reached: a round on the network's newest record is never Stale
+        end = rr.Failed(f"holders answer at epoch {end.epoch}, which no record the network showed backs", end.bad)
     finished = trio.current_time()
-    bad = [{"custodian": peer, "name": names.get(peer, ""), "detail": detail} for peer, detail in named]
+    bad = [{"custodian": peer, "name": names.get(peer, ""), "detail": detail} for peer, detail in named.items()]
     if isinstance(end, rr.Failed):
         _finish(node, request, "failed", bad, reason=end.message)
         _fail(end.message)
@@ -162,8 +172,9 @@ async def reconstruct(node: NodeRuntime, args: dict[str, Any], emit: Emit) -> di
     # total: until the last answer was verified and the key opened; release: the round
     # trips to the holders, that is everything after the quorum but the verification.
     total_ms = (finished - start) * 1000
-    timings = {"quorum": end.timings["quorum"], "verify": round(verify_s * 1000, 1),
-               "release": round(max(0.0, total_ms - end.timings["quorum"] - verify_s * 1000), 1),
+    quorum_ms = round((quorum_at - start) * 1000, 1) if quorum_at is not None else end.timings["quorum"]
+    timings = {"quorum": quorum_ms, "verify": round(verify_s * 1000, 1),
+               "release": round(max(0.0, total_ms - quorum_ms - verify_s * 1000), 1),
                "total": round(total_ms, 1)}
     return {
         "request": request.id, "keyset": keyset.id_hex, "mode": mode, "bytes": len(end.master),

@@ -1416,10 +1416,12 @@ class Store:
         """What a custodian holds for ``owner`` now: the keysets of which it keeps a shard,
         and the bytes of those shards and records. A keyset whose shards were erased (it
         expired, or a reshare moved them) no longer counts."""
+        # The owner's keysets by keysets_by_owner, each one's shards by the held_shards key:
+        # never a pass over what other owners have this node hold.
         row = self._db.execute(
-            "SELECT count(*), coalesce(sum(length(k.record) + s.size), 0) FROM keysets k "
-            "JOIN (SELECT keyset_id, sum(length(sealed) + length(meta)) AS size FROM held_shards "
-            "GROUP BY keyset_id) s ON s.keyset_id = k.keyset_id WHERE k.owner = ?", [owner]).fetchone()
+            "SELECT count(*), coalesce(sum(length(k.record) + (SELECT sum(length(sealed) + length(meta)) "
+            "FROM held_shards s WHERE s.keyset_id = k.keyset_id)), 0) FROM keysets k WHERE k.owner = ? "
+            "AND EXISTS (SELECT 1 FROM held_shards s WHERE s.keyset_id = k.keyset_id)", [owner]).fetchone()
         return int(row[0]), int(row[1])
 
     def set_request_outcome(self, request_id: str, outcome: str) -> None:

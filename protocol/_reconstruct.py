@@ -14,10 +14,18 @@ answers, and :meth:`Session.failure` says in one line what was missing.
 
 Holder states, and the only moves allowed between them (:data:`HOLDER_MOVES`)::
 
-    untried -> asked -> ok | refused | unreachable | invalid
+    untried -> asked -> ok | refused | unreachable | invalid | other-epoch
     refused | unreachable -> asked   (asked again later)
     asked | ok -> invalid            (a bad release, even after a good one)
-    ok, invalid: final               (nothing more is taken from a liar)
+    ok, invalid, other-epoch: final  (nothing more is taken from a liar; a holder
+                                      that answered from another epoch is not
+                                      asked again in this round)
+
+A holder that releases at another epoch than the record's is not a liar: one of
+the two missed a commit. From an older epoch, it has not applied it yet; from a
+newer one, the requester has not, and :attr:`Session.newer` says so (the round
+then ends :class:`~._release_round.Stale` if it is short of t). Once the record is
+the network's newest (``fetched``), a claim of a later epoch is not believed.
 
 Any other move raises :class:`IllegalHolderMove`.
 """
@@ -47,17 +55,19 @@ class HolderState(enum.StrEnum):
     REFUSED = "refused"
     UNREACHABLE = "unreachable"
     INVALID = "invalid"
+    OTHER_EPOCH = "other-epoch"
 
 
 _H = HolderState
 #: state -> the states a holder may move to from it.
 HOLDER_MOVES: dict[HolderState, frozenset[HolderState]] = {
     _H.UNTRIED: frozenset({_H.ASKED}),
-    _H.ASKED: frozenset({_H.OK, _H.REFUSED, _H.UNREACHABLE, _H.INVALID}),
+    _H.ASKED: frozenset({_H.OK, _H.REFUSED, _H.UNREACHABLE, _H.INVALID, _H.OTHER_EPOCH}),
     _H.REFUSED: frozenset({_H.ASKED}),
     _H.UNREACHABLE: frozenset({_H.ASKED}),
     _H.OK: frozenset({_H.INVALID}),
     _H.INVALID: frozenset(),
+    _H.OTHER_EPOCH: frozenset(),
 }
 
 
@@ -87,10 +97,13 @@ class Holder:
 class Session:
     def __init__(
         self, keyset: Keyset, request: Request, ephemeral: HpkePrivateKey,
-        names: Mapping[str, str] | None = None, receipts: Iterable[Receipt] = (),
+        names: Mapping[str, str] | None = None, receipts: Iterable[Receipt] = (), *,
+        fetched: bool = False, invalid: Iterable[str] = (),
     ) -> None:
         """``receipts``: the holders' receipts the requester keeps (verified records); those
-        that say a holder took a share of this keyset at its epoch count against a denial."""
+        that say a holder took a share of this keyset at its epoch count against a denial.
+        ``fetched``: ``keyset`` is the newest record the network showed. ``invalid``:
+        holders an earlier round for this request named; never asked, not named again."""
         if request.keyset_id != keyset.keyset_id:
             raise ValueError("request and keyset differ")
         self.keyset = keyset
@@ -112,6 +125,10 @@ class Session:
         self.bad: list[tuple[str, str]] = []
         self.denied: set[str] = set()  # the invalid that denied a share they signed for
         self.newer: int | None = None  # the newest epoch a holder answered at, if newer than the record's
+        self.fetched = fetched
+        for peer in invalid:
+            if peer in self.holders:
+                self.holders[peer].state = _H.INVALID
 
     @property
     def needed(self) -> int:
@@ -181,7 +198,7 @@ class Session:
             if (rel.request_id, rel.keyset_id, rel.epoch, rel.mode) != (
                 self.request.id, self.keyset.keyset_id, self.keyset.epoch, self.request.mode
             ):
-                raise InvalidShare(rel.index, self.name(peer), "answers another request, keyset or epoch")
+                raise InvalidShare(rel.index, self.name(peer), "answers another request, keyset or mode")
             if rel.index not in h.indices:
                 raise InvalidShare(rel.index, self.name(peer), "not an index this custodian holds")
             payload = rel.open(self.ephemeral)
@@ -229,22 +246,23 @@ class Session:
                 h.move(_H.REFUSED, f"says it {said}")
 
     def _other_epoch(self, h: Holder, epoch: int) -> None:
-        """``h`` released a share of another epoch: a refusal here. An older one: it has
-        not applied a commit yet. A newer one: this record has not, and the round ends
-        :class:`Stale` if it is short of t."""
+        """``h`` released a share of another epoch (see the module's docstring)."""
         if epoch > self.keyset.epoch:
             self._newer(h, epoch, f"answers at epoch {epoch}, newer than this record's epoch {self.keyset.epoch}")
         elif h.state is _H.ASKED:
-            h.move(_H.REFUSED, f"answers at epoch {epoch}: it has not applied epoch {self.keyset.epoch} yet")
+            h.move(_H.OTHER_EPOCH, f"answers at epoch {epoch}: it has not applied epoch {self.keyset.epoch} yet")
         else:
             self._invalid(h.peer, f"released a share at epoch {self.keyset.epoch}, and one at epoch {epoch}")
 
     def _newer(self, h: Holder, epoch: int, detail: str) -> None:
-        """``h`` answers from an epoch after this record's: a refusal here, and a sign that
-        the record is stale."""
-        self.newer = max(epoch, self.newer or 0)
+        """``h`` answers from an epoch after this record's: not asked again this round, and
+        (unless this record is the network's newest) a sign that the record is stale."""
+        if self.fetched:
+            detail = f"{detail}, which no record the network showed backs"
+        else:
+            self.newer = max(epoch, self.newer or 0)
         if h.state is _H.ASKED:
-            h.move(_H.REFUSED, detail)
+            h.move(_H.OTHER_EPOCH, detail)
         else:  # it released a share of this epoch, and now answers from another
             self._invalid(h.peer, f"released a share at epoch {self.keyset.epoch}, and {detail}")
 
@@ -273,8 +291,8 @@ class Session:
                 details.append(f"{self.name(h.peer)} denies holding the share it signed for")
             elif h.state is _H.INVALID:
                 details.append(f"{self.name(h.peer)} sent an invalid {'share' if unit == 'shares' else 'partial'}")
-            elif h.state is _H.REFUSED:
-                details.append(f"{self.name(h.peer)} refused: {h.detail}")
+            elif h.state in (_H.REFUSED, _H.OTHER_EPOCH):
+                details.append(f"{self.name(h.peer)} {'refused: ' if h.state is _H.REFUSED else ''}{h.detail}")
         silent = [self.name(h.peer) for h in self.holders.values() if h.state in (_H.UNTRIED, _H.ASKED)]
         if silent:
             details.append(f"no answer from {', '.join(silent)}")

@@ -179,8 +179,11 @@ class ReleaseRound:
     """One reconstruction request, from the requester's side."""
 
     def __init__(self, keyset: Keyset, request: Request, ephemeral: HpkePrivateKey, *, deadline: float,
-                 timeout: float, names: Mapping[str, str] | None = None, receipts: Iterable[Receipt] = ()) -> None:
-        self.session = Session(keyset, request, ephemeral, names, receipts)
+                 timeout: float, names: Mapping[str, str] | None = None, receipts: Iterable[Receipt] = (),
+                 fetched: bool = False, invalid: Iterable[str] = ()) -> None:
+        """``fetched`` and ``invalid``: for a round after a :class:`Stale` one (see
+        :class:`Session`)."""
+        self.session = Session(keyset, request, ephemeral, names, receipts, fetched=fetched, invalid=invalid)
         self.request = request
         self.deadline = deadline
         self.timeout = timeout
@@ -195,6 +198,11 @@ class ReleaseRound:
         self._void: list[str] = []
         self._approvals = 0
         self._quorum = ApprovalRule.of(keyset).quorum
+
+    @property
+    def quorum_at(self) -> float | None:
+        """When the quorum was seen (in the node's time base), if it was."""
+        return self._quorum_at
 
     # -- the one entry point ---------------------------------------------------------
 

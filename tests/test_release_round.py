@@ -300,11 +300,12 @@ def test_a_no_shard_answer_without_a_receipt_or_from_a_newer_epoch_is_a_refusal(
     rnd.handle(Released(PEER["b"], (NoShard.make(KEYS["b"], req, epoch=0).signed,)), T0 + 2)  # it refused
     # c's view is newer than this request's record: it may have handed its share on.
     out = rnd.handle(Released(PEER["c"], (NoShard.make(KEYS["c"], req, epoch=1).signed,)), T0 + 2)
-    for n in "abc":
+    for n in "ab":
         assert rnd.session.holders[PEER[n]].state is HolderState.REFUSED, n
+    assert rnd.session.holders[PEER["c"]].state is HolderState.OTHER_EPOCH and rnd.session.newer == 1
     assert rnd.session.bad == []
     assert "holds no share of this keyset at epoch 1" in rnd.session.holders[PEER["c"]].detail
-    assert not [e for e in out if isinstance(e, Failed)]
+    assert not [e for e in out if isinstance(e, Failed | Stale)]
 
 
 def at_epoch(keyset: p.Keyset, shares: list[p.Share], epoch: int) -> tuple[p.Keyset, list[p.Share]]:
@@ -319,12 +320,38 @@ def test_holders_at_a_newer_epoch_end_the_round_stale_and_are_never_named() -> N
     keyset, shares, req, rnd = asking(lambda ks: (receipt(ks, "a", 1),))
     newer = releases(*at_epoch(keyset, shares, 1), req)
     for n in "abc":
-        assert rnd.handle(Released(PEER[n], (newer[n],)), T0 + 2)[-1:] != [Stale(1, ())]
+        assert not [e for e in rnd.handle(Released(PEER[n], (newer[n],)), T0 + 2) if isinstance(e, Stale)]
     rnd.handle(Released(PEER["d"], (NoShard.make(KEYS["d"], req, epoch=2).signed,)), T0 + 2)
     assert rnd.session.bad == [] and rnd.session.newer == 2
     assert "answers at epoch 1, newer than this record's epoch 0" in rnd.session.holders[PEER["a"]].detail
+    assert {rnd.session.holders[PEER[n]].state for n in "abcd"} == {HolderState.OTHER_EPOCH}
     out = rnd.handle(Unreachable(PEER["e"], "gone"), T0 + 2)  # every answer in, and t are not
     assert out[-1] == Stale(2, ()) and rnd.state is RoundState.FAILED
+
+
+def test_on_the_network_s_newest_record_a_claim_of_a_later_epoch_is_not_believed() -> None:
+    """After a fetch, a holder that claims an epoch no record backs (a liar, say epoch 999)
+    neither ends the round nor is asked again; the others carry it."""
+    keyset, shares = make_keyset(approvers=["a", "b", "c"], quorum=2)
+    req, eph = make_request(keyset)
+    rnd = ReleaseRound(keyset, req, eph, deadline=T0 + 30, timeout=30, fetched=True, invalid=[PEER["e"]])
+    rnd.handle(Start(), T0)
+    out = rnd.handle(VotesSeen(tally_of(keyset, req, [vote("a", req), vote("b", req)])), T0 + 1)
+    assert PEER["e"] not in {a.peer for a in out if isinstance(a, Ask)}  # named by an earlier round
+    lie = releases(*at_epoch(keyset, shares, 999), req)
+    good = releases(keyset, shares, req)
+    rnd.handle(Released(PEER["a"], (lie["a"],)), T0 + 2)
+    rnd.handle(Refused(PEER["b"], "busy"), T0 + 2)
+    out = rnd.handle(Released(PEER["c"], (good["c"],)), T0 + 2)
+    assert rnd.session.newer is None and "which no record the network showed backs" in rnd.session.holders[
+        PEER["a"]].detail
+    out = rnd.handle(Released(PEER["d"], (good["d"],)), T0 + 2)
+    assert not [e for e in out if isinstance(e, Stale | Failed | Succeeded)]  # 2 of 3: b is asked again
+    assert rnd.session.targets(retry=True) == [PEER["b"]]
+    asks = [e for e in rnd.handle(Tick(), T0 + 2 + RETRY) if isinstance(e, Ask)]
+    assert [a.peer for a in asks] == [PEER["b"]]
+    out = rnd.handle(Released(PEER["b"], (good["b"],)), T0 + 4)
+    assert isinstance(out[-1], Succeeded) and out[-1].bad == ()
 
 
 def test_t_answers_at_the_round_s_epoch_succeed_beside_holders_at_a_newer_one() -> None:
@@ -349,6 +376,7 @@ def test_a_release_at_an_older_epoch_is_a_refusal_and_one_at_two_epochs_a_lie() 
     rnd.handle(Released(PEER["b"], (older["b"],)), T0 + 2)
     assert rnd.session.bad == [] and rnd.session.newer is None
     assert "answers at epoch 0: it has not applied epoch 1 yet" in rnd.session.holders[PEER["b"]].detail
+    assert PEER["b"] not in rnd.session.targets(retry=True)  # not asked again: it would release again
     rnd.handle(Released(PEER["a"], (now["a"], older["a"])), T0 + 2)
     assert rnd.session.bad == [(PEER["a"], "released a share at epoch 1, and one at epoch 0")]
 
