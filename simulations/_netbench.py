@@ -126,17 +126,19 @@ def reconstruct_approved(c: LocalCluster, coordinator: str, keyset: str, approve
     th = threading.Thread(target=run)
     th.start()
     voted: set[str] = set()
-    while th.is_alive() and len(voted) < need:
-        for a in approvers[:need]:
-            if a in voted:
-                continue
-            pending = [r for r in c.control(a, "requests") if r["keyset"] == keyset and r["state"] == "pending"
-                       and not r["my_vote"] and r["request"] not in before[a]]
-            if pending:
-                c.control(a, "approve", {"request": pending[-1]["request"]})
-                voted.add(a)
-        time.sleep(0.01)
-    th.join(timeout + 60)
+    try:
+        while th.is_alive() and len(voted) < need:
+            for a in approvers[:need]:
+                if a in voted:
+                    continue
+                pending = [r for r in c.control(a, "requests") if r["keyset"] == keyset and r["state"] == "pending"
+                           and not r["my_vote"] and r["request"] not in before[a]]
+                if pending:
+                    c.control(a, "approve", {"request": pending[-1]["request"]})
+                    voted.add(a)
+            time.sleep(0.01)
+    finally:  # an approver that failed to answer: the request runs out on its own
+        th.join(timeout + 60)
     if "error" in result:
         raise result["error"]
     if "res" not in result:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 import pathlib
+import random
 import statistics
 import tempfile
 import threading
@@ -45,9 +46,10 @@ class _Load:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def error(self, what: str, exc: BaseException) -> None:
-        self.errors[what] = self.errors.get(what, 0) + 1
-        if len(self.first_errors) < MAX_ERRORS_KEPT:
-            self.first_errors.append(f"{what}: {type(exc).__name__}: {exc}"[:300])
+        with self.lock:  # the load loop and the restarter both report
+            self.errors[what] = self.errors.get(what, 0) + 1
+            if len(self.first_errors) < MAX_ERRORS_KEPT:
+                self.first_errors.append(f"{what}: {type(exc).__name__}: {exc}"[:300])
 
     def up(self, c: LocalCluster) -> list[str]:
         with self.lock:
@@ -55,7 +57,7 @@ class _Load:
 
 
 def run_soak(*, minutes: float, nodes: int = 10, every: float = 2.0, restart_every: float = 60.0,
-             sample_every: float = 10.0, root: pathlib.Path | None = None,
+             sample_every: float = 10.0, seed: int = 1, root: pathlib.Path | None = None,
              say: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     if not 5 <= nodes <= len(TEN):
         raise ValueError(f"nodes: from 5 to {len(TEN)}, got {nodes}")
@@ -79,12 +81,13 @@ def run_soak(*, minutes: float, nodes: int = 10, every: float = 2.0, restart_eve
         for th in threads:
             th.start()
         try:
-            _load_loop(c, load, every, end)
+            _load_loop(c, load, every, end, random.Random(seed))
         finally:
             stop.set()
             for th in threads:
                 th.join()
         out["elapsed_s"] = round(time.monotonic() - t0, 1)
+        out["ops_per_min"] = round((len(load.imports_ms) + len(load.reconstructs_ms)) / (out["elapsed_s"] / 60), 1)
         out["audit_ok"] = _audits(c, load)
         out["rss_final_mib"] = {k: round(v, 1) for k, v in c.rss_mib().items()}
     out["load_after"] = os.getloadavg()
@@ -99,21 +102,22 @@ def run_soak(*, minutes: float, nodes: int = 10, every: float = 2.0, restart_eve
     return out
 
 
-def _load_loop(c: LocalCluster, load: _Load, every: float, end: float) -> None:
-    """One operation each ``every`` seconds until ``end``: an import, then a reconstruction."""
-    turn = 0
+def _load_loop(c: LocalCluster, load: _Load, every: float, end: float, rng: random.Random) -> None:
+    """One operation each ``every`` seconds until ``end``, imports and reconstructions in
+    turn. A slot missed while an operation ran long is skipped, not made up in a burst."""
+    turn = imports = 0
     next_at = time.monotonic()
     while next_at < end:
         time.sleep(max(0.0, next_at - time.monotonic()))
-        next_at += every
+        next_at = max(next_at + every, time.monotonic())
         up = load.up(c)
         if not up:
             continue
-        owner = up[turn % len(up)]
         if turn % 2 == 0 or not load.keysets:
-            _import(c, load, owner)
+            _import(c, load, up[imports % len(up)])  # every node owns keysets in turn
+            imports += 1
         else:
-            _reconstruct(c, load, up)
+            _reconstruct(c, load, up, rng)
         turn += 1
 
 
@@ -133,12 +137,13 @@ def _import(c: LocalCluster, load: _Load, owner: str) -> None:
     load.keysets.append((owner, str(d["keyset"]), key))
 
 
-def _reconstruct(c: LocalCluster, load: _Load, up: list[str]) -> None:
-    """The newest keyset whose owner is up, through its owner (its one approver)."""
-    got = next(((o, k, key) for o, k, key in reversed(load.keysets) if o in up), None)
-    if got is None:
+def _reconstruct(c: LocalCluster, load: _Load, up: list[str], rng: random.Random) -> None:
+    """Any keyset whose owner is up (old ones lived through restarts), through its owner
+    (its one approver)."""
+    mine = [(o, k, key) for o, k, key in load.keysets if o in up]
+    if not mine:
         return
-    owner, keyset, key = got
+    owner, keyset, key = rng.choice(mine)
     try:
         res, wall_ms = reconstruct_approved(c, owner, keyset, [owner], need=1, mode="unwrap", timeout=30)
         if base64.b64decode(res["key"]) != key:
@@ -152,10 +157,13 @@ def _reconstruct(c: LocalCluster, load: _Load, up: list[str]) -> None:
 
 def _restarter(c: LocalCluster, load: _Load, restarts: list[dict[str, Any]], every: float, end: float,
                stop: threading.Event) -> None:
+    """Restart the nodes in turn at ``every``, ``2·every``, ... from the start, however long
+    each restart took; none in the last RESTART_MARGIN seconds (it would not be seen back)."""
     names = list(c.nodes)
     i = 0
-    # No restart in the last RESTART_MARGIN seconds: the sampler would not see it come back.
-    while not stop.wait(every) and time.monotonic() < end - RESTART_MARGIN:
+    first = time.monotonic()
+    while not stop.wait(max(0.0, first + (i + 1) * every - time.monotonic())) \
+            and time.monotonic() < end - RESTART_MARGIN:
         name = names[i % len(names)]
         i += 1
         with load.lock:
@@ -255,8 +263,8 @@ def _audits(c: LocalCluster, load: _Load) -> bool:
     for name in c.nodes:
         try:
             c.control(name, "audit-verify")
-        except Exception as exc:  # noqa: BLE001 - a broken chain is the soak's finding
-            load.error("audit", exc)
+        except Exception as exc:  # noqa: BLE001 - a broken chain (or a node down) is the soak's finding
+            load.error("audit", RuntimeError(f"{name}: {type(exc).__name__}: {exc}"))
             ok = False
     return ok
 
@@ -264,9 +272,9 @@ def _audits(c: LocalCluster, load: _Load) -> bool:
 def format_soak_report(r: dict[str, Any]) -> str:
     b = r["bounds"]
     lines = [f"{r['nodes']} node processes on loopback for {r['elapsed_s'] / 60:.1f} min: one operation every "
-             f"{r['every_s']} s, one node restarted every {r['restart_every_s']:.0f} s (load "
-             f"{r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f})"]
-    for key, label in (("imports", "import (3,5) to all receipts"), ("reconstructions", "reconstruct, quorum 1")):
+             f"{r['every_s']} s ({r['ops_per_min']} a minute done), one node restarted every "
+             f"{r['restart_every_s']:.0f} s (load {r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f})"]
+    for key, label in (("imports", "import (3,5), receipts (10 s cap)"), ("reconstructions", "reconstruct, quorum 1")):
         m = r[key]
         if m["count"]:
             lines.append(f"  {label:<30} {m['count']:>4}  p50 {m['p50_ms']:>7} ms  p99 {m['p99_ms']:>7} ms  "
