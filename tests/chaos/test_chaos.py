@@ -135,9 +135,12 @@ class Campaign:
     def others(self, n: int, *, but: str = "") -> list[str]:
         return self.rng.sample([m for m in self.c.nodes if m != but], n)
 
-    def victim(self, leader: str, holders: list[str]) -> str:
-        """Half the kills hit the node that runs the round, half one of the other holders."""
-        return leader if self.rng.random() < 0.5 else self.rng.choice([h for h in holders if h != leader])
+    def fresh(self, leader: str) -> tuple[str, str]:
+        """A keyset imported cleanly, and whom to kill in a round on it: half the time the
+        node that runs the round (``leader``), else one of the other holders."""
+        keyset, d = self.imported()
+        holders = [self.name_of(s["custodian"]) for s in d["shards"] if self.name_of(s["custodian"]) != leader]
+        return keyset, leader if self.rng.random() < 0.5 else self.rng.choice(holders)
 
     def observe(self, phase: str, seconds: float) -> None:
         self.took.setdefault(phase, deque(maxlen=5)).append(seconds)
@@ -388,9 +391,7 @@ def test_kills_of_the_coordinator_or_a_holder_during_reconstruction(
         campaign: Campaign, request: pytest.FixtureRequest, phase: str) -> None:
     cp, points = campaign, Counter[str]()
     for _ in range(kills(request)):
-        keyset, d = cp.imported()
-        holders = [cp.name_of(s["custodian"]) for s in d["shards"]]
-        victim = cp.victim(COORDINATOR, holders)
+        keyset, victim = cp.fresh(COORDINATOR)
         code, err, where = cp.reconstruct(keyset, kill=(victim, phase))
         role = "coordinator" if victim == COORDINATOR else "holder"
         if victim != COORDINATOR:  # t of the other four holders are up: a holder away changes nothing
@@ -407,9 +408,7 @@ def test_kills_of_the_owner_or_a_holder_during_an_epoch_round(
         campaign: Campaign, request: pytest.FixtureRequest, phase: str) -> None:
     cp, points = campaign, Counter[str]()
     for _ in range(kills(request)):
-        keyset, d = cp.imported()
-        holders = [cp.name_of(s["custodian"]) for s in d["shards"]]
-        victim = cp.victim(OWNER, holders)
+        keyset, victim = cp.fresh(OWNER)
         extra = reshare_args(cp) if phase == "reshare" else ()
         plan = cp.logged(OWNER, "epoch-plan")
         code, _, err, where = cp.killed(phase, victim, epoch_cli(cp, phase, keyset, *extra), plan)
