@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 # constraints.txt pins every transitive dependency too (pip freeze of a working venv).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[test,bench,sim]'
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[test,bench,sim,fuzz]'
 	touch $(STAMP)
 
 lint: $(STAMP)

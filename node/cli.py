@@ -111,6 +111,16 @@ def _soak_nodes(text: str) -> int:
     return v
 
 
+def _fuzz_engines(text: str) -> list[str]:
+    from shardnet.simulations._fuzz_engines import ENGINES
+
+    got = [e.strip() for e in text.split(",") if e.strip()]
+    bad = [e for e in got if e not in ENGINES]
+    if bad or not got:
+        raise argparse.ArgumentTypeError(f"expected one or more of {', '.join(ENGINES)}, got {text!r}")
+    return got
+
+
 def cmd_bench_grid(args: argparse.Namespace) -> int:
     from shardnet.simulations._grid_bench import format_grid_report, run_grid_bench
 
@@ -177,8 +187,13 @@ def cmd_bench_epoch(args: argparse.Namespace) -> int:
 def cmd_bench_fuzz(args: argparse.Namespace) -> int:
     from shardnet.simulations._fuzz import format_fuzz_report, run_fuzz
 
+    if "atheris" in args.engine:
+        try:
+            import atheris  # noqa: F401 - only whether it is there
+        except ImportError:
+            raise Failure("the atheris engine needs atheris: pip install -e '.[fuzz]' (make installs it)") from None
     result = run_fuzz(inputs=args.inputs, seed=args.seed, corpus=pathlib.Path(args.corpus) if args.corpus else None,
-                      say=lambda m: print(f"... {m}", file=sys.stderr))
+                      say=lambda m: print(f"... {m}", file=sys.stderr), engines_=args.engine, coverage=args.coverage)
     _write_json(args.json, result)
     print(format_fuzz_report(result))
     return EXIT_FAIL if any(t["findings"] for t in result["targets"]) else EXIT_OK
@@ -281,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     bz.add_argument("--inputs", type=positive, default=100_000, metavar="N", help="inputs per target")
     bz.add_argument("--seed", type=int, default=1)
     bz.add_argument("--corpus", metavar="DIR", help="keep each finding's input here (tests/fuzz-corpus replays it)")
+    bz.add_argument("--engine", type=_fuzz_engines, default=["mutation"], metavar="E[,E...]",
+                    help="mutation (default), hypothesis, atheris (the decoders only), or several, side by side")
+    bz.add_argument("--coverage", action="store_true",
+                    help="measure the lines and arcs each target's inputs reached, and compare the engines")
     bz.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bz.set_defaults(func=cmd_bench_fuzz)
 

@@ -1,26 +1,30 @@
-"""The fuzz campaign (``shardnet bench fuzz``): every decoder and every stream handler's
-parse path, fed mutations of real inputs.
+"""The fuzz campaign (``shardnet bench fuzz``): every decoder, every stream handler's parse
+path and every gossip validator, fed inputs made from real ones.
 
-Seeds are real: records made with the protocol's own constructors, and the frames each
-stream protocol carried while a small grid imported a key, reconstructed it and refreshed
-it (the memory network's tap). Each input is a seeded mutation of a seed (bits flipped,
-bytes inserted, cut or spliced from another seed, lengths blown up) or, now and then,
-random bytes. A decoder may refuse an input only with the errors it documents
-(``ShardnetError``, ``ValueError``); a handler only with ``RequestRejected`` (what becomes
-a refusal on the wire). Anything else is a finding: it is printed, and its input kept
-under ``--corpus`` (one file per input, named by its hash) so that a test replays it.
+Seeds are real: records made with the protocol's own constructors, and the frames and
+gossip messages each protocol and topic carried while a small grid imported a key,
+reconstructed it and refreshed it (the memory network's taps). An engine
+(:mod:`._fuzz_engines`) makes inputs from them. A decoder may refuse an input only with
+the errors it documents (``ShardnetError``, ``ValueError``); a handler only with
+``RequestRejected`` (what becomes a refusal on the wire); a validator only by returning
+False. Anything else is a finding: it is printed, and its input kept under ``--corpus``
+(one file per input, named by its hash) so that a test replays it.
 
-Runs in one process, in virtual time (the grid), with no network.
+The decoders run in this process (atheris: in one process per target); the handlers and
+validators in one grid, in virtual time. Nothing touches the network.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import pathlib
 import random
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +35,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from shardnet import protocol as p
 from shardnet.node import _transport as tx
 
+from . import _fuzz_engines as engines
+
 CORPUS = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fuzz-corpus"
-MAX_INPUT = 96 * 1024
+#: What a decoder's inputs can reach; a handler's and a validator's reach the node too.
+DECODER_CODE = ("shardnet.protocol",)
+NODE_CODE = ("shardnet.protocol", "shardnet.node")
 
 
 @dataclass
@@ -45,50 +53,27 @@ class Finding:
 @dataclass
 class Outcome:
     target: str
+    engine: str = "mutation"
     inputs: int = 0
     refused: int = 0  # inputs refused with a documented error (the expected case)
     findings: list[Finding] = field(default_factory=list)
+    lines: set[tuple[str, int]] = field(default_factory=set, repr=False)  # with --coverage
+    arcs: set[tuple[str, int, int]] = field(default_factory=set, repr=False)
 
 
 def _finding(target: str, exc: BaseException, data: bytes) -> Finding:
     return Finding(target, f"{type(exc).__name__}: {exc}"[:300], data)
 
 
-def mutate(rng: random.Random, seed: bytes, others: list[bytes]) -> bytes:
-    """One seeded mutation of ``seed``."""
-    data = bytearray(seed)
-    for _ in range(rng.choice((1, 1, 2, 3, 8))):
-        op = rng.randrange(7)
-        at = rng.randrange(len(data) + 1)
-        if op == 0 and data:  # flip bits
-            i = min(at, len(data) - 1)
-            data[i] ^= 1 << rng.randrange(8)
-        elif op == 1:  # insert bytes
-            data[at:at] = rng.randbytes(rng.randrange(1, 9))
-        elif op == 2 and data:  # cut
-            del data[at:at + rng.randrange(1, 33)]
-        elif op == 3 and others:  # splice from another seed
-            other = rng.choice(others)
-            j = rng.randrange(len(other) + 1)
-            data[at:] = other[j:j + rng.randrange(1, 257)]
-        elif op == 4 and data:  # an interesting byte: msgpack length headers, nil, big ints
-            i = min(at, len(data) - 1)
-            data[i] = rng.choice((0x00, 0x7F, 0x80, 0xC0, 0xC4, 0xC5, 0xC6, 0xCF, 0xD3, 0xDC, 0xDD, 0xDE, 0xDF, 0xFF))
-        elif op == 5:  # a 32-bit length, huge
-            data[at:at] = bytes((rng.choice((0xC6, 0xDB, 0xDD, 0xDF)),)) + b"\xff\xff\xff\xf0"
-        else:  # truncate
-            del data[at:]
-    return bytes(data[:MAX_INPUT])
-
-
-def _inputs(rng: random.Random, seeds: list[bytes], n: int) -> list[bytes]:
-    out = []
-    for k in range(n):
-        if k % 50 == 49 or not seeds:
-            out.append(rng.randbytes(rng.randrange(0, 512)))
-        else:
-            out.append(mutate(rng, rng.choice(seeds), seeds))
-    return out
+def check_decoder(out: Outcome, parse: Callable[[bytes], Any], data: bytes) -> None:
+    """One input through a decoder: refused cleanly, accepted, or a finding."""
+    out.inputs += 1
+    try:
+        parse(data)
+    except (p.ShardnetError, ValueError):
+        out.refused += 1
+    except Exception as exc:  # noqa: BLE001 - the finding itself
+        out.findings.append(_finding(out.target, exc, data))
 
 
 # -- decoders (protocol/, no IO) ----------------------------------------------------------
@@ -98,25 +83,51 @@ def _records() -> dict[str, tuple[list[bytes], Callable[[bytes], Any]]]:
     """Each decoder with real encodings to start from."""
     rng = random.Random(1)
     key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
-    me = p.peer_id_of(key.public_key().public_bytes_raw())
-    keyset, shares = p.split_key(b"fuzz master key", 2, 3, owner=key, now=1_800_000_000,
+    pub = key.public_key().public_bytes_raw()
+    me = p.peer_id_of(pub)
+    now = 1_800_000_000
+    keyset, shares = p.split_key(b"fuzz master key", 2, 3, owner=key, now=now,
                                  attrs={"holders": {"1": [me], "2": [me], "3": [me]}}, rng=rng.randbytes)
     eph = p.HpkePrivateKey.generate("x25519", rng.randbytes)
     req = p.Request.make(key, keyset_id=keyset.keyset_id, mode="unwrap", reason="fuzz", ephemeral=eph.public_bytes(),
-                         nonce=bytes(16), created=1_800_000_000, not_after=1_800_000_300)
-    vote = p.Vote.make(key, req, "approve", 1_800_000_001)
+                         nonce=bytes(16), created=now, not_after=now + 300)
+    vote = p.Vote.make(key, req, "approve", now + 1)
     partial = p.partial_decrypt(keyset, shares[0], req.id.encode(), rng=rng.randbytes)
     release = p.Release.make(key, req, epoch=0, index=1, payload=p.partial_payload(partial))
     receipt = p.Receipt.make(key, keyset_id=keyset.keyset_id, epoch=0, index=1, shard_digest=bytes(32),
                              delivery_digest=bytes(32), status="stored", reason="", time=1)
     no_shard = p.NoShard.make(key, req, epoch=0)
     hpke = p.HpkePrivateKey.generate("x25519", rng.randbytes)
-    meta = p.ShardMeta(keyset.keyset_id, 0, 1, 3, 2, me, 1_800_000_000, None, keyset.policy_hash,
+    meta = p.ShardMeta(keyset.keyset_id, 0, 1, 3, 2, me, now, None, keyset.policy_hash,
                        keyset.commitments_digest, "x25519")
     sealed = p.seal_shard(meta, shares[0], hpke.public_bytes(), owner=key)
     share_text = p.share_to_text(shares[0], 2, 3).encode()
     keyset_text = p.keyset_to_text(keyset).encode()
-    signed = [keyset.signed, req.signed, vote.signed, release.signed, receipt.signed, no_shard.signed]
+    keys = {"x25519": hpke.public_bytes()}
+    descriptor = p.Descriptor.make(key, addrs=["/ip4/127.0.0.1/tcp/4001"], hpke=keys, name="fuzz", country="DE",
+                                   city="Berlin", org="fuzz", version="0.0", seq=1)
+    delivery = p.Delivery.make(key, keyset_id=keyset.keyset_id, epoch=0, index=1, recipient=me, sealed=sealed,
+                               sent_at=now, nonce=bytes(16))
+    genesis = p.Genesis.make(key, name="fuzz", authorities=[pub], quorum=1, created=now)
+    join = p.JoinRequest.make(key, network_id=genesis.network_id, hpke=keys, name="fuzz", org="fuzz", country="DE",
+                              city="Berlin", time=now)
+    admission = p.Admission.make_body(network_id=genesis.network_id, peer_id=me, hpke=keys, roles=["custodian"],
+                                      name="fuzz", org="fuzz", country="DE", city="Berlin", issued=now,
+                                      not_after=now + 86400)
+    expulsion = p.MemberRevocation.make_body(network_id=genesis.network_id, peer_id=me, reason="fuzz", time=now)
+    rules = p.keyset_rules
+    policy = rules.PolicyVersion.make_body(keyset_id=keyset.keyset_id, version=1, policy=p.DEFAULT_POLICY,
+                                           placement="distinct:country", time=now)
+    revocations = rules.RevocationList.make_body(
+        keyset_id=keyset.keyset_id, version=1, time=now,
+        entries=[rules.Revoked("custodian", me, 0, "fuzz", now), rules.Revoked("shard", "", 2, "fuzz", now, 0)])
+    cosigned = [p.CoSigned.propose(key, body).to_bytes() for body in (policy, revocations)]
+    feed = p.feed.make(key, name="fuzz", seq=1, issued=now, expires=now + 3600, threat_level=2,
+                       compromised=[me], unsafe=[("country", "XX")])
+    audit = p.encode_audit_body({"event": "store", "keyset": keyset.id_hex, "index": 1, "peer": me})
+    fetch = p.keyset_fetch
+    signed = [keyset.signed, req.signed, vote.signed, release.signed, receipt.signed, no_shard.signed,
+              descriptor.signed, delivery.signed, genesis.signed, join.signed]
     return {
         "decode": (signed, lambda d: p.decode(d)),
         "keyset": ([keyset.signed], lambda d: p.Keyset.from_bytes(d)),
@@ -127,53 +138,103 @@ def _records() -> dict[str, tuple[list[bytes], Callable[[bytes], Any]]]:
         "receipt": ([receipt.signed], lambda d: p.Receipt.from_bytes(d)),
         "no-shard": ([no_shard.signed], lambda d: p.NoShard.from_bytes(d)),
         "shard-meta": ([sealed], lambda d: p.read_shard_meta(d)),
-        "open-shard": ([sealed], lambda d: p.open_shard(d, hpke, recipient=me, now=1_800_000_000,
-                                                        owner=key.public_key().public_bytes_raw())),
+        "open-shard": ([sealed], lambda d: p.open_shard(d, hpke, recipient=me, now=now, owner=pub)),
         "share-text": ([share_text], lambda d: p.share_from_text(d.decode("utf-8", "replace"))),
         "keyset-text": ([keyset_text], lambda d: p.keyset_from_text(d.decode("utf-8", "replace"))),
-        "cosigned": ([p.CoSigned.propose(key, p.encode(["shardnet/fuzz", 1, "x"])).to_bytes()],
-                     lambda d: p.CoSigned.from_bytes(d, authorities=frozenset({key.public_key().public_bytes_raw()}),
-                                                     max_size=64 * 1024)),
+        "cosigned": ([p.CoSigned.propose(key, p.encode(["shardnet/fuzz", 1, "x"])).to_bytes(), *cosigned],
+                     lambda d: p.CoSigned.from_bytes(d, authorities=frozenset({pub}), max_size=64 * 1024)),
+        "descriptor": ([descriptor.signed], lambda d: p.Descriptor.from_bytes(d)),
+        "delivery": ([delivery.signed], lambda d: p.Delivery.from_bytes(d)),
+        "genesis": ([genesis.signed], lambda d: p.Genesis.from_bytes(d)),
+        "join-request": ([join.signed], lambda d: p.JoinRequest.from_bytes(d)),
+        "membership-body": ([admission, expulsion], lambda d: p.membership.parse_body(d)),
+        "rules-body": ([policy, revocations], lambda d: rules.parse_body(d)),
+        "policy": ([p.DEFAULT_POLICY.encode()], lambda d: p.Policy(d.decode("utf-8", "replace"))),
+        "placement": ([b"distinct:country,min-distinct:org=2,exclude:continent=AN"],
+                      lambda d: p.placement.parse(d.decode("utf-8", "replace"))),
+        "feed": ([feed], lambda d: p.feed.parse(d, pub)),
+        "audit-body": ([audit], lambda d: p.decode_audit_body(d)),
+        "epoch-batch": ([p.batches.epoch_batch([req.signed, vote.signed])], lambda d: p.batches.parse_epoch_batch(d)),
+        "rules-batch": (p.batches.rules_batches(cosigned), lambda d: p.batches.parse_rules_batch(d)),
+        "directory-pull": ([p.directory_pull.encode_pull(p.directory_pull.summary(
+            [(p.directory_pull.summary_key(me), 3)]))], lambda d: p.directory_pull.decode_pull(d)),
+        "keyset-fetch": ([fetch.request(keyset.keyset_id, bytes(16))], lambda d: fetch.parse_request(d)),
+        "keyset-fetch-reply": ([fetch.reply(keyset.signed, [receipt.signed])],
+                               lambda d: fetch.check_reply(d, keyset_id=keyset.keyset_id, responder=me,
+                                                           nonce=bytes(16), requester=me)),
     }
 
 
+def decoder_names() -> list[str]:
+    return list(_records())
+
+
 def fuzz_decoders(per_target: int, seed: int, say: Callable[[str], None] = lambda m: None,
-                  only: set[str] | None = None) -> list[Outcome]:
+                  only: set[str] | None = None, engine: str = "mutation", coverage: bool = False) -> list[Outcome]:
+    if engine == "atheris":
+        return [_atheris(name, per_target, seed, coverage, say) for name in _records()
+                if only is None or name in only]
     outcomes = []
     for name, (seeds, parse) in _records().items():
         if only is not None and name not in only:
             continue
-        rng = random.Random(f"{seed}-{name}")
-        out = Outcome(name)
-        for data in _inputs(rng, seeds, per_target):
-            out.inputs += 1
-            try:
-                parse(data)
-            except (p.ShardnetError, ValueError):
-                out.refused += 1
-            except Exception as exc:  # noqa: BLE001 - the finding itself
-                out.findings.append(_finding(name, exc, data))
+        out = Outcome(name, engine)
+        batch = engines.inputs(engine, f"{seed}-{name}", seeds, per_target)
+        with engines.Reach(DECODER_CODE, on=coverage) as reach:
+            for data in batch:
+                check_decoder(out, parse, data)
+        out.lines, out.arcs = reach.lines, reach.arcs
         say(f"{name}: {out.inputs} inputs, {len(out.findings)} findings")
         outcomes.append(out)
     return outcomes
 
 
-# -- stream handlers (a grid node's, in virtual time) ---------------------------------
+def _atheris(name: str, per_target: int, seed: int, coverage: bool, say: Callable[[str], None]) -> Outcome:
+    """One decoder under libFuzzer, in a process of its own (libFuzzer ends the process it
+    runs in)."""
+    with tempfile.TemporaryDirectory(prefix="shardnet-atheris-") as tmp:
+        result = pathlib.Path(tmp) / "result.json"
+        spec = {"target": name, "inputs": per_target, "seed": seed, "coverage": coverage, "out": str(result),
+                "work": tmp}
+        with open(pathlib.Path(tmp) / "libfuzzer.log", "w+b") as log:
+            proc = subprocess.run([sys.executable, "-m", "shardnet.simulations._fuzz_atheris", json.dumps(spec)],
+                                  stdout=log, stderr=subprocess.STDOUT, check=False)
+            if not result.exists():
+                log.seek(0)
+                tail = log.read().decode(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"atheris on {name} ended (exit {proc.returncode}) before {per_target} inputs: "
+                                   + " | ".join(tail))
+        got = json.loads(result.read_text())
+    out = Outcome(name, "atheris", inputs=got["inputs"], refused=got["refused"],
+                  findings=[Finding(name, f["error"], bytes.fromhex(f["data"])) for f in got["findings"]],
+                  lines={(f, n) for f, n in got["lines"]}, arcs={(f, a, b) for f, a, b in got["arcs"]})
+    say(f"{name}: {out.inputs} inputs (atheris), {len(out.findings)} findings")
+    return out
 
 
-async def _handlers_campaign(root: pathlib.Path, per_target: int, seed: int,
-                             say: Callable[[str], None]) -> list[Outcome]:
+# -- stream handlers and gossip validators (a grid node's, in virtual time) ----------------
+
+
+async def _handlers_campaign(root: pathlib.Path, per_target: int, seed: int, say: Callable[[str], None],
+                             engine: str, coverage: bool) -> list[Outcome]:
     from .grid import Grid
 
     grid = Grid(root, 4, seed=seed)
     frames: dict[str, list[bytes]] = {}
+    gossip: dict[str, dict[str, list[bytes]]] = {}  # topic -> author -> messages
 
     def tap(protocol: str, payload: bytes) -> None:
         kept = frames.setdefault(protocol, [])
         if len(kept) < 40 and payload not in kept:
             kept.append(payload)
 
+    def gossip_tap(topic: str, author: str, data: bytes) -> None:
+        kept = gossip.setdefault(topic, {}).setdefault(author, [])
+        if len(kept) < 20 and data not in kept:
+            kept.append(data)
+
     grid.network.taps.append(tap)
+    grid.network.gossip_taps.append(gossip_tap)
     outcomes = []
     async with grid.running():
         await grid.wait_directory()
@@ -187,53 +248,84 @@ async def _handlers_campaign(root: pathlib.Path, per_target: int, seed: int,
         for protocol in sorted(node.handlers):
             _, handler, _ = node.handlers[protocol]
             name = protocol.split("/", 3)[-1]
-            rng = random.Random(f"{seed}-{name}")
-            out = Outcome(name)
+            out = Outcome(name, engine)
             # A protocol the scenario did not exercise starts from the others' frames.
-            for data in _inputs(rng, frames.get(protocol) or every, per_target):
-                out.inputs += 1
-                try:
-                    with trio.fail_after(30):
-                        await handler(remote, data)
-                except tx.RequestRejected:
-                    out.refused += 1
-                except Exception as exc:  # noqa: BLE001 - the finding itself
-                    out.findings.append(_finding(name, exc, data))
+            batch = engines.inputs(engine, f"{seed}-{name}", frames.get(protocol) or every, per_target)
+            with engines.Reach(NODE_CODE, on=coverage) as reach:
+                for data in batch:
+                    out.inputs += 1
+                    try:
+                        with trio.fail_after(30):
+                            await handler(remote, data)
+                    except tx.RequestRejected:
+                        out.refused += 1
+                    except Exception as exc:  # noqa: BLE001 - the finding itself
+                        out.findings.append(_finding(name, exc, data))
+            out.lines, out.arcs = reach.lines, reach.arcs
             say(f"{name}: {out.inputs} inputs ({len(frames.get(protocol, []))} seeds), {len(out.findings)} findings")
             outcomes.append(out)
+        for topic in sorted(node.topics):
+            outcomes.append(_validator_campaign(topic, node.topics[topic].validator, gossip.get(topic, {}),
+                                                per_target, seed, engine, coverage, remote))
+            say(f"{outcomes[-1].target}: {outcomes[-1].inputs} inputs, {len(outcomes[-1].findings)} findings")
     return outcomes
+
+
+def _validator_campaign(topic: str, validator: tx.Validator, by_author: dict[str, list[bytes]], per_target: int,
+                        seed: int, engine: str, coverage: bool, stranger: str) -> Outcome:
+    """A topic's validator fed each author's messages, mutated, as that author's (so that
+    the checks past "signed by whoever sent it" are reached); an unused topic gets random
+    inputs from an admitted peer."""
+    name = "gossip:" + topic.rsplit("/", 2)[-2] + "/" + topic.rsplit("/", 1)[-1]
+    out = Outcome(name, engine)
+    authors = sorted(by_author) or [stranger]
+    with engines.Reach(NODE_CODE, on=coverage) as reach:
+        for k, author in enumerate(authors):
+            n = per_target // len(authors) + (k < per_target % len(authors))
+            for data in engines.inputs(engine, f"{seed}-{name}-{author}", by_author.get(author, []), n):
+                out.inputs += 1
+                try:
+                    accepted = validator(author, data)
+                except Exception as exc:  # noqa: BLE001 - a validator refuses by returning False
+                    out.findings.append(_finding(name, exc, data))
+                    continue
+                if accepted is not True and accepted is not False:
+                    out.findings.append(Finding(name, f"validator returned {accepted!r}, not a bool", data))
+                elif not accepted:
+                    out.refused += 1
+    out.lines, out.arcs = reach.lines, reach.arcs
+    return out
 
 
 async def _quiet(_: Any) -> None:
     pass
 
 
-def fuzz_handlers(per_target: int, seed: int, say: Callable[[str], None] = lambda m: None) -> list[Outcome]:
+def fuzz_handlers(per_target: int, seed: int, say: Callable[[str], None] = lambda m: None,
+                  engine: str = "mutation", coverage: bool = False) -> list[Outcome]:
     with tempfile.TemporaryDirectory(prefix="shardnet-fuzz-") as root:
-        return trio.run(_handlers_campaign, pathlib.Path(root), per_target, seed, say,
+        return trio.run(_handlers_campaign, pathlib.Path(root), per_target, seed, say, engine, coverage,
                         clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def replay(corpus: pathlib.Path = CORPUS) -> list[Finding]:
-    """Every kept input again, against its target (a decoder's or a handler's name)."""
+    """Every kept input again, against its target (a decoder's name; a handler's or a
+    validator's input is kept for reading, and replayed by hand on a grid)."""
     decoders = _records()
     found = []
     for path in sorted(corpus.glob("*/*.bin")):
         name, data = path.parent.name, path.read_bytes()
         if name in decoders:
-            try:
-                decoders[name][1](data)
-            except (p.ShardnetError, ValueError):
-                continue
-            except Exception as exc:  # noqa: BLE001 - a regression
-                found.append(_finding(name, exc, data))
+            out = Outcome(name)
+            check_decoder(out, decoders[name][1], data)
+            found += out.findings
     return found
 
 
 def keep(findings: list[Finding], corpus: pathlib.Path) -> list[pathlib.Path]:
     kept = []
     for f in findings:
-        d = corpus / f.target
+        d = corpus / f.target.replace("/", "_").replace(":", "_")
         d.mkdir(parents=True, exist_ok=True)
         path = d / (hashlib.sha256(f.data).hexdigest()[:16] + ".bin")
         path.write_bytes(f.data)
@@ -241,26 +333,64 @@ def keep(findings: list[Finding], corpus: pathlib.Path) -> list[pathlib.Path]:
     return kept
 
 
-def run_fuzz(*, inputs: int, seed: int, corpus: pathlib.Path | None, say: Callable[[str], None]) -> dict[str, Any]:
+def run_fuzz(*, inputs: int, seed: int, corpus: pathlib.Path | None, say: Callable[[str], None],
+             engines_: Iterable[str] = ("mutation",), coverage: bool = False) -> dict[str, Any]:
+    """Every target under each engine (atheris drives the decoders only), and with
+    ``coverage`` what each reached, side by side."""
     t0 = time.perf_counter()
-    outcomes = fuzz_decoders(inputs, seed, say) + fuzz_handlers(inputs, seed, say)
+    outcomes: list[Outcome] = []
+    ran = list(dict.fromkeys(engines_))
+    for engine in ran:
+        outcomes += fuzz_decoders(inputs, seed, say, engine=engine, coverage=coverage)
+        if engine != "atheris":
+            outcomes += fuzz_handlers(inputs, seed, say, engine=engine, coverage=coverage)
     findings = [f for o in outcomes for f in o.findings]
     kept = keep(findings, corpus) if corpus is not None and findings else []
-    return {
-        "seed": seed, "inputs_per_target": inputs, "seconds": round(time.perf_counter() - t0, 1),
-        "targets": [{"target": o.target, "inputs": o.inputs, "refused": o.refused, "findings": len(o.findings),
-                     "first": o.findings[0].error if o.findings else ""} for o in outcomes],
+    result: dict[str, Any] = {
+        "seed": seed, "inputs_per_target": inputs, "engines": ran, "seconds": round(time.perf_counter() - t0, 1),
+        "targets": [{"target": o.target, "engine": o.engine, "inputs": o.inputs, "refused": o.refused,
+                     "findings": len(o.findings), "first": o.findings[0].error if o.findings else "",
+                     **({"lines": len(o.lines), "arcs": len(o.arcs)} if coverage else {})} for o in outcomes],
         "kept": [str(k) for k in kept],
     }
+    if coverage:
+        result["coverage"] = _coverage(outcomes, ran)
+    return result
+
+
+def _coverage(outcomes: list[Outcome], ran: list[str]) -> dict[str, Any]:
+    """The engines compared over the decoders (every engine drives them), and what each
+    reached over everything it drove (atheris drives the decoders only)."""
+    decoders = set(_records())
+    got: dict[str, tuple[set[Any], set[Any]]] = {e: (set(), set()) for e in ran}
+    total: dict[str, tuple[set[Any], set[Any]]] = {e: (set(), set()) for e in ran}
+    for o in outcomes:
+        for into in (got, total) if o.target in decoders else (total,):
+            into[o.engine][0].update(o.lines)
+            into[o.engine][1].update(o.arcs)
+    return {"decoders": engines.compare(got),
+            "driven": {e: {"lines": len(ln), "arcs": len(a)} for e, (ln, a) in total.items()}}
 
 
 def format_fuzz_report(result: dict[str, Any]) -> str:
-    lines = [f"{'target':<28} {'inputs':>8} {'refused':>8} {'findings':>8}"]
+    cov = "coverage" in result
+    lines = [f"{'target':<28} {'engine':<10} {'inputs':>8} {'refused':>8} {'findings':>8}"
+             + (f" {'lines':>6} {'arcs':>6}" if cov else "")]
     for t in result["targets"]:
-        lines.append(f"{t['target']:<28} {t['inputs']:>8} {t['refused']:>8} {t['findings']:>8}"
+        lines.append(f"{t['target']:<28} {t['engine']:<10} {t['inputs']:>8} {t['refused']:>8} {t['findings']:>8}"
+                     + (f" {t['lines']:>6} {t['arcs']:>6}" if cov else "")
                      + (f"  {t['first']}" if t["first"] else ""))
+    if cov:
+        c = result["coverage"]["decoders"]
+        lines.append(f"coverage over the decoders: union {c['union_lines']} lines, {c['union_arcs']} arcs")
+        for engine, e in c["engines"].items():
+            only = ", ".join(e["only_lines"][:12]) + (" ..." if len(e["only_lines"]) > 12 else "")
+            lines.append(f"  {engine:<10} {e['lines']:>5} lines {e['arcs']:>5} arcs; alone "
+                         f"{len(e['only_lines'])} lines, {e['only_arcs']} arcs" + (f": {only}" if only else ""))
+        lines.append("over everything each drove: " + "; ".join(
+            f"{e} {d['lines']} lines, {d['arcs']} arcs" for e, d in result["coverage"]["driven"].items()))
     total = sum(t["findings"] for t in result["targets"])
-    lines.append(f"{len(result['targets'])} targets, {result['inputs_per_target']} inputs each, seed {result['seed']}, "
-                 f"{result['seconds']} s: {total} findings" + (f", kept in {', '.join(result['kept'])}"
-                                                                 if result["kept"] else ""))
+    lines.append(f"{len(result['targets'])} targets, {result['inputs_per_target']} inputs each, "
+                 f"{'+'.join(result['engines'])}, seed {result['seed']}, {result['seconds']} s: {total} findings"
+                 + (f", kept in {', '.join(result['kept'])}" if result["kept"] else ""))
     return "\n".join(lines)

@@ -183,7 +183,10 @@ class MemoryTransport:
     async def publish(self, topic: wire.Topic, data: bytes) -> None:
         self._node.published += 1
         mid = hashlib.sha256(f"{self.peer_id}/{self._node.published}".encode()).digest()
-        self._net.gossip(self._node, self.peer_id, self._scoped_topic(topic), data, author=self.peer_id, mid=mid)
+        scoped = self._scoped_topic(topic)
+        for tap in self._net.gossip_taps:
+            tap(scoped.name, self.peer_id, data)
+        self._net.gossip(self._node, self.peer_id, scoped, data, author=self.peer_id, mid=mid)
 
     async def disconnect(self, peer: str) -> None:
         self._node.connections.pop(peer, None)
@@ -212,6 +215,8 @@ class MemoryNetwork:
         self.lose: Callable[[str, str], bool] = lose or (lambda a, b: False)
         self.degree = degree
         self.taps: list[Callable[[str, bytes], None]] = []
+        #: Called as ``(topic, author, data)`` for every message a node publishes.
+        self.gossip_taps: list[Callable[[str, str, bytes], None]] = []
         self.rng = random.Random(seed)
         self._cuts: set[frozenset[str]] = set()
         self._nursery: trio.Nursery | None = None
