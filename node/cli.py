@@ -121,6 +121,17 @@ def _fuzz_engines(text: str) -> list[str]:
     return got
 
 
+def _fuzz_targets(text: str) -> set[str]:
+    from shardnet.simulations._fuzz import decoder_names
+
+    known = [*decoder_names(), "handlers"]
+    got = {t.strip() for t in text.split(",") if t.strip()}
+    bad = sorted(got - set(known))
+    if bad or not got:
+        raise argparse.ArgumentTypeError(f"unknown target {', '.join(bad) if bad else repr(text)} (one of {', '.join(known)})")
+    return got
+
+
 def cmd_bench_grid(args: argparse.Namespace) -> int:
     from shardnet.simulations._grid_bench import format_grid_report, run_grid_bench
 
@@ -193,7 +204,8 @@ def cmd_bench_fuzz(args: argparse.Namespace) -> int:
         except ImportError:
             raise Failure("the atheris engine needs atheris: pip install -e '.[fuzz]' (make installs it)") from None
     result = run_fuzz(inputs=args.inputs, seed=args.seed, corpus=pathlib.Path(args.corpus) if args.corpus else None,
-                      say=lambda m: print(f"... {m}", file=sys.stderr), engines_=args.engine, coverage=args.coverage)
+                      say=lambda m: print(f"... {m}", file=sys.stderr), engines_=args.engine, coverage=args.coverage,
+                      only=args.only)
     _write_json(args.json, result)
     print(format_fuzz_report(result))
     return EXIT_FAIL if any(t["findings"] for t in result["targets"]) else EXIT_OK
@@ -298,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     bz.add_argument("--corpus", metavar="DIR", help="keep each finding's input here (tests/fuzz-corpus replays it)")
     bz.add_argument("--engine", type=_fuzz_engines, default=["mutation"], metavar="E[,E...]",
                     help="mutation (default), hypothesis, atheris (the decoders only), or several, side by side")
+    bz.add_argument("--only", type=_fuzz_targets, metavar="T[,T...]",
+                    help="these decoders only (and 'handlers' for the stream handlers and gossip validators)")
     bz.add_argument("--coverage", action="store_true",
                     help="measure the lines and arcs each target's inputs reached, and compare the engines")
     bz.add_argument("--json", metavar="FILE", help="also write the results as JSON")

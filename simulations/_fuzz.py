@@ -334,15 +334,19 @@ def keep(findings: list[Finding], corpus: pathlib.Path) -> list[pathlib.Path]:
 
 
 def run_fuzz(*, inputs: int, seed: int, corpus: pathlib.Path | None, say: Callable[[str], None],
-             engines_: Iterable[str] = ("mutation",), coverage: bool = False) -> dict[str, Any]:
-    """Every target under each engine (atheris drives the decoders only), and with
-    ``coverage`` what each reached, side by side."""
+             engines_: Iterable[str] = ("mutation",), coverage: bool = False,
+             only: set[str] | None = None) -> dict[str, Any]:
+    """Every target (or those in ``only``: decoders by name, and ``handlers`` for the
+    grid's handlers and validators) under each engine (atheris drives the decoders only),
+    and with ``coverage`` what each reached, side by side."""
     t0 = time.perf_counter()
     outcomes: list[Outcome] = []
     ran = list(dict.fromkeys(engines_))
+    decoders = None if only is None else only - {"handlers"}
     for engine in ran:
-        outcomes += fuzz_decoders(inputs, seed, say, engine=engine, coverage=coverage)
-        if engine != "atheris":
+        if decoders is None or decoders:
+            outcomes += fuzz_decoders(inputs, seed, say, engine=engine, coverage=coverage, only=decoders)
+        if engine != "atheris" and (only is None or "handlers" in only):
             outcomes += fuzz_handlers(inputs, seed, say, engine=engine, coverage=coverage)
     findings = [f for o in outcomes for f in o.findings]
     kept = keep(findings, corpus) if corpus is not None and findings else []

@@ -1,29 +1,83 @@
 """The fuzz campaign in CI (simulations/_fuzz.py; `shardnet bench fuzz` runs 100k a target):
-5,000 mutated inputs for each decoder and 1,000 for each stream handler of a grid node, and
-every input kept in tests/fuzz-corpus replayed. A decoder refuses bad input only with its
-documented errors, a handler only with a refusal."""
+5,000 inputs for each decoder, each stream handler and each gossip validator of a grid node,
+Hypothesis's inputs over every one of them, atheris on two decoders, and every input kept in
+tests/fuzz-corpus replayed. A decoder refuses bad input only with its documented errors, a
+handler only with a refusal, a validator only by returning False."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import pathlib
 
+import pytest
+
+from shardnet.protocol import _codec
 from shardnet.simulations import _fuzz
+from shardnet.simulations import _fuzz_engines as engines
 from shardnet.simulations._local import run_cli
+
+
+def _no_findings(outcomes: list[_fuzz.Outcome]) -> dict[str, list[str]]:
+    return {o.target: [f.error for f in o.findings][:3] for o in outcomes if o.findings}
 
 
 def test_every_decoder_refuses_5000_mutations_cleanly() -> None:
     outcomes = _fuzz.fuzz_decoders(5000, seed=20261204)
-    assert len(outcomes) >= 13
-    assert {o.target: [f.error for f in o.findings][:3] for o in outcomes if o.findings} == {}
+    assert len(outcomes) >= 28
+    assert _no_findings(outcomes) == {}
     assert all(o.refused > o.inputs // 2 for o in outcomes), [(o.target, o.refused) for o in outcomes]
 
 
-def test_every_stream_handler_refuses_1000_mutations_cleanly() -> None:
-    outcomes = _fuzz.fuzz_handlers(1000, seed=20261204)
+def test_every_stream_handler_and_validator_refuses_5000_mutations_cleanly() -> None:
+    outcomes = _fuzz.fuzz_handlers(5000, seed=20261204)
     names = {o.target for o in outcomes}
     assert {"deliver/1", "release/2", "release/1", "epoch/1", "sync/1", "possession/1"} <= names, names
-    assert {o.target: [f.error for f in o.findings][:3] for o in outcomes if o.findings} == {}
+    assert {"gossip:directory/1", "gossip:membership/1", "gossip:request/1", "gossip:vote/1",
+            "gossip:policy/1", "gossip:revocation/1"} <= names, names
+    assert all(o.inputs == 5000 for o in outcomes)
+    assert _no_findings(outcomes) == {}
+
+
+def test_hypothesis_inputs_over_every_target() -> None:
+    """The hypothesis engine, a few hundred inputs a target (the bench runs 100k)."""
+    decoders = _fuzz.fuzz_decoders(100, seed=3, engine="hypothesis")
+    handlers = _fuzz.fuzz_handlers(100, seed=3, engine="hypothesis")
+    assert len(decoders) >= 28 and len(handlers) >= 19
+    assert all(o.inputs >= 60 and o.engine == "hypothesis" for o in decoders + handlers)
+    assert _no_findings(decoders + handlers) == {}
+
+
+def _line_of(text: str) -> int:
+    lines, start = inspect.getsourcelines(_codec)
+    return start + next(i for i, ln in enumerate(lines) if text in ln)
+
+
+def test_structural_mutations_reach_what_byte_flips_did_not() -> None:
+    """A map whose keys cannot be sorted (the re-encode in decode fails: not canonical) and
+    a record at an unsupported version: at 10k inputs only libFuzzer reached these before
+    the mutation engine packed seeds again with one value made odd."""
+    [out] = _fuzz.fuzz_decoders(3000, seed=5, only={"decode"}, coverage=True)
+    [rec] = _fuzz.fuzz_decoders(3000, seed=5, only={"request"}, coverage=True)
+    reached = out.lines | rec.lines
+    re_encode = _line_of('raise MalformedEncoding("not canonical msgpack") from None')
+    version = _line_of('unsupported version')
+    assert ("protocol/_codec.py", re_encode) in reached
+    assert ("protocol/_codec.py", version) in reached
+    assert len(out.arcs) > len(out.lines) > 10
+
+
+def test_a_validator_that_raises_or_answers_oddly_is_a_finding() -> None:
+    def validator(author: str, data: bytes) -> bool:
+        if data[:1] == b"\x00":
+            raise KeyError("boom")
+        return len(data) % 2 == 0 if data[:1] != b"\x01" else None  # type: ignore[return-value]
+
+    out = _fuzz._validator_campaign("/shardnet/x/topic/1", validator, {"peer": [b"\x00abc", b"\x01x", b"ok"]},
+                                    2000, 1, "mutation", False, "peer")
+    errors = {f.error.split(":")[0] for f in out.findings}
+    assert out.inputs == 2000 and {"KeyError", "validator returned None, not a bool"} <= errors, errors
+    assert out.refused + len(out.findings) < out.inputs  # and some were accepted
 
 
 def test_the_kept_corpus_replays_without_a_finding() -> None:
@@ -36,5 +90,32 @@ def test_bench_fuzz_runs_from_the_cli(tmp_path: pathlib.Path) -> None:
     r = run_cli("bench", "fuzz", "--inputs", "200", "--corpus", str(tmp_path / "c"), "--json", str(tmp_path / "f.json"))
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "f.json").read_text())
-    assert len(result["targets"]) >= 25 and all(t["inputs"] == 200 for t in result["targets"])
+    assert len(result["targets"]) >= 47 and all(t["inputs"] == 200 for t in result["targets"])
     assert "0 findings" in r.stdout.splitlines()[-1] and not (tmp_path / "c").exists()
+
+
+def test_bench_fuzz_compares_atheris_with_the_mutation_engine(tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("atheris", reason="atheris is in the fuzz extra, which make installs")
+    r = run_cli("bench", "fuzz", "--inputs", "2000", "--engine", "mutation,atheris", "--coverage",
+                "--only", "decode,keyset", "--json", str(tmp_path / "f.json"))
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "f.json").read_text())
+    got = {(t["target"], t["engine"]): t for t in result["targets"]}
+    assert set(got) == {(t, e) for t in ("decode", "keyset") for e in ("mutation", "atheris")}
+    assert all(t["inputs"] == 2000 and t["findings"] == 0 and t["lines"] > 10 for t in got.values())
+    cov = result["coverage"]["decoders"]
+    assert set(cov["engines"]) == {"mutation", "atheris"}
+    assert cov["union_lines"] >= max(e["lines"] for e in cov["engines"].values())
+    assert "coverage over the decoders: union" in r.stdout
+
+
+def test_bench_fuzz_refuses_unknown_engines_and_targets() -> None:
+    for args, why in ((["--engine", "afl"], "expected one or more of mutation"),
+                      (["--only", "nope"], "unknown target nope")):
+        r = run_cli("bench", "fuzz", *args)
+        assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_the_hypothesis_engine_is_seeded() -> None:
+    a = engines.hypothesis_inputs(7, [b"\x92\x01\x02"], 50)
+    assert a == engines.hypothesis_inputs(7, [b"\x92\x01\x02"], 50) and len(set(a)) > 10
