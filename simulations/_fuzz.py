@@ -156,7 +156,7 @@ def _records() -> dict[str, tuple[list[bytes], Callable[[bytes], Any]]]:
         "audit-body": ([audit], lambda d: p.decode_audit_body(d)),
         "epoch-batch": ([p.batches.epoch_batch([req.signed, vote.signed])], lambda d: p.batches.parse_epoch_batch(d)),
         "rules-batch": (p.batches.rules_batches(cosigned), lambda d: p.batches.parse_rules_batch(d)),
-        "directory-pull": ([p.directory_pull.encode_pull(p.directory_pull.summary(
+        "directory-pull": ([p.wire.PULL, p.directory_pull.encode_pull(p.directory_pull.summary(
             [(p.directory_pull.summary_key(me), 3)]))], lambda d: p.directory_pull.decode_pull(d)),
         "keyset-fetch": ([fetch.request(keyset.keyset_id, bytes(16))], lambda d: fetch.parse_request(d)),
         "keyset-fetch-reply": ([fetch.reply(keyset.signed, [receipt.signed])],
@@ -240,17 +240,25 @@ async def _handlers_campaign(root: pathlib.Path, per_target: int, seed: int, say
         await grid.wait_directory()
         keyset = await grid.import_key(0, b"fuzz master key", 2, 3)
         await grid.reconstruct(1, keyset)
-        await grid.nodes[0].commands()["refresh"]({"keyset": keyset}, _quiet)
+        owner = grid.nodes[0].commands()
+        await owner["refresh"]({"keyset": keyset}, _quiet)
+        await owner["policy-publish"]({"keyset": keyset, "policy": p.DEFAULT_POLICY}, _quiet)
+        await owner["revoke"]({"subject": "requester", "value": grid.nodes[3].peer_id, "reason": "fuzz",
+                               "keyset": keyset}, _quiet)
+        await trio.sleep(2 * p.wire.RULES_PULL_EVERY)  # the rules' anti-entropy pulls, for their frames
         target = grid.nodes[1]
         remote = grid.nodes[0].peer_id  # admitted: the parse paths past the gate
         node = grid.network.nodes[target.peer_id]
-        every = [f for kept in frames.values() for f in kept]
+        seeds = {_short(protocol): kept for protocol, kept in frames.items()}  # the network's scope left out
+        for name, extra in _unexercised(grid, keyset, seeds).items():
+            seeds.setdefault(name, []).extend(extra)
+        every = [f for kept in seeds.values() for f in kept]
         for protocol in sorted(node.handlers):
             _, handler, _ = node.handlers[protocol]
-            name = protocol.split("/", 3)[-1]
+            name = _short(protocol)
             out = Outcome(name, engine)
-            # A protocol the scenario did not exercise starts from the others' frames.
-            batch = engines.inputs(engine, f"{seed}-{name}", frames.get(protocol) or every, per_target)
+            # A protocol that nothing gave a seed starts from the others' frames.
+            batch = engines.inputs(engine, f"{seed}-{name}", seeds.get(name) or every, per_target)
             with engines.Reach(NODE_CODE, on=coverage) as reach:
                 for data in batch:
                     out.inputs += 1
@@ -262,13 +270,53 @@ async def _handlers_campaign(root: pathlib.Path, per_target: int, seed: int, say
                     except Exception as exc:  # noqa: BLE001 - the finding itself
                         out.findings.append(_finding(name, exc, data))
             out.lines, out.arcs = reach.lines, reach.arcs
-            say(f"{name}: {out.inputs} inputs ({len(frames.get(protocol, []))} seeds), {len(out.findings)} findings")
+            say(f"{name}: {out.inputs} inputs ({len(seeds.get(name, []))} seeds), {len(out.findings)} findings")
             outcomes.append(out)
+        messages = {_short_topic(topic): authors for topic, authors in gossip.items()}
+        for name, extra in _unheard(grid, messages).items():
+            messages.setdefault(name, {}).setdefault(remote, []).extend(extra)
         for topic in sorted(node.topics):
-            outcomes.append(_validator_campaign(topic, node.topics[topic].validator, gossip.get(topic, {}),
+            heard = messages.get(_short_topic(topic), {})
+            outcomes.append(_validator_campaign(topic, node.topics[topic].validator, heard,
                                                 per_target, seed, engine, coverage, remote))
-            say(f"{outcomes[-1].target}: {outcomes[-1].inputs} inputs, {len(outcomes[-1].findings)} findings")
+            say(f"{outcomes[-1].target}: {outcomes[-1].inputs} inputs ({sum(map(len, heard.values()))} seeds from "
+                f"{len(heard)} authors), {len(outcomes[-1].findings)} findings")
     return outcomes
+
+
+def _short(scoped: str) -> str:
+    """``/shardnet/<network>/deliver/1`` -> ``deliver/1``."""
+    return scoped.split("/", 3)[-1]
+
+
+def _unexercised(grid: Any, keyset: str, seeds: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
+    """Seeds, made as a peer would make them, for the protocols the scenario leaves quiet:
+    a bare directory pull, a v1 release ask (the v2 one's frame), a keyset notice and a
+    keyset fetch for the scenario's keyset."""
+    record = grid.nodes[0].store.keyset(keyset)["record"]
+    return {"directory/1": [p.wire.PULL], "release/1": list(seeds.get("release/2", [])), "keyset/1": [record],
+            "keyset-fetch/1": [p.keyset_fetch.request(bytes.fromhex(keyset), bytes(16))]}
+
+
+def _short_topic(scoped: str) -> str:
+    """``shardnet/<network>/membership/1`` -> ``membership/1``."""
+    return scoped.split("/", 2)[-1]
+
+
+def _unheard(grid: Any, messages: dict[str, dict[str, list[bytes]]]) -> dict[str, list[bytes]]:
+    """Messages of node 0 (the grid's authority) for the topics the scenario leaves quiet:
+    an admission and an expulsion, and a rules batch of the rules it published."""
+    from .grid import admission_body
+
+    authority = grid.homes[0].identity()
+    stranger = p.peer_id_of(Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key().public_bytes_raw())
+    g = grid.genesis_or_fail()
+    admission = admission_body(g, stranger, {"x25519": bytes(range(32))}, name="fuzz", org="fuzz", country="NZ")
+    expulsion = p.MemberRevocation.make_body(network_id=g.network_id, peer_id=stranger, reason="fuzz",
+                                             time=int(grid.nodes[0].now()))
+    rules = [m for t in ("policy/1", "revocation/1") for ms in messages.get(t, {}).values() for m in ms]
+    return {"membership/1": [p.CoSigned.propose(authority, b).to_bytes() for b in (admission, expulsion)],
+            "rules-batch/1": p.batches.rules_batches(rules) if rules else []}
 
 
 def _validator_campaign(topic: str, validator: tx.Validator, by_author: dict[str, list[bytes]], per_target: int,
@@ -276,7 +324,7 @@ def _validator_campaign(topic: str, validator: tx.Validator, by_author: dict[str
     """A topic's validator fed each author's messages, mutated, as that author's (so that
     the checks past "signed by whoever sent it" are reached); an unused topic gets random
     inputs from an admitted peer."""
-    name = "gossip:" + topic.rsplit("/", 2)[-2] + "/" + topic.rsplit("/", 1)[-1]
+    name = "gossip:" + "/".join(topic.rsplit("/", 2)[-2:])
     out = Outcome(name, engine)
     authors = sorted(by_author) or [stranger]
     with engines.Reach(NODE_CODE, on=coverage) as reach:

@@ -3,7 +3,7 @@
 Three engines make inputs from a target's seeds (real encodings):
 
 - ``mutation`` (the default): seeded byte mutations (bits flipped, bytes inserted, cut,
-  spliced from another seed, msgpack length headers blown up), structural ones (a
+  spliced from another seed or repeated, msgpack length headers blown up), structural ones (a
   seed decoded as msgpack, one value deep inside it replaced by another of the wrong
   type or range, a map's keys mixed, and packed again, so that the input is valid
   msgpack that the record's own checks must refuse), and now and then random bytes;
@@ -37,7 +37,7 @@ def mutate(rng: random.Random, seed: bytes, others: list[bytes]) -> bytes:
     """One seeded byte-level mutation of ``seed``."""
     data = bytearray(seed)
     for _ in range(rng.choice((1, 1, 2, 3, 8))):
-        op = rng.randrange(7)
+        op = rng.randrange(8)
         at = rng.randrange(len(data) + 1)
         if op == 0 and data:  # flip bits
             i = min(at, len(data) - 1)
@@ -55,6 +55,9 @@ def mutate(rng: random.Random, seed: bytes, others: list[bytes]) -> bytes:
             data[i] = rng.choice(_INTERESTING)
         elif op == 5:  # a 32-bit length, huge
             data[at:at] = bytes((rng.choice((0xC6, 0xDB, 0xDD, 0xDF)),)) + b"\xff\xff\xff\xf0"
+        elif op == 6:  # a few bytes repeated: deep nesting ("((((", msgpack's 0x91 0x91 ...)
+            chunk = bytes(data[at:at + rng.randrange(1, 5)]) or b"\x91"
+            data[at:at] = chunk * rng.choice((2, 8, 40, 200))
         else:  # truncate
             del data[at:]
     return bytes(data[:MAX_INPUT])
@@ -65,7 +68,7 @@ def _odd_value(rng: random.Random, old: Any) -> Any:
     choices: list[Any] = [
         None, True, -1, 0, 2, 255, 1 << 32, (1 << 64) - 1, -(1 << 63), 1.5, "", "x" * 300, b"", bytes(33),
         [], [old, old], {}, {"a": 1, b"b": 2},  # a map whose keys cannot be sorted: not canonical
-        {"k": old},
+        {"k": old}, _nested(40),  # deeper than any record may nest
     ]
     if isinstance(old, int) and not isinstance(old, bool):
         choices += [old + 1, old - 1, old + 1]  # a version or a count off by one, most often
@@ -74,6 +77,13 @@ def _odd_value(rng: random.Random, old: Any) -> Any:
     if isinstance(old, bytes):
         choices += [old[:-1], old + b"\x00", bytes(len(old))]
     return rng.choice(choices)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 def _edit(rng: random.Random, value: Any, depth: int) -> Any:

@@ -12,7 +12,7 @@ import pathlib
 
 import pytest
 
-from shardnet.protocol import _codec
+from shardnet.protocol import _audit, _codec, _policy
 from shardnet.simulations import _fuzz
 from shardnet.simulations import _fuzz_engines as engines
 from shardnet.simulations._local import run_cli
@@ -48,23 +48,25 @@ def test_hypothesis_inputs_over_every_target() -> None:
     assert _no_findings(decoders + handlers) == {}
 
 
-def _line_of(text: str) -> int:
-    lines, start = inspect.getsourcelines(_codec)
-    return start + next(i for i, ln in enumerate(lines) if text in ln)
+def _line_of(module: object, text: str) -> tuple[str, int]:
+    lines, start = inspect.getsourcelines(module)  # type: ignore[arg-type]
+    name = "protocol/" + pathlib.Path(inspect.getfile(module)).name  # type: ignore[arg-type]
+    return name, start + next(i for i, ln in enumerate(lines) if text in ln)
 
 
-def test_structural_mutations_reach_what_byte_flips_did_not() -> None:
-    """A map whose keys cannot be sorted (the re-encode in decode fails: not canonical) and
-    a record at an unsupported version: at 10k inputs only libFuzzer reached these before
-    the mutation engine packed seeds again with one value made odd."""
-    [out] = _fuzz.fuzz_decoders(3000, seed=5, only={"decode"}, coverage=True)
-    [rec] = _fuzz.fuzz_decoders(3000, seed=5, only={"request"}, coverage=True)
-    reached = out.lines | rec.lines
-    re_encode = _line_of('raise MalformedEncoding("not canonical msgpack") from None')
-    version = _line_of('unsupported version')
-    assert ("protocol/_codec.py", re_encode) in reached
-    assert ("protocol/_codec.py", version) in reached
-    assert len(out.arcs) > len(out.lines) > 10
+def test_the_mutation_engine_reaches_what_only_libfuzzer_did() -> None:
+    """What atheris alone reached when the engines were compared: at 10k inputs, a map
+    whose keys cannot be sorted (decode's re-encode fails) and a record at an unsupported
+    version; at 100k, nesting past the depth caps of the codec and of Cedar policies. The
+    structural and repeating mutations were added for them."""
+    outcomes = _fuzz.fuzz_decoders(3000, seed=5, only={"decode", "request", "policy", "audit-body"},
+                                   coverage=True)
+    reached = set().union(*(o.lines for o in outcomes))
+    for module, text in ((_codec, 'raise MalformedEncoding("not canonical msgpack") from None'),
+                         (_codec, "unsupported version"), (_codec, "levels deep"),
+                         (_policy, "nests brackets"), (_audit, "raise MalformedEncoding(str(exc)) from None")):
+        assert _line_of(module, text) in reached, text
+    assert all(len(o.arcs) > len(o.lines) > 10 for o in outcomes)
 
 
 def test_a_validator_that_raises_or_answers_oddly_is_a_finding() -> None:
