@@ -438,7 +438,7 @@ def format_fuzz_report(result: dict[str, Any]) -> str:
         for engine, e in c["engines"].items():
             only = ", ".join(e["only_lines"][:12]) + (" ..." if len(e["only_lines"]) > 12 else "")
             lines.append(f"  {engine:<10} {e['lines']:>5} lines {e['arcs']:>5} arcs; alone "
-                         f"{len(e['only_lines'])} lines, {e['only_arcs']} arcs" + (f": {only}" if only else ""))
+                         f"{len(e['only_lines'])} lines, {len(e['only_arcs'])} arcs" + (f": {only}" if only else ""))
         lines.append("over everything each drove: " + "; ".join(
             f"{e} {d['lines']} lines, {d['arcs']} arcs" for e, d in result["coverage"]["driven"].items()))
     total = sum(t["findings"] for t in result["targets"])

@@ -251,7 +251,7 @@ def compare(reached: dict[str, tuple[set[Any], set[Any]]]) -> dict[str, Any]:
         out["engines"][engine] = {
             "lines": len(lines), "arcs": len(arcs),
             "only_lines": sorted(f"{f}:{n}" for f, n in lines - others_l),
-            "only_arcs": len(arcs - others_a),
+            "only_arcs": sorted(f"{f}:{a}->{b}" for f, a, b in arcs - others_a),
         }
     return out
 
