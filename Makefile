@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck netns-tools pytest coverage clean
+.PHONY: test demo lint typecheck netns-tools go-tools pytest coverage clean
 
 # constraints.txt pins every transitive dependency too (pip freeze of a working venv).
 $(STAMP): pyproject.toml constraints.txt
@@ -39,7 +39,16 @@ netns-tools:
 		(apt-get update -q >/dev/null && apt-get install -y -q iproute2 >/dev/null) || \
 		echo "iproute2 could not be installed: the multiprocess tests will skip"; fi
 
-test: lint typecheck netns-tools pytest
+# tests/test_tlog_go.py checks our checkpoints and proofs with the Go checksum database's
+# own packages: Debian's golang-go and golang-golang-x-mod-dev, installed here when missing.
+go-tools:
+	@if [ "$$(id -u)" = 0 ] && ! dpkg -s golang-go golang-golang-x-mod-dev >/dev/null 2>&1; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go golang-golang-x-mod-dev >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+		 apt-get install -y -q golang-go golang-golang-x-mod-dev >/dev/null) || \
+		echo "golang-go could not be installed: the Go cross-checks will skip"; fi
+
+test: lint typecheck netns-tools go-tools pytest
 
 demo: $(STAMP)
 	$(BIN)/shardnet demo
