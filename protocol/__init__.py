@@ -15,11 +15,11 @@ from . import _feed as feed
 from . import _keyset_fetch as keyset_fetch
 from . import _keyset_rules as keyset_rules
 from . import _membership as membership
+from . import _note as note
 from . import _outbox as outbox
 from . import _placement as placement
 from . import _possession as possession
 from . import _release_round as release_round
-from . import _note as note
 from . import _tlog as tlog
 from . import _triggers as triggers
 from . import _wire as wire
