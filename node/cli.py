@@ -196,16 +196,24 @@ def cmd_bench_epoch(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_fuzz(args: argparse.Namespace) -> int:
-    from shardnet.simulations._fuzz import format_fuzz_report, run_fuzz
+    import importlib.util
 
-    if "atheris" in args.engine:
-        try:
-            import atheris  # noqa: F401 - only whether it is there
-        except ImportError:
-            raise Failure("the atheris engine needs atheris: pip install -e '.[fuzz]' (make installs it)") from None
-    result = run_fuzz(inputs=args.inputs, seed=args.seed, corpus=pathlib.Path(args.corpus) if args.corpus else None,
-                      say=lambda m: print(f"... {m}", file=sys.stderr), engines_=args.engine, coverage=args.coverage,
-                      only=args.only)
+    from shardnet.simulations._fuzz import EngineFailed, format_fuzz_report, run_fuzz
+
+    if args.only == {"handlers"} and args.engine == ["atheris"]:
+        raise UsageError("atheris drives the decoders only: with --only handlers, add --engine mutation or hypothesis")
+    needs = [("atheris", "atheris" in args.engine), ("hypothesis", "hypothesis" in args.engine),
+             ("coverage", args.coverage)]
+    for module, wanted in needs:
+        if wanted and importlib.util.find_spec(module) is None:
+            raise Failure(f"{module} is not installed: pip install -e '.[test,fuzz]' (make installs both)")
+    try:
+        result = run_fuzz(inputs=args.inputs, seed=args.seed,
+                          corpus=pathlib.Path(args.corpus) if args.corpus else None,
+                          say=lambda m: print(f"... {m}", file=sys.stderr), engines_=args.engine,
+                          coverage=args.coverage, only=args.only)
+    except EngineFailed as exc:
+        raise Failure(f"the fuzz engine broke, not a target: {exc}") from None
     _write_json(args.json, result)
     print(format_fuzz_report(result))
     return EXIT_FAIL if any(t["findings"] for t in result["targets"]) else EXIT_OK

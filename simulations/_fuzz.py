@@ -17,6 +17,7 @@ validators in one grid, in virtual time. Nothing touches the network.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import pathlib
 import random
@@ -50,19 +51,41 @@ class Finding:
     data: bytes = field(repr=False)
 
 
+#: Findings kept with their inputs, per target (all are counted): the first of each kind
+#: of error, up to this many.
+MAX_KEPT = 20
+
+
+class EngineFailed(Exception):
+    """An engine broke (its process died or hung), as opposed to a target misbehaving."""
+
+
 @dataclass
 class Outcome:
     target: str
     engine: str = "mutation"
+    seeds: int = 0  # the target's own seeds (0: it borrowed other targets')
     inputs: int = 0
     refused: int = 0  # inputs refused with a documented error (the expected case)
+    found: int = 0  # inputs that misbehaved; the first of each error kind are kept in findings
     findings: list[Finding] = field(default_factory=list)
     lines: set[tuple[str, int]] = field(default_factory=set, repr=False)  # with --coverage
     arcs: set[tuple[str, int, int]] = field(default_factory=set, repr=False)
 
+    def add(self, finding: Finding) -> None:
+        self.found += 1
+        kind = finding.error.split(":", 1)[0]
+        if len(self.findings) < MAX_KEPT and all(f.error.split(":", 1)[0] != kind for f in self.findings):
+            self.findings.append(finding)
+
 
 def _finding(target: str, exc: BaseException, data: bytes) -> Finding:
     return Finding(target, f"{type(exc).__name__}: {exc}"[:300], data)
+
+
+def _dirname(target: str) -> str:
+    """The corpus folder of a target's kept inputs."""
+    return target.replace("/", "_").replace(":", "_")
 
 
 def check_decoder(out: Outcome, parse: Callable[[bytes], Any], data: bytes) -> None:
@@ -73,7 +96,7 @@ def check_decoder(out: Outcome, parse: Callable[[bytes], Any], data: bytes) -> N
     except (p.ShardnetError, ValueError):
         out.refused += 1
     except Exception as exc:  # noqa: BLE001 - the finding itself
-        out.findings.append(_finding(out.target, exc, data))
+        out.add(_finding(out.target, exc, data))
 
 
 # -- decoders (protocol/, no IO) ----------------------------------------------------------
@@ -126,6 +149,27 @@ def _records() -> dict[str, tuple[list[bytes], Callable[[bytes], Any]]]:
                        compromised=[me], unsafe=[("country", "XX")])
     audit = p.encode_audit_body({"event": "store", "keyset": keyset.id_hex, "index": 1, "peer": me})
     fetch = p.keyset_fetch
+    er = p.epoch_records
+    others = [p.peer_id_of(Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32).public_key().public_bytes_raw())
+              for i in (7, 8)]
+    holders = {1: (me,), 2: (others[0],), 3: (others[1],)}
+    plan = er.Plan(keyset.keyset_id, 0, er.digest_of(keyset, None), "refresh", 2, 3, holders, None, bytes(16),
+                   now, now + 60).sign(key)
+    deals = [er.Deal.make(key, plan, share, {peer: hpke.public_bytes() for peer in (me, *others)}, "x25519",
+                          rng.randbytes)
+             for share in shares[:2]]
+    record = er.EpochRecord(keyset.keyset_id, 1, "refresh", 2, 3, er.new_commitments(plan, keyset, deals), holders,
+                            None, plan.prev, plan.round_id, now, now + 60)
+    cs_record = p.CoSigned.propose(key, record.body()).to_bytes()
+    echo = er.Echo.make(key, record, 1, er.qualified_digest(deals))
+    erased = er.Erased.make(key, keyset_id=keyset.keyset_id, epoch=1, index=1, record=record.digest, time=now)
+    order = er.RewrapOrder.make(key, keyset_id=keyset.keyset_id, epoch=0, round_id=bytes(16), created=now,
+                                deadline=now + 60)
+    rewrapped = er.Rewrapped.make(key, keyset_id=keyset.keyset_id, epoch=0, index=1, wrap=1,
+                                  sealed_digest=bytes(32), round_id=bytes(16), time=now)
+    challenge = p.possession.Challenge.make("x25519", hpke.public_bytes(), challenger=me, rng=rng.randbytes)
+    proof = p.possession.answer(challenge.frame, {"x25519": hpke}, challenger=me, key=key)
+    reply = p.batches.epoch_batch_reply([(p.batches.Status.OK, b"ok"), (p.batches.Status.REFUSED, b"no")])
     signed = [keyset.signed, req.signed, vote.signed, release.signed, receipt.signed, no_shard.signed,
               descriptor.signed, delivery.signed, genesis.signed, join.signed]
     return {
@@ -159,7 +203,22 @@ def _records() -> dict[str, tuple[list[bytes], Callable[[bytes], Any]]]:
         "directory-pull": ([p.wire.PULL, p.directory_pull.encode_pull(p.directory_pull.summary(
             [(p.directory_pull.summary_key(me), 3)]))], lambda d: p.directory_pull.decode_pull(d)),
         "keyset-fetch": ([fetch.request(keyset.keyset_id, bytes(16))], lambda d: fetch.parse_request(d)),
-        "keyset-fetch-reply": ([fetch.reply(keyset.signed, [receipt.signed])],
+        "epoch-record": ([cs_record], lambda d: er.EpochRecord.parse(d)),
+        "epoch-plan": ([plan.signed], lambda d: er.Plan.from_bytes(d)),
+        "epoch-deal": ([d.signed for d in deals], lambda d: er.Deal.from_bytes(d)),
+        "epoch-echo": ([echo.signed], lambda d: er.Echo.from_bytes(d)),
+        "epoch-erased": ([erased.signed], lambda d: er.Erased.from_bytes(d)),
+        "rewrap-order": ([order.signed], lambda d: er.RewrapOrder.from_bytes(d)),
+        "rewrapped": ([rewrapped.signed], lambda d: er.Rewrapped.from_bytes(d)),
+        "epoch-batch-reply": ([reply], lambda d: p.batches.parse_epoch_batch_reply(d, 2)),
+        "rules-peek": (cosigned, lambda d: rules.peek(d)),
+        "possession-proof": ([proof], lambda d: challenge.check(d, custodian=me, challenger=me)),
+        "peek-shard-meta": ([sealed], lambda d: p.peek_shard_meta(d)),
+        "peer-id": ([me.encode()], lambda d: p.public_key_of(d.decode("utf-8", "replace"))),
+        "feed-key": ([me.encode(), pub.hex().encode()], lambda d: p.feed.signer_key(d.decode("utf-8", "replace"))),
+        "keyset-fetch-reply": ([fetch.reply(keyset.signed, [p.Receipt.make(
+            key, keyset_id=keyset.keyset_id, epoch=0, index=1, shard_digest=bytes(32),
+            delivery_digest=fetch.proof_digest(bytes(16), me), status="stored", reason="", time=now).signed])],
                                lambda d: fetch.check_reply(d, keyset_id=keyset.keyset_id, responder=me,
                                                            nonce=bytes(16), requester=me)),
     }
@@ -178,13 +237,13 @@ def fuzz_decoders(per_target: int, seed: int, say: Callable[[str], None] = lambd
     for name, (seeds, parse) in _records().items():
         if only is not None and name not in only:
             continue
-        out = Outcome(name, engine)
+        out = Outcome(name, engine, seeds=len(seeds))
         batch = engines.inputs(engine, f"{seed}-{name}", seeds, per_target)
         with engines.Reach(DECODER_CODE, on=coverage) as reach:
             for data in batch:
                 check_decoder(out, parse, data)
         out.lines, out.arcs = reach.lines, reach.arcs
-        say(f"{name}: {out.inputs} inputs, {len(out.findings)} findings")
+        say(f"{name}: {out.inputs} inputs, {out.found} findings")
         outcomes.append(out)
     return outcomes
 
@@ -193,22 +252,34 @@ def _atheris(name: str, per_target: int, seed: int, coverage: bool, say: Callabl
     """One decoder under libFuzzer, in a process of its own (libFuzzer ends the process it
     runs in)."""
     with tempfile.TemporaryDirectory(prefix="shardnet-atheris-") as tmp:
-        result = pathlib.Path(tmp) / "result.json"
+        work = pathlib.Path(tmp)
+        result = work / "result.json"
         spec = {"target": name, "inputs": per_target, "seed": seed, "coverage": coverage, "out": str(result),
                 "work": tmp}
-        with open(pathlib.Path(tmp) / "libfuzzer.log", "w+b") as log:
-            proc = subprocess.run([sys.executable, "-m", "shardnet.simulations._fuzz_atheris", json.dumps(spec)],
-                                  stdout=log, stderr=subprocess.STDOUT, check=False)
+        with open(work / "libfuzzer.log", "w+b") as log:
+            try:  # libFuzzer keeps a crashing input as an artifact in the child's directory
+                proc = subprocess.run([sys.executable, "-m", "shardnet.simulations._fuzz_atheris", json.dumps(spec)],
+                                      stdout=log, stderr=subprocess.STDOUT, cwd=tmp, check=False,
+                                      timeout=120 + per_target * 0.05)
+            except subprocess.TimeoutExpired:
+                raise EngineFailed(f"atheris on {name} did not finish {per_target} inputs in time") from None
             if not result.exists():
+                crashed = sorted(work.glob("crash-*")) + sorted(work.glob("timeout-*")) + sorted(work.glob("oom-*"))
+                if crashed:  # the process died on an input: that input is the finding
+                    out = Outcome(name, "atheris", inputs=1)
+                    out.add(Finding(name, f"ProcessDied: {crashed[0].name.split('-')[0]} (exit {proc.returncode})",
+                                    crashed[0].read_bytes()))
+                    return out
                 log.seek(0)
-                tail = log.read().decode(errors="replace").strip().splitlines()[-3:]
-                raise RuntimeError(f"atheris on {name} ended (exit {proc.returncode}) before {per_target} inputs: "
+                tail = log.read().decode(errors="replace").strip().splitlines()[-2:]
+                raise EngineFailed(f"atheris on {name} ended (exit {proc.returncode}) before {per_target} inputs: "
                                    + " | ".join(tail))
         got = json.loads(result.read_text())
-    out = Outcome(name, "atheris", inputs=got["inputs"], refused=got["refused"],
+    out = Outcome(name, "atheris", seeds=got["seeds"], inputs=got["inputs"], refused=got["refused"],
+                  found=got["found"],
                   findings=[Finding(name, f["error"], bytes.fromhex(f["data"])) for f in got["findings"]],
                   lines={(f, n) for f, n in got["lines"]}, arcs={(f, a, b) for f, a, b in got["arcs"]})
-    say(f"{name}: {out.inputs} inputs (atheris), {len(out.findings)} findings")
+    say(f"{name}: {out.inputs} inputs (atheris), {out.found} findings")
     return out
 
 
@@ -216,7 +287,7 @@ def _atheris(name: str, per_target: int, seed: int, coverage: bool, say: Callabl
 
 
 async def _handlers_campaign(root: pathlib.Path, per_target: int, seed: int, say: Callable[[str], None],
-                             engine: str, coverage: bool) -> list[Outcome]:
+                             engine: str, coverage: bool, first: dict[str, list[bytes]]) -> list[Outcome]:
     from .grid import Grid
 
     grid = Grid(root, 4, seed=seed)
@@ -241,11 +312,15 @@ async def _handlers_campaign(root: pathlib.Path, per_target: int, seed: int, say
         keyset = await grid.import_key(0, b"fuzz master key", 2, 3)
         await grid.reconstruct(1, keyset)
         owner = grid.nodes[0].commands()
-        await owner["refresh"]({"keyset": keyset}, _quiet)
         await owner["policy-publish"]({"keyset": keyset, "policy": p.DEFAULT_POLICY}, _quiet)
         await owner["revoke"]({"subject": "requester", "value": grid.nodes[3].peer_id, "reason": "fuzz",
                                "keyset": keyset}, _quiet)
         await trio.sleep(2 * p.wire.RULES_PULL_EVERY)  # the rules' anti-entropy pulls, for their frames
+        await owner["rewrap"]({"keyset": keyset}, _quiet)
+        # Last, and fuzzed at once: a plan is refused as stale a minute past its deadline, and
+        # the fuzz runs in the same virtual time, so the epoch frames' deal, echo and cosign
+        # paths are reached.
+        await owner["refresh"]({"keyset": keyset}, _quiet)
         target = grid.nodes[1]
         remote = grid.nodes[0].peer_id  # admitted: the parse paths past the gate
         node = grid.network.nodes[target.peer_id]
@@ -254,13 +329,15 @@ async def _handlers_campaign(root: pathlib.Path, per_target: int, seed: int, say
             seeds.setdefault(name, []).extend(extra)
         every = [f for kept in seeds.values() for f in kept]
         for protocol in sorted(node.handlers):
-            _, handler, _ = node.handlers[protocol]
+            proto, handler, _ = node.handlers[protocol]
             name = _short(protocol)
-            out = Outcome(name, engine)
-            # A protocol that nothing gave a seed starts from the others' frames.
-            batch = engines.inputs(engine, f"{seed}-{name}", seeds.get(name) or every, per_target)
+            out = Outcome(name, engine, seeds=len(seeds.get(name, [])))
+            # A protocol that nothing gave a seed starts from the others' frames. Nothing
+            # longer than the protocol's cap: the transport refuses that before a handler.
+            batch = itertools.chain(first.get(_dirname(name), []), engines.inputs(
+                engine, f"{seed}-{name}", seeds.get(name) or every, per_target))
             with engines.Reach(NODE_CODE, on=coverage) as reach:
-                for data in batch:
+                for data in (d[:proto.max_request] for d in batch):
                     out.inputs += 1
                     try:
                         with trio.fail_after(30):
@@ -268,19 +345,21 @@ async def _handlers_campaign(root: pathlib.Path, per_target: int, seed: int, say
                     except tx.RequestRejected:
                         out.refused += 1
                     except Exception as exc:  # noqa: BLE001 - the finding itself
-                        out.findings.append(_finding(name, exc, data))
+                        out.add(_finding(name, exc, data))
             out.lines, out.arcs = reach.lines, reach.arcs
-            say(f"{name}: {out.inputs} inputs ({len(seeds.get(name, []))} seeds), {len(out.findings)} findings")
+            say(f"{name}: {out.inputs} inputs ({out.seeds} seeds), {out.found} findings")
             outcomes.append(out)
         messages = {_short_topic(topic): authors for topic, authors in gossip.items()}
         for name, extra in _unheard(grid, messages).items():
             messages.setdefault(name, {}).setdefault(remote, []).extend(extra)
+        caps = {t.name.split("/", 1)[-1]: t.max_message for t in p.wire.TOPICS}  # not scoped: shardnet/x/1
         for topic in sorted(node.topics):
             heard = messages.get(_short_topic(topic), {})
-            outcomes.append(_validator_campaign(topic, node.topics[topic].validator, heard,
-                                                per_target, seed, engine, coverage, remote))
-            say(f"{outcomes[-1].target}: {outcomes[-1].inputs} inputs ({sum(map(len, heard.values()))} seeds from "
-                f"{len(heard)} authors), {len(outcomes[-1].findings)} findings")
+            out = _validator_campaign(topic, node.topics[topic].validator, heard, per_target, seed, engine, coverage,
+                                      remote, cap=caps[_short_topic(topic)], first=first)
+            outcomes.append(out)
+            say(f"{out.target}: {out.inputs} inputs ({out.seeds} seeds from {len(heard)} authors), "
+                f"{out.found} findings")
     return outcomes
 
 
@@ -320,25 +399,30 @@ def _unheard(grid: Any, messages: dict[str, dict[str, list[bytes]]]) -> dict[str
 
 
 def _validator_campaign(topic: str, validator: tx.Validator, by_author: dict[str, list[bytes]], per_target: int,
-                        seed: int, engine: str, coverage: bool, stranger: str) -> Outcome:
+                        seed: int, engine: str, coverage: bool, stranger: str, *, cap: int = engines.MAX_INPUT,
+                        first: dict[str, list[bytes]] | None = None) -> Outcome:
     """A topic's validator fed each author's messages, mutated, as that author's (so that
-    the checks past "signed by whoever sent it" are reached); an unused topic gets random
-    inputs from an admitted peer."""
+    the checks past "signed by whoever sent it" are reached), none longer than the topic's
+    cap (gossip drops those before any validator); an unused topic gets random inputs from
+    an admitted peer. ``first``: kept inputs (by corpus folder) that go first, as the
+    admitted peer's."""
     name = "gossip:" + "/".join(topic.rsplit("/", 2)[-2:])
-    out = Outcome(name, engine)
+    out = Outcome(name, engine, seeds=sum(map(len, by_author.values())))
     authors = sorted(by_author) or [stranger]
+    kept = [(stranger, d) for d in (first or {}).get(_dirname(name), [])]
     with engines.Reach(NODE_CODE, on=coverage) as reach:
         for k, author in enumerate(authors):
             n = per_target // len(authors) + (k < per_target % len(authors))
-            for data in engines.inputs(engine, f"{seed}-{name}-{author}", by_author.get(author, []), n):
+            made = engines.inputs(engine, f"{seed}-{name}-{author}", by_author.get(author, []), n)
+            for who, data in itertools.chain(kept if k == 0 else [], ((author, d[:cap]) for d in made)):
                 out.inputs += 1
                 try:
-                    accepted = validator(author, data)
+                    accepted = validator(who, data)
                 except Exception as exc:  # noqa: BLE001 - a validator refuses by returning False
-                    out.findings.append(_finding(name, exc, data))
+                    out.add(_finding(name, exc, data))
                     continue
                 if accepted is not True and accepted is not False:
-                    out.findings.append(Finding(name, f"validator returned {accepted!r}, not a bool", data))
+                    out.add(Finding(name, f"TypeError: the validator returned {accepted!r}, not a bool", data))
                 elif not accepted:
                     out.refused += 1
     out.lines, out.arcs = reach.lines, reach.arcs
@@ -350,30 +434,43 @@ async def _quiet(_: Any) -> None:
 
 
 def fuzz_handlers(per_target: int, seed: int, say: Callable[[str], None] = lambda m: None,
-                  engine: str = "mutation", coverage: bool = False) -> list[Outcome]:
+                  engine: str = "mutation", coverage: bool = False,
+                  first: dict[str, list[bytes]] | None = None) -> list[Outcome]:
+    """Every stream handler and gossip validator of a grid node; ``first``: inputs to feed
+    each before the engine's (by corpus folder: :func:`replay`)."""
     with tempfile.TemporaryDirectory(prefix="shardnet-fuzz-") as root:
         return trio.run(_handlers_campaign, pathlib.Path(root), per_target, seed, say, engine, coverage,
-                        clock=trio.testing.MockClock(autojump_threshold=0))
+                        first or {}, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def replay(corpus: pathlib.Path = CORPUS) -> list[Finding]:
-    """Every kept input again, against its target (a decoder's name; a handler's or a
-    validator's input is kept for reading, and replayed by hand on a grid)."""
+    """Every kept input again, against its target: a decoder's directly, a handler's or a
+    validator's on a grid node. A folder that names no target is a finding too (a renamed
+    target would otherwise replay nothing)."""
     decoders = _records()
-    found = []
+    found: list[Finding] = []
+    grid_inputs: dict[str, list[bytes]] = {}
     for path in sorted(corpus.glob("*/*.bin")):
         name, data = path.parent.name, path.read_bytes()
         if name in decoders:
             out = Outcome(name)
             check_decoder(out, decoders[name][1], data)
             found += out.findings
+        else:
+            grid_inputs.setdefault(name, []).append(data)
+    if grid_inputs:
+        outcomes = fuzz_handlers(0, 1, first=grid_inputs)
+        found += [f for o in outcomes for f in o.findings]
+        for name in sorted(set(grid_inputs) - {_dirname(o.target) for o in outcomes}):
+            found.append(Finding(name, f"UnknownTarget: {corpus.name}/{name} names no decoder, handler or validator",
+                                 b""))
     return found
 
 
 def keep(findings: list[Finding], corpus: pathlib.Path) -> list[pathlib.Path]:
     kept = []
     for f in findings:
-        d = corpus / f.target.replace("/", "_").replace(":", "_")
+        d = corpus / _dirname(f.target)
         d.mkdir(parents=True, exist_ok=True)
         path = d / (hashlib.sha256(f.data).hexdigest()[:16] + ".bin")
         path.write_bytes(f.data)
@@ -400,8 +497,8 @@ def run_fuzz(*, inputs: int, seed: int, corpus: pathlib.Path | None, say: Callab
     kept = keep(findings, corpus) if corpus is not None and findings else []
     result: dict[str, Any] = {
         "seed": seed, "inputs_per_target": inputs, "engines": ran, "seconds": round(time.perf_counter() - t0, 1),
-        "targets": [{"target": o.target, "engine": o.engine, "inputs": o.inputs, "refused": o.refused,
-                     "findings": len(o.findings), "first": o.findings[0].error if o.findings else "",
+        "targets": [{"target": o.target, "engine": o.engine, "seeds": o.seeds, "inputs": o.inputs,
+                     "refused": o.refused, "findings": o.found, "first": o.findings[0].error if o.findings else "",
                      **({"lines": len(o.lines), "arcs": len(o.arcs)} if coverage else {})} for o in outcomes],
         "kept": [str(k) for k in kept],
     }
@@ -442,7 +539,7 @@ def format_fuzz_report(result: dict[str, Any]) -> str:
         lines.append("over everything each drove: " + "; ".join(
             f"{e} {d['lines']} lines, {d['arcs']} arcs" for e, d in result["coverage"]["driven"].items()))
     total = sum(t["findings"] for t in result["targets"])
-    lines.append(f"{len(result['targets'])} targets, {result['inputs_per_target']} inputs each, "
+    lines.append(f"{len(result['targets'])} targets, up to {result['inputs_per_target']} inputs each, "
                  f"{'+'.join(result['engines'])}, seed {result['seed']}, {result['seconds']} s: {total} findings"
                  + (f", kept in {', '.join(result['kept'])}" if result["kept"] else ""))
     return "\n".join(lines)

@@ -40,11 +40,14 @@ def main(argv: list[str]) -> None:
         if out.inputs == n:
             reach.__exit__(None, None, None)
             pathlib.Path(spec["out"]).write_text(json.dumps({
-                "inputs": out.inputs, "refused": out.refused,
-                "findings": [{"error": f.error, "data": f.data.hex()} for f in out.findings[:100]],
+                "seeds": len(seeds), "inputs": out.inputs, "refused": out.refused, "found": out.found,
+                "findings": [{"error": f.error, "data": f.data.hex()} for f in out.findings],
                 "lines": sorted(reach.lines), "arcs": sorted(reach.arcs)}))
 
+    # -atheris_runs counts libFuzzer's first, empty input too: n + 1 calls, the result
+    # written at the n-th.
     atheris.Setup([argv[0], f"-atheris_runs={n + 1}", f"-seed={int(spec['seed']) % (1 << 31) + 1}",
+                   f"-artifact_prefix={spec['work']}/",
                    f"-max_len={_fuzz_engines.MAX_INPUT}", "-rss_limit_mb=4096", "-print_final_stats=0",
                    str(corpus)], one)
     reach.__enter__()

@@ -186,12 +186,21 @@ def _apply(seed: bytes, edits: list[tuple[str, int, bytes]]) -> bytes:
     return bytes(data)
 
 
+def _in_chunks(seed: int, seeds: list[bytes], n: int, chunk: int = 5000) -> Iterator[bytes]:
+    """Hypothesis's inputs, drawn a chunk at a time (each chunk its own seed), so that
+    100k of them are never held at once."""
+    for k in range(0, n, chunk):
+        yield from hypothesis_inputs(seed + k, seeds, min(chunk, n - k))
+
+
 def inputs(engine: str, key: str, seeds: list[bytes], n: int) -> Iterable[bytes]:
     """``n`` inputs for one target (``key`` seeds its random choices)."""
+    if n <= 0:
+        return []
     if engine == "mutation":
         return mutation_inputs(random.Random(key), seeds, n)
     if engine == "hypothesis":
-        return hypothesis_inputs(random.Random(key).randrange(1 << 32), seeds, n)
+        return _in_chunks(random.Random(key).randrange(1 << 32), seeds, n)
     raise ValueError(f"the {engine} engine does not make inputs in this process")
 
 
