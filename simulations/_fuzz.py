@@ -152,7 +152,7 @@ def _records() -> dict[str, tuple[list[bytes], Callable[[bytes], Any]]]:
     er = p.epoch_records
     others = [p.peer_id_of(Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32).public_key().public_bytes_raw())
               for i in (7, 8)]
-    holders = {1: (me,), 2: (others[0],), 3: (others[1],)}
+    holders: dict[int, tuple[str, ...]] = {1: (me,), 2: (others[0],), 3: (others[1],)}
     plan = er.Plan(keyset.keyset_id, 0, er.digest_of(keyset, None), "refresh", 2, 3, holders, None, bytes(16),
                    now, now + 60).sign(key)
     deals = [er.Deal.make(key, plan, share, {peer: hpke.public_bytes() for peer in (me, *others)}, "x25519",
