@@ -190,13 +190,17 @@ def keysets_at_risk(store: Store, member_state: MemberState) -> list[str]:
 
 
 def audit_verify(store: Store, me_public: bytes) -> dict[str, Any]:
-    """Verify the whole chain; raises AuditChainBroken at the first bad entry."""
+    """Verify the whole chain, then the Merkle tree over it and the latest checkpoint;
+    raises AuditChainBroken at the first bad entry."""
+    from ._audit_log import verify_tree
+
     n = store.verify_audit({me_public})
+    tree = verify_tree(store, p.peer_id_of(me_public))
     head = store.audit_head()
     kinds: dict[str, int] = {}
     for entry in store.audit_entries():
         kinds[entry.kind] = kinds.get(entry.kind, 0) + 1
-    return {"entries": n, "head": head.hash.hex() if head else None, "ok": True, "kinds": kinds}
+    return {"entries": n, "head": head.hash.hex() if head else None, "ok": True, "kinds": kinds, "tree": tree}
 
 
 def status(store: Store, me: str, cfg: dict[str, Any], live: dict[str, Any] | None,

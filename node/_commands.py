@@ -1,4 +1,5 @@
-"""Node commands: init, run, status, custodians, key import|list|show, audit verify, demo.
+"""Node commands: init, run, status, custodians, key import|list|show, audit verify|checkpoint|prove|check,
+demo.
 
 Read-only commands ask the running node over its control socket; when no node
 runs they read the node's database directly (SQLite WAL allows it), so
@@ -12,6 +13,7 @@ import argparse
 import base64
 import datetime
 import functools
+import json
 import logging
 import os
 import pathlib
@@ -475,9 +477,80 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     except AuditChainBroken as exc:
         raise Failure(str(exc)) from None
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(res["kinds"].items()))
+    tree = res["tree"]
+    signed = f"its checkpoint of {tree['checkpoint']} entries verifies" if tree["checkpoint"] is not None \
+        else "no checkpoint signed yet"
     emit(args, res, f"audit log OK: {res['entries']} entries ({kinds or 'none'}), chain and signatures "
-              f"verified (head {res['head'][:16] if res['head'] else '-'})")
+              f"verified (head {res['head'][:16] if res['head'] else '-'}); the Merkle tree matches, {signed}")
     return EXIT_OK
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    from . import _audit_log
+
+    res = _ask(args, "audit-checkpoint", offline=_offline_store(
+        lambda store, home: _audit_log.checkpoint(store, home.identity(), home.peer_id())))
+    emit(args, res, f"checkpoint of {res['origin']}: {res['size']} entries, root {res['root']}\n"
+                    f"log key {res['log_key']}\n\n{res['note']}".rstrip())
+    return EXIT_OK
+
+
+def cmd_audit_prove(args: argparse.Namespace) -> int:
+    from . import _audit_log
+    from ._files import write_atomic
+
+    out = pathlib.Path(args.out)
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: no such directory {out.parent}")
+    if out.exists() and not args.force:
+        raise UsageError(f"--out {out} exists (--force to replace it)")
+
+    def offline(store: Any, home: Home) -> dict[str, Any]:
+        try:
+            return {"bundle": _audit_log.prove(store, home.identity(), home.peer_id(), args.entry).decode()}
+        except LookupError as exc:
+            raise Failure(str(exc)) from None
+
+    res = _ask(args, "audit-prove", {"entry": args.entry}, offline=_offline_store(offline))
+    write_atomic(out, res["bundle"].encode(), 0o644, overwrite=True)
+    doc = json.loads(res["bundle"])
+    emit(args, {"out": str(out), "entry": args.entry, "log": doc["log"]},
+         f"proof of entry {args.entry} of {doc['log']}'s audit log written to {out}")
+    return EXIT_OK
+
+
+def cmd_audit_check(args: argparse.Namespace) -> int:
+    try:
+        data = pathlib.Path(args.file).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{args.file}: {exc.strerror or exc}") from None
+    try:
+        log_key = p.audit_log.verifier_from(args.log_key, cosigner=False)
+        witnesses = [p.audit_log.verifier_from(w, cosigner=True) for w in args.witness]
+    except p.MalformedEncoding as exc:
+        raise UsageError(f"a key: {exc}") from None
+    if args.min_witnesses > len(witnesses):
+        raise UsageError(f"--min-witnesses {args.min_witnesses} with {len(witnesses)} --witness keys")
+    try:
+        got = p.audit_log.check_bundle(data, log_key, witnesses, args.min_witnesses)
+    except p.audit_log.ProofRefused as exc:
+        raise Failure(f"{args.file}: {exc}") from None
+    e = got.entry
+    emit(args, {"ok": True, "log": log_key.name, "entry": e.seq, "kind": e.kind, "time": e.time,
+                "body": _jsonable(e.body), "tree_size": got.checkpoint.size, "witnesses": list(got.witnesses)},
+         f"entry {e.seq} ({e.kind}, {_ts(e.time)}) is in {log_key.name}'s log of {got.checkpoint.size} entries: "
+         f"signed by the log's key, checkpoint cosigned by {len(got.witnesses)} witnesses")
+    return EXIT_OK
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -610,6 +683,26 @@ def register(sub: Any) -> None:
     home_arg(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_audit_verify)
+    sp = asub.add_parser("checkpoint", help="the latest signed checkpoint of the log (a C2SP signed note)")
+    home_arg(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_audit_checkpoint)
+    sp = asub.add_parser("prove", help="a self-contained proof bundle of one entry, for an auditor")
+    home_arg(sp)
+    sp.add_argument("entry", type=positive, metavar="ENTRY", help="the entry's number, from 1")
+    sp.add_argument("--out", required=True, metavar="FILE")
+    sp.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_audit_prove)
+    sp = asub.add_parser("check", help="verify a proof bundle offline, with public keys only")
+    sp.add_argument("file", metavar="FILE")
+    sp.add_argument("--log-key", required=True, metavar="KEY", help="the log's node: its peer id, or a vkey")
+    sp.add_argument("--witness", action="append", default=[], metavar="KEY",
+                    help="a witness whose cosignature counts: its peer id, or a vkey (repeat)")
+    sp.add_argument("--min-witnesses", type=int, default=0, metavar="K",
+                    help="refuse a checkpoint with fewer than K of those cosignatures (default 0)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_audit_check)
 
     from ._epoch_commands import register as register_epoch
     from ._feed_commands import register as register_feeds

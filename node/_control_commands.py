@@ -18,15 +18,26 @@ import trio
 from shardnet.protocol import CoSigned, outbox, wire
 
 from . import _api
+from . import _audit_log as audit_log
 from . import _membership_ops as ops
 from . import _rules_ops as rules_ops
-from ._control_server import Command, Emit
+from ._control_server import Command, ControlError, Emit
 from ._epoch_round import change_epoch, rewrap
 from ._reconstruct import reconstruct
 from ._services import IMPORT_TOKEN
 
 if TYPE_CHECKING:
     from ._runtime import NodeRuntime
+
+
+def _prove(node: NodeRuntime, args: dict[str, Any]) -> dict[str, Any]:
+    seq = args.get("entry")
+    if type(seq) is not int:
+        raise ControlError("entry must be an entry number", 2)
+    try:
+        return {"bundle": audit_log.prove(node.store, node.key, node.peer_id, seq).decode()}
+    except LookupError as exc:
+        raise ControlError(str(exc), 1) from None
 
 
 def command_table(node: NodeRuntime) -> dict[str, Command]:
@@ -52,6 +63,8 @@ def command_table(node: NodeRuntime) -> dict[str, Command]:
         "key-list": reads(lambda a: _api.keysets(node.store)),
         "key-show": reads(lambda a: _api.keyset_detail(node.store, str(a["keyset"]), member_state)),
         "audit-verify": reads(lambda a: _api.audit_verify(node.store, own_key)),
+        "audit-checkpoint": reads(lambda a: audit_log.checkpoint(node.store, node.key, node.peer_id)),
+        "audit-prove": reads(lambda a: _prove(node, a)),
         "requests": reads(lambda a: node.approvals.listing(node.now())),
         "threat-level": reads(lambda a: _threat_level(node, a)),
         "stop": reads(stop),

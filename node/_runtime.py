@@ -33,6 +33,7 @@ from shardnet.protocol import Descriptor, Request, batches, wire
 
 from . import _transport as tx
 from ._approval_loops import ApprovalLoops, signed_by_author
+from ._audit_log import checkpoint_loop
 from ._autopilot import Autopilot
 from ._clock import Clock, Rng
 from ._control_commands import command_table
@@ -218,6 +219,7 @@ class NodeRuntime:
                     nursery.start_soon(self.feeds.run, self.clock)
                     nursery.start_soon(notice_loop, self)
                     nursery.start_soon(self._prune_loop)
+                    nursery.start_soon(checkpoint_loop, self.store, self.key, self.peer_id)
                     if control is not None:
                         nursery.start_soon(serve_control, control, self.commands(), nursery)
                         nursery.start_soon(self._signals)

@@ -52,6 +52,7 @@ from typing import Any, Final, Literal, NotRequired, Self, TypeAlias, TypedDict,
 
 import sqlite_utils
 
+from shardnet import protocol as p
 from shardnet.protocol import (
     AuditChainBroken,
     AuditEntry,
@@ -539,8 +540,44 @@ CREATE INDEX requests_by_requester ON requests (requester, not_after);
 CREATE INDEX known_keysets_by_owner ON known_keysets (owner);
 """
 
+# The audit log as a Merkle tree log (RFC 6962, ``protocol/_tlog.py``): the hash of every
+# complete subtree, (level, index), written with the entry that completes it. The
+# migration builds the tree over the entries already there.
+_AUDIT_TREE = """
+CREATE TABLE audit_tree (
+    level   INTEGER NOT NULL CHECK (level >= 0),
+    idx     INTEGER NOT NULL CHECK (idx >= 0),
+    hash    BLOB NOT NULL CHECK (length(hash) = 32),
+    PRIMARY KEY (level, idx)
+) STRICT, WITHOUT ROWID;
+
+CREATE TRIGGER audit_tree_no_update BEFORE UPDATE ON audit_tree
+BEGIN
+    SELECT RAISE(ABORT, 'audit tree is append-only');
+END;
+
+CREATE TRIGGER audit_tree_no_delete BEFORE DELETE ON audit_tree
+BEGIN
+    SELECT RAISE(ABORT, 'audit tree is append-only');
+END;
+"""
+
+
+def _schema_11(db: sqlite_utils.Database) -> None:
+    for statement in _statements(_AUDIT_TREE):
+        db.execute(statement)
+    tree = p.tlog.MemoryTree()  # the log's hashes, built once (the log is small next to memory)
+    for row in db.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY seq"):
+        entry = _audit_from_row(row)
+        if entry.seq != tree.size + 1:
+            raise SchemaVersionError(f"the audit log has no entry {tree.size + 1}: run 'shardnet audit verify'")
+        tree.append(p.audit_log.leaf_bytes(entry))
+    db.conn.executemany("INSERT INTO audit_tree (level, idx, hash) VALUES (?, ?, ?)",
+                        [(level, idx, h) for (level, idx), h in sorted(tree.hashes.items())])
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA_1, _SCHEMA_2, _SCHEMA_3, _SCHEMA_4, _SCHEMA_5, _SCHEMA_6,
-                                            _SCHEMA_7, _SCHEMA_8, _SCHEMA_9, _SCHEMA_10)
+                                            _SCHEMA_7, _SCHEMA_8, _SCHEMA_9, _SCHEMA_10, _schema_11)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -698,6 +735,7 @@ def _audit_from_row(row: tuple[Any, ...]) -> AuditEntry:
 
 
 _AUDIT_COLUMNS = "seq, prev, time, kind, body, signer, hash, sig"
+CHECKPOINT_KEY = "audit.checkpoint"
 REST_WRAP_KEY = "rest_wrap"  # kv: the at-rest key epoch the stored shards are sealed to
 _OUTBOX_ORDER = "keyset_id, epoch, idx, custodian"
 
@@ -1311,7 +1349,47 @@ class Store:
             [entry.seq, entry.prev, entry.time, entry.kind, encode_body(entry.body),
              entry.signer, entry.hash, entry.sig],
         )
+        leaf = p.tlog.leaf_hash(p.audit_log.leaf_bytes(entry))
+        self._db.conn.executemany("INSERT INTO audit_tree (level, idx, hash) VALUES (?, ?, ?)",
+                                  p.tlog.stored_hashes(entry.seq - 1, leaf, self.tree_hash))
         return entry
+
+    # -- the audit log as a Merkle tree log ------------------------------------------
+
+    def tree_hash(self, level: int, index: int) -> bytes:
+        """A stored complete-subtree hash (``protocol/_tlog.py``'s HashReader)."""
+        row = self._db.execute("SELECT hash FROM audit_tree WHERE level = ? AND idx = ?", [level, index]).fetchone()
+        if row is None:
+            raise AuditChainBroken(index + 1, f"the audit tree has no hash at level {level}, index {index}")
+        return bytes(row[0])
+
+    def tree_size(self) -> int:
+        """The number of leaves in the audit tree (the entries it covers)."""
+        row = self._db.execute("SELECT count(*) FROM audit_tree WHERE level = 0").fetchone()
+        return int(row[0])
+
+    def tree_root(self, size: int | None = None) -> bytes:
+        return p.tlog.root(self.tree_size() if size is None else size, self.tree_hash)
+
+    def inclusion_proof(self, seq: int, size: int) -> list[bytes]:
+        """Entry ``seq`` (from 1) in the tree of the first ``size`` entries."""
+        return p.tlog.inclusion_proof(seq - 1, size, self.tree_hash)
+
+    def consistency_proof(self, old: int, size: int) -> list[bytes]:
+        return p.tlog.consistency_proof(old, size, self.tree_hash)
+
+    def audit_entry(self, seq: int) -> AuditEntry | None:
+        row = self._db.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE seq = ?", [seq]).fetchone()
+        return None if row is None else _audit_from_row(row)
+
+    def checkpoint(self) -> str | None:
+        """The latest checkpoint this node signed (a C2SP signed note), with the
+        cosignatures it has collected."""
+        raw = self.get_kv(CHECKPOINT_KEY)
+        return None if raw is None else raw.decode()
+
+    def put_checkpoint(self, note: str) -> None:
+        self.put_kv(CHECKPOINT_KEY, note.encode())
 
     def audit_head(self) -> AuditEntry | None:
         """The latest entry, or None for an empty log."""

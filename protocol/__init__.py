@@ -6,6 +6,7 @@ here does IO: time (``now``) and randomness (``rng``) are parameters. This
 module names the public surface; everything else is private.
 """
 
+from . import _audit_log as audit_log
 from . import _batches as batches
 from . import _cosign as cosign
 from . import _directory_pull as directory_pull
@@ -109,7 +110,7 @@ __all__ = [
     "b58decode", "b58encode", "batch_verify_shares", "check_params", "combine_key", "combine_partials",
     "continent_of", "decide_release", "decode", "decode_audit_body", "decode_record", "encode",
     "encode_audit_body", "keyset_from_text", "keyset_to_text", "make_audit_entry", "open_shard",
-    "batches", "cosign", "directory_pull", "note", "tlog", "epoch", "epoch_records", "keyset_fetch", "keyset_rules", "membership", "open_signed", "open_with_unwrapped", "outbox", "partial_decrypt", "partial_payload", "peer_id_of",
+    "audit_log", "batches", "cosign", "directory_pull", "note", "tlog", "epoch", "epoch_records", "keyset_fetch", "keyset_rules", "membership", "open_signed", "open_with_unwrapped", "outbox", "partial_decrypt", "partial_payload", "peer_id_of",
     "placement", "possession", "public_key_of", "hpke_seal", "peek_shard_meta", "read_shard_meta", "recover_secret", "reseal_own", "refresh_commitments",
     "refresh_deal", "refresh_share", "release_round", "reshare_commitments", "reshare_deal", "reshare_share", "triggers", "feed",
     "seal_shard", "share_from_text", "share_payload", "share_to_text", "sign_body", "signer_of", "split_key",

@@ -102,3 +102,16 @@ def test_go_checks_our_inclusion_and_consistency_proofs(checker: pathlib.Path) -
     assert [("ok" if r == "ok" else "error") for r in got["records"]] == want
     assert [("ok" if r == "ok" else "error") for r in got["trees"]] == want_trees
     assert want.count("ok") >= 20 and want_trees.count("ok") == 7
+
+
+def test_go_opens_a_node_homes_checkpoint(checker: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """The checkpoint `shardnet audit checkpoint` prints, with the log key it prints."""
+    from shardnet.simulations._local import run_cli
+
+    home = str(tmp_path / "h")
+    assert run_cli("init", "--home", home, "--name", "x", "--country", "CH").returncode == 0
+    r = run_cli("audit", "checkpoint", "--home", home, "--json")
+    assert r.returncode == 0, r.stderr
+    cp = json.loads(r.stdout)
+    got = _ask(checker, {"vkeys": [cp["log_key"]], "notes": [cp["note"]], "records": [], "trees": []})["notes"]
+    assert got == [[cp["origin"]]]
