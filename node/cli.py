@@ -219,6 +219,16 @@ def cmd_bench_fuzz(args: argparse.Namespace) -> int:
     return EXIT_FAIL if any(t["findings"] for t in result["targets"]) else EXIT_OK
 
 
+def cmd_bench_tlog(args: argparse.Namespace) -> int:
+    from shardnet.simulations._tlog_bench import format_tlog_report, run_tlog_bench
+
+    result = run_tlog_bench(appends=args.appends, sizes=tuple(args.sizes), say=lambda m: print(f"... {m}",
+                                                                                                 file=sys.stderr))
+    _write_json(args.json, result)
+    print(format_tlog_report(result))
+    return EXIT_OK
+
+
 def cmd_bench_soak(args: argparse.Namespace) -> int:
     from shardnet.simulations._soak import format_soak_report, run_soak
 
@@ -324,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="measure the lines and arcs each target's inputs reached, and compare the engines")
     bz.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bz.set_defaults(func=cmd_bench_fuzz)
+
+    bt = bsub.add_parser("tlog", help="the audit log as a Merkle tree log: appends against fsync, proof sizes "
+                                      "and times at 10^3..10^6 entries")
+    bt.add_argument("--appends", type=positive, default=300, metavar="N", help="appends a round (default 300)")
+    bt.add_argument("--sizes", type=lambda t: [positive(x) for x in t.split(",")], default=[1000, 100_000, 1_000_000],
+                    metavar="N,...", help="tree sizes for the proofs (default 1000,100000,1000000)")
+    bt.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bt.set_defaults(func=cmd_bench_tlog)
 
     bk = bsub.add_parser("soak", help="real nodes under a steady load for minutes, one restarted every minute: "
                                       "RSS and fd slopes, errors, p50/p99")

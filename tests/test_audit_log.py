@@ -179,3 +179,13 @@ def _kind(home: str, seq: int) -> str:
         return str(db.execute("SELECT kind FROM audit WHERE seq = ?", [seq]).fetchone()[0])
     finally:
         db.close()
+
+
+def test_bench_tlog_runs_from_the_cli(tmp_path: pathlib.Path) -> None:
+    r = run_cli("bench", "tlog", "--appends", "30", "--sizes", "100,1000", "--json", str(tmp_path / "t.json"))
+    assert r.returncode == 0, r.stderr
+    got = json.loads((tmp_path / "t.json").read_text())
+    assert got["fsync_per_s"] > 0 and 0 < got["appends_with_checkpoint_per_s"] <= got["appends_per_s"] * 1.5
+    assert [x["size"] for x in got["proofs"]] == [100, 1000]
+    assert all(x["inclusion_bytes"] % 32 == 0 and x["inclusion_bytes"] <= 32 * 10 for x in got["proofs"])
+    assert "of the bound" in r.stdout
