@@ -24,6 +24,7 @@ from . import _release_round as release_round
 from . import _tlog as tlog
 from . import _triggers as triggers
 from . import _wire as wire
+from . import _witness as witness
 from ._armor import MAX_FILE as MAX_ARMOR_FILE
 from ._armor import keyset_from_text, keyset_to_text, share_from_text, share_to_text
 from ._audit import AuditChainBroken, AuditEntry, verify_chain
@@ -110,7 +111,7 @@ __all__ = [
     "b58decode", "b58encode", "batch_verify_shares", "check_params", "combine_key", "combine_partials",
     "continent_of", "decide_release", "decode", "decode_audit_body", "decode_record", "encode",
     "encode_audit_body", "keyset_from_text", "keyset_to_text", "make_audit_entry", "open_shard",
-    "audit_log", "batches", "cosign", "directory_pull", "note", "tlog", "epoch", "epoch_records", "keyset_fetch", "keyset_rules", "membership", "open_signed", "open_with_unwrapped", "outbox", "partial_decrypt", "partial_payload", "peer_id_of",
+    "audit_log", "batches", "cosign", "directory_pull", "note", "tlog", "witness", "epoch", "epoch_records", "keyset_fetch", "keyset_rules", "membership", "open_signed", "open_with_unwrapped", "outbox", "partial_decrypt", "partial_payload", "peer_id_of",
     "placement", "possession", "public_key_of", "hpke_seal", "peek_shard_meta", "read_shard_meta", "recover_secret", "reseal_own", "refresh_commitments",
     "refresh_deal", "refresh_share", "release_round", "reshare_commitments", "reshare_deal", "reshare_share", "triggers", "feed",
     "seal_shard", "share_from_text", "share_payload", "share_to_text", "sign_body", "signer_of", "split_key",
