@@ -122,10 +122,10 @@ def _holders(value: Any, n: int) -> dict[int, tuple[str, ...]]:
     for i, peers in value.items():
         idx = _index(i, n)
         want(peers, list, "holders of an index")
+        for peer in peers:
+            public_key_of(want(peer, str, "a holder"))  # a peer id; a list here once raised TypeError
         if not 1 <= len(peers) <= 16 or len(set(peers)) != len(peers):
             raise MalformedEncoding("holders: 1 to 16 distinct peers per index")
-        for peer in peers:
-            public_key_of(peer)
         out[idx] = tuple(peers)
     return out
 
